@@ -1,0 +1,50 @@
+"""The ``pigeonpush`` command line.
+
+Each subcommand lives in its own module of this package and is listed in
+``SUBCOMMANDS``; a module provides ``add_arguments(parser)`` and ``run(args)``
+(returning the process exit code). Modules are imported only when their
+subcommand is parsed, so ``pigeonpush --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pigeonpush import __version__
+
+#: subcommand name -> (module under pigeonpush.cli, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pigeonpush",
+        description="PigeonPush: a message push service on Twisted. "
+        "The daemons run under twistd (twistd -n pigeon-standalone); "
+        "this command holds the client-side tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"pigeonpush {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(f"pigeonpush.cli.{module_name}")
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 0
+    return int(run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

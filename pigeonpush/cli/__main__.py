@@ -1,0 +1,5 @@
+import sys
+
+from pigeonpush.cli import main
+
+sys.exit(main())

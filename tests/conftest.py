@@ -1,0 +1,75 @@
+"""Fixtures shared by the whole suite: real servers and the failure check.
+
+The reactor is imported lazily (pytest-twisted installs it first).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from support.logcheck import FailureCollector, collect_garbage
+from support.servers import RedisServer, ZooKeeperServer
+
+
+@pytest.fixture(autouse=True)
+def logged_failures() -> Iterator[FailureCollector]:
+    """Fail any test during which an unhandled Failure was logged."""
+    collector = FailureCollector()
+    collector.start()
+    try:
+        yield collector
+        collect_garbage()
+    finally:
+        collector.stop()
+    if collector.events:
+        pytest.fail("unhandled failures were logged:\n" + collector.report())
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One throwaway redis-server for the session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ZooKeeperServer]:
+    """One throwaway standalone ZooKeeper for the session."""
+    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def zookeeper_hosts(zookeeper_server: ZooKeeperServer) -> Iterator[str]:
+    """A kazoo hosts string chrooted to a fresh node, so tests never see each other."""
+    from kazoo.client import KazooClient
+
+    chroot = f"/test-{uuid.uuid4().hex}"
+    client = KazooClient(hosts=zookeeper_server.hosts)
+    client.start(timeout=30)
+    try:
+        client.create(chroot)
+    finally:
+        client.stop()
+        client.close()
+    yield zookeeper_server.hosts + chroot

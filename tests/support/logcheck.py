@@ -1,0 +1,55 @@
+"""Fail a test that logged an unhandled Failure (the magic-wormhole habit).
+
+Anything logged with a ``log_failure`` (``Logger.failure``, an unhandled error
+in a garbage-collected Deferred, an error in a reactor callback) during a test
+fails it, unless the test consumed it with ``flush(ExceptionType)``.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+
+
+class FailureCollector:
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_failure") is not None:
+            self.events.append(event)
+
+    def start(self) -> None:
+        globalLogPublisher.addObserver(self)
+
+    def stop(self) -> None:
+        globalLogPublisher.removeObserver(self)
+
+    def flush(self, *types: type[BaseException]) -> list[Failure]:
+        """Consume (and return) logged failures of the given types."""
+        kept: list[LogEvent] = []
+        flushed: list[Failure] = []
+        for event in self.events:
+            failure: Failure = event["log_failure"]
+            if not types or failure.check(*types):
+                flushed.append(failure)
+            else:
+                kept.append(event)
+        self.events = kept
+        return flushed
+
+    def report(self) -> str:
+        parts: list[str] = []
+        for event in self.events:
+            failure: Any = event["log_failure"]
+            parts.append(f"{formatEvent(event)}\n{failure.getTraceback()}")
+        return "\n".join(parts)
+
+
+def collect_garbage() -> None:
+    """Collect twice so a dropped Deferred's unhandled error is logged now."""
+    gc.collect()
+    gc.collect()
