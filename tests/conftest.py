@@ -13,6 +13,9 @@ import pytest
 from support.logcheck import FailureCollector, collect_garbage
 from support.servers import RedisServer, ZooKeeperServer
 
+# Fixture modules of the subsystems (store backends, discovery backends).
+pytest_plugins = ["support.stores", "support.discoveries"]
+
 
 @pytest.fixture(autouse=True)
 def logged_failures() -> Iterator[FailureCollector]:

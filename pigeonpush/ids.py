@@ -1,0 +1,69 @@
+"""messageIds: time-ordered, unique across processes, URL-safe.
+
+A ULID: 48 bits of milliseconds since the epoch then 80 random bits, written
+as 26 characters of Crockford's base32, so that string order is time order.
+Within one millisecond a generator increments the random part instead of
+drawing a new one, so ids from one process are strictly increasing; ids from
+different processes differ by their random bits (2**80 of them).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from twisted.internet.interfaces import IReactorTime
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ID_LENGTH = 26
+_RANDOM_BITS = 80
+_RANDOM_MAX = (1 << _RANDOM_BITS) - 1
+
+
+def encode_ulid(value: int) -> str:
+    """The 26-character base32 form of a 128-bit integer."""
+    chars = []
+    for _ in range(ID_LENGTH):
+        chars.append(ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def timestamp_ms(message_id: str) -> int:
+    """The millisecond timestamp a messageId was made at."""
+    value = 0
+    for char in message_id[:10]:
+        value = (value << 5) | ALPHABET.index(char)
+    return value
+
+
+def is_message_id(text: str) -> bool:
+    return len(text) == ID_LENGTH and all(char in ALPHABET for char in text) and text[0] <= "7"
+
+
+class MessageIdGenerator:
+    """Makes ULIDs from an injected clock; monotonic within this generator."""
+
+    __slots__ = ("_clock", "_last_ms", "_last_random")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._last_ms = -1
+        self._last_random = 0
+
+    def __call__(self) -> str:
+        now_ms = int(self._clock.seconds() * 1000)
+        if now_ms <= self._last_ms:
+            # Same (or an earlier, if the clock stepped back) millisecond: keep
+            # the last timestamp and count up, so order is never broken.
+            now_ms = self._last_ms
+            random_part = self._last_random + 1
+            if random_part > _RANDOM_MAX:
+                now_ms += 1
+                random_part = secrets.randbits(_RANDOM_BITS - 1)
+        else:
+            # One bit of headroom so that counting up within a millisecond
+            # cannot overflow in practice.
+            random_part = secrets.randbits(_RANDOM_BITS - 1)
+        self._last_ms = now_ms
+        self._last_random = random_part
+        return encode_ulid((now_ms << _RANDOM_BITS) | random_part)

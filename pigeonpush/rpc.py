@@ -1,0 +1,130 @@
+"""AMP commands between delivery workers and push servers.
+
+Delivery calls the server's ``Push`` and ``Kick``; the server calls delivery's
+``Pull``. An AMP value holds at most 65,535 bytes, so batches of messages travel
+as one compact JSON value each, split by ``encode_batches`` into chunks that
+fit; a caller sends one ``Push`` per chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator, Mapping, Sequence
+
+import attrs
+from twisted.protocols import amp
+
+#: Largest AMP value (the protocol's own limit).
+MAX_VALUE_BYTES = 0xFFFF
+
+
+class PushStatus(enum.IntEnum):
+    """The server's answer for one item of a ``Push``."""
+
+    WRITTEN = 0  #: written to the client's connection
+    OFFLINE = 1  #: no connection here (a stale ROUTE to this server was dropped)
+    WINDOW_FULL = 2  #: the connection has its window of un-ACKed PUSHes in flight
+    NO_BODY = 3  #: sent without body and MSG_BODY is gone (expired)
+
+
+@attrs.frozen(slots=True)
+class PushItem:
+    """One message for one client. ``has_body=False`` means: read MSG_BODY."""
+
+    client_id: str
+    message_id: str
+    title: str = ""
+    text: str = ""
+    extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    has_body: bool = True
+
+
+def _item_json(item: PushItem) -> bytes:
+    if item.has_body:
+        row: list[object] = [item.client_id, item.message_id, item.title, item.text]
+        if item.extras:
+            row.append(dict(item.extras))
+    else:
+        row = [item.client_id, item.message_id]
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_batches(
+    items: Sequence[PushItem], max_bytes: int = MAX_VALUE_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(count, value)``: consecutive runs of ``items`` encoded to fit one
+    AMP value. An item that alone exceeds ``max_bytes`` raises ValueError (the
+    notification API's size limits keep that from happening)."""
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    for item in items:
+        encoded = _item_json(item)
+        if len(encoded) + 2 > max_bytes:
+            raise ValueError(f"message {item.message_id} is too large for one AMP value")
+        if parts and size + len(encoded) + 1 > max_bytes:
+            yield len(parts), b"[" + b",".join(parts) + b"]"
+            parts, size = [], 2
+        parts.append(encoded)
+        size += len(encoded) + 1
+    if parts:
+        yield len(parts), b"[" + b",".join(parts) + b"]"
+
+
+def decode_batch(value: bytes) -> list[PushItem]:
+    """The items of one encoded batch; ValueError if it is not one."""
+    try:
+        rows = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not a message batch: {e}") from e
+    if not isinstance(rows, list):
+        raise ValueError("not a message batch: not a list")
+    items = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) not in (2, 4, 5):
+            raise ValueError(f"not a message batch item: {row!r}")
+        if not all(isinstance(field, str) for field in row[:4]):
+            raise ValueError(f"not a message batch item: {row!r}")
+        if len(row) == 2:
+            items.append(PushItem(row[0], row[1], has_body=False))
+            continue
+        extras = row[4] if len(row) == 5 else {}
+        if not isinstance(extras, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extras.items()
+        ):
+            raise ValueError(f"not a message batch item: {row!r}")
+        items.append(PushItem(row[0], row[1], row[2], row[3], extras))
+    return items
+
+
+class Push(amp.Command):
+    """Write messages to clients connected to this server."""
+
+    commandName = b"Push"
+    arguments = [(b"batch", amp.String())]  # encode_batches value
+    response = [(b"results", amp.String())]  # one PushStatus byte per item, in order
+    requiresAnswer = True
+
+
+class Kick(amp.Command):
+    """End a client's session with KICK (reason: a wire KickReason value)."""
+
+    commandName = b"Kick"
+    arguments = [(b"clientId", amp.Unicode()), (b"reason", amp.Integer())]
+    response = [(b"kicked", amp.Boolean())]
+
+
+class Pull(amp.Command):
+    """Pending messages for a client, oldest first, with bodies.
+
+    ``inFlight`` lists ids already pushed on the connection and not ACKed yet;
+    they are skipped. ``more`` says whether more were pending than returned.
+    """
+
+    commandName = b"Pull"
+    arguments = [
+        (b"clientId", amp.Unicode()),
+        (b"limit", amp.Integer()),
+        (b"inFlight", amp.ListOf(amp.Unicode())),
+    ]
+    response = [(b"batch", amp.String()), (b"more", amp.Boolean())]

@@ -1,0 +1,117 @@
+"""The frames of the device <-> push server protocol (see docs/protocol.rst).
+
+Plain immutable values; ``pigeonpush.wire.codec`` turns them into bytes and back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+#: The protocol version this implementation speaks (sent in AUTH).
+PROTOCOL_VERSION = 1
+
+
+class FrameType(enum.IntEnum):
+    """The type byte that follows the length prefix."""
+
+    AUTH = 0x01
+    AUTH_OK = 0x02
+    AUTH_FAIL = 0x03
+    PING = 0x04
+    PONG = 0x05
+    PUSH = 0x06
+    ACK = 0x07
+    KICK = 0x08
+    ERROR = 0x09
+
+
+class AuthFailCode(enum.IntEnum):
+    """Why AUTH was refused; the client goes back to reglog for every code but VERSION."""
+
+    BAD_TOKEN = 1  #: missing, expired or wrong token
+    VERSION = 2  #: protocol version not supported
+    UNAVAILABLE = 3  #: the server could not check the token (store down); retry later
+    FULL = 4  #: the server is at capacity
+
+
+class KickReason(enum.IntEnum):
+    """Why the server ends a session."""
+
+    REPLACED = 1  #: the same clientId logged in again
+    SHUTTING_DOWN = 2  #: the server is draining; reconnect through reglog
+    POLICY = 3  #: an operator or policy ended the session
+
+
+class ErrorCode(enum.IntEnum):
+    """Protocol errors; the sender closes the connection after ERROR."""
+
+    MALFORMED = 1  #: a body that does not decode
+    UNKNOWN_TYPE = 2  #: a type byte this side does not know
+    TOO_LARGE = 3  #: a length prefix over the negotiated maximum
+    UNEXPECTED = 4  #: a frame not allowed in the current state (e.g. PUSH before AUTH_OK)
+    TIMEOUT = 5  #: AUTH did not come in time
+    INTERNAL = 6  #: the peer failed; nothing the sender did wrong
+
+
+@attrs.frozen(slots=True)
+class Auth:
+    client_id: str
+    token: str
+    version: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class AuthOk:
+    heartbeat: float  #: seconds between client PINGs when quiet
+    max_frame: int  #: largest frame (length prefix value) either side may send
+    ack_window: int  #: un-ACKed PUSHes the server keeps in flight
+
+
+@attrs.frozen(slots=True)
+class AuthFail:
+    code: AuthFailCode
+    reason: str = ""
+
+
+@attrs.frozen(slots=True)
+class Ping:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Pong:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Push:
+    message_id: str
+    title: str
+    text: str
+    extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    message_id: str
+
+
+@attrs.frozen(slots=True)
+class Kick:
+    reason: KickReason
+    text: str = ""
+
+
+@attrs.frozen(slots=True)
+class Error:
+    code: ErrorCode
+    text: str = ""
+
+
+Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error
+
+PING = Ping()
+PONG = Pong()

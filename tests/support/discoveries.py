@@ -1,0 +1,1 @@
+"""Discovery fixtures (filled in with the discovery backends)."""
