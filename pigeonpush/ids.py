@@ -3,13 +3,16 @@
 A ULID: 48 bits of milliseconds since the epoch then 80 random bits, written
 as 26 characters of Crockford's base32, so that string order is time order.
 Within one millisecond a generator increments the random part instead of
-drawing a new one, so ids from one process are strictly increasing; ids from
-different processes differ by their random bits (2**80 of them).
+drawing a new one, so the ids of one generator are strictly increasing (also
+when its clock steps back, and when it is shared between threads); ids from
+different generators or processes differ by their random bits (2**79 fresh
+random values per millisecond).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -37,20 +40,28 @@ def timestamp_ms(message_id: str) -> int:
 
 
 def is_message_id(text: str) -> bool:
+    """Whether ``text`` has the form of a messageId (a 128-bit ULID)."""
     return len(text) == ID_LENGTH and all(char in ALPHABET for char in text) and text[0] <= "7"
 
 
 class MessageIdGenerator:
     """Makes ULIDs from an injected clock; monotonic within this generator."""
 
-    __slots__ = ("_clock", "_last_ms", "_last_random")
+    __slots__ = ("_clock", "_last_ms", "_last_random", "_lock")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._last_ms = -1
         self._last_random = 0
+        # Uncontended on the reactor thread; it keeps ids unique and ordered
+        # if the generator is shared with threads.
+        self._lock = threading.Lock()
 
     def __call__(self) -> str:
+        with self._lock:
+            return self._next()
+
+    def _next(self) -> str:
         now_ms = int(self._clock.seconds() * 1000)
         if now_ms <= self._last_ms:
             # Same (or an earlier, if the clock stepped back) millisecond: keep

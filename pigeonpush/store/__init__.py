@@ -1,0 +1,52 @@
+"""Shared state: the store interface, its values, and ``open_store``.
+
+``open_store("memory:", reactor)`` gives the in-process backend
+(pigeon-standalone); ``open_store("redis://host:6379/0", reactor)`` the Redis
+one, shared by every node. See docs/data-model.rst.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, Store, StoreError
+from pigeonpush.store.model import (
+    Accepted,
+    DeviceRecord,
+    Message,
+    Notification,
+    QueueEntry,
+    Receipt,
+)
+
+__all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "Accepted",
+    "DeviceRecord",
+    "Message",
+    "Notification",
+    "QueueEntry",
+    "Receipt",
+    "Store",
+    "StoreError",
+    "open_store",
+]
+
+
+def open_store(
+    url: str, reactor: Any, *, idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+) -> Store:
+    """The store ``url`` names: ``memory:`` or
+    ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS, with
+    ``?ssl_ca_certs=PATH`` to trust a private authority). The Redis store
+    connects on first use. ValueError says what is wrong with a bad URL."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("a store URL is needed: memory: or redis://[:password@]host:port/db")
+    if url == "memory:" or url == "memory://":
+        from pigeonpush.store.memory import MemoryStore
+
+        return MemoryStore(reactor, idempotency_ttl=idempotency_ttl)
+    from pigeonpush.store.address import parse_redis_url
+    from pigeonpush.store.redis import RedisStore
+
+    return RedisStore(parse_redis_url(url), reactor, idempotency_ttl=idempotency_ttl)

@@ -2,6 +2,14 @@
 
 Every method returns a Deferred. Batched methods take and return sequences in
 the same order, so a batch of N is one round trip (or one script), not N.
+
+Errors: a Deferred fails with ValueError for arguments that cannot be stored
+(a TTL that is not a positive number of seconds, a message that already
+expired, a notification without recipients); nothing is written then. It
+fails with StoreError when the backend cannot do the work (Redis unreachable,
+the connection lost while the call was in flight, no answer in time, the
+store closed). Durations are seconds (float); times are seconds since the
+epoch on the store's clock.
 """
 
 from __future__ import annotations
@@ -20,31 +28,47 @@ from pigeonpush.store.model import (
     Receipt,
 )
 
+#: How long an idempotency key is remembered unless the store is told otherwise (24 h).
+DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
+
 
 class StoreError(Exception):
-    """The store could not do what was asked (connection lost, server error)."""
+    """The store could not do what was asked (connection lost, server error).
+
+    A call that fails with StoreError may or may not have been carried out
+    (the connection can drop after Redis ran it); callers retry with the same
+    idempotency key, or treat the operation as unknown."""
 
 
 class Store(Protocol):
     # -- sessions: tokens (reglog) and routes (push server) --------------------
 
     def issue_token(self, client_id: str, token: str, ttl: float) -> Deferred[None]:
-        """Set ``PIGEON:AUTH:<clientId>`` to ``token``, expiring after ``ttl`` seconds."""
+        """Set ``PIGEON:AUTH:<clientId>`` to ``token``, expiring after ``ttl`` seconds
+        (replacing any earlier token; ROUTE is left alone)."""
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        """The current token, for the server's constant-time comparison."""
+        """The current token (None: none or expired), for the server's
+        constant-time comparison."""
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
         """If AUTH still holds ``token``: set ROUTE to ``server`` and give AUTH and
         ROUTE ``ttl``; atomically. False (nothing written) if the token moved on."""
 
     def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
-        """Conditional cleanup of a closed session: only while AUTH still holds
-        ``token``, delete it, and delete ROUTE if it holds ``server``; atomically.
-        A stale session's cleanup never erases the session that replaced it."""
+        """Conditional cleanup of a closed session, atomically: only while AUTH
+        still holds ``token`` and ROUTE holds ``server`` (or nothing), delete
+        both. A stale session's cleanup never erases the session that replaced
+        it, whether the newer one has a new token or the same token bound on
+        another server. True if the session was deleted.
+
+        Two sessions of one token on the *same* server cannot be told apart
+        here: the server's channel table knows which connection is current and
+        calls this only for that one."""
 
     def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:
-        """Extend AUTH and ROUTE of live sessions to ``ttl`` (one batch)."""
+        """Set the expiry of AUTH and ROUTE of live sessions to ``ttl`` from now
+        (one batch); keys that are gone stay gone."""
 
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         """Delete ROUTE only if it still points to ``server`` (stale route)."""
@@ -58,19 +82,27 @@ class Store(Protocol):
     # -- messages ----------------------------------------------------------
 
     def accept(self, notifications: Sequence[Notification]) -> Deferred[list[Accepted]]:
-        """For each notification, atomically: store the body with its expiry, add
-        the id to every recipient's WAIT_ACK, and append it to the queue. One
-        whose ``idempotency_key`` was seen before writes nothing and answers the
-        first acceptance (``duplicate=True``)."""
+        """For each notification, atomically: store the body until its
+        ``expires_at``, add the id to every recipient's WAIT_ACK (whose expiry
+        is raised to the longest TTL it holds), and append it with its
+        recipients to the queue. One whose ``idempotency_key`` was seen within
+        the store's idempotency TTL writes nothing and answers the first
+        acceptance (``duplicate=True``). Repeated recipients count once.
+
+        The whole batch is checked first (ValueError: nothing written); then
+        each notification is atomic on its own, not the batch as a whole."""
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
-        """Ids in ``PIGEON:WAIT_ACK:<clientId>``, oldest first, at most ``limit``."""
+        """Ids in ``PIGEON:WAIT_ACK:<clientId>``, oldest first, at most ``limit``.
+        May include ids whose body already expired (``bodies`` says None):
+        the reader acks those away."""
 
     def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
         """Message bodies in order; None where expired or unknown."""
 
     def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
-        """Remove each ``(clientId, messageId)`` from WAIT_ACK (one batch)."""
+        """Remove each ``(clientId, messageId)`` from WAIT_ACK (one batch);
+        unknown pairs are ignored."""
 
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         """The delivery receipt, or None once the message expired or was never seen."""
@@ -86,20 +118,28 @@ class Store(Protocol):
     # -- the notification queue (stream PIGEON:QUEUE, group ``delivery``) ------
 
     def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
-        """Up to ``count`` new entries for ``consumer``, waiting up to ``block``
-        seconds for the first one; [] if none came."""
+        """Up to ``count`` entries never handed out before, oldest first, for
+        ``consumer`` (they stay pending with it until acknowledged), waiting up
+        to ``block`` seconds for the first one (0: do not wait); [] if none
+        came. Cancelling the Deferred stops the wait."""
 
     def acknowledge(self, entry_ids: Sequence[str]) -> Deferred[None]:
-        """Mark entries handled: they are never handed out again."""
+        """Mark entries handled and delete them from the queue: they are never
+        handed out again. Unknown ids are ignored."""
 
     def reclaim(self, consumer: str, min_idle: float, count: int) -> Deferred[list[QueueEntry]]:
-        """Take over entries another consumer left un-acknowledged for ``min_idle``
-        seconds (a crashed worker's)."""
+        """Take over up to ``count`` pending entries that nobody acknowledged
+        for ``min_idle`` seconds (a crashed worker's), oldest first; their
+        ``deliveries`` counts this hand-out too."""
 
     def queue_lag(self) -> Deferred[int]:
         """Entries accepted but not yet acknowledged (a gauge for operators)."""
 
     # -- lifetime ------------------------------------------------------------
 
+    def ping(self) -> Deferred[None]:
+        """Fires once the backend answered (health checks); StoreError if not."""
+
     def close(self) -> Deferred[None]:
-        """Release connections; pending calls fail with StoreError."""
+        """Release connections; pending calls fail with StoreError, and so does
+        every call made afterwards. Closing twice is harmless."""

@@ -1,0 +1,84 @@
+"""Argument checks shared by the backends, so both refuse the same input with
+the same message (and before writing anything)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pigeonpush.store.model import Notification
+
+
+def positive_seconds(value: float, what: str) -> float:
+    """``value`` if it is a finite number of seconds above zero, else ValueError."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def non_negative_seconds(value: float, what: str) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{what} must be zero or a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def milliseconds(seconds: float) -> int:
+    """Whole milliseconds, rounded up so that a positive duration never becomes 0."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def positive_count(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def optional_limit(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"limit must be None or an integer >= 0, not {value!r}")
+    return value
+
+
+def distinct(values: Sequence[str]) -> tuple[str, ...]:
+    """``values`` without repeats, first occurrence kept (order matters for receipts)."""
+    return tuple(dict.fromkeys(values))
+
+
+def accepted_batch(
+    notifications: Sequence[Notification], now: float
+) -> list[tuple[Notification, float]]:
+    """Each notification with its recipients made distinct and its remaining
+    time to live; ValueError for the first one that cannot be stored, so that a
+    bad batch writes nothing."""
+    checked: list[tuple[Notification, float]] = []
+    for notification in notifications:
+        message = notification.message
+        if not message.message_id:
+            raise ValueError("a message needs a non-empty messageId")
+        recipients = distinct(notification.recipients)
+        if not recipients:
+            raise ValueError(f"message {message.message_id} has no recipients")
+        if not all(isinstance(r, str) and r for r in recipients):
+            raise ValueError(f"message {message.message_id}: recipients must be non-empty strings")
+        remaining = message.expires_at - now
+        if not math.isfinite(remaining) or remaining <= 0:
+            raise ValueError(
+                f"message {message.message_id} expired before it was stored "
+                f"(expiresAt {message.expires_at!r}, now {now!r})"
+            )
+        if recipients != notification.recipients:
+            notification = Notification(message, recipients, notification.idempotency_key)
+        checked.append((notification, remaining))
+    return checked

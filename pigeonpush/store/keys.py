@@ -1,0 +1,44 @@
+"""The Redis key layout (docs/data-model.rst). The seed's four tables keep
+their exact names; the queue, device and idempotency keys are additions."""
+
+from __future__ import annotations
+
+PREFIX = "PIGEON:"
+AUTH = PREFIX + "AUTH:"  #: + clientId -> string: the token reglog issued
+ROUTE = PREFIX + "ROUTE:"  #: + clientId -> string: RPC address of the push server
+WAIT_ACK = PREFIX + "WAIT_ACK:"  #: + clientId -> set of messageIds not yet ACKed
+MSG_BODY = PREFIX + "MSG_BODY:"  #: + messageId -> hash (see BODY_FIELDS)
+DEVICE = PREFIX + "DEVICE:"  #: + clientId -> hash (secretHash, createdAt)
+IDEMPOTENCY = PREFIX + "IDEMPOTENCY:"  #: + key -> string: JSON of the first acceptance
+QUEUE = PREFIX + "QUEUE"  #: stream of accepted notifications
+GROUP = "delivery"  #: the consumer group of QUEUE
+
+#: MSG_BODY fields read on the delivery path (``recipients`` is left out: it
+#: can be thousands of ids and only the receipt needs it).
+BODY_FIELDS = ("title", "text", "extras", "createdAt", "expiresAt")
+RECEIPT_FIELDS = (*BODY_FIELDS, "recipients")
+DEVICE_FIELDS = ("secretHash", "createdAt")
+
+
+def auth(client_id: str) -> str:
+    return AUTH + client_id
+
+
+def route(client_id: str) -> str:
+    return ROUTE + client_id
+
+
+def wait_ack(client_id: str) -> str:
+    return WAIT_ACK + client_id
+
+
+def msg_body(message_id: str) -> str:
+    return MSG_BODY + message_id
+
+
+def device(client_id: str) -> str:
+    return DEVICE + client_id
+
+
+def idempotency(key: str) -> str:
+    return IDEMPOTENCY + key

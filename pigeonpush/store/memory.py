@@ -1,0 +1,284 @@
+"""The memory backend: the store's semantics in one process (pigeon-standalone).
+
+It is a real backend, not a test double: the same contract suite runs against
+it and against Redis. Expiry follows the injected clock, so a message's TTL, a
+session's TTL and the queue's idle times behave as they do in Redis, and tests
+drive them with ``twisted.internet.task.Clock``. Every method answers at once
+(an already-fired Deferred), except ``consume`` when it has to wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from pigeonpush.store import checks
+from pigeonpush.store.expiring import Expiries, ExpiringTable
+from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, StoreError
+from pigeonpush.store.memory_queue import MemoryQueue
+from pigeonpush.store.model import (
+    Accepted,
+    DeviceRecord,
+    Message,
+    Notification,
+    QueueEntry,
+    Receipt,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@attrs.frozen(slots=True)
+class _Body:
+    message: Message
+    recipients: tuple[str, ...]
+
+
+class MemoryStore:
+    """All shared state in dictionaries, expiring on ``clock``."""
+
+    def __init__(
+        self, clock: IReactorTime, *, idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    ) -> None:
+        self._clock = clock
+        self._idempotency_ttl = checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
+        self._expiries = Expiries()
+        self._auth: ExpiringTable[str] = ExpiringTable(self._expiries)
+        self._route: ExpiringTable[str] = ExpiringTable(self._expiries)
+        self._wait_ack: ExpiringTable[set[str]] = ExpiringTable(self._expiries)
+        self._bodies: ExpiringTable[_Body] = ExpiringTable(self._expiries)
+        self._idempotency: ExpiringTable[Accepted] = ExpiringTable(self._expiries)
+        self._devices: dict[str, DeviceRecord] = {}
+        self._queue = MemoryQueue(clock)
+        self._closed = False
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _run(self, operation: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        """Run ``operation`` now; its result or error as a fired Deferred, so
+        callers see the same shape of answer as from Redis."""
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        self._expiries.sweep(self._clock.seconds())
+        try:
+            return succeed(operation(*args, **kwargs))
+        except Exception:
+            return fail()
+
+    def size(self) -> int:
+        """Live keys, counted as Redis' DBSIZE would (the queue is one key)."""
+        now = self._clock.seconds()
+        self._expiries.sweep(now)
+        tables = (self._auth, self._route, self._wait_ack, self._bodies, self._idempotency)
+        live = sum(1 for table in tables for _ in table.keys(now))
+        return live + len(self._devices) + (1 if len(self._queue) else 0)
+
+    # -- sessions ------------------------------------------------------------
+
+    def issue_token(self, client_id: str, token: str, ttl: float) -> Deferred[None]:
+        return self._run(self._issue_token, client_id, token, ttl)
+
+    def _issue_token(self, client_id: str, token: str, ttl: float) -> None:
+        ttl = checks.positive_seconds(ttl, "ttl")
+        self._auth.set(client_id, token, self._clock.seconds() + ttl)
+
+    def token(self, client_id: str) -> Deferred[str | None]:
+        return self._run(self._auth.get, client_id, self._clock.seconds())
+
+    def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
+        return self._run(self._bind_session, client_id, token, server, ttl)
+
+    def _bind_session(self, client_id: str, token: str, server: str, ttl: float) -> bool:
+        ttl = checks.positive_seconds(ttl, "ttl")
+        now = self._clock.seconds()
+        if self._auth.get(client_id, now) != token:
+            return False
+        self._auth.expire(client_id, now + ttl, now)
+        self._route.set(client_id, server, now + ttl)
+        return True
+
+    def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
+        return self._run(self._end_session, client_id, token, server)
+
+    def _end_session(self, client_id: str, token: str, server: str) -> bool:
+        now = self._clock.seconds()
+        if self._auth.get(client_id, now) != token:
+            return False
+        route = self._route.get(client_id, now)
+        if route is not None and route != server:
+            return False
+        self._auth.delete(client_id, now)
+        self._route.delete(client_id, now)
+        return True
+
+    def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:
+        return self._run(self._refresh_sessions, client_ids, ttl)
+
+    def _refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> None:
+        ttl = checks.positive_seconds(ttl, "ttl")
+        now = self._clock.seconds()
+        for client_id in client_ids:
+            self._auth.expire(client_id, now + ttl, now)
+            self._route.expire(client_id, now + ttl, now)
+
+    def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
+        return self._run(self._drop_route, client_id, server)
+
+    def _drop_route(self, client_id: str, server: str) -> bool:
+        now = self._clock.seconds()
+        if self._route.get(client_id, now) != server:
+            return False
+        return self._route.delete(client_id, now)
+
+    def route(self, client_id: str) -> Deferred[str | None]:
+        return self._run(self._route.get, client_id, self._clock.seconds())
+
+    def routes(self, client_ids: Sequence[str]) -> Deferred[list[str | None]]:
+        return self._run(self._routes, client_ids)
+
+    def _routes(self, client_ids: Sequence[str]) -> list[str | None]:
+        now = self._clock.seconds()
+        return [self._route.get(client_id, now) for client_id in client_ids]
+
+    # -- messages --------------------------------------------------------------
+
+    def accept(self, notifications: Sequence[Notification]) -> Deferred[list[Accepted]]:
+        return self._run(self._accept, notifications)
+
+    def _accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
+        now = self._clock.seconds()
+        answers: list[Accepted] = []
+        for notification, _remaining in checks.accepted_batch(notifications, now):
+            key = notification.idempotency_key
+            if key is not None:
+                first = self._idempotency.get(key, now)
+                if first is not None:
+                    answers.append(first)
+                    continue
+            message = notification.message
+            message = attrs.evolve(message, extras=dict(message.extras))
+            expires_at = message.expires_at
+            self._bodies.set(
+                message.message_id, _Body(message, notification.recipients), expires_at
+            )
+            for client_id in notification.recipients:
+                pending = self._wait_ack.get(client_id, now)
+                if pending is None:
+                    self._wait_ack.set(client_id, {message.message_id}, expires_at)
+                    continue
+                pending.add(message.message_id)
+                current = self._wait_ack.expires_at(client_id, now)
+                if current is None or current < expires_at:
+                    self._wait_ack.expire(client_id, expires_at, now)
+            self._queue.add(Notification(message, notification.recipients, key))
+            accepted = Accepted(message.message_id, len(notification.recipients))
+            if key is not None:
+                self._idempotency.set(
+                    key, attrs.evolve(accepted, duplicate=True), now + self._idempotency_ttl
+                )
+            answers.append(accepted)
+        self._queue.wake()
+        return answers
+
+    def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
+        return self._run(self._pending_ids, client_id, limit)
+
+    def _pending_ids(self, client_id: str, limit: int | None) -> list[str]:
+        limit = checks.optional_limit(limit)
+        ids = sorted(self._wait_ack.get(client_id, self._clock.seconds()) or ())
+        return ids if limit is None else ids[:limit]
+
+    def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
+        return self._run(self._messages, message_ids)
+
+    def _messages(self, message_ids: Sequence[str]) -> list[Message | None]:
+        now = self._clock.seconds()
+        found: list[Message | None] = []
+        for message_id in message_ids:
+            body = self._bodies.get(message_id, now)
+            found.append(None if body is None else body.message)
+        return found
+
+    def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
+        return self._run(self._ack, acks)
+
+    def _ack(self, acks: Sequence[tuple[str, str]]) -> None:
+        now = self._clock.seconds()
+        for client_id, message_id in acks:
+            pending = self._wait_ack.get(client_id, now)
+            if pending is None:
+                continue
+            pending.discard(message_id)
+            if not pending:  # Redis deletes a set once it is empty
+                self._wait_ack.delete(client_id, now)
+
+    def receipt(self, message_id: str) -> Deferred[Receipt | None]:
+        return self._run(self._receipt, message_id)
+
+    def _receipt(self, message_id: str) -> Receipt | None:
+        now = self._clock.seconds()
+        body = self._bodies.get(message_id, now)
+        if body is None:
+            return None
+        pending = tuple(
+            client_id
+            for client_id in body.recipients
+            if message_id in (self._wait_ack.get(client_id, now) or ())
+        )
+        return Receipt(body.message, body.recipients, pending)
+
+    # -- devices -----------------------------------------------------------------
+
+    def register_device(self, record: DeviceRecord) -> Deferred[bool]:
+        return self._run(self._register_device, record)
+
+    def _register_device(self, record: DeviceRecord) -> bool:
+        if record.client_id in self._devices:
+            return False
+        self._devices[record.client_id] = record
+        return True
+
+    def device(self, client_id: str) -> Deferred[DeviceRecord | None]:
+        return self._run(self._devices.get, client_id)
+
+    # -- queue -------------------------------------------------------------------
+
+    def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        try:
+            checks.positive_count(count, "count")
+            checks.non_negative_seconds(block, "block")
+        except ValueError:
+            return fail()
+        return self._queue.wait(consumer, count, block)
+
+    def acknowledge(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        return self._run(self._queue.acknowledge, entry_ids)
+
+    def reclaim(self, consumer: str, min_idle: float, count: int) -> Deferred[list[QueueEntry]]:
+        return self._run(self._reclaim, consumer, min_idle, count)
+
+    def _reclaim(self, consumer: str, min_idle: float, count: int) -> list[QueueEntry]:
+        checks.non_negative_seconds(min_idle, "min_idle")
+        checks.positive_count(count, "count")
+        return self._queue.reclaim(consumer, min_idle, count)
+
+    def queue_lag(self) -> Deferred[int]:
+        return self._run(len, self._queue)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def ping(self) -> Deferred[None]:
+        return self._run(lambda: None)
+
+    def close(self) -> Deferred[None]:
+        if not self._closed:
+            self._closed = True
+            self._queue.close()
+        return succeed(None)

@@ -1,0 +1,423 @@
+"""The Redis backend (txredisapi): the production store, shared by every node.
+
+Key layout, types and expiries: docs/data-model.rst and ``keys``. Writes that
+belong together run as one Lua script (``scripts``); batches go out as one
+write per batch (``RedisConnection.execute``). Blocking queue reads use
+connections of their own, so a consumer waiting on the queue never delays
+anybody else's commands.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
+from twisted.logger import Logger
+
+from pigeonpush.store import checks, keys, scripts
+from pigeonpush.store.address import RedisAddress
+from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, StoreError
+from pigeonpush.store.model import (
+    Accepted,
+    DeviceRecord,
+    Message,
+    Notification,
+    QueueEntry,
+    Receipt,
+)
+from pigeonpush.store.redis_codec import (
+    DecodeError,
+    accepted_record,
+    dump_time,
+    load_accepted,
+    load_device,
+    load_message,
+    load_notification,
+    load_recipients,
+    message_args,
+)
+from pigeonpush.store.redis_connection import (
+    Command,
+    RedisConnection,
+    Reply,
+    Script,
+    is_error,
+    redis_endpoint,
+)
+
+T = TypeVar("T")
+
+DEFAULT_REPLY_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Blocking-read connections kept open between ``consume`` calls.
+IDLE_BLOCKING_CONNECTIONS = 2
+#: XAUTOCLAIM rounds per ``reclaim`` (each scans up to 10 x count pending entries).
+RECLAIM_ROUNDS = 4
+
+log = Logger()
+
+
+class RedisStore:
+    """The store on Redis. Connects on first use; ``close`` releases everything."""
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        *,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self._reactor = reactor
+        self._idempotency_ms = checks.milliseconds(
+            checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
+        )
+        self._reply_timeout = checks.positive_seconds(reply_timeout, "reply_timeout")
+        self._connect_timeout = checks.positive_seconds(connect_timeout, "connect_timeout")
+        self._endpoint = redis_endpoint(reactor, address, self._connect_timeout)
+        self._main = self._connection(scripts.ALL)
+        self._idle_blocking: list[RedisConnection] = []
+        self._busy_blocking: set[RedisConnection] = set()
+        self._closed = False
+
+    def _connection(self, loaded: Sequence[Script] = ()) -> RedisConnection:
+        return RedisConnection(
+            self._reactor,
+            self.address,
+            self._endpoint,
+            reply_timeout=self._reply_timeout,
+            connect_timeout=self._connect_timeout,
+            scripts=loaded,
+        )
+
+    def _call(self, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Deferred[T]:
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        return ensureDeferred(operation(*args))
+
+    async def _one(self, *command: str) -> Reply:
+        (reply,) = await self._main.execute([command])
+        return _checked(reply, command[0])
+
+    # -- sessions ----------------------------------------------------------------
+
+    def issue_token(self, client_id: str, token: str, ttl: float) -> Deferred[None]:
+        return self._call(self._issue_token, client_id, token, ttl)
+
+    async def _issue_token(self, client_id: str, token: str, ttl: float) -> None:
+        ms = checks.milliseconds(checks.positive_seconds(ttl, "ttl"))
+        await self._one("SET", keys.auth(client_id), token, "PX", str(ms))
+
+    def token(self, client_id: str) -> Deferred[str | None]:
+        return self._call(self._one, "GET", keys.auth(client_id))
+
+    def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
+        return self._call(self._bind_session, client_id, token, server, ttl)
+
+    async def _bind_session(self, client_id: str, token: str, server: str, ttl: float) -> bool:
+        ms = checks.milliseconds(checks.positive_seconds(ttl, "ttl"))
+        return await self._flag(
+            scripts.BIND_SESSION,
+            [keys.auth(client_id), keys.route(client_id)],
+            [token, server, str(ms)],
+        )
+
+    def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
+        return self._call(self._end_session, client_id, token, server)
+
+    async def _end_session(self, client_id: str, token: str, server: str) -> bool:
+        return await self._flag(
+            scripts.END_SESSION, [keys.auth(client_id), keys.route(client_id)], [token, server]
+        )
+
+    def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:
+        return self._call(self._refresh_sessions, client_ids, ttl)
+
+    async def _refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> None:
+        ms = str(checks.milliseconds(checks.positive_seconds(ttl, "ttl")))
+        commands: list[Command] = []
+        for client_id in client_ids:
+            commands.append(("PEXPIRE", keys.auth(client_id), ms))
+            commands.append(("PEXPIRE", keys.route(client_id), ms))
+        for reply in await self._main.execute(commands):
+            _checked(reply, "PEXPIRE")
+
+    def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
+        return self._call(self._drop_route, client_id, server)
+
+    async def _drop_route(self, client_id: str, server: str) -> bool:
+        return await self._flag(scripts.DROP_ROUTE, [keys.route(client_id)], [server])
+
+    def route(self, client_id: str) -> Deferred[str | None]:
+        return self._call(self._one, "GET", keys.route(client_id))
+
+    def routes(self, client_ids: Sequence[str]) -> Deferred[list[str | None]]:
+        return self._call(self._routes, client_ids)
+
+    async def _routes(self, client_ids: Sequence[str]) -> list[str | None]:
+        if not client_ids:
+            return []
+        found = await self._one("MGET", *[keys.route(client_id) for client_id in client_ids])
+        return list(found)
+
+    # -- messages ------------------------------------------------------------------
+
+    def accept(self, notifications: Sequence[Notification]) -> Deferred[list[Accepted]]:
+        return self._call(self._accept, notifications)
+
+    async def _accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
+        checked = checks.accepted_batch(notifications, self._reactor.seconds())
+        calls = []
+        for notification, remaining in checked:
+            message = notification.message
+            key = notification.idempotency_key
+            recipients = notification.recipients
+            accepted = Accepted(message.message_id, len(recipients))
+            call_keys = [
+                keys.msg_body(message.message_id),
+                keys.QUEUE,
+                keys.idempotency(key) if key is not None else keys.msg_body(message.message_id),
+                *[keys.wait_ack(client_id) for client_id in recipients],
+            ]
+            call_args = [
+                message.message_id,
+                *message_args(message, recipients),
+                str(checks.milliseconds(remaining)),
+                "0" if key is None else "1",
+                str(self._idempotency_ms),
+                accepted_record(accepted),
+                key or "",
+            ]
+            calls.append((scripts.ACCEPT, call_keys, call_args))
+        replies = await self._main.run_scripts(calls)
+        answers: list[Accepted] = []
+        for (notification, _), reply in zip(checked, replies, strict=True):
+            written, value = _checked(reply, f"accept of {notification.message.message_id}")
+            if written == 1:
+                answers.append(
+                    Accepted(notification.message.message_id, len(notification.recipients))
+                )
+            else:
+                answers.append(load_accepted(value))
+        return answers
+
+    def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
+        return self._call(self._pending_ids, client_id, limit)
+
+    async def _pending_ids(self, client_id: str, limit: int | None) -> list[str]:
+        limit = checks.optional_limit(limit)
+        # messageIds are ULIDs: sorting them is sorting by time.
+        ids = sorted(await self._one("SMEMBERS", keys.wait_ack(client_id)))
+        return ids if limit is None else ids[:limit]
+
+    def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
+        return self._call(self._bodies, message_ids)
+
+    async def _bodies(self, message_ids: Sequence[str]) -> list[Message | None]:
+        replies = await self._main.execute(
+            [("HMGET", keys.msg_body(message_id), *keys.BODY_FIELDS) for message_id in message_ids]
+        )
+        return [
+            _decoded(load_message, message_id, _checked(reply, "HMGET"))
+            for message_id, reply in zip(message_ids, replies, strict=True)
+        ]
+
+    def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
+        return self._call(self._ack, acks)
+
+    async def _ack(self, acks: Sequence[tuple[str, str]]) -> None:
+        by_client: dict[str, list[str]] = defaultdict(list)
+        for client_id, message_id in acks:
+            by_client[client_id].append(message_id)
+        replies = await self._main.execute(
+            [("SREM", keys.wait_ack(client_id), *ids) for client_id, ids in by_client.items()]
+        )
+        for reply in replies:
+            _checked(reply, "SREM")
+
+    def receipt(self, message_id: str) -> Deferred[Receipt | None]:
+        return self._call(self._receipt, message_id)
+
+    async def _receipt(self, message_id: str) -> Receipt | None:
+        values = await self._one("HMGET", keys.msg_body(message_id), *keys.RECEIPT_FIELDS)
+        message = _decoded(load_message, message_id, values)
+        if message is None:
+            return None
+        recipients = _decoded(lambda _, value: load_recipients(value), message_id, values[5])
+        replies = await self._main.execute(
+            [("SISMEMBER", keys.wait_ack(client_id), message_id) for client_id in recipients]
+        )
+        pending = tuple(
+            client_id
+            for client_id, reply in zip(recipients, replies, strict=True)
+            if _checked(reply, "SISMEMBER") == 1
+        )
+        return Receipt(message, recipients, pending)
+
+    # -- devices ---------------------------------------------------------------------
+
+    def register_device(self, record: DeviceRecord) -> Deferred[bool]:
+        return self._call(self._register_device, record)
+
+    async def _register_device(self, record: DeviceRecord) -> bool:
+        return await self._flag(
+            scripts.REGISTER_DEVICE,
+            [keys.device(record.client_id)],
+            [record.secret_hash, dump_time(record.created_at)],
+        )
+
+    def device(self, client_id: str) -> Deferred[DeviceRecord | None]:
+        return self._call(self._device, client_id)
+
+    async def _device(self, client_id: str) -> DeviceRecord | None:
+        values = await self._one("HMGET", keys.device(client_id), *keys.DEVICE_FIELDS)
+        return _decoded(load_device, client_id, values)
+
+    # -- queue -----------------------------------------------------------------------
+
+    def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
+        return self._call(self._consume, consumer, count, block)
+
+    async def _consume(self, consumer: str, count: int, block: float) -> list[QueueEntry]:
+        checks.positive_count(count, "count")
+        block = checks.non_negative_seconds(block, "block")
+        command: list[str] = ["XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", str(count)]
+        if block > 0:
+            command += ["BLOCK", str(checks.milliseconds(block))]
+        command += ["STREAMS", keys.QUEUE, ">"]
+        reply = await self._with_group(lambda: self._read(command, block))
+        if reply is None:
+            return []
+        # [[stream, [[id, [field, value, ...]], ...]]]
+        return await self._entries([(entry[0], entry[1], 1) for entry in reply[0][1]])
+
+    async def _read(self, command: Sequence[str], block: float) -> Reply:
+        if block <= 0:
+            return _checked_group((await self._main.execute([command]))[0], command[0])
+        connection = self._idle_blocking.pop() if self._idle_blocking else self._connection()
+        self._busy_blocking.add(connection)
+        try:
+            (reply,) = await connection.execute(
+                [command], timeout=block + self._reply_timeout, abort_on_cancel=True
+            )
+        finally:
+            self._busy_blocking.discard(connection)
+            if self._closed or len(self._idle_blocking) >= IDLE_BLOCKING_CONNECTIONS:
+                connection.close()
+            else:
+                self._idle_blocking.append(connection)
+        return _checked_group(reply, command[0])
+
+    async def _with_group(self, operation: Callable[[], Awaitable[Reply]]) -> Reply:
+        """Run ``operation``; if the group does not exist yet (first use, or the
+        stream was deleted), create it (and the stream) and run it again."""
+        try:
+            return await operation()
+        except _NoGroup:
+            reply = await self._main.execute(
+                [("XGROUP", "CREATE", keys.QUEUE, keys.GROUP, "0", "MKSTREAM")]
+            )
+            if not is_error(reply[0], "BUSYGROUP"):
+                _checked(reply[0], "XGROUP CREATE")
+            try:
+                return await operation()
+            except _NoGroup as e:
+                raise StoreError(str(e)) from None
+
+    async def _entries(self, raw: Sequence[tuple[str, Any, int]]) -> list[QueueEntry]:
+        """Queue entries from (id, fields, deliveries); an entry that does not
+        decode is logged and removed, so it cannot block the queue."""
+        entries: list[QueueEntry] = []
+        broken: list[str] = []
+        for entry_id, fields, deliveries in raw:
+            if fields is None:  # deleted while pending: nothing left to deliver
+                broken.append(entry_id)
+                continue
+            try:
+                entries.append(QueueEntry(entry_id, load_notification(fields), deliveries))
+            except DecodeError as e:
+                log.error(
+                    "Dropping queue entry {entry_id} that does not decode: {error}",
+                    entry_id=entry_id,
+                    error=str(e),
+                )
+                broken.append(entry_id)
+        if broken:
+            await self._acknowledge(broken)
+        return entries
+
+    def acknowledge(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        return self._call(self._acknowledge, entry_ids)
+
+    async def _acknowledge(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._script(scripts.ACKNOWLEDGE, [keys.QUEUE], [keys.GROUP, *entry_ids])
+
+    def reclaim(self, consumer: str, min_idle: float, count: int) -> Deferred[list[QueueEntry]]:
+        return self._call(self._reclaim, consumer, min_idle, count)
+
+    async def _reclaim(self, consumer: str, min_idle: float, count: int) -> list[QueueEntry]:
+        idle_ms = round(checks.non_negative_seconds(min_idle, "min_idle") * 1000)
+        checks.positive_count(count, "count")
+        args = [keys.GROUP, consumer, str(idle_ms), str(count), str(RECLAIM_ROUNDS)]
+
+        async def claim() -> Reply:
+            (reply,) = await self._main.run_scripts([(scripts.RECLAIM, [keys.QUEUE], args)])
+            return _checked_group(reply, "XAUTOCLAIM")
+
+        claimed = await self._with_group(claim)
+        return await self._entries([(item[0], item[1], int(item[2])) for item in claimed])
+
+    def queue_lag(self) -> Deferred[int]:
+        return self._call(self._one, "XLEN", keys.QUEUE)
+
+    # -- lifetime --------------------------------------------------------------------
+
+    def ping(self) -> Deferred[None]:
+        return self._call(self._ping)
+
+    async def _ping(self) -> None:
+        await self._one("PING")
+
+    def close(self) -> Deferred[None]:
+        """Close every connection; calls in flight fail with StoreError."""
+        self._closed = True
+        connections = [self._main, *self._idle_blocking, *self._busy_blocking]
+        self._idle_blocking.clear()
+        closing = DeferredList([c.close() for c in connections], consumeErrors=True)
+        return closing.addCallback(lambda _: None)
+
+    async def _flag(self, script: Script, script_keys: list[str], args: list[str]) -> bool:
+        """Run a script that answers 1 (done) or 0 (condition not met)."""
+        return bool(await self._script(script, script_keys, args) == 1)
+
+    async def _script(self, script: Script, script_keys: list[str], args: list[str]) -> Reply:
+        (reply,) = await self._main.run_scripts([(script, script_keys, args)])
+        return _checked(reply, script.name)
+
+
+class _NoGroup(StoreError):
+    """The consumer group (or the stream) does not exist."""
+
+
+def _checked(reply: Reply, what: str) -> Reply:
+    if is_error(reply):
+        raise StoreError(f"Redis refused {what}: {reply}")
+    return reply
+
+
+def _checked_group(reply: Reply, what: str) -> Reply:
+    if is_error(reply, "NOGROUP"):
+        raise _NoGroup(f"Redis refused {what}: {reply}")
+    return _checked(reply, what)
+
+
+def _decoded(load: Callable[[str, Any], T], key: str, value: Any) -> T:
+    try:
+        return load(key, value)
+    except DecodeError as e:
+        raise StoreError(str(e)) from e

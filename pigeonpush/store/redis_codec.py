@@ -1,0 +1,120 @@
+"""How the model's values are written into Redis strings and read back.
+
+Times are written with ``repr`` (the shortest text that reads back as the
+same float), extras and recipients as compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from pigeonpush.store.model import Accepted, DeviceRecord, Message, Notification
+
+
+class DecodeError(ValueError):
+    """A stored value is not what this module writes."""
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def dump_time(value: float) -> str:
+    return repr(float(value))
+
+
+def message_args(message: Message, recipients: Sequence[str]) -> list[str]:
+    """title, text, extras, createdAt, expiresAt, recipients: the fields
+    MSG_BODY and the queue entry share (ACCEPT's ARGV[2..7])."""
+    return [
+        message.title,
+        message.text,
+        dump_json(dict(message.extras)),
+        dump_time(message.created_at),
+        dump_time(message.expires_at),
+        dump_json(list(recipients)),
+    ]
+
+
+def accepted_record(accepted: Accepted) -> str:
+    """The IDEMPOTENCY value: the first acceptance."""
+    return dump_json({"messageId": accepted.message_id, "recipients": accepted.recipients})
+
+
+def load_accepted(record: str) -> Accepted:
+    try:
+        value = json.loads(record)
+        return Accepted(str(value["messageId"]), int(value["recipients"]), duplicate=True)
+    except (ValueError, TypeError, KeyError) as e:
+        raise DecodeError(f"bad idempotency record {record!r}") from e
+
+
+def load_message(message_id: str, values: Sequence[object]) -> Message | None:
+    """A message from HMGET of BODY_FIELDS; None if the hash is gone."""
+    title, text, extras, created_at, expires_at = values[:5]
+    if title is None:
+        return None
+    try:
+        return Message(
+            message_id=message_id,
+            title=str(title),
+            text=str(text),
+            extras=_load_extras(extras),
+            created_at=float(str(created_at)),
+            expires_at=float(str(expires_at)),
+        )
+    except (ValueError, TypeError) as e:
+        raise DecodeError(f"bad MSG_BODY for {message_id}: {e}") from e
+
+
+def load_recipients(value: object) -> tuple[str, ...]:
+    try:
+        recipients = json.loads(str(value))
+    except ValueError as e:
+        raise DecodeError(f"bad recipients {value!r}") from e
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise DecodeError(f"bad recipients {value!r}")
+    return tuple(recipients)
+
+
+def load_notification(flat_fields: Sequence[object]) -> Notification:
+    """A notification from a queue entry's field/value list."""
+    fields = dict(zip(flat_fields[::2], flat_fields[1::2], strict=False))
+    message_id = fields.get("messageId")
+    if not isinstance(message_id, str):
+        raise DecodeError("queue entry without messageId")
+    message = load_message(
+        message_id,
+        [fields.get(name) for name in ("title", "text", "extras", "createdAt", "expiresAt")],
+    )
+    if message is None:
+        raise DecodeError(f"queue entry {message_id} without title")
+    key = fields.get("idempotencyKey")
+    return Notification(
+        message, load_recipients(fields.get("recipients")), None if key is None else str(key)
+    )
+
+
+def load_device(client_id: str, values: Sequence[object]) -> DeviceRecord | None:
+    secret_hash, created_at = values[:2]
+    if secret_hash is None:
+        return None
+    try:
+        return DeviceRecord(client_id, str(secret_hash), float(str(created_at)))
+    except ValueError as e:
+        raise DecodeError(f"bad DEVICE record for {client_id}") from e
+
+
+def _load_extras(value: object) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    try:
+        extras = json.loads(str(value))
+    except ValueError as e:
+        raise DecodeError(f"bad extras {value!r}") from e
+    if not isinstance(extras, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extras.items()
+    ):
+        raise DecodeError(f"bad extras {value!r}")
+    return extras

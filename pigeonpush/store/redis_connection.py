@@ -1,0 +1,415 @@
+"""One connection to Redis: txredisapi's protocol on an endpoint of our own.
+
+txredisapi parses replies and encodes commands. Its connection factory is not
+used: it reconnects on the global reactor and keeps a call made while Redis is
+away waiting, without bound, for the next connection. Here instead:
+
+- the reactor is a parameter (connects, timeouts);
+- the connection opens on first use and again on the first use after it was
+  lost; a call made while Redis cannot be reached fails with StoreError;
+- a call in flight when the connection drops, or that gets no answer within
+  its timeout, fails with StoreError (a timeout also drops the connection,
+  since later replies could no longer be matched to their calls);
+- a batch of commands goes out in one write and its replies come back as one
+  list: one round trip for N commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import txredisapi
+from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pigeonpush.store.address import RedisAddress
+from pigeonpush.store.interface import StoreError
+
+#: A Redis command: its name then its arguments, all already strings.
+Command = Sequence[str]
+#: What Redis answered: str, int, None, a list of those, or a ResponseError.
+Reply = Any
+ResponseError = txredisapi.ResponseError
+
+log = Logger()
+
+
+@attrs.frozen(slots=True)
+class Script:
+    """A Lua script, run with EVALSHA (it is loaded on every new connection)."""
+
+    name: str
+    source: str
+    sha: str = attrs.field()
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+    def call(self, keys: Sequence[str], args: Sequence[str]) -> Command:
+        return ("EVALSHA", self.sha, str(len(keys)), *keys, *args)
+
+    def call_source(self, keys: Sequence[str], args: Sequence[str]) -> Command:
+        return ("EVAL", self.source, str(len(keys)), *keys, *args)
+
+
+def is_error(reply: Reply, code: str | None = None) -> bool:
+    """Whether ``reply`` is an error reply (with that code, e.g. ``NOSCRIPT``)."""
+    if not isinstance(reply, ResponseError):
+        return False
+    return code is None or str(reply).startswith(code)
+
+
+@attrs.define(slots=True, eq=False)
+class _Batch:
+    size: int
+    deferred: Deferred[list[Reply]]
+    replies: list[Reply] = attrs.Factory(list)
+
+
+class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
+    """txredisapi's reply reader, answering whole batches in order."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        super().__init__(charset="utf-8", convertNumbers=False)
+        self._reactor = reactor
+        self._batches: deque[_Batch] = deque()
+        self._soon: deque[tuple[Callable[..., object], tuple[object, ...]]] = deque()
+        self._draining = False
+        self._aborted = False
+        self._closing: str | None = None
+        self._on_lost: list[Callable[[], None]] = []
+
+    # txredisapi's reader hands the rest of a chunk back to itself with
+    # ``callLater(0, ...)`` (pausing the transport meanwhile) after every bulk
+    # string: a reactor turn per element of a large reply. Those calls run
+    # instead right after the current chunk, in order, on this reactor.
+    def callLater(self, delay: float, f: Callable[..., object], *args: object) -> object:
+        if delay > 0:
+            return self._reactor.callLater(delay, f, *args)
+        self._soon.append((f, args))
+        return None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.dataReceived(b"")
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        super().dataReceived(data, unpause)
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._soon and self.usable:
+                f, args = self._soon.popleft()
+                f(*args)
+        finally:
+            self._draining = False
+            self._soon.clear()
+
+    def connectionMade(self) -> None:
+        """Nothing to do: RedisConnection sends AUTH and SELECT itself."""
+
+    @property
+    def usable(self) -> bool:
+        transport = self.transport
+        return bool(
+            self.connected
+            and not self._aborted
+            and transport is not None
+            and not getattr(transport, "disconnecting", 0)
+        )
+
+    def send(
+        self, commands: Sequence[Command], canceller: Callable[[Deferred[Any]], None] | None = None
+    ) -> Deferred[list[Reply]]:
+        """Write ``commands`` at once; fires with their replies, in order."""
+        try:
+            payload = b"".join([self._build_command(*command) for command in commands])
+        except txredisapi.InvalidData as e:
+            return fail(ValueError(f"cannot send to Redis: {e}"))
+        batch = _Batch(len(commands), Deferred(canceller))
+        self._batches.append(batch)
+        self.transport.write(payload)
+        return batch.deferred
+
+    def replyReceived(self, reply: Reply) -> None:
+        if not self._batches:
+            # Nothing was asked: handing this to the next caller would shift
+            # every later reply by one. Drop the connection instead.
+            log.error("Unexpected reply from Redis; dropping the connection")
+            self.abort()
+            return
+        batch = self._batches[0]
+        batch.replies.append(reply)
+        if len(batch.replies) == batch.size:
+            self._batches.popleft()
+            if not batch.deferred.called:  # else it was cancelled or timed out
+                batch.deferred.callback(batch.replies)
+
+    def abort(self, _: object = None) -> None:
+        """Drop the connection now. It is unusable from this moment, though
+        ``connectionLost`` only comes on a later reactor turn."""
+        self._aborted = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def close(self, why: str) -> None:
+        """Close after what was written; calls still waiting fail with ``why``."""
+        self._closing = why
+        self.transport.loseConnection()
+
+    def notify_lost(self, callback: Callable[[], None]) -> None:
+        self._on_lost.append(callback)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        super().connectionLost(reason)
+        why = self._closing or f"the connection to Redis was lost: {reason.getErrorMessage()}"
+        batches, self._batches = self._batches, deque()
+        for batch in batches:
+            if not batch.deferred.called:
+                batch.deferred.errback(StoreError(why))
+        callbacks, self._on_lost = self._on_lost, []
+        for callback in callbacks:
+            callback()
+
+
+class _RedisFactory(Factory):
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def buildProtocol(self, addr: object) -> RedisProtocol:
+        protocol = RedisProtocol(self._reactor)
+        protocol.factory = self
+        return protocol
+
+
+def redis_endpoint(
+    reactor: Any, address: RedisAddress, connect_timeout: float
+) -> IStreamClientEndpoint:
+    """The client endpoint for ``address`` (TLS for ``rediss://``)."""
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, address.host, address.port, timeout=connect_timeout
+    )
+    if address.tls:
+        trust_root: Any = ssl.platformTrust()
+        if address.ca_certs is not None:
+            trust_root = load_trust_root(address.ca_certs)
+        options = ssl.optionsForClientTLS(address.host, trustRoot=trust_root)
+        endpoint = wrapClientTLS(options, endpoint)
+    return endpoint
+
+
+def load_trust_root(path: str) -> Any:
+    """The certificates of a PEM file as a trust root (read once, at start)."""
+    try:
+        with open(path, "rb") as pem:
+            data = pem.read()
+    except OSError as e:
+        raise ValueError(f"cannot read ssl_ca_certs {path!r}: {e.strerror}") from None
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
+    if not blocks:
+        raise ValueError(f"ssl_ca_certs {path!r} holds no PEM certificate")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+
+
+class RedisConnection:
+    """One connection, opened on first use and reopened after it was lost."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: RedisAddress,
+        endpoint: IStreamClientEndpoint,
+        *,
+        reply_timeout: float,
+        connect_timeout: float,
+        scripts: Sequence[Script] = (),
+    ) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._endpoint = endpoint
+        self._reply_timeout = reply_timeout
+        self._connect_timeout = connect_timeout
+        self._scripts = tuple(scripts)
+        self._protocol: RedisProtocol | None = None
+        self._attempt: Deferred[RedisProtocol] | None = None
+        self._waiting: list[Deferred[RedisProtocol]] = []
+        self._closed = False
+        self._down = False  # reported unreachable; log again only once it is back
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and self._protocol.usable
+
+    def execute(
+        self,
+        commands: Sequence[Command],
+        *,
+        timeout: float | None = None,
+        abort_on_cancel: bool = False,
+    ) -> Deferred[list[Reply]]:
+        """Send ``commands`` in one write; their replies in order. Error replies
+        are values (ResponseError); a lost connection or no answer within
+        ``timeout`` (default: the reply timeout) fails with StoreError.
+        ``abort_on_cancel`` drops the connection if the caller cancels (for
+        blocking reads, whose reply would otherwise keep it busy)."""
+        return ensureDeferred(self._execute(commands, timeout, abort_on_cancel))
+
+    async def _execute(
+        self, commands: Sequence[Command], timeout: float | None, abort_on_cancel: bool
+    ) -> list[Reply]:
+        if not commands:
+            return []
+        protocol = await self._connected()
+        limit = self._reply_timeout if timeout is None else timeout
+        batch = protocol.send(commands, protocol.abort if abort_on_cancel else None)
+        timer = self._reactor.callLater(limit, self._time_out, protocol, batch, limit)
+        try:
+            return await batch
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def run_scripts(
+        self, calls: Sequence[tuple[Script, Sequence[str], Sequence[str]]]
+    ) -> list[Reply]:
+        """Run scripts in one write. A server that lost its script cache (a
+        restart, SCRIPT FLUSH) answers NOSCRIPT without running anything; those
+        calls are sent again with their source."""
+        replies = await self.execute([script.call(keys, args) for script, keys, args in calls])
+        missing = [i for i, reply in enumerate(replies) if is_error(reply, "NOSCRIPT")]
+        if missing:
+            retried = await self.execute(
+                [calls[i][0].call_source(calls[i][1], calls[i][2]) for i in missing]
+            )
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _time_out(
+        self, protocol: RedisProtocol, batch: Deferred[list[Reply]], limit: float
+    ) -> None:
+        if not batch.called:
+            batch.errback(StoreError(f"Redis at {self._address} did not answer within {limit:g}s"))
+        protocol.abort()
+
+    def _connected(self) -> Deferred[RedisProtocol]:
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        protocol = self._protocol
+        if protocol is not None and protocol.usable:
+            return succeed(protocol)
+        waiter: Deferred[RedisProtocol] = Deferred()
+        self._waiting.append(waiter)
+        if self._attempt is None:
+            self._attempt = ensureDeferred(self._connect())
+            self._attempt.addBoth(self._attempt_done)
+        return waiter
+
+    def _attempt_done(self, result: RedisProtocol | Failure) -> None:
+        self._attempt = None
+        waiting, self._waiting = self._waiting, []
+        if isinstance(result, Failure):
+            if result.check(CancelledError) or self._closed:
+                result = Failure(StoreError("the store is closed"))
+            elif not result.check(StoreError):
+                result = Failure(
+                    StoreError(f"cannot connect to Redis at {self._address}: {result.value}")
+                )
+            for waiter in waiting:
+                waiter.errback(result)
+            return
+        self._protocol = result
+        for waiter in waiting:
+            waiter.callback(result)
+
+    async def _connect(self) -> RedisProtocol:
+        try:
+            protocol = await self._endpoint.connect(_RedisFactory(self._reactor))
+        except CancelledError:
+            raise
+        except Exception as e:
+            if not self._down:
+                self._down = True
+                log.warn(
+                    "Cannot connect to Redis at {address}: {error}",
+                    address=str(self._address),
+                    error=str(e),
+                )
+            raise StoreError(f"cannot connect to Redis at {self._address}: {e}") from e
+        assert isinstance(protocol, RedisProtocol)
+        protocol.notify_lost(lambda: self._lost(protocol))
+        handshake: list[Command] = []
+        if self._address.password is not None:
+            if self._address.username:
+                handshake.append(("AUTH", self._address.username, self._address.password))
+            else:
+                handshake.append(("AUTH", self._address.password))
+        if self._address.db:
+            handshake.append(("SELECT", str(self._address.db)))
+        handshake.extend(("SCRIPT", "LOAD", script.source) for script in self._scripts)
+        if handshake:
+            batch = protocol.send(handshake, protocol.abort)
+            timer = self._reactor.callLater(
+                self._reply_timeout, self._time_out, protocol, batch, self._reply_timeout
+            )
+            try:
+                replies = await batch
+            finally:
+                if timer.active():
+                    timer.cancel()
+            for command, reply in zip(handshake, replies, strict=True):
+                if is_error(reply):
+                    protocol.abort()
+                    what = (
+                        "refused the credentials"
+                        if command[0] == "AUTH"
+                        else f"refused {command[0]}"
+                    )
+                    if not self._down:
+                        self._down = True
+                        log.error(
+                            "Redis at {address} {what}: {reply}",
+                            address=str(self._address),
+                            what=what,
+                            reply=str(reply),
+                        )
+                    raise StoreError(f"Redis at {self._address} {what}: {reply}")
+        if self._down:
+            log.info("Connected to Redis at {address} again", address=str(self._address))
+        self._down = False
+        return protocol
+
+    def _lost(self, protocol: RedisProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            if not self._closed:
+                log.info("Connection to Redis at {address} closed", address=str(self._address))
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; calls in flight fail with StoreError."""
+        self._closed = True
+        if self._attempt is not None:
+            self._attempt.cancel()
+        protocol = self._protocol
+        if protocol is None or not protocol.connected:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        protocol.notify_lost(lambda: done.callback(None))
+        protocol.close("the store was closed")
+        return done

@@ -1,0 +1,143 @@
+"""The Lua scripts of the Redis backend: writes that belong together run as
+one script, so no other client sees (or interleaves with) half of them.
+
+Redis does not roll a script back when a command inside it fails, so each
+script checks everything that could fail before its first write.
+"""
+
+from __future__ import annotations
+
+from pigeonpush.store.redis_connection import Script
+
+#: KEYS: AUTH, ROUTE. ARGV: token, server, ttl in ms.
+#: Bind only while AUTH still holds the token this session authenticated with.
+BIND_SESSION = Script(
+    "bind_session",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+""",
+)
+
+#: KEYS: AUTH, ROUTE. ARGV: token, server.
+#: Delete the session only while it is still this one: AUTH holds our token
+#: and ROUTE is ours or gone. A newer session (new token, or the same token
+#: bound on another server) is left intact.
+END_SESSION = Script(
+    "end_session",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local route = redis.call('GET', KEYS[2])
+if route and route ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+if route then redis.call('DEL', KEYS[2]) end
+return 1
+""",
+)
+
+#: KEYS: ROUTE. ARGV: server. Compare-and-delete.
+DROP_ROUTE = Script(
+    "drop_route",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+""",
+)
+
+#: KEYS: MSG_BODY, QUEUE, IDEMPOTENCY (or MSG_BODY again when there is no
+#: key), then one WAIT_ACK per recipient.
+#: ARGV: messageId, title, text, extras (JSON), createdAt, expiresAt,
+#: recipients (JSON), TTL in ms, has-idempotency-key ('1'/'0'), idempotency
+#: TTL in ms, idempotency record (JSON), idempotency key.
+#: Returns {0, first record} for a key seen before (nothing written), else
+#: {1, stream entry id}.
+ACCEPT = Script(
+    "accept",
+    """
+local has_key = ARGV[9] == '1'
+if has_key then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {0, first} end
+end
+for i = 4, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'set' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
+  end
+end
+local ttl = tonumber(ARGV[8])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'title', ARGV[2], 'text', ARGV[3], 'extras', ARGV[4],
+  'createdAt', ARGV[5], 'expiresAt', ARGV[6], 'recipients', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ttl)
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+local entry
+if has_key then
+  entry = redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
+    'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
+    'recipients', ARGV[7], 'idempotencyKey', ARGV[12])
+  redis.call('SET', KEYS[3], ARGV[11], 'PX', ARGV[10])
+else
+  entry = redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
+    'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
+    'recipients', ARGV[7])
+end
+return {1, entry}
+""",
+)
+
+#: KEYS: DEVICE. ARGV: secretHash, createdAt. Create only.
+REGISTER_DEVICE = Script(
+    "register_device",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'secretHash', ARGV[1], 'createdAt', ARGV[2])
+return 1
+""",
+)
+
+#: KEYS: QUEUE. ARGV: group, entry ids...
+#: XACK then XDEL each entry, so the stream holds only unfinished work.
+ACKNOWLEDGE = Script(
+    "acknowledge",
+    """
+for i = 2, #ARGV do
+  redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return #ARGV - 1
+""",
+)
+
+#: KEYS: QUEUE. ARGV: group, consumer, min idle ms, count, max rounds.
+#: XAUTOCLAIM (scanning the pending list in rounds until ``count`` entries are
+#: claimed or the list is done) then each claimed entry's delivery count from
+#: XPENDING: {{id, {field, value, ...}, deliveries}, ...}.
+RECLAIM = Script(
+    "reclaim",
+    """
+local count = tonumber(ARGV[4])
+local claimed = {}
+local cursor = '0-0'
+for _ = 1, tonumber(ARGV[5]) do
+  local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor,
+    'COUNT', count - #claimed)
+  cursor = reply[1]
+  for _, entry in ipairs(reply[2]) do
+    if entry[2] then
+      local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+      claimed[#claimed + 1] = {entry[1], entry[2], info[1][4]}
+    end
+  end
+  if cursor == '0-0' or #claimed >= count then break end
+end
+return claimed
+""",
+)
+
+ALL = (BIND_SESSION, END_SESSION, DROP_ROUTE, ACCEPT, REGISTER_DEVICE, ACKNOWLEDGE, RECLAIM)

@@ -1,0 +1,685 @@
+"""What only the Redis backend has: the exact key layout, round trips,
+reconnection, timeouts, credentials, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from mirakuru import TCPExecutor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from pigeonpush.ids import MessageIdGenerator
+from pigeonpush.store import DeviceRecord, Message, Notification, StoreError, open_store
+from pigeonpush.store.address import parse_redis_url
+from pigeonpush.store.redis import RedisStore
+from support.servers import RedisServer, free_port
+from support.waiting import wait_for
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _notification(
+    recipients: list[str], ttl: float = 60.0, key: str | None = None, **message: Any
+) -> Notification:
+    reactor = _reactor()
+    now = reactor.seconds()
+    return Notification(
+        Message(
+            message_id=MessageIdGenerator(reactor)(),
+            title=message.get("title", "Hello"),
+            text=message.get("text", "A message"),
+            extras=message.get("extras", {}),
+            created_at=now,
+            expires_at=now + ttl,
+        ),
+        tuple(recipients),
+        key,
+    )
+
+
+class Raw:
+    """Redis as seen from outside the store (txredisapi, strings as they are)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def __call__(self, *command: str) -> Any:
+        return await self.connection.execute_command(*command)
+
+    async def hash(self, key: str) -> dict[str, str]:
+        flat = await self("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@pytest_twisted.async_yield_fixture
+async def raw(redis_url: str) -> AsyncIterator[Raw]:
+    import txredisapi
+
+    address = parse_redis_url(redis_url)
+    connection = await txredisapi.Connection(
+        address.host, address.port, dbid=address.db, reconnect=False, convertNumbers=False
+    )
+    try:
+        yield Raw(connection)
+    finally:
+        await connection.disconnect()
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisStore]:
+    store = RedisStore(parse_redis_url(redis_url), _reactor(), idempotency_ttl=120)
+    try:
+        yield store
+    finally:
+        pytest_twisted.blockon(store.close())
+
+
+# -- the key layout ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw) -> None:
+    store = redis_store
+    await store.issue_token("alice", "token-1", 300)
+    await store.bind_session("alice", "token-1", "10.0.0.7:7101", 600)
+    note = _notification(["alice", "bob"], ttl=900, key="app:req-1", extras={"k": "v"})
+    message_id = note.message.message_id
+    await store.accept([note])
+    await store.register_device(DeviceRecord("bob", "scrypt$salt$hash", 1700000000.25))
+    await store.consume("worker-1", 10, 0)
+
+    expected = {
+        "PIGEON:AUTH:alice": "string",
+        "PIGEON:ROUTE:alice": "string",
+        "PIGEON:WAIT_ACK:alice": "set",
+        "PIGEON:WAIT_ACK:bob": "set",
+        f"PIGEON:MSG_BODY:{message_id}": "hash",
+        "PIGEON:QUEUE": "stream",
+        "PIGEON:DEVICE:bob": "hash",
+        "PIGEON:IDEMPOTENCY:app:req-1": "string",
+    }
+    assert sorted(await raw("KEYS", "*")) == sorted(expected)
+    for key, kind in expected.items():
+        assert await raw("TYPE", key) == kind, key
+
+    async def ttl(key: str) -> float:
+        return int(await raw("PTTL", key)) / 1000
+
+    assert await raw("GET", "PIGEON:AUTH:alice") == "token-1"
+    assert 590 < await ttl("PIGEON:AUTH:alice") <= 600  # the session TTL
+    assert await raw("GET", "PIGEON:ROUTE:alice") == "10.0.0.7:7101"
+    assert 590 < await ttl("PIGEON:ROUTE:alice") <= 600
+    assert await raw("SMEMBERS", "PIGEON:WAIT_ACK:bob") == [message_id]
+    assert 890 < await ttl("PIGEON:WAIT_ACK:bob") <= 900
+    body = await raw.hash(f"PIGEON:MSG_BODY:{message_id}")
+    assert body == {
+        "title": "Hello",
+        "text": "A message",
+        "extras": '{"k":"v"}',
+        "createdAt": repr(note.message.created_at),
+        "expiresAt": repr(note.message.expires_at),
+        "recipients": '["alice","bob"]',
+    }
+    assert 890 < await ttl(f"PIGEON:MSG_BODY:{message_id}") <= 900
+    assert await raw.hash("PIGEON:DEVICE:bob") == {
+        "secretHash": "scrypt$salt$hash",
+        "createdAt": "1700000000.25",
+    }
+    assert await raw("PTTL", "PIGEON:DEVICE:bob") == -1  # a registration does not go stale
+    assert json.loads(await raw("GET", "PIGEON:IDEMPOTENCY:app:req-1")) == {
+        "messageId": message_id,
+        "recipients": 2,
+    }
+    assert 110 < await ttl("PIGEON:IDEMPOTENCY:app:req-1") <= 120
+    ((_, fields),) = await raw("XRANGE", "PIGEON:QUEUE", "-", "+")
+    assert dict(zip(fields[::2], fields[1::2], strict=True)) == {
+        "messageId": message_id,
+        **body,
+        "idempotencyKey": "app:req-1",
+    }
+    (group,) = await raw("XINFO", "GROUPS", "PIGEON:QUEUE")
+    assert dict(zip(group[::2], group[1::2], strict=True))["name"] == "delivery"
+
+
+@pytest_twisted.ensureDeferred
+async def test_acknowledge_deletes_entries_from_the_stream(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    await redis_store.accept([_notification(["alice"]) for _ in range(3)])
+    entries = await redis_store.consume("worker-1", 10, 0)
+    await redis_store.acknowledge([e.entry_id for e in entries[:2]])
+    assert await raw("XLEN", "PIGEON:QUEUE") == 1
+    pending = await raw("XPENDING", "PIGEON:QUEUE", "delivery")
+    assert pending[0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_number_of_the_url(redis_server: RedisServer, raw: Raw) -> None:
+    store = open_store(f"redis://{redis_server.host}:{redis_server.port}/3", _reactor())
+    try:
+        await store.issue_token("alice", "token-1", 60)
+    finally:
+        await store.close()
+    assert await raw("KEYS", "*") == []
+    await raw("SELECT", "3")
+    assert await raw("GET", "PIGEON:AUTH:alice") == "token-1"
+    await raw("FLUSHDB")
+    await raw("SELECT", "0")
+
+
+# -- atomicity and bad data ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_writes_nothing_when_a_key_holds_the_wrong_type(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    await raw("SET", "PIGEON:WAIT_ACK:bob", "not a set")
+    good = _notification(["carol"])
+    bad = _notification(["alice", "bob"])
+    with pytest.raises(StoreError, match="PIGEON:WAIT_ACK:bob holds a string, not a set"):
+        await redis_store.accept([good, bad])
+    # Each notification is atomic on its own: the good one went in, nothing of the bad one.
+    assert await redis_store.pending_ids("carol") == [good.message.message_id]
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
+    assert await raw("XLEN", "PIGEON:QUEUE") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_scripts_survive_a_flushed_script_cache(redis_store: RedisStore, raw: Raw) -> None:
+    await redis_store.accept([_notification(["alice"])])
+    await raw("SCRIPT", "FLUSH")
+    note = _notification(["alice"])
+    (accepted,) = await redis_store.accept([note])
+    assert accepted.message_id == note.message.message_id
+    await redis_store.issue_token("alice", "t", 60)
+    assert await redis_store.bind_session("alice", "t", "server-a", 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_that_does_not_decode_is_dropped_and_logged(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await raw("XADD", "PIGEON:QUEUE", "*", "junk", "1")
+        note = _notification(["alice"])
+        await redis_store.accept([note])
+        entries = await redis_store.consume("worker-1", 10, 0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e.notification.message for e in entries] == [note.message]
+    assert await raw("XLEN", "PIGEON:QUEUE") == 1
+    assert any(
+        "does not decode" in event.get("log_format", "") and event["log_level"].name == "error"
+        for event in events
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_works_after_the_stream_was_deleted(redis_store: RedisStore, raw: Raw) -> None:
+    await redis_store.accept([_notification(["alice"])])
+    assert len(await redis_store.consume("worker-1", 10, 0)) == 1
+    await raw("DEL", "PIGEON:QUEUE")
+    note = _notification(["alice"])
+    await redis_store.accept([note])
+    (entry,) = await redis_store.consume("worker-1", 10, 1)
+    assert entry.notification.message == note.message
+    assert await redis_store.reclaim("worker-2", 60, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_concurrent_calls_get_their_own_replies(redis_store: RedisStore) -> None:
+    from twisted.internet.defer import gatherResults
+
+    await gatherResults(
+        [redis_store.issue_token(f"client-{i}", f"token-{i}", 60) for i in range(300)]
+    )
+    tokens = await gatherResults([redis_store.token(f"client-{i}") for i in range(300)])
+    assert tokens == [f"token-{i}" for i in range(300)]
+
+
+# -- round trips, timeouts, lost connections --------------------------------------------
+
+
+class _Pipe(Protocol):
+    """One side of a proxied connection."""
+
+    def __init__(self, proxy: DelayingProxy, name: str) -> None:
+        self.proxy = proxy
+        self.name = name
+        self.peer: _Pipe | None = None
+        self.held: deque[tuple[float, bytes]] = deque()
+
+    def connectionMade(self) -> None:
+        self.proxy.pipes.append(self)
+        self.flush()  # what the other side sent before this side was connected
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.name == "client":
+            self.proxy.client_writes += 1
+        assert self.peer is not None
+        self.peer.forward(data)
+
+    def forward(self, data: bytes) -> None:
+        """Write ``data`` after the proxy's delay, in order; held while stalled."""
+        self.held.append((self.proxy.reactor.seconds() + self.proxy.delay, data))
+        self.proxy.reactor.callLater(self.proxy.delay, self.flush)
+
+    def flush(self) -> None:
+        now = self.proxy.reactor.seconds()
+        if self.transport is None:
+            return
+        while self.held and self.held[0][0] <= now and not self.proxy.stalled:
+            self.transport.write(self.held.popleft()[1])
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+        if self in self.proxy.pipes:
+            self.proxy.pipes.remove(self)
+
+
+class DelayingProxy(Factory):
+    """A TCP proxy in front of Redis that delays every chunk by ``delay``
+    seconds each way (a distant Redis), can stall, and can cut connections."""
+
+    def __init__(self, reactor: Any, target_port: int, delay: float) -> None:
+        self.reactor = reactor
+        self.target_port = target_port
+        self.delay = delay
+        self.stalled = False
+        self.pipes: list[_Pipe] = []
+        self.client_writes = 0
+
+    def buildProtocol(self, addr: Any) -> _Pipe:
+        client = _Pipe(self, "client")
+        server = _Pipe(self, "server")
+        client.peer, server.peer = server, client
+        self.reactor.connectTCP(
+            "127.0.0.1", self.target_port, ClientFactory.forProtocol(lambda: server)
+        )
+        return client
+
+    def cut(self) -> None:
+        for pipe in list(self.pipes):
+            pipe.transport.abortConnection()
+
+    def resume(self) -> None:
+        self.stalled = False
+        for pipe in self.pipes:
+            pipe.flush()
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(
+    redis_server: RedisServer, redis_url: str
+) -> AsyncIterator[tuple[DelayingProxy, int]]:
+    reactor = _reactor()
+    factory = DelayingProxy(reactor, redis_server.port, 0.0)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        yield factory, port.getHost().port
+    finally:
+        factory.cut()
+        await port.stopListening()
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_costs_one_round_trip(proxy: tuple[DelayingProxy, int]) -> None:
+    factory, port = proxy
+    reactor = _reactor()
+    store = open_store(f"redis://127.0.0.1:{port}/0", reactor)
+    try:
+        await store.ping()  # connect and load the scripts first
+        factory.delay = 0.1  # 0.2 s per round trip
+        clients = [f"client-{i}" for i in range(1000)]
+        notes = [_notification([c]) for c in clients[:300]]
+        big = _notification(clients)
+
+        async def timed(call: Deferred[Any]) -> float:
+            start = reactor.seconds()
+            await call
+            return float(reactor.seconds() - start)
+
+        # N round trips would take N x 0.2 s (a minute for 300); one takes 0.2 s.
+        assert await timed(store.accept(notes)) < 2.0
+        assert await timed(store.accept([big])) < 2.0
+        assert await timed(store.bodies([n.message.message_id for n in notes])) < 2.0
+        assert await timed(store.ack([(c, big.message.message_id) for c in clients])) < 2.0
+        assert await timed(store.refresh_sessions(clients, 60)) < 2.0
+        assert await timed(store.routes(clients)) < 2.0
+        assert await timed(store.receipt(big.message.message_id)) < 2.5  # two round trips
+        entries = await store.consume("worker-1", 1000, 0)
+        assert len(entries) == 301
+        assert await timed(store.acknowledge([e.entry_id for e in entries])) < 2.0
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_answer_in_time_fails_the_call_and_the_next_call_reconnects(
+    proxy: tuple[DelayingProxy, int],
+) -> None:
+    factory, port = proxy
+    store = RedisStore(
+        parse_redis_url(f"redis://127.0.0.1:{port}/0"), _reactor(), reply_timeout=0.5
+    )
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        factory.stalled = True
+        first = store.token("alice")
+        second = store.route("alice")
+        with pytest.raises(StoreError, match=r"did not answer within 0\.5s"):
+            await first.addTimeout(10, _reactor())
+        # Everything else in flight on that connection fails too, rather than hang.
+        with pytest.raises(StoreError):
+            await second.addTimeout(10, _reactor())
+        factory.resume()
+        assert await store.token("alice") == "token-1"
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_connection_fails_calls_in_flight(proxy: tuple[DelayingProxy, int]) -> None:
+    factory, port = proxy
+    store = open_store(f"redis://127.0.0.1:{port}/0", _reactor())
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        factory.stalled = True
+        in_flight = store.token("alice")
+        # handshake, SET, GET
+        await wait_for(lambda: factory.client_writes >= 3, timeout=5, what="request sent")
+        factory.cut()
+        with pytest.raises(StoreError, match="connection to Redis was lost"):
+            await in_flight.addTimeout(10, _reactor())
+        factory.stalled = False
+        assert await store.token("alice") == "token-1"
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_read_outlives_the_reply_timeout(redis_url: str) -> None:
+    reactor = _reactor()
+    store = RedisStore(parse_redis_url(redis_url), reactor, reply_timeout=0.3)
+    try:
+        start = reactor.seconds()
+        assert await store.consume("worker-1", 10, 1.0) == []
+        assert reactor.seconds() - start >= 0.9
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_fails_the_call_in_flight_then_works_again(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    reactor = _reactor()
+    store = open_store(redis_url, reactor)
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        waiting = store.consume("worker-1", 10, 30)
+        await deferLater(reactor, 0.2, lambda: None)  # the blocking read is at Redis
+        redis_server.restart()
+        with pytest.raises(StoreError, match="connection to Redis was lost"):
+            await waiting.addTimeout(10, reactor)
+
+        async def answers() -> bool:
+            # A call made before the store saw its idle connection close
+            # fails too; the next one reconnects.
+            try:
+                await store.ping()
+            except StoreError:
+                return False
+            return True
+
+        await wait_for(answers, timeout=10, what="the store answers again")
+        # Without persistence the data is gone, but the store works again.
+        assert await store.token("alice") is None
+        await store.issue_token("alice", "token-2", 60)
+        assert await store.token("alice") == "token-2"
+        note = _notification(["alice"])
+        await store.accept([note])
+        (entry,) = await store.consume("worker-1", 10, 5)
+        assert entry.notification.message == note.message
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_redis_fails_calls_with_store_error() -> None:
+    reactor = _reactor()
+    port = free_port()
+    store = open_store(f"redis://127.0.0.1:{port}/0", reactor)
+    try:
+        start = reactor.seconds()
+        with pytest.raises(
+            StoreError, match=f"cannot connect to Redis at redis://127.0.0.1:{port}/0"
+        ):
+            await store.token("alice")
+        with pytest.raises(StoreError, match="cannot connect"):
+            await store.accept([_notification(["alice"])])
+        assert reactor.seconds() - start < 5
+    finally:
+        await store.close()
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own that wants a password (and knows a user)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        for command in (
+            ("ACL", "SETUSER", "pigeon", "on", ">pigeon-pass", "~PIGEON:*", "+@all"),
+            ("CONFIG", "SET", "requirepass", "s3cret pass"),
+        ):
+            assert server.command(*command).startswith(b"+OK")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_in_the_url(private_redis: RedisServer) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    reactor = _reactor()
+    where = f"{private_redis.host}:{private_redis.port}"
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    good = open_store(f"redis://:s3cret%20pass@{where}/0", reactor)
+    wrong = open_store(f"redis://:wrong-pass@{where}/0", reactor)
+    missing = open_store(f"redis://{where}/0", reactor)
+    try:
+        await good.issue_token("alice", "token-1", 60)
+        assert await good.token("alice") == "token-1"
+        with pytest.raises(StoreError, match="refused the credentials") as refused:
+            await wrong.token("alice")
+        assert "wrong-pass" not in str(refused.value)
+        with pytest.raises(StoreError, match="NOAUTH"):
+            await missing.token("alice")
+    finally:
+        for store in (good, wrong, missing):
+            await store.close()
+        globalLogPublisher.removeObserver(events.append)
+    assert events
+    assert not any("s3cret" in formatEvent(e) or "wrong-pass" in formatEvent(e) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_acl_user_and_password_in_the_url(private_redis: RedisServer) -> None:
+    where = f"{private_redis.host}:{private_redis.port}"
+    store = open_store(f"redis://pigeon:pigeon-pass@{where}/0", _reactor())
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        assert await store.token("alice") == "token-1"
+    finally:
+        await store.close()
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A private CA and a certificate for localhost that it signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("pigeonpush test CA"))
+        .issuer_name(name("pigeonpush test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {
+        "ca": directory / "ca.pem",
+        "cert": directory / "cert.pem",
+        "key": directory / "key.pem",
+    }
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
+    """A Redis that speaks only TLS, with a certificate from a private CA."""
+    paths = _certificates(tmp_path)
+    port = free_port()
+    executor = TCPExecutor(
+        [
+            "redis-server",
+            "--port", "0",
+            "--tls-port", str(port),
+            "--bind", "127.0.0.1",
+            "--tls-cert-file", str(paths["cert"]),
+            "--tls-key-file", str(paths["key"]),
+            "--tls-ca-cert-file", str(paths["ca"]),
+            "--tls-auth-clients", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(tmp_path),
+            "--logfile", str(tmp_path / "redis.log"),
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    executor.start()
+    try:
+        yield port, paths
+    finally:
+        executor.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_url_speaks_tls(
+    tls_redis: tuple[int, dict[str, Path]], tmp_path: Path
+) -> None:
+    port, paths = tls_redis
+    reactor = _reactor()
+    store = open_store(f"rediss://localhost:{port}/0?ssl_ca_certs={paths['ca']}", reactor)
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        assert await store.token("alice") == "token-1"
+        note = _notification(["alice"])
+        await store.accept([note])
+        (entry,) = await store.consume("worker-1", 10, 1)
+        assert entry.notification.message == note.message
+    finally:
+        await store.close()
+    # A server whose certificate the client does not trust is refused.
+    (tmp_path / "other").mkdir()
+    other = _certificates(tmp_path / "other")
+    distrusting = open_store(f"rediss://localhost:{port}/0?ssl_ca_certs={other['ca']}", reactor)
+    try:
+        with pytest.raises(StoreError):
+            await distrusting.token("alice")
+    finally:
+        await distrusting.close()
+    # Plain text to a TLS port gets no answer it could take for Redis'.
+    plain = RedisStore(parse_redis_url(f"redis://localhost:{port}/0"), reactor, reply_timeout=1)
+    try:
+        with pytest.raises(StoreError):
+            await plain.token("alice")
+    finally:
+        await plain.close()
