@@ -52,7 +52,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_TYPE = 2  #: a type byte this side does not know
     TOO_LARGE = 3  #: a length prefix over the negotiated maximum
     UNEXPECTED = 4  #: a frame not allowed in the current state (e.g. PUSH before AUTH_OK)
-    TIMEOUT = 5  #: AUTH did not come in time
+    TIMEOUT = 5  #: AUTH (or, after it, any frame) did not come in time
     INTERNAL = 6  #: the peer failed; nothing the sender did wrong
 
 
