@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pigeonpush import __version__
 
 #: subcommand name -> (module under pigeonpush.cli, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "listen": ("listen", "receive pushed messages and print one JSON line each"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,153 @@
+"""``pigeonpush listen``: receive pushed messages, one JSON line each on stdout.
+
+Each message is printed as ``{"messageId", "title", "text", "extras",
+"receivedAt"}`` and flushed, then ACKed: the ACK waits until the line is
+written, so a message is never acknowledged without being shown. The line is
+written synchronously on purpose (a CLI's stdout is its product). Connection
+status goes to stderr. Ctrl-C closes the connection and exits 0; giving up
+(reglog refused or failed too often, the clientId logged in elsewhere) exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from pigeonpush.sdk import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    Message,
+    PushClient,
+)
+
+SECRET_ENVIRONMENT = "PIGEONPUSH_SECRET"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reglog", required=True, metavar="URL", help="reglog base URL, e.g. http://host:8100"
+    )
+    parser.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="this device's clientId (default: derived from the MAC address)",
+    )
+    parser.add_argument(
+        "--secret",
+        metavar="S",
+        default=os.environ.get(SECRET_ENVIRONMENT),
+        help=f"device secret in registration mode (default: ${SECRET_ENVIRONMENT})",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="PING interval until the server announces its own (default: 30)",
+    )
+    parser.add_argument(
+        "--http-retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="failed reglog requests in a row before giving up (default: 5)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="log the SDK's info messages to stderr"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from twisted.internet import task
+
+    try:
+        task.react(listen, [args])
+    except SystemExit as done:  # react always ends this way; main() wants the code
+        return done.code if isinstance(done.code, int) else 1
+    return 0  # pragma: no cover  (react never returns)
+
+
+def message_line(message: Message) -> str:
+    """The JSON line printed for one message."""
+    received = datetime.fromtimestamp(message.received_at, timezone.utc)
+    return json.dumps(
+        {
+            "messageId": message.message_id,
+            "title": message.title,
+            "text": message.text,
+            "extras": dict(message.extras),
+            "receivedAt": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
+        ensure_ascii=False,
+    )
+
+
+def status_line(event: ClientEvent) -> str:
+    match event:
+        case Connected():
+            return f"connected to {event.server}"
+        case Authenticated():
+            return f"authenticated on {event.server} (heartbeat {event.heartbeat:g}s)"
+        case Disconnected():
+            return f"disconnected from {event.server}: {event.reason}"
+        case GaveUp():
+            return f"gave up: {event.error}"
+
+
+def _start_logging(verbose: bool) -> None:
+    level = LogLevel.info if verbose else LogLevel.warn
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    # stdout carries the messages: leave it alone.
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+async def listen(reactor: Any, args: argparse.Namespace) -> None:
+    _start_logging(args.verbose)
+    finished: Deferred[None] = Deferred()
+
+    def show(message: Message) -> None:
+        sys.stdout.write(message_line(message) + "\n")
+        sys.stdout.flush()
+
+    def report(event: ClientEvent) -> None:
+        print(f"pigeonpush listen: {status_line(event)}", file=sys.stderr, flush=True)
+        if isinstance(event, GaveUp) and not finished.called:
+            finished.errback(SystemExit(1))
+
+    try:
+        client = PushClient(
+            reactor,
+            args.reglog,
+            show,
+            client_id=args.client_id,
+            secret=args.secret,
+            heartbeat=args.heartbeat,
+            http_retries=args.http_retries,
+        )
+    except ValueError as e:
+        print(f"pigeonpush listen: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    client.on_event(report)
+    reactor.addSystemEventTrigger("before", "shutdown", client.stop)
+    client.start()
+    # Runs until Ctrl-C (the reactor stops, the trigger closes the connection
+    # cleanly, react exits 0) or until the client gives up (exit 1).
+    await finished

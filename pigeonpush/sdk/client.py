@@ -1,0 +1,541 @@
+"""PushClient: route, connect, authenticate, receive, ACK, reconnect.
+
+The life of a client is an explicit state machine (``ClientState``)::
+
+    STOPPED --start()--> ROUTING --route--> CONNECTING --TCP up--> AUTHENTICATING
+    AUTHENTICATING --AUTH_OK--> ONLINE
+    CONNECTING / AUTHENTICATING --failure--> WAITING (backoff) --> ROUTING or CONNECTING
+    ONLINE --connection lost--> WAITING
+    any --stop() / give up--> STOPPING (closing the connection) --> STOPPED
+
+ROUTING asks reglog (retrying inside, see ``route.RouteFetcher``); WAITING is
+a jittered backoff delay. The route (token and server) is kept across
+reconnects, so a server that restarts is found again with the same token; it
+is dropped, and the next attempt asks reglog, after AUTH_FAIL, after a KICK,
+and after ``reconnect_threshold`` attempts in a row that did not reach AUTH_OK.
+
+Twisted's ``ClientService`` reconnects to one fixed endpoint and counts a TCP
+connection as success; here the target changes with each reglog answer and
+success means AUTH_OK, so the loop is written out over ``endpoint.connect``
+with the same ingredients: an injected clock and a retry policy with jitter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent
+
+from pigeonpush.sdk.backoff import BackoffPolicy, full_jitter
+from pigeonpush.sdk.dedup import RecentIds
+from pigeonpush.sdk.errors import (
+    ProtocolVersionRefused,
+    PushClientError,
+    RouteLookupFailed,
+    SessionReplaced,
+)
+from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
+from pigeonpush.sdk.identity import mac_client_id
+from pigeonpush.sdk.message import Message, MessageCallback
+from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
+from pigeonpush.sdk.route import Route, RouteFetcher, RouteSource, parse_server
+from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME
+from pigeonpush.wire.frames import (
+    PROTOCOL_VERSION,
+    Auth,
+    AuthFail,
+    AuthFailCode,
+    Kick,
+    KickReason,
+    Push,
+)
+
+#: Longest clientId the services accept.
+MAX_CLIENT_ID_LENGTH = 128
+
+EventObserver = Callable[[ClientEvent], object]
+
+
+class ClientState(enum.Enum):
+    STOPPED = "stopped"  #: not started, stopped, or gave up
+    WAITING = "waiting"  #: backing off before the next attempt
+    ROUTING = "routing"  #: asking reglog for a token and a server
+    CONNECTING = "connecting"  #: TCP connection under way
+    AUTHENTICATING = "authenticating"  #: AUTH sent, waiting for AUTH_OK
+    ONLINE = "online"  #: authenticated: messages flow
+    STOPPING = "stopping"  #: closing the connection after stop() or giving up
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+    return value
+
+
+def _at_least_one(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer of at least 1, not {value!r}")
+    return value
+
+
+def check_client_id(client_id: object) -> str:
+    """The clientId if valid; ValueError with the rule otherwise."""
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID_LENGTH:
+        raise ValueError(
+            f"clientId must be a string of 1 to {MAX_CLIENT_ID_LENGTH} characters, "
+            f"not {client_id!r}"
+        )
+    return client_id
+
+
+class PushClient:
+    """A device's connection to PigeonPush, kept up until ``stop()``.
+
+    :param reactor: provides IReactorTime and IReactorTCP (the reactor, or a
+        ``Clock`` in tests together with ``endpoint_factory`` and ``route_source``).
+    :param reglog_url: base URL of reglog, e.g. ``http://reglog.example:8100``.
+    :param on_message: called with each new ``Message``; see ``MessageCallback``.
+    :param client_id: the device's id; default: from the MAC address (see
+        ``identity.mac_client_id`` for the caveat).
+    :param secret: the device secret in registration mode; sent to reglog only.
+    :param heartbeat: seconds of quiet before a PING, until reglog or AUTH_OK
+        gives the server's value (which wins).
+    :param max_missed_pongs: unanswered PINGs in a row after which the
+        connection counts as dead and is dropped.
+    :param reconnect_threshold: attempts in a row without AUTH_OK on one route
+        after which reglog is asked for a new one.
+    :param http_retries: reglog requests failing in a row before giving up
+        (``GaveUp`` with ``RouteLookupFailed``).
+    :param backoff: retry delays, ``attempt -> seconds``; default
+        ``full_jitter(initial=1, maximum=60, factor=2)``.
+    :param dedup_window: how many handled messageIds are remembered to filter
+        duplicates.
+    :param endpoint_factory: ``"host:port" -> IStreamClientEndpoint``; the seam
+        for TLS or other transports (default: ``HostnameEndpoint`` over TCP).
+    :param http_agent: the ``IAgent`` for reglog requests (proxies, TLS policy).
+    :param route_source: replaces the reglog lookup entirely (tests, custom routing).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        reglog_url: str,
+        on_message: MessageCallback,
+        *,
+        client_id: str | None = None,
+        secret: str | None = None,
+        heartbeat: float = 30.0,
+        max_missed_pongs: int = 2,
+        reconnect_threshold: int = 3,
+        http_retries: int = 5,
+        auth_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        http_timeout: float = 10.0,
+        dedup_window: int = 1024,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        backoff: BackoffPolicy | None = None,
+        endpoint_factory: Callable[[str], IStreamClientEndpoint] | None = None,
+        http_agent: IAgent | None = None,
+        route_source: RouteSource | None = None,
+    ) -> None:
+        if not callable(on_message):
+            raise TypeError(f"on_message must be callable, not {on_message!r}")
+        if not MIN_MAX_FRAME <= max_frame <= MAX_MAX_FRAME:
+            raise ValueError(f"max_frame must be {MIN_MAX_FRAME} to {MAX_MAX_FRAME}")
+        self._reactor = reactor
+        self.reglog_url = reglog_url
+        self.client_id = check_client_id(mac_client_id() if client_id is None else client_id)
+        self._on_message = on_message
+        self._heartbeat = _positive("heartbeat", heartbeat)
+        self._max_missed = _at_least_one("max_missed_pongs", max_missed_pongs)
+        self._reconnect_threshold = _at_least_one("reconnect_threshold", reconnect_threshold)
+        self._auth_timeout = _positive("auth_timeout", auth_timeout)
+        self._connect_timeout = _positive("connect_timeout", connect_timeout)
+        self._max_frame = max_frame
+        self._backoff = backoff if backoff is not None else full_jitter()
+        self._recent = RecentIds(dedup_window)
+        self._endpoint_factory = endpoint_factory or self._tcp_endpoint
+        if route_source is None:
+            route_source = RouteFetcher(
+                reactor,
+                http_agent if http_agent is not None else self._default_agent(),
+                reglog_url,
+                self.client_id,
+                secret=secret,
+                attempts=_at_least_one("http_retries", http_retries),
+                backoff=self._backoff,
+                timeout=_positive("http_timeout", http_timeout),
+            )
+        self._route_source = route_source
+
+        self._state = ClientState.STOPPED
+        self._route: Route | None = None
+        self._failures = 0  # attempts in a row that did not reach AUTH_OK
+        self._route_failures = 0  # ... of them on the current route
+        self._pending: IDelayedCall | Deferred[Any] | None = None  # cancelled by stop()
+        self._session: ClientProtocol | None = None
+        self._online: Authenticated | None = None
+        self._gave_up: PushClientError | None = None
+        self._start_after_stop = False
+        self._observers: list[EventObserver] = []
+        self._auth_waiters: list[Deferred[Authenticated]] = []
+        self._stop_waiters: list[Deferred[None]] = []
+        # messageId -> sessions whose PUSH of it awaits the callback's outcome
+        self._in_flight: dict[str, list[ClientProtocol]] = {}
+
+    def __repr__(self) -> str:
+        return f"<PushClient {self.client_id!r} {self._state.value}>"
+
+    # --- public API ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def server(self) -> str | None:
+        """The push server of the current connection, if any."""
+        return self._session.server if self._session is not None else None
+
+    @property
+    def gave_up(self) -> PushClientError | None:
+        """Why the client last gave up (cleared by ``start()``)."""
+        return self._gave_up
+
+    def start(self) -> None:
+        """Start connecting (idempotent). After giving up, starts afresh."""
+        if self._state is ClientState.STOPPING:
+            self._start_after_stop = True
+            return
+        if self._state is not ClientState.STOPPED:
+            return
+        self._failures = 0
+        self._route_failures = 0
+        self._gave_up = None
+        self._attempt()
+
+    def stop(self) -> Deferred[None]:
+        """Stop trying and close the connection; fires once it is closed.
+
+        Pending ``when_authenticated()`` Deferreds fail with CancelledError.
+        Messages whose callbacks are still running are not ACKed: the server
+        delivers them again later.
+        """
+        self._start_after_stop = False
+        if self._state is ClientState.STOPPED:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stop_waiters.append(waiter)
+        if self._state is ClientState.STOPPING:
+            return waiter
+        self._halt()
+        self._fail_auth_waiters(CancelledError("the client was stopped"))
+        if self._session is None:  # nothing to close: stopped already
+            self._finish_stopping()
+        return waiter
+
+    def on_event(self, observer: EventObserver) -> Callable[[], None]:
+        """Call ``observer(event)`` for each Connected, Authenticated,
+        Disconnected and GaveUp; returns a function that unsubscribes it."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def when_authenticated(self) -> Deferred[Authenticated]:
+        """Fires with the Authenticated event of the current session, or of the
+        next one. Fails with the error if the client gives up, with
+        CancelledError if it is stopped first."""
+        if self._online is not None:
+            return succeed(self._online)
+        waiter: Deferred[Authenticated] = Deferred(self._forget_auth_waiter)
+        self._auth_waiters.append(waiter)
+        return waiter
+
+    def _forget_auth_waiter(self, waiter: Deferred[Authenticated]) -> None:
+        if waiter in self._auth_waiters:
+            self._auth_waiters.remove(waiter)
+
+    # --- the attempt loop ---------------------------------------------------------
+
+    def _set_state(self, state: ClientState) -> None:
+        self._state = state
+
+    def _attempt(self) -> None:
+        self._pending = None
+        route = self._route
+        if route is not None:
+            self._connect(route)
+            return
+        self._set_state(ClientState.ROUTING)
+        looking_up: Deferred[Route] = maybeDeferred(self._route_source)
+        self._pending = looking_up
+        looking_up.addCallbacks(self._routed, self._route_failed)
+
+    def _routed(self, route: Route) -> None:
+        if self._state is not ClientState.ROUTING:
+            return
+        self._pending = None
+        self._route = route
+        self._route_failures = 0
+        self._connect(route)
+
+    def _route_failed(self, failure: Failure) -> None:
+        if self._state is not ClientState.ROUTING:
+            return  # cancelled by stop()
+        self._pending = None
+        error = failure.value
+        if not isinstance(error, PushClientError):
+            self.log.failure("The route lookup failed unexpectedly", failure)
+            error = RouteLookupFailed(self.reglog_url, 1, f"{type(error).__name__}: {error}")
+        self._give_up(error)
+
+    def _connect(self, route: Route) -> None:
+        self._set_state(ClientState.CONNECTING)
+        try:
+            endpoint = self._endpoint_factory(route.server)
+        except ValueError as e:
+            self.log.warn(
+                "Unusable push server address {server}: {error}", server=route.server, error=e
+            )
+            self._route = None
+            self._attempt_failed()
+            return
+        heartbeat = route.heartbeat if route.heartbeat is not None else self._heartbeat
+        auth = Auth(self.client_id, route.token)
+
+        def build() -> ClientProtocol:
+            return ClientProtocol(
+                self,
+                route.server,
+                auth,
+                clock=self._reactor,
+                heartbeat=heartbeat,
+                max_missed_pongs=self._max_missed,
+                auth_timeout=self._auth_timeout,
+                max_frame=self._max_frame,
+            )
+
+        # maybeDeferred: a custom endpoint that raises is a failed attempt too.
+        connecting: Deferred[Any] = maybeDeferred(endpoint.connect, SessionFactory(build))
+        self._pending = connecting
+        connecting.addErrback(self._connect_failed, route.server)
+
+    def _connect_failed(self, failure: Failure, server: str) -> None:
+        if self._state is not ClientState.CONNECTING:
+            return  # cancelled by stop(), or the connection was made after all
+        self._pending = None
+        self.log.info(
+            "Could not connect to {server}: {reason}",
+            server=server,
+            reason=failure.getErrorMessage(),
+        )
+        self._attempt_failed()
+
+    def _attempt_failed(self) -> None:
+        self._failures += 1
+        self._route_failures += 1
+        if self._route is not None and self._route_failures >= self._reconnect_threshold:
+            self.log.info(
+                "{count} attempts in a row on {server} failed; asking reglog for a new route",
+                count=self._route_failures,
+                server=self._route.server,
+            )
+            self._route = None
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        delay = self._backoff(self._failures + 1)
+        self._set_state(ClientState.WAITING)
+        self._pending = self._reactor.callLater(delay, self._attempt)
+
+    def _halt(self) -> None:
+        """Cancel whatever is pending and close the connection (stop, give up)."""
+        pending, self._pending = self._pending, None
+        if self._session is not None:
+            self._set_state(ClientState.STOPPING)
+            self._session.close()
+        else:
+            self._set_state(ClientState.STOPPED)
+        if pending is not None:
+            pending.cancel()
+
+    def _give_up(self, error: PushClientError) -> None:
+        self.log.warn("Giving up: {error}", error=str(error))
+        self._route = None
+        self._gave_up = error
+        self._halt()
+        self._fail_auth_waiters(error)
+        self._emit(GaveUp(error))
+
+    def _finish_stopping(self) -> None:
+        self._set_state(ClientState.STOPPED)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if self._start_after_stop:
+            self._start_after_stop = False
+            self.start()
+
+    def _fail_auth_waiters(self, error: Exception) -> None:
+        waiters, self._auth_waiters = self._auth_waiters, []
+        for waiter in waiters:
+            waiter.errback(Failure(error))
+
+    def _emit(self, event: ClientEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:
+                self.log.failure(
+                    "Event observer {observer!r} failed on {event!r}",
+                    observer=observer,
+                    event=event,
+                )
+
+    # --- what the session reports (SessionOwner) -----------------------------------
+
+    def _session_started(self, session: ClientProtocol) -> None:
+        self._pending = None
+        self._session = session
+        self._set_state(ClientState.AUTHENTICATING)
+        self._emit(Connected(session.server))
+
+    def _session_authenticated(self, session: ClientProtocol, heartbeat: float) -> None:
+        self._failures = 0
+        self._route_failures = 0
+        event = Authenticated(session.server, heartbeat)
+        self._online = event
+        self._set_state(ClientState.ONLINE)
+        self.log.info(
+            "Authenticated to {server} as {client_id}; heartbeat {heartbeat}s",
+            server=session.server,
+            client_id=self.client_id,
+            heartbeat=heartbeat,
+        )
+        waiters, self._auth_waiters = self._auth_waiters, []
+        self._emit(event)
+        for waiter in waiters:
+            waiter.callback(event)
+
+    def _session_refused(self, session: ClientProtocol, frame: AuthFail) -> None:
+        # Whatever the code, this token will not do: the next attempt asks reglog.
+        self._route = None
+        if frame.code is AuthFailCode.VERSION:
+            self._give_up(
+                ProtocolVersionRefused(
+                    f"push server {session.server} does not speak protocol version "
+                    f"{PROTOCOL_VERSION}: {frame.reason or 'no reason given'}"
+                )
+            )
+            return
+        self.log.info(
+            "Push server {server} refused AUTH ({code.name}); asking reglog again",
+            server=session.server,
+            code=frame.code,
+        )
+
+    def _session_kicked(self, session: ClientProtocol, frame: Kick) -> None:
+        if frame.reason is KickReason.REPLACED:
+            self._give_up(
+                SessionReplaced(
+                    f"clientId {self.client_id!r} logged in again elsewhere and took over the "
+                    f"session on {session.server}; not reconnecting"
+                )
+            )
+            return
+        self.log.info(
+            "Push server {server} ended the session ({reason.name}); reconnecting through reglog",
+            server=session.server,
+            reason=frame.reason,
+        )
+        self._route = None
+
+    def _session_ended(self, session: ClientProtocol, reason: str) -> None:
+        if session is not self._session:
+            return
+        self._session = None
+        self._online = None
+        event = Disconnected(session.server, reason, session.authenticated)
+        if self._state is ClientState.STOPPING:
+            self._emit(event)
+            self._finish_stopping()
+            return
+        if session.authenticated:
+            self.log.info(
+                "Lost the connection to {server} ({reason}); reconnecting",
+                server=session.server,
+                reason=reason,
+            )
+            self._retry_later()
+        else:
+            self.log.info(
+                "Connection to {server} ended before AUTH_OK ({reason})",
+                server=session.server,
+                reason=reason,
+            )
+            self._attempt_failed()
+        self._emit(event)
+
+    def _push_received(self, session: ClientProtocol, frame: Push) -> None:
+        message_id = frame.message_id
+        if message_id in self._recent:
+            session.send_ack(message_id)  # handled before; its ACK was lost
+            return
+        waiting = self._in_flight.get(message_id)
+        if waiting is not None:
+            # Delivered again while the callback still runs: ACK when it succeeds.
+            waiting[:] = [other for other in waiting if not other.closing]
+            waiting.append(session)
+            return
+        self._in_flight[message_id] = [session]
+        message = Message(
+            message_id, frame.title, frame.text, frame.extras, self._reactor.seconds()
+        )
+        handling: Deferred[Any] = maybeDeferred(self._on_message, message)
+        handling.addCallbacks(
+            self._handled,
+            self._not_handled,
+            callbackArgs=(message_id,),
+            errbackArgs=(message_id,),
+        )
+
+    def _handled(self, result: object, message_id: str) -> None:
+        sessions = self._in_flight.pop(message_id, ())
+        self._recent.add(message_id)
+        for session in sessions:
+            session.send_ack(message_id)
+
+    def _not_handled(self, failure: Failure, message_id: str) -> None:
+        self._in_flight.pop(message_id, None)
+        self.log.failure(
+            "The message callback failed on {message_id}; not acknowledged, "
+            "it will be delivered again",
+            failure,
+            message_id=message_id,
+        )
+
+    # --- defaults -------------------------------------------------------------------
+
+    def _tcp_endpoint(self, server: str) -> IStreamClientEndpoint:
+        host, port = parse_server(server)
+        return HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
+
+    def _default_agent(self) -> IAgent:
+        # Route lookups are rare (one per reconnect through reglog): no
+        # keep-alive connections to hold open between them.
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        return Agent(self._reactor, connectTimeout=self._connect_timeout, pool=pool)

@@ -1,0 +1,49 @@
+"""Why a PushClient gave up (the ``GaveUp`` event carries one of these)."""
+
+from __future__ import annotations
+
+
+class PushClientError(Exception):
+    """Base class: the client stopped trying and needs the application's attention."""
+
+
+class RouteLookupFailed(PushClientError):
+    """reglog did not give a route: refused (400/401...) or failed too many times.
+
+    ``retryable`` is False when reglog refused the request (bad input, bad
+    secret): retrying the same request cannot help.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        attempts: int,
+        reason: str,
+        *,
+        retryable: bool = True,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.reason = reason
+        self.retryable = retryable
+        self.status = status
+        self.error = error
+        if retryable:
+            text = f"route lookup at {url} failed {attempts} time(s) in a row; last error: {reason}"
+        else:
+            text = f"route lookup at {url} was refused: {reason}"
+        super().__init__(text)
+
+
+class ProtocolVersionRefused(PushClientError):
+    """The push server does not speak this client's protocol version."""
+
+
+class SessionReplaced(PushClientError):
+    """Another client logged in with the same clientId and took the session over.
+
+    The client does not fight back (two processes with one clientId would
+    take turns kicking each other out): give each its own clientId.
+    """

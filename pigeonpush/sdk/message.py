@@ -1,0 +1,30 @@
+"""What the application's callback receives, and the callback's type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+
+
+@attrs.frozen(slots=True)
+class Message:
+    """One pushed notification.
+
+    ``received_at`` is the client clock's time (seconds since the epoch) when
+    the PUSH arrived.
+    """
+
+    message_id: str
+    title: str
+    text: str
+    extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    received_at: float = 0.0
+
+
+#: ``callback(message)``: return None when the message is handled, or a
+#: Deferred / coroutine that fires when it is. Raising, or failing the
+#: Deferred, means "not handled": the message is not ACKed and comes again.
+MessageCallback = Callable[[Message], "Deferred[Any] | Coroutine[Any, Any, Any] | None"]
