@@ -3,7 +3,12 @@
 Two kinds of node are known: ``servers`` (push servers, watched by reglog) and
 ``delivery`` (delivery workers, watched by push servers). ZooKeeper keeps them
 as ephemeral znodes ``/pigeonpush/<kind>/<node-id>`` with JSON data; the static
-backend holds a fixed list. Callbacks always run on the reactor thread.
+backend holds a fixed list. Callbacks always run on the reactor thread, from the
+reactor loop (never from inside ``register``, ``update`` or ``watch``).
+
+Bad arguments (unknown kind, bad node id, data that is not a JSON object) raise
+ValueError at once; calls on a closed discovery fail with DiscoveryClosed.
+See docs/discovery.rst.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from twisted.internet.defer import Deferred
 
 SERVERS = "servers"
 DELIVERY = "delivery"
+#: Every kind of node; another kind is refused (a typo would register where nobody watches).
+KINDS = (SERVERS, DELIVERY)
+
+
+class DiscoveryClosed(Exception):
+    """The discovery was closed before (or while) the call could complete."""
 
 
 @attrs.frozen(slots=True)
@@ -28,6 +39,7 @@ class Node:
 
 
 #: Called with the whole live set (node-id -> Node) of one kind after every change.
+#: The mapping is read-only and is not changed afterwards (the next change is a new one).
 WatchCallback = Callable[[Mapping[str, Node]], None]
 
 
@@ -36,10 +48,12 @@ class Registration(Protocol):
     until ``unregister``."""
 
     def update(self, data: Mapping[str, Any]) -> None:
-        """Publish new data; writes are rate-limited, the latest data always wins."""
+        """Publish new data; writes are rate-limited, the latest data always wins.
+        Ignored after ``unregister``; data that is not a JSON object raises ValueError."""
 
     def unregister(self) -> Deferred[None]:
-        """Remove the node now (the first step of a graceful stop)."""
+        """Remove the node now (the first step of a graceful stop). Never fails: a
+        node that cannot be removed goes with the session when the discovery closes."""
 
 
 class Watch(Protocol):
@@ -48,8 +62,12 @@ class Watch(Protocol):
 
 
 class Discovery(Protocol):
+    def start(self) -> Deferred[None]:
+        """Connect (idempotent); ``register`` and ``watch`` call it themselves."""
+
     def register(self, kind: str, node_id: str, data: Mapping[str, Any]) -> Deferred[Registration]:
-        """Create this process's node; fires once it exists."""
+        """Create this process's node; fires once it exists. A second registration of
+        the same kind and node id in one process raises ValueError."""
 
     def watch(self, kind: str, callback: WatchCallback) -> Deferred[Watch]:
         """Call ``callback`` with the live set now and after every change of
