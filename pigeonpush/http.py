@@ -1,0 +1,385 @@
+"""JSON over twisted.web: the helpers every PigeonPush HTTP API shares.
+
+Building blocks, each usable on its own:
+
+``JsonSite(resource, max_body=..., reactor=...)``
+    A ``Site`` whose requests keep at most ``max_body`` bytes of a body in
+    memory (the rest is counted and dropped, and the resource answers 413), that
+    does not parse form bodies, closes idle connections after ``timeout``
+    seconds and writes no per-request access log unless ``access_log`` names a
+    file.
+``JsonResource({b"POST": handler, ...})``
+    A leaf that maps HTTP methods to ``async`` handlers. A handler takes the
+    request and returns a ``JsonResponse``; raising ``ApiError`` gives the
+    error answer; any other exception is logged and answered 500
+    ``internal_error``. Other methods get 405 ``method_not_allowed`` (with
+    ``Allow``), extra path segments 404 ``not_found``. Nothing is written
+    once the client has gone away.
+``JsonTree()``
+    A directory resource (``putChild`` as usual) whose unknown children and own
+    path answer 404 ``not_found`` in JSON instead of Twisted's HTML page.
+``read_json(request, max_bytes)`` / ``read_json_object(...)``
+    The body as JSON, or ``ApiError``: 413 ``body_too_large``, 415
+    ``unsupported_media_type`` (a ``Content-Type`` that is not JSON; a missing
+    one is accepted), 400 ``bad_json`` (not UTF-8/16/32 JSON, NaN or
+    Infinity, nesting too deep) and, for ``read_json_object``, 400
+    ``bad_request`` when the document is not an object.
+``write_json(request, status, body)`` / ``write_error(request, error)``
+    Set status and headers and return the encoded body (compact UTF-8 JSON,
+    ``Content-Type: application/json``, ``Cache-Control: no-store``).
+``bearer_token(request)``
+    The credentials of an ``Authorization: Bearer <token>`` header, or None.
+
+Every error body has the project's shape::
+
+    {"error": "bad_request", "message": "clientId must be a string of 1 to 128 characters"}
+
+a short snake_case code that clients can branch on and one human sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from io import BytesIO
+from typing import Any
+
+import attrs
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+log = Logger()
+
+JSON_CONTENT_TYPE = b"application/json"
+
+#: Default limit on a request body, in bytes.
+DEFAULT_MAX_BODY = 4096
+
+#: Default idle timeout of an HTTP connection, in seconds (Twisted's is 12 h).
+DEFAULT_TIMEOUT = 60.0
+
+
+class ApiError(Exception):
+    """An answer in the project's error format: raise it from a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers: Mapping[str, str] = headers or {}
+
+    def body(self) -> dict[str, str]:
+        return error_body(self.code, self.message)
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    """The project's error document."""
+    return {"error": code, "message": message}
+
+
+def bad_request(message: str) -> ApiError:
+    """400 ``bad_request``: the request is well-formed JSON but not what the API takes."""
+    return ApiError(400, "bad_request", message)
+
+
+@attrs.frozen(slots=True)
+class JsonResponse:
+    """What a handler answers: a JSON-serialisable body, a status and extra headers."""
+
+    body: Any
+    status: int = 200
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[JsonResponse]]
+
+
+# -- requests ------------------------------------------------------------------
+
+
+class LimitedRequest(Request):
+    """A request that keeps at most ``max_body`` bytes of its body in memory.
+
+    Twisted reads the whole body before a resource sees the request, into
+    memory or a temporary file. Here the bytes past the limit are counted and
+    dropped as they arrive, so an oversized upload costs no memory or disk, and
+    ``read_json`` answers 413.
+    """
+
+    def __init__(self, *args: Any, max_body: int = DEFAULT_MAX_BODY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_body = max_body
+        self.body_size = 0
+        self.body_too_large = False
+        self._kept = BytesIO()
+
+    def gotLength(self, length: int | None) -> None:
+        self._kept = BytesIO()
+        self.content = self._kept
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_too_large:
+            return
+        if self.body_size > self.max_body:
+            self.body_too_large = True
+            self._kept = self.content = BytesIO()
+            return
+        self._kept.write(data)
+
+
+class JsonSite(Site):
+    """A Site for JSON APIs: bounded bodies, no form parsing, a sane idle timeout."""
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        timeout: float = DEFAULT_TIMEOUT,
+        access_log: str | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if max_body < 0:
+            raise ValueError("max_body must not be negative")
+
+        def make_request(*args: Any, **kwargs: Any) -> LimitedRequest:
+            return LimitedRequest(*args, max_body=max_body, **kwargs)
+
+        kwargs: dict[str, Any] = {"timeout": timeout, "logPath": access_log}
+        if reactor is not None:
+            kwargs["reactor"] = reactor
+        super().__init__(
+            resource, requestFactory=make_request, parsePOSTFormSubmission=False, **kwargs
+        )
+        self.max_body = max_body
+        self._access_log = access_log is not None
+
+    def log(self, request: Any) -> None:
+        # Twisted's default writes one line per request to the global log: on
+        # a busy API that is noise on the hot path; a file is written on demand.
+        if self._access_log:
+            super().log(request)
+
+
+def _is_json_type(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == JSON_CONTENT_TYPE or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, or 413 ``body_too_large`` past ``max_bytes``."""
+    too_large = ApiError(
+        413, "body_too_large", f"request body must not be larger than {max_bytes} bytes"
+    )
+    if getattr(request, "body_too_large", False):
+        raise too_large
+    declared = request.getHeader(b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise too_large
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise too_large
+    return data
+
+
+def read_json(
+    request: Request, max_bytes: int = DEFAULT_MAX_BODY, *, allow_empty: bool = False
+) -> Any:
+    """The body parsed as JSON (see the module docstring for the errors).
+
+    With ``allow_empty`` an empty body reads as ``None``.
+    """
+    content_type = request.getHeader(b"content-type")
+    if content_type is not None and not _is_json_type(content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "request body must be JSON: send Content-Type: application/json",
+        )
+    data = read_body(request, max_bytes)
+    if not data.strip():
+        if allow_empty:
+            return None
+        raise ApiError(400, "bad_json", "request body is empty: send a JSON object")
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise ApiError(
+            400,
+            "bad_json",
+            f"request body is not valid JSON: {error.msg} at line {error.lineno} "
+            f"column {error.colno}",
+        ) from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_json", "request body is not UTF-8 encoded JSON") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body is nested too deeply") from None
+    except ValueError as error:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON: {error}") from None
+
+
+def read_json_object(
+    request: Request, max_bytes: int = DEFAULT_MAX_BODY, *, allow_empty: bool = False
+) -> dict[str, Any]:
+    """The body as a JSON object; an empty body reads as ``{}`` with ``allow_empty``."""
+    value = read_json(request, max_bytes, allow_empty=allow_empty)
+    if value is None and allow_empty:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("request body must be a JSON object")
+    return value
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, or None if absent or another scheme."""
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, credentials = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not credentials.strip():
+        return None
+    try:
+        return credentials.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+# -- answers -------------------------------------------------------------------
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def write_json(
+    request: Request, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """Set the status and JSON headers; return the encoded body to write."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    request.setHeader(b"Cache-Control", b"no-store")
+    for name, value in (headers or {}).items():
+        request.setHeader(name.encode("ascii"), value.encode("latin-1"))
+    return encode_json(body)
+
+
+def write_error(request: Request, error: ApiError) -> bytes:
+    return write_json(request, error.status, error.body(), error.headers)
+
+
+INTERNAL_ERROR = ApiError(500, "internal_error", "the server failed to handle the request")
+
+
+def serve(request: Request, handler: Handler) -> int:
+    """Run ``handler`` for ``request`` and write its answer; for ``render`` methods.
+
+    Returns ``NOT_DONE_YET``; the answer is written when the handler finishes,
+    unless the client has disconnected by then.
+    """
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _failure: gone.append(True))
+
+    async def answer() -> None:
+        try:
+            response = await handler(request)
+            body = write_json(request, response.status, response.body, response.headers)
+        except ApiError as error:
+            body = write_error(request, error)
+        except Exception:
+            log.failure(
+                "Unhandled error answering {method} {path}",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+            )
+            body = write_error(request, INTERNAL_ERROR)
+        if gone:
+            return
+        request.write(body)
+        request.finish()
+
+    def unexpected(failure: Failure) -> None:
+        log.failure("Could not write an HTTP answer", failure)
+
+    ensureDeferred(answer()).addErrback(unexpected)
+    return NOT_DONE_YET
+
+
+def _not_found(request: Request) -> bytes:
+    path = request.path.decode("ascii", "replace")
+    if len(path) > 100:
+        path = path[:100] + "..."
+    return write_error(request, ApiError(404, "not_found", f"no such resource: {path}"))
+
+
+class JsonResource(Resource):
+    """A leaf mapping HTTP methods (``b"GET"``, ``b"POST"``...) to async handlers."""
+
+    isLeaf = True
+
+    def __init__(self, handlers: Mapping[bytes, Handler]) -> None:
+        super().__init__()
+        self._handlers = dict(handlers)
+        if b"GET" in self._handlers and b"HEAD" not in self._handlers:
+            # twisted.web drops the body of a HEAD answer by itself.
+            self._handlers[b"HEAD"] = self._handlers[b"GET"]
+
+    def render(self, request: Request) -> bytes | int:
+        if request.postpath:
+            return _not_found(request)
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            allowed = ", ".join(sorted(method.decode("ascii") for method in self._handlers))
+            return write_error(
+                request,
+                ApiError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method.decode('ascii', 'replace')} is not allowed here; "
+                    f"use {allowed}",
+                    {"Allow": allowed},
+                ),
+            )
+        return serve(request, handler)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _not_found(request)
+
+
+class JsonTree(Resource):
+    """A directory of resources: unknown paths answer 404 ``not_found`` in JSON."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return _not_found(request)

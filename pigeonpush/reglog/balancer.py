@@ -1,0 +1,176 @@
+"""Which push server a client goes to: the live server table and the choice.
+
+Each push server publishes ``{"client": "host:port", "rpc": "host:port",
+"connections": int, "capacity": int}`` in discovery. Its *free capacity* is
+``capacity - connections - pending``, where ``pending`` counts the clients this
+reglog sent it since that server last published: a published count does not
+yet include the clients on their way, so without this local accounting a burst
+of requests between two updates would all look at the same numbers.
+
+A client goes to a server drawn at random with probability proportional to its
+free capacity, and a server with no free capacity is never drawn. A burst of N
+requests therefore spreads over the servers in proportion to their free
+capacity (N draws without replacement from the free slots), the least loaded
+servers get the most clients, and several reglog instances working from the
+same published numbers do not all pile onto the same "least loaded" server, as
+a strict least-loaded or two-choices rule would until the next update.
+
+A pending count is dropped when its server publishes new data (the new count
+includes whoever connected) and otherwise expires after ``pending_ttl``
+seconds (a client that was sent but never connected).
+
+Nothing here does I/O: time and randomness are injected, so the rule is
+tested with a ``Clock`` and a seeded ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pigeonpush.discovery.interface import Node
+
+log = Logger()
+
+#: How long a client sent to a server counts against it without an update.
+DEFAULT_PENDING_TTL = 10.0
+
+
+@attrs.frozen(slots=True)
+class PushServer:
+    """A live push server as reglog sees it."""
+
+    node_id: str
+    client: str  #: ``host:port`` that devices connect to
+    connections: int
+    capacity: int
+
+
+def _count(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name!r} must be an integer >= 0")
+    return value
+
+
+def parse_server(node: Node) -> PushServer:
+    """The server a discovery node describes; ValueError says what is wrong with its data."""
+    data = node.data
+    client = data.get("client")
+    if not isinstance(client, str):
+        raise ValueError("'client' must be a 'host:port' string")
+    host, _, port = client.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'client' must be 'host:port', not {client!r}")
+    return PushServer(node.node_id, client, _count(data, "connections"), _count(data, "capacity"))
+
+
+class Balancer:
+    """The live push servers and the choice of one for each client."""
+
+    __slots__ = ("_clock", "_nodes", "_pending", "_pending_ttl", "_random", "_servers")
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rng: random.Random | None = None,
+        pending_ttl: float = DEFAULT_PENDING_TTL,
+    ) -> None:
+        self._clock = clock
+        self._random = rng if rng is not None else random.SystemRandom()
+        self._pending_ttl = pending_ttl
+        #: the last nodes seen, to tell a server's new data from an unchanged one
+        self._nodes: dict[str, Node] = {}
+        self._servers: dict[str, PushServer] = {}
+        #: node id -> times this reglog sent a client there since its last update
+        self._pending: dict[str, deque[float]] = {}
+
+    # -- the table -------------------------------------------------------------
+
+    def update(self, live: Mapping[str, Node]) -> None:
+        """Take a new live set (a discovery watch callback)."""
+        servers: dict[str, PushServer] = {}
+        for node_id, node in live.items():
+            previous = self._nodes.get(node_id)
+            if previous is not None and previous.data == node.data:
+                if node_id in self._servers:
+                    servers[node_id] = self._servers[node_id]
+                continue
+            # New server or new data: what it publishes now includes the
+            # clients sent so far.
+            self._pending.pop(node_id, None)
+            try:
+                servers[node_id] = parse_server(node)
+            except ValueError as error:
+                log.warn(
+                    "Ignoring push server {node_id}: {reason}",
+                    node_id=node_id,
+                    reason=str(error),
+                )
+        for gone in self._pending.keys() - servers.keys():
+            del self._pending[gone]
+        self._nodes = dict(live)
+        self._servers = servers
+
+    @property
+    def servers(self) -> Mapping[str, PushServer]:
+        """The live servers with valid data, by node id."""
+        return self._servers
+
+    def pending(self, node_id: str) -> int:
+        """Clients sent to ``node_id`` that its published count may not include yet."""
+        queue = self._pending.get(node_id)
+        if not queue:
+            return 0
+        expired = self._clock.seconds() - self._pending_ttl
+        while queue and queue[0] <= expired:
+            queue.popleft()
+        return len(queue)
+
+    def free(self, node_id: str) -> int:
+        """How many more clients ``node_id`` can take, as far as this reglog knows."""
+        server = self._servers.get(node_id)
+        if server is None:
+            return 0
+        return max(0, server.capacity - server.connections - self.pending(node_id))
+
+    def free_capacity(self) -> int:
+        return sum(self.free(node_id) for node_id in self._servers)
+
+    # -- the choice -------------------------------------------------------------
+
+    def choose(self) -> PushServer | None:
+        """A server for one client (counted as pending there), or None if none has room.
+
+        O(number of servers): a deployment has tens of them, not thousands.
+        """
+        candidates: list[tuple[PushServer, int]] = []
+        total = 0
+        for node_id, server in self._servers.items():
+            free = self.free(node_id)
+            if free > 0:
+                candidates.append((server, free))
+                total += free
+        if total == 0:
+            return None
+        pick = self._random.randrange(total)
+        chosen = candidates[-1][0]
+        for server, free in candidates:
+            if pick < free:
+                chosen = server
+                break
+            pick -= free
+        self._pending.setdefault(chosen.node_id, deque()).append(self._clock.seconds())
+        return chosen
+
+    def release(self, server: PushServer) -> None:
+        """Undo one ``choose`` of ``server`` (the client was not sent there after all)."""
+        queue = self._pending.get(server.node_id)
+        if queue:
+            queue.pop()

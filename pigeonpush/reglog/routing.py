@@ -1,0 +1,98 @@
+"""The route request, without HTTP: check the device, pick a server, issue a token."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+
+import attrs
+
+from pigeonpush.reglog.balancer import Balancer, PushServer
+from pigeonpush.reglog.devices import DeviceRegistry
+from pigeonpush.store.interface import Store
+
+
+class AuthMode(enum.Enum):
+    """``open``: any clientId gets a token (the seed). ``registered``: only
+    registered devices, with their secret."""
+
+    OPEN = "open"
+    REGISTERED = "registered"
+
+
+class SecretRequired(Exception):
+    """Registered mode and the request carried no secret."""
+
+
+class BadSecret(Exception):
+    """Unknown device or wrong secret (deliberately not told apart)."""
+
+
+class NoServer(Exception):
+    """No live push server has room for another client."""
+
+    def __init__(self, live: int) -> None:
+        super().__init__(live)
+        #: how many servers are alive (all of them full when > 0)
+        self.live = live
+
+
+@attrs.frozen(slots=True)
+class RouteGrant:
+    """What a client is told: its one-time token and where to connect."""
+
+    token: str
+    server: PushServer
+    heartbeat: float
+
+
+def new_token() -> str:
+    """A one-time token: 43 URL-safe characters, 256 bits."""
+    return secrets.token_urlsafe(32)
+
+
+class Router:
+    """Grants routes: ``devices`` is the registry in registered mode, None in open mode."""
+
+    __slots__ = ("_balancer", "_devices", "_heartbeat", "_store", "_token_ttl")
+
+    def __init__(
+        self,
+        store: Store,
+        balancer: Balancer,
+        *,
+        token_ttl: float,
+        heartbeat: float,
+        devices: DeviceRegistry | None = None,
+    ) -> None:
+        self._store = store
+        self._balancer = balancer
+        self._token_ttl = token_ttl
+        self._heartbeat = heartbeat
+        self._devices = devices
+
+    @property
+    def mode(self) -> AuthMode:
+        return AuthMode.OPEN if self._devices is None else AuthMode.REGISTERED
+
+    async def route(self, client_id: str, secret: str | None = None) -> RouteGrant:
+        """Grant ``client_id`` a token (stored in ``PIGEON:AUTH:<clientId>``) and a server.
+
+        SecretRequired / BadSecret in registered mode, NoServer, or the store's
+        StoreError; nothing is written unless a grant is returned.
+        """
+        if self._devices is not None:
+            if secret is None:
+                raise SecretRequired()
+            if not await self._devices.check(client_id, secret):
+                raise BadSecret()
+        server = self._balancer.choose()
+        if server is None:
+            raise NoServer(len(self._balancer.servers))
+        token = new_token()
+        try:
+            await self._store.issue_token(client_id, token, self._token_ttl)
+        except BaseException:
+            self._balancer.release(server)
+            raise
+        return RouteGrant(token, server, self._heartbeat)

@@ -1,0 +1,186 @@
+"""``twistd pigeon-reglog``: options and the wiring of the service tree."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from pigeonpush.discovery import DiscoveryService, open_discovery
+from pigeonpush.discovery.spec import parse_spec
+from pigeonpush.http import JsonSite
+from pigeonpush.reglog.api import ReglogApi
+from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
+from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
+from pigeonpush.reglog.routing import AuthMode, Router
+from pigeonpush.reglog.service import ClosingService, ServerWatchService
+from pigeonpush.store import open_store
+from pigeonpush.store.address import parse_redis_url
+
+log = Logger()
+
+
+def _check_store_url(url: str) -> None:
+    if url not in ("memory:", "memory://"):
+        parse_redis_url(url)
+
+
+def _check_endpoint(description: str) -> None:
+    # Endpoint parsers only keep the reactor they are given; no reactor is
+    # needed to tell whether the string is well-formed.
+    try:
+        serverFromString(None, description)
+    except (TypeError, OSError) as error:
+        raise ValueError(str(error)) from None
+
+
+def _positive(name: str, value: Any, kind: type[float] | type[int] = float) -> float | int:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise usage.UsageError(f"--{name} must be greater than 0")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the PigeonPush route service: clients ask it for a one-time token "
+        "and the push server to connect to (POST /v1/route)."
+    )
+
+    optParameters = [
+        [
+            "listen",
+            None,
+            "tcp:8100",
+            "Endpoint of the HTTP API (a Twisted server endpoint string).",
+        ],
+        [
+            "redis",
+            None,
+            "redis://127.0.0.1:6379/0",
+            "Shared state: redis://[:password@]host:port/db, or memory: (this process only).",
+        ],
+        [
+            "zookeeper",
+            None,
+            "127.0.0.1:2181",
+            "Discovery: ZooKeeper hosts (host:port[,host:port...][/chroot]), or static:... .",
+        ],
+        ["token-ttl", None, "300", "Seconds a token stays valid until its client connects."],
+        ["heartbeat", None, "30", "Heartbeat interval, in seconds, told to clients."],
+        ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
+        ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
+        ["admin-key-file", None, None, "Read the admin key from this file instead."],
+        ["max-body", None, "4096", "Largest request body accepted, in bytes (413 beyond)."],
+        [
+            "pending-ttl",
+            None,
+            str(DEFAULT_PENDING_TTL),
+            "Seconds a client sent to a server counts against it without news from it.",
+        ],
+        ["access-log", None, None, "Write an HTTP access log to this file (none by default)."],
+    ]
+
+    def postOptions(self) -> None:
+        self["token-ttl"] = _positive("token-ttl", self["token-ttl"])
+        self["heartbeat"] = _positive("heartbeat", self["heartbeat"])
+        self["max-body"] = _positive("max-body", self["max-body"], int)
+        self["pending-ttl"] = _positive("pending-ttl", self["pending-ttl"])
+        try:
+            self["auth-mode"] = AuthMode(self["auth-mode"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--auth-mode must be open or registered, not {self['auth-mode']!r}"
+            ) from None
+        if self["admin-key"] is not None and self["admin-key-file"] is not None:
+            raise usage.UsageError("give --admin-key or --admin-key-file, not both")
+        if self["admin-key-file"] is not None:
+            try:
+                self["admin-key"] = Path(self["admin-key-file"]).read_text("utf-8").strip()
+            except OSError as error:
+                raise usage.UsageError(f"cannot read --admin-key-file: {error}") from None
+        if self["admin-key"] is not None and not self["admin-key"]:
+            raise usage.UsageError("the admin key must not be empty")
+        checks: list[tuple[str, Callable[[str], object]]] = [
+            ("listen", _check_endpoint),
+            ("redis", _check_store_url),
+            ("zookeeper", parse_spec),
+        ]
+        for name, check in checks:
+            try:
+                check(self[name])
+            except ValueError as error:
+                raise usage.UsageError(f"--{name}: {error}") from None
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    """reglog's service tree: store, discovery, the server watch, the HTTP site."""
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        store = open_store(config["redis"], reactor)
+    except ValueError as error:
+        raise usage.UsageError(f"--redis: {error}") from None
+    try:
+        discovery = open_discovery(config["zookeeper"], reactor)
+    except ValueError as error:
+        raise usage.UsageError(f"--zookeeper: {error}") from None
+    try:
+        endpoint = serverFromString(reactor, config["listen"])
+    except ValueError as error:
+        raise usage.UsageError(f"--listen: {error}") from None
+
+    balancer = Balancer(reactor, random.SystemRandom(), pending_ttl=config["pending-ttl"])
+    devices = None
+    if config["auth-mode"] is AuthMode.REGISTERED:
+        devices = DeviceRegistry(store, reactor, in_thread_pool(reactor))
+        if config["admin-key"] is None:
+            log.warn("Device registration is open to anyone: set --admin-key to restrict it")
+    elif config["admin-key"] is not None:
+        log.warn("--admin-key has no effect in open mode")
+    router = Router(
+        store,
+        balancer,
+        token_ttl=config["token-ttl"],
+        heartbeat=config["heartbeat"],
+        devices=devices,
+    )
+    api = ReglogApi(
+        router,
+        balancer,
+        reactor,
+        devices=devices,
+        admin_key=config["admin-key"],
+        max_body=config["max-body"],
+    )
+    site = JsonSite(
+        api.resource(),
+        max_body=config["max-body"],
+        access_log=config["access-log"],
+        reactor=reactor,
+    )
+
+    top = MultiService()
+    # Started in this order, stopped in reverse: the listener goes first, the
+    # store last.
+    services: list[tuple[str, IService]] = [
+        ("store", ClosingService(store.close)),
+        ("discovery", DiscoveryService(discovery)),
+        ("server-watch", ServerWatchService(discovery, balancer, reactor)),
+        ("http", StreamServerEndpointService(endpoint, site)),
+    ]
+    for name, service in services:
+        service.setName(name)
+        service.setServiceParent(top)
+    return top
