@@ -3,7 +3,10 @@
 Delivery calls the server's ``Push`` and ``Kick``; the server calls delivery's
 ``Pull``. An AMP value holds at most 65,535 bytes, so batches of messages travel
 as one compact JSON value each, split by ``encode_batches`` into chunks that
-fit; a caller sends one ``Push`` per chunk.
+fit; a caller sends one ``Push`` per chunk. Every command declares the errors
+``BadRequest`` (AMP code ``BAD_REQUEST``) and ``TemporarilyUnavailable``
+(``UNAVAILABLE``); a responder raises those rather than an undeclared error,
+which AMP would answer by dropping the connection.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
 #: Largest AMP value (the protocol's own limit).
@@ -26,6 +31,8 @@ class PushStatus(enum.IntEnum):
     OFFLINE = 1  #: no connection here (a stale ROUTE to this server was dropped)
     WINDOW_FULL = 2  #: the connection has its window of un-ACKed PUSHes in flight
     NO_BODY = 3  #: sent without body and MSG_BODY is gone (expired)
+    #: the message does not fit the client's frame limit: it can never be written
+    TOO_LARGE = 4
 
 
 @attrs.frozen(slots=True)
@@ -57,16 +64,16 @@ def encode_batches(
     AMP value. An item that alone exceeds ``max_bytes`` raises ValueError (the
     notification API's size limits keep that from happening)."""
     parts: list[bytes] = []
-    size = 2  # the brackets
+    size = 2  # the brackets, plus a comma before every item but the first
     for item in items:
         encoded = _item_json(item)
         if len(encoded) + 2 > max_bytes:
             raise ValueError(f"message {item.message_id} is too large for one AMP value")
-        if parts and size + len(encoded) + 1 > max_bytes:
+        if parts and size + 1 + len(encoded) > max_bytes:
             yield len(parts), b"[" + b",".join(parts) + b"]"
             parts, size = [], 2
+        size += len(encoded) + (1 if parts else 0)
         parts.append(encoded)
-        size += len(encoded) + 1
     if parts:
         yield len(parts), b"[" + b",".join(parts) + b"]"
 
@@ -77,6 +84,8 @@ def decode_batch(value: bytes) -> list[PushItem]:
         rows = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"not a message batch: {e}") from e
+    except RecursionError:
+        raise ValueError("not a message batch: nested too deeply") from None
     if not isinstance(rows, list):
         raise ValueError("not a message batch: not a list")
     items = []
@@ -97,12 +106,28 @@ def decode_batch(value: bytes) -> list[PushItem]:
     return items
 
 
+class BadRequest(Exception):
+    """The command's arguments are malformed (AMP error ``BAD_REQUEST``)."""
+
+
+class TemporarilyUnavailable(Exception):
+    """The peer cannot serve the command now, e.g. its store does not answer
+    (AMP error ``UNAVAILABLE``); the caller retries later."""
+
+
+_ERRORS: dict[type[Exception], bytes] = {
+    BadRequest: b"BAD_REQUEST",
+    TemporarilyUnavailable: b"UNAVAILABLE",
+}
+
+
 class Push(amp.Command):
     """Write messages to clients connected to this server."""
 
     commandName = b"Push"
     arguments = [(b"batch", amp.String())]  # encode_batches value
     response = [(b"results", amp.String())]  # one PushStatus byte per item, in order
+    errors = _ERRORS
     requiresAnswer = True
 
 
@@ -112,6 +137,7 @@ class Kick(amp.Command):
     commandName = b"Kick"
     arguments = [(b"clientId", amp.Unicode()), (b"reason", amp.Integer())]
     response = [(b"kicked", amp.Boolean())]
+    errors = _ERRORS
 
 
 class Pull(amp.Command):
@@ -128,3 +154,26 @@ class Pull(amp.Command):
         (b"inFlight", amp.ListOf(amp.Unicode())),
     ]
     response = [(b"batch", amp.String()), (b"more", amp.Boolean())]
+    errors = _ERRORS
+
+
+class PushGateway(Protocol):
+    """What delivery needs of one push server. The server implements it in
+    process; over the network it is the ``Push``/``Kick`` AMP commands, so the
+    all-in-one process calls the same object directly."""
+
+    def push(self, items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        """Write each item to its client's connection; a status per item, in order."""
+
+    def kick(self, client_id: str, reason: int) -> Deferred[bool]:
+        """End the client's session; False if it has none here."""
+
+
+class PullSource(Protocol):
+    """What a push server needs of delivery: ``Pull`` over AMP, or in process."""
+
+    def pull(
+        self, client_id: str, limit: int, in_flight: Sequence[str]
+    ) -> Deferred[tuple[list[PushItem], bool]]:
+        """Pending messages (with bodies) oldest first, skipping ``in_flight``;
+        and whether more are pending than returned."""

@@ -1,0 +1,20 @@
+"""pigeon-server: the push server (docs/server.rst).
+
+Devices hold long-lived connections here: they authenticate, keep alive with
+PING, receive PUSH frames and ACK them. Delivery reaches the connected clients
+through the AMP ``Push`` and ``Kick`` commands; the server asks delivery for
+pending messages with ``Pull``. ``twistd -n pigeon-server`` runs it (tap.py).
+
+The modules, each with one job:
+
+``settings``     the knobs (``ServerSettings``) and their checks
+``protocol``     ``ServerProtocol``: one device connection, a thin state machine
+``hub``          ``PushHub``: the channel table and the logic (auth, push, ACK, pull, drain)
+``acks``         ``AckBatcher``: ACKs of one reactor turn become one store call
+``pull``         ``AmpPullSource``: pulls pending messages from delivery over AMP
+``rpc_server``   the AMP responder delivery calls (``Push``, ``Kick``)
+``service``      ``PushServerService``: ports, registration, timers, graceful stop
+``status``       the ``/metrics`` and ``/health`` HTTP resources
+``metrics``      the Prometheus metrics
+``tap``          the twistd options and ``makeService``
+"""

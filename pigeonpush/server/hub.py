@@ -1,0 +1,598 @@
+"""The push server's logic: the channel table and what happens to it.
+
+``PushHub`` authenticates connections, keeps the channel table (clientId ->
+connection), writes PUSHes (it is the in-process ``PushGateway``), takes ACKs,
+pulls pending messages, kicks, and drains on a graceful stop. Time and the
+store are parameters, so all of it runs under a ``Clock`` with the memory store
+and ``StringTransport`` connections.
+
+Cleanup is conditional everywhere: a connection that is no longer the channel
+of its client (it was replaced) never touches the store, and the store's own
+``end_session`` only deletes AUTH and ROUTE while they hold this session's
+token and this server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pigeonpush.rpc import PullSource, PushItem, PushStatus
+from pigeonpush.server import metrics
+from pigeonpush.server.acks import AckBatcher
+from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.server.settings import ServerSettings
+from pigeonpush.store.interface import Store, StoreError
+from pigeonpush.store.model import Message
+from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
+from pigeonpush.wire.frames import Auth, AuthFail, AuthFailCode, AuthOk, Kick, KickReason
+
+_T = TypeVar("_T")
+
+_ACTIVE = State.ACTIVE
+_WRITTEN = PushStatus.WRITTEN
+_OFFLINE = PushStatus.OFFLINE
+_WINDOW_FULL = PushStatus.WINDOW_FULL
+_NO_BODY = PushStatus.NO_BODY
+_TOO_LARGE = PushStatus.TOO_LARGE
+
+#: Sessions refreshed per store call.
+REFRESH_BATCH = 1000
+#: Seconds between two drain ticks: the KICKs of a graceful stop go out in
+#: this many batches per second at most.
+DRAIN_TICK = 0.1
+#: Seconds the drain waits, after the last KICK, for connections to close
+#: before it aborts them.
+DRAIN_GRACE = 2.0
+#: Seconds the drain waits for the sessions' store cleanups.
+CLEANUP_TIMEOUT = 5.0
+#: Pull failures are logged at most once per this many seconds.
+PULL_FAILURE_LOG_INTERVAL = 10.0
+
+_KICK_TEXT = {
+    KickReason.REPLACED: "the same client logged in again",
+    KickReason.SHUTTING_DOWN: "the server is shutting down; reconnect through reglog",
+    KickReason.POLICY: "the session was ended by the service",
+}
+
+
+class PushHub:
+    """The channel table and everything that reads or changes it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        settings: ServerSettings,
+        *,
+        server_address: str | None = None,
+        pull_source: PullSource | None = None,
+        acks: AckBatcher | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        #: this server's RPC address: the value of ROUTE for its clients
+        #: (set by the service once the RPC port listens, before clients connect)
+        self.server_address = server_address
+        self.pull_source = pull_source
+        self.acks = acks if acks is not None else AckBatcher(store, clock)
+        #: clientId -> its live connection (ACTIVE, or CLOSING until connectionLost)
+        self.channels: dict[str, ServerProtocol] = {}
+        #: every open connection, authenticated or not
+        self.connections: set[ServerProtocol] = set()
+        #: False once draining: new AUTHs are refused
+        self.accepting = True
+        self.idle_timeout = settings.idle_timeout
+        self._window = settings.ack_window
+        self._auth_ok = encode(AuthOk(settings.heartbeat, settings.max_frame, settings.ack_window))
+        self._cleanups: set[Deferred[bool]] = set()
+        #: clientId -> logins of it being checked now
+        self._authenticating: dict[str, int] = {}
+        self._all_closed: list[Deferred[None]] = []
+        self._pull_failures = 0
+        self._pull_failure_logged_at = float("-inf")
+
+    # --- connections -------------------------------------------------------------
+
+    def connected(self, proto: ServerProtocol) -> None:
+        self.connections.add(proto)
+
+    def disconnected(self, proto: ServerProtocol) -> None:
+        """Every close, whatever its cause: the conditional cleanup."""
+        self.connections.discard(proto)
+        client_id = proto.client_id
+        if client_id is not None and self.channels.get(client_id) is proto:
+            del self.channels[client_id]
+            metrics.CONNECTIONS.set(len(self.channels))
+            assert proto.token is not None
+            self._end_session(client_id, proto.token)
+        if not self.connections and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for each in waiting:
+                each.callback(None)
+
+    def _end_session(self, client_id: str, token: str) -> None:
+        assert self.server_address is not None
+        cleanup = self.store.end_session(client_id, token, self.server_address)
+        self._cleanups.add(cleanup)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(StoreError):
+                self.log.warn(
+                    "Cleanup of the session of {client_id} failed: {why}; its AUTH and "
+                    "ROUTE expire with the session TTL",
+                    client_id=client_id,
+                    why=failure.getErrorMessage(),
+                )
+            else:
+                self.log.failure(
+                    "Cleanup of the session of {client_id} failed", failure, client_id=client_id
+                )
+
+        def done(result: object) -> None:
+            self._cleanups.discard(cleanup)
+
+        cleanup.addErrback(failed)
+        cleanup.addBoth(done)
+
+    def idle_timed_out(self, proto: ServerProtocol) -> None:
+        self.log.debug(
+            "Closing the connection of {client_id}: silent for {idle} s",
+            client_id=proto.client_id,
+            idle=self.idle_timeout,
+        )
+
+    # --- authentication ---------------------------------------------------------
+
+    def authenticate(self, proto: ServerProtocol, auth: Auth) -> None:
+        """Check AUTH (version, capacity, token in constant time), bind the
+        session in the store, replace an older connection of the same client,
+        and answer AUTH_OK or AUTH_FAIL."""
+        ensureDeferred(self._authenticate(proto, auth)).addErrback(self._auth_crashed, proto)
+
+    async def _authenticate(self, proto: ServerProtocol, auth: Auth) -> None:
+        if auth.version not in SUPPORTED_VERSIONS:
+            supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+            self._refuse(
+                proto,
+                auth,
+                AuthFailCode.VERSION,
+                f"protocol version {auth.version} is not supported; this server speaks {supported}",
+            )
+            return
+        if not self.accepting:
+            self._refuse(proto, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down")
+            return
+        client_id, token = auth.client_id, auth.token
+        if not client_id or not token:
+            self._refuse(
+                proto, auth, AuthFailCode.BAD_TOKEN, "clientId and token must not be empty"
+            )
+            return
+        if self._full(client_id):
+            self._refuse(proto, auth, AuthFailCode.FULL, "the server is at capacity")
+            return
+        server = self.server_address
+        assert server is not None, "the RPC address is set before clients are accepted"
+        # While a login is checked, Push must not take this client for gone and
+        # drop the ROUTE the login is writing.
+        self._authenticating[client_id] = self._authenticating.get(client_id, 0) + 1
+        try:
+            await self._check_and_bind(proto, auth, server)
+        finally:
+            count = self._authenticating.pop(client_id) - 1
+            if count:
+                self._authenticating[client_id] = count
+
+    async def _check_and_bind(self, proto: ServerProtocol, auth: Auth, server: str) -> None:
+        client_id, token = auth.client_id, auth.token
+        try:
+            stored = await self.store.token(client_id)
+            if proto.state != State.AUTHENTICATING:
+                return  # the connection closed meanwhile: nothing was bound
+            if stored is None or not hmac.compare_digest(stored.encode(), token.encode()):
+                self._refuse(proto, auth, AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+                return
+            bound = await self.store.bind_session(
+                client_id, token, server, self.settings.session_ttl
+            )
+        except StoreError as e:
+            self.log.warn(
+                "Cannot check the token of {client_id}: {why}", client_id=client_id, why=str(e)
+            )
+            self._refuse(
+                proto, auth, AuthFailCode.UNAVAILABLE, "the server cannot check tokens now"
+            )
+            return
+        if not bound:
+            self._refuse(proto, auth, AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+            return
+        if proto.state != State.AUTHENTICATING or not self.accepting or self._full(client_id):
+            # Closed, draining or full while binding: undo the binding at once,
+            # unless a live session of the client is here (it owns it now).
+            if client_id not in self.channels:
+                self._end_session(client_id, token)
+            if proto.state == State.AUTHENTICATING:
+                if self.accepting:
+                    self._refuse(proto, auth, AuthFailCode.FULL, "the server is at capacity")
+                else:
+                    self._refuse(
+                        proto, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down"
+                    )
+            return
+        self._activate(proto, client_id, token)
+
+    def _full(self, client_id: str) -> bool:
+        return len(self.channels) >= self.settings.capacity and client_id not in self.channels
+
+    def _refuse(self, proto: ServerProtocol, auth: Auth, code: AuthFailCode, reason: str) -> None:
+        metrics.AUTHS.labels(result=code.name.lower()).inc()
+        self.log.info(
+            "AUTH of {client_id} from {peer} refused: {code}",
+            client_id=auth.client_id,
+            peer=proto.peer,
+            code=code.name,
+        )
+        proto.closeWith(AuthFail(code, reason))
+
+    def _auth_crashed(self, failure: Failure, proto: ServerProtocol) -> None:
+        self.log.failure("Authenticating a connection failed", failure)
+        if proto.state == State.AUTHENTICATING:
+            metrics.AUTH_UNAVAILABLE.inc()
+            proto.closeWith(AuthFail(AuthFailCode.UNAVAILABLE, "internal error"))
+
+    def _activate(self, proto: ServerProtocol, client_id: str, token: str) -> None:
+        old = self.channels.get(client_id)
+        self.channels[client_id] = proto
+        if old is not None:
+            # The old connection's cleanup finds the table pointing here and
+            # leaves the store alone: the session is this one now.
+            self._kick(old, KickReason.REPLACED)
+        else:
+            metrics.CONNECTIONS.set(len(self.channels))
+        proto.activate(client_id, token, self._auth_ok)
+        metrics.AUTH_OK.inc()
+        self.log.debug("Client {client_id} authenticated", client_id=client_id)
+        self.pull(proto)
+
+    # --- pushing (PushGateway) -----------------------------------------------------
+
+    def push(self, items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        """Write each item to its client's connection; a status per item, in order.
+
+        OFFLINE: no connection here (a stale ROUTE to this server is dropped).
+        WINDOW_FULL: the connection has its window in flight or its socket is
+        full; the message stays pending. Items without a body are completed
+        from the store in one call (NO_BODY when the body expired). A message
+        already in flight on the connection is not written again. Fails with
+        StoreError only when bodies were needed and the store did not answer.
+        """
+        statuses: list[PushStatus] = [_OFFLINE] * len(items)
+        offline: set[str] = set()
+        missing: list[int] = []
+        channels = self.channels
+        window = self._window
+        now = self.clock.seconds()
+        for index, item in enumerate(items):
+            proto = channels.get(item.client_id)
+            if proto is None:
+                if item.client_id not in self._authenticating:
+                    offline.add(item.client_id)
+                continue
+            in_flight = proto.in_flight
+            if proto.state != _ACTIVE or in_flight is None:
+                continue  # closing: its own cleanup clears the route
+            if item.message_id in in_flight:
+                statuses[index] = _WRITTEN
+            elif proto.write_paused or len(in_flight) >= window:
+                statuses[index] = _WINDOW_FULL
+            elif not item.has_body:
+                missing.append(index)
+            else:
+                statuses[index] = self._write(
+                    proto, in_flight, item.message_id, item.title, item.text, item.extras, now
+                )
+        answer: Deferred[list[PushStatus]]
+        if missing:
+            reading = self.store.bodies([items[index].message_id for index in missing])
+            answer = reading.addCallback(self._with_bodies, items, statuses, missing)
+        else:
+            self._count(statuses)
+            answer = succeed(statuses)
+        if offline:
+            # Answer once the stale routes are gone, so that delivery does not
+            # read them again; a failed drop is logged and does not fail the push.
+            dropping = self._drop_routes(offline)
+            answer = answer.addCallback(_after, dropping)
+        return answer
+
+    def _with_bodies(
+        self,
+        bodies: list[Message | None],
+        items: Sequence[PushItem],
+        statuses: list[PushStatus],
+        missing: list[int],
+    ) -> list[PushStatus]:
+        now = self.clock.seconds()
+        for index, body in zip(missing, bodies, strict=True):
+            item = items[index]
+            proto = self.channels.get(item.client_id)
+            in_flight = proto.in_flight if proto is not None else None
+            if proto is None or proto.state != _ACTIVE or in_flight is None:
+                statuses[index] = _OFFLINE  # gone while the bodies were read
+            elif item.message_id in in_flight:
+                statuses[index] = _WRITTEN
+            elif body is None:
+                statuses[index] = _NO_BODY
+            elif proto.write_paused or len(in_flight) >= self._window:
+                statuses[index] = _WINDOW_FULL
+            else:
+                statuses[index] = self._write(
+                    proto, in_flight, item.message_id, body.title, body.text, body.extras, now
+                )
+        self._count(statuses)
+        return statuses
+
+    def _write(
+        self,
+        proto: ServerProtocol,
+        in_flight: dict[str, float],
+        message_id: str,
+        title: str,
+        text: str,
+        extras: Mapping[str, str],
+        now: float,
+    ) -> PushStatus:
+        try:
+            proto.sendEncoded(encode_push(message_id, title, text, extras))
+        except EncodeError as e:
+            # It can never be written to this client: take it out of WAIT_ACK,
+            # or it would come back first in every pull and block the rest.
+            self.log.warn(
+                "Message {message_id} cannot be written to {client_id}: {why}; "
+                "dropped from its pending messages",
+                message_id=message_id,
+                client_id=proto.client_id,
+                why=str(e),
+            )
+            assert proto.client_id is not None
+            self.acks.add(proto.client_id, message_id)
+            return _TOO_LARGE
+        in_flight[message_id] = now
+        return _WRITTEN
+
+    def _count(self, statuses: list[PushStatus]) -> None:
+        for status, count in Counter(statuses).items():
+            metrics.PUSHES.labels(status=status.name.lower()).inc(count)
+
+    def _drop_routes(self, client_ids: set[str]) -> Deferred[None]:
+        """Delete ROUTE of clients that have no connection here, where it still
+        names this server (delivery had a stale route). Never fails."""
+        server = self.server_address
+        assert server is not None
+        drops = [
+            self.store.drop_route(client_id, server).addErrback(self._drop_route_failed, client_id)
+            for client_id in client_ids
+        ]
+        return DeferredList(drops).addCallback(lambda _: None)
+
+    def _drop_route_failed(self, failure: Failure, client_id: str) -> None:
+        if failure.check(StoreError):
+            self.log.warn(
+                "Dropping the stale route of {client_id} failed: {why}",
+                client_id=client_id,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "Dropping the stale route of {client_id} failed", failure, client_id=client_id
+            )
+
+    def kick(self, client_id: str, reason: int) -> Deferred[bool]:
+        """End the client's session with KICK; False if it has none here.
+        ValueError for a reason that is not a KickReason."""
+        kick_reason = KickReason(reason)
+        proto = self.channels.get(client_id)
+        if proto is None or proto.state != _ACTIVE:
+            return succeed(False)
+        self._kick(proto, kick_reason)
+        return succeed(True)
+
+    def _kick(self, proto: ServerProtocol, reason: KickReason) -> None:
+        metrics.KICKS.labels(reason=reason.name.lower()).inc()
+        proto.closeWith(Kick(reason, _KICK_TEXT[reason]))
+
+    # --- ACK, PING, pull -----------------------------------------------------------
+
+    def acked(self, proto: ServerProtocol, message_id: str) -> None:
+        """An ACK: the id leaves the window and (batched) WAIT_ACK. An id not in
+        flight here is removed from WAIT_ACK too: it may be from an earlier
+        connection."""
+        in_flight = proto.in_flight
+        assert in_flight is not None and proto.client_id is not None
+        written = in_flight.pop(message_id, None)
+        if written is not None:
+            metrics.PUSH_TO_ACK.observe(self.clock.seconds() - written)
+        self.acks.add(proto.client_id, message_id)
+        if proto.pull_more and not proto.pulling and len(in_flight) <= self._window // 2:
+            self.pull(proto)
+
+    def pinged(self, proto: ServerProtocol) -> None:
+        """A PING: the connection is idle; pull at most once per heartbeat."""
+        if self.clock.seconds() - proto.last_pull >= self.settings.heartbeat:
+            self.pull(proto)
+
+    def writable(self, proto: ServerProtocol) -> None:
+        """The connection's socket drained: continue a pull that had more."""
+        if proto.pull_more and not proto.pulling:
+            self.pull(proto)
+
+    def pull(self, proto: ServerProtocol) -> None:
+        """Ask delivery for the client's pending messages and push them, oldest
+        first, within the free part of the window."""
+        source = self.pull_source
+        in_flight = proto.in_flight
+        if source is None or proto.pulling or proto.state != _ACTIVE or in_flight is None:
+            return
+        free = self._window - len(in_flight)
+        if free <= 0 or proto.write_paused:
+            proto.pull_more = True  # continued when the window or socket drains
+            return
+        assert proto.client_id is not None
+        proto.pulling = True
+        proto.pull_more = False
+        proto.last_pull = self.clock.seconds()
+        pulling = source.pull(proto.client_id, free, list(in_flight))
+        pulling.addCallbacks(
+            self._pulled, self._pull_failed, callbackArgs=(proto,), errbackArgs=(proto,)
+        )
+
+    def _pulled(
+        self, result: tuple[list[PushItem], bool], proto: ServerProtocol
+    ) -> Deferred[None] | None:
+        proto.pulling = False
+        items, more = result
+        metrics.PULL_OK.inc()
+        if proto.state != _ACTIVE or self.channels.get(proto.client_id or "") is not proto:
+            return None
+        proto.pull_more = more
+        items = [item for item in items if item.client_id == proto.client_id]
+        if not items:
+            return None
+        metrics.PULLED.inc(len(items))
+        pushing = self.push(items)
+
+        def pushed(statuses: list[PushStatus]) -> None:
+            # Window still half empty after a pull that said "more" (ids that
+            # were in flight, messages that cannot be written): pull again now
+            # rather than wait for ACKs that will not come.
+            if (
+                proto.pull_more
+                and _WRITTEN in statuses
+                and proto.in_flight is not None
+                and len(proto.in_flight) <= self._window // 2
+            ):
+                self.pull(proto)
+
+        return pushing.addCallbacks(pushed, self._pull_failed, errbackArgs=(proto,))
+
+    def _pull_failed(self, failure: Failure, proto: ServerProtocol) -> None:
+        proto.pulling = False
+        metrics.PULL_FAILED.inc()
+        self._pull_failures += 1
+        now = self.clock.seconds()
+        if now - self._pull_failure_logged_at < PULL_FAILURE_LOG_INTERVAL:
+            return
+        self.log.warn(
+            "Pulling pending messages for {client_id} failed: {why} "
+            "({failures} pull failures since the last report); retried at the next trigger",
+            client_id=proto.client_id,
+            why=failure.getErrorMessage(),
+            failures=self._pull_failures,
+        )
+        self._pull_failures = 0
+        self._pull_failure_logged_at = now
+
+    # --- periodic work -------------------------------------------------------------
+
+    def refresh_sessions(self) -> Deferred[None]:
+        """Extend AUTH and ROUTE of every live session (batched); failures are
+        logged here, so a periodic caller keeps running."""
+        return ensureDeferred(self._refresh_sessions())
+
+    async def _refresh_sessions(self) -> None:
+        client_ids = list(self.channels)
+        calls = [
+            self.store.refresh_sessions(
+                client_ids[start : start + REFRESH_BATCH], self.settings.session_ttl
+            )
+            for start in range(0, len(client_ids), REFRESH_BATCH)
+        ]
+        results = await DeferredList(calls, consumeErrors=True)
+        failures = [_failure(value) for ok, value in results if not ok]
+        if failures:
+            self.log.warn(
+                "Refreshing {count} of {total} session batches failed: {why}",
+                count=len(failures),
+                total=len(calls),
+                why=failures[0].getErrorMessage(),
+            )
+
+    # --- graceful stop -------------------------------------------------------------
+
+    def drain(self, period: float) -> Deferred[None]:
+        """Refuse new sessions, KICK(SHUTTING_DOWN) every client spread evenly
+        over ``period`` seconds (a batch per tick, one timer for all), close
+        what is left, and wait (bounded) for the sessions' store cleanups."""
+        return ensureDeferred(self._drain(period))
+
+    async def _drain(self, period: float) -> None:
+        self.accepting = False
+        for proto in list(self.connections):
+            if proto.state == State.AWAITING_AUTH:
+                proto.closeWith(None)
+        victims = [proto for proto in self.channels.values() if proto.state == _ACTIVE]
+        self.log.info("Draining {count} clients over {period} s", count=len(victims), period=period)
+        if victims:
+            ticks = max(1, min(len(victims), math.ceil(period / DRAIN_TICK)))
+            per_tick = math.ceil(len(victims) / ticks)
+            interval = period / ticks
+            batches = [victims[i : i + per_tick] for i in range(0, len(victims), per_tick)]
+            for number, batch in enumerate(batches):
+                for proto in batch:
+                    if proto.state == _ACTIVE:
+                        self._kick(proto, KickReason.SHUTTING_DOWN)
+                if number + 1 < len(batches):
+                    await deferLater(self.clock, interval, lambda: None)
+        await self._closed(DRAIN_GRACE)
+        for proto in list(self.connections):
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+        await self._closed(DRAIN_GRACE)
+        if self._cleanups:
+            waiting = DeferredList(list(self._cleanups), consumeErrors=True)
+            waiting.addTimeout(CLEANUP_TIMEOUT, self.clock)
+            try:
+                await waiting
+            except DeferTimeoutError:
+                self.log.warn(
+                    "{count} session cleanups did not finish within {timeout} s; "
+                    "those sessions expire with the session TTL",
+                    count=len(self._cleanups),
+                    timeout=CLEANUP_TIMEOUT,
+                )
+
+    async def _closed(self, timeout: float) -> None:
+        """Until every connection is closed, at most ``timeout`` seconds."""
+        if not self.connections:
+            return
+        waiting: Deferred[None] = Deferred()
+        self._all_closed.append(waiting)
+        waiting.addTimeout(timeout, self.clock)
+        try:
+            await waiting
+        except DeferTimeoutError:
+            self._all_closed.remove(waiting)
+
+
+def _after(value: _T, waiting: Deferred[None]) -> Deferred[_T]:
+    """``value``, once ``waiting`` has fired."""
+    return waiting.addCallback(lambda _: value)
+
+
+def _failure(value: object) -> Failure:
+    """The Failure a DeferredList reports for a failed call."""
+    assert isinstance(value, Failure)
+    return value

@@ -1,0 +1,272 @@
+"""The push server as a twistd service: ports, registration, timers, graceful stop.
+
+Start: listen for delivery (RPC) first, so that the address clients' routes
+will name exists; watch the delivery workers; listen for devices; then register
+in discovery, which makes reglog send clients here.
+
+Stop (SIGTERM, ``stopService``): leave discovery first (reglog stops sending
+clients), stop accepting devices, drain (KICK spread over the drain period,
+then close what is left), stop the RPC port once in-flight deliveries are
+done, flush ACKs, then close the pool, discovery and store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    fail,
+    succeed,
+)
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pigeonpush.discovery.interface import DELIVERY, SERVERS, Discovery, Registration, Watch
+from pigeonpush.rpcpool import AmpPool
+from pigeonpush.server.hub import PushHub
+from pigeonpush.server.protocol import ServerProtocolFactory
+from pigeonpush.server.pull import AmpPullSource
+from pigeonpush.server.rpc_server import ServerRpcFactory
+
+#: Seconds between two checks of the connection count published in discovery
+#: (the discovery layer rate-limits the writes themselves).
+LOAD_REPORT_INTERVAL = 1.0
+#: Seconds a stop waits for each step that talks to the outside (unregister,
+#: ACK flush, closing the store and discovery).
+STOP_STEP_TIMEOUT = 5.0
+
+
+def default_node_id(advertise: str) -> str:
+    """The node id derived from the client address: the address itself
+    (``host:port`` is a valid znode name)."""
+    return advertise
+
+
+def _local_address(port: IListeningPort) -> str:
+    host: Any = port.getHost()
+    return f"127.0.0.1:{host.port}"
+
+
+def _stop_listening(port: IListeningPort) -> Deferred[None]:
+    stopping: Deferred[None] | None = port.stopListening()
+    return stopping if stopping is not None else succeed(None)
+
+
+class PushServerService(MultiService):
+    """Runs one hub: its ports, its registration and its periodic jobs.
+
+    The service owns ``store``, ``discovery`` and ``pool`` and closes them when
+    it stops. ``advertise`` / ``rpc_advertise`` default to 127.0.0.1 and the
+    port actually bound; ``node_id`` defaults to the advertise address.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        hub: PushHub,
+        *,
+        reactor: IReactorTime,
+        client_endpoint: IStreamServerEndpoint,
+        rpc_endpoint: IStreamServerEndpoint,
+        discovery: Discovery,
+        pool: AmpPool | None = None,
+        pull_source: AmpPullSource | None = None,
+        advertise: str | None = None,
+        rpc_advertise: str | None = None,
+        node_id: str | None = None,
+        load_report_interval: float = LOAD_REPORT_INTERVAL,
+        on_start_failure: Callable[[Failure], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.hub = hub
+        self._reactor = reactor
+        self._client_endpoint = client_endpoint
+        self._rpc_endpoint = rpc_endpoint
+        self.discovery = discovery
+        self.pool = pool
+        self.pull_source = pull_source
+        self.advertise = advertise
+        self.rpc_advertise = rpc_advertise
+        self.node_id = node_id
+        self._on_start_failure = on_start_failure
+        self.rpc_factory = ServerRpcFactory(hub)
+        self.client_port: IListeningPort | None = None
+        self.rpc_port: IListeningPort | None = None
+        self.registration: Registration | None = None
+        self._watch: Watch | None = None
+        self._published: dict[str, Any] | None = None
+        self._listening: Deferred[None] | None = None
+        self._rpc_closing: Deferred[None] | None = None
+        self._starting: Deferred[None] | None = None
+        self._stopping = False
+        self._start_failure: Failure | None = None
+        self._ready_waiters: list[Deferred[None]] = []
+        #: "starting", "serving", "draining" or "stopped" (for /health)
+        self.phase = "starting"
+        for interval, job in (
+            (load_report_interval, self._report_load),
+            (hub.settings.session_ttl / 3, self._refresh_sessions),
+        ):
+            timer = TimerService(interval, job)
+            timer.clock = reactor
+            timer.setServiceParent(self)
+
+    # --- start ------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Listen now, before twistd drops privileges; a port that cannot be
+        bound fails the start at once (twistd reports it and exits 1)."""
+        super().privilegedStartService()
+        self._listening = ensureDeferred(self._listen())
+        if self._listening.called:
+            refused: list[Failure] = []
+            self._listening.addErrback(refused.append)
+            if refused:
+                self._start_failure = refused[0]
+                refused[0].raiseException()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listening = ensureDeferred(self._listen())
+        self._starting = ensureDeferred(self._start(self._listening))
+        self._starting.addCallbacks(self._started, self._start_failed)
+
+    async def _listen(self) -> None:
+        """The RPC port first: its address is what clients' ROUTEs will name."""
+        self.rpc_port = await self._rpc_endpoint.listen(self.rpc_factory)
+        if self.rpc_advertise is None:
+            self.rpc_advertise = _local_address(self.rpc_port)
+        self.hub.server_address = self.rpc_advertise
+        try:
+            self.client_port = await self._client_endpoint.listen(ServerProtocolFactory(self.hub))
+        except Exception:
+            # Not awaited: the failure must reach privilegedStartService at once.
+            self._rpc_closing = _stop_listening(self.rpc_port)
+            self.rpc_port = None
+            raise
+        if self.advertise is None:
+            self.advertise = _local_address(self.client_port)
+        if self.node_id is None:
+            self.node_id = default_node_id(self.advertise)
+
+    async def _start(self, listening: Deferred[None]) -> None:
+        await listening
+        assert self.node_id is not None
+        if self.pull_source is not None:
+            self._watch = await self.discovery.watch(DELIVERY, self.pull_source.nodes_changed)
+        self._published = self._node_data()
+        self.registration = await self.discovery.register(SERVERS, self.node_id, self._published)
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the server listens and is registered (fails if it could not)."""
+        if self.phase == "serving":
+            return succeed(None)
+        if self._start_failure is not None:
+            return fail(self._start_failure)
+        waiter: Deferred[None] = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    def _started(self, result: None) -> None:
+        self.phase = "serving"
+        self.log.info(
+            "Push server {node_id} serving clients at {advertise}, delivery at {rpc}",
+            node_id=self.node_id,
+            advertise=self.advertise,
+            rpc=self.rpc_advertise,
+        )
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _start_failed(self, failure: Failure) -> None:
+        self._start_failure = failure
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+        if self._stopping and failure.check(CancelledError):
+            self.log.info("Push server stopped before it finished starting")
+            return
+        self.log.failure("The push server could not start", failure)
+        if self._on_start_failure is not None:
+            self._on_start_failure(failure)
+
+    def _node_data(self) -> dict[str, Any]:
+        return {
+            "client": self.advertise,
+            "rpc": self.rpc_advertise,
+            "connections": len(self.hub.channels),
+            "capacity": self.hub.settings.capacity,
+        }
+
+    # --- periodic jobs (each logs its own failures, so its timer keeps running) -----
+
+    def _report_load(self) -> None:
+        if self.registration is None or self.phase != "serving":
+            return
+        data = self._node_data()
+        if data != self._published:
+            self._published = data
+            try:
+                self.registration.update(data)
+            except Exception:
+                self.log.failure("Publishing the connection count failed")
+
+    def _refresh_sessions(self) -> Deferred[None]:
+        return self.hub.refresh_sessions()
+
+    # --- stop ---------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        if self.running:
+            await super().stopService()  # the timers
+        starting = self._starting
+        if starting is not None and not starting.called:
+            starting.cancel()
+        self.phase = "draining"
+        if self.registration is not None:
+            await self._bounded(self.registration.unregister(), "leaving discovery")
+        if self.client_port is not None:
+            await _stop_listening(self.client_port)
+        await self.hub.drain(self.hub.settings.drain_period)
+        if self.rpc_port is not None:
+            await _stop_listening(self.rpc_port)
+        if self._rpc_closing is not None:
+            await self._rpc_closing
+        self.rpc_factory.close_connections()
+        await self._bounded(self.hub.acks.flush(), "storing the last ACKs")
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.pool is not None:
+            await self._bounded(self.pool.close(), "closing delivery connections")
+        await self._bounded(self.discovery.close(), "closing discovery")
+        await self._bounded(self.hub.store.close(), "closing the store")
+        self.phase = "stopped"
+        self.log.info("Push server {node_id} stopped", node_id=self.node_id)
+
+    async def _bounded(self, step: Deferred[Any], what: str) -> None:
+        step.addTimeout(STOP_STEP_TIMEOUT, self._reactor)
+        try:
+            await step
+        except DeferTimeoutError:
+            self.log.warn(
+                "Stopping: {what} took longer than {timeout} s; going on",
+                what=what,
+                timeout=STOP_STEP_TIMEOUT,
+            )
+        except Exception:
+            self.log.failure("Stopping: {what} failed; going on", what=what)

@@ -1,0 +1,64 @@
+"""The knobs of one push server, checked once where they are read."""
+
+from __future__ import annotations
+
+import attrs
+
+from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
+
+#: Largest ACK window: a connection never holds more un-ACKed PUSHes in flight.
+MAX_ACK_WINDOW = 65535
+#: Largest --max-frame: a frame is buffered whole before it is decoded.
+MAX_FRAME_LIMIT = 16 * 1024 * 1024
+
+
+@attrs.frozen(slots=True)
+class ServerSettings:
+    """What a push server enforces on its connections (seconds, bytes, counts)."""
+
+    #: a connection that has not sent AUTH by then is closed (ERROR TIMEOUT)
+    auth_timeout: float = 10.0
+    #: an authenticated connection silent for this long is closed
+    idle_timeout: float = 90.0
+    #: the PING interval the server asks of clients (in AUTH_OK); also the
+    #: shortest time between two pulls of one connection
+    heartbeat: float = 30.0
+    #: largest frame (length prefix value) either side may send
+    max_frame: int = DEFAULT_MAX_FRAME
+    #: un-ACKed PUSHes in flight per connection; more are refused as WINDOW_FULL
+    ack_window: int = 32
+    #: authenticated connections this server accepts (AUTH_FAIL FULL beyond)
+    capacity: int = 19000
+    #: expiry of AUTH and ROUTE while a session is bound; live sessions are
+    #: refreshed every third of it
+    session_ttl: float = 86400.0
+    #: graceful stop: KICKs to clients are spread over this many seconds
+    drain_period: float = 10.0
+
+    def check(self) -> ServerSettings:
+        """``self`` if every value is usable, else ValueError saying which is not."""
+        for name in ("auth_timeout", "idle_timeout", "heartbeat", "session_ttl"):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{_option(name)} must be a positive number of seconds")
+        if self.heartbeat >= self.idle_timeout:
+            raise ValueError(
+                f"--heartbeat ({self.heartbeat:g} s) must be shorter than --idle-timeout "
+                f"({self.idle_timeout:g} s), or quiet clients are dropped between two PINGs"
+            )
+        if not MIN_MAX_FRAME <= self.max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(
+                f"--max-frame must be {MIN_MAX_FRAME} to {MAX_FRAME_LIMIT} bytes, "
+                f"not {self.max_frame}"
+            )
+        if not 1 <= self.ack_window <= MAX_ACK_WINDOW:
+            raise ValueError(f"--ack-window must be 1 to {MAX_ACK_WINDOW}, not {self.ack_window}")
+        if self.capacity < 1:
+            raise ValueError(f"--capacity must be at least 1, not {self.capacity}")
+        if not 0 <= self.drain_period < float("inf"):
+            raise ValueError("--drain-period must be zero or a positive number of seconds")
+        return self
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")

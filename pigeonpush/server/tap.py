@@ -1,0 +1,243 @@
+"""``twistd pigeon-server``: options and wiring; the logic lives in hub.py.
+
+Every option has a default, so ``twistd -n pigeon-server`` runs against a
+local Redis and ZooKeeper. Bad values are refused at parse time with a
+message naming the option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from pigeonpush.discovery import open_discovery
+from pigeonpush.discovery.naming import check_node_id
+from pigeonpush.discovery.spec import parse_spec
+from pigeonpush.rpcpool import AmpPool, split_address
+from pigeonpush.server.hub import PushHub
+from pigeonpush.server.pull import AmpPullSource
+from pigeonpush.server.service import PushServerService
+from pigeonpush.server.settings import ServerSettings
+from pigeonpush.server.status import status_site
+from pigeonpush.store import open_store
+from pigeonpush.store.address import parse_redis_url
+
+LONGDESC = """\
+The PigeonPush push server. Devices connect to --listen and authenticate with
+the token reglog issued; delivery calls Push and Kick on --rpc. The server
+registers in ZooKeeper under /pigeonpush/servers/<node-id> with its client and
+RPC addresses, connection count and capacity. SIGTERM stops it gracefully:
+it leaves ZooKeeper, stops accepting, KICKs its clients over --drain-period,
+then exits. See docs/server.rst.
+"""
+
+_DEFAULTS = ServerSettings()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = LONGDESC
+
+    optParameters = [
+        ["listen", None, "tcp:7100", "Endpoint for device connections."],
+        ["rpc", None, "tcp:7101:interface=127.0.0.1", "AMP endpoint delivery calls (Push, Kick)."],
+        [
+            "advertise",
+            None,
+            None,
+            "host:port devices connect to, published in ZooKeeper "
+            "[default: 127.0.0.1:<listen port>].",
+        ],
+        [
+            "rpc-advertise",
+            None,
+            None,
+            "host:port delivery connects to, stored in each client's ROUTE "
+            "[default: 127.0.0.1:<rpc port>].",
+        ],
+        [
+            "redis",
+            None,
+            "redis://127.0.0.1:6379/0",
+            "Shared state: redis://[:password@]host:port/db, or memory: for one process.",
+        ],
+        [
+            "zookeeper",
+            None,
+            "127.0.0.1:2181",
+            "Discovery: ZooKeeper hosts host:port[,host:port...][/chroot], or static:.",
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "Name of this server in discovery [default: the advertise address].",
+        ],
+        [
+            "auth-timeout",
+            None,
+            f"{_DEFAULTS.auth_timeout:g}",
+            "Seconds a new connection has to authenticate.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            f"{_DEFAULTS.idle_timeout:g}",
+            "Seconds of silence after which a connection is closed.",
+        ],
+        [
+            "heartbeat",
+            None,
+            f"{_DEFAULTS.heartbeat:g}",
+            "Seconds between client PINGs (sent in AUTH_OK); also the shortest "
+            "interval between two pulls for one client.",
+        ],
+        [
+            "max-frame",
+            None,
+            str(_DEFAULTS.max_frame),
+            "Largest frame in bytes, either direction (at least 1024).",
+        ],
+        [
+            "ack-window",
+            None,
+            str(_DEFAULTS.ack_window),
+            "Un-ACKed PUSHes in flight per connection.",
+        ],
+        [
+            "capacity",
+            None,
+            str(_DEFAULTS.capacity),
+            "Authenticated connections accepted (mind the open-files limit).",
+        ],
+        [
+            "drain-period",
+            None,
+            f"{_DEFAULTS.drain_period:g}",
+            "Seconds over which a stopping server spreads its KICKs.",
+        ],
+        [
+            "session-ttl",
+            None,
+            f"{_DEFAULTS.session_ttl:g}",
+            "Seconds AUTH and ROUTE live while a session is bound (refreshed every third).",
+        ],
+        [
+            "metrics",
+            None,
+            "tcp:7102:interface=127.0.0.1",
+            "HTTP endpoint for /metrics and /health, or none.",
+        ],
+    ]
+
+    settings: ServerSettings
+
+    def postOptions(self) -> None:
+        try:
+            self.settings = ServerSettings(
+                auth_timeout=self._number("auth-timeout", float),
+                idle_timeout=self._number("idle-timeout", float),
+                heartbeat=self._number("heartbeat", float),
+                max_frame=self._number("max-frame", int),
+                ack_window=self._number("ack-window", int),
+                capacity=self._number("capacity", int),
+                drain_period=self._number("drain-period", float),
+                session_ttl=self._number("session-ttl", float),
+            ).check()
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        for name in ("listen", "rpc"):
+            _check_endpoint(name, self[name])
+        if self["metrics"] != "none":
+            _check_endpoint("metrics", self["metrics"])
+        for name in ("advertise", "rpc-advertise"):
+            if self[name] is not None:
+                try:
+                    split_address(self[name])
+                except ValueError:
+                    raise usage.UsageError(
+                        f"--{name} must be host:port, not {self[name]!r}"
+                    ) from None
+        if self["node-id"] is not None:
+            try:
+                check_node_id(self["node-id"])
+            except ValueError as e:
+                raise usage.UsageError(f"--node-id: {e}") from None
+        if self["redis"] not in ("memory:", "memory://"):
+            try:
+                parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        try:
+            parse_spec(self["zookeeper"])
+        except ValueError as e:
+            raise usage.UsageError(f"--zookeeper: {e}") from None
+
+    def _number(self, name: str, kind: type[float] | type[int]) -> Any:
+        text = self[name]
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise ValueError(f"--{name} must be {what}, not {text!r}") from None
+
+
+def _check_endpoint(name: str, description: str) -> None:
+    # Parsing needs a reactor only to hand it to the endpoint; this one does nothing.
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(
+            f"--{name} must be a server endpoint such as tcp:7100, not {description!r} ({e})"
+        ) from None
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    """The service tree: the push server, plus the status endpoint unless
+    ``--metrics none``. Only wiring: nothing connects before the service starts."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    settings = config.settings
+    store = open_store(config["redis"], reactor)
+    discovery = open_discovery(config["zookeeper"], reactor)
+    pool = AmpPool(reactor)
+    pull_source = AmpPullSource(pool)
+    hub = PushHub(store, reactor, settings, pull_source=pull_source)
+
+    def start_failed(failure: Failure) -> None:
+        # Nothing useful runs without the ports: end the process (twistd logs why).
+        reactor.callWhenRunning(_stop_reactor, reactor)
+
+    server = PushServerService(
+        hub,
+        reactor=reactor,
+        client_endpoint=serverFromString(reactor, config["listen"]),
+        rpc_endpoint=serverFromString(reactor, config["rpc"]),
+        discovery=discovery,
+        pool=pool,
+        pull_source=pull_source,
+        advertise=config["advertise"],
+        rpc_advertise=config["rpc-advertise"],
+        node_id=config["node-id"],
+        on_start_failure=start_failed,
+    )
+    top = MultiService()
+    server.setServiceParent(top)
+    if config["metrics"] != "none":
+        StreamServerEndpointService(
+            serverFromString(reactor, config["metrics"]), status_site(hub, server, reactor)
+        ).setServiceParent(top)
+    return top
+
+
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()

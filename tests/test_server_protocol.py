@@ -1,0 +1,441 @@
+"""The connection state machine: AUTH, timeouts, every frame in every state,
+replaced logins and the conditional cleanup (StringTransport + Clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pigeonpush.server.protocol import State
+from pigeonpush.wire.codec import ENCODED_PING
+from pigeonpush.wire.frames import (
+    PING,
+    PONG,
+    Ack,
+    Auth,
+    AuthFail,
+    AuthFailCode,
+    AuthOk,
+    Error,
+    ErrorCode,
+    Frame,
+    Kick,
+    KickReason,
+    Push,
+)
+from support.logcheck import FailureCollector
+from support.server_harness import OTHER_SERVER, SERVER, Harness, result_of
+
+# --- AUTH ---------------------------------------------------------------------------
+
+
+def test_auth_with_the_planted_token_binds_the_session() -> None:
+    harness = Harness(heartbeat=20, max_frame=4096, ack_window=8)
+    token = harness.issue("alice")
+    device = harness.connect()
+
+    device.send(Auth("alice", token))
+
+    assert device.received() == [AuthOk(heartbeat=20.0, max_frame=4096, ack_window=8)]
+    assert not device.closing
+    assert harness.hub.channels == {"alice": device.proto}
+    assert harness.route("alice") == SERVER
+    assert device.proto.state is State.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("planted", "sent"),
+    [("right-token", "wrong-token"), (None, "any-token"), ("right-token", "right-toke")],
+)
+def test_a_wrong_or_missing_token_gets_auth_fail_and_a_close(
+    planted: str | None, sent: str
+) -> None:
+    harness = Harness()
+    if planted is not None:
+        harness.issue("alice", planted)
+    device = harness.connect()
+
+    device.send(Auth("alice", sent))
+
+    [frame] = device.received()
+    assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.BAD_TOKEN
+    assert device.closing
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+    assert harness.token("alice") == planted  # a failed attempt does not burn the token
+
+
+def test_an_empty_client_id_or_token_is_a_bad_token() -> None:
+    harness = Harness()
+    for client_id, token in (("", "t"), ("alice", "")):
+        device = harness.connect()
+        device.send(Auth(client_id, token))
+        [frame] = device.received()
+        assert frame == AuthFail(AuthFailCode.BAD_TOKEN, "clientId and token must not be empty")
+        assert device.closing
+
+
+def test_an_unsupported_protocol_version_gets_auth_fail_version() -> None:
+    harness = Harness()
+    token = harness.issue("alice")
+    device = harness.connect()
+
+    device.send(Auth("alice", token, version=7))
+
+    [frame] = device.received()
+    assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.VERSION
+    assert "7" in frame.reason
+    assert device.closing
+    assert harness.route("alice") is None
+
+
+def test_a_full_server_refuses_new_clients_but_not_a_relogin() -> None:
+    harness = Harness(capacity=2)
+    harness.login("a")
+    harness.login("b")
+
+    token = harness.issue("c")
+    third = harness.connect()
+    third.send(Auth("c", token))
+    [frame] = third.received()
+    assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.FULL
+    assert harness.route("c") is None
+
+    again = harness.connect()
+    again.send(Auth("a", harness.issue("a", "new-token-of-a")))
+    assert isinstance(again.received()[0], AuthOk)
+    assert set(harness.hub.channels) == {"a", "b"}
+
+
+def test_a_store_failure_gets_auth_fail_unavailable() -> None:
+    harness = Harness()
+    token = harness.issue("alice")
+    result_of(harness.store.close())
+    device = harness.connect()
+
+    device.send(Auth("alice", token))
+
+    [frame] = device.received()
+    assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.UNAVAILABLE
+    assert device.closing
+    assert harness.hub.channels == {}
+
+
+def test_auth_fail_with_a_paused_producer_still_closes() -> None:
+    """A transport does not close while a paused producer is registered."""
+    harness = Harness()
+    device = harness.connect()
+    device.transport.producer.pauseProducing()
+
+    device.send(Auth("alice", "no-such-token"))
+
+    assert device.closing
+    assert device.transport.producer is None
+
+
+# --- timeouts -----------------------------------------------------------------------
+
+
+def test_a_connection_that_does_not_auth_in_time_is_closed() -> None:
+    harness = Harness(auth_timeout=5)
+    device = harness.connect()
+
+    harness.clock.advance(4.9)
+    assert not device.closing
+    harness.clock.advance(0.1)
+
+    [frame] = device.received()
+    assert isinstance(frame, Error) and frame.code is ErrorCode.TIMEOUT
+    assert device.closing
+
+
+def test_the_auth_timeout_also_covers_a_slow_store() -> None:
+    harness = Harness(auth_timeout=5)
+    token = harness.issue("alice")
+    harness.store.gated.add("token")
+    device = harness.connect()
+    device.send(Auth("alice", token))
+
+    harness.clock.advance(5)
+    assert device.closing
+    device.lose()
+    harness.store.open("token")
+
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+    assert harness.store.calls.get("bind_session") is None
+
+
+def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent() -> None:
+    harness = Harness(idle_timeout=60, heartbeat=20)
+    device = harness.login("alice")
+
+    for _ in range(5):
+        harness.clock.advance(50)
+        device.send(PING)
+        assert device.received() == [PONG]
+    assert not device.closing
+
+    harness.clock.advance(59.9)
+    assert not device.closing
+    harness.clock.advance(0.1)
+    assert device.closing
+    assert device.received() == []  # an idle close says nothing
+
+    device.lose()
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+    assert harness.token("alice") is None
+
+
+def test_only_one_timer_per_connection() -> None:
+    harness = Harness()
+    device = harness.login("alice")
+    for _ in range(10):
+        device.send(PING)
+        device.send(Ack("unknown"))
+    assert len(harness.clock.getDelayedCalls()) <= 2  # the idle timer (+ the ACK flush)
+    harness.clock.advance(0)
+    assert harness.clock.getDelayedCalls() == [device.proto.timer]
+    # Closing: the idle timer gives way to the close grace, still one timer.
+    result_of(harness.hub.kick("alice", KickReason.POLICY))
+    [grace] = harness.clock.getDelayedCalls()
+    harness.clock.advance(grace.getTime() - harness.clock.seconds())
+    assert device.transport.disconnected  # aborted: the client never closed
+
+
+def test_the_timer_is_cancelled_when_the_connection_is_lost() -> None:
+    harness = Harness()
+    device = harness.connect()
+    device.lose()
+    assert harness.clock.getDelayedCalls() == []
+
+    device = harness.login("alice")
+    device.lose()
+    assert harness.clock.getDelayedCalls() == []
+
+
+# --- every frame in every state ----------------------------------------------------
+
+NOT_FROM_CLIENTS: list[Frame] = [
+    AuthOk(30, 8192, 32),
+    AuthFail(AuthFailCode.BAD_TOKEN, "x"),
+    PONG,
+    Push("m1", "t", "x"),
+    Kick(KickReason.POLICY, "x"),
+]
+
+
+@pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, PING, Ack("m1")], ids=repr)
+def test_frames_before_auth_are_unexpected(frame: Frame) -> None:
+    harness = Harness()
+    device = harness.connect()
+
+    device.send(frame)
+
+    [error] = device.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.UNEXPECTED
+    assert "before AUTH" in error.text
+    assert device.closing
+
+
+@pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, PING, Ack("m1"), Auth("x", "y")], ids=repr)
+def test_frames_while_auth_is_checked_are_unexpected(frame: Frame) -> None:
+    harness = Harness()
+    token = harness.issue("alice")
+    harness.store.gated.add("token")
+    device = harness.connect()
+    device.send(Auth("alice", token))
+
+    device.send(frame)
+
+    [error] = device.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.UNEXPECTED
+    assert "before AUTH_OK" in error.text
+    device.lose()
+    harness.store.open("token")
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+
+
+@pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, Auth("alice", "again")], ids=repr)
+def test_frames_after_auth_ok_that_clients_may_not_send_are_unexpected(frame: Frame) -> None:
+    harness = Harness()
+    device = harness.login("alice")
+
+    device.send(frame)
+
+    [error] = device.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.UNEXPECTED
+    assert "after AUTH_OK" in error.text
+    assert device.closing
+    device.lose()
+    assert harness.route("alice") is None
+
+
+@pytest.mark.parametrize("state", ["before AUTH", "authenticating", "active"])
+def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
+    harness = Harness()
+    if state == "active":
+        device = harness.login("alice")
+    else:
+        device = harness.connect()
+        if state == "authenticating":
+            harness.store.gated.add("token")
+            device.send(Auth("alice", harness.issue("alice")))
+
+    device.send(Error(ErrorCode.INTERNAL, "client failed"))
+
+    assert device.received() == []
+    assert device.closing
+
+
+def test_ping_gets_pong_and_nothing_else() -> None:
+    harness = Harness(pulls=False)
+    device = harness.login("alice")
+    device.send_bytes(ENCODED_PING * 3)
+    assert device.received() == [PONG, PONG, PONG]
+
+
+def test_garbage_and_oversize_frames_close_only_that_connection() -> None:
+    harness = Harness(max_frame=1024)
+    good = harness.login("good")
+    garbage = harness.login("garbage")
+    oversize = harness.connect()
+
+    garbage.send_bytes(b"\x00\x00\x00\x03\x7f\x01\x02")  # unknown type
+    oversize.send_bytes(b"\x00\x10\x00\x00")  # a 1 MiB frame announced
+
+    [error] = garbage.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.UNKNOWN_TYPE
+    [error] = oversize.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.TOO_LARGE
+    assert garbage.closing and oversize.closing
+    good.send(PING)
+    assert good.received() == [PONG]
+    assert not good.closing
+
+
+def test_tcp_nodelay_and_the_producer_are_set_on_connect() -> None:
+    harness = Harness()
+    device = harness.connect()
+    assert device.transport.no_delay is True
+    assert device.transport.producer is device.proto
+    assert device.transport.streaming is True
+
+
+# --- replaced logins and the conditional cleanup ------------------------------------
+
+
+def test_a_second_login_replaces_the_first() -> None:
+    harness = Harness()
+    first = harness.login("alice", "token-1")
+    second = harness.login("alice", "token-2")
+
+    [kick] = first.received()
+    assert kick == Kick(KickReason.REPLACED, "the same client logged in again")
+    assert first.closing
+    assert harness.hub.channels == {"alice": second.proto}
+
+    # The old connection's close leaves the new session alone.
+    first.lose()
+    assert harness.hub.channels == {"alice": second.proto}
+    assert harness.route("alice") == SERVER
+    assert harness.token("alice") == "token-2"
+    assert harness.store.calls.get("end_session") is None
+    second.send(PING)
+    assert second.received() == [PONG]
+
+
+def test_a_relogin_with_the_same_token_keeps_the_session_when_the_old_one_closes() -> None:
+    harness = Harness()
+    first = harness.login("alice", "same")
+    second = harness.login("alice", "same")
+    first.lose()
+    assert harness.route("alice") == SERVER
+    assert harness.token("alice") == "same"
+    second.lose()
+    assert harness.route("alice") is None
+    assert harness.token("alice") is None
+
+
+def test_close_of_the_current_session_deletes_auth_and_route() -> None:
+    harness = Harness()
+    device = harness.login("alice")
+    device.lose()
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+    assert harness.token("alice") is None
+    assert harness.hub.connections == set()
+
+
+def test_cleanup_leaves_a_session_that_moved_to_another_server() -> None:
+    harness = Harness()
+    device = harness.login("alice", "old-token")
+    # The client got a new token from reglog and logged in elsewhere.
+    harness.issue("alice", "new-token")
+    result_of(harness.store.bind_session("alice", "new-token", OTHER_SERVER, 300))
+
+    device.lose()
+
+    assert harness.route("alice") == OTHER_SERVER
+    assert harness.token("alice") == "new-token"
+
+
+def test_a_connection_closed_during_the_token_lookup_is_never_bound() -> None:
+    harness = Harness()
+    token = harness.issue("alice")
+    harness.store.gated.add("token")
+    device = harness.connect()
+    device.send(Auth("alice", token))
+
+    device.lose()
+    harness.store.open("token")
+
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+    assert harness.token("alice") == token
+
+
+def test_a_connection_closed_during_the_binding_is_unbound_at_once() -> None:
+    harness = Harness()
+    token = harness.issue("alice")
+    harness.store.gated.add("bind_session")
+    device = harness.connect()
+    device.send(Auth("alice", token))
+
+    device.lose()
+    harness.store.open("bind_session")
+
+    assert harness.hub.channels == {}
+    assert harness.route("alice") is None
+
+
+def test_a_closed_binding_does_not_undo_a_newer_login_here() -> None:
+    harness = Harness()
+    token = harness.issue("alice", "same")
+    harness.store.gated.add("bind_session")
+    slow = harness.connect()
+    slow.send(Auth("alice", token))
+    slow.lose()
+    newer = harness.connect()
+    newer.send(Auth("alice", token))
+    harness.store.release_one("bind_session", 1)  # the newer binding answers first
+    assert isinstance(newer.received()[0], AuthOk)
+
+    harness.store.release_one("bind_session", 0)  # then the closed one's
+
+    assert harness.hub.channels == {"alice": newer.proto}
+    assert harness.route("alice") == SERVER
+    assert harness.token("alice") == "same"
+    assert harness.store.calls.get("end_session") is None
+
+
+def test_a_failed_cleanup_is_logged_not_raised(logged_failures: FailureCollector) -> None:
+    harness = Harness()
+    device = harness.login("alice")
+    result_of(harness.store.close())
+
+    device.lose()  # end_session fails with StoreError: a warning, no unhandled error
+
+    assert harness.hub.channels == {}
+    assert logged_failures.events == []

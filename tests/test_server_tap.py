@@ -1,0 +1,199 @@
+"""pigeon-server's options (defaults, bad values) and the service tree it wires."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from pigeonpush.server.service import PushServerService
+from pigeonpush.server.settings import ServerSettings
+from pigeonpush.server.tap import Options, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_defaults() -> None:
+    options = parse()
+    assert options["listen"] == "tcp:7100"
+    assert options["rpc"] == "tcp:7101:interface=127.0.0.1"
+    assert options["metrics"] == "tcp:7102:interface=127.0.0.1"
+    assert options["redis"] == "redis://127.0.0.1:6379/0"
+    assert options["zookeeper"] == "127.0.0.1:2181"
+    assert options["advertise"] is None
+    assert options["rpc-advertise"] is None
+    assert options["node-id"] is None
+    assert options.settings == ServerSettings(
+        auth_timeout=10,
+        idle_timeout=90,
+        heartbeat=30,
+        max_frame=8192,
+        ack_window=32,
+        capacity=19000,
+        session_ttl=86400,
+        drain_period=10,
+    )
+
+
+def test_every_option_is_documented_with_a_default() -> None:
+    text = str(Options())
+    for name in (
+        "listen",
+        "rpc",
+        "advertise",
+        "rpc-advertise",
+        "redis",
+        "zookeeper",
+        "node-id",
+        "auth-timeout",
+        "idle-timeout",
+        "heartbeat",
+        "max-frame",
+        "ack-window",
+        "capacity",
+        "drain-period",
+        "session-ttl",
+        "metrics",
+    ):
+        assert f"--{name}=" in text
+    assert text.count("[default:") == 16
+
+
+def test_values_are_parsed() -> None:
+    options = parse(
+        "--listen=tcp:0",
+        "--rpc=tcp:0:interface=127.0.0.1",
+        "--advertise=push1.example.org:7100",
+        "--rpc-advertise=10.0.0.5:7101",
+        "--redis=memory:",
+        "--zookeeper=static:",
+        "--node-id=push-1",
+        "--auth-timeout=2.5",
+        "--idle-timeout=40",
+        "--heartbeat=15",
+        "--max-frame=4096",
+        "--ack-window=8",
+        "--capacity=100",
+        "--drain-period=0",
+        "--session-ttl=600",
+        "--metrics=none",
+    )
+    assert options.settings == ServerSettings(2.5, 40, 15, 4096, 8, 100, 600, 0)
+    assert options["node-id"] == "push-1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--auth-timeout=soon"], "--auth-timeout must be a number of seconds, not 'soon'"),
+        (["--auth-timeout=0"], "--auth-timeout must be a positive number of seconds"),
+        (["--idle-timeout=-1"], "--idle-timeout must be a positive number of seconds"),
+        (["--heartbeat=nan"], "--heartbeat must be a positive number of seconds"),
+        (["--session-ttl=inf"], "--session-ttl must be a positive number of seconds"),
+        (["--heartbeat=90"], "--heartbeat (90 s) must be shorter than --idle-timeout (90 s)"),
+        (["--max-frame=512"], "--max-frame must be 1024 to 16777216 bytes, not 512"),
+        (["--max-frame=8k"], "--max-frame must be a whole number, not '8k'"),
+        (["--ack-window=0"], "--ack-window must be 1 to 65535, not 0"),
+        (["--capacity=0"], "--capacity must be at least 1, not 0"),
+        (["--drain-period=-5"], "--drain-period must be zero or a positive number"),
+        (["--listen=tcp:notaport"], "--listen must be a server endpoint such as tcp:7100"),
+        (["--rpc=carrier-pigeon:7101"], "--rpc must be a server endpoint"),
+        (["--metrics=tcp"], "--metrics must be a server endpoint"),
+        (["--advertise=localhost"], "--advertise must be host:port, not 'localhost'"),
+        (["--rpc-advertise=10.0.0.1:0"], "--rpc-advertise must be host:port"),
+        (["--node-id=a/b"], "--node-id: node id 'a/b' must not contain '/'"),
+        (["--redis=mysql://localhost"], "--redis: bad store URL"),
+        (["--zookeeper="], "--zookeeper: discovery spec is empty"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as error:
+        parse(*argv)
+    assert message in str(error.value)
+
+
+def test_make_service_wires_the_server_and_the_status_endpoint() -> None:
+    reactor = MemoryReactorClock()
+    top = makeService(parse("--redis=memory:", "--zookeeper=static:"), reactor)
+    services = list(top)
+    assert isinstance(services[0], PushServerService)
+    assert isinstance(services[1], StreamServerEndpointService)
+    server = services[0]
+    assert server.hub.settings == ServerSettings()
+    assert server.pull_source is not None and server.hub.pull_source is server.pull_source
+    assert reactor.tcpServers == []  # nothing listens before the service starts
+
+
+def test_make_service_without_metrics() -> None:
+    top = makeService(
+        parse("--redis=memory:", "--zookeeper=static:", "--metrics=none"), MemoryReactorClock()
+    )
+    assert [type(service) for service in top] == [PushServerService]
+
+
+def test_start_and_stop_in_memory() -> None:
+    """Under a memory reactor: listens for RPC, then clients; registers; on stop
+    leaves discovery first, then KICKs its clients, then stops."""
+    from pigeonpush.discovery import SERVERS
+    from pigeonpush.wire.codec import encode
+    from pigeonpush.wire.frames import Auth, Kick, KickReason
+    from support.server_harness import Device, DeviceTransport, result_of
+
+    reactor = MemoryReactorClock()
+    top = makeService(
+        parse(
+            "--listen=tcp:7300",
+            "--rpc=tcp:7301:interface=127.0.0.1",
+            "--redis=memory:",
+            "--zookeeper=static:",
+            "--metrics=none",
+            "--drain-period=1",
+        ),
+        reactor,
+    )
+    [server] = list(top)
+    assert isinstance(server, PushServerService)
+    top.startService()
+    reactor.advance(0)
+    assert [port[0] for port in reactor.tcpServers] == [7301, 7300]
+    assert server.phase == "serving"
+    assert server.node_id == "127.0.0.1:7300"
+    assert server.hub.server_address == "127.0.0.1:7301"
+    seen: list[dict[str, object]] = []
+    server.discovery.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
+    reactor.advance(0)
+    assert {node_id: dict(node.data) for node_id, node in seen[-1].items()} == {  # type: ignore[attr-defined]
+        "127.0.0.1:7300": {
+            "client": "127.0.0.1:7300",
+            "rpc": "127.0.0.1:7301",
+            "connections": 0,
+            "capacity": 19000,
+        }
+    }
+    # A device connects through the client port's factory.
+    result_of(server.hub.store.issue_token("alice", "t", 60))
+    device = reactor.tcpServers[1][1].buildProtocol(None)
+    transport = DeviceTransport()
+    device.makeConnection(transport)
+    device.dataReceived(encode(Auth("alice", "t")))
+    reactor.advance(1.0)  # the load report
+    assert seen[-1]["127.0.0.1:7300"].data["connections"] == 1  # type: ignore[attr-defined]
+    transport.clear()
+
+    stopping = top.stopService()
+    reactor.advance(0)
+    assert seen[-1] == {}  # left discovery first
+    assert server.phase == "draining"
+    [kick] = Device(device, transport).received()
+    assert isinstance(kick, Kick) and kick.reason is KickReason.SHUTTING_DOWN
+    assert transport.disconnecting
+    assert not stopping.called
+    Device(device, transport).lose()
+    reactor.advance(0)
+    assert stopping.called
+    assert server.phase == "stopped"

@@ -1,0 +1,106 @@
+"""``twistd -n pigeon-server`` in a subprocess: it registers in ZooKeeper, serves,
+and leaves ZooKeeper on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from pigeonpush.discovery.interface import SERVERS, Node
+from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
+from support.servers import free_port
+from support.waiting import wait_for
+
+
+def twistd_command() -> list[str]:
+    twistd = Path(sys.executable).with_name("twistd")
+    if twistd.exists():
+        return [str(twistd)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Watched(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+
+    def processEnded(self, reason: Failure) -> None:  # type: ignore[override]
+        self.reason = reason
+        self.ended.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_registers_and_leaves_on_sigterm(
+    redis_url: str, zookeeper_hosts: str, tmp_path: Path
+) -> None:
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    client_port, rpc_port, metrics_port = free_port(), free_port(), free_port()
+    log = tmp_path / "server.log"
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        f"--logfile={log}",
+        "pigeon-server",
+        f"--listen=tcp:{client_port}:interface=127.0.0.1",
+        f"--rpc=tcp:{rpc_port}:interface=127.0.0.1",
+        f"--metrics=tcp:{metrics_port}:interface=127.0.0.1",
+        f"--redis={redis_url}",
+        f"--zookeeper={zookeeper_hosts}",
+        "--node-id=push-under-test",
+        "--drain-period=1",
+    ]
+    observer = ZooKeeperDiscovery(zookeeper_hosts, reactor, session_timeout=4.0)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    seen: list[dict[str, Node]] = []
+    watched = Watched()
+    process = reactor.spawnProcess(watched, command[0], command, env=None, path=str(tmp_path))
+    try:
+        await observer.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
+
+        def registered() -> Any:
+            assert watched.reason is None, f"twistd exited early:\n{_read(log)}"
+            return seen and seen[-1].get("push-under-test")
+
+        node = await wait_for(registered, timeout=30, what="the server's znode")
+        assert dict(node.data) == {
+            "client": f"127.0.0.1:{client_port}",
+            "rpc": f"127.0.0.1:{rpc_port}",
+            "connections": 0,
+            "capacity": 19000,
+        }
+        health = await HTTPClient(Agent(reactor, pool=pool)).get(
+            f"http://127.0.0.1:{metrics_port}/health"
+        )
+        assert (health.code, (await health.json())["status"]) == (200, "serving")
+
+        process.signalProcess("TERM")
+
+        await wait_for(lambda: "push-under-test" not in seen[-1], timeout=15, what="znode gone")
+        await wait_for(lambda: watched.reason is not None, timeout=15, what="twistd exits")
+        # After a clean shutdown twistd ends itself with SIGTERM again (exit 143 in a shell).
+        assert watched.reason is not None
+        assert watched.reason.value.signal == signal.SIGTERM, _read(log)
+        text = _read(log)
+        assert "Traceback" not in text, text
+        assert "Push server push-under-test stopped" in text
+    finally:
+        if watched.reason is None:
+            process.signalProcess("KILL")
+            await watched.ended
+        await pool.closeCachedConnections()
+        await observer.close()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else "(no log)"
