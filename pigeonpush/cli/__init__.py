@@ -18,6 +18,8 @@ from pigeonpush import __version__
 #: subcommand name -> (module under pigeonpush.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "listen": ("listen", "receive pushed messages and print one JSON line each"),
+    "send": ("send", "submit a notification to the notification API"),
+    "status": ("status", "print a notification's delivery receipt"),
 }
 
 

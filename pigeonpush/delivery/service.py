@@ -1,0 +1,215 @@
+"""The services a delivery worker is made of (``tap`` wires them).
+
+``DeliveryWorker`` is the part every deployment needs (the consume loop and the
+pull source over one store); the all-in-one process uses it with an
+in-process gateway. ``Listener``, ``Registration``, ``Closer`` and
+``LagGauge`` are the networked worker's extras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pigeonpush.delivery import metrics
+from pigeonpush.delivery.loop import ConsumeLoop
+from pigeonpush.delivery.pull import PendingMessages
+from pigeonpush.delivery.router import GatewayFor, Router
+from pigeonpush.discovery.interface import DELIVERY, Discovery
+from pigeonpush.discovery.interface import Registration as NodeRegistration
+from pigeonpush.store.interface import Store, StoreError
+
+log = Logger()
+
+
+class StopInOrder(MultiService):
+    """A MultiService that stops its children one at a time, last added first,
+    each after the previous one finished stopping (``MultiService`` stops them
+    all at once, which would close the store under a batch in hand)."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_children(list(self)[::-1]))
+
+    async def _stop_children(self, children: list[IService]) -> None:
+        for child in children:
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Stopping {service} failed", service=child)
+
+
+class DeliveryWorker(MultiService):
+    """The consume loop (a child service) and the pull source over ``store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        gateway_for: GatewayFor,
+        clock: IReactorTime,
+        *,
+        consumer: str,
+        batch: int = 100,
+        block: float = 1.0,
+        claim_idle: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.router = Router(store, gateway_for, clock)
+        self.loop = ConsumeLoop(
+            store,
+            self.router,
+            clock,
+            consumer=consumer,
+            batch=batch,
+            block=block,
+            claim_idle=claim_idle,
+            stop_timeout=stop_timeout,
+        )
+        self.loop.setServiceParent(self)
+        self.pull_source = PendingMessages(store, clock)
+
+
+class Listener(Service):
+    """Listens on an endpoint while running. A failure to listen raises from
+    ``startService`` when the endpoint fails at once (a port in use), so
+    twistd exits with the error instead of running deaf."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        failures: list[Failure] = []
+        self._endpoint.listen(self._factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(port)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self._port is not None:
+            return succeed(self._port)
+        waiter: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
+
+
+class Registration(Service):
+    """This worker's node under ``/pigeonpush/delivery/`` while it runs, so that
+    push servers find its Pull endpoint. ``advertise`` None means
+    ``127.0.0.1:<listening port>``. A registration that fails is logged and
+    the worker keeps consuming (servers just cannot pull from it); one still
+    pending at stop is cancelled, so an unreachable ZooKeeper never holds up a
+    shutdown."""
+
+    def __init__(
+        self, discovery: Discovery, node_id: str, listener: Listener, advertise: str | None
+    ) -> None:
+        self._discovery = discovery
+        self._node_id = node_id
+        self._listener = listener
+        self._advertise = advertise
+        self._registering: Deferred[NodeRegistration | None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._registering = self._listener.when_listening().addCallback(self._register)
+
+    def _register(self, port: IListeningPort) -> Deferred[NodeRegistration | None]:
+        address = self._advertise or f"127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
+        data: Mapping[str, Any] = {"rpc": address}
+
+        def registered(registration: NodeRegistration) -> NodeRegistration:
+            log.info(
+                "Registered delivery node {node_id} with Pull at {address}",
+                node_id=self._node_id,
+                address=address,
+            )
+            return registration
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(CancelledError):
+                log.failure(
+                    "Could not register delivery node {node_id}; push servers cannot pull from it",
+                    failure,
+                    node_id=self._node_id,
+                )
+
+        registering: Deferred[NodeRegistration] = maybeDeferred(
+            self._discovery.register, DELIVERY, self._node_id, data
+        )
+        return registering.addCallbacks(registered, failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        registering, self._registering = self._registering, None
+        if registering is None:
+            return succeed(None)
+
+        def unregister(registration: NodeRegistration | None) -> Deferred[None] | None:
+            return registration.unregister() if registration is not None else None
+
+        def never_registered(failure: Failure) -> None:
+            failure.trap(CancelledError)  # stopped before the port listened
+
+        registering.cancel()  # a no-op once registered; else stop waiting for it
+        return registering.addCallbacks(unregister, never_registered)
+
+
+class Closer(Service):
+    """Runs each ``close`` callable when the tree stops; it is the first child,
+    so it stops last, after everything that uses the resources."""
+
+    def __init__(self, *closers: Callable[[], Deferred[None]]) -> None:
+        self._closers = closers
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([close() for close in self._closers], consumeErrors=True)
+
+
+class LagGauge(TimerService):
+    """Refreshes the queue lag gauge every ``interval`` seconds."""
+
+    def __init__(self, store: Store, interval: float, clock: IReactorTime) -> None:
+        super().__init__(interval, self._refresh)
+        self.clock = clock
+        self._store = store
+
+    def _refresh(self) -> Deferred[None]:
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
+            log.warn("Could not read the queue lag: {why}", why=failure.getErrorMessage())
+
+        return self._store.queue_lag().addCallbacks(metrics.QUEUE_LAG.set, failed)

@@ -1,0 +1,188 @@
+"""``twistd pigeon-delivery``: options and wiring of a delivery worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.server import Request
+
+from pigeonpush.delivery.gateway import AmpGateways
+from pigeonpush.delivery.rpc_server import PullServerFactory
+from pigeonpush.delivery.service import (
+    Closer,
+    DeliveryWorker,
+    LagGauge,
+    Listener,
+    Registration,
+    StopInOrder,
+)
+from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
+from pigeonpush.metrics import MetricsResource
+from pigeonpush.rpcpool import AmpPool, split_address
+
+#: How often the queue lag gauge is refreshed, in seconds.
+LAG_INTERVAL = 5.0
+_NODE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+
+
+def check_endpoint(description: str, option: str) -> None:
+    """UsageError unless ``description`` is a server endpoint string (parsing
+    only builds the endpoint object: nothing listens, no reactor is used)."""
+    try:
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from None
+
+
+def check_store_url(url: str) -> None:
+    """UsageError unless ``url`` is a store URL (``memory:`` or ``redis://...``)."""
+    if url in ("memory:", "memory://"):
+        return
+    from pigeonpush.store.address import parse_redis_url
+
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise usage.UsageError(f"--redis: {e}") from None
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def default_node_id(rpc: str) -> str:
+    """``<hostname>-<rpc port>`` when the port is in the endpoint string, else
+    ``<hostname>-<pid>``: unique per worker on a host either way."""
+    match = re.match(r"(?:tcp6?:)(?:port=)?(\d+)", rpc)
+    suffix = match.group(1) if match and match.group(1) != "0" else str(os.getpid())
+    host = re.sub(r"[^A-Za-z0-9.\-]", "-", socket.gethostname()) or "delivery"
+    return f"{host}-{suffix}"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A delivery worker: consumes PIGEON:QUEUE in the consumer group 'delivery', pushes "
+        "each batch to the push servers holding the recipients (AMP Push), and answers the "
+        "servers' Pull requests for pending messages. Times are seconds."
+    )
+    optParameters = [
+        ["rpc", None, "tcp:7201", "Endpoint the AMP Pull service listens on."],
+        [
+            "rpc-advertise",
+            None,
+            None,
+            "host:port push servers connect to for Pull (default 127.0.0.1:<rpc port>).",
+        ],
+        ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
+        ["zookeeper", None, "127.0.0.1:2181", "ZooKeeper hosts (or static: for no ZooKeeper)."],
+        ["node-id", None, None, "Name in discovery (default <hostname>-<rpc port>)."],
+        ["consumer", None, None, "Consumer name in the queue's group (default: the node id)."],
+        ["batch", None, 100, "Queue entries read per batch.", int],
+        ["block", None, 1.0, "Longest wait for new queue entries per read.", _positive],
+        ["claim-idle", None, 30.0, "Reclaim entries another worker left this long.", _positive],
+        ["push-timeout", None, 5.0, "Longest wait for a push server's answer.", _positive],
+        [
+            "metrics",
+            None,
+            "tcp:7202:interface=127.0.0.1",
+            "Endpoint serving /metrics, or 'none'.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        check_endpoint(self["rpc"], "--rpc")
+        check_store_url(self["redis"])
+        from pigeonpush.discovery.spec import parse_spec
+
+        try:
+            parse_spec(self["zookeeper"])
+        except ValueError as e:
+            raise usage.UsageError(f"--zookeeper: {e}") from None
+        if self["metrics"] != "none":
+            check_endpoint(self["metrics"], "--metrics")
+        if self["rpc-advertise"] is not None:
+            try:
+                split_address(self["rpc-advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--rpc-advertise: {e}") from None
+        if self["batch"] < 1:
+            raise usage.UsageError("--batch must be at least 1")
+        if self["block"] >= self["claim-idle"]:
+            raise usage.UsageError("--block must be shorter than --claim-idle")
+        if self["node-id"] is None:
+            self["node-id"] = default_node_id(self["rpc"])
+        if not _NODE_ID.match(self["node-id"]):
+            raise usage.UsageError(
+                "--node-id must be 1 to 128 letters, digits, '.', '_', ':' or '-'"
+            )
+        if self["consumer"] is None:
+            self["consumer"] = self["node-id"]
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from pigeonpush.discovery import DiscoveryService, open_discovery
+    from pigeonpush.store import open_store
+
+    store = open_store(config["redis"], reactor)
+    discovery = open_discovery(config["zookeeper"], reactor)
+    pool = AmpPool(
+        reactor, connect_timeout=config["push-timeout"], call_timeout=config["push-timeout"]
+    )
+    top = StopInOrder()
+    Closer(pool.close, store.close).setServiceParent(top)
+    DiscoveryService(discovery).setServiceParent(top)
+    worker = DeliveryWorker(
+        store,
+        AmpGateways(pool),
+        reactor,
+        consumer=config["consumer"],
+        batch=config["batch"],
+        block=config["block"],
+        claim_idle=config["claim-idle"],
+        stop_timeout=config["push-timeout"] + config["block"] + 1.0,
+    )
+    worker.setServiceParent(top)
+    listener = Listener(
+        serverFromString(reactor, config["rpc"]), PullServerFactory(worker.pull_source)
+    )
+    listener.setServiceParent(top)
+    Registration(discovery, config["node-id"], listener, config["rpc-advertise"]).setServiceParent(
+        top
+    )
+    lag = LagGauge(store, LAG_INTERVAL, reactor)
+    lag.setServiceParent(top)
+    if config["metrics"] != "none":
+        StreamServerEndpointService(
+            serverFromString(reactor, config["metrics"]),
+            JsonSite(_operator_resource(worker), reactor=reactor),
+        ).setServiceParent(top)
+    return top
+
+
+def _operator_resource(worker: DeliveryWorker) -> JsonTree:
+    """``/metrics`` (Prometheus) and ``/health`` (JSON: entries handled so far)."""
+
+    async def health(request: Request) -> JsonResponse:
+        return JsonResponse(
+            {"status": "ok", "consumer": worker.loop.consumer, "handled": worker.loop.handled}
+        )
+
+    root = JsonTree()
+    root.putChild(b"metrics", MetricsResource())
+    root.putChild(b"health", JsonResource({b"GET": health}))
+    return root

@@ -1,0 +1,248 @@
+"""The notification HTTP API: twisted.web resources over ``Notifications``.
+
+``POST /v1/notifications``, ``POST /v1/notifications/batch``,
+``GET /v1/notifications/<messageId>``, plus ``GET /health`` and ``/metrics``.
+Every answer is JSON; every error has the project's shape (``error``,
+``message``; ``field`` too when one field of a notification is wrong). A
+request that gets a 4xx writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from pigeonpush.http import (
+    ApiError,
+    JsonResource,
+    JsonResponse,
+    JsonTree,
+    bad_request,
+    read_json_object,
+)
+from pigeonpush.metrics import MetricsResource
+from pigeonpush.notification import metrics
+from pigeonpush.notification.auth import ApiKeys
+from pigeonpush.notification.core import Notifications, Outcome, Submission
+from pigeonpush.notification.validate import Invalid
+from pigeonpush.store.interface import StoreError
+from pigeonpush.store.model import Accepted, Receipt
+
+#: Longest Idempotency-Key header value (visible ASCII).
+MAX_IDEMPOTENCY_KEY = 128
+log = Logger()
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="pigeonpush"'}
+
+
+class InvalidNotification(ApiError):
+    """400 ``invalid``: a field of a notification is wrong; the body names it."""
+
+    def __init__(self, problem: Invalid) -> None:
+        super().__init__(400, "invalid", problem.message)
+        self.field = problem.field
+
+    def body(self) -> dict[str, str]:
+        return invalid_body(self.field, self.message)
+
+
+def invalid_body(field: str, message: str) -> dict[str, str]:
+    return {"error": "invalid", "message": message, "field": field}
+
+
+def iso8601(seconds: float) -> str:
+    """UTC, millisecond precision, ``Z`` suffix: ``2025-01-31T12:00:00.000Z``."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def receipt_body(receipt: Receipt) -> dict[str, Any]:
+    message = receipt.message
+    return {
+        "messageId": message.message_id,
+        "createdAt": iso8601(message.created_at),
+        "expiresAt": iso8601(message.expires_at),
+        "recipients": len(receipt.recipients),
+        "pending": list(receipt.pending),
+        "acked": receipt.acked,
+    }
+
+
+def accepted_body(accepted: Accepted) -> dict[str, Any]:
+    return {"messageId": accepted.message_id, "recipients": accepted.recipients}
+
+
+@attrs.frozen(slots=True)
+class ApiSettings:
+    """Request-level limits (the per-notification ones are in ``Limits``)."""
+
+    max_body: int
+    max_batch: int = 500
+
+
+class NotificationApi:
+    """The handlers; ``resource()`` builds the tree to serve."""
+
+    def __init__(self, notifications: Notifications, keys: ApiKeys, settings: ApiSettings) -> None:
+        self._notifications = notifications
+        self._keys = keys
+        self._settings = settings
+
+    def resource(self) -> Resource:
+        root = JsonTree()
+        v1 = JsonTree()
+        root.putChild(b"v1", v1)
+        v1.putChild(b"notifications", _NotificationsTree(self))
+        root.putChild(b"health", JsonResource({b"GET": self.health}))
+        root.putChild(b"metrics", MetricsResource())
+        return root
+
+    # -- handlers --------------------------------------------------------------
+
+    async def submit(self, request: Request) -> JsonResponse:
+        scope = self._authorize(request)
+        key = _idempotency_key(request)
+        data = read_json_object(request, self._settings.max_body)
+        item = Submission(data, None if key is None else f"{scope}:1:{key}")
+        (outcome,) = await self._accept([item])
+        if isinstance(outcome, list):
+            raise InvalidNotification(outcome[0])
+        headers = {"Location": f"/v1/notifications/{outcome.message_id}"}
+        if outcome.duplicate:
+            headers["Idempotent-Replayed"] = "true"
+        return JsonResponse(accepted_body(outcome), 202, headers)
+
+    async def submit_batch(self, request: Request) -> JsonResponse:
+        scope = self._authorize(request)
+        key = _idempotency_key(request)
+        data = read_json_object(request, self._settings.max_body)
+        unknown = sorted(set(data) - {"notifications"})
+        if unknown:
+            raise bad_request(f'unknown field "{unknown[0]}": send {{"notifications": [...]}}')
+        entries = data.get("notifications")
+        limit = self._settings.max_batch
+        if not isinstance(entries, list) or not 1 <= len(entries) <= limit:
+            raise bad_request(f"notifications must be a list of 1 to {limit} notifications")
+        items = [
+            Submission(entry, None if key is None else f"{scope}:b{index}:{key}")
+            for index, entry in enumerate(entries)
+        ]
+        outcomes = await self._accept(items)
+        results = [_result(outcome) for outcome in outcomes]
+        refused = sum(1 for outcome in outcomes if isinstance(outcome, list))
+        if refused:
+            metrics.REJECTED.labels("invalid").inc(refused)
+        return JsonResponse({"results": results}, 200)
+
+    async def receipt(self, request: Request, message_id: str) -> JsonResponse:
+        self._authorize(request)
+        try:
+            receipt = await self._notifications.receipt(message_id)
+        except StoreError as e:
+            raise _unavailable(e) from None
+        if receipt is None:
+            raise ApiError(404, "not_found", "no such notification: unknown or expired")
+        return JsonResponse(receipt_body(receipt))
+
+    async def health(self, request: Request) -> JsonResponse:
+        try:
+            lag = await self._notifications.store.queue_lag()
+        except StoreError as e:
+            raise _unavailable(e) from None
+        return JsonResponse({"status": "ok", "queueLag": lag})
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> str:
+        scope = self._keys.check(request.getHeader(b"authorization"))
+        if scope is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid API key is required: Authorization: Bearer <key>",
+                UNAUTHORIZED_HEADERS,
+            )
+        return scope
+
+    async def _accept(self, items: Sequence[Submission]) -> list[Outcome]:
+        try:
+            return await self._notifications.submit(items)
+        except StoreError as e:
+            raise _unavailable(e) from None
+
+
+def _idempotency_key(request: Request) -> str | None:
+    raw = request.getHeader(b"idempotency-key")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all(0x21 <= c <= 0x7E for c in raw):
+        raise InvalidNotification(
+            Invalid(
+                "Idempotency-Key",
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
+            )
+        )
+    return raw.decode("ascii")
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, list):
+        return invalid_body(outcome[0].field, outcome[0].message)
+    return accepted_body(outcome)
+
+
+def _unavailable(error: StoreError) -> ApiError:
+    log.warn("The store failed a request: {why}", why=str(error))
+    return ApiError(
+        503,
+        "store_unavailable",
+        "the message store is unavailable; retry later (with the same Idempotency-Key)",
+        {"Retry-After": "1"},
+    )
+
+
+Handler = Callable[[Request], Awaitable[JsonResponse]]
+
+
+def _counting(handler: Handler) -> Handler:
+    """Count every error answer by its code (store outages separately)."""
+
+    async def counted(request: Request) -> JsonResponse:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            if e.status == 503:
+                metrics.STORE_ERRORS.inc()
+            else:
+                metrics.REJECTED.labels(e.code).inc()
+            raise
+
+    return counted
+
+
+class _NotificationsTree(Resource):
+    """``/v1/notifications``, ``/v1/notifications/batch``, ``/v1/notifications/<id>``."""
+
+    def __init__(self, api: NotificationApi) -> None:
+        super().__init__()
+        self._api = api
+        self._submit = JsonResource({b"POST": _counting(api.submit)})
+        self._batch = JsonResource({b"POST": _counting(api.submit_batch)})
+
+    def render(self, request: Request) -> bytes | int:
+        return self._submit.render(request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"batch":
+            return self._batch
+        message_id = path.decode("ascii", "replace")
+
+        async def receipt(request: Request) -> JsonResponse:
+            return await self._api.receipt(request, message_id)
+
+        return JsonResource({b"GET": _counting(receipt)})

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the notification API (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+ACCEPTED = Counter(
+    "pigeonpush_notification_accepted",
+    "Notifications stored and queued (idempotent replays not counted)",
+)
+RECIPIENTS = Counter(
+    "pigeonpush_notification_recipients",
+    "Recipients of accepted notifications",
+)
+REPLAYED = Counter(
+    "pigeonpush_notification_replayed",
+    "Notifications answered from an earlier request with the same Idempotency-Key",
+)
+REJECTED = Counter(
+    "pigeonpush_notification_rejected",
+    "Requests or batch items refused, by error code",
+    ["reason"],
+)
+STORE_ERRORS = Counter(
+    "pigeonpush_notification_store_errors",
+    "Requests that failed because the store did not answer",
+)

@@ -1,0 +1,156 @@
+"""``twistd pigeon-notification``: options and wiring of the notification API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from pigeonpush.http import JsonSite
+from pigeonpush.notification.api import ApiSettings, NotificationApi
+from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
+from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.service import StoreOwner
+from pigeonpush.notification.validate import Limits
+
+#: Request body bytes per batch item when --max-body is not given: room for
+#: JSON escaping of a full title, text and extras, and a few recipients.
+BODY_BYTES_PER_ITEM_MARGIN = 512
+
+
+def default_max_body(limits: Limits, max_batch: int) -> int:
+    """Twice the largest item times the batch size: ``2 * max_batch * (max_title
+    + max_text + max_extras + 512)``, and never less than one notification with
+    every recipient at its longest clientId."""
+    per_item = limits.max_title + limits.max_text + limits.max_extras + BODY_BYTES_PER_ITEM_MARGIN
+    one_full = 2 * per_item + limits.max_recipients * (128 + 3)
+    return max(2 * max_batch * per_item, one_full)
+
+
+def check_endpoint(description: str, option: str) -> None:
+    """UsageError unless ``description`` is a server endpoint string. Parsing
+    builds the endpoint object only; nothing listens and no reactor is used."""
+    try:
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from None
+
+
+def _whole(value: str) -> int:
+    """A whole number option; the message says what was wrong with it."""
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+def check_store_url(url: str) -> None:
+    """UsageError unless ``url`` is a store URL (``memory:`` or ``redis://...``)."""
+    if url in ("memory:", "memory://"):
+        return
+    from pigeonpush.store.address import parse_redis_url
+
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise usage.UsageError(f"--redis: {e}") from None
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "The HTTP API application servers send notifications to: POST /v1/notifications, "
+        "POST /v1/notifications/batch, GET /v1/notifications/<messageId> (Bearer API key). "
+        "Sizes are UTF-8 bytes; times are seconds."
+    )
+    optParameters = [
+        ["listen", None, "tcp:8200", "Endpoint the HTTP API listens on."],
+        ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
+        ["api-keys-file", None, None, "File of API keys, one per line (# comments allowed)."],
+        ["default-ttl", None, 86400, "TTL of a notification that gives none.", _whole],
+        ["max-ttl", None, 2419200, "Largest TTL a notification may ask for (28 days).", _whole],
+        ["max-recipients", None, 1000, "Most clientIds in one notification's 'to'.", _whole],
+        ["max-title", None, 256, "Largest title, in bytes.", _whole],
+        ["max-text", None, 2048, "Largest text, in bytes.", _whole],
+        ["max-extras", None, 1024, "Largest extras, in bytes of compact JSON.", _whole],
+        ["max-batch", None, 500, "Most notifications in one batch request.", _whole],
+        [
+            "max-body",
+            None,
+            None,
+            "Largest request body in bytes (default: fits --max-batch).",
+            _whole,
+        ],
+        ["idempotency-ttl", None, 86400, "How long an Idempotency-Key is remembered.", _whole],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["api-key"] = []
+
+    def opt_api_key(self, key: str) -> None:
+        """An API key clients send as 'Authorization: Bearer <key>' (repeatable)."""
+        self["api-key"].append(key)
+
+    def postOptions(self) -> None:
+        check_endpoint(self["listen"], "--listen")
+        check_store_url(self["redis"])
+        keys = list(self["api-key"])
+        if self["api-keys-file"] is not None:
+            try:
+                keys.extend(read_key_file(self["api-keys-file"]))
+            except KeyFileError as e:
+                raise usage.UsageError(str(e)) from None
+        if not keys:
+            raise usage.UsageError(
+                "no API key: give --api-key or --api-keys-file (the API never runs open)"
+            )
+        for key in keys:
+            problem = key_problem(key)
+            if problem is not None:
+                raise usage.UsageError(problem)
+        self["keys"] = keys
+        for name in ("max-batch", "idempotency-ttl"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        limits = Limits(
+            default_ttl=self["default-ttl"],
+            max_ttl=self["max-ttl"],
+            max_recipients=self["max-recipients"],
+            max_title=self["max-title"],
+            max_text=self["max-text"],
+            max_extras=self["max-extras"],
+        )
+        problems = limits.problems()
+        if problems:
+            raise usage.UsageError(problems[0])
+        self["limits"] = limits
+        if self["max-body"] is None:
+            self["max-body"] = default_max_body(limits, self["max-batch"])
+        elif self["max-body"] < 1024:
+            raise usage.UsageError("--max-body must be at least 1024 bytes")
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from pigeonpush.store import open_store
+
+    store = open_store(config["redis"], reactor, idempotency_ttl=config["idempotency-ttl"])
+    notifications = Notifications(store, reactor, config["limits"])
+    api = NotificationApi(
+        notifications,
+        ApiKeys(config["keys"]),
+        ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
+    )
+    site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
+    top = StoreOwner(store)
+    listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    return top

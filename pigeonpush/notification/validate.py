@@ -1,0 +1,226 @@
+"""Validation of one notification request item: pure, no I/O.
+
+``validate(data, limits)`` takes the decoded JSON of one notification and
+returns either a ``Draft`` (what to store) or the list of what is wrong with
+it, each naming its field. The limits keep every accepted message small
+enough for one PUSH frame (see ``Limits.frame_problem``), so a message that
+got a 202 can always be delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+import attrs
+
+#: What a clientId may be (the same rule as reglog's).
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
+#: The fields a notification may have; anything else is refused (a typo such
+#: as "tll" must not silently become the default TTL).
+FIELDS = frozenset({"to", "title", "text", "ttl", "extras"})
+#: A messageId as the wire protocol carries it (ULID, 26 characters).
+MESSAGE_ID_LENGTH = 26
+
+
+@attrs.frozen(slots=True)
+class Limits:
+    """The options that bound one notification. Sizes are UTF-8 bytes."""
+
+    default_ttl: int = 86_400
+    max_ttl: int = 2_419_200
+    max_recipients: int = 1000
+    max_title: int = 256
+    max_text: int = 2048
+    #: bytes of the extras encoded as compact JSON (``{"k":"v"}``)
+    max_extras: int = 1024
+
+    def problems(self, max_frame: int | None = None) -> list[str]:
+        """What is inconsistent about these limits (empty when they are usable)."""
+        found = []
+        if self.max_ttl < 1:
+            found.append("the maximum TTL must be at least 1 second")
+        if not 1 <= self.default_ttl <= self.max_ttl:
+            found.append(
+                f"the default TTL ({self.default_ttl}s) must be between 1 and the "
+                f"maximum TTL ({self.max_ttl}s)"
+            )
+        if self.max_recipients < 1:
+            found.append("the recipient limit must be at least 1")
+        for name in ("max_title", "max_text", "max_extras"):
+            if getattr(self, name) < 0:
+                found.append(f"{name} must not be negative")
+        if self.max_extras < 2:
+            found.append("max_extras must be at least 2 (the size of {})")
+        frame = self.frame_problem(max_frame)
+        if frame:
+            found.append(frame)
+        return found
+
+    def largest_push_frame(self) -> int:
+        """The largest PUSH frame (length prefix value) a valid message can make.
+
+        A PUSH is a fixed part (type byte, messageId and the length fields,
+        measured on the codec with empty strings) plus the title and text bytes
+        plus the extras. The extras cost less on the wire than in compact JSON
+        as long as one pair costs at most 6 bytes of framing on the wire, which
+        is what compact JSON spends on ``"k":"v",`` around each pair; so the
+        JSON size bounds the wire size.
+        """
+        base, pair = push_frame_overheads()
+        if pair > 6:  # pragma: no cover - a codec change that breaks the bound
+            raise RuntimeError(f"a PUSH extras pair costs {pair} bytes; the bound needs <= 6")
+        return base + self.max_title + self.max_text + self.max_extras
+
+    def frame_problem(self, max_frame: int | None = None) -> str | None:
+        from pigeonpush.wire.codec import DEFAULT_MAX_FRAME
+
+        limit = DEFAULT_MAX_FRAME if max_frame is None else max_frame
+        largest = self.largest_push_frame()
+        if largest > limit:
+            return (
+                f"title, text and extras limits allow a PUSH frame of {largest} bytes, "
+                f"over the {limit}-byte frame limit"
+            )
+        return None
+
+
+def push_frame_overheads() -> tuple[int, int]:
+    """(bytes of a PUSH with empty title, text and extras; bytes one extras pair adds)."""
+    from pigeonpush.wire.codec import encode_push
+
+    message_id = "0" * MESSAGE_ID_LENGTH
+    empty = len(encode_push(message_id, "", "", {})) - 4
+    one_pair = len(encode_push(message_id, "", "", {"": ""})) - 4
+    return empty, one_pair - empty
+
+
+@attrs.frozen(slots=True)
+class Draft:
+    """A valid notification, before it gets its messageId and timestamps."""
+
+    recipients: tuple[str, ...]
+    title: str
+    text: str
+    ttl: int
+    extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen(slots=True)
+class Invalid:
+    """One thing wrong with a request item; ``field`` names it (``to[2]``)."""
+
+    field: str
+    message: str
+
+
+def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
+    """Check one notification; a Draft, or every problem found (never empty)."""
+    if not isinstance(data, dict):
+        return [Invalid("", "a notification must be a JSON object")]
+    problems: list[Invalid] = []
+    for name in sorted(set(data) - FIELDS):
+        problems.append(Invalid(name, f'unknown field "{name}"'))
+    recipients = _recipients(data.get("to"), limits, problems)
+    title = _text(data, "title", limits.max_title, problems)
+    text = _text(data, "text", limits.max_text, problems)
+    ttl = _ttl(data.get("ttl"), limits, problems)
+    extras = _extras(data.get("extras"), limits, problems)
+    if problems:
+        return problems
+    assert recipients is not None and title is not None and text is not None
+    return Draft(recipients, title, text, ttl, extras)
+
+
+def utf8_size(text: str) -> int | None:
+    """Bytes of ``text`` in UTF-8, or None if it holds a lone surrogate
+    (JSON allows ``"\\ud800"``; no wire frame can carry it)."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
+def _recipients(value: object, limits: Limits, problems: list[Invalid]) -> tuple[str, ...] | None:
+    if value is None:
+        problems.append(Invalid("to", "to is required: a list of clientIds"))
+        return None
+    if not isinstance(value, list):
+        problems.append(Invalid("to", "to must be a list of clientIds"))
+        return None
+    if not value:
+        problems.append(Invalid("to", "to must name at least one clientId"))
+        return None
+    if len(value) > limits.max_recipients:
+        problems.append(
+            Invalid("to", f"to names {len(value)} clientIds; at most {limits.max_recipients}")
+        )
+        return None
+    for index, client_id in enumerate(value):
+        if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
+            problems.append(Invalid(f"to[{index}]", f"each clientId must be {CLIENT_ID_RULE}"))
+            return None
+    # dict keeps the first occurrence's place: duplicates are dropped in order.
+    return tuple(dict.fromkeys(value))
+
+
+def _text(data: dict[str, object], name: str, limit: int, problems: list[Invalid]) -> str | None:
+    value = data.get(name)
+    if value is None:
+        problems.append(Invalid(name, f"{name} is required: a string"))
+        return None
+    if not isinstance(value, str):
+        problems.append(Invalid(name, f"{name} must be a string"))
+        return None
+    size = utf8_size(value)
+    if size is None:
+        problems.append(Invalid(name, f"{name} must be valid Unicode (no lone surrogates)"))
+        return None
+    if size > limit:
+        problems.append(Invalid(name, f"{name} is {size} bytes in UTF-8; at most {limit}"))
+        return None
+    return value
+
+
+def _ttl(value: object, limits: Limits, problems: list[Invalid]) -> int:
+    if value is None:
+        return limits.default_ttl
+    rule = f"ttl must be a whole number of seconds from 1 to {limits.max_ttl}"
+    # bool is an int in Python, but true is no TTL.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(Invalid("ttl", rule))
+        return 0
+    if isinstance(value, float) and not value.is_integer():
+        problems.append(Invalid("ttl", rule))
+        return 0
+    ttl = int(value)
+    if not 1 <= ttl <= limits.max_ttl:
+        problems.append(Invalid("ttl", rule))
+        return 0
+    return ttl
+
+
+def _extras(value: object, limits: Limits, problems: list[Invalid]) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(Invalid("extras", "extras must be an object of string values"))
+        return {}
+    for key, item in value.items():
+        if not isinstance(item, str):
+            problems.append(Invalid(f"extras.{key}", "extras values must be strings"))
+            return {}
+        if utf8_size(key) is None or utf8_size(item) is None:
+            problems.append(
+                Invalid(f"extras.{key}", "extras must be valid Unicode (no lone surrogates)")
+            )
+            return {}
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > limits.max_extras:
+        problems.append(
+            Invalid("extras", f"extras are {size} bytes as JSON; at most {limits.max_extras}")
+        )
+        return {}
+    return dict(value)

@@ -1,0 +1,142 @@
+"""``pigeonpush send`` and ``pigeonpush status`` as a user runs them: real
+processes against a notification API served by this test."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+
+from pigeonpush.http import JsonSite
+from pigeonpush.ids import is_message_id
+from pigeonpush.notification.api import ApiSettings, NotificationApi
+from pigeonpush.notification.auth import ApiKeys
+from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.validate import Limits
+from pigeonpush.store import Store, open_store
+from support.servers import free_port
+
+KEY = "cli-key-0123456789abcdef"
+
+
+@attrs.frozen
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@attrs.define
+class Api:
+    url: str
+    store: Store
+
+    async def run(self, *args: str, env: dict[str, str] | None = None) -> Run:
+        """``pigeonpush ARGS`` in a child process (this reactor keeps serving)."""
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        environment = {k: v for k, v in os.environ.items() if k != "PIGEONPUSH_API_KEY"}
+        environment.update(env or {})
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "pigeonpush.cli", *args], env=environment, reactor=reactor
+        )
+        return Run(code, out.decode(), err.decode())
+
+
+@pytest.fixture
+def api(redis_url: str) -> Iterator[Api]:
+    from twisted.internet import reactor
+
+    store = open_store(redis_url, reactor)
+    notifications = Notifications(store, reactor, Limits())
+    resource = NotificationApi(notifications, ApiKeys([KEY]), ApiSettings(max_body=100_000))
+    port = reactor.listenTCP(0, JsonSite(resource.resource()), interface="127.0.0.1")
+    try:
+        yield Api(f"http://127.0.0.1:{port.getHost().port}", store)
+    finally:
+        pytest_twisted.blockon(port.stopListening())
+        pytest_twisted.blockon(store.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_prints_the_message_id_and_status_the_receipt(api: Api) -> None:
+    sent = await api.run(
+        "send", "--api", api.url, "--key", KEY, "--to", "alice", "--to", "bob",
+        "--title", "Hi", "--text", "From the CLI", "--ttl", "600", "--extra", "url=app://x",
+    )  # fmt: skip
+    assert (sent.code, sent.err) == (0, "")
+    message_id = sent.out.strip()
+    assert is_message_id(message_id)
+    (body,) = await api.store.bodies([message_id])
+    assert body is not None
+    assert (body.title, body.text, dict(body.extras)) == ("Hi", "From the CLI", {"url": "app://x"})
+    assert body.expires_at - body.created_at == pytest.approx(600)
+
+    await api.store.ack([("alice", message_id)])
+    status = await api.run("status", "--api", api.url, "--key", KEY, message_id)
+    assert status.code == 0
+    receipt: dict[str, Any] = json.loads(status.out)
+    assert receipt["messageId"] == message_id
+    assert (receipt["recipients"], receipt["pending"], receipt["acked"]) == (2, ["bob"], 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_key_can_come_from_the_environment(api: Api) -> None:
+    sent = await api.run(
+        "send", "--api", api.url, "--to", "a", "--title", "t", "--text", "x",
+        env={"PIGEONPUSH_API_KEY": KEY},
+    )  # fmt: skip
+    assert sent.code == 0, sent.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotency_key_makes_a_resend_return_the_same_id(api: Api) -> None:
+    args = ("send", "--api", api.url, "--key", KEY, "--to", "a", "--title", "t", "--text", "x")
+    first = await api.run(*args, "--idempotency-key", "job-1")
+    again = await api.run(*args, "--idempotency-key", "job-1")
+    assert first.out == again.out
+    assert await api.store.queue_lag() == 1
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--key", "wrong-key-000000000000"), "pigeonpush: unauthorized: a valid API key"),
+        (("--key", KEY, "--ttl", "0"), "pigeonpush: invalid: ttl must be a whole number"),
+        (("--key", KEY, "--extra", "no-equals"), "--extra 'no-equals' is not KEY=VALUE"),
+        ((), "an API key is required"),
+    ],
+)
+async def test_send_failures_exit_1_with_the_reason(
+    api: Api, args: tuple[str, ...], message: str
+) -> None:
+    run = await api.run("send", "--api", api.url, "--to", "a", "--title", "t", "--text", "x", *args)
+    assert run.code == 1
+    assert run.out == ""
+    assert message in run.err
+    assert await api.store.queue_lag() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_of_an_unknown_message_exits_1(api: Api) -> None:
+    run = await api.run("status", "--api", api.url, "--key", KEY, "01HZX3JQ6Q4V8Y2N7K5M9T1B3C")
+    assert run.code == 1
+    assert "not_found: no such notification" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_api_exits_1(api: Api) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    run = await api.run(
+        "send", "--api", url, "--key", KEY, "--to", "a", "--title", "", "--text", ""
+    )
+    assert run.code == 1
+    assert f"cannot reach {url}/v1/notifications" in run.err

@@ -1,0 +1,228 @@
+"""End to end with real processes: ``twistd -n pigeon-notification``,
+``pigeon-delivery`` and ``pigeon-server`` on real Redis and ZooKeeper; this test
+is the application server (HTTP) and the devices (raw wire clients)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest_twisted
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.error import ConnectError
+
+from pigeonpush.store import Store, open_store
+from pigeonpush.wire.frames import Ack, Auth, AuthOk, Frame, Ping, Push
+from pigeonpush.wire.protocol import FrameProtocol
+from support.openapi import CheckedClient, OpenAPIDocument
+from support.servers import free_port
+from support.waiting import wait_for
+
+DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
+KEY = "e2e-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+class Device(FrameProtocol):
+    """A raw wire client: AUTH, then every PUSH into a queue; ACK on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.authenticated: Deferred[AuthOk] = Deferred()
+        self.pushes: DeferredQueue[Push] = DeferredQueue()
+        self.frames: list[Frame] = []
+
+    def frameReceived(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        if isinstance(frame, AuthOk):
+            self.authenticated.callback(frame)
+        elif isinstance(frame, Push):
+            self.pushes.put(frame)
+
+    async def next_push(self, reactor: Any, timeout: float = 15) -> Push:
+        waiting = self.pushes.get()
+        waiting.addTimeout(timeout, reactor)
+        return await waiting
+
+
+@attrs.define
+class Cluster:
+    reactor: Any
+    tmp: Path
+    redis_url: str
+    zookeeper: str
+    store: Store
+    processes: dict[str, subprocess.Popen[bytes]] = attrs.Factory(dict)
+    devices: list[Device] = attrs.Factory(list)
+    client_port: int = attrs.field(factory=free_port)
+    api_port: int = attrs.field(factory=free_port)
+    api: CheckedClient | None = None
+
+    def spawn(self, name: str, *args: str) -> None:
+        twistd = str(Path(sys.executable).parent / "twistd")
+        self.processes[name] = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", f"--logfile={self.tmp / name}.log", *args],
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            assert process.poll() is None, f"{name} exited:\n{self.log(name)}"
+
+    async def start(self) -> None:
+        server_rpc, delivery_rpc = free_port(), free_port()
+        common = ("--redis", self.redis_url, "--zookeeper", self.zookeeper, "--metrics", "none")
+        self.spawn(
+            "server", "pigeon-server", *common,
+            "--listen", f"tcp:{self.client_port}:interface=127.0.0.1",
+            "--rpc", f"tcp:{server_rpc}:interface=127.0.0.1", "--node-id", "server-1",
+        )  # fmt: skip
+        self.spawn(
+            "delivery", "pigeon-delivery", *common,
+            "--rpc", f"tcp:{delivery_rpc}:interface=127.0.0.1", "--node-id", "delivery-1",
+            "--block", "0.2",
+        )  # fmt: skip
+        self.spawn(
+            "notification", "pigeon-notification", "--redis", self.redis_url,
+            "--listen", f"tcp:{self.api_port}:interface=127.0.0.1", "--api-key", KEY,
+        )  # fmt: skip
+        self.api = CheckedClient(self.reactor, f"http://127.0.0.1:{self.api_port}", DOCUMENT)
+
+        async def api_up() -> bool:
+            self.check_alive()
+            assert self.api is not None
+            try:
+                return (await self.api.get("/health")).status == 200
+            except ConnectError:
+                return False
+
+        await wait_for(api_up, timeout=30, interval=0.2, what="the notification API")
+
+        def server_knows_delivery() -> bool:
+            # A device's first pull comes right after AUTH_OK: the server must
+            # know the delivery node by then (it logs its pull targets).
+            self.check_alive()
+            return f"Delivery nodes for pulls: 127.0.0.1:{delivery_rpc}" in self.log("server")
+
+        await wait_for(
+            server_knows_delivery, timeout=30, interval=0.2, what="the server to find delivery"
+        )
+
+    async def connect(self, client_id: str) -> Device:
+        """A device that authenticates with a token planted as reglog would."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        await self.store.issue_token(client_id, "token-" + client_id, 60)
+        device = Device()
+        await connectProtocol(
+            TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.client_port), device
+        )
+        self.devices.append(device)
+        device.sendFrame(Auth(client_id, "token-" + client_id))
+        device.authenticated.addTimeout(10, self.reactor)
+        await device.authenticated
+        return device
+
+    async def send(self, to: list[str], text: str, ttl: int | None = None) -> str:
+        assert self.api is not None
+        body: dict[str, Any] = {"to": to, "title": "e2e", "text": text}
+        if ttl is not None:
+            body["ttl"] = ttl
+        answer = await self.api.post("/v1/notifications", body, headers=AUTH)
+        assert answer.status == 202, answer.json
+        return str(answer.json["messageId"])
+
+    async def receipt(self, message_id: str) -> Any:
+        assert self.api is not None
+        return await self.api.get(f"/v1/notifications/{message_id}", headers=AUTH)
+
+    async def stop(self) -> None:
+        for device in self.devices:
+            if device.transport is not None:
+                device.transport.abortConnection()
+        if self.api is not None:
+            await self.api.close()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        await self.store.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(tmp_path: Path, redis_url: str, zookeeper_hosts: str) -> AsyncIterator[Cluster]:
+    from twisted.internet import reactor
+
+    built = Cluster(reactor, tmp_path, redis_url, zookeeper_hosts, open_store(redis_url, reactor))
+    try:
+        await built.start()
+        yield built
+    finally:
+        await built.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notification_reaches_an_online_device_which_acks_it(cluster: Cluster) -> None:
+    from twisted.internet import reactor
+
+    device = await cluster.connect("alice")
+    message_id = await cluster.send(["alice", "bob"], "live")
+    push = await device.next_push(reactor)
+    assert (push.message_id, push.title, push.text) == (message_id, "e2e", "live")
+    receipt = await cluster.receipt(message_id)
+    assert (receipt.json["pending"], receipt.json["acked"]) == (["alice", "bob"], 0)
+    device.sendFrame(Ack(message_id))
+
+    async def acked() -> bool:
+        answer = await cluster.receipt(message_id)
+        return bool(answer.json["pending"] == ["bob"] and answer.json["acked"] == 1)
+
+    await wait_for(acked, timeout=10, interval=0.1, what="the ACK to show in the receipt")
+    assert await cluster.store.pending_ids("alice") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_offline_device_gets_its_messages_on_connect_oldest_first_never_expired(
+    cluster: Cluster,
+) -> None:
+    from twisted.internet import reactor
+
+    first = await cluster.send(["carol"], "one")
+    doomed = await cluster.send(["carol"], "short-lived", ttl=1)
+    second = await cluster.send(["carol"], "two")
+    third = await cluster.send(["carol"], "three")
+
+    async def expired() -> bool:
+        return (await cluster.receipt(doomed)).status == 404
+
+    await wait_for(expired, timeout=10, interval=0.1, what="the short message to expire")
+    assert (await cluster.receipt(doomed)).json["error"] == "not_found"
+    device = await cluster.connect("carol")
+    pushes = [await device.next_push(reactor) for _ in range(3)]
+    assert [p.message_id for p in pushes] == [first, second, third]
+    assert [p.text for p in pushes] == ["one", "two", "three"]
+    for push in pushes:
+        device.sendFrame(Ack(push.message_id))
+    device.sendFrame(Ping())
+
+    async def all_acked() -> bool:
+        return await cluster.store.pending_ids("carol") == []
+
+    await wait_for(all_acked, timeout=10, interval=0.1, what="the ACKs")
+    assert not [f for f in device.frames if isinstance(f, Push) and f.message_id == doomed]

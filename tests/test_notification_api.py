@@ -1,0 +1,447 @@
+"""The notification HTTP API over real loopback HTTP, on both store backends.
+
+Every answer is checked against docs/openapi/notification.json. Every 4xx is
+checked to write nothing: on Redis by comparing a snapshot of every key
+(type, contents, TTL presence) before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred
+
+from pigeonpush.http import JsonSite
+from pigeonpush.ids import is_message_id
+from pigeonpush.notification.api import ApiSettings, NotificationApi, iso8601
+from pigeonpush.notification.auth import ApiKeys
+from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.validate import Limits
+from pigeonpush.store import Store, open_store
+from support.openapi import Answer, CheckedClient, OpenAPIDocument
+from support.waiting import wait_for
+
+DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
+KEY = "test-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMITS = Limits(max_recipients=5)
+SETTINGS = ApiSettings(max_body=20_000, max_batch=3)
+
+
+def parse_redis(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    return host, int(port)
+
+
+async def redis_snapshot(url: str) -> dict[str, Any]:
+    """Every key with its type, contents and whether it expires."""
+    import txredisapi
+
+    host, port = parse_redis(url)
+    connection = await txredisapi.Connection(host, port, reconnect=False, convertNumbers=False)
+    try:
+        snapshot: dict[str, Any] = {}
+        for key in await connection.keys("*"):
+            kind = await connection.type(key)
+            if kind == "string":
+                value: Any = await connection.get(key)
+            elif kind == "hash":
+                value = await connection.hgetall(key)
+            elif kind == "set":
+                value = sorted(await connection.smembers(key))
+            elif kind == "stream":
+                value = [
+                    await connection.execute_command("XLEN", key),
+                    await connection.execute_command("XINFO", "GROUPS", key),
+                ]
+            else:
+                value = kind
+            has_ttl = (await connection.execute_command("PTTL", key)) > 0
+            snapshot[key] = (kind, value, has_ttl)
+        return snapshot
+    finally:
+        await connection.disconnect()
+
+
+@attrs.define
+class Api:
+    """A notification API on a loopback port, its store and a checked client."""
+
+    backend: str
+    store: Store
+    client: CheckedClient
+    url: str
+    redis_url: str | None
+    port: Any
+
+    async def snapshot(self) -> Any:
+        if self.redis_url is not None:
+            return await redis_snapshot(self.redis_url)
+        size = self.store.size()  # type: ignore[attr-defined]
+        return (size, await self.store.queue_lag())
+
+    async def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Answer:
+        return await self.client.post(path, body, headers={**AUTH, **(headers or {})})
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        return await self.client.get(path, headers=AUTH if headers is None else headers)
+
+    async def send(self, **body: Any) -> Answer:
+        body.setdefault("title", "Hello")
+        body.setdefault("text", "World")
+        return await self.post("/v1/notifications", body)
+
+
+def start_api(
+    store: Store, reactor: Any, limits: Limits = LIMITS, settings: ApiSettings = SETTINGS
+) -> tuple[Any, str]:
+    notifications = Notifications(store, reactor, limits)
+    api = NotificationApi(notifications, ApiKeys([KEY, OTHER_KEY]), settings)
+    site = JsonSite(api.resource(), max_body=settings.max_body, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return port, f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    from twisted.internet import reactor
+
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    store = open_store(redis_url or "memory:", reactor, idempotency_ttl=60)
+    port, url = start_api(store, reactor)
+    client = CheckedClient(reactor, url, DOCUMENT)
+    try:
+        yield Api(request.param, store, client, url, redis_url, port)
+    finally:
+        pytest_twisted.blockon(ensureDeferred(client.close()))
+        pytest_twisted.blockon(port.stopListening())
+        pytest_twisted.blockon(store.close())
+
+
+def test_the_document_is_valid_openapi() -> None:
+    DOCUMENT.check_document()
+
+
+# -- accepted notifications -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notification_is_stored_queued_and_has_a_receipt(api: Api) -> None:
+    answer = await api.send(to=["alice", "bob", "alice"], ttl=600, extras={"k": "v"})
+    assert answer.status == 202
+    message_id = answer.json["messageId"]
+    assert is_message_id(message_id)
+    assert answer.json == {"messageId": message_id, "recipients": 2}
+    assert answer.header("Location") == f"/v1/notifications/{message_id}"
+    assert answer.header("Idempotent-Replayed") is None
+
+    assert await api.store.pending_ids("alice") == [message_id]
+    assert await api.store.pending_ids("bob") == [message_id]
+    assert await api.store.queue_lag() == 1
+    (body,) = await api.store.bodies([message_id])
+    assert body is not None
+    assert (body.title, body.text, dict(body.extras)) == ("Hello", "World", {"k": "v"})
+    assert body.expires_at - body.created_at == pytest.approx(600)
+
+    receipt = await api.get(f"/v1/notifications/{message_id}")
+    assert receipt.status == 200
+    assert receipt.json == {
+        "messageId": message_id,
+        "createdAt": iso8601(body.created_at),
+        "expiresAt": iso8601(body.expires_at),
+        "recipients": 2,
+        "pending": ["alice", "bob"],
+        "acked": 0,
+    }
+    await api.store.ack([("alice", message_id)])
+    receipt = await api.get(f"/v1/notifications/{message_id}")
+    assert (receipt.json["pending"], receipt.json["acked"]) == (["bob"], 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_ttl_and_unicode(api: Api) -> None:
+    answer = await api.send(to=["a"], title="Grüße 🐦", text="你好")
+    (body,) = await api.store.bodies([answer.json["messageId"]])
+    assert body is not None
+    assert (body.title, body.text) == ("Grüße 🐦", "你好")
+    assert body.expires_at - body.created_at == pytest.approx(LIMITS.default_ttl)
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_ids_are_time_ordered(api: Api) -> None:
+    ids = [(await api.send(to=["a"])).json["messageId"] for _ in range(5)]
+    assert ids == sorted(ids)
+    assert await api.store.pending_ids("a") == ids
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotent_retry_returns_the_first_answer_and_writes_nothing(api: Api) -> None:
+    body = {"to": ["a", "b"], "title": "t", "text": "x"}
+    first = await api.post("/v1/notifications", body, {"Idempotency-Key": "order-42"})
+    before = await api.snapshot()
+    again = await api.post(
+        "/v1/notifications", {**body, "text": "changed"}, {"Idempotency-Key": "order-42"}
+    )
+    assert again.status == 202
+    assert again.json == first.json
+    assert again.header("Idempotent-Replayed") == "true"
+    assert await api.snapshot() == before
+    # The key is scoped to the API key: another key's "order-42" is another request.
+    other = await api.client.post(
+        "/v1/notifications",
+        body,
+        headers={"Authorization": f"Bearer {OTHER_KEY}", "Idempotency-Key": "order-42"},
+    )
+    assert other.json["messageId"] != first.json["messageId"]
+    assert await api.store.queue_lag() == 2
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_with_a_bad_item_accepts_the_good_ones(api: Api) -> None:
+    answer = await api.post(
+        "/v1/notifications/batch",
+        {
+            "notifications": [
+                {"to": ["a"], "title": "one", "text": "x"},
+                {"to": ["b"], "title": "two", "text": "x", "ttl": 0},
+                {"to": ["c", "d"], "title": "three", "text": "x", "ttl": 60},
+            ]
+        },
+    )
+    assert answer.status == 200
+    first, bad, third = answer.json["results"]
+    assert bad == {
+        "error": "invalid",
+        "message": "ttl must be a whole number of seconds from 1 to 2419200",
+        "field": "ttl",
+    }
+    assert first["recipients"] == 1 and third["recipients"] == 2
+    assert first["messageId"] < third["messageId"]
+    assert await api.store.pending_ids("a") == [first["messageId"]]
+    assert await api.store.pending_ids("b") == []
+    assert await api.store.pending_ids("d") == [third["messageId"]]
+    assert await api.store.queue_lag() == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_only_bad_items_answers_each_and_writes_nothing(api: Api) -> None:
+    before = await api.snapshot()
+    answer = await api.post(
+        "/v1/notifications/batch",
+        {"notifications": [{"to": []}, "not an object"]},
+    )
+    assert answer.status == 200
+    assert [r["field"] for r in answer.json["results"]] == ["to", ""]
+    assert await api.snapshot() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotent_batch_retry_returns_the_same_results(api: Api) -> None:
+    batch = {
+        "notifications": [
+            {"to": ["a"], "title": "one", "text": "x"},
+            {"to": ["b"], "title": "two", "text": "x", "ttl": -1},
+            {"to": ["c"], "title": "three", "text": "x"},
+        ]
+    }
+    first = await api.post("/v1/notifications/batch", batch, {"Idempotency-Key": "run-7"})
+    before = await api.snapshot()
+    again = await api.post("/v1/notifications/batch", batch, {"Idempotency-Key": "run-7"})
+    assert again.json == first.json
+    assert await api.snapshot() == before
+    # The single endpoint's key space is separate from the batch's.
+    single = await api.post(
+        "/v1/notifications", batch["notifications"][0], {"Idempotency-Key": "run-7"}
+    )
+    assert single.json["messageId"] != first.json["results"][0]["messageId"]
+
+
+# -- receipts -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_message_has_no_receipt(api: Api) -> None:
+    answer = await api.send(to=["a"], ttl=1)
+    path = f"/v1/notifications/{answer.json['messageId']}"
+    assert (await api.get(path)).status == 200
+
+    async def gone() -> bool:
+        return (await api.get(path)).status == 404
+
+    await wait_for(gone, timeout=5, interval=0.1, what="the receipt to expire")
+    final = await api.get(path)
+    assert final.json["error"] == "not_found"
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "message_id", ["01HZX3JQ6Q4V8Y2N7K5M9T1B3C", "not-an-id", "01hzx3jq6q4v8y2n7k5m9t1b3c"]
+)
+async def test_unknown_or_malformed_ids_are_404(api: Api, message_id: str) -> None:
+    answer = await api.get(f"/v1/notifications/{message_id}")
+    assert answer.status == 404
+    assert answer.json["error"] == "not_found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receipt_needs_a_key(api: Api) -> None:
+    message_id = (await api.send(to=["a"])).json["messageId"]
+    answer = await api.get(f"/v1/notifications/{message_id}", headers={})
+    assert answer.status == 401
+
+
+# -- every refusal writes nothing -----------------------------------------------------------
+
+BIG = "x" * 30_000
+
+
+@attrs.frozen
+class Refusal:
+    path: str
+    body: Any
+    status: int
+    code: str
+    headers: dict[str, str] = attrs.field(factory=lambda: dict(AUTH))
+    raw: bytes | None = None
+    field: str | None = None
+
+
+REFUSALS = {
+    "no key": Refusal("/v1/notifications", {"to": ["a"], "title": "", "text": ""}, 401,
+                      "unauthorized", headers={}),
+    "wrong key": Refusal("/v1/notifications", {"to": ["a"], "title": "", "text": ""}, 401,
+                         "unauthorized", headers={"Authorization": "Bearer not-a-key-000000000"}),
+    "basic auth": Refusal("/v1/notifications", {"to": ["a"], "title": "", "text": ""}, 401,
+                          "unauthorized", headers={"Authorization": f"Basic {KEY}"}),
+    "bad json": Refusal("/v1/notifications", None, 400, "bad_json", raw=b'{"to": ['),
+    "empty body": Refusal("/v1/notifications", None, 400, "bad_json", raw=b""),
+    "nan": Refusal("/v1/notifications", None, 400, "bad_json",
+                   raw=b'{"to": ["a"], "title": "", "text": "", "ttl": NaN}'),
+    "array body": Refusal("/v1/notifications", [1, 2], 400, "bad_request"),
+    "no recipients": Refusal("/v1/notifications", {"to": [], "title": "", "text": ""}, 400,
+                             "invalid", field="to"),
+    "too many recipients": Refusal(
+        "/v1/notifications", {"to": ["a", "b", "c", "d", "e", "f"], "title": "", "text": ""},
+        400, "invalid", field="to"),
+    "bad client id": Refusal("/v1/notifications", {"to": ["a", "b/c"], "title": "", "text": ""},
+                             400, "invalid", field="to[1]"),
+    "title wrong type": Refusal("/v1/notifications", {"to": ["a"], "title": 1, "text": ""}, 400,
+                                "invalid", field="title"),
+    "text missing": Refusal("/v1/notifications", {"to": ["a"], "title": ""}, 400, "invalid",
+                            field="text"),
+    "oversize title": Refusal("/v1/notifications", {"to": ["a"], "title": "t" * 257, "text": ""},
+                              400, "invalid", field="title"),
+    "oversize extras": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "extras": {"k": "v" * 2000}},
+        400, "invalid", field="extras"),
+    "ttl too long": Refusal("/v1/notifications",
+                            {"to": ["a"], "title": "", "text": "", "ttl": 2419201}, 400,
+                            "invalid", field="ttl"),
+    "unknown field": Refusal("/v1/notifications",
+                             {"to": ["a"], "title": "", "text": "", "priority": 1}, 400,
+                             "invalid", field="priority"),
+    "bad idempotency key": Refusal("/v1/notifications", {"to": ["a"], "title": "", "text": ""},
+                                   400, "invalid",
+                                   headers={**AUTH, "Idempotency-Key": "has space"},
+                                   field="Idempotency-Key"),
+    "body too large": Refusal("/v1/notifications",
+                              {"to": ["a"], "title": "", "text": BIG}, 413, "body_too_large"),
+    "not json content": Refusal("/v1/notifications", None, 415, "unsupported_media_type",
+                                headers={**AUTH, "Content-Type": "text/plain"},
+                                raw=b'{"to": ["a"], "title": "", "text": ""}'),
+    "batch no key": Refusal("/v1/notifications/batch", {"notifications": []}, 401,
+                            "unauthorized", headers={}),
+    "batch not a list": Refusal("/v1/notifications/batch", {"notifications": {}}, 400,
+                                "bad_request"),
+    "batch empty": Refusal("/v1/notifications/batch", {"notifications": []}, 400, "bad_request"),
+    "batch too long": Refusal(
+        "/v1/notifications/batch",
+        {"notifications": [{"to": ["a"], "title": "", "text": ""}] * 4}, 400, "bad_request"),
+    "batch unknown field": Refusal("/v1/notifications/batch", {"notifications": [], "x": 1}, 400,
+                                   "bad_request"),
+    "batch too large": Refusal("/v1/notifications/batch",
+                               {"notifications": [{"to": ["a"], "title": "", "text": BIG}]},
+                               413, "body_too_large"),
+}  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("case", REFUSALS.values(), ids=REFUSALS.keys())
+async def test_every_refusal_writes_nothing(api: Api, case: Refusal) -> None:
+    await api.send(to=["a"])  # something already there, so "nothing changed" means something
+    before = await api.snapshot()
+    headers = dict(case.headers)
+    if case.raw is not None:
+        headers.setdefault("Content-Type", "application/json")
+        answer = await api.client.request("POST", case.path, data=case.raw, headers=headers)
+    else:
+        answer = await api.client.post(case.path, case.body, headers=headers)
+    assert answer.status == case.status
+    assert answer.json["error"] == case.code
+    if case.field is not None:
+        assert answer.json["field"] == case.field
+    if case.status == 401:
+        assert answer.header("WWW-Authenticate") == 'Bearer realm="pigeonpush"'
+    assert await api.snapshot() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_methods_and_paths(api: Api) -> None:
+    for method, path, status in [
+        ("GET", "/v1/notifications", 405),
+        ("GET", "/v1/notifications/batch", 405),
+        ("POST", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C", 405),
+        ("GET", "/v2/notifications", 404),
+        ("GET", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C/extra", 404),
+    ]:
+        answer = await api.client.request(method, path, headers=AUTH)
+        assert answer.status == status, (method, path)
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_metrics(api: Api) -> None:
+    await api.send(to=["a"])
+    health = await api.client.get("/health")
+    assert health.json == {"status": "ok", "queueLag": 1}
+    metrics = await api.client.get("/metrics")
+    assert "pigeonpush_notification_accepted_total" in metrics.json
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_outage_is_503_and_says_to_retry() -> None:
+    from twisted.internet import reactor
+
+    from support.servers import free_port
+
+    store = open_store(f"redis://127.0.0.1:{free_port()}/0", reactor)
+    port, url = start_api(store, reactor)
+    client = CheckedClient(reactor, url, DOCUMENT)
+    try:
+        body = {"to": ["a"], "title": "", "text": ""}
+        answer = await client.post("/v1/notifications", body, headers=AUTH)
+        assert answer.status == 503
+        assert answer.json["error"] == "store_unavailable"
+        assert answer.header("Retry-After") == "1"
+        batch = await client.post(
+            "/v1/notifications/batch", {"notifications": [body]}, headers=AUTH
+        )
+        assert batch.status == 503
+        receipt = await client.get("/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C", headers=AUTH)
+        assert receipt.status == 503
+        assert (await client.get("/health")).status == 503
+    finally:
+        await client.close()
+        await port.stopListening()
+        await store.close()

@@ -1,0 +1,198 @@
+"""Validation of one notification: every rule, and the frame-size arithmetic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pigeonpush.notification.validate import Draft, Invalid, Limits, validate
+from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, encode_push
+
+LIMITS = Limits()
+
+
+def ok(data: Any, limits: Limits = LIMITS) -> Draft:
+    result = validate(data, limits)
+    assert isinstance(result, Draft), result
+    return result
+
+
+def problems(data: Any, limits: Limits = LIMITS) -> list[Invalid]:
+    result = validate(data, limits)
+    assert isinstance(result, list), result
+    assert result
+    return result
+
+
+def test_a_minimal_notification_gets_the_default_ttl_and_no_extras() -> None:
+    draft = ok({"to": ["alice"], "title": "Hi", "text": "Hello"})
+    assert draft == Draft(("alice",), "Hi", "Hello", LIMITS.default_ttl, {})
+
+
+def test_all_fields() -> None:
+    draft = ok(
+        {"to": ["a", "b"], "title": "T", "text": "X", "ttl": 60, "extras": {"k": "v", "n": ""}}
+    )
+    assert draft.recipients == ("a", "b")
+    assert draft.ttl == 60
+    assert draft.extras == {"k": "v", "n": ""}
+
+
+def test_duplicate_recipients_are_dropped_keeping_the_first_place() -> None:
+    assert ok({"to": ["b", "a", "b", "c", "a"], "title": "", "text": ""}).recipients == (
+        "b",
+        "a",
+        "c",
+    )
+
+
+def test_empty_title_and_text_are_allowed_for_data_only_messages() -> None:
+    ok({"to": ["a"], "title": "", "text": "", "extras": {"sync": "1"}})
+
+
+def test_a_ttl_given_as_an_integral_float_is_taken() -> None:
+    assert ok({"to": ["a"], "title": "", "text": "", "ttl": 30.0}).ttl == 30
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        ([], "", "JSON object"),
+        ("text", "", "JSON object"),
+        ({"title": "t", "text": "x"}, "to", "required"),
+        ({"to": "alice", "title": "t", "text": "x"}, "to", "list"),
+        ({"to": [], "title": "t", "text": "x"}, "to", "at least one"),
+        ({"to": [1], "title": "t", "text": "x"}, "to[0]", "clientId"),
+        ({"to": ["ok", ""], "title": "t", "text": "x"}, "to[1]", "clientId"),
+        ({"to": ["has space"], "title": "t", "text": "x"}, "to[0]", "clientId"),
+        ({"to": ["x" * 129], "title": "t", "text": "x"}, "to[0]", "1 to 128"),
+        ({"to": ["a"], "text": "x"}, "title", "required"),
+        ({"to": ["a"], "title": 5, "text": "x"}, "title", "string"),
+        ({"to": ["a"], "title": "t"}, "text", "required"),
+        ({"to": ["a"], "title": "t", "text": None}, "text", "required"),
+        ({"to": ["a"], "title": "t", "text": ["x"]}, "text", "string"),
+        ({"to": ["a"], "title": "t" * 257, "text": "x"}, "title", "257 bytes"),
+        ({"to": ["a"], "title": "t", "text": "x" * 2049}, "text", "at most 2048"),
+        ({"to": ["a"], "title": "\ud800", "text": "x"}, "title", "surrogate"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": 0}, "ttl", "from 1 to"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": -5}, "ttl", "from 1 to"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": 2419201}, "ttl", "2419200"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": 1.5}, "ttl", "whole number"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": "60"}, "ttl", "whole number"),
+        ({"to": ["a"], "title": "t", "text": "x", "ttl": True}, "ttl", "whole number"),
+        ({"to": ["a"], "title": "t", "text": "x", "extras": []}, "extras", "object"),
+        ({"to": ["a"], "title": "t", "text": "x", "extras": {"n": 1}}, "extras.n", "strings"),
+        (
+            {"to": ["a"], "title": "t", "text": "x", "extras": {"k": "\udfff"}},
+            "extras.k",
+            "Unicode",
+        ),
+        (
+            {"to": ["a"], "title": "t", "text": "x", "extras": {"k": "v" * 1020}},
+            "extras",
+            "at most 1024",
+        ),
+        ({"to": ["a"], "title": "t", "text": "x", "tll": 5}, "tll", 'unknown field "tll"'),
+    ],
+)
+def test_each_rule_names_its_field(data: Any, field: str, fragment: str) -> None:
+    found = problems(data)
+    assert found[0].field == field
+    assert fragment in found[0].message
+
+
+def test_too_many_recipients() -> None:
+    found = problems(
+        {"to": [f"c{i}" for i in range(11)], "title": "", "text": ""}, Limits(max_recipients=10)
+    )
+    assert found == [Invalid("to", "to names 11 clientIds; at most 10")]
+
+
+def test_the_recipient_limit_counts_before_deduplication() -> None:
+    problems({"to": ["a"] * 11, "title": "", "text": ""}, Limits(max_recipients=10))
+
+
+def test_sizes_are_utf8_bytes_not_characters() -> None:
+    limits = Limits(max_title=6)
+    ok({"to": ["a"], "title": "ééé", "text": ""}, limits)  # 6 bytes
+    assert problems({"to": ["a"], "title": "éééé", "text": ""}, limits)[0].field == "title"
+
+
+def test_every_problem_is_reported() -> None:
+    found = problems({"to": [], "title": 1, "text": 2, "ttl": 0, "bogus": 1})
+    assert [p.field for p in found] == ["bogus", "to", "title", "text", "ttl"]
+
+
+def test_default_limits_are_consistent_and_fit_a_frame() -> None:
+    assert Limits().problems() == []
+    assert Limits().largest_push_frame() <= DEFAULT_MAX_FRAME
+
+
+@pytest.mark.parametrize(
+    ("limits", "fragment"),
+    [
+        (Limits(default_ttl=100, max_ttl=50), "default TTL"),
+        (Limits(default_ttl=0), "default TTL"),
+        (Limits(max_recipients=0), "recipient limit"),
+        (Limits(max_text=8000), "over the 8192-byte frame limit"),
+        (Limits(max_title=-1), "max_title"),
+        (Limits(max_extras=1), "max_extras"),
+    ],
+)
+def test_inconsistent_limits_are_explained(limits: Limits, fragment: str) -> None:
+    assert any(fragment in problem for problem in limits.problems())
+
+
+def test_limits_at_the_edge_fit_and_one_byte_more_does_not() -> None:
+    base = Limits(max_title=0, max_text=0, max_extras=2).largest_push_frame()
+    limits = Limits(max_title=1000, max_text=DEFAULT_MAX_FRAME - base - 1000, max_extras=2)
+    assert limits.largest_push_frame() == DEFAULT_MAX_FRAME
+    assert limits.problems() == []
+    assert Limits(max_title=1001, max_text=limits.max_text, max_extras=2).problems()
+    # The bound is the real size plus the two bytes of "{}" (empty extras
+    # cost nothing beyond the fixed part on the wire).
+    frame = encode_push("0" * 26, "t" * limits.max_title, "x" * limits.max_text, {})
+    assert len(frame) - 4 == DEFAULT_MAX_FRAME - 2
+
+
+# Extras as compact JSON: worst cases are many tiny pairs and escapes.
+_extras = st.dictionaries(
+    st.text(max_size=8),
+    st.text(max_size=40),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    title=st.text(max_size=300),
+    text=st.text(max_size=2100),
+    extras=_extras,
+)
+def test_every_valid_notification_fits_the_frame_bound(
+    title: str, text: str, extras: dict[str, str]
+) -> None:
+    """The arithmetic in Limits.largest_push_frame is a true bound on the real codec."""
+    small = Limits(max_title=64, max_text=512, max_extras=256)
+    for limits in (LIMITS, small):
+        result = validate({"to": ["a"], "title": title, "text": text, "extras": extras}, limits)
+        if isinstance(result, Draft):
+            frame = encode_push("01ARZ3NDEKTSV4RRFFQ69G5FAV", result.title, result.text, extras)
+            assert len(frame) - 4 <= limits.largest_push_frame() <= DEFAULT_MAX_FRAME
+
+
+def test_the_tightest_extras_still_fit_the_bound() -> None:
+    """Many one-byte pairs: the most wire framing per JSON byte."""
+    limits = Limits(max_title=0, max_text=0, max_extras=1024)
+    extras = {chr(0x41 + i % 26) + str(i): "" for i in range(150)}
+    while len(str(extras)) > 0:
+        result = validate({"to": ["a"], "title": "", "text": "", "extras": extras}, limits)
+        if isinstance(result, Draft):
+            break
+        extras.popitem()
+    assert isinstance(result, Draft)
+    frame = encode_push("0" * 26, "", "", extras)
+    assert len(frame) - 4 <= limits.largest_push_frame()
