@@ -25,32 +25,12 @@ from pigeonpush.delivery.service import (
 )
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
-from pigeonpush.rpcpool import AmpPool, split_address
+from pigeonpush.options import check_address, check_discovery_spec, check_endpoint, check_store_url
+from pigeonpush.rpcpool import AmpPool
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0
 _NODE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
-
-
-def check_endpoint(description: str, option: str) -> None:
-    """UsageError unless ``description`` is a server endpoint string (parsing
-    only builds the endpoint object: nothing listens, no reactor is used)."""
-    try:
-        serverFromString(None, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from None
-
-
-def check_store_url(url: str) -> None:
-    """UsageError unless ``url`` is a store URL (``memory:`` or ``redis://...``)."""
-    if url in ("memory:", "memory://"):
-        return
-    from pigeonpush.store.address import parse_redis_url
-
-    try:
-        parse_redis_url(url)
-    except ValueError as e:
-        raise usage.UsageError(f"--redis: {e}") from None
 
 
 def _positive(value: str) -> float:
@@ -101,21 +81,13 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        check_endpoint(self["rpc"], "--rpc")
-        check_store_url(self["redis"])
-        from pigeonpush.discovery.spec import parse_spec
-
-        try:
-            parse_spec(self["zookeeper"])
-        except ValueError as e:
-            raise usage.UsageError(f"--zookeeper: {e}") from None
+        check_endpoint("--rpc", self["rpc"])
+        check_store_url("--redis", self["redis"])
+        check_discovery_spec("--zookeeper", self["zookeeper"])
         if self["metrics"] != "none":
-            check_endpoint(self["metrics"], "--metrics")
+            check_endpoint("--metrics", self["metrics"])
         if self["rpc-advertise"] is not None:
-            try:
-                split_address(self["rpc-advertise"])
-            except ValueError as e:
-                raise usage.UsageError(f"--rpc-advertise: {e}") from None
+            check_address("--rpc-advertise", self["rpc-advertise"])
         if self["batch"] < 1:
             raise usage.UsageError("--batch must be at least 1")
         if self["block"] >= self["claim-idle"]:

@@ -15,6 +15,7 @@ from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, rea
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.service import StoreOwner
 from pigeonpush.notification.validate import Limits
+from pigeonpush.options import check_endpoint, check_store_url
 
 #: Request body bytes per batch item when --max-body is not given: room for
 #: JSON escaping of a full title, text and extras, and a few recipients.
@@ -30,33 +31,12 @@ def default_max_body(limits: Limits, max_batch: int) -> int:
     return max(2 * max_batch * per_item, one_full)
 
 
-def check_endpoint(description: str, option: str) -> None:
-    """UsageError unless ``description`` is a server endpoint string. Parsing
-    builds the endpoint object only; nothing listens and no reactor is used."""
-    try:
-        serverFromString(None, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from None
-
-
 def _whole(value: str) -> int:
     """A whole number option; the message says what was wrong with it."""
     try:
         return int(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a whole number") from None
-
-
-def check_store_url(url: str) -> None:
-    """UsageError unless ``url`` is a store URL (``memory:`` or ``redis://...``)."""
-    if url in ("memory:", "memory://"):
-        return
-    from pigeonpush.store.address import parse_redis_url
-
-    try:
-        parse_redis_url(url)
-    except ValueError as e:
-        raise usage.UsageError(f"--redis: {e}") from None
 
 
 class Options(usage.Options):
@@ -96,8 +76,8 @@ class Options(usage.Options):
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
-        check_endpoint(self["listen"], "--listen")
-        check_store_url(self["redis"])
+        check_endpoint("--listen", self["listen"])
+        check_store_url("--redis", self["redis"])
         keys = list(self["api-key"])
         if self["api-keys-file"] is not None:
             try:

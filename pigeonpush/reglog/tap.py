@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,41 +13,22 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from pigeonpush.discovery import DiscoveryService, open_discovery
-from pigeonpush.discovery.spec import parse_spec
 from pigeonpush.http import JsonSite
+from pigeonpush.options import (
+    check_discovery_spec,
+    check_endpoint,
+    check_store_url,
+    seconds,
+    whole,
+)
 from pigeonpush.reglog.api import ReglogApi
 from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
 from pigeonpush.reglog.service import ClosingService, ServerWatchService
 from pigeonpush.store import open_store
-from pigeonpush.store.address import parse_redis_url
 
 log = Logger()
-
-
-def _check_store_url(url: str) -> None:
-    if url not in ("memory:", "memory://"):
-        parse_redis_url(url)
-
-
-def _check_endpoint(description: str) -> None:
-    # Endpoint parsers only keep the reactor they are given; no reactor is
-    # needed to tell whether the string is well-formed.
-    try:
-        serverFromString(None, description)
-    except (TypeError, OSError) as error:
-        raise ValueError(str(error)) from None
-
-
-def _positive(name: str, value: Any, kind: type[float] | type[int] = float) -> float | int:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise usage.UsageError(f"--{name} must be greater than 0")
-    return number
 
 
 class Options(usage.Options):
@@ -93,10 +73,10 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        self["token-ttl"] = _positive("token-ttl", self["token-ttl"])
-        self["heartbeat"] = _positive("heartbeat", self["heartbeat"])
-        self["max-body"] = _positive("max-body", self["max-body"], int)
-        self["pending-ttl"] = _positive("pending-ttl", self["pending-ttl"])
+        self["token-ttl"] = seconds("--token-ttl", self["token-ttl"])
+        self["heartbeat"] = seconds("--heartbeat", self["heartbeat"])
+        self["max-body"] = whole("--max-body", self["max-body"])
+        self["pending-ttl"] = seconds("--pending-ttl", self["pending-ttl"])
         try:
             self["auth-mode"] = AuthMode(self["auth-mode"])
         except ValueError:
@@ -112,16 +92,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"cannot read --admin-key-file: {error}") from None
         if self["admin-key"] is not None and not self["admin-key"]:
             raise usage.UsageError("the admin key must not be empty")
-        checks: list[tuple[str, Callable[[str], object]]] = [
-            ("listen", _check_endpoint),
-            ("redis", _check_store_url),
-            ("zookeeper", parse_spec),
-        ]
-        for name, check in checks:
-            try:
-                check(self[name])
-            except ValueError as error:
-                raise usage.UsageError(f"--{name}: {error}") from None
+        check_endpoint("--listen", self["listen"])
+        check_store_url("--redis", self["redis"])
+        check_discovery_spec("--zookeeper", self["zookeeper"])
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:

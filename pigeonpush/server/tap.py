@@ -12,21 +12,24 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from pigeonpush.discovery import open_discovery
-from pigeonpush.discovery.naming import check_node_id
-from pigeonpush.discovery.spec import parse_spec
-from pigeonpush.rpcpool import AmpPool, split_address
+from pigeonpush.options import (
+    check_address,
+    check_discovery_spec,
+    check_endpoint,
+    check_node_id,
+    check_store_url,
+)
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
 from pigeonpush.store import open_store
-from pigeonpush.store.address import parse_redis_url
 
 LONGDESC = """\
 The PigeonPush push server. Devices connect to --listen and authenticate with
@@ -153,31 +156,16 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         for name in ("listen", "rpc"):
-            _check_endpoint(name, self[name])
+            check_endpoint(f"--{name}", self[name])
         if self["metrics"] != "none":
-            _check_endpoint("metrics", self["metrics"])
+            check_endpoint("--metrics", self["metrics"])
         for name in ("advertise", "rpc-advertise"):
             if self[name] is not None:
-                try:
-                    split_address(self[name])
-                except ValueError:
-                    raise usage.UsageError(
-                        f"--{name} must be host:port, not {self[name]!r}"
-                    ) from None
+                check_address(f"--{name}", self[name])
         if self["node-id"] is not None:
-            try:
-                check_node_id(self["node-id"])
-            except ValueError as e:
-                raise usage.UsageError(f"--node-id: {e}") from None
-        if self["redis"] not in ("memory:", "memory://"):
-            try:
-                parse_redis_url(self["redis"])
-            except ValueError as e:
-                raise usage.UsageError(f"--redis: {e}") from None
-        try:
-            parse_spec(self["zookeeper"])
-        except ValueError as e:
-            raise usage.UsageError(f"--zookeeper: {e}") from None
+            check_node_id("--node-id", self["node-id"])
+        check_store_url("--redis", self["redis"])
+        check_discovery_spec("--zookeeper", self["zookeeper"])
 
     def _number(self, name: str, kind: type[float] | type[int]) -> Any:
         text = self[name]
@@ -186,16 +174,6 @@ class Options(usage.Options):
         except (TypeError, ValueError):
             what = "a whole number" if kind is int else "a number of seconds"
             raise ValueError(f"--{name} must be {what}, not {text!r}") from None
-
-
-def _check_endpoint(name: str, description: str) -> None:
-    # Parsing needs a reactor only to hand it to the endpoint; this one does nothing.
-    try:
-        serverFromString(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError(
-            f"--{name} must be a server endpoint such as tcp:7100, not {description!r} ({e})"
-        ) from None
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:

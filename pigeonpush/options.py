@@ -1,0 +1,86 @@
+"""Checks shared by the twistd plugins' Options: each refuses a bad value with a
+``usage.UsageError`` that names the option, at parse time, before anything
+listens or connects."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from pigeonpush.discovery.naming import check_node_id as _check_node_id
+from pigeonpush.discovery.spec import parse_spec
+from pigeonpush.rpcpool import split_address
+from pigeonpush.store.address import parse_redis_url
+
+MEMORY_STORE_URLS = ("memory:", "memory://")
+
+
+def check_endpoint(option: str, description: str) -> None:
+    """A server endpoint string (``tcp:7100``, ``ssl:...``, ``unix:...``).
+    Parsing only builds the endpoint object: nothing listens."""
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(
+            f"{option} must be a server endpoint such as tcp:7100, not {description!r} ({e})"
+        ) from None
+
+
+def check_store_url(option: str, url: str) -> None:
+    """``memory:`` or a ``redis://`` / ``rediss://`` URL."""
+    if url in MEMORY_STORE_URLS:
+        return
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def check_discovery_spec(option: str, spec: str) -> None:
+    """A ZooKeeper hosts string or a ``static:`` spec."""
+    try:
+        parse_spec(spec)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def check_address(option: str, address: str) -> None:
+    """``host:port`` as published for others to connect to."""
+    try:
+        split_address(address)
+    except ValueError:
+        raise usage.UsageError(f"{option} must be host:port, not {address!r}") from None
+
+
+def check_node_id(option: str, node_id: str) -> None:
+    try:
+        _check_node_id(node_id)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def seconds(option: str, text: Any, *, allow_zero: bool = False) -> float:
+    """A finite number of seconds, positive (or zero when allowed)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{option} must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        what = "zero or a positive" if allow_zero else "a positive"
+        raise usage.UsageError(f"{option} must be {what} number of seconds, not {text!r}")
+    return value
+
+
+def whole(option: str, text: Any, *, minimum: int = 1) -> int:
+    """A whole number of at least ``minimum``."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{option} must be a whole number, not {text!r}") from None
+    if value < minimum:
+        raise usage.UsageError(f"{option} must be at least {minimum}, not {value}")
+    return value
