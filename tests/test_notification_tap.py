@@ -14,9 +14,9 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.error import ConnectError
 from twisted.python import usage
 
-from pigeonpush.notification.service import StoreOwner
 from pigeonpush.notification.tap import Options, default_max_body, makeService
 from pigeonpush.notification.validate import Limits
+from pigeonpush.services import Closer, StopInOrder
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
@@ -91,9 +91,9 @@ def test_the_service_tree() -> None:
     reactor = MemoryReactorClock()
     service = makeService(parse("--api-key", KEY, "--redis", "memory:"), reactor)
     assert IServiceCollection.providedBy(service)
-    assert isinstance(service, StoreOwner)
+    assert isinstance(service, StopInOrder)
     children = list(service)  # type: ignore[call-overload]
-    assert [type(child) for child in children] == [StreamServerEndpointService]
+    assert [type(child) for child in children] == [Closer, StreamServerEndpointService]
     service.startService()
     assert [port for port, *_ in reactor.tcpServers] == [8200]
     service.stopService()

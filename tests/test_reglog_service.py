@@ -13,7 +13,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from pigeonpush.discovery import DiscoveryClosed, StaticDiscovery, Watch, WatchCallback
 from pigeonpush.discovery.interface import SERVERS
 from pigeonpush.reglog.balancer import Balancer
-from pigeonpush.reglog.service import ClosingService, ServerWatchService
+from pigeonpush.reglog.service import ServerWatchService
 
 
 def sample(name: str) -> float | None:
@@ -131,21 +131,3 @@ def test_a_watch_that_arrives_after_stop_is_cancelled() -> None:
     clock.advance(0)
     clock.advance(0)
     assert balancer.servers == {}
-
-
-def test_the_closing_service_closes_on_stop_and_waits_for_it() -> None:
-    closing: Deferred[None] = Deferred()
-    calls: list[int] = []
-
-    def close() -> Deferred[None]:
-        calls.append(1)
-        return closing
-
-    service = ClosingService(close)
-    service.startService()
-    assert calls == []
-    stopped = service.stopService()
-    assert calls == [1]
-    assert not stopped.called
-    closing.callback(None)
-    assert stopped.called

@@ -2,22 +2,20 @@
 
 ``DeliveryWorker`` is the part every deployment needs (the consume loop and the
 pull source over one store); the all-in-one process uses it with an
-in-process gateway. ``Listener``, ``Registration``, ``Closer`` and
-``LagGauge`` are the networked worker's extras.
+in-process gateway. ``Listener``, ``Registration`` and ``LagGauge`` are the
+networked worker's extras.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    DeferredList,
-    ensureDeferred,
     maybeDeferred,
     succeed,
 )
@@ -35,23 +33,6 @@ from pigeonpush.discovery.interface import Registration as NodeRegistration
 from pigeonpush.store.interface import Store, StoreError
 
 log = Logger()
-
-
-class StopInOrder(MultiService):
-    """A MultiService that stops its children one at a time, last added first,
-    each after the previous one finished stopping (``MultiService`` stops them
-    all at once, which would close the store under a batch in hand)."""
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return ensureDeferred(self._stop_children(list(self)[::-1]))
-
-    async def _stop_children(self, children: list[IService]) -> None:
-        for child in children:
-            try:
-                await maybeDeferred(child.stopService)
-            except Exception:
-                log.failure("Stopping {service} failed", service=child)
 
 
 class DeliveryWorker(MultiService):
@@ -185,18 +166,6 @@ class Registration(Service):
 
         registering.cancel()  # a no-op once registered; else stop waiting for it
         return registering.addCallbacks(unregister, never_registered)
-
-
-class Closer(Service):
-    """Runs each ``close`` callable when the tree stops; it is the first child,
-    so it stops last, after everything that uses the resources."""
-
-    def __init__(self, *closers: Callable[[], Deferred[None]]) -> None:
-        self._closers = closers
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return DeferredList([close() for close in self._closers], consumeErrors=True)
 
 
 class LagGauge(TimerService):

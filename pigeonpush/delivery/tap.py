@@ -16,17 +16,16 @@ from twisted.web.server import Request
 from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.delivery.rpc_server import PullServerFactory
 from pigeonpush.delivery.service import (
-    Closer,
     DeliveryWorker,
     LagGauge,
     Listener,
     Registration,
-    StopInOrder,
 )
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.options import check_address, check_discovery_spec, check_endpoint, check_store_url
 from pigeonpush.rpcpool import AmpPool
+from pigeonpush.services import Closer, StopInOrder
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0

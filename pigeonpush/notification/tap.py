@@ -13,9 +13,9 @@ from pigeonpush.http import JsonSite
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
 from pigeonpush.notification.core import Notifications
-from pigeonpush.notification.service import StoreOwner
 from pigeonpush.notification.validate import Limits
 from pigeonpush.options import check_endpoint, check_store_url
+from pigeonpush.services import Closer, StopInOrder
 
 #: Request body bytes per batch item when --max-body is not given: room for
 #: JSON escaping of a full title, text and extras, and a few recipients.
@@ -129,7 +129,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
     )
     site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
-    top = StoreOwner(store)
+    top = StopInOrder()
+    Closer(store.close).setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
     listener._raiseSynchronously = True
     listener.setServiceParent(top)

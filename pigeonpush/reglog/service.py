@@ -3,8 +3,7 @@ and the closing of the store and discovery when the process stops."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -92,14 +91,3 @@ class ServerWatchService(Service):
         metrics.PUBLISHED_FREE_CAPACITY.set(
             sum(max(0, server.capacity - server.connections) for server in servers.values())
         )
-
-
-class ClosingService(Service):
-    """Closes something (the store, the discovery) when the service tree stops."""
-
-    def __init__(self, close: Callable[[], Deferred[Any]]) -> None:
-        self._close = close
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return maybeDeferred(self._close)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -25,7 +25,8 @@ from pigeonpush.reglog.api import ReglogApi
 from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
-from pigeonpush.reglog.service import ClosingService, ServerWatchService
+from pigeonpush.reglog.service import ServerWatchService
+from pigeonpush.services import Closer, StopInOrder
 from pigeonpush.store import open_store
 
 log = Logger()
@@ -144,11 +145,11 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor=reactor,
     )
 
-    top = MultiService()
-    # Started in this order, stopped in reverse: the listener goes first, the
-    # store last.
+    top = StopInOrder()
+    # Started in this order, stopped one at a time in reverse: the listener
+    # goes first, the store last.
     services: list[tuple[str, IService]] = [
-        ("store", ClosingService(store.close)),
+        ("store", Closer(store.close)),
         ("discovery", DiscoveryService(discovery)),
         ("server-watch", ServerWatchService(discovery, balancer, reactor)),
         ("http", StreamServerEndpointService(endpoint, site)),
