@@ -16,6 +16,7 @@ from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.validate import Limits
 from pigeonpush.options import check_endpoint, check_store_url
 from pigeonpush.services import Closer, StopInOrder
+from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
 #: JSON escaping of a full title, text and extras, and a few recipients.
@@ -122,6 +123,14 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     from pigeonpush.store import open_store
 
     store = open_store(config["redis"], reactor, idempotency_ttl=config["idempotency-ttl"])
+    top = StopInOrder()
+    Closer(store.close).setServiceParent(top)
+    build_api(config, reactor, store).setServiceParent(top)
+    return top
+
+
+def build_api(config: Options, reactor: Any, store: Store) -> IService:
+    """The HTTP API over a given store (the all-in-one process shares its own)."""
     notifications = Notifications(store, reactor, config["limits"])
     api = NotificationApi(
         notifications,
@@ -129,9 +138,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
     )
     site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
-    top = StopInOrder()
-    Closer(store.close).setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
     listener._raiseSynchronously = True
-    listener.setServiceParent(top)
-    return top
+    return listener

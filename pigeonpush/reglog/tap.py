@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from pigeonpush.discovery import DiscoveryService, open_discovery
+from pigeonpush.discovery.interface import Discovery
 from pigeonpush.http import JsonSite
 from pigeonpush.options import (
     check_discovery_spec,
@@ -27,7 +28,7 @@ from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.services import Closer, StopInOrder
-from pigeonpush.store import open_store
+from pigeonpush.store import Store, open_store
 
 log = Logger()
 
@@ -110,11 +111,27 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         discovery = open_discovery(config["zookeeper"], reactor)
     except ValueError as error:
         raise usage.UsageError(f"--zookeeper: {error}") from None
-    try:
-        endpoint = serverFromString(reactor, config["listen"])
-    except ValueError as error:
-        raise usage.UsageError(f"--listen: {error}") from None
 
+    top = StopInOrder()
+    # Started in this order, stopped one at a time in reverse: the listener
+    # goes first, the store last.
+    services: list[tuple[str, IService]] = [
+        ("store", Closer(store.close)),
+        ("discovery", DiscoveryService(discovery)),
+        *build_reglog(config, reactor, store, discovery),
+    ]
+    for name, service in services:
+        service.setName(name)
+        service.setServiceParent(top)
+    return top
+
+
+def build_reglog(
+    config: Options, reactor: Any, store: Store, discovery: Discovery
+) -> list[tuple[str, IService]]:
+    """The server watch and the HTTP site over a given store and discovery
+    (the all-in-one process shares its own)."""
+    endpoint = serverFromString(reactor, config["listen"])
     balancer = Balancer(reactor, random.SystemRandom(), pending_ttl=config["pending-ttl"])
     devices = None
     if config["auth-mode"] is AuthMode.REGISTERED:
@@ -145,16 +162,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor=reactor,
     )
 
-    top = StopInOrder()
-    # Started in this order, stopped one at a time in reverse: the listener
-    # goes first, the store last.
-    services: list[tuple[str, IService]] = [
-        ("store", Closer(store.close)),
-        ("discovery", DiscoveryService(discovery)),
+    return [
         ("server-watch", ServerWatchService(discovery, balancer, reactor)),
         ("http", StreamServerEndpointService(endpoint, site)),
     ]
-    for name, service in services:
-        service.setName(name)
-        service.setServiceParent(top)
-    return top

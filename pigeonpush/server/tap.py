@@ -16,6 +16,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from pigeonpush.discovery import open_discovery
+from pigeonpush.discovery.interface import Discovery
 from pigeonpush.options import (
     check_address,
     check_discovery_spec,
@@ -23,13 +24,14 @@ from pigeonpush.options import (
     check_node_id,
     check_store_url,
 )
+from pigeonpush.rpc import PullSource
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
-from pigeonpush.store import open_store
+from pigeonpush.store import Store, open_store
 
 LONGDESC = """\
 The PigeonPush push server. Devices connect to --listen and authenticate with
@@ -183,37 +185,53 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    settings = config.settings
     store = open_store(config["redis"], reactor)
     discovery = open_discovery(config["zookeeper"], reactor)
     pool = AmpPool(reactor)
     pull_source = AmpPullSource(pool)
-    hub = PushHub(store, reactor, settings, pull_source=pull_source)
+    server = build_push_server(
+        config, reactor, store, discovery, pull_source, pool=pool, amp_pull_source=pull_source
+    )
+    top = MultiService()
+    server.setServiceParent(top)
+    if config["metrics"] != "none":
+        StreamServerEndpointService(
+            serverFromString(reactor, config["metrics"]), status_site(server.hub, server, reactor)
+        ).setServiceParent(top)
+    return top
+
+
+def build_push_server(
+    config: Options,
+    reactor: Any,
+    store: Store,
+    discovery: Discovery,
+    pull_source: PullSource,
+    *,
+    pool: AmpPool | None = None,
+    amp_pull_source: AmpPullSource | None = None,
+) -> PushServerService:
+    """The hub and its service over a given store and discovery; the
+    all-in-one process passes an in-process ``pull_source`` and no pool."""
+    hub = PushHub(store, reactor, config.settings, pull_source=pull_source)
 
     def start_failed(failure: Failure) -> None:
         # Nothing useful runs without the ports: end the process (twistd logs why).
         reactor.callWhenRunning(_stop_reactor, reactor)
 
-    server = PushServerService(
+    return PushServerService(
         hub,
         reactor=reactor,
         client_endpoint=serverFromString(reactor, config["listen"]),
         rpc_endpoint=serverFromString(reactor, config["rpc"]),
         discovery=discovery,
         pool=pool,
-        pull_source=pull_source,
+        pull_source=amp_pull_source,
         advertise=config["advertise"],
         rpc_advertise=config["rpc-advertise"],
         node_id=config["node-id"],
         on_start_failure=start_failed,
     )
-    top = MultiService()
-    server.setServiceParent(top)
-    if config["metrics"] != "none":
-        StreamServerEndpointService(
-            serverFromString(reactor, config["metrics"]), status_site(hub, server, reactor)
-        ).setServiceParent(top)
-    return top
 
 
 def _stop_reactor(reactor: Any) -> None:

@@ -1,0 +1,1 @@
+"""pigeon-standalone: every PigeonPush part in one process."""

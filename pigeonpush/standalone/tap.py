@@ -1,0 +1,179 @@
+"""``twistd pigeon-standalone``: reglog, notification, delivery and one push
+server in one process, on the embedded defaults.
+
+The parts are the same classes the separate plugins run, wired over one
+store (memory by default, ``--redis`` to share or persist it) and one static
+discovery (the server registers in it and reglog sees it there). Delivery
+calls the push server in process instead of over AMP, and the server pulls
+from delivery in process. Every endpoint binds to loopback by default.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from pigeonpush.delivery.gateway import AmpGateways
+from pigeonpush.delivery.service import DeliveryWorker
+from pigeonpush.discovery.service import DiscoveryService
+from pigeonpush.discovery.static import StaticDiscovery
+from pigeonpush.notification import tap as notification_tap
+from pigeonpush.options import check_address, check_endpoint, check_store_url
+from pigeonpush.reglog import tap as reglog_tap
+from pigeonpush.rpc import PushGateway
+from pigeonpush.rpcpool import AmpPool
+from pigeonpush.server import tap as server_tap
+from pigeonpush.services import StopInOrder
+from pigeonpush.store import open_store
+
+log = Logger()
+
+#: The delivery consumer name of the all-in-one process.
+CONSUMER = "standalone"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run all of PigeonPush in one process: the route API (reglog), the "
+        "notification API, delivery and one push server, on an in-memory store "
+        "unless --redis is given. Binds to 127.0.0.1 by default. Without "
+        "--api-key or --api-keys-file, an API key is generated and logged at start."
+    )
+    optParameters = [
+        ["listen", None, "tcp:7100:interface=127.0.0.1", "Endpoint devices connect to."],
+        [
+            "rpc",
+            None,
+            "tcp:7101:interface=127.0.0.1",
+            "The push server's AMP endpoint (its address is what ROUTE holds).",
+        ],
+        ["reglog", None, "tcp:8100:interface=127.0.0.1", "Endpoint of the route API."],
+        ["api", None, "tcp:8200:interface=127.0.0.1", "Endpoint of the notification API."],
+        [
+            "advertise",
+            None,
+            None,
+            "host:port devices are told to connect to [default: 127.0.0.1:<listen port>].",
+        ],
+        ["redis", None, "memory:", "Store URL: memory: (this process only) or redis://..."],
+        ["api-keys-file", None, None, "File of API keys, one per line (# comments allowed)."],
+        ["heartbeat", None, "30", "Seconds between client PINGs when quiet."],
+        ["token-ttl", None, "300", "Seconds a token stays valid until its client connects."],
+        ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
+        ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
+        ["drain-period", None, "5", "Seconds over which a stop KICKs connected clients."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["api-key"] = []
+        self.generated_key: str | None = None
+
+    def opt_api_key(self, key: str) -> None:
+        """An API key application servers send as 'Authorization: Bearer <key>' (repeatable)."""
+        self["api-key"].append(key)
+
+    def postOptions(self) -> None:
+        for name in ("listen", "rpc", "reglog", "api"):
+            check_endpoint(f"--{name}", self[name])
+        if self["advertise"] is not None:
+            check_address("--advertise", self["advertise"])
+        check_store_url("--redis", self["redis"])
+        if not self["api-key"] and self["api-keys-file"] is None:
+            self.generated_key = secrets.token_urlsafe(24)
+            self["api-key"] = [self.generated_key]
+        # The parts parse their own options, so defaults and checks are theirs.
+        common = ["--redis", self["redis"]]
+        server = ["--listen", self["listen"], "--rpc", self["rpc"], "--zookeeper", "static:"]
+        server += ["--heartbeat", self["heartbeat"], "--drain-period", self["drain-period"]]
+        server += ["--metrics", "none", *common]
+        if self["advertise"] is not None:
+            server += ["--advertise", self["advertise"]]
+        reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
+        reglog += ["--heartbeat", self["heartbeat"], "--token-ttl", self["token-ttl"]]
+        reglog += ["--auth-mode", self["auth-mode"]]
+        if self["admin-key"] is not None:
+            reglog += ["--admin-key", self["admin-key"]]
+        notification = ["--listen", self["api"], *common]
+        for key in self["api-key"]:
+            notification += ["--api-key", key]
+        if self["api-keys-file"] is not None:
+            notification += ["--api-keys-file", self["api-keys-file"]]
+        self.server = _part(server_tap.Options(), server)
+        self.reglog = _part(reglog_tap.Options(), reglog)
+        self.notification = _part(notification_tap.Options(), notification)
+
+
+def _part(options: Any, argv: list[str]) -> Any:
+    options.parseOptions(argv)
+    return options
+
+
+class Announcement(Service):
+    """Says once, at start, where each part listens and which API key to use."""
+
+    def __init__(self, config: Options) -> None:
+        self._config = config
+
+    def startService(self) -> None:
+        super().startService()
+        config = self._config
+        log.info(
+            "PigeonPush standalone: devices connect to {listen}, the route API (reglog) "
+            "is at {reglog}, the notification API at {api}, on a {store} store",
+            listen=config["listen"],
+            reglog=config["reglog"],
+            api=config["api"],
+            store="memory" if config["redis"].startswith("memory") else "Redis",
+        )
+        if config.generated_key is not None:
+            log.info(
+                "No API key was given; use this generated one: Authorization: Bearer {key}",
+                key=config.generated_key,
+            )
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    """Only wiring. Started in order, stopped one part at a time in reverse:
+    the HTTP APIs first, then delivery (its batch in hand), then the push
+    server, which drains its clients and closes the store and discovery."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    store = open_store(config["redis"], reactor)
+    discovery = StaticDiscovery(clock=reactor)
+    pool = AmpPool(reactor)
+    remote = AmpGateways(pool)
+
+    def gateway_for(address: str) -> PushGateway:
+        # Routes name this server's RPC address; with a shared Redis a route
+        # may name another process, reached over AMP like pigeon-delivery does.
+        if address == server.hub.server_address:
+            return server.hub
+        return remote(address)
+
+    worker = DeliveryWorker(store, gateway_for, reactor, consumer=CONSUMER)
+    server = server_tap.build_push_server(
+        config.server, reactor, store, discovery, worker.pull_source, pool=pool
+    )
+    top = StopInOrder()
+    parts: list[IService] = [
+        DiscoveryService(discovery),
+        server,
+        worker,
+        *(
+            service
+            for _name, service in reglog_tap.build_reglog(config.reglog, reactor, store, discovery)
+        ),
+        notification_tap.build_api(config.notification, reactor, store),
+        Announcement(config),
+    ]
+    for part in parts:
+        part.setServiceParent(top)
+    return top
