@@ -247,3 +247,19 @@ async def test_twistd_pigeon_reglog_answers_and_stops_on_sigterm(
     assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), log
     assert "Traceback" not in log, log
     assert "Main loop terminated." in log, log
+
+
+def test_a_busy_port_fails_the_start() -> None:
+    """twistd then exits 1, instead of running on without the route API."""
+    from twisted.internet.error import CannotListenError
+    from twisted.internet.testing import MemoryReactorClock
+
+    class BusyReactor(MemoryReactorClock):
+        def listenTCP(self, port: int, *args: object, **kwargs: object) -> object:
+            raise CannotListenError("127.0.0.1", port, OSError("in use"))
+
+    service = makeService(
+        parse("--listen=tcp:8100", "--redis=memory:", "--zookeeper=static:"), BusyReactor()
+    )
+    with pytest.raises(CannotListenError):
+        service.privilegedStartService()

@@ -162,7 +162,11 @@ def build_reglog(
         reactor=reactor,
     )
 
+    http = StreamServerEndpointService(endpoint, site)
+    # A busy port fails the start (twistd exits 1) instead of leaving the
+    # process running without its API.
+    http._raiseSynchronously = True
     return [
         ("server-watch", ServerWatchService(discovery, balancer, reactor)),
-        ("http", StreamServerEndpointService(endpoint, site)),
+        ("http", http),
     ]

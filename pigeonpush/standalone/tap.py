@@ -18,11 +18,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from pigeonpush.delivery.gateway import AmpGateways
-from pigeonpush.delivery.service import DeliveryWorker
+from pigeonpush.delivery.service import DeliveryWorker, LagGauge
+from pigeonpush.delivery.tap import LAG_INTERVAL
 from pigeonpush.discovery.service import DiscoveryService
 from pigeonpush.discovery.static import StaticDiscovery
 from pigeonpush.notification import tap as notification_tap
-from pigeonpush.options import check_address, check_endpoint, check_store_url
+from pigeonpush.notification.auth import KeyFileError, key_problem, read_key_file
+from pigeonpush.options import check_address, check_endpoint, check_store_url, seconds
 from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
@@ -34,6 +36,9 @@ log = Logger()
 
 #: The delivery consumer name of the all-in-one process.
 CONSUMER = "standalone"
+#: The push server drops a connection silent for this many heartbeats (the
+#: separate plugin's defaults, 90 s for 30 s), so any --heartbeat is usable.
+IDLE_HEARTBEATS = 3
 
 
 class Options(usage.Options):
@@ -62,7 +67,12 @@ class Options(usage.Options):
         ],
         ["redis", None, "memory:", "Store URL: memory: (this process only) or redis://..."],
         ["api-keys-file", None, None, "File of API keys, one per line (# comments allowed)."],
-        ["heartbeat", None, "30", "Seconds between client PINGs when quiet."],
+        [
+            "heartbeat",
+            None,
+            "30",
+            "Seconds between client PINGs when quiet; a client silent for three is dropped.",
+        ],
         ["token-ttl", None, "300", "Seconds a token stays valid until its client connects."],
         ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
         ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
@@ -84,6 +94,8 @@ class Options(usage.Options):
         if self["advertise"] is not None:
             check_address("--advertise", self["advertise"])
         check_store_url("--redis", self["redis"])
+        heartbeat = seconds("--heartbeat", self["heartbeat"])
+        self._check_keys()
         if not self["api-key"] and self["api-keys-file"] is None:
             self.generated_key = secrets.token_urlsafe(24)
             self["api-key"] = [self.generated_key]
@@ -91,6 +103,7 @@ class Options(usage.Options):
         common = ["--redis", self["redis"]]
         server = ["--listen", self["listen"], "--rpc", self["rpc"], "--zookeeper", "static:"]
         server += ["--heartbeat", self["heartbeat"], "--drain-period", self["drain-period"]]
+        server += ["--idle-timeout", repr(heartbeat * IDLE_HEARTBEATS)]
         server += ["--metrics", "none", *common]
         if self["advertise"] is not None:
             server += ["--advertise", self["advertise"]]
@@ -107,6 +120,22 @@ class Options(usage.Options):
         self.server = _part(server_tap.Options(), server)
         self.reglog = _part(reglog_tap.Options(), reglog)
         self.notification = _part(notification_tap.Options(), notification)
+
+    def _check_keys(self) -> None:
+        """The key options' problems, named with this plugin's options (the
+        notification part would name none)."""
+        keys = [("--api-key", key) for key in self["api-key"]]
+        if self["api-keys-file"] is not None:
+            try:
+                keys += [("--api-keys-file", key) for key in read_key_file(self["api-keys-file"])]
+            except KeyFileError as e:
+                raise usage.UsageError(f"--api-keys-file: {e}") from None
+        for option, key in keys:
+            problem = key_problem(key)
+            if problem is not None:
+                raise usage.UsageError(f"{option}: {problem}")
+        if self["admin-key"] is not None and not self["admin-key"]:
+            raise usage.UsageError("--admin-key must not be empty")
 
 
 def _part(options: Any, argv: list[str]) -> Any:
@@ -162,16 +191,15 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     server = server_tap.build_push_server(
         config.server, reactor, store, discovery, worker.pull_source, pool=pool
     )
+    reglog = reglog_tap.build_reglog(config.reglog, reactor, store, discovery)
     top = StopInOrder()
     parts: list[IService] = [
         DiscoveryService(discovery),
         server,
         worker,
-        *(
-            service
-            for _name, service in reglog_tap.build_reglog(config.reglog, reactor, store, discovery)
-        ),
+        *(service for _name, service in reglog),
         notification_tap.build_api(config.notification, reactor, store),
+        LagGauge(store, LAG_INTERVAL, reactor),
         Announcement(config),
     ]
     for part in parts:
