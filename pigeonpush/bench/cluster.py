@@ -1,0 +1,471 @@
+"""One benchmark run's context, the pigeon system under test, and its generators.
+
+``Run`` carries the reactor, the ProcessSet, the progress line and the time
+bound every wait is cut to. ``start_pigeon`` brings up Redis, ZooKeeper, the
+push servers, delivery, reglog and the notification API on loopback and waits
+until reglog sees every server. ``Generators`` drives a group of load
+generator processes as one and merges what they report.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.error import ConnectError
+from twisted.internet.task import deferLater
+from twisted.web.client import ResponseFailed
+
+from pigeonpush.bench import services
+from pigeonpush.bench.control import LoadGenerator, start_loadgen
+from pigeonpush.bench.histogram import LatencyHistogram
+from pigeonpush.bench.loadgen import http_client
+from pigeonpush.bench.measure import connections_per_process
+from pigeonpush.bench.processes import ManagedProcess, ProcessSet, gather, wait_until
+from pigeonpush.bench.report import Progress
+
+
+class RunTimeout(RuntimeError):
+    """The run's --timeout ran out."""
+
+
+@attrs.define(slots=True)
+class Settings:
+    """Options every scenario shares."""
+
+    timeout: float = 600.0
+    heartbeat: float = 10.0
+    window: float = 10.0
+    log_level: str = "warn"
+    concurrency: int = 200
+    #: Clients per load generator process: below the fd limit with room for
+    #: its HTTP pool and pipes, and a spread of the client work over processes.
+    per_generator: int = attrs.field(factory=lambda: min(15_000, connections_per_process()))
+    settle: float = 2.0
+
+
+class Run:
+    def __init__(
+        self, reactor: Any, processes: ProcessSet, progress: Progress, settings: Settings
+    ) -> None:
+        self.reactor = reactor
+        self.processes = processes
+        self.progress = progress
+        self.settings = settings
+        self.deadline = reactor.seconds() + settings.timeout
+        self._generators = 0
+
+    def left(self) -> float:
+        """Seconds left before the run's bound; RunTimeout when none."""
+        left: float = self.deadline - self.reactor.seconds()
+        if left <= 0:
+            raise RunTimeout(f"the run exceeded --timeout {self.settings.timeout:g}s")
+        return left
+
+    async def sleep(self, seconds: float) -> None:
+        await deferLater(self.reactor, min(seconds, self.left()), lambda: None)
+
+    async def wait(
+        self,
+        condition: Callable[[], Any],
+        what: str,
+        *,
+        timeout: float | None = None,
+        interval: float = 0.25,
+        watch: Sequence[ManagedProcess] = (),
+    ) -> Any:
+        bound = self.left() if timeout is None else min(timeout, self.left())
+        return await wait_until(
+            self.reactor, condition, timeout=bound, what=what, interval=interval, watch=watch
+        )
+
+    async def generators(self, count: int, label: str) -> Generators:
+        """Start ``count`` load generator processes (concurrently)."""
+        first = self._generators
+        self._generators += count
+        members = await gather(
+            [
+                defer.ensureDeferred(
+                    start_loadgen(self.processes, self.reactor, f"loadgen-{first + k}-{label}")
+                )
+                for k in range(count)
+            ]
+        )
+        return Generators(self, list(members), first)
+
+    async def stop(self, processes: Sequence[ManagedProcess]) -> None:
+        """Stop the given processes, the last first (clients before servers before stores)."""
+        for process in reversed(processes):
+            await self.processes.stop(process)
+
+
+def source_address(index: int) -> str:
+    """The loopback source address of generator ``index``: 127.0.0.10 onwards,
+    so that each generator has the whole ephemeral port range to itself."""
+    return f"127.0.0.{10 + index % 240}"
+
+
+def split(total: int, parts: int) -> list[tuple[int, int]]:
+    """``(start, count)`` of ``parts`` near-equal consecutive ranges of ``total``."""
+    base, extra = divmod(total, parts)
+    ranges = []
+    start = 0
+    for part in range(parts):
+        count = base + (1 if part < extra else 0)
+        ranges.append((start, count))
+        start += count
+    return ranges
+
+
+@attrs.define(slots=True)
+class Stats:
+    """What a group of generators saw, merged."""
+
+    ready: int = 0
+    failed: int = 0
+    received: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    frames: int = 0
+    reconnects: int = 0
+    pings: int = 0
+    cpu: float = 0.0
+    first_receipt: float | None = None
+    last_receipt: float | None = None
+    last_ready: float | None = None
+    errors: dict[str, int] = attrs.field(factory=dict)
+    latency: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+    latency_send: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+
+    @classmethod
+    def merge(cls, answers: Sequence[Mapping[str, Any]]) -> Stats:
+        stats = cls()
+        for answer in answers:
+            for name in (
+                "ready",
+                "failed",
+                "received",
+                "unique",
+                "duplicates",
+                "out_of_order",
+                "frames",
+                "reconnects",
+                "pings",
+            ):
+                setattr(stats, name, getattr(stats, name) + int(answer.get(name, 0)))
+            stats.cpu += float(answer.get("cpu", 0.0))
+            stats.first_receipt = _earliest(stats.first_receipt, answer.get("first_receipt"))
+            stats.last_receipt = _latest(stats.last_receipt, answer.get("last_receipt"))
+            stats.last_ready = _latest(stats.last_ready, answer.get("last_ready"))
+            for error, count in answer.get("errors", {}).items():
+                stats.errors[error] = stats.errors.get(error, 0) + int(count)
+            if "latency" in answer:
+                stats.latency.merge(LatencyHistogram.from_json(answer["latency"]))
+            if "latency_send" in answer:
+                stats.latency_send.merge(LatencyHistogram.from_json(answer["latency_send"]))
+        return stats
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+class Generators:
+    """A group of load generators driven as one."""
+
+    def __init__(self, run: Run, members: list[LoadGenerator], first: int = 0) -> None:
+        self.run = run
+        self.members = members
+        #: The run-wide number of the first member: each generator of a run
+        #: connects from its own source address, so that a phase never meets
+        #: the TIME_WAIT ports a previous phase left on its address.
+        self.first = first
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [member.process for member in self.members if member.process is not None]
+
+    async def call_each(
+        self, command: str, arguments: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``command`` on every member (``arguments[k]`` for member k), concurrently."""
+        results = await gather(
+            [
+                defer.ensureDeferred(_call(member, command, args))
+                for member, args in zip(self.members, arguments, strict=True)
+            ]
+        )
+        return list(results)
+
+    async def stats(self) -> Stats:
+        return Stats.merge(await self.call_each("stats", [{} for _ in self.members]))
+
+    async def reset(self) -> None:
+        await self.call_each("reset", [{} for _ in self.members])
+
+    async def connect(
+        self,
+        protocol: str,
+        count: int,
+        targets: Sequence[Mapping[str, Any]],
+        *,
+        label: str,
+        reconnect: bool = False,
+    ) -> tuple[float, Stats]:
+        """Connect ``count`` clients, split evenly over the members and, within
+        a member, over ``targets`` (each a ``server`` or ``reglog`` argument).
+        The seconds it took, and the merged stats after."""
+        run = self.run
+        jobs: list[tuple[LoadGenerator, dict[str, Any]]] = []
+        for index, (member, (start, share)) in enumerate(
+            zip(self.members, split(count, len(self.members)), strict=True)
+        ):
+            for (offset, part), target in zip(split(share, len(targets)), targets, strict=True):
+                if part:
+                    jobs.append(
+                        (
+                            member,
+                            {
+                                "protocol": protocol,
+                                "start": start + offset,
+                                "count": part,
+                                "source": source_address(self.first + index),
+                                "concurrency": run.settings.concurrency,
+                                "heartbeat": run.settings.heartbeat,
+                                "reconnect": reconnect,
+                                **target,
+                            },
+                        )
+                    )
+
+        def progress(generator: LoadGenerator, message: Mapping[str, Any]) -> None:
+            ready = sum(int(m.last_progress.get("ready", 0)) for m in self.members)
+            failed = sum(int(m.last_progress.get("failed", 0)) for m in self.members)
+            run.progress.update(f"{label}: {ready:,}/{count:,} connected, {failed:,} failed")
+
+        for member in self.members:
+            member.on_progress = progress
+        started = run.reactor.seconds()
+        connecting = gather(
+            [defer.ensureDeferred(_call(member, "connect", args)) for member, args in jobs]
+        )
+        connecting.addTimeout(run.left(), run.reactor)
+        try:
+            await connecting
+        except defer.TimeoutError:
+            raise RunTimeout(f"{label}: connecting {count:,} clients exceeded --timeout") from None
+        finally:
+            for member in self.members:
+                member.on_progress = None
+        seconds = run.reactor.seconds() - started
+        return seconds, await self.stats()
+
+    async def finish(self) -> None:
+        """Let every member close its connections and exit; bounded by ProcessSet.stop."""
+        for member in self.members:
+            member.finish()
+        for process in self.processes:
+            await self.run.processes.stop(process, timeout=15.0)
+
+
+async def _call(member: LoadGenerator, command: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    return await member.call(command, **args)
+
+
+# --- the pigeon system -------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class PigeonCluster:
+    redis: services.Redis
+    zookeeper: services.ZooKeeper
+    servers: list[services.PigeonServer]
+    delivery: services.Listener
+    reglog: services.Listener
+    notification: services.Listener | None
+    api_key: str
+
+    @property
+    def server_pids(self) -> dict[str, int]:
+        return {server.node_id: server.process.pid for server in self.servers}
+
+    @property
+    def system_pids(self) -> dict[str, int]:
+        """Every process of the pigeon system but ZooKeeper (idle in steady state)."""
+        pids = dict(self.server_pids)
+        pids["redis"] = self.redis.process.pid
+        pids["delivery"] = self.delivery.process.pid
+        pids["reglog"] = self.reglog.process.pid
+        if self.notification is not None:
+            pids["notification"] = self.notification.process.pid
+        return pids
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """In start order (stores first), for Run.stop."""
+        found = [self.redis.process, self.zookeeper.process, self.delivery.process]
+        found += [server.process for server in self.servers]
+        found.append(self.reglog.process)
+        if self.notification is not None:
+            found.append(self.notification.process)
+        return found
+
+
+async def start_pigeon(
+    run: Run, *, servers: int, capacity: int, notification: bool = True
+) -> PigeonCluster:
+    reactor, processes, settings = run.reactor, run.processes, run.settings
+    run.progress.phase(
+        f"starting pigeonpush: Redis, ZooKeeper, {servers} pigeon-server, delivery, reglog"
+        + (", notification" if notification else "")
+    )
+    stores = await _together(
+        services.start_redis(processes, reactor),
+        services.start_zookeeper(processes, reactor),
+    )
+    redis, zookeeper = stores
+    assert isinstance(redis, services.Redis) and isinstance(zookeeper, services.ZooKeeper)
+    level = settings.log_level
+    started = await _together(
+        services.start_delivery(
+            processes, reactor, redis_url=redis.url, zookeeper=zookeeper.hosts, log_level=level
+        ),
+        *(
+            services.start_pigeon_server(
+                processes,
+                reactor,
+                index=index,
+                redis_url=redis.url,
+                zookeeper=zookeeper.hosts,
+                heartbeat=settings.heartbeat,
+                capacity=capacity,
+                log_level=level,
+            )
+            for index in range(servers)
+        ),
+        services.start_reglog(
+            processes,
+            reactor,
+            redis_url=redis.url,
+            zookeeper=zookeeper.hosts,
+            heartbeat=settings.heartbeat,
+            log_level=level,
+        ),
+    )
+    delivery, *pigeon_servers, reglog = started
+    api_key = secrets.token_urlsafe(24)
+    api = None
+    if notification:
+        api = await services.start_notification(
+            processes, reactor, redis_url=redis.url, api_key=api_key, log_level=level
+        )
+    cluster = PigeonCluster(
+        redis=redis,
+        zookeeper=zookeeper,
+        servers=list(pigeon_servers),
+        delivery=delivery,
+        reglog=reglog,
+        notification=api,
+        api_key=api_key,
+    )
+    await wait_for_servers(run, cluster, servers)
+    return cluster
+
+
+async def _together(*starts: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run start coroutines concurrently; the first failure fails all (the
+    ProcessSet stops whatever the others started)."""
+    results = await gather([defer.ensureDeferred(start) for start in starts])
+    return list(results)
+
+
+async def wait_for_servers(run: Run, cluster: PigeonCluster, count: int) -> None:
+    """Until reglog's /health counts ``count`` live push servers (registration
+    in ZooKeeper reached reglog's watch)."""
+    pool, http = http_client(run.reactor, 1)
+
+    async def counted() -> bool:
+        try:
+            response = await http.get(
+                f"{cluster.reglog.url}/health", reactor=run.reactor, timeout=5
+            )
+            body = await response.json()
+        except (ConnectError, ResponseFailed, defer.CancelledError, ValueError):
+            return False
+        return isinstance(body, dict) and body.get("servers") == count
+
+    try:
+        await run.wait(
+            counted,
+            f"reglog seeing {count} push server(s)",
+            timeout=60.0,
+            watch=cluster.processes,
+        )
+    finally:
+        await pool.closeCachedConnections()
+
+
+# --- looking into Redis -------------------------------------------------------------
+
+_WAIT_ACK_TOTAL = """
+local total = 0
+local cursor = "0"
+repeat
+  local reply = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", 1000)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do
+    total = total + redis.call("SCARD", key)
+  end
+until cursor == "0"
+return total
+"""
+
+_QUEUE_STATE = """
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  return {0, 0, 0}
+end
+local length = redis.call("XLEN", KEYS[1])
+local pending, read = 0, 0
+for _, group in ipairs(redis.call("XINFO", "GROUPS", KEYS[1])) do
+  for i = 1, #group, 2 do
+    if group[i] == "pending" then pending = pending + group[i + 1] end
+    if group[i] == "entries-read" and group[i + 1] then read = read + group[i + 1] end
+  end
+end
+return {length, read, pending}
+"""
+
+
+class RedisProbe:
+    """Read-only questions to the run's Redis about what is left undelivered."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, port: int, host: str = services.HOST) -> RedisProbe:
+        import txredisapi
+
+        connection = await txredisapi.Connection(host, port, reconnect=False, convertNumbers=False)
+        return cls(connection)
+
+    async def wait_ack_total(self) -> int:
+        """Message ids still waiting for an ACK, over every client."""
+        total = await self._connection.eval(_WAIT_ACK_TOTAL, [], ["PIGEON:WAIT_ACK:*"])
+        return int(total)
+
+    async def queue_state(self) -> tuple[int, int, int]:
+        """(stream length, entries read by delivery, entries read and not yet handled)."""
+        length, read, pending = await self._connection.eval(_QUEUE_STATE, ["PIGEON:QUEUE"], [])
+        return int(length), int(read), int(pending)
+
+    async def close(self) -> None:
+        await self._connection.disconnect()

@@ -1,0 +1,864 @@
+"""The load generator: ``python -m pigeonpush.bench.loadgen``.
+
+The benchmark starts one or more of these and drives each over its stdin and
+stdout, one JSON object per line. A command is ``{"id": N, "cmd": NAME, ...}``
+and gets exactly one answer ``{"id": N, "ok": true, "result": {...}}`` or
+``{"id": N, "ok": false, "error": "..."}``; commands run concurrently, so
+``stats`` answers while a ``connect`` is still going. Unsolicited lines are
+``{"event": "progress", ...}``. End of stdin stops the process.
+
+Commands:
+
+``connect``
+    ``protocol`` (``pigeon`` through a reglog at ``reglog``; ``framing`` or
+    ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
+    and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
+    address to connect from: several 127.0.0.x spread the ephemeral ports),
+    ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
+    ``reconnect`` (come back after a loss, through reglog again). Answers once
+    every client is ready or has failed its attempts.
+``stats`` / ``reset``
+    What the clients saw (counts, receipt times, latency histograms, errors,
+    this process's CPU); ``reset`` zeroes the message counters.
+``close``
+    Close every connection (no reconnect).
+``publish_api``
+    Notifications through the notification API's batch endpoint, each to one
+    random client of ``prefix`` ``0 .. clients-1``.
+``publish_mqtt``
+    QoS 1 PUBLISHes to random clients' topics through an MQTT broker.
+``publish_amp``
+    AMP ``Push`` batches straight to a pigeon-server's RPC endpoint.
+
+Latency is measured from the message's acceptance (the ULID timestamp of its
+messageId: milliseconds) and from its sending (a timestamp the publisher puts
+at the start of the text: microseconds) to its receipt here. All processes run
+on one machine, so their clocks are the same clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+
+from pigeonpush.bench import mqtt
+from pigeonpush.bench.clients import (
+    BenchClient,
+    FramingClient,
+    HeartbeatWheel,
+    MqttClient,
+    PigeonClient,
+    mqtt_topic,
+)
+from pigeonpush.bench.histogram import LatencyHistogram
+from pigeonpush.bench.measure import cpu_seconds
+
+log = Logger()
+
+PROTOCOLS = ("pigeon", "framing", "mqtt")
+#: Seconds one connection attempt (route, connect, handshake) may take.
+ATTEMPT_TIMEOUT = 20.0
+#: Attempts per client for an initial connect.
+ATTEMPTS = 5
+#: Reconnect backoff: full jitter under min(cap, base * 2**attempt).
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+
+class AttemptFailed(Exception):
+    """One connection attempt failed; ``str()`` is a short snake_case reason."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host, int(port)
+
+
+def payload_text(size: int, sent_at: float) -> str:
+    """A message text of ``size`` characters starting with its sending time."""
+    stamp = f"{sent_at:.6f}|"
+    return stamp + "x" * max(0, size - len(stamp))
+
+
+def sent_time(text: str) -> float | None:
+    stamp, bar, _ = text.partition("|")
+    if not bar:
+        return None
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
+
+
+def http_client(reactor: Any, connections: int) -> tuple[HTTPConnectionPool, HTTPClient]:
+    """A treq client on its own pool of persistent connections (close the pool after)."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = connections
+    pool.retryAutomatically = False
+    return pool, HTTPClient(Agent(reactor, pool=pool))
+
+
+class Recorder:
+    """What this process's clients received."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.received = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.frames = 0
+        self.first_receipt: float | None = None
+        self.last_receipt: float | None = None
+        self.seen: set[str] = set()
+        self.last_key: dict[int, str] = {}
+        self.latency = LatencyHistogram()
+        self.latency_send = LatencyHistogram()
+
+    def message(self, index: int, key: str, text: str, accepted_ms: int | None) -> None:
+        now = self._clock.seconds()
+        self.received += 1
+        if self.first_receipt is None:
+            self.first_receipt = now
+        self.last_receipt = now
+        seen = self.seen
+        if key in seen:
+            self.duplicates += 1
+            return
+        seen.add(key)
+        if accepted_ms is not None:
+            self.latency.record((now * 1000.0 - accepted_ms) * 1000.0)
+            # Pigeon messageIds are time-ordered: a smaller one after a larger
+            # one for the same client is an order violation.
+            last = self.last_key.get(index)
+            if last is not None and key < last:
+                self.out_of_order += 1
+            else:
+                self.last_key[index] = key
+        sent = sent_time(text)
+        if sent is not None:
+            self.latency_send.record((now - sent) * 1_000_000.0)
+
+    def frame(self) -> None:
+        now = self._clock.seconds()
+        self.frames += 1
+        if self.first_receipt is None:
+            self.first_receipt = now
+        self.last_receipt = now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "unique": len(self.seen),
+            "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
+            "frames": self.frames,
+            "first_receipt": self.first_receipt,
+            "last_receipt": self.last_receipt,
+            "latency": self.latency.to_json(),
+            "latency_send": self.latency_send.to_json(),
+        }
+
+
+class Fleet:
+    """The client connections of this process, their handshakes and reconnects."""
+
+    def __init__(self, reactor: Any, recorder: Recorder, settings: Mapping[str, Any]) -> None:
+        protocol = settings["protocol"]
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        self._reactor = reactor
+        self.recorder = recorder
+        self.protocol: str = protocol
+        self.prefix: str = str(settings.get("prefix", "bench-"))
+        self.start = int(settings.get("start", 0))
+        self.count = int(settings["count"])
+        self.source: str | None = settings.get("source")
+        self.heartbeat = float(settings.get("heartbeat", 30.0))
+        self.reconnect = bool(settings.get("reconnect", False))
+        self.reglog: str | None = settings.get("reglog")
+        self.server: str | None = settings.get("server")
+        if protocol == "pigeon" and not self.reglog:
+            raise ValueError("protocol pigeon needs reglog (its URL)")
+        if protocol != "pigeon" and not self.server:
+            raise ValueError(f"protocol {protocol} needs server (host:port)")
+        self.clients: list[BenchClient | None] = [None] * self.count
+        self.ready_count = 0
+        self.failed = 0
+        self.reconnects = 0
+        self.last_ready: float | None = None
+        self.errors: Counter[str] = Counter()
+        self.wheel: HeartbeatWheel | None = None
+        self.stopping = False
+        self._waiting: dict[int, defer.Deferred[None]] = {}
+        self._random = random.Random(int(settings.get("seed", 0)) ^ self.start)
+        self._pool: HTTPConnectionPool | None = None
+        self._http: HTTPClient | None = None
+
+    def client_id(self, index: int) -> str:
+        return f"{self.prefix}{self.start + index}"
+
+    # -- callbacks from the connections (clients.Fleet) -----------------------
+
+    def ready(self, client: BenchClient, heartbeat: float | None) -> None:
+        self.clients[client.index] = client
+        self.ready_count += 1
+        self.last_ready = self._reactor.seconds()
+        if self.wheel is None:
+            self.wheel = HeartbeatWheel(self._reactor, heartbeat or self.heartbeat)
+        self.wheel.add(client)
+        waiting = self._waiting.pop(client.index, None)
+        if waiting is not None:
+            waiting.callback(None)
+
+    def refused(self, client: BenchClient, reason: str) -> None:
+        waiting = self._waiting.pop(client.index, None)
+        if waiting is not None:
+            waiting.errback(AttemptFailed(reason))
+
+    def lost(self, client: BenchClient, reason: str) -> None:
+        waiting = self._waiting.pop(client.index, None)
+        if waiting is not None:
+            waiting.errback(AttemptFailed(f"lost_before_ready_{reason}"))
+            return
+        if self.clients[client.index] is not client:
+            return
+        self.clients[client.index] = None
+        self.ready_count -= 1
+        if self.wheel is not None:
+            self.wheel.discard(client)
+        if self.stopping:
+            return
+        self.errors[f"lost_{reason}"] += 1
+        if self.reconnect:
+            self.reconnects += 1
+            defer.ensureDeferred(self._keep_connected(client.index))
+
+    def pushed(self, client: BenchClient, key: str, text: str, accepted_ms: int | None) -> None:
+        # The run-wide client number: a process may hold several fleets.
+        self.recorder.message(self.start + client.index, key, text, accepted_ms)
+
+    def framed(self) -> None:
+        self.recorder.frame()
+
+    # -- connecting -----------------------------------------------------------
+
+    async def connect_all(self, concurrency: int, progress: Callable[[], None]) -> dict[str, Any]:
+        started = self._reactor.seconds()
+        semaphore = defer.DeferredSemaphore(max(1, concurrency))
+
+        async def one(index: int) -> None:
+            await semaphore.acquire()
+            try:
+                await self._connect_with_retries(index, ATTEMPTS)
+            finally:
+                semaphore.release()
+
+        ticker = _Ticker(self._reactor, 0.5, progress)
+        try:
+            await defer.gatherResults(
+                [defer.ensureDeferred(one(index)) for index in range(self.count)],
+                consumeErrors=True,
+            )
+        finally:
+            ticker.stop()
+        return {
+            "ready": self.ready_count,
+            "failed": self.failed,
+            "seconds": self._reactor.seconds() - started,
+            "errors": dict(self.errors),
+        }
+
+    async def _connect_with_retries(self, index: int, attempts: int) -> None:
+        for attempt in range(attempts):
+            if self.stopping:
+                return
+            try:
+                await self._attempt(index)
+                return
+            except AttemptFailed as e:
+                self.errors[str(e)] += 1
+            await self._backoff(attempt)
+        self.failed += 1
+
+    async def _keep_connected(self, index: int) -> None:
+        """After a loss: jitter, then route and connect again until it works."""
+        await deferLater(self._reactor, self._random.uniform(0, BACKOFF_BASE * 5), lambda: None)
+        attempt = 0
+        while not self.stopping and self.clients[index] is None:
+            try:
+                await self._attempt(index)
+                return
+            except AttemptFailed as e:
+                self.errors[str(e)] += 1
+            await self._backoff(attempt)
+            attempt += 1
+
+    async def _backoff(self, attempt: int) -> None:
+        delay = self._random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+        await deferLater(self._reactor, delay, lambda: None)
+
+    async def _attempt(self, index: int) -> None:
+        client_id = self.client_id(index)
+        protocol: Protocol
+        if self.protocol == "pigeon":
+            token, address = await self._route(client_id)
+            protocol = PigeonClient(self, index, client_id, token, self._reactor)
+        elif self.protocol == "mqtt":
+            assert self.server is not None
+            address = self.server
+            protocol = MqttClient(self, index, client_id, max(1, round(self.heartbeat)))
+        else:
+            assert self.server is not None
+            address = self.server
+            protocol = FramingClient(self, index)
+        host, port = split_address(address)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._waiting[index] = waiting
+        endpoint = TCP4ClientEndpoint(
+            self._reactor,
+            host,
+            port,
+            timeout=ATTEMPT_TIMEOUT,
+            bindAddress=(self.source, 0) if self.source else None,
+        )
+        try:
+            await connectProtocol(endpoint, protocol)
+        except ConnectError as e:
+            self._waiting.pop(index, None)
+            raise AttemptFailed(f"connect_{type(e).__name__}") from None
+        waiting.addTimeout(ATTEMPT_TIMEOUT, self._reactor)
+        try:
+            await waiting
+        except defer.TimeoutError:
+            self._waiting.pop(index, None)
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            raise AttemptFailed("handshake_timeout") from None
+
+    async def _route(self, client_id: str) -> tuple[str, str]:
+        if self._http is None:
+            self._pool, self._http = http_client(self._reactor, 64)
+        try:
+            response = await self._http.post(
+                f"{self.reglog}/v1/route",
+                json={"clientId": client_id},
+                reactor=self._reactor,
+                timeout=ATTEMPT_TIMEOUT,
+            )
+            body = await response.json()
+        except (ConnectError, ResponseFailed, defer.CancelledError, ValueError) as e:
+            raise AttemptFailed(f"route_{type(e).__name__}") from None
+        if response.code != 200:
+            raise AttemptFailed(f"route_http_{response.code}")
+        try:
+            return str(body["token"]), str(body["server"])
+        except (KeyError, TypeError):
+            raise AttemptFailed("route_bad_answer") from None
+
+    # -- the rest ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self.stopping = True
+        if self.wheel is not None:
+            self.wheel.stop()
+        for client in self.clients:
+            if client is not None:
+                client.close()
+
+    async def shutdown(self) -> None:
+        self.close()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready_count,
+            "failed": self.failed,
+            "reconnects": self.reconnects,
+            "last_ready": self.last_ready,
+            "errors": dict(self.errors),
+            "pings": self.wheel.pings if self.wheel is not None else 0,
+        }
+
+
+class _Ticker:
+    """Calls ``function`` every ``interval`` until stopped."""
+
+    def __init__(self, clock: IReactorTime, interval: float, function: Callable[[], None]) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._function = function
+        self._call = clock.callLater(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._function()
+        self._call = self._clock.callLater(self._interval, self._tick)
+
+    def stop(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+# --- publishers ------------------------------------------------------------------
+
+
+class Pacer:
+    """Spreads items over time at ``rate`` per second (0: no pacing).
+
+    Items due within the next ``SLACK`` seconds go at once: one timer per
+    millisecond instead of one per item keeps the generator's own cost low.
+    """
+
+    SLACK = 0.001
+
+    def __init__(self, clock: IReactorTime, rate: float) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.started = clock.seconds()
+
+    async def wait_for(self, sent: int) -> None:
+        """Wait until item number ``sent`` is due."""
+        if self.rate <= 0:
+            return
+        due = self.started + sent / self.rate
+        delay = due - self._clock.seconds()
+        if delay > self.SLACK:
+            await deferLater(self._clock, delay, lambda: None)
+
+
+async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Send ``messages`` notifications through ``POST /v1/notifications/batch``."""
+    api = str(settings["api"])
+    key = str(settings["key"])
+    prefix = str(settings.get("prefix", "bench-"))
+    clients = int(settings["clients"])
+    messages = int(settings["messages"])
+    size = int(settings.get("size", 100))
+    batch = max(1, int(settings.get("batch", 100)))
+    concurrency = max(1, int(settings.get("concurrency", 4)))
+    pacer = Pacer(reactor, float(settings.get("rate", 0)))
+    chooser = random.Random(int(settings.get("seed", 1)))
+    round_robin = settings.get("spread", "random") == "round_robin"
+    if clients <= 0 or messages < 0:
+        raise ValueError("clients must be positive and messages not negative")
+    pool, http = http_client(reactor, concurrency)
+    headers = Headers({"Authorization": [f"Bearer {key}"], "Content-Type": ["application/json"]})
+    counts: Counter[str] = Counter()
+    sent = 0
+    started = reactor.seconds()
+    last_accept = started
+
+    async def post(items: list[dict[str, Any]]) -> None:
+        nonlocal last_accept
+        body = json.dumps({"notifications": items}, separators=(",", ":")).encode()
+        for attempt in range(4):
+            try:
+                response = await http.post(
+                    f"{api}/v1/notifications/batch",
+                    data=body,
+                    headers=headers,
+                    reactor=reactor,
+                    timeout=60,
+                )
+                answer = await response.json()
+            except (ConnectError, ResponseFailed, defer.CancelledError, ValueError) as e:
+                counts[f"http_{type(e).__name__}"] += 1
+            else:
+                if response.code == 200:
+                    last_accept = reactor.seconds()
+                    for result in answer.get("results", []):
+                        counts["accepted" if "messageId" in result else "refused"] += 1
+                    return
+                counts[f"http_{response.code}"] += 1
+                if response.code < 500:
+                    counts["refused"] += len(items)
+                    return
+            await deferLater(reactor, 0.1 * 2**attempt, lambda: None)
+        counts["failed"] += len(items)
+
+    async def worker() -> None:
+        nonlocal sent
+        while sent < messages:
+            count = min(batch, messages - sent)
+            first = sent
+            sent += count
+            await pacer.wait_for(first)
+            now = reactor.seconds()
+            text = payload_text(size, now)
+            targets = [
+                (first + k) % clients if round_robin else chooser.randrange(clients)
+                for k in range(count)
+            ]
+            items = [
+                {"to": [f"{prefix}{target}"], "title": "bench", "text": text} for target in targets
+            ]
+            await post(items)
+
+    try:
+        await defer.gatherResults(
+            [defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True
+        )
+    finally:
+        await pool.closeCachedConnections()
+    return {
+        "accepted": counts.pop("accepted", 0),
+        "refused": counts.pop("refused", 0),
+        "failed": counts.pop("failed", 0),
+        "errors": dict(counts),
+        "started": started,
+        "last_accept": last_accept,
+        "seconds": reactor.seconds() - started,
+    }
+
+
+class MqttPublisher(Protocol):
+    """An MQTT client that publishes at QoS 1 within a window of un-ACKed packets."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, min(window, 0xFFFF - 1))
+        self.reader = mqtt.PacketReader()
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self.in_flight: set[int] = set()
+        self.acked = 0
+        self._next_id = 0
+        self._slot: defer.Deferred[None] | None = None
+        self._all_acked: defer.Deferred[None] | None = None
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.transport.write(mqtt.connect(f"bench-publisher-{os.getpid()}", 60))
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        for first, body in self.reader.feed(data):
+            kind = first >> 4
+            if kind == mqtt.PUBACK:
+                self.in_flight.discard(mqtt.parse_puback(body))
+                self.acked += 1
+                if self._slot is not None and len(self.in_flight) < self.window:
+                    slot, self._slot = self._slot, None
+                    slot.callback(None)
+                if self._all_acked is not None and not self.in_flight:
+                    done, self._all_acked = self._all_acked, None
+                    done.callback(None)
+            elif kind == mqtt.CONNACK:
+                code = mqtt.parse_connack(body)
+                if code:
+                    self.ready.errback(AttemptFailed(f"connack_{code}"))
+                else:
+                    self.ready.callback(None)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        assert self.transport is not None
+        packet_id = self._next_id % 0xFFFF + 1
+        while packet_id in self.in_flight:
+            packet_id = packet_id % 0xFFFF + 1
+        self._next_id = packet_id
+        self.in_flight.add(packet_id)
+        self.transport.write(mqtt.publish(topic, payload, 1, packet_id))
+
+    def slot(self) -> defer.Deferred[None]:
+        if len(self.in_flight) < self.window:
+            return defer.succeed(None)
+        self._slot = defer.Deferred()
+        return self._slot
+
+    def drained(self) -> defer.Deferred[None]:
+        if not self.in_flight:
+            return defer.succeed(None)
+        self._all_acked = defer.Deferred()
+        return self._all_acked
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        for waiting in (self._slot, self._all_acked):
+            if waiting is not None and not waiting.called:
+                waiting.errback(AttemptFailed("publisher_connection_lost"))
+        if not self.ready.called:
+            self.ready.errback(AttemptFailed("publisher_connection_lost"))
+
+
+async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Publish ``messages`` QoS 1 messages, each to one random client's topic."""
+    host, port = split_address(str(settings["server"]))
+    prefix = str(settings.get("prefix", "bench-"))
+    clients = int(settings["clients"])
+    messages = int(settings["messages"])
+    size = int(settings.get("size", 100))
+    pacer = Pacer(reactor, float(settings.get("rate", 0)))
+    chooser = random.Random(int(settings.get("seed", 1)))
+    publisher = MqttPublisher(int(settings.get("window", 1000)))
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=ATTEMPT_TIMEOUT)
+    await connectProtocol(endpoint, publisher)
+    await publisher.ready
+    started = reactor.seconds()
+    for sequence in range(messages):
+        await pacer.wait_for(sequence)
+        await publisher.slot()
+        text = payload_text(size, reactor.seconds()).encode()
+        publisher.publish(
+            mqtt_topic(f"{prefix}{chooser.randrange(clients)}"), b"%d|%s" % (sequence, text)
+        )
+    await publisher.drained()
+    finished = reactor.seconds()
+    assert publisher.transport is not None
+    publisher.transport.write(mqtt.DISCONNECT_PACKET)
+    publisher.transport.loseConnection()
+    return {
+        "accepted": publisher.acked,
+        "refused": 0,
+        "failed": messages - publisher.acked,
+        "errors": {},
+        "started": started,
+        "last_accept": finished,
+        "seconds": finished - started,
+    }
+
+
+async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Push ``messages`` straight into a pigeon-server over its AMP ``Push``, as
+    delivery does: the server's write path without the API, Redis and delivery
+    in front of it. Items the server answers WINDOW_FULL are sent again."""
+    from twisted.protocols import amp
+
+    from pigeonpush.ids import MessageIdGenerator
+    from pigeonpush.rpc import Push, PushItem, PushStatus, encode_batches
+
+    host, port = split_address(str(settings["rpc"]))
+    prefix = str(settings.get("prefix", "bench-"))
+    clients = int(settings["clients"])
+    messages = int(settings["messages"])
+    size = int(settings.get("size", 100))
+    batch = max(1, int(settings.get("batch", 100)))
+    concurrency = max(1, int(settings.get("concurrency", 4)))
+    if clients <= 0 or messages < 0:
+        raise ValueError("clients must be positive and messages not negative")
+    connection = amp.AMP()
+    await connectProtocol(
+        TCP4ClientEndpoint(reactor, host, port, timeout=ATTEMPT_TIMEOUT), connection
+    )
+    assert connection.transport is not None
+    connection.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+    new_id = MessageIdGenerator(reactor)
+    queue: list[PushItem] = []
+    counts: Counter[str] = Counter()
+    made = 0
+    started = reactor.seconds()
+
+    def next_items() -> list[PushItem]:
+        nonlocal made
+        items = queue[:batch]
+        del queue[:batch]
+        text = payload_text(size, reactor.seconds())
+        while len(items) < batch and made < messages:
+            client_id = f"{prefix}{made % clients}"
+            items.append(PushItem(client_id, new_id(), "bench", text))
+            made += 1
+        return items
+
+    async def worker() -> None:
+        while True:
+            items = next_items()
+            if not items:
+                if made >= messages and not queue and not busy:
+                    return
+                await deferLater(reactor, 0.005, lambda: None)
+                continue
+            busy.append(1)
+            try:
+                offset = 0
+                for count, value in encode_batches(items):
+                    answer = await connection.callRemote(Push, batch=value)
+                    chunk = items[offset : offset + count]
+                    for item, status in zip(chunk, answer["results"], strict=True):
+                        if status == PushStatus.WRITTEN:
+                            counts["accepted"] += 1
+                        elif status == PushStatus.WINDOW_FULL:
+                            counts["window_full"] += 1
+                            queue.append(item)
+                        else:
+                            counts[PushStatus(status).name.lower()] += 1
+                    offset += count
+            finally:
+                busy.pop()
+            if queue:
+                # The clients' windows are full: give their ACKs a moment.
+                await deferLater(reactor, 0.001, lambda: None)
+
+    busy: list[int] = []
+    try:
+        await defer.gatherResults(
+            [defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True
+        )
+    finally:
+        connection.transport.loseConnection()
+    accepted = counts.pop("accepted", 0)
+    return {
+        "accepted": accepted,
+        "refused": 0,
+        "failed": messages - accepted,
+        "errors": dict(counts),
+        "started": started,
+        "last_accept": reactor.seconds(),
+        "seconds": reactor.seconds() - started,
+    }
+
+
+# --- the control channel ---------------------------------------------------------
+
+
+class Controller(LineReceiver):
+    """JSON-lines commands from the benchmark on stdin, answers on stdout."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.recorder = Recorder(reactor)
+        self.fleets: list[Fleet] = []
+        self.finished: defer.Deferred[None] = defer.Deferred()
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "connect": self._connect,
+            "stats": self._stats,
+            "reset": self._reset,
+            "close": self._close,
+            "publish_api": lambda command: publish_api(self._reactor, command),
+            "publish_mqtt": lambda command: publish_mqtt(self._reactor, command),
+            "publish_amp": lambda command: publish_amp(self._reactor, command),
+        }
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self.sendLine(json.dumps(message, separators=(",", ":")).encode())
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            command = json.loads(line)
+            ident = command["id"]
+            name = command["cmd"]
+        except (ValueError, KeyError, TypeError):
+            self.send({"id": None, "ok": False, "error": f"not a command: {line[:200]!r}"})
+            return
+        handler = self._commands.get(name)
+        if handler is None:
+            self.send({"id": ident, "ok": False, "error": f"unknown command {name!r}"})
+            return
+        defer.ensureDeferred(self._run(ident, handler, command))
+
+    async def _run(
+        self,
+        ident: Any,
+        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+        command: dict[str, Any],
+    ) -> None:
+        try:
+            result = await handler(command)
+        except (ValueError, KeyError, TypeError, AttemptFailed, ConnectError) as e:
+            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            return
+        except Exception as e:
+            log.failure("Command {name} failed", name=command.get("cmd"))
+            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            return
+        self.send({"id": ident, "ok": True, "result": result})
+
+    async def _connect(self, command: dict[str, Any]) -> dict[str, Any]:
+        fleet = Fleet(self._reactor, self.recorder, command)
+        self.fleets.append(fleet)
+
+        def progress() -> None:
+            self.send({"event": "progress", "ready": fleet.ready_count, "failed": fleet.failed})
+
+        return await fleet.connect_all(int(command.get("concurrency", 100)), progress)
+
+    async def _stats(self, command: dict[str, Any]) -> dict[str, Any]:
+        fleets = [fleet.to_json() for fleet in self.fleets]
+        errors: Counter[str] = Counter()
+        for fleet in self.fleets:
+            errors.update(fleet.errors)
+        last_ready = [fleet.last_ready for fleet in self.fleets if fleet.last_ready is not None]
+        return {
+            **self.recorder.to_json(),
+            "ready": sum(fleet.ready_count for fleet in self.fleets),
+            "failed": sum(fleet.failed for fleet in self.fleets),
+            "reconnects": sum(fleet.reconnects for fleet in self.fleets),
+            "pings": sum(item["pings"] for item in fleets),
+            "last_ready": max(last_ready) if last_ready else None,
+            "errors": dict(errors),
+            "cpu": cpu_seconds(os.getpid()),
+            "now": self._reactor.seconds(),
+        }
+
+    async def _reset(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.recorder.reset()
+        return {}
+
+    async def _close(self, command: dict[str, Any]) -> dict[str, Any]:
+        for fleet in self.fleets:
+            await fleet.shutdown()
+        closed = len(self.fleets)
+        self.fleets = []
+        return {"fleets": closed}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """stdin closed: the benchmark is done with this process (or gone)."""
+        for fleet in self.fleets:
+            fleet.close()
+        if not self.finished.called:
+            self.finished.callback(None)
+
+
+def main(reactor: Any) -> defer.Deferred[None]:
+    from twisted.internet.stdio import StandardIO
+
+    controller = Controller(reactor)
+    StandardIO(controller, reactor=reactor)
+    controller.send({"event": "started", "pid": os.getpid()})
+    return controller.finished
+
+
+if __name__ == "__main__":
+    from twisted.internet.task import react
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    # Warnings and up: Twisted logs every client factory's start and stop at
+    # info, which for thousands of connections would cost the generator more
+    # than its clients do.
+    quiet = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [quiet])]
+    )
+    react(main)

@@ -1,0 +1,408 @@
+"""Start, watch and stop the processes of one benchmark run.
+
+Every child runs through ``pigeonpush.bench.launch``: its own session and
+process group, and a SIGKILL from the kernel if the benchmark itself dies. A
+``ProcessSet`` owns the children of one run and stops them all (SIGTERM to each
+group, then SIGKILL after a bound) whatever happens: its caller's
+try/finally, a reactor shutdown (Ctrl-C, SIGTERM) and, as the last resort, an
+atexit hook that SIGKILLs any group still registered.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IReactorProcess, IReactorTCP, IReactorTime
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+#: Process groups started by any ProcessSet of this process and not yet reaped.
+_LIVE_GROUPS: set[int] = set()
+_ATEXIT_ARMED = False
+
+
+def _kill_leftovers() -> None:
+    """atexit: SIGKILL every group a run failed to stop (it never should)."""
+    for pgid in list(_LIVE_GROUPS):
+        _signal_group(pgid, signal.SIGKILL)
+    _LIVE_GROUPS.clear()
+
+
+def _arm_atexit() -> None:
+    global _ATEXIT_ARMED
+    if not _ATEXIT_ARMED:
+        atexit.register(_kill_leftovers)
+        _ATEXIT_ARMED = True
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Signal a whole process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+#: Environment variable each child gets: the run's directory.
+RUN_MARKER = "PIGEONPUSH_BENCH_RUN"
+
+
+def marked_pids(directory: Path) -> list[int]:
+    """Live processes whose environment marks them as started for ``directory``."""
+    needle = f"{RUN_MARKER}={directory}".encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if needle in environ.read() + b"\0":
+                    found.append(int(entry))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def gather(deferreds: Sequence[defer.Deferred[Any]]) -> defer.Deferred[list[Any]]:
+    """All results in order; the first failure fails the whole with its own
+    exception (not wrapped in FirstError), the others' failures are consumed."""
+
+    def unwrap(failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, defer.FirstError):
+            sub: Failure = error.subFailure
+            return sub
+        return failure
+
+    return defer.gatherResults(list(deferreds), consumeErrors=True).addErrback(unwrap)
+
+
+class StartError(RuntimeError):
+    """A process did not start or did not become ready in time."""
+
+
+class Interrupted(RuntimeError):
+    """The reactor was stopped (Ctrl-C, SIGTERM) during the run."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _ExitWatcher(ProcessProtocol):
+    """Fires ``ended`` with the exit code (negative: killed by that signal)."""
+
+    def __init__(self) -> None:
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, ProcessDone):
+            code = 0
+        elif isinstance(value, ProcessTerminated):
+            code = -value.signal if value.signal is not None else int(value.exitCode or 0)
+        else:  # pragma: no cover - Twisted only reports these two
+            code = -1
+        self.ended.callback(code)
+
+
+@attrs.define(slots=True, eq=False)
+class ManagedProcess:
+    """One child: its name, command line, log file and pid (= its process group)."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    pid: int
+    ended: defer.Deferred[int]
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.exit_code is None
+
+    def signal(self, signum: int) -> bool:
+        """Signal the process's whole group; False if it is already gone."""
+        if not self.running:
+            return False
+        return _signal_group(self.pid, signum)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class ProcessSet:
+    """The children of one run, stopped together.
+
+    ``reactor`` must provide IReactorProcess, IReactorTCP and IReactorTime.
+    """
+
+    def __init__(self, reactor: Any, directory: Path) -> None:
+        self._reactor = reactor
+        self.directory = directory
+        self.processes: list[ManagedProcess] = []
+        #: The reactor began to stop while children ran (Ctrl-C, SIGTERM).
+        self.interrupted = False
+        self._shutdown_trigger: Any = None
+        _arm_atexit()
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        protocol: ProcessProtocol | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        """Start ``argv`` in its own session; output goes to ``<directory>/<name>.log``.
+
+        With ``protocol`` (a ProcessProtocol of the caller), the child's stdin
+        and stdout are pipes to it (the load generators' control channel);
+        otherwise stdin is /dev/null and stdout joins the log. The protocol's
+        ``processEnded`` still runs; ``ended`` fires after it.
+        """
+        if self._shutdown_trigger is None:
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                "before", "shutdown", self._on_shutdown
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log_path = self.directory / f"{name}.log"
+        watcher = _ExitWatcher()
+        handler: ProcessProtocol = watcher if protocol is None else _Chained(protocol, watcher)
+        command = [sys.executable, "-m", "pigeonpush.bench.launch", str(os.getpid()), *argv]
+        environment = dict(os.environ if env is None else env)
+        # Marks every process of the run, so that one left behind can be found.
+        environment[RUN_MARKER] = str(self.directory)
+        with open(log_path, "ab") as log_file, open(os.devnull, "rb") as devnull:
+            child_fds: dict[int, int | str]
+            if protocol is None:
+                child_fds = {0: devnull.fileno(), 1: log_file.fileno(), 2: log_file.fileno()}
+            else:
+                child_fds = {0: "w", 1: "r", 2: log_file.fileno()}
+            transport = self._spawner.spawnProcess(
+                handler,
+                command[0],
+                command,
+                env=environment,
+                path=str(cwd) if cwd else None,
+                childFDs=child_fds,
+            )
+        pid = int(transport.pid)
+        process = ManagedProcess(
+            name=name, argv=list(argv), log_path=log_path, pid=pid, ended=watcher.ended
+        )
+        _LIVE_GROUPS.add(pid)
+
+        def reaped(code: int) -> int:
+            process.exit_code = code
+            _LIVE_GROUPS.discard(pid)
+            # Anything the leader left behind in its group goes too.
+            _signal_group(pid, signal.SIGKILL)
+            return code
+
+        watcher.ended.addCallback(reaped)
+        self.processes.append(process)
+        log.debug("Started {name} (pid {pid})", name=name, pid=pid)
+        return process
+
+    @property
+    def _spawner(self) -> IReactorProcess:
+        spawner: IReactorProcess = self._reactor
+        return spawner
+
+    async def stop(
+        self, process: ManagedProcess, *, timeout: float = 10.0, signum: int = signal.SIGTERM
+    ) -> int:
+        """Signal the group, wait up to ``timeout`` for the exit, then SIGKILL."""
+        if not process.running:
+            assert process.exit_code is not None
+            return process.exit_code
+        process.signal(signum)
+        clock: IReactorTime = self._reactor
+        exited = defer.Deferred[int]()
+        process.ended.addBoth(_passthrough_to(exited))
+        exited.addTimeout(timeout, clock)
+        try:
+            return await exited
+        except defer.TimeoutError:
+            log.warn(
+                "{name} (pid {pid}) ignored signal {signum} for {timeout}s; killing it",
+                name=process.name,
+                pid=process.pid,
+                signum=signum,
+                timeout=timeout,
+            )
+            process.signal(signal.SIGKILL)
+            final = defer.Deferred[int]()
+            process.ended.addBoth(_passthrough_to(final))
+            final.addTimeout(timeout, clock)
+            return await final
+
+    async def stop_all(self, timeout: float = 10.0) -> None:
+        """Stop every running child, the last started first, each bounded."""
+        running = [process for process in reversed(self.processes) if process.running]
+        # Load generators and clients first, then the servers they talk to,
+        # then the stores; all signalled at once within each pass would let a
+        # server log errors about its store vanishing.
+        for process in running:
+            await self.stop(process, timeout=timeout)
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+
+    def _on_shutdown(self) -> defer.Deferred[None]:
+        """The reactor is stopping (Ctrl-C, SIGTERM): stop every child first."""
+        self._shutdown_trigger = None  # fired: nothing to remove any more
+        self.interrupted = any(process.running for process in self.processes)
+        return defer.ensureDeferred(self.stop_all())
+
+    def kill_all(self) -> None:
+        """SIGKILL every running child now (synchronous; for emergencies)."""
+        for process in self.processes:
+            if process.running:
+                process.signal(signal.SIGKILL)
+
+
+def _passthrough_to(target: defer.Deferred[int]) -> Callable[[Any], Any]:
+    """Fire ``target`` with a Deferred's result and hand the result on unchanged."""
+
+    def fire(result: Any) -> Any:
+        if not target.called:
+            if isinstance(result, Failure):
+                target.errback(result)
+            else:
+                target.callback(result)
+        return result
+
+    return fire
+
+
+class _Chained(ProcessProtocol):
+    """Forwards every event to the caller's protocol, then reaping to the watcher."""
+
+    def __init__(self, inner: ProcessProtocol, watcher: _ExitWatcher) -> None:
+        self.inner = inner
+        self.watcher = watcher
+
+    def makeConnection(self, transport: Any) -> None:
+        ProcessProtocol.makeConnection(self, transport)
+        self.inner.makeConnection(transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.inner.childDataReceived(childFD, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        self.inner.childConnectionLost(childFD)
+
+    def processExited(self, reason: Failure) -> None:
+        self.inner.processExited(reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        try:
+            self.inner.processEnded(reason)
+        finally:
+            self.watcher.processEnded(reason)
+
+
+# --- readiness ------------------------------------------------------------------
+
+
+async def wait_until(
+    clock: IReactorTime,
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    watch: Sequence[ManagedProcess] = (),
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, within ``timeout``.
+
+    A process of ``watch`` that exits meanwhile ends the wait at once with its
+    log's last lines, which is nearly always the reason.
+    """
+    deadline = clock.seconds() + timeout
+    while True:
+        for process in watch:
+            if not process.running:
+                raise StartError(
+                    f"{process.name} exited with {process.exit_code} while waiting for {what}; "
+                    f"its log ({process.log_path}) ends with:\n{process.log_tail()}"
+                )
+        value = condition()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if clock.seconds() > deadline:
+            tails = "".join(
+                f"\n{process.name} log ({process.log_path}):\n{process.log_tail()}"
+                for process in watch
+            )
+            raise StartError(f"{what} did not happen within {timeout:g}s{tails}")
+        await deferLater(clock, interval, lambda: None)
+
+
+async def port_open(reactor: IReactorTCP, host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    protocol = Protocol()
+    try:
+        await connectProtocol(endpoint, protocol)
+    except (ConnectError, defer.CancelledError):
+        return False
+    assert protocol.transport is not None
+    protocol.transport.loseConnection()
+    return True
+
+
+class _Collect(Protocol):
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+async def ask(reactor: Any, host: str, port: int, payload: bytes, timeout: float = 2.0) -> bytes:
+    """Send ``payload`` and read until the peer closes (ZooKeeper's four-letter words)."""
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    protocol = _Collect(payload)
+    await connectProtocol(endpoint, protocol)
+    clock: IReactorTime = reactor
+    protocol.done.addTimeout(timeout, clock)
+    return await protocol.done

@@ -1,0 +1,222 @@
+"""``pigeonpush bench``: its options, its checks, what it measures with, and
+one small end-to-end run against the real daemons and baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from pigeonpush.bench.measure import (
+    ProcessGone,
+    connections_per_process,
+    cpu_seconds,
+    fd_limit,
+    machine,
+    rss_bytes,
+    sample,
+    usage_between,
+)
+from pigeonpush.bench.processes import marked_pids
+from pigeonpush.cli import build_parser
+from pigeonpush.cli.bench import batch_size, check
+
+
+def _parse(*words: str) -> argparse.Namespace:
+    return build_parser().parse_args(["bench", *words])
+
+
+def test_defaults_of_each_scenario() -> None:
+    args = _parse("connections")
+    assert (args.n, args.servers, args.baselines) == (2000, 1, ["twisted", "mosquitto"])
+    args = _parse("unicast", "--rate", "2000", "--baselines", "none")
+    assert (args.clients, args.messages, args.rate, args.baselines) == (1000, 10_000, 2000.0, [])
+    args = _parse("reconnect")
+    assert (args.servers, args.messages) == (2, None)
+
+
+def test_batches_at_a_fixed_rate_hold_what_is_due_every_10_ms() -> None:
+    assert batch_size(_parse("unicast")) == 100
+    assert batch_size(_parse("unicast", "--rate", "2000")) == 20
+    assert batch_size(_parse("unicast", "--rate", "50")) == 1
+    assert batch_size(_parse("unicast", "--rate", "2000", "--batch", "7")) == 7
+    assert batch_size(_parse("backlog")) == 100
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["connections", "--n", "0"], "must be from 1 to 200,000, not 0"),
+        (["connections", "--n", "lots"], "'lots' is not a whole number"),
+        (["connections", "--baselines", "nginx"], "unknown baseline 'nginx'"),
+        (["unicast", "--size", "8"], "must be from 32 to 2,048, not 8"),
+        (["unicast", "--rate", "-1"], "must be 0 (as fast as possible) or more"),
+        (["backlog", "--timeout", "0"], "must be more than 0"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_options_are_refused_with_a_reason(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parse(*words)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runs_beyond_the_fd_limit_ask_for_more_servers() -> None:
+    limit = connections_per_process()
+    problem = check(_parse("connections", "--n", str(limit * 3 + 1), "--servers", "3"))
+    assert problem is not None
+    assert f"more than {limit:,} per process" in problem and "use --servers 4" in problem
+    assert check(_parse("connections", "--n", str(limit * 3), "--servers", "3")) is None
+    assert "reconnect needs --servers 2" in (check(_parse("reconnect", "--servers", "1")) or "")
+
+
+def test_help_states_the_machine_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("--help")
+    out = capsys.readouterr().out
+    assert f"~{connections_per_process():,} connections" in out
+    for scenario in ("connections", "unicast", "push", "backlog", "reconnect"):
+        assert scenario in out
+
+
+def test_process_figures_come_from_proc() -> None:
+    me = os.getpid()
+    status = Path(f"/proc/{me}/status").read_text()
+    vmrss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    assert abs(rss_bytes(me) - vmrss * 1024) < 64 * 1024 * 1024
+    clock = Clock()
+    first = sample(me, clock)
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    clock.advance(2.0)
+    usage = usage_between(first, sample(me, clock))
+    assert usage.seconds == 2.0 and usage.cpu > 0 and usage.cores == usage.cpu / 2.0
+    assert cpu_seconds(me) >= usage.cpu
+
+
+def test_a_finished_process_cannot_be_measured() -> None:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    with pytest.raises(ProcessGone):
+        rss_bytes(process.pid)
+    with pytest.raises(ProcessGone):
+        cpu_seconds(process.pid)
+
+
+def test_the_machine_is_described() -> None:
+    facts = machine()
+    assert facts["cpus"] == os.cpu_count()
+    assert facts["fd_limit"] == fd_limit() > 0
+    assert connections_per_process() <= fd_limit() - 500
+
+
+def test_a_small_connections_run_end_to_end() -> None:
+    """pigeon-server, reglog, delivery, Redis, ZooKeeper, the bare Twisted
+    baseline and Mosquitto, each started, measured and stopped."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pigeonpush.cli",
+            "bench",
+            "connections",
+            "--n",
+            "20",
+            "--servers",
+            "1",
+            "--window",
+            "1",
+            "--heartbeat",
+            "1",
+            "--json",
+            "--keep",
+            "--no-progress",
+            "--timeout",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    kept = re.search(r"logs and configs in (\S+)", result.stderr)
+    assert kept is not None, result.stderr
+    directory = Path(kept.group(1))
+    try:
+        _check_small_run(result, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _check_small_run(result: subprocess.CompletedProcess[str], directory: Path) -> None:
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    metrics = {metric["key"]: metric for metric in report["metrics"]}
+    assert metrics["connected"]["values"] == {"pigeonpush": 20, "twisted": 20, "mosquitto": 20}
+    assert set(metrics["rss_per_connection"]["ratios"]) == {"twisted", "mosquitto"}
+    assert metrics["heartbeats"]["values"]["pigeonpush"] > 0
+    assert report["parameters"]["n"] == 20
+    assert report["command"].startswith("pigeonpush bench connections --n 20")
+    logs = {path.name for path in directory.glob("*.log")}
+    assert {"bench-server-0.log", "reglog.log", "delivery.log", "mosquitto-0.log"} <= logs
+    assert marked_pids(directory) == []
+
+
+def test_an_interrupted_run_stops_everything_it_started() -> None:
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pigeonpush.cli",
+            "bench",
+            "connections",
+            "--n",
+            "10",
+            "--baselines",
+            "none",
+            "--heartbeat",
+            "1",
+            "--window",
+            "60",
+            "--timeout",
+            "240",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bench.stderr is not None
+        for line in bench.stderr:
+            if "measuring" in line:
+                break
+        else:
+            raise AssertionError("the run never reached its measuring window")
+        bench.send_signal(signal.SIGINT)
+        _, rest = bench.communicate(timeout=120)
+    finally:
+        bench.kill()
+        bench.wait(timeout=30)
+    assert bench.returncode == 1
+    assert "interrupted; every process it started was stopped" in rest
+    kept = re.search(r"logs and configs in (\S+)", rest)
+    assert kept is not None, rest
+    directory = Path(kept.group(1))
+    try:
+        assert marked_pids(directory) == []
+        assert (directory / "bench-server-0.log").exists()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

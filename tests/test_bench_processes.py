@@ -1,0 +1,192 @@
+"""The benchmark's process harness: children start in their own groups, become
+ready within a bound, and are all stopped, escalating to SIGKILL if need be."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from pigeonpush.bench import services
+from pigeonpush.bench.processes import (
+    ProcessSet,
+    StartError,
+    marked_pids,
+    port_open,
+    wait_until,
+)
+from support.servers import pid_alive
+from support.waiting import wait_for
+
+
+def _reactor():  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_all_ends_every_child_and_its_group(tmp_path: Path) -> None:
+    reactor = _reactor()
+    processes = ProcessSet(reactor, tmp_path)
+    sleeper = processes.spawn("sleeper", ["sleep", "60"])
+    forker = processes.spawn(
+        "forker", ["sh", "-c", "sleep 60 & echo $! > grandchild.pid; wait"], cwd=tmp_path
+    )
+    pid_file = tmp_path / "grandchild.pid"
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="grandchild")
+    grandchild = int(pid_file.read_text())
+
+    assert os.getpgid(sleeper.pid) == sleeper.pid != os.getpgid(0)
+    assert os.getpgid(grandchild) == forker.pid
+    assert sorted(marked_pids(tmp_path)) == sorted([sleeper.pid, forker.pid, grandchild])
+
+    await processes.stop_all()
+
+    assert sleeper.exit_code == -signal.SIGTERM
+    assert forker.exit_code == -signal.SIGTERM
+    await wait_for(lambda: not pid_alive(grandchild), what="grandchild gone")
+    assert not any(pid_alive(pid) for pid in (sleeper.pid, forker.pid))
+    assert marked_pids(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_ignoring_sigterm_is_killed_after_the_bound(tmp_path: Path) -> None:
+    reactor = _reactor()
+    processes = ProcessSet(reactor, tmp_path)
+    stubborn = processes.spawn(
+        "stubborn",
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+    )
+    await wait_for(lambda: "ready" in stubborn.log_path.read_text(), what="stubborn ready")
+
+    code = await processes.stop(stubborn, timeout=0.5)
+
+    assert code == -signal.SIGKILL
+    assert not pid_alive(stubborn.pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_that_exits_while_awaited_fails_the_wait_with_its_log(
+    tmp_path: Path,
+) -> None:
+    reactor = _reactor()
+    processes = ProcessSet(reactor, tmp_path)
+    failing = processes.spawn("failing", ["sh", "-c", "echo 'cannot bind port'; exit 3"])
+
+    with pytest.raises(StartError) as caught:
+        await wait_until(reactor, lambda: False, timeout=30, what="the port", watch=[failing])
+
+    assert "failing exited with 3" in str(caught.value)
+    assert "cannot bind port" in str(caught.value)
+    await processes.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_condition_that_never_holds_fails_at_the_bound(tmp_path: Path) -> None:
+    reactor = _reactor()
+    with pytest.raises(StartError, match=r"the moon did not happen within 0\.2s"):
+        await wait_until(reactor, lambda: False, timeout=0.2, what="the moon", interval=0.05)
+
+
+def test_a_child_dies_with_the_benchmark() -> None:
+    """Even a SIGKILLed benchmark leaves nothing running (parent-death signal)."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'pigeonpush.bench.launch',"
+            " str(os.getpid()), 'sleep', '60'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        # Until the wrapper has become ``sleep`` (its death signal is armed by then).
+        while b"sleep" not in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]:
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.02)
+        assert os.getpgid(child) == child
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while pid_alive(child):
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.02)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+
+
+def test_the_launcher_explains_its_usage() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pigeonpush.bench.launch"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "usage: python -m pigeonpush.bench.launch PARENT_PID COMMAND" in result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_and_mosquitto_start_answer_and_stop(tmp_path: Path) -> None:
+    reactor = _reactor()
+    processes = ProcessSet(reactor, tmp_path)
+    redis = await services.start_redis(processes, reactor)
+    broker = await services.start_mosquitto(processes, reactor, max_inflight=32)
+    assert await port_open(reactor, services.HOST, redis.port)
+    assert await port_open(reactor, services.HOST, broker.port)
+
+    await processes.stop_all()
+
+    assert not await port_open(reactor, services.HOST, redis.port)
+    assert not await port_open(reactor, services.HOST, broker.port)
+    assert redis.process.exit_code == 0 and broker.process.exit_code == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_zookeeper_starts_answers_ruok_and_stops(tmp_path: Path) -> None:
+    reactor = _reactor()
+    processes = ProcessSet(reactor, tmp_path)
+    zookeeper = await services.start_zookeeper(processes, reactor)
+    assert zookeeper.hosts == f"127.0.0.1:{zookeeper.port}"
+
+    await processes.stop_all()
+
+    assert not pid_alive(zookeeper.process.pid)
+    assert not await port_open(reactor, services.HOST, zookeeper.port)
+
+
+def test_mosquitto_is_configured_like_the_pigeon_server(tmp_path: Path) -> None:
+    config = services.mosquitto_config(1883, tmp_path / "m.log", 32).splitlines()
+    for line in (
+        "listener 1883 127.0.0.1",
+        "set_tcp_nodelay true",
+        "max_connections -1",
+        "persistence false",
+        f"log_dest file {tmp_path / 'm.log'}",
+        "max_inflight_messages 32",
+        "max_queued_messages 0",
+    ):
+        assert line in config
+
+
+def test_a_missing_program_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(services.MissingProgram, match="apt-get install -y mosquitto"):
+        services.require("mosquitto", "mosquitto")
