@@ -70,6 +70,43 @@ def zookeeper_classpath() -> str:
     return ":".join(jar for jar in ZOOKEEPER_JARS if os.path.exists(jar))
 
 
+def redis_argv(binary: str, port: int, directory: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, files in ``directory``."""
+    return [
+        binary,
+        *("--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"),
+        *("--dir", str(directory)),
+    ]
+
+
+def zookeeper_config(data: Path, port: int) -> str:
+    """zoo.cfg of a throwaway standalone ZooKeeper on loopback."""
+    return "\n".join(
+        [
+            "tickTime=500",
+            "minSessionTimeout=1000",
+            "maxSessionTimeout=30000",
+            f"dataDir={data}",
+            f"clientPort={port}",
+            f"clientPortAddress={HOST}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+            "maxClientCnxns=0",
+            "",
+        ]
+    )
+
+
+def zookeeper_argv(java: str, classpath: str, directory: Path, config: Path) -> list[str]:
+    """Debian's ZooKeeper run directly (its zkEnv.sh insists on /etc/zookeeper)."""
+    return [
+        java,
+        *("-Xmx256m", "-XX:+UseSerialGC", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"),
+        f"-Dzookeeper.log.dir={directory}",
+        *("-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", str(config)),
+    ]
+
+
 def listen_endpoint(port: int) -> str:
     return f"tcp:{port}:interface={HOST}:backlog={BACKLOG}"
 
@@ -159,24 +196,7 @@ async def start_redis(processes: ProcessSet, reactor: Any, name: str = "redis") 
     port = free_port()
     directory = processes.directory / name
     directory.mkdir(parents=True, exist_ok=True)
-    process = processes.spawn(
-        name,
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--maxclients",
-            "10000",
-        ],
-    )
+    process = processes.spawn(name, [*redis_argv(binary, port, directory), "--maxclients", "10000"])
     await _ready_port(reactor, process, port)
     return Redis(process, port)
 
@@ -191,36 +211,8 @@ async def start_zookeeper(
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = directory / "zoo.cfg"
-    config.write_text(
-        "\n".join(
-            [
-                "tickTime=500",
-                "minSessionTimeout=1000",
-                "maxSessionTimeout=30000",
-                f"dataDir={data}",
-                f"clientPort={port}",
-                f"clientPortAddress={HOST}",
-                "admin.enableServer=false",
-                "4lw.commands.whitelist=ruok,srvr,stat,mntr",
-                "maxClientCnxns=0",
-                "",
-            ]
-        )
-    )
-    process = processes.spawn(
-        name,
-        [
-            java,
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-            f"-Dzookeeper.log.dir={directory}",
-            "-cp",
-            classpath,
-            "org.apache.zookeeper.server.ZooKeeperServerMain",
-            str(config),
-        ],
-    )
+    config.write_text(zookeeper_config(data, port))
+    process = processes.spawn(name, zookeeper_argv(java, classpath, directory, config))
 
     async def healthy() -> bool:
         try:

@@ -19,25 +19,12 @@ from pathlib import Path
 import attrs
 from mirakuru import TCPExecutor
 
+from pigeonpush.bench import services as launch
+
 REDIS_BINARY = "redis-server"
 JAVA_BINARY = "java"
-ZOOKEEPER_JARS = (
-    "/usr/share/java/zookeeper.jar",
-    "/usr/share/java/zookeeper-jute.jar",
-    "/usr/share/java/slf4j-api.jar",
-    "/usr/share/java/slf4j-simple.jar",
-    "/usr/share/java/netty-handler.jar",
-    "/usr/share/java/netty-transport.jar",
-    "/usr/share/java/netty-common.jar",
-    "/usr/share/java/netty-buffer.jar",
-    "/usr/share/java/netty-resolver.jar",
-    "/usr/share/java/netty-codec.jar",
-    "/usr/share/java/netty-transport-native-epoll.jar",
-    "/usr/share/java/netty-transport-native-unix-common.jar",
-    "/usr/share/java/commons-cli.jar",
-    "/usr/share/java/metrics-core.jar",
-    "/usr/share/java/snappy-java.jar",
-)
+#: Debian's jars, as the benchmark runs ZooKeeper too (replaceable in tests).
+ZOOKEEPER_JARS = launch.ZOOKEEPER_JARS
 START_TIMEOUT = 60.0
 
 
@@ -105,19 +92,8 @@ class RedisServer:
         binary = _require(REDIS_BINARY, "redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--logfile",
-            str(self.directory / "redis.log"),
+            *launch.redis_argv(binary, self.port, self.directory),
+            *("--logfile", str(self.directory / "redis.log")),
         ]
         self._executor = TCPExecutor(
             command,
@@ -179,34 +155,9 @@ class ZooKeeperServer:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.directory / "zoo.cfg"
-        config.write_text(
-            "\n".join(
-                [
-                    "tickTime=500",
-                    "minSessionTimeout=1000",
-                    "maxSessionTimeout=30000",
-                    f"dataDir={data}",
-                    f"clientPort={self.port}",
-                    f"clientPortAddress={self.host}",
-                    "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr,stat,mntr",
-                    "maxClientCnxns=0",
-                    "",
-                ]
-            )
-        )
+        config.write_text(launch.zookeeper_config(data, self.port))
         classpath = ":".join(jar for jar in ZOOKEEPER_JARS if os.path.exists(jar))
-        command = [
-            java,
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-            f"-Dzookeeper.log.dir={self.directory}",
-            "-cp",
-            classpath,
-            "org.apache.zookeeper.server.ZooKeeperServerMain",
-            str(config),
-        ]
+        command = launch.zookeeper_argv(java, classpath, self.directory, config)
         self._executor = TCPExecutor(
             command,
             host=self.host,
