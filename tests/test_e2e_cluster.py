@@ -417,8 +417,11 @@ async def test_a_daemon_that_cannot_start_fails_the_wait_with_its_output(
     server = cluster.server("broken", capacity=0)
     with pytest.raises(DaemonExited) as raised:
         await cluster.wait_server_ready(server)
-    assert server.returncode == 1
+    # twistd's status on a usage error depends on the Twisted release (1 on
+    # the latest, 0 on 25.5.0); either way the daemon is gone, the reason quoted.
+    status = server.returncode
+    assert status in (0, 1)
     assert "--capacity must be at least 1, not 0" in str(raised.value)
-    assert "broken (pigeon-server, exited with 1)" in str(raised.value)
-    assert await cluster.stop() == {"broken": 1}
+    assert f"broken (pigeon-server, exited with {status})" in str(raised.value)
+    assert await cluster.stop() == {"broken": status}
     assert server.gone()
