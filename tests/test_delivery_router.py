@@ -416,3 +416,88 @@ def test_memory_store_happy_path_in_one_process() -> None:
     stopped = worker.stopService()
     h.clock.advance(1)
     assert stopped.called
+
+
+class SlowAckStore(MemoryStore):
+    """Acknowledgements wait until the test releases them."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.acks: list[tuple[list[str], Deferred[None]]] = []
+        self.calls: list[str] = []
+
+    def acknowledge(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        self.calls.append("acknowledge")
+        held: Deferred[None] = Deferred()
+        self.acks.append((list(entry_ids), held))
+        return held
+
+    def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
+        self.calls.append("consume")
+        return super().consume(consumer, count, block)
+
+    def release(self) -> None:
+        """Let the oldest held acknowledgement through."""
+        ids, held = self.acks.pop(0)
+        super().acknowledge(ids).chainDeferred(held)
+
+
+def test_the_next_read_does_not_wait_for_the_acknowledgement() -> None:
+    h = Harness(SlowAckStore)
+    store = h.store
+    assert isinstance(store, SlowAckStore)
+    h.connect("a", S1)
+    loop = make_loop(h)
+    loop.startService()
+    m1 = h.accept(["a"])
+    h.clock.advance(0)
+    assert store.calls[-2:] == ["acknowledge", "consume"]  # read again at once
+    m2 = h.accept(["a"])
+    h.clock.advance(1)
+    # The second batch is pushed, but its acknowledgement waits for the first.
+    assert h.servers[S1].written == [("a", m1), ("a", m2)]
+    assert len(store.acks) == 1
+    assert loop.handled == 0
+    store.release()
+    assert len(store.acks) == 1 and loop.handled == 1
+    store.release()
+    assert loop.handled == 2
+    assert lag(h) == 0
+    stopped = loop.stopService()
+    h.clock.advance(1)
+    assert stopped.called
+
+
+def test_stop_waits_for_the_acknowledgement_in_flight() -> None:
+    h = Harness(SlowAckStore)
+    store = h.store
+    assert isinstance(store, SlowAckStore)
+    h.connect("a", S1)
+    loop = make_loop(h, stop_timeout=10.0)
+    loop.startService()
+    h.accept(["a"])
+    h.clock.advance(0)
+    stopped = loop.stopService()
+    h.clock.advance(1)  # the read in progress ends
+    assert not stopped.called
+    store.release()
+    assert stopped.called
+    assert lag(h) == 0
+
+
+def test_stop_while_an_acknowledgement_backs_off_leaves_the_entries_pending() -> None:
+    h = Harness(FlakyStore)
+    store = h.store
+    assert isinstance(store, FlakyStore)
+    h.connect("a", S1)
+    store.failures["acknowledge"] = 100
+    loop = make_loop(h)
+    loop.startService()
+    m1 = h.accept(["a"])
+    h.clock.advance(0)
+    assert h.servers[S1].written == [("a", m1)]
+    stopped = loop.stopService()
+    h.clock.advance(1)
+    assert stopped.called
+    assert lag(h) == 1  # for a live worker to reclaim
+    assert loop.handled == 0

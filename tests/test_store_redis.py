@@ -683,3 +683,31 @@ async def test_rediss_url_speaks_tls(
             await plain.token("alice")
     finally:
         await plain.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_entries_keep_every_character(redis_store: RedisStore) -> None:
+    # Queued entries come back packed as one JSON value: whatever needs
+    # escaping in JSON must survive it, with and without a blocking read.
+    awkward = 'quote " backslash \\ slash / tab \t newline \n nul \x00 del \x7f é 漢字 🕊'
+    notes = [
+        _notification(["alice", 'b"ob'], title=awkward, text=awkward, extras={awkward: awkward}),
+        _notification(["carol"], key=f"app:{awkward}", title="", text=""),
+    ]
+    await redis_store.accept(notes)
+    first = await redis_store.consume("worker-1", 1, 0)
+    rest = await redis_store.consume("worker-1", 10, 5)
+    assert [e.notification for e in first + rest] == notes
+    assert [e.deliveries for e in first + rest] == [1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_consume_answers_at_once_when_entries_are_queued(redis_store: RedisStore) -> None:
+    reactor = _reactor()
+    notes = [_notification([f"client-{i}"]) for i in range(250)]
+    await redis_store.accept(notes)
+    started = reactor.seconds()
+    batches = [await redis_store.consume("worker-1", 100, 30) for _ in range(3)]
+    assert reactor.seconds() - started < 5  # never waited out the 30 s block
+    assert [len(batch) for batch in batches] == [100, 100, 50]
+    assert [e.notification for batch in batches for e in batch] == notes

@@ -1,15 +1,18 @@
 """The consume loop: queue batches in, routed, acknowledged; crashed workers' entries reclaimed.
 
-One batch is in hand at a time. Each step (read, route, acknowledge) that
-fails on the store is retried with exponential backoff on the injected clock;
-an entry is acknowledged only after it was routed, so a crash or a stop at any
-point leaves it pending in the consumer group, where ``reclaim`` (XAUTOCLAIM)
-hands it to a live worker once it has been idle for ``claim_idle`` seconds.
+One batch is routed at a time; its acknowledgement goes out together with
+the next read (at most one acknowledgement in flight), which saves a store
+round trip per batch. Each step (read, route, acknowledge) that fails on the
+store is retried with exponential backoff on the injected clock; an entry is
+acknowledged only after it was routed, so a crash or a stop at any point
+leaves it pending in the consumer group, where ``reclaim`` (XAUTOCLAIM) hands
+it to a live worker once it has been idle for ``claim_idle`` seconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from typing import TypeVar
 
 from twisted.application.service import Service
@@ -58,7 +61,8 @@ class ConsumeLoop(Service):
         self.retry_max = retry_max
         self.stop_timeout = stop_timeout
         self._stopping = False
-        self._sleep: Deferred[None] | None = None
+        self._sleeps: set[Deferred[None]] = set()
+        self._acking: Deferred[None] | None = None
         self._running: Deferred[None] | None = None
         self._next_reclaim = 0.0
         #: entries routed and acknowledged since start (for tests and logs)
@@ -85,8 +89,8 @@ class ConsumeLoop(Service):
         """Finish the batch in hand (bounded by ``stop_timeout``), then stop."""
         super().stopService()
         self._stopping = True
-        if self._sleep is not None:
-            self._sleep.cancel()
+        for sleep in list(self._sleeps):
+            sleep.cancel()
         running = self._running
         if running is None or running.called:
             return succeed(None)
@@ -112,6 +116,8 @@ class ConsumeLoop(Service):
                 await self._step()
         except _Stopping:
             pass
+        with suppress(_Stopping):  # given up: the entries get reclaimed
+            await self._acknowledged()
 
     async def _step(self) -> None:
         if self._clock.seconds() >= self._next_reclaim:
@@ -132,14 +138,30 @@ class ConsumeLoop(Service):
         )
         if entries:
             metrics.ENTRIES.labels("new").inc(len(entries))
-            await self.handle(entries)
+            await self._route(entries)
+            await self._acknowledged()
+            self._acking = ensureDeferred(self._acknowledge(entries))
 
     async def handle(self, entries: Sequence[QueueEntry]) -> None:
         """Route then acknowledge ``entries``, each step retried until it works."""
+        await self._route(entries)
+        await self._acknowledged()
+        await self._acknowledge(entries)
+
+    async def _route(self, entries: Sequence[QueueEntry]) -> None:
         await self._retrying("route", lambda: ensureDeferred(self._router.route(entries)))
+
+    async def _acknowledge(self, entries: Sequence[QueueEntry]) -> None:
         ids = [entry.entry_id for entry in entries]
         await self._retrying("acknowledge", lambda: self._store.acknowledge(ids))
         self.handled += len(entries)
+
+    async def _acknowledged(self) -> None:
+        """Wait for the acknowledgement in flight, if any (_Stopping if it
+        was given up because the service stops)."""
+        acking, self._acking = self._acking, None
+        if acking is not None:
+            await acking
 
     async def _retrying(self, step: str, attempt: Callable[[], Awaitable[T]]) -> T:
         delay = self.retry_initial
@@ -162,11 +184,12 @@ class ConsumeLoop(Service):
             metrics.BATCH_ERRORS.inc()
             if self._stopping:
                 raise _Stopping()
-            self._sleep = deferLater(self._clock, delay, lambda: None)
+            sleep = deferLater(self._clock, delay, lambda: None)
+            self._sleeps.add(sleep)
             try:
-                await self._sleep
+                await sleep
             except CancelledError:
                 raise _Stopping() from None
             finally:
-                self._sleep = None
+                self._sleeps.discard(sleep)
             delay = min(delay * 2, self.retry_max)

@@ -9,6 +9,7 @@ anybody else's commands.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -57,6 +58,19 @@ IDLE_BLOCKING_CONNECTIONS = 2
 RECLAIM_ROUNDS = 4
 
 log = Logger()
+
+#: XREADGROUP without blocking, its entries answered as one JSON value
+#: ``[[id, [field, value, ...]], ...]`` ("" when there are none).
+READ_PACKED = Script(
+    "read_packed",
+    """
+local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '>')
+if type(reply) == 'table' and reply.err then return reply end
+if not reply then return '' end
+return cjson.encode(reply[1][2])
+""",
+)
 
 
 class RedisStore:
@@ -176,7 +190,6 @@ class RedisStore:
             message = notification.message
             key = notification.idempotency_key
             recipients = notification.recipients
-            accepted = Accepted(message.message_id, len(recipients))
             call_keys = [
                 keys.msg_body(message.message_id),
                 keys.QUEUE,
@@ -189,7 +202,10 @@ class RedisStore:
                 str(checks.milliseconds(remaining)),
                 "0" if key is None else "1",
                 str(self._idempotency_ms),
-                accepted_record(accepted),
+                # Only read with a key: no JSON to build for the rest.
+                ""
+                if key is None
+                else accepted_record(Accepted(message.message_id, len(recipients))),
                 key or "",
             ]
             calls.append((scripts.ACCEPT, call_keys, call_args))
@@ -285,10 +301,26 @@ class RedisStore:
     async def _consume(self, consumer: str, count: int, block: float) -> list[QueueEntry]:
         checks.positive_count(count, "count")
         block = checks.non_negative_seconds(block, "block")
-        command: list[str] = ["XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", str(count)]
-        if block > 0:
-            command += ["BLOCK", str(checks.milliseconds(block))]
-        command += ["STREAMS", keys.QUEUE, ">"]
+        # What is already queued comes as one JSON value (parsing a bulk
+        # string per field costs more than Redis's work); only an empty queue
+        # is waited on with a blocking read.
+        args = [keys.GROUP, consumer, str(count)]
+
+        async def packed() -> Reply:
+            (reply,) = await self._main.run_scripts([(READ_PACKED, [keys.QUEUE], args)])
+            return _checked_group(reply, "XREADGROUP")
+
+        value = await self._with_group(packed)
+        if value:
+            try:
+                rows = json.loads(value)
+            except ValueError as e:
+                raise StoreError(f"the queue read did not decode: {e}") from e
+            return await self._entries([(row[0], row[1], 1) for row in rows])
+        if block <= 0:
+            return []
+        command = ["XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", str(count)]
+        command += ["BLOCK", str(checks.milliseconds(block)), "STREAMS", keys.QUEUE, ">"]
         reply = await self._with_group(lambda: self._read(command, block))
         if reply is None:
             return []
@@ -296,8 +328,6 @@ class RedisStore:
         return await self._entries([(entry[0], entry[1], 1) for entry in reply[0][1]])
 
     async def _read(self, command: Sequence[str], block: float) -> Reply:
-        if block <= 0:
-            return _checked_group((await self._main.execute([command]))[0], command[0])
         connection = self._idle_blocking.pop() if self._idle_blocking else self._connection()
         self._busy_blocking.add(connection)
         try:
