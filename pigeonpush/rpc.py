@@ -1,6 +1,7 @@
 """AMP commands between delivery workers and push servers.
 
 Delivery calls the server's ``Push`` and ``Kick``; the server calls delivery's
+``PullMany`` (the pulls of many clients in one call) or, for one client,
 ``Pull``. An AMP value holds at most 65,535 bytes, so batches of messages travel
 as one compact JSON value each, split by ``encode_batches`` into chunks that
 fit; a caller sends one ``Push`` per chunk. Every command declares the errors
@@ -157,6 +158,85 @@ class Pull(amp.Command):
     errors = _ERRORS
 
 
+class PullMany(amp.Command):
+    """``Pull`` for many clients at once: one call and one store read per batch.
+
+    ``requests`` is ``encode_pull_requests`` rows ``[clientId, limit,
+    [inFlight...]]``. The answer's ``batch`` holds as many items as fit one AMP
+    value, each client's oldest first; ``more`` lists the clients that have
+    more pending than the batch carries (also those whose items did not fit).
+    """
+
+    commandName = b"PullMany"
+    arguments = [(b"requests", amp.String())]
+    response = [(b"batch", amp.String()), (b"more", amp.ListOf(amp.Unicode()))]
+    errors = _ERRORS
+
+
+@attrs.frozen(slots=True)
+class PullRequest:
+    """One client's pull: at most ``limit`` messages, skipping ``in_flight``."""
+
+    client_id: str
+    limit: int
+    in_flight: tuple[str, ...] = ()
+
+
+def _request_json(request: PullRequest) -> bytes:
+    row = [request.client_id, request.limit, list(request.in_flight)]
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_pull_requests(
+    requests: Sequence[PullRequest], max_bytes: int = MAX_VALUE_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(count, value)``: consecutive runs of ``requests`` that fit one
+    AMP value each. A request that alone exceeds ``max_bytes`` raises
+    ValueError (a window of ids never comes close)."""
+    parts: list[bytes] = []
+    size = 2
+    for request in requests:
+        encoded = _request_json(request)
+        if len(encoded) + 2 > max_bytes:
+            raise ValueError(f"the pull of {request.client_id} is too large for one AMP value")
+        if parts and size + 1 + len(encoded) > max_bytes:
+            yield len(parts), b"[" + b",".join(parts) + b"]"
+            parts, size = [], 2
+        size += len(encoded) + (1 if parts else 0)
+        parts.append(encoded)
+    if parts:
+        yield len(parts), b"[" + b",".join(parts) + b"]"
+
+
+def decode_pull_requests(value: bytes) -> list[PullRequest]:
+    """The requests of one ``encode_pull_requests`` value; ValueError if it is not one."""
+    try:
+        rows = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not a list of pull requests: {e}") from e
+    except RecursionError:
+        raise ValueError("not a list of pull requests: nested too deeply") from None
+    if not isinstance(rows, list):
+        raise ValueError("not a list of pull requests: not a list")
+    requests = []
+    for row in rows:
+        if (
+            not isinstance(row, list)
+            or len(row) != 3
+            or not isinstance(row[0], str)
+            or type(row[1]) is not int
+            or not isinstance(row[2], list)
+            or not all(isinstance(message_id, str) for message_id in row[2])
+        ):
+            raise ValueError(f"not a pull request: {row!r}")
+        requests.append(PullRequest(row[0], row[1], tuple(row[2])))
+    return requests
+
+
+#: One client's answer: its pending messages oldest first, and whether more are pending.
+PullAnswer = tuple[list[PushItem], bool]
+
+
 class PushGateway(Protocol):
     """What delivery needs of one push server. The server implements it in
     process; over the network it is the ``Push``/``Kick`` AMP commands, so the
@@ -170,10 +250,20 @@ class PushGateway(Protocol):
 
 
 class PullSource(Protocol):
-    """What a push server needs of delivery: ``Pull`` over AMP, or in process."""
+    """What a push server needs of delivery: ``Pull`` over AMP, or in process.
+
+    A source may also offer ``pull_many`` (see ``BatchPullSource``): the
+    server then batches its pulls."""
 
     def pull(
         self, client_id: str, limit: int, in_flight: Sequence[str]
     ) -> Deferred[tuple[list[PushItem], bool]]:
         """Pending messages (with bodies) oldest first, skipping ``in_flight``;
         and whether more are pending than returned."""
+
+
+class BatchPullSource(PullSource, Protocol):
+    """A ``PullSource`` that also answers many clients' pulls in one call."""
+
+    def pull_many(self, requests: Sequence[PullRequest]) -> Deferred[list[PullAnswer]]:
+        """``pull`` for each request, in order, answered together."""

@@ -8,13 +8,22 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from pigeonpush.delivery.pull import MARGIN, MAX_PULL, PendingMessages
 from pigeonpush.delivery.rpc_server import PullServerFactory
 from pigeonpush.ids import MessageIdGenerator
-from pigeonpush.rpc import BadRequest, Pull, PushItem, TemporarilyUnavailable, decode_batch
+from pigeonpush.rpc import (
+    BadRequest,
+    Pull,
+    PullMany,
+    PullRequest,
+    PushItem,
+    TemporarilyUnavailable,
+    decode_batch,
+    encode_pull_requests,
+)
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.memory import MemoryStore
@@ -125,7 +134,9 @@ def test_many_expired_ids_do_not_hide_live_ones_for_good() -> None:
 
 
 class BrokenStore(MemoryStore):
-    def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
+    def pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None = None
+    ) -> Deferred[list[list[str]]]:
         return fail(StoreError("connection lost"))
 
 
@@ -244,6 +255,175 @@ async def test_an_unexpected_failure_is_logged_and_answered(
     try:
         with pytest.raises(TemporarilyUnavailable):
             await pool.call(address, Pull, clientId="a", limit=1, inFlight=[])
+        assert logged_failures.flush(ZeroDivisionError)
+    finally:
+        await pool.close()
+        await port.stopListening()
+
+
+# -- many clients at once ------------------------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """Counts the store calls a batch of pulls makes."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.calls: list[str] = []
+
+    def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
+        self.calls.append("pending_ids")
+        return super().pending_ids(client_id, limit)
+
+    def pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None = None
+    ) -> Deferred[list[list[str]]]:
+        self.calls.append("pending_ids_many")
+        return super().pending_ids_many(client_ids, limit)
+
+    def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
+        self.calls.append("bodies")
+        return super().bodies(message_ids)
+
+    def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
+        self.calls.append("ack")
+        return super().ack(acks)
+
+
+def test_pull_many_reads_all_clients_in_one_call_each() -> None:
+    s = Setup()
+    store = CountingStore(s.clock)
+    s.store, s.source = store, PendingMessages(store, s.clock)
+    a1 = s.accept("a")
+    s.clock.advance(0.01)
+    s.accept("b", ttl=1)  # expires before the pull
+    s.clock.advance(0.01)
+    b2 = s.accept("b")
+    s.clock.advance(0.01)
+    a2 = s.accept("a")
+    s.clock.advance(2)  # b1 expires
+    store.calls.clear()
+    requests = [
+        PullRequest("a", 1),
+        PullRequest("b", 10),
+        PullRequest("c", 10),
+        PullRequest("a", 0),
+        PullRequest("a", 5, (a1,)),
+    ]
+
+    done = s.source.pull_many(requests)
+
+    answers = done.result  # type: ignore[attr-defined]
+    assert [([i.message_id for i in items], more) for items, more in answers] == [
+        ([a1], True),
+        ([b2], False),
+        ([], False),
+        ([], False),
+        ([a2], False),
+    ]
+    assert store.calls == ["pending_ids_many", "bodies", "ack"]
+    assert s.pending("b") == [b2]
+
+
+def test_pull_many_of_nothing_asks_the_store_nothing() -> None:
+    s = Setup()
+    store = CountingStore(s.clock)
+    source = PendingMessages(store, s.clock)
+    assert source.pull_many([]).result == []  # type: ignore[attr-defined]
+    assert source.pull_many([PullRequest("a", 0)]).result == [([], False)]  # type: ignore[attr-defined]
+    assert store.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_many_over_amp_cuts_at_the_value_limit_and_lists_who_has_more() -> None:
+    from twisted.internet import reactor
+
+    s = Setup(reactor)
+    a_ids = [s.accept("a", text="x" * 6000) for _ in range(8)]  # ~48 kB
+    b_ids = [s.accept("b", text="y" * 6000) for _ in range(8)]
+    s.accept("c")
+    port, pool, address = await serve(s.source)
+    try:
+        value = next(
+            encode_pull_requests([PullRequest("a", 8), PullRequest("b", 8), PullRequest("c", 1)])
+        )[1]
+        answer = await pool.call(address, PullMany, requests=value)
+        items = decode_batch(answer["batch"])
+        assert len(answer["batch"]) <= 0xFFFF
+        assert [i.message_id for i in items] == (a_ids + b_ids)[: len(items)]
+        assert 8 < len(items) < 16
+        assert answer["more"] == ["b", "c"]
+    finally:
+        await pool.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"nonsense",
+        b'[["", 1, []]]',
+        b'[["a", -1, []]]',
+        b'[["' + b"x" * 129 + b'", 1, []]]',
+        b"[" + b",".join([b'["a",1,[]]'] * 1001) + b"]",
+    ],
+)
+async def test_bad_pull_many_arguments_are_refused(value: bytes) -> None:
+    from twisted.internet import reactor
+
+    s = Setup(reactor)
+    port, pool, address = await serve(s.source)
+    try:
+        with pytest.raises(BadRequest):
+            await pool.call(address, PullMany, requests=value)
+        assert pool.connected_addresses() == [address]
+    finally:
+        await pool.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_failure_fails_pull_many_and_the_connection_stays_up() -> None:
+    from twisted.internet import reactor
+
+    port, pool, address = await serve(PendingMessages(BrokenStore(reactor), reactor))
+    try:
+        value = next(encode_pull_requests([PullRequest("a", 1), PullRequest("b", 1)]))[1]
+        with pytest.raises(TemporarilyUnavailable, match="retry later"):
+            await pool.call(address, PullMany, requests=value)
+        assert pool.connected_addresses() == [address]
+    finally:
+        await pool.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_many_reaches_a_source_without_it_as_one_pull_per_client(
+    logged_failures: FailureCollector,
+) -> None:
+    class OneByOne:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def pull(
+            self, client_id: str, limit: int, in_flight: Sequence[str]
+        ) -> Deferred[tuple[list[PushItem], bool]]:
+            self.asked.append(client_id)
+            if client_id == "broken":
+                return fail(ZeroDivisionError("bug"))
+            return succeed(([PushItem(client_id, "m1", "t", "x")], False))
+
+    source = OneByOne()
+    port, pool, address = await serve(source)
+    try:
+        value = next(encode_pull_requests([PullRequest("a", 1), PullRequest("b", 1)]))[1]
+        answer = await pool.call(address, PullMany, requests=value)
+        assert [i.client_id for i in decode_batch(answer["batch"])] == ["a", "b"]
+        assert answer["more"] == []
+        value = next(encode_pull_requests([PullRequest("a", 1), PullRequest("broken", 1)]))[1]
+        with pytest.raises(TemporarilyUnavailable):
+            await pool.call(address, PullMany, requests=value)
         assert logged_failures.flush(ZeroDivisionError)
     finally:
         await pool.close()

@@ -12,11 +12,15 @@ from twisted.protocols import amp
 from pigeonpush.rpc import (
     MAX_VALUE_BYTES,
     Pull,
+    PullMany,
+    PullRequest,
     Push,
     PushItem,
     PushStatus,
     decode_batch,
+    decode_pull_requests,
     encode_batches,
+    encode_pull_requests,
 )
 
 
@@ -160,3 +164,55 @@ def test_commands_serialize_their_arguments() -> None:
     assert Push.parseArguments(box, None) == {"batch": batch}
     box = Pull.makeArguments({"clientId": "c1", "limit": 5, "inFlight": ["a", "b"]}, None)
     assert Pull.parseArguments(box, None) == {"clientId": "c1", "limit": 5, "inFlight": ["a", "b"]}
+
+
+# -- PullMany requests -----------------------------------------------------------------
+
+
+def test_pull_requests_round_trip_and_split_at_the_value_limit() -> None:
+    requests = [
+        PullRequest(f"client-{n}", n % 7, tuple(f"{n:04d}-{k:026d}" for k in range(n % 50)))
+        for n in range(300)
+    ]
+    chunks = list(encode_pull_requests(requests))
+    assert len(chunks) > 1
+    assert all(len(value) <= MAX_VALUE_BYTES for _, value in chunks)
+    decoded = [r for count, value in chunks for r in decode_pull_requests(value)]
+    assert [count for count, _ in chunks] == [
+        len(decode_pull_requests(value)) for _, value in chunks
+    ]
+    assert decoded == requests
+    assert list(encode_pull_requests([])) == []
+
+
+def test_a_pull_request_too_large_for_one_value_is_refused() -> None:
+    huge = PullRequest("alice", 5, tuple("x" * 100 for _ in range(700)))
+    with pytest.raises(ValueError, match="alice is too large"):
+        list(encode_pull_requests([huge]))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"{}",
+        b"[[1, 2, []]]",
+        b'[["a", "2", []]]',
+        b'[["a", true, []]]',
+        b'[["a", 2, "m1"]]',
+        b'[["a", 2, [1]]]',
+        b'[["a", 2]]',
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_pull_requests_are_a_value_error(value: bytes) -> None:
+    with pytest.raises(ValueError, match="pull request"):
+        decode_pull_requests(value)
+
+
+def test_pull_many_travels_as_one_amp_box() -> None:
+    value = next(encode_pull_requests([PullRequest("alice", 5, ("m1",))]))[1]
+    box = PullMany.makeArguments({"requests": value}, None)
+    assert PullMany.parseArguments(box, None) == {"requests": value}
+    answer = PullMany.makeResponse({"batch": b"[]", "more": ["alice", "b\u00e9"]}, None)
+    assert PullMany.parseResponse(answer, None) == {"batch": b"[]", "more": ["alice", "b\u00e9"]}

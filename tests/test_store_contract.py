@@ -333,6 +333,31 @@ async def test_pending_ids_are_oldest_first(store_case: StoreCase) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_pending_ids_many_reads_every_client_in_order(store_case: StoreCase) -> None:
+    store = store_case.store
+    notes = []
+    for recipients in (["alice", "bob"], ["bob"], ["alice", "carol"], ["bob"]):
+        notes.append(store_case.notification(recipients))
+        if store_case.clock is not None:
+            store_case.clock.advance(0.001)
+    for note in reversed(notes):
+        await store.accept([note])
+    first, second, third, fourth = (n.message.message_id for n in notes)
+    await store.ack([("bob", second)])
+
+    assert await store.pending_ids_many(["bob", "nobody", "alice", "carol"]) == [
+        [first, fourth],
+        [],
+        [first, third],
+        [third],
+    ]
+    assert await store.pending_ids_many(["alice", "bob"], limit=1) == [[first], [first]]
+    assert await store.pending_ids_many([]) == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.pending_ids_many(["alice"], limit=-1)
+
+
+@pytest_twisted.ensureDeferred
 async def test_pending_ids_order_with_thousands_of_ids(store_case: StoreCase) -> None:
     store = store_case.store
     notes = [store_case.notification(["alice"]) for _ in range(3000)]

@@ -31,6 +31,7 @@ from pigeonpush.rpc import PullSource, PushItem, PushStatus
 from pigeonpush.server import metrics
 from pigeonpush.server.acks import AckBatcher
 from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import Message
@@ -104,6 +105,9 @@ class PushHub:
         self._all_closed: list[Deferred[None]] = []
         self._pull_failures = 0
         self._pull_failure_logged_at = float("-inf")
+        self._batcher: PullBatcher | None = None
+        #: connections whose last pull brought nothing but said "more"
+        self._pulled_empty: set[ServerProtocol] = set()
 
     # --- connections -------------------------------------------------------------
 
@@ -113,6 +117,7 @@ class PushHub:
     def disconnected(self, proto: ServerProtocol) -> None:
         """Every close, whatever its cause: the conditional cleanup."""
         self.connections.discard(proto)
+        self._pulled_empty.discard(proto)
         client_id = proto.client_id
         if client_id is not None and self.channels.get(client_id) is proto:
             del self.channels[client_id]
@@ -442,7 +447,8 @@ class PushHub:
 
     def pull(self, proto: ServerProtocol) -> None:
         """Ask delivery for the client's pending messages and push them, oldest
-        first, within the free part of the window."""
+        first, within the free part of the window. Pulls of many connections
+        are batched (``PullBatcher``): one call to delivery per few ms."""
         source = self.pull_source
         in_flight = proto.in_flight
         if source is None or proto.pulling or proto.state != _ACTIVE or in_flight is None:
@@ -455,7 +461,10 @@ class PushHub:
         proto.pulling = True
         proto.pull_more = False
         proto.last_pull = self.clock.seconds()
-        pulling = source.pull(proto.client_id, free, list(in_flight))
+        batcher = self._batcher
+        if batcher is None or batcher.source is not source:
+            batcher = self._batcher = PullBatcher(source, self.clock)
+        pulling = batcher.pull(proto.client_id, free, list(in_flight))
         pulling.addCallbacks(
             self._pulled, self._pull_failed, callbackArgs=(proto,), errbackArgs=(proto,)
         )
@@ -471,7 +480,17 @@ class PushHub:
         proto.pull_more = more
         items = [item for item in items if item.client_id == proto.client_id]
         if not items:
+            # Nothing came but more is pending: the batch's answer was full, or
+            # only expired ids were read (and cleaned). Ask once more now
+            # rather than at the next PING; a second empty answer in a row
+            # waits for the next trigger, so a stuck store cannot spin us.
+            if more and proto not in self._pulled_empty:
+                self._pulled_empty.add(proto)
+                self.pull(proto)
+            else:
+                self._pulled_empty.discard(proto)
             return None
+        self._pulled_empty.discard(proto)
         metrics.PULLED.inc(len(items))
         pushing = self.push(items)
 

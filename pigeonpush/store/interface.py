@@ -97,6 +97,11 @@ class Store(Protocol):
         May include ids whose body already expired (``bodies`` says None):
         the reader acks those away."""
 
+    def pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None = None
+    ) -> Deferred[list[list[str]]]:
+        """``pending_ids`` for many clients in one round trip, in order."""
+
     def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
         """Message bodies in order; None where expired or unknown."""
 

@@ -193,6 +193,15 @@ class MemoryStore:
         ids = sorted(self._wait_ack.get(client_id, self._clock.seconds()) or ())
         return ids if limit is None else ids[:limit]
 
+    def pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None = None
+    ) -> Deferred[list[list[str]]]:
+        return self._run(self._pending_ids_many, client_ids, limit)
+
+    def _pending_ids_many(self, client_ids: Sequence[str], limit: int | None) -> list[list[str]]:
+        checks.optional_limit(limit)
+        return [self._pending_ids(client_id, limit) for client_id in client_ids]
+
     def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
         return self._run(self._messages, message_ids)
 

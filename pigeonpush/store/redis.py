@@ -230,6 +230,23 @@ class RedisStore:
         ids = sorted(await self._one("SMEMBERS", keys.wait_ack(client_id)))
         return ids if limit is None else ids[:limit]
 
+    def pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None = None
+    ) -> Deferred[list[list[str]]]:
+        return self._call(self._pending_ids_many, client_ids, limit)
+
+    async def _pending_ids_many(
+        self, client_ids: Sequence[str], limit: int | None
+    ) -> list[list[str]]:
+        limit = checks.optional_limit(limit)
+        if not client_ids:
+            return []
+        replies = await self._main.execute(
+            [("SMEMBERS", keys.wait_ack(client_id)) for client_id in client_ids]
+        )
+        found = [sorted(_checked(reply, "SMEMBERS")) for reply in replies]
+        return found if limit is None else [ids[:limit] for ids in found]
+
     def bodies(self, message_ids: Sequence[str]) -> Deferred[list[Message | None]]:
         return self._call(self._bodies, message_ids)
 
