@@ -59,19 +59,6 @@ RECLAIM_ROUNDS = 4
 
 log = Logger()
 
-#: XREADGROUP without blocking, its entries answered as one JSON value
-#: ``[[id, [field, value, ...]], ...]`` ("" when there are none).
-READ_PACKED = Script(
-    "read_packed",
-    """
-local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-  'STREAMS', KEYS[1], '>')
-if type(reply) == 'table' and reply.err then return reply end
-if not reply then return '' end
-return cjson.encode(reply[1][2])
-""",
-)
-
 
 class RedisStore:
     """The store on Redis. Connects on first use; ``close`` releases everything."""
@@ -324,7 +311,7 @@ class RedisStore:
         args = [keys.GROUP, consumer, str(count)]
 
         async def packed() -> Reply:
-            (reply,) = await self._main.run_scripts([(READ_PACKED, [keys.QUEUE], args)])
+            (reply,) = await self._main.run_scripts([(scripts.READ_PACKED, [keys.QUEUE], args)])
             return _checked_group(reply, "XREADGROUP")
 
         value = await self._with_group(packed)

@@ -140,4 +140,27 @@ return claimed
 """,
 )
 
-ALL = (BIND_SESSION, END_SESSION, DROP_ROUTE, ACCEPT, REGISTER_DEVICE, ACKNOWLEDGE, RECLAIM)
+#: XREADGROUP without blocking, its entries answered as one JSON value
+#: ``[[id, [field, value, ...]], ...]`` ("" when there are none).
+READ_PACKED = Script(
+    "read_packed",
+    """
+local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '>')
+if type(reply) == 'table' and reply.err then return reply end
+if not reply then return '' end
+return cjson.encode(reply[1][2])
+""",
+)
+
+
+ALL = (
+    BIND_SESSION,
+    END_SESSION,
+    DROP_ROUTE,
+    ACCEPT,
+    REGISTER_DEVICE,
+    ACKNOWLEDGE,
+    RECLAIM,
+    READ_PACKED,
+)
