@@ -45,7 +45,10 @@ async def test_stop_all_ends_every_child_and_its_group(tmp_path: Path) -> None:
 
     assert os.getpgid(sleeper.pid) == sleeper.pid != os.getpgid(0)
     assert os.getpgid(grandchild) == forker.pid
-    assert sorted(marked_pids(tmp_path)) == sorted([sleeper.pid, forker.pid, grandchild])
+    # A process in the middle of exec (the launcher becoming ``sleep``) shows
+    # an empty environment for an instant, so look until all three show.
+    expected = sorted([sleeper.pid, forker.pid, grandchild])
+    await wait_for(lambda: sorted(marked_pids(tmp_path)) == expected, what="all three marked")
 
     await processes.stop_all()
 
