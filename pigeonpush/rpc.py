@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -64,12 +64,19 @@ def encode_batches(
     """Yield ``(count, value)``: consecutive runs of ``items`` encoded to fit one
     AMP value. An item that alone exceeds ``max_bytes`` raises ValueError (the
     notification API's size limits keep that from happening)."""
+    return _chunk_rows(
+        ((_item_json(item), f"message {item.message_id}") for item in items), max_bytes
+    )
+
+
+def _chunk_rows(rows: Iterable[tuple[bytes, str]], max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Consecutive runs of JSON ``rows`` (each with what to call it in an
+    error) joined into JSON arrays of at most ``max_bytes``."""
     parts: list[bytes] = []
-    size = 2  # the brackets, plus a comma before every item but the first
-    for item in items:
-        encoded = _item_json(item)
+    size = 2  # the brackets, plus a comma before every row but the first
+    for encoded, what in rows:
         if len(encoded) + 2 > max_bytes:
-            raise ValueError(f"message {item.message_id} is too large for one AMP value")
+            raise ValueError(f"{what} is too large for one AMP value")
         if parts and size + 1 + len(encoded) > max_bytes:
             yield len(parts), b"[" + b",".join(parts) + b"]"
             parts, size = [], 2
@@ -79,16 +86,22 @@ def encode_batches(
         yield len(parts), b"[" + b",".join(parts) + b"]"
 
 
-def decode_batch(value: bytes) -> list[PushItem]:
-    """The items of one encoded batch; ValueError if it is not one."""
+def _json_rows(value: bytes, what: str) -> list[object]:
+    """The JSON array in ``value``; ValueError saying it is not ``what``."""
     try:
         rows = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a message batch: {e}") from e
+        raise ValueError(f"not {what}: {e}") from e
     except RecursionError:
-        raise ValueError("not a message batch: nested too deeply") from None
+        raise ValueError(f"not {what}: nested too deeply") from None
     if not isinstance(rows, list):
-        raise ValueError("not a message batch: not a list")
+        raise ValueError(f"not {what}: not a list")
+    return rows
+
+
+def decode_batch(value: bytes) -> list[PushItem]:
+    """The items of one encoded batch; ValueError if it is not one."""
+    rows = _json_rows(value, "a message batch")
     items = []
     for row in rows:
         if not isinstance(row, list) or len(row) not in (2, 4, 5):
@@ -193,31 +206,15 @@ def encode_pull_requests(
     """Yield ``(count, value)``: consecutive runs of ``requests`` that fit one
     AMP value each. A request that alone exceeds ``max_bytes`` raises
     ValueError (a window of ids never comes close)."""
-    parts: list[bytes] = []
-    size = 2
-    for request in requests:
-        encoded = _request_json(request)
-        if len(encoded) + 2 > max_bytes:
-            raise ValueError(f"the pull of {request.client_id} is too large for one AMP value")
-        if parts and size + 1 + len(encoded) > max_bytes:
-            yield len(parts), b"[" + b",".join(parts) + b"]"
-            parts, size = [], 2
-        size += len(encoded) + (1 if parts else 0)
-        parts.append(encoded)
-    if parts:
-        yield len(parts), b"[" + b",".join(parts) + b"]"
+    return _chunk_rows(
+        ((_request_json(request), f"the pull of {request.client_id}") for request in requests),
+        max_bytes,
+    )
 
 
 def decode_pull_requests(value: bytes) -> list[PullRequest]:
     """The requests of one ``encode_pull_requests`` value; ValueError if it is not one."""
-    try:
-        rows = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a list of pull requests: {e}") from e
-    except RecursionError:
-        raise ValueError("not a list of pull requests: nested too deeply") from None
-    if not isinstance(rows, list):
-        raise ValueError("not a list of pull requests: not a list")
+    rows = _json_rows(value, "a list of pull requests")
     requests = []
     for row in rows:
         if (
