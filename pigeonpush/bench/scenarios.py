@@ -145,20 +145,9 @@ async def _framing_connections(run: Run, clients: int, servers: int) -> Connecti
         await services.start_baseline(run.processes, run.reactor, name=f"baseline-{index}")
         for index in range(servers)
     ]
-    try:
-        pids = {server.process.name: server.process.pid for server in started}
-        await run.sleep(1.0)
-        idle = total_rss(list(pids.values()))
-        generators = await run.generators(generator_count(run, clients), "twisted")
-        run.progress.phase(f"bare Twisted: connecting {clients:,} clients")
-        seconds, _ = await generators.connect(
-            "framing", clients, [{"server": s.address} for s in started], label="bare Twisted"
-        )
-        figures = await _steady(run, pids, generators, idle, seconds)
-        await generators.finish()
-    finally:
-        await run.stop([server.process for server in started])
-    return figures
+    return await _baseline_connections(
+        run, clients, started, "twisted", "framing", "bare Twisted", "connecting"
+    )
 
 
 async def _mqtt_connections(run: Run, clients: int, servers: int) -> ConnectionFigures:
@@ -168,19 +157,34 @@ async def _mqtt_connections(run: Run, clients: int, servers: int) -> ConnectionF
         )
         for index in range(servers)
     ]
+    return await _baseline_connections(
+        run, clients, started, "mosquitto", "mqtt", "Mosquitto", "connecting and subscribing"
+    )
+
+
+async def _baseline_connections(
+    run: Run,
+    clients: int,
+    started: Sequence[services.Baseline | services.Listener],
+    system: str,
+    protocol: str,
+    label: str,
+    doing: str,
+) -> ConnectionFigures:
+    """Connect ``clients`` to the started baseline servers and measure them."""
     try:
-        pids = {broker.process.name: broker.process.pid for broker in started}
+        pids = {server.process.name: server.process.pid for server in started}
         await run.sleep(1.0)
         idle = total_rss(list(pids.values()))
-        generators = await run.generators(generator_count(run, clients), "mosquitto")
-        run.progress.phase(f"Mosquitto: connecting and subscribing {clients:,} clients")
+        generators = await run.generators(generator_count(run, clients), system)
+        run.progress.phase(f"{label}: {doing} {clients:,} clients")
         seconds, _ = await generators.connect(
-            "mqtt", clients, [{"server": b.address} for b in started], label="Mosquitto"
+            protocol, clients, [{"server": s.address} for s in started], label=label
         )
         figures = await _steady(run, pids, generators, idle, seconds)
         await generators.finish()
     finally:
-        await run.stop([broker.process for broker in started])
+        await run.stop([server.process for server in started])
     return figures
 
 
