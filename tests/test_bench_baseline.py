@@ -88,6 +88,18 @@ def test_push_writes_frames_round_robin_and_skips_paused_connections() -> None:
     assert len(written[0]) + len(written[1]) == 50 * len(frame)
 
 
+def test_push_writes_its_burst_to_one_connection_before_the_next() -> None:
+    clock = Clock()
+    hub = Hub(clock)
+    connections = [_connect(hub) for _ in range(2)]
+
+    _run(clock, defer.ensureDeferred(hub.push(5, 10, burst=3)))
+
+    frame = _frame(bytes((FrameType.PUSH,)) + b"x" * 9)
+    counts = sorted(transport.value().count(frame) for _, transport in connections)
+    assert counts == [2, 3]
+
+
 def test_push_without_connections_or_with_an_empty_frame_is_refused() -> None:
     hub = Hub(Clock())
     failure = _run(hub.clock, defer.ensureDeferred(hub.push(1, 10)))  # type: ignore[arg-type]
@@ -95,16 +107,20 @@ def test_push_without_connections_or_with_an_empty_frame_is_refused() -> None:
     _connect(hub)
     failure = _run(hub.clock, defer.ensureDeferred(hub.push(1, 0)))  # type: ignore[arg-type]
     assert "size must be at least 1" in str(failure.value)
+    failure = _run(hub.clock, defer.ensureDeferred(hub.push(1, 10, 0)))  # type: ignore[arg-type]
+    assert "burst must be at least 1" in str(failure.value)
 
 
 @pytest.mark.parametrize(
     ("line", "answer"),
     [
         (b"stats", b"stats 0 0 0\n"),
-        (b"push 1", b"error usage: push COUNT SIZE | stats\n"),
-        (b"push x 10", b"error usage: push COUNT SIZE | stats\n"),
-        (b"shutdown", b"error usage: push COUNT SIZE | stats\n"),
+        (b"push 1", b"error usage: push COUNT SIZE [BURST] | stats\n"),
+        (b"push x 10", b"error usage: push COUNT SIZE [BURST] | stats\n"),
+        (b"shutdown", b"error usage: push COUNT SIZE [BURST] | stats\n"),
+        (b"push 1 10 2 7", b"error usage: push COUNT SIZE [BURST] | stats\n"),
         (b"push 1 10", b"error no connections to push to\n"),
+        (b"push 1 10 3", b"error no connections to push to\n"),
     ],
 )
 def test_control_commands(line: bytes, answer: bytes) -> None:

@@ -43,6 +43,8 @@ def test_defaults_of_each_scenario() -> None:
     assert (args.clients, args.messages, args.rate, args.baselines) == (1000, 10_000, 2000.0, [])
     args = _parse("reconnect")
     assert (args.servers, args.messages) == (2, None)
+    args = _parse("push")
+    assert (args.clients, args.messages, args.burst) == (1000, 100_000, 8)
 
 
 def test_batches_at_a_fixed_rate_hold_what_is_due_every_10_ms() -> None:
@@ -62,6 +64,7 @@ def test_batches_at_a_fixed_rate_hold_what_is_due_every_10_ms() -> None:
         (["unicast", "--size", "8"], "must be from 32 to 2,048, not 8"),
         (["unicast", "--rate", "-1"], "must be 0 (as fast as possible) or more"),
         (["backlog", "--timeout", "0"], "must be more than 0"),
+        (["push", "--burst", "33"], "must be from 1 to 32, not 33"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -173,6 +176,39 @@ def _check_small_run(result: subprocess.CompletedProcess[str], directory: Path) 
     logs = {path.name for path in directory.glob("*.log")}
     assert {"bench-server-0.log", "reglog.log", "delivery.log", "mosquitto-0.log"} <= logs
     assert marked_pids(directory) == []
+
+
+def test_a_small_push_run_end_to_end() -> None:
+    """The write-path scenario: both systems get every frame, in bursts of
+    the same length, and the report says so."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pigeonpush.cli",
+            "bench",
+            "push",
+            "--clients",
+            "10",
+            "--messages",
+            "300",
+            "--burst",
+            "4",
+            "--json",
+            "--no-progress",
+            "--timeout",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    metrics = {metric["key"]: metric for metric in report["metrics"]}
+    assert metrics["delivered"]["values"] == {"pigeonpush": 300, "twisted": 300}
+    assert report["parameters"]["burst"] == 4
+    assert any("4 consecutive frames to each client" in note for note in report["notes"])
 
 
 def test_an_interrupted_run_stops_everything_it_started() -> None:

@@ -10,11 +10,11 @@ framework itself, against which the pigeon server's figures are set.
 
 The control endpoint takes one command per line:
 
-``push COUNT SIZE``
+``push COUNT SIZE [BURST]``
     write COUNT PUSH-typed frames of SIZE bytes round-robin over the
-    connections, as fast as the transports take them (a connection whose
-    socket buffer is full is skipped until its transport resumes), and answer
-    ``pushed COUNT SECONDS``.
+    connections, BURST (default 8) to each connection per round, as fast as
+    the transports take them (a connection whose socket buffer is full is
+    skipped until its transport resumes), and answer ``pushed COUNT SECONDS``.
 ``stats``
     answer ``stats CONNECTIONS ACKS PINGS``.
 """
@@ -39,8 +39,9 @@ from pigeonpush.wire.frames import FrameType
 PING = FrameType.PING
 ACK = FrameType.ACK
 PONG_FRAME = b"\x00\x00\x00\x01" + bytes((FrameType.PONG,))
-#: Frames written per connection per reactor turn while pushing.
+#: Frames written per connection per reactor turn while pushing, by default.
 BURST = 8
+_USAGE = b"error usage: push COUNT SIZE [BURST] | stats"
 
 
 @implementer(IPushProducer)
@@ -106,10 +107,13 @@ class Hub(Factory):
     def buildProtocol(self, addr: Any) -> FramingServer:
         return FramingServer(self)
 
-    async def push(self, count: int, size: int) -> float:
-        """Write ``count`` frames of ``size`` bytes; the seconds it took."""
+    async def push(self, count: int, size: int, burst: int = BURST) -> float:
+        """Write ``count`` frames of ``size`` bytes, ``burst`` to each connection
+        per round; the seconds it took."""
         if size < 1:
             raise ValueError("size must be at least 1 (the type byte)")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
         frame = (size).to_bytes(4, "big") + bytes((FrameType.PUSH,)) + b"x" * (size - 1)
         started = self.clock.seconds()
         left = count
@@ -119,10 +123,10 @@ class Hub(Factory):
             targets = [c for c in self.connections if c.gate.open and c.transport is not None]
             for connection in targets:
                 write = connection.transport.write  # type: ignore[union-attr]
-                burst = min(BURST, left)
-                for _ in range(burst):
+                frames = min(burst, left)
+                for _ in range(frames):
                     write(frame)
-                left -= burst
+                left -= frames
                 if left <= 0:
                     break
             # Let the reactor flush sockets and deliver pause/resume signals;
@@ -148,14 +152,15 @@ class Control(LineReceiver):
         if words[:1] == ["stats"]:
             hub = self.hub
             self.sendLine(f"stats {len(hub.connections)} {hub.acks} {hub.pings}".encode())
-        elif words[:1] == ["push"] and len(words) == 3 and all(w.isdigit() for w in words[1:]):
-            defer.ensureDeferred(self._push(int(words[1]), int(words[2])))
+        elif words[:1] == ["push"] and len(words) in (3, 4) and all(w.isdigit() for w in words[1:]):
+            numbers = [int(word) for word in words[1:]]
+            defer.ensureDeferred(self._push(*numbers))
         else:
-            self.sendLine(b"error usage: push COUNT SIZE | stats")
+            self.sendLine(_USAGE)
 
-    async def _push(self, count: int, size: int) -> None:
+    async def _push(self, count: int, size: int, burst: int = BURST) -> None:
         try:
-            seconds = await self.hub.push(count, size)
+            seconds = await self.hub.push(count, size, burst)
         except ValueError as e:
             self.sendLine(f"error {e}".encode())
             return

@@ -643,7 +643,8 @@ async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, A
 async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Push ``messages`` straight into a pigeon-server over its AMP ``Push``, as
     delivery does: the server's write path without the API, Redis and delivery
-    in front of it. Items the server answers WINDOW_FULL are sent again."""
+    in front of it. ``burst`` consecutive messages go to the same client, then
+    the next client. Items the server answers WINDOW_FULL are sent again."""
     from twisted.protocols import amp
 
     from pigeonpush.ids import MessageIdGenerator
@@ -656,6 +657,7 @@ async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
     size = int(settings.get("size", 100))
     batch = max(1, int(settings.get("batch", 100)))
     concurrency = max(1, int(settings.get("concurrency", 4)))
+    burst = max(1, int(settings.get("burst", 1)))
     if clients <= 0 or messages < 0:
         raise ValueError("clients must be positive and messages not negative")
     connection = amp.AMP()
@@ -676,7 +678,7 @@ async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
         del queue[:batch]
         text = payload_text(size, reactor.seconds())
         while len(items) < batch and made < messages:
-            client_id = f"{prefix}{made % clients}"
+            client_id = f"{prefix}{made // burst % clients}"
             items.append(PushItem(client_id, new_id(), "bench", text))
             made += 1
         return items

@@ -884,7 +884,14 @@ async def reconnect(
 
 
 async def _pigeon_push_path(
-    run: Run, *, clients: int, messages: int, size: int, batch: int, concurrency: int
+    run: Run,
+    *,
+    clients: int,
+    messages: int,
+    size: int,
+    burst: int,
+    batch: int,
+    concurrency: int,
 ) -> DeliveryFigures:
     cluster = await start_pigeon(
         run, servers=1, capacity=connections_per_process(), notification=False
@@ -909,6 +916,7 @@ async def _pigeon_push_path(
                 "size": size,
                 "batch": batch,
                 "concurrency": concurrency,
+                "burst": burst,
             },
             server_pids=cluster.server_pids,
         )
@@ -920,9 +928,8 @@ async def _pigeon_push_path(
 
 
 async def _framing_push_path(
-    run: Run, *, clients: int, messages: int, size: int
+    run: Run, *, clients: int, messages: int, size: int, burst: int
 ) -> DeliveryFigures:
-
     server = await services.start_baseline(run.processes, run.reactor)
     try:
         generators = await run.generators(generator_count(run, clients), "twisted")
@@ -934,7 +941,11 @@ async def _framing_push_path(
         run.progress.phase(f"bare Twisted: writing {messages:,} frames")
         started = run.reactor.seconds()
         answer = await control(
-            run.reactor, services.HOST, server.control_port, f"push {messages} {size}", run.left()
+            run.reactor,
+            services.HOST,
+            server.control_port,
+            f"push {messages} {size} {burst}",
+            run.left(),
         )
         if not answer.startswith("pushed "):
             raise RuntimeError(f"the baseline refused to push: {answer}")
@@ -969,6 +980,7 @@ async def push(
     clients: int,
     messages: int,
     size: int,
+    burst: int,
     batch: int,
     concurrency: int,
     baselines: Sequence[str],
@@ -986,6 +998,7 @@ async def push(
             "messages": messages,
             "size": size,
             "frame_bytes": push_frame_length(size),
+            "burst": burst,
             "batch": batch,
             "amp_concurrency": concurrency,
         },
@@ -994,12 +1007,18 @@ async def push(
     )
     results = {
         SUBJECT: await _pigeon_push_path(
-            run, clients=clients, messages=messages, size=size, batch=batch, concurrency=concurrency
+            run,
+            clients=clients,
+            messages=messages,
+            size=size,
+            burst=burst,
+            batch=batch,
+            concurrency=concurrency,
         )
     }
     if TWISTED in systems:
         results[TWISTED] = await _framing_push_path(
-            run, clients=clients, messages=messages, size=push_frame_length(size)
+            run, clients=clients, messages=messages, size=push_frame_length(size), burst=burst
         )
 
     def each(function: Any) -> dict[str, float | int | None]:
@@ -1033,7 +1052,8 @@ async def push(
     report.notes.append(
         "pigeonpush: AMP Push batches (as delivery sends them) -> pigeon-server -> PUSH frames, "
         "window of un-ACKed frames per client, ACKs batched to Redis; bare Twisted: the same "
-        "number and length of frames written round-robin as fast as the transports take them"
+        "number and length of frames written round-robin as fast as the transports take them; "
+        f"both: {burst} consecutive frames to each client"
     )
     pigeon = results[SUBJECT]
     lost = max(0, pigeon.accepted - pigeon.stats.unique)

@@ -230,6 +230,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--clients", type=_bounded_int(1, MAX_CLIENTS), default=1000)
     sub.add_argument("--messages", type=_bounded_int(1, MAX_MESSAGES), default=100_000)
+    sub.add_argument(
+        "--burst",
+        type=_bounded_int(1, 32),
+        default=8,
+        help="consecutive frames to the same client before the next, for both systems; at "
+        "most the server's ACK window of 32 (default 8)",
+    )
     _message_options(sub)
     sub.set_defaults(servers=1)
     sub.add_argument(
@@ -337,6 +344,7 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
                 clients=args.clients,
                 messages=args.messages,
                 size=args.size,
+                burst=args.burst,
                 batch=batch_size(args),
                 concurrency=args.api_concurrency,
                 baselines=args.baselines,
