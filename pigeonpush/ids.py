@@ -31,12 +31,29 @@ def encode_ulid(value: int) -> str:
     return "".join(reversed(chars))
 
 
+class _IntDigits(dict[int, str]):
+    """Crockford base32 characters to the digits ``int(..., 32)`` reads; any
+    other character to one it refuses (``str.translate`` keeps unmapped ones,
+    and ``int`` would read some of them)."""
+
+    def __missing__(self, key: int) -> str:
+        return "!"
+
+
+_INT_DIGITS = _IntDigits(
+    {ord(char): "0123456789abcdefghijklmnopqrstuv"[value] for value, char in enumerate(ALPHABET)}
+)
+
+
 def timestamp_ms(message_id: str) -> int:
-    """The millisecond timestamp a messageId was made at."""
-    value = 0
-    for char in message_id[:10]:
-        value = (value << 5) | ALPHABET.index(char)
-    return value
+    """The millisecond timestamp a messageId was made at; ValueError for a
+    string that does not start with 10 base32 characters. (One C-level
+    translate and ``int`` instead of a loop: the benchmark's clients read it
+    for every message.)"""
+    head = message_id[:10]
+    if len(head) != 10:
+        raise ValueError(f"not a messageId: {message_id!r}")
+    return int(head.translate(_INT_DIGITS), 32)
 
 
 def is_message_id(text: str) -> bool:

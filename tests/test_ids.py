@@ -153,3 +153,11 @@ def test_unique_and_ordered_across_processes() -> None:
     assert all(before_ms <= timestamp_ms(i) <= after_ms + 1 for i in everything)
     by_id = sorted(everything)
     assert [timestamp_ms(i) for i in by_id] == sorted(timestamp_ms(i) for i in everything)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "01ARZ3NDE", "01ARZ3NDEI", "01arz3ndek", "01ARZ_NDEK", "01ARZ 3NDEK"]
+)
+def test_the_timestamp_of_what_is_not_a_message_id_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        timestamp_ms(text)

@@ -19,6 +19,7 @@ from pigeonpush.wire.codec import (
     EncodeError,
     decode,
     encode,
+    encode_ack,
     encode_push,
 )
 from pigeonpush.wire.frames import (
@@ -75,6 +76,27 @@ def test_the_type_byte_follows_the_prefix(frame: Frame) -> None:
 @given(pushes)
 def test_encode_push_is_encode_of_push(push: Push) -> None:
     assert encode_push(push.message_id, push.title, push.text, push.extras) == encode(push)
+
+
+@untimed
+@given(st.text(max_size=200))
+def test_encode_ack_is_encode_of_ack(message_id: str) -> None:
+    try:
+        expected = encode(Ack(message_id))
+    except EncodeError:
+        with pytest.raises(EncodeError):
+            encode_ack(message_id)
+        return
+    assert encode_ack(message_id) == expected
+
+
+def test_encode_ack_explains_what_it_cannot_carry() -> None:
+    with pytest.raises(EncodeError, match=r"^messageId is 70000 bytes of UTF-8"):
+        encode_ack("x" * 70000)
+    with pytest.raises(EncodeError, match=r"^messageId is not encodable as UTF-8"):
+        encode_ack("\ud800")
+    with pytest.raises(EncodeError, match=r"^messageId must be a str, not int"):
+        encode_ack(7)  # type: ignore[arg-type]
 
 
 def test_encode_push_handles_strings_past_its_length_table() -> None:

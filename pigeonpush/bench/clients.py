@@ -19,7 +19,8 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from pigeonpush.bench import mqtt
-from pigeonpush.wire.codec import ENCODED_PING, encode
+from pigeonpush.ids import timestamp_ms
+from pigeonpush.wire.codec import ENCODED_PING, encode, encode_ack
 from pigeonpush.wire.frames import (
     PROTOCOL_VERSION,
     Ack,
@@ -71,8 +72,6 @@ class BenchClient(TypingProtocol):
 
 def accepted_ms_of(message_id: str) -> int | None:
     """The millisecond timestamp of a ULID messageId (see pigeonpush.ids)."""
-    from pigeonpush.ids import timestamp_ms
-
     try:
         return timestamp_ms(message_id)
     except ValueError:
@@ -103,7 +102,7 @@ class PigeonClient(FrameProtocol):
         if kind is Push:
             assert isinstance(frame, Push)
             message_id = frame.message_id
-            self.sendEncoded(encode(Ack(message_id)))
+            self.sendEncoded(encode_ack(message_id))
             self.fleet.pushed(self, message_id, frame.text, accepted_ms_of(message_id))
         elif kind is AuthOk:
             assert isinstance(frame, AuthOk)

@@ -19,9 +19,8 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PING, ENCODED_PONG
+from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PING, ENCODED_PONG, encode_ack
 from pigeonpush.wire.frames import (
-    Ack,
     Auth,
     AuthFail,
     AuthOk,
@@ -236,7 +235,7 @@ class ClientProtocol(FrameProtocol):
     def send_ack(self, message_id: str) -> None:
         """ACK a message, if this session can still carry it."""
         if self.authenticated and not self.closing:
-            self.sendFrame(Ack(message_id))
+            self.sendEncoded(encode_ack(message_id))
 
     # --- timers -------------------------------------------------------------------
 
