@@ -173,6 +173,9 @@ def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent
         harness.clock.advance(50)
         device.send(PING)
         assert device.received() == [PONG]
+    for _ in range(3):
+        harness.clock.advance(50)
+        device.send(Ack("m-unknown"))  # an ACK is talking too
     assert not device.closing
 
     harness.clock.advance(59.9)
@@ -313,6 +316,42 @@ def test_garbage_and_oversize_frames_close_only_that_connection() -> None:
     good.send(PING)
     assert good.received() == [PONG]
     assert not good.closing
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x06\x00\x02\xff\xfe",  # not UTF-8
+        b"\x06\x00\x05m1",  # messageId cut short
+        b"\x06\x00\x01m1",  # a byte after the messageId
+        b"\x06\x00",  # no length
+    ],
+)
+def test_a_malformed_ack_of_an_active_connection_gets_error_malformed(payload: bytes) -> None:
+    harness = Harness(pulls=False)
+    device = harness.login("alice")
+    device.send_bytes(len(payload).to_bytes(4, "big") + payload)
+    [error] = device.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.MALFORMED
+    assert device.closing
+
+
+def test_an_ack_that_the_hub_fails_on_is_an_internal_error(
+    logged_failures: FailureCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness = Harness(pulls=False)
+    device = harness.login("alice")
+
+    def broken(proto: object, message_id: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(harness.hub, "acked", broken)
+    device.send(Ack("m1"))
+    [error] = device.received()
+    assert isinstance(error, Error) and error.code is ErrorCode.INTERNAL
+    assert device.closing
+    [failure] = logged_failures.flush(RuntimeError)
+    assert "boom" in str(failure.value)
 
 
 def test_tcp_nodelay_and_the_producer_are_set_on_connect() -> None:

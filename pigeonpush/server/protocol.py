@@ -33,6 +33,7 @@ from pigeonpush.wire.frames import (
     Error,
     ErrorCode,
     Frame,
+    FrameType,
     Kick,
     Ping,
     Pong,
@@ -54,6 +55,7 @@ class State(enum.IntEnum):
 
 _ACTIVE = State.ACTIVE
 _AWAITING_AUTH = State.AWAITING_AUTH
+_ACK_TYPE = FrameType.ACK
 _CLOSING = State.CLOSING
 
 
@@ -160,6 +162,33 @@ class ServerProtocol(FrameProtocol):
         super().closeWith(frame)
 
     # --- frames ------------------------------------------------------------------
+
+    def stringReceived(self, string: bytes) -> None:
+        """An ACK of an ACTIVE connection (the frame a busy server reads most)
+        is read here without building an ``Ack``; anything else, and an ACK
+        that is not well formed, takes the general path, which decodes and
+        explains."""
+        if (
+            self.state == _ACTIVE
+            and len(string) > 3
+            and string[0] == _ACK_TYPE
+            and len(string) == 3 + (string[1] << 8 | string[2])
+        ):
+            try:
+                message_id = string[3:].decode()
+            except UnicodeDecodeError:
+                pass
+            else:
+                timer = self.timer
+                if timer is not None:
+                    timer.reset(self.hub.idle_timeout)
+                try:
+                    self.hub.acked(self, message_id)
+                except Exception:
+                    self.log.failure("Handling an ACK from {peer} failed", peer=self.peer)
+                    self.protocolError(ErrorCode.INTERNAL, "internal error")
+                return
+        super().stringReceived(string)
 
     def frameReceived(self, frame: Frame) -> None:
         kind = type(frame)
