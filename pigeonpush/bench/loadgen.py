@@ -70,6 +70,7 @@ from pigeonpush.bench.clients import (
 )
 from pigeonpush.bench.histogram import LatencyHistogram
 from pigeonpush.bench.measure import cpu_seconds
+from pigeonpush.bench.route_client import RouteClient, RouteFailed
 
 log = Logger()
 
@@ -214,8 +215,8 @@ class Fleet:
         self.stopping = False
         self._waiting: dict[int, defer.Deferred[None]] = {}
         self._random = random.Random(int(settings.get("seed", 0)) ^ self.start)
-        self._pool: HTTPConnectionPool | None = None
-        self._http: HTTPClient | None = None
+        self._routes: RouteClient | None = None
+        self._http_connections = 64
 
     def client_id(self, index: int) -> str:
         return f"{self.prefix}{self.start + index}"
@@ -268,6 +269,8 @@ class Fleet:
     async def connect_all(self, concurrency: int, progress: Callable[[], None]) -> dict[str, Any]:
         started = self._reactor.seconds()
         semaphore = defer.DeferredSemaphore(max(1, concurrency))
+        # As many keep-alive reglog connections as attempts in flight.
+        self._http_connections = max(self._http_connections, concurrency)
 
         async def one(index: int) -> None:
             await semaphore.acquire()
@@ -359,24 +362,15 @@ class Fleet:
             raise AttemptFailed("handshake_timeout") from None
 
     async def _route(self, client_id: str) -> tuple[str, str]:
-        if self._http is None:
-            self._pool, self._http = http_client(self._reactor, 64)
-        try:
-            response = await self._http.post(
-                f"{self.reglog}/v1/route",
-                json={"clientId": client_id},
-                reactor=self._reactor,
-                timeout=ATTEMPT_TIMEOUT,
+        if self._routes is None:
+            assert self.reglog is not None
+            self._routes = RouteClient(
+                self._reactor, self.reglog, self._http_connections, ATTEMPT_TIMEOUT
             )
-            body = await response.json()
-        except (ConnectError, ResponseFailed, defer.CancelledError, ValueError) as e:
-            raise AttemptFailed(f"route_{type(e).__name__}") from None
-        if response.code != 200:
-            raise AttemptFailed(f"route_http_{response.code}")
         try:
-            return str(body["token"]), str(body["server"])
-        except (KeyError, TypeError):
-            raise AttemptFailed("route_bad_answer") from None
+            return await self._routes.route(client_id)
+        except RouteFailed as e:
+            raise AttemptFailed(str(e)) from None
 
     # -- the rest ---------------------------------------------------------------
 
@@ -390,8 +384,8 @@ class Fleet:
 
     async def shutdown(self) -> None:
         self.close()
-        if self._pool is not None:
-            await self._pool.closeCachedConnections()
+        if self._routes is not None:
+            self._routes.close()
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -112,16 +112,20 @@ async def _pigeon_connections(
         generators = await run.generators(generator_count(run, clients), "pigeon")
         run.progress.phase(f"pigeonpush: connecting {clients:,} clients through reglog")
         before = _cpu_each(cluster.system_pids)
+        generators_before = (await generators.stats()).cpu
         seconds, connected = await generators.connect(
             "pigeon", clients, [{"reglog": cluster.reglog.url}], label="pigeonpush"
         )
         after = _cpu_each(cluster.system_pids)
+        generators_after = (await generators.stats()).cpu
         if connected.ready:
+            per_connection = {name: after[name] - before[name] for name in cluster.system_pids}
+            per_connection["load generators"] = generators_after - generators_before
             notes.append(
                 "pigeonpush CPU per connection while connecting, by process (us): "
                 + ", ".join(
-                    f"{name} {(after[name] - before[name]) * 1e6 / connected.ready:.0f}"
-                    for name in cluster.system_pids
+                    f"{name} {spent * 1e6 / connected.ready:.0f}"
+                    for name, spent in per_connection.items()
                 )
             )
         figures = await _steady(run, pids, generators, idle, seconds)
