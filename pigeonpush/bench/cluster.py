@@ -94,18 +94,12 @@ class Run:
                 for k in range(count)
             ]
         )
-        return Generators(self, list(members), first)
+        return Generators(self, list(members))
 
     async def stop(self, processes: Sequence[ManagedProcess]) -> None:
         """Stop the given processes, the last first (clients before servers before stores)."""
         for process in reversed(processes):
             await self.processes.stop(process)
-
-
-def source_address(index: int) -> str:
-    """The loopback source address of generator ``index``: 127.0.0.10 onwards,
-    so that each generator has the whole ephemeral port range to itself."""
-    return f"127.0.0.{10 + index % 240}"
 
 
 def split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -181,13 +175,9 @@ def _latest(a: float | None, b: float | None) -> float | None:
 class Generators:
     """A group of load generators driven as one."""
 
-    def __init__(self, run: Run, members: list[LoadGenerator], first: int = 0) -> None:
+    def __init__(self, run: Run, members: list[LoadGenerator]) -> None:
         self.run = run
         self.members = members
-        #: The run-wide number of the first member: each generator of a run
-        #: connects from its own source address, so that a phase never meets
-        #: the TIME_WAIT ports a previous phase left on its address.
-        self.first = first
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -225,8 +215,8 @@ class Generators:
         The seconds it took, and the merged stats after."""
         run = self.run
         jobs: list[tuple[LoadGenerator, dict[str, Any]]] = []
-        for index, (member, (start, share)) in enumerate(
-            zip(self.members, split(count, len(self.members)), strict=True)
+        for member, (start, share) in zip(
+            self.members, split(count, len(self.members)), strict=True
         ):
             for (offset, part), target in zip(split(share, len(targets)), targets, strict=True):
                 if part:
@@ -237,7 +227,6 @@ class Generators:
                                 "protocol": protocol,
                                 "start": start + offset,
                                 "count": part,
-                                "source": source_address(self.first + index),
                                 "concurrency": run.settings.concurrency,
                                 "heartbeat": run.settings.heartbeat,
                                 "reconnect": reconnect,

@@ -12,8 +12,10 @@ Commands:
 ``connect``
     ``protocol`` (``pigeon`` through a reglog at ``reglog``; ``framing`` or
     ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
-    and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
-    address to connect from: several 127.0.0.x spread the ephemeral ports),
+    and ``count`` (client ids are ``<prefix><index>``), ``source`` (a local
+    address to bind before connecting; the benchmark leaves it unset: the
+    kernel then searches a free port at every bind, which at 15,000
+    connections took most of a generator's CPU),
     ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
     ``reconnect`` (come back after a loss, through reglog again). Answers once
     every client is ready or has failed its attempts.
