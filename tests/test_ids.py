@@ -10,6 +10,8 @@ import time
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from pigeonpush import ids
@@ -161,3 +163,15 @@ def test_unique_and_ordered_across_processes() -> None:
 def test_the_timestamp_of_what_is_not_a_message_id_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         timestamp_ms(text)
+
+
+def _ulid_by_the_definition(value: int) -> str:
+    """Base32, five bits a character, most significant first."""
+    return "".join(ids.ALPHABET[value >> (5 * shift) & 31] for shift in reversed(range(26)))
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_encode_ulid_writes_every_128_bit_value_as_base32(value: int) -> None:
+    encoded = ids.encode_ulid(value)
+    assert encoded == _ulid_by_the_definition(value)
+    assert is_message_id(encoded) and timestamp_ms(encoded) == value >> 80

@@ -199,13 +199,15 @@ class RedisStore:
         replies = await self._main.run_scripts(calls)
         answers: list[Accepted] = []
         for (notification, _), reply in zip(checked, replies, strict=True):
-            written, value = _checked(reply, f"accept of {notification.message.message_id}")
-            if written == 1:
+            # 1: written (an integer reply, the cheapest to parse); [0, record]:
+            # the idempotency key was used before, and record is its answer.
+            reply = _checked(reply, f"accept of {notification.message.message_id}")
+            if reply == 1:
                 answers.append(
                     Accepted(notification.message.message_id, len(notification.recipients))
                 )
             else:
-                answers.append(load_accepted(value))
+                answers.append(load_accepted(reply[1]))
         return answers
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:

@@ -51,8 +51,8 @@ return redis.call('DEL', KEYS[1])
 #: ARGV: messageId, title, text, extras (JSON), createdAt, expiresAt,
 #: recipients (JSON), TTL in ms, has-idempotency-key ('1'/'0'), idempotency
 #: TTL in ms, idempotency record (JSON), idempotency key.
-#: Returns {0, first record} for a key seen before (nothing written), else
-#: {1, stream entry id}.
+#: Returns {0, first record} for a key seen before (nothing written), else 1
+#: (an integer reply: the cheapest for the client to parse, one per message).
 ACCEPT = Script(
     "accept",
     """
@@ -76,18 +76,17 @@ for i = 4, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[1])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
-local entry
 if has_key then
-  entry = redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
+  redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
     'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
     'recipients', ARGV[7], 'idempotencyKey', ARGV[12])
   redis.call('SET', KEYS[3], ARGV[11], 'PX', ARGV[10])
 else
-  entry = redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
+  redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
     'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
     'recipients', ARGV[7])
 end
-return {1, entry}
+return 1
 """,
 )
 
