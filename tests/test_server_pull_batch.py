@@ -194,6 +194,8 @@ class Cutting(Batching):
 
     def pull_many(self, requests: Sequence[PullRequest]) -> Deferred[list[PullAnswer]]:
         self.batches.append(list(requests))
+        if self.error is not None:
+            return fail(self.error)
         first, *rest = requests
         answer = self.double.pull(first.client_id, first.limit, first.in_flight).result  # type: ignore[attr-defined]
         return succeed([answer] + [([], True) for _ in rest])
@@ -207,15 +209,54 @@ def test_a_client_cut_from_a_full_answer_is_pulled_again_at_once() -> None:
     alice, bob = harness.login("alice"), harness.login("bob")
 
     harness.clock.advance(BATCH_DELAY)
-    assert alice.received() == [Push("m001", "title 1", "text")]
-    assert bob.received() == []
-    harness.clock.advance(BATCH_DELAY)
 
     assert [[r.client_id for r in batch] for batch in source.batches] == [
         ["alice", "bob"],
         ["bob"],
     ]
+    assert alice.received() == [Push("m001", "title 1", "text")]
     assert bob.received() == [Push("m002", "title 2", "text")]
+
+
+def test_clients_cut_from_full_answers_are_asked_again_until_all_are_served() -> None:
+    # After a reconnect storm: five backlogs, and room in each answer for one.
+    harness = Harness(heartbeat=30, idle_timeout=90)
+    source = Cutting(harness.pulls)
+    harness.hub.pull_source = source
+    names = ["a", "b", "c", "d", "e"]
+    harness.pulls.plant(*(item(name, n) for n, name in enumerate(names)))
+    devices = [harness.login(name) for name in names]
+
+    for _ in range(10):
+        harness.clock.advance(BATCH_DELAY)
+
+    assert [[r.client_id for r in batch] for batch in source.batches] == [
+        names[start:] for start in range(5)
+    ]
+    for n, device in enumerate(devices):
+        assert device.received() == [Push(f"m{n:03d}", f"title {n}", "text")]
+
+
+def test_a_failure_while_asking_again_fails_only_the_clients_cut() -> None:
+    class CutThenFail(Cutting):
+        def pull_many(self, requests: Sequence[PullRequest]) -> Deferred[list[PullAnswer]]:
+            if self.batches:
+                self.error = RpcUnavailable("delivery went away")
+            return super().pull_many(requests)
+
+    clock = Clock()
+    source = CutThenFail()
+    source.double.plant(item("a", 1), item("b", 2))
+    batcher = PullBatcher(source, clock)
+    first, second = batcher.pull("a", 10, []), batcher.pull("b", 10, [])
+    failures: list[Failure] = []
+    second.addErrback(failures.append)
+
+    clock.advance(BATCH_DELAY)  # "a" is answered, "b" is cut and asked again
+
+    assert first.result == ([item("a", 1)], False)  # type: ignore[attr-defined]
+    assert [f.getErrorMessage() for f in failures] == ["delivery went away"]
+    assert len(source.batches) == 2
 
 
 class AlwaysMore(Batching):

@@ -224,16 +224,35 @@ class PullBatcher:
                 self._timer.cancel()
             self._timer = None
         batch, self._waiting = self._waiting, []
-        if not batch:
-            return
+        if batch:
+            self._send(batch)
+
+    def _send(self, batch: list[_Waiting]) -> None:
         source = cast(BatchPullSource, self.source)
         pulling = source.pull_many([each.request for each in batch])
         pulling.addCallback(self._answered, batch).addErrback(self._failed, batch)
 
-    @staticmethod
-    def _answered(answers: list[PullAnswer], batch: list[_Waiting]) -> None:
+    def _answered(self, answers: list[PullAnswer], batch: list[_Waiting]) -> None:
+        """Hand out each answer; the clients cut from a full answer (nothing
+        for them, "more") are asked again at once, as long as the round gave
+        items to someone: after a reconnect storm a batch holds hundreds of
+        clients whose backlogs do not fit one answer, and without this most
+        of them would wait for their next PING. A round that gives nothing to
+        anyone answers "nothing, more", and the hub's own guard takes over."""
+        cut: list[_Waiting] = []
         for each, answer in zip(batch, answers, strict=True):
-            each.answer.callback(answer)
+            items, more = answer
+            if more and not items:
+                cut.append(each)
+            else:
+                each.answer.callback(answer)
+        if cut and len(cut) < len(batch):
+            # Next turn, not now: a source that answers at once must not
+            # recurse once per round.
+            self._clock.callLater(0, self._send, cut)
+        else:
+            for each in cut:
+                each.answer.callback(([], True))
 
     @staticmethod
     def _failed(failure: Failure, batch: list[_Waiting]) -> None:
