@@ -1,7 +1,9 @@
-"""Service-tree glue the plugins share: ordered stops and closing resources."""
+"""Service-tree glue the plugins share: ordered stops, closing resources, and
+freezing the start-up objects."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -39,3 +41,27 @@ class Closer(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         return DeferredList([maybeDeferred(close) for close in self._closers], consumeErrors=True)
+
+
+class FreezeAfterStart(Service):
+    """Once the reactor runs, moves every object that exists then (modules,
+    classes, the configured services) to the collector's permanent
+    generation with ``gc.freeze()``: a full collection then walks only what
+    came later (connections, messages). At 19,500 connections a full
+    collection took 85-87 ms with everything and 51-59 ms with the start-up
+    objects frozen (``benchmarks/gc_and_pools.py``); while a server fills up,
+    one runs each time the long-lived objects grow by a quarter."""
+
+    name = "freeze"
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._freeze)
+
+    def _freeze(self) -> None:
+        gc.collect()
+        gc.freeze()
+        log.debug("Froze {count} start-up objects", count=gc.get_freeze_count())

@@ -23,7 +23,7 @@ from pigeonpush.notification.core import Notifications, Submission
 from pigeonpush.notification.validate import Limits
 from pigeonpush.rpc import Pull, decode_batch
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer
+from pigeonpush.services import Closer, FreezeAfterStart
 from pigeonpush.store import open_store
 from pigeonpush.store.model import Accepted
 from support.server_double import ServerDouble
@@ -90,9 +90,17 @@ def test_the_service_tree_and_its_stop_order() -> None:
     service = makeService(config, reactor)
     kinds = [type(child) for child in service]  # type: ignore[attr-defined]
     # Stopped in reverse: leave discovery, stop Pull, finish the batch, then close.
-    assert kinds == [Closer, DiscoveryService, DeliveryWorker, Listener, Registration, LagGauge]
+    assert kinds == [
+        Closer,
+        DiscoveryService,
+        DeliveryWorker,
+        Listener,
+        Registration,
+        LagGauge,
+        FreezeAfterStart,
+    ]
     with_metrics = makeService(parse("--redis", "memory:", "--zookeeper", "static:"), reactor)
-    assert len(list(with_metrics)) == 7  # type: ignore[call-overload]
+    assert len(list(with_metrics)) == 8  # type: ignore[call-overload]
 
 
 def test_stopping_finishes_the_loop_before_closing_the_store() -> None:

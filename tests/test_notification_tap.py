@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from pigeonpush.notification.tap import Options, default_max_body, makeService
 from pigeonpush.notification.validate import Limits
-from pigeonpush.services import Closer, StopInOrder
+from pigeonpush.services import Closer, FreezeAfterStart, StopInOrder
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
@@ -93,7 +93,11 @@ def test_the_service_tree() -> None:
     assert IServiceCollection.providedBy(service)
     assert isinstance(service, StopInOrder)
     children = list(service)  # type: ignore[call-overload]
-    assert [type(child) for child in children] == [Closer, StreamServerEndpointService]
+    assert [type(child) for child in children] == [
+        Closer,
+        StreamServerEndpointService,
+        FreezeAfterStart,
+    ]
     service.startService()
     assert [port for port, *_ in reactor.tcpServers] == [8200]
     service.stopService()

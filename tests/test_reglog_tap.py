@@ -125,7 +125,13 @@ def test_the_service_tree() -> None:
     service = makeService(parse("--redis", "memory:", "--zookeeper", "static:"), reactor)
     assert IServiceCollection.providedBy(service)
     children = list(service)
-    assert [child.name for child in children] == ["store", "discovery", "server-watch", "http"]
+    assert [child.name for child in children] == [
+        "store",
+        "discovery",
+        "server-watch",
+        "http",
+        "freeze",
+    ]
     assert isinstance(children[1], DiscoveryService)
     assert isinstance(children[2], ServerWatchService)
     http = children[3]

@@ -154,7 +154,7 @@ async def running(redis_url: str, zookeeper_hosts: str) -> AsyncIterator[Running
         ]
     )
     top = makeService(options, reactor)
-    [server, _metrics] = list(top)
+    [server, _metrics, _freeze] = list(top)
     assert isinstance(server, PushServerService)
     store = open_store(redis_url, reactor)
     pool = AmpPool(reactor, call_timeout=5.0)
@@ -442,7 +442,7 @@ async def test_health_and_metrics_are_served(running: Running) -> None:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     await running.login("alice")
-    [_server, metrics_service] = list(running.top)
+    [_server, metrics_service, _freeze] = list(running.top)
     port = metrics_service._waitingForPort.result.getHost().port
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))

@@ -10,6 +10,7 @@ from twisted.python import usage
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.tap import Options, makeService
+from pigeonpush.services import FreezeAfterStart
 
 
 def parse(*argv: str) -> Options:
@@ -133,7 +134,7 @@ def test_make_service_without_metrics() -> None:
     top = makeService(
         parse("--redis=memory:", "--zookeeper=static:", "--metrics=none"), MemoryReactorClock()
     )
-    assert [type(service) for service in top] == [PushServerService]
+    assert [type(service) for service in top] == [PushServerService, FreezeAfterStart]
 
 
 def test_start_and_stop_in_memory() -> None:
@@ -156,7 +157,7 @@ def test_start_and_stop_in_memory() -> None:
         ),
         reactor,
     )
-    [server] = list(top)
+    [server, _freeze] = list(top)
     assert isinstance(server, PushServerService)
     top.startService()
     reactor.advance(0)

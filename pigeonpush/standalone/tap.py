@@ -29,7 +29,7 @@ from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server import tap as server_tap
-from pigeonpush.services import StopInOrder
+from pigeonpush.services import FreezeAfterStart, StopInOrder
 from pigeonpush.store import open_store
 
 log = Logger()
@@ -204,4 +204,5 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     ]
     for part in parts:
         part.setServiceParent(top)
+    FreezeAfterStart(reactor).setServiceParent(top)
     return top
