@@ -9,7 +9,6 @@ generator processes as one and merges what they report.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from pigeonpush.bench.loadgen import http_client
 from pigeonpush.bench.measure import connections_per_process
 from pigeonpush.bench.processes import ManagedProcess, ProcessSet, gather, wait_until
 from pigeonpush.bench.report import Progress
+from pigeonpush.tokens import url_safe_token
 
 
 class RunTimeout(RuntimeError):
@@ -350,7 +350,7 @@ async def start_pigeon(
         ),
     )
     delivery, *pigeon_servers, reglog = started
-    api_key = secrets.token_urlsafe(24)
+    api_key = url_safe_token(24)
     api = None
     if notification:
         api = await services.start_notification(

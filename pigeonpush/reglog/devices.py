@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from pigeonpush.store.interface import Store
 from pigeonpush.store.model import DeviceRecord
+from pigeonpush.tokens import url_safe_token
 
 log = Logger()
 
@@ -57,13 +58,15 @@ _MAXMEM = MAX_MEMORY + 1024 * 1024  # OpenSSL counts a little more than 128 * n 
 
 
 def new_client_id() -> str:
-    """A random URL-safe clientId (22 characters, 128 bits)."""
-    return secrets.token_urlsafe(16)
+    """A random URL-safe clientId (22 characters, about 128 bits), never with a
+    leading ``-`` (it is typed after ``--to`` and ``--client-id``)."""
+    return url_safe_token(16)
 
 
 def new_secret() -> str:
-    """A device secret: 43 URL-safe characters, 256 bits."""
-    return secrets.token_urlsafe(32)
+    """A device secret: 43 URL-safe characters, about 256 bits, never with a
+    leading ``-`` (it is typed after ``--secret``)."""
+    return url_safe_token(32)
 
 
 def _b64(raw: bytes) -> str:

@@ -10,7 +10,6 @@ from delivery in process. Every endpoint binds to loopback by default.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.application.service import IService, Service
@@ -31,6 +30,7 @@ from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server import tap as server_tap
 from pigeonpush.services import FreezeAfterStart, StopInOrder
 from pigeonpush.store import open_store
+from pigeonpush.tokens import url_safe_token
 
 log = Logger()
 
@@ -97,7 +97,7 @@ class Options(usage.Options):
         heartbeat = seconds("--heartbeat", self["heartbeat"])
         self._check_keys()
         if not self["api-key"] and self["api-keys-file"] is None:
-            self.generated_key = secrets.token_urlsafe(24)
+            self.generated_key = url_safe_token(24)
             self["api-key"] = [self.generated_key]
         # The parts parse their own options, so defaults and checks are theirs.
         common = ["--redis", self["redis"]]
