@@ -17,6 +17,7 @@ from pigeonpush.wire.codec import (
     SUPPORTED_VERSIONS,
     DecodeError,
     EncodeError,
+    ack_message_id,
     decode,
     encode,
     encode_ack,
@@ -88,6 +89,16 @@ def test_encode_ack_is_encode_of_ack(message_id: str) -> None:
             encode_ack(message_id)
         return
     assert encode_ack(message_id) == expected
+
+
+@pytest.mark.parametrize("payload", [b"\x06\x00\x02\xff\xfe", b"\x06\x00\x05m1", b"\x06\x00"])
+def test_ack_message_id_reads_what_decode_reads(payload: bytes) -> None:
+    assert ack_message_id(encode_ack("m-1")[4:]) == decode(encode_ack("m-1")[4:]).message_id  # type: ignore[union-attr]
+    with pytest.raises(DecodeError) as read:
+        ack_message_id(payload)
+    with pytest.raises(DecodeError) as decoded:
+        decode(payload)
+    assert str(read.value) == str(decoded.value)
 
 
 def test_encode_ack_explains_what_it_cannot_carry() -> None:

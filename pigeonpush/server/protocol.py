@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pigeonpush.wire.codec import ENCODED_PONG
+from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     Ack,
     Auth,
@@ -55,7 +55,7 @@ class State(enum.IntEnum):
 
 _ACTIVE = State.ACTIVE
 _AWAITING_AUTH = State.AWAITING_AUTH
-_ACK_TYPE = FrameType.ACK
+_ACK_BYTE = bytes((FrameType.ACK,))
 _CLOSING = State.CLOSING
 
 
@@ -165,30 +165,24 @@ class ServerProtocol(FrameProtocol):
 
     def stringReceived(self, string: bytes) -> None:
         """An ACK of an ACTIVE connection (the frame a busy server reads most)
-        is read here without building an ``Ack``; anything else, and an ACK
-        that is not well formed, takes the general path, which decodes and
-        explains."""
-        if (
-            self.state == _ACTIVE
-            and len(string) > 3
-            and string[0] == _ACK_TYPE
-            and len(string) == 3 + (string[1] << 8 | string[2])
-        ):
+        is read without building an ``Ack``; every other frame, and an ACK that
+        is not well formed (decoded again to be explained), takes the general
+        path."""
+        if self.state == _ACTIVE and string[:1] == _ACK_BYTE:
             try:
-                message_id = string[3:].decode()
-            except UnicodeDecodeError:
+                message_id = ack_message_id(string)
+            except DecodeError:
                 pass
             else:
-                timer = self.timer
-                if timer is not None:
-                    timer.reset(self.hub.idle_timeout)
-                try:
-                    self.hub.acked(self, message_id)
-                except Exception:
-                    self.log.failure("Handling an ACK from {peer} failed", peer=self.peer)
-                    self.protocolError(ErrorCode.INTERNAL, "internal error")
+                self.handle(self._acked, message_id, "Ack")
                 return
         super().stringReceived(string)
+
+    def _acked(self, message_id: str) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.reset(self.hub.idle_timeout)
+        self.hub.acked(self, message_id)
 
     def frameReceived(self, frame: Frame) -> None:
         kind = type(frame)
@@ -196,9 +190,7 @@ class ServerProtocol(FrameProtocol):
             timer = self.timer
             if timer is not None:
                 timer.reset(self.hub.idle_timeout)
-            if kind is Ack:
-                self.hub.acked(self, frame.message_id)  # type: ignore[union-attr]
-                return
+            # (ACKs never get here while ACTIVE: stringReceived reads them.)
             if kind is Ping:
                 self.sendEncoded(ENCODED_PONG)
                 self.hub.pinged(self)

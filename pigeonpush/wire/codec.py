@@ -348,15 +348,22 @@ def _decode_push(data: bytes) -> Push:
     return Push(message_id, title, text, extras)
 
 
-def _decode_ack(data: bytes) -> Ack:
+def ack_message_id(payload: bytes) -> str:
+    """The messageId of an ACK ``payload`` (type byte and body) without
+    building an ``Ack``: a server reads one per PUSH it writes. Raises
+    DecodeError as ``decode`` does."""
     try:
-        end = 3 + (data[1] << 8 | data[2])
-        message_id = data[3:end].decode()
+        end = 3 + (payload[1] << 8 | payload[2])
+        message_id = payload[3:end].decode()
     except (IndexError, UnicodeDecodeError):
-        _explain(data)
-    if end != len(data):
-        _explain(data)
-    return Ack(message_id)
+        _explain(payload)
+    if end != len(payload):
+        _explain(payload)
+    return message_id
+
+
+def _decode_ack(data: bytes) -> Ack:
+    return Ack(ack_message_id(data))
 
 
 def _decode_ping(data: bytes) -> Ping:

@@ -11,7 +11,8 @@ this connection only.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -40,6 +41,8 @@ _CLOSING = 1  # closeWith/protocolError ran: incoming data is dropped
 _LOST = 2  # connectionLost ran
 
 _unpack_prefix = struct.Struct("!I").unpack_from
+
+_T = TypeVar("_T")
 
 
 class FrameTooLarge(EncodeError):
@@ -130,12 +133,18 @@ class FrameProtocol(IntNStringReceiver):
             self.log.failure("Decoding a frame from {peer} failed", peer=self._peer())
             self.protocolError(ErrorCode.INTERNAL, "internal error")
             return
+        self.handle(self.frameReceived, frame, type(frame).__name__)
+
+    def handle(self, handler: Callable[[_T], object], value: _T, frame_type: str) -> None:
+        """``handler(value)`` for a frame of ``frame_type``; an exception from
+        it becomes a logged failure and ERROR INTERNAL, as for every frame
+        (a subclass that reads a frame its own way calls this too)."""
         try:
-            self.frameReceived(frame)
+            handler(value)
         except Exception:
             self.log.failure(
                 "Handling a {frame_type} frame from {peer} failed",
-                frame_type=type(frame).__name__,
+                frame_type=frame_type,
                 peer=self._peer(),
             )
             self.protocolError(ErrorCode.INTERNAL, "internal error")
