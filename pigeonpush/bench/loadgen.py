@@ -218,7 +218,7 @@ class Fleet:
         self._waiting: dict[int, defer.Deferred[None]] = {}
         self._random = random.Random(int(settings.get("seed", 0)) ^ self.start)
         self._routes: RouteClient | None = None
-        self._http_connections = 64
+        self._route_connections = 64
 
     def client_id(self, index: int) -> str:
         return f"{self.prefix}{self.start + index}"
@@ -272,7 +272,7 @@ class Fleet:
         started = self._reactor.seconds()
         semaphore = defer.DeferredSemaphore(max(1, concurrency))
         # As many keep-alive reglog connections as attempts in flight.
-        self._http_connections = max(self._http_connections, concurrency)
+        self._route_connections = max(self._route_connections, concurrency)
 
         async def one(index: int) -> None:
             await semaphore.acquire()
@@ -367,7 +367,7 @@ class Fleet:
         if self._routes is None:
             assert self.reglog is not None
             self._routes = RouteClient(
-                self._reactor, self.reglog, self._http_connections, ATTEMPT_TIMEOUT
+                self._reactor, self.reglog, self._route_connections, ATTEMPT_TIMEOUT
             )
         try:
             return await self._routes.route(client_id)
