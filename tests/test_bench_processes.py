@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from pigeonpush.bench import services
 from pigeonpush.bench.processes import (
+    ManagedProcess,
     ProcessSet,
     StartError,
     marked_pids,
@@ -43,7 +45,10 @@ async def test_stop_all_ends_every_child_and_its_group(tmp_path: Path) -> None:
     await wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="grandchild")
     grandchild = int(pid_file.read_text())
 
-    assert os.getpgid(sleeper.pid) == sleeper.pid != os.getpgid(0)
+    # Each child makes its own group once its launcher runs, which on a busy
+    # machine can be after the other child has already forked.
+    await wait_for(lambda: os.getpgid(sleeper.pid) == sleeper.pid, what="sleeper's own group")
+    assert sleeper.pid != os.getpgid(0)
     assert os.getpgid(grandchild) == forker.pid
     # A process in the middle of exec (the launcher becoming ``sleep``) shows
     # an empty environment for an instant, so look until all three show.
@@ -78,6 +83,28 @@ async def test_a_child_ignoring_sigterm_is_killed_after_the_bound(tmp_path: Path
 
     assert code == -signal.SIGKILL
     assert not pid_alive(stubborn.pid)
+
+
+def test_a_child_still_in_our_group_is_signalled_itself(tmp_path: Path) -> None:
+    """A stop that comes before the launcher made the child's group still ends it."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert os.getpgid(child.pid) != child.pid
+        process = ManagedProcess(
+            name="early",
+            argv=["sleep", "60"],
+            log_path=tmp_path / "early.log",
+            pid=child.pid,
+            ended=Deferred(),
+        )
+
+        assert process.signal(signal.SIGTERM)
+
+        assert child.wait(timeout=10) == -signal.SIGTERM
+        assert not process.signal(signal.SIGTERM)
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest_twisted.ensureDeferred

@@ -142,10 +142,21 @@ class ManagedProcess:
         return self.exit_code is None
 
     def signal(self, signum: int) -> bool:
-        """Signal the process's whole group; False if it is already gone."""
+        """Signal the process's whole group; False if it is already gone.
+
+        A child signalled in its first milliseconds may not have made its own
+        group yet (the launcher is still starting); it has forked nothing
+        then, so the signal goes to the process itself.
+        """
         if not self.running:
             return False
-        return _signal_group(self.pid, signum)
+        if _signal_group(self.pid, signum):
+            return True
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
 
     def log_tail(self, lines: int = 15) -> str:
         try:
