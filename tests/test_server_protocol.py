@@ -40,6 +40,9 @@ def test_auth_with_the_planted_token_binds_the_session() -> None:
     assert harness.hub.channels == {"alice": device.proto}
     assert harness.route("alice") == SERVER
     assert device.proto.state is State.ACTIVE
+    # The token check and the binding are one store call (one Redis round trip).
+    assert harness.store.calls.get("bind_session") == 1
+    assert "token" not in harness.store.calls
 
 
 @pytest.mark.parametrize(
@@ -151,18 +154,19 @@ def test_a_connection_that_does_not_auth_in_time_is_closed() -> None:
 def test_the_auth_timeout_also_covers_a_slow_store() -> None:
     harness = Harness(auth_timeout=5)
     token = harness.issue("alice")
-    harness.store.gated.add("token")
+    harness.store.gated.add("bind_session")
     device = harness.connect()
     device.send(Auth("alice", token))
 
     harness.clock.advance(5)
     assert device.closing
     device.lose()
-    harness.store.open("token")
+    harness.store.open("bind_session")
 
+    # The binding that answered after the close was undone at once.
     assert harness.hub.channels == {}
     assert harness.route("alice") is None
-    assert harness.store.calls.get("bind_session") is None
+    assert harness.store.calls.get("end_session") == 1
 
 
 def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent() -> None:
@@ -245,7 +249,7 @@ def test_frames_before_auth_are_unexpected(frame: Frame) -> None:
 def test_frames_while_auth_is_checked_are_unexpected(frame: Frame) -> None:
     harness = Harness()
     token = harness.issue("alice")
-    harness.store.gated.add("token")
+    harness.store.gated.add("bind_session")
     device = harness.connect()
     device.send(Auth("alice", token))
 
@@ -255,7 +259,7 @@ def test_frames_while_auth_is_checked_are_unexpected(frame: Frame) -> None:
     assert isinstance(error, Error) and error.code is ErrorCode.UNEXPECTED
     assert "before AUTH_OK" in error.text
     device.lose()
-    harness.store.open("token")
+    harness.store.open("bind_session")
     assert harness.hub.channels == {}
     assert harness.route("alice") is None
 
@@ -283,7 +287,7 @@ def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
     else:
         device = harness.connect()
         if state == "authenticating":
-            harness.store.gated.add("token")
+            harness.store.gated.add("bind_session")
             device.send(Auth("alice", harness.issue("alice")))
 
     device.send(Error(ErrorCode.INTERNAL, "client failed"))
@@ -418,21 +422,6 @@ def test_cleanup_leaves_a_session_that_moved_to_another_server() -> None:
 
     assert harness.route("alice") == OTHER_SERVER
     assert harness.token("alice") == "new-token"
-
-
-def test_a_connection_closed_during_the_token_lookup_is_never_bound() -> None:
-    harness = Harness()
-    token = harness.issue("alice")
-    harness.store.gated.add("token")
-    device = harness.connect()
-    device.send(Auth("alice", token))
-
-    device.lose()
-    harness.store.open("token")
-
-    assert harness.hub.channels == {}
-    assert harness.route("alice") is None
-    assert harness.token("alice") == token
 
 
 def test_a_connection_closed_during_the_binding_is_unbound_at_once() -> None:

@@ -50,7 +50,8 @@ async def test_token_expires_after_its_ttl(store_case: StoreCase) -> None:
 async def test_bind_session_needs_the_current_token(store_case: StoreCase) -> None:
     store = store_case.store
     await store.issue_token("alice", "token-2", 60)
-    assert await store.bind_session("alice", "token-1", "10.0.0.1:7101", 60) is False
+    for wrong in ("token-1", "token-", "token-22", "", "TOKEN-2"):
+        assert await store.bind_session("alice", wrong, "10.0.0.1:7101", 60) is False
     assert await store.route("alice") is None
     assert await store.bind_session("nobody", "token-1", "10.0.0.1:7101", 60) is False
     assert await store.route("nobody") is None

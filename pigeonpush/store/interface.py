@@ -48,12 +48,13 @@ class Store(Protocol):
         (replacing any earlier token; ROUTE is left alone)."""
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        """The current token (None: none or expired), for the server's
-        constant-time comparison."""
+        """The current token (None: none or expired)."""
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
-        """If AUTH still holds ``token``: set ROUTE to ``server`` and give AUTH and
-        ROUTE ``ttl``; atomically. False (nothing written) if the token moved on."""
+        """If AUTH holds ``token``: set ROUTE to ``server`` and give AUTH and ROUTE
+        ``ttl``; atomically. False (nothing written) for a missing, expired or
+        different token. The comparison leaks no timing about the stored token:
+        this is the server's whole check of a client's AUTH, one round trip."""
 
     def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
         """Conditional cleanup of a closed session, atomically: only while AUTH

@@ -9,6 +9,7 @@ drive them with ``twisted.internet.task.Clock``. Every method answers at once
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
@@ -96,7 +97,8 @@ class MemoryStore:
     def _bind_session(self, client_id: str, token: str, server: str, ttl: float) -> bool:
         ttl = checks.positive_seconds(ttl, "ttl")
         now = self._clock.seconds()
-        if self._auth.get(client_id, now) != token:
+        stored = self._auth.get(client_id, now)
+        if stored is None or not hmac.compare_digest(stored.encode(), token.encode()):
             return False
         self._auth.expire(client_id, now + ttl, now)
         self._route.set(client_id, server, now + ttl)

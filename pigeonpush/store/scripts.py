@@ -10,11 +10,14 @@ from __future__ import annotations
 from pigeonpush.store.redis_connection import Script
 
 #: KEYS: AUTH, ROUTE. ARGV: token, server, ttl in ms.
-#: Bind only while AUTH still holds the token this session authenticated with.
+#: Bind only while AUTH holds the token the client presented. The tokens are
+#: compared by their SHA-1 digests: how far an ordinary comparison of two
+#: digests gets tells a guesser nothing about the stored token itself.
 BIND_SESSION = Script(
     "bind_session",
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local stored = redis.call('GET', KEYS[1])
+if not stored or redis.sha1hex(stored) ~= redis.sha1hex(ARGV[1]) then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
