@@ -25,6 +25,7 @@ from pigeonpush.bench.loadgen import http_client
 from pigeonpush.bench.measure import connections_per_process
 from pigeonpush.bench.processes import ManagedProcess, ProcessSet, gather, wait_until
 from pigeonpush.bench.report import Progress
+from pigeonpush.bench.sources import source_address
 from pigeonpush.tokens import url_safe_token
 
 
@@ -94,12 +95,37 @@ class Run:
                 for k in range(count)
             ]
         )
-        return Generators(self, list(members))
+        return Generators(self, list(members), first)
 
     async def stop(self, processes: Sequence[ManagedProcess]) -> None:
         """Stop the given processes, the last first (clients before servers before stores)."""
         for process in reversed(processes):
             await self.processes.stop(process)
+
+
+def connect_jobs(
+    count: int,
+    members: int,
+    first: int,
+    targets: Sequence[Mapping[str, Any]],
+    common: Mapping[str, Any],
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(member, connect arguments)``: ``count`` clients split evenly over
+    ``members`` generators and, within one, over ``targets``; generator k
+    (``first`` + k in the run) connects from ``source_address(first + k)``."""
+    jobs: list[tuple[int, dict[str, Any]]] = []
+    for index, (start, share) in enumerate(split(count, members)):
+        for (offset, part), target in zip(split(share, len(targets)), targets, strict=True):
+            if part:
+                args = {
+                    **common,
+                    "start": start + offset,
+                    "count": part,
+                    "source": source_address(first + index),
+                    **target,
+                }
+                jobs.append((index, args))
+    return jobs
 
 
 def split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -175,9 +201,12 @@ def _latest(a: float | None, b: float | None) -> float | None:
 class Generators:
     """A group of load generators driven as one."""
 
-    def __init__(self, run: Run, members: list[LoadGenerator]) -> None:
+    def __init__(self, run: Run, members: list[LoadGenerator], first: int = 0) -> None:
         self.run = run
         self.members = members
+        #: The run-wide number of the first member, which picks its source
+        #: address (``source_address``).
+        self.first = first
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -214,26 +243,16 @@ class Generators:
         a member, over ``targets`` (each a ``server`` or ``reglog`` argument).
         The seconds it took, and the merged stats after."""
         run = self.run
-        jobs: list[tuple[LoadGenerator, dict[str, Any]]] = []
-        for member, (start, share) in zip(
-            self.members, split(count, len(self.members)), strict=True
-        ):
-            for (offset, part), target in zip(split(share, len(targets)), targets, strict=True):
-                if part:
-                    jobs.append(
-                        (
-                            member,
-                            {
-                                "protocol": protocol,
-                                "start": start + offset,
-                                "count": part,
-                                "concurrency": run.settings.concurrency,
-                                "heartbeat": run.settings.heartbeat,
-                                "reconnect": reconnect,
-                                **target,
-                            },
-                        )
-                    )
+        common = {
+            "protocol": protocol,
+            "concurrency": run.settings.concurrency,
+            "heartbeat": run.settings.heartbeat,
+            "reconnect": reconnect,
+        }
+        jobs = [
+            (self.members[index], args)
+            for index, args in connect_jobs(count, len(self.members), self.first, targets, common)
+        ]
 
         def progress(generator: LoadGenerator, message: Mapping[str, Any]) -> None:
             ready = sum(int(m.last_progress.get("ready", 0)) for m in self.members)

@@ -12,10 +12,9 @@ Commands:
 ``connect``
     ``protocol`` (``pigeon`` through a reglog at ``reglog``; ``framing`` or
     ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
-    and ``count`` (client ids are ``<prefix><index>``), ``source`` (a local
-    address to bind before connecting; the benchmark leaves it unset: the
-    kernel then searches a free port at every bind, which at 15,000
-    connections took most of a generator's CPU),
+    and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
+    address to connect from, bound without a port: see
+    ``pigeonpush.bench.sources``),
     ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
     ``reconnect`` (come back after a loss, through reglog again). Answers once
     every client is ready or has failed its attempts.
@@ -73,6 +72,7 @@ from pigeonpush.bench.clients import (
 from pigeonpush.bench.histogram import LatencyHistogram
 from pigeonpush.bench.measure import cpu_seconds
 from pigeonpush.bench.route_client import RouteClient, RouteFailed
+from pigeonpush.bench.sources import PortLateReactor
 
 log = Logger()
 
@@ -199,6 +199,7 @@ class Fleet:
         self.start = int(settings.get("start", 0))
         self.count = int(settings["count"])
         self.source: str | None = settings.get("source")
+        self._connecting = PortLateReactor(reactor) if self.source else reactor
         self.heartbeat = float(settings.get("heartbeat", 30.0))
         self.reconnect = bool(settings.get("reconnect", False))
         self.reglog: str | None = settings.get("reglog")
@@ -343,7 +344,7 @@ class Fleet:
         waiting: defer.Deferred[None] = defer.Deferred()
         self._waiting[index] = waiting
         endpoint = TCP4ClientEndpoint(
-            self._reactor,
+            self._connecting,
             host,
             port,
             timeout=ATTEMPT_TIMEOUT,
