@@ -23,7 +23,7 @@ from pigeonpush.notification.core import Notifications, Submission
 from pigeonpush.notification.validate import Limits
 from pigeonpush.rpc import Pull, decode_batch
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, FreezeAfterStart
+from pigeonpush.services import Closer, GcTuning
 from pigeonpush.store import open_store
 from pigeonpush.store.model import Accepted
 from support.server_double import ServerDouble
@@ -97,7 +97,7 @@ def test_the_service_tree_and_its_stop_order() -> None:
         Listener,
         Registration,
         LagGauge,
-        FreezeAfterStart,
+        GcTuning,
     ]
     with_metrics = makeService(parse("--redis", "memory:", "--zookeeper", "static:"), reactor)
     assert len(list(with_metrics)) == 8  # type: ignore[call-overload]

@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from pigeonpush.notification.tap import Options, default_max_body, makeService
 from pigeonpush.notification.validate import Limits
-from pigeonpush.services import Closer, FreezeAfterStart, StopInOrder
+from pigeonpush.services import Closer, GcTuning, StopInOrder
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
@@ -96,7 +96,7 @@ def test_the_service_tree() -> None:
     assert [type(child) for child in children] == [
         Closer,
         StreamServerEndpointService,
-        FreezeAfterStart,
+        GcTuning,
     ]
     service.startService()
     assert [port for port, *_ in reactor.tcpServers] == [8200]

@@ -130,7 +130,7 @@ def test_the_service_tree() -> None:
         "discovery",
         "server-watch",
         "http",
-        "freeze",
+        "gc",
     ]
     assert isinstance(children[1], DiscoveryService)
     assert isinstance(children[2], ServerWatchService)

@@ -10,7 +10,7 @@ from twisted.python import usage
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.tap import Options, makeService
-from pigeonpush.services import FreezeAfterStart
+from pigeonpush.services import GcTuning
 
 
 def parse(*argv: str) -> Options:
@@ -134,7 +134,7 @@ def test_make_service_without_metrics() -> None:
     top = makeService(
         parse("--redis=memory:", "--zookeeper=static:", "--metrics=none"), MemoryReactorClock()
     )
-    assert [type(service) for service in top] == [PushServerService, FreezeAfterStart]
+    assert [type(service) for service in top] == [PushServerService, GcTuning]
 
 
 def test_start_and_stop_in_memory() -> None:

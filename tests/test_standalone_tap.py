@@ -29,7 +29,7 @@ from pigeonpush.reglog.routing import AuthMode
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
-from pigeonpush.services import FreezeAfterStart
+from pigeonpush.services import GcTuning
 from pigeonpush.standalone.tap import Announcement, Options, makeService
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.redis import RedisStore
@@ -245,7 +245,7 @@ def test_the_service_tree_holds_every_part_in_start_order() -> None:
         StreamServerEndpointService,
         LagGauge,
         Announcement,
-        FreezeAfterStart,
+        GcTuning,
     ]
     server, worker = parts[1], parts[2]
     assert isinstance(server, PushServerService) and isinstance(worker, DeliveryWorker)

@@ -39,6 +39,7 @@ on one machine, so their clocks are the same clock.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -73,6 +74,7 @@ from pigeonpush.bench.histogram import LatencyHistogram
 from pigeonpush.bench.measure import cpu_seconds
 from pigeonpush.bench.route_client import RouteClient, RouteFailed
 from pigeonpush.bench.sources import PortLateReactor
+from pigeonpush.services import YOUNG_THRESHOLD
 
 log = Logger()
 
@@ -837,6 +839,10 @@ class Controller(LineReceiver):
 def main(reactor: Any) -> defer.Deferred[None]:
     from twisted.internet.stdio import StandardIO
 
+    # Like the daemons (pigeonpush.services.GcTuning): at CPython's 700, the
+    # objects of connection attempts in flight reach the oldest generation
+    # and make full collections of tens of thousands of clients frequent.
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     controller = Controller(reactor)
     StandardIO(controller, reactor=reactor)
     controller.send({"event": "started", "pid": os.getpid()})

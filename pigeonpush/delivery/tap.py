@@ -25,7 +25,7 @@ from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.options import check_address, check_discovery_spec, check_endpoint, check_store_url
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, FreezeAfterStart, StopInOrder
+from pigeonpush.services import Closer, GcTuning, StopInOrder
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0
@@ -142,7 +142,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
             serverFromString(reactor, config["metrics"]),
             JsonSite(_operator_resource(worker), reactor=reactor),
         ).setServiceParent(top)
-    FreezeAfterStart(reactor).setServiceParent(top)
+    GcTuning(reactor).setServiceParent(top)
     return top
 
 

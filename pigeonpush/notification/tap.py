@@ -15,7 +15,7 @@ from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, rea
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.validate import Limits
 from pigeonpush.options import check_endpoint, check_store_url
-from pigeonpush.services import Closer, FreezeAfterStart, StopInOrder
+from pigeonpush.services import Closer, GcTuning, StopInOrder
 from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
@@ -126,7 +126,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     top = StopInOrder()
     Closer(store.close).setServiceParent(top)
     build_api(config, reactor, store).setServiceParent(top)
-    FreezeAfterStart(reactor).setServiceParent(top)
+    GcTuning(reactor).setServiceParent(top)
     return top
 
 

@@ -27,7 +27,7 @@ from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
 from pigeonpush.reglog.service import ServerWatchService
-from pigeonpush.services import Closer, FreezeAfterStart, StopInOrder
+from pigeonpush.services import Closer, GcTuning, StopInOrder
 from pigeonpush.store import Store, open_store
 
 log = Logger()
@@ -123,7 +123,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     for name, service in services:
         service.setName(name)
         service.setServiceParent(top)
-    FreezeAfterStart(reactor).setServiceParent(top)
+    GcTuning(reactor).setServiceParent(top)
     return top
 
 

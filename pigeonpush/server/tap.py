@@ -31,7 +31,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
-from pigeonpush.services import FreezeAfterStart
+from pigeonpush.services import GcTuning
 from pigeonpush.store import Store, open_store
 
 LONGDESC = """\
@@ -199,7 +199,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         StreamServerEndpointService(
             serverFromString(reactor, config["metrics"]), status_site(server.hub, server, reactor)
         ).setServiceParent(top)
-    FreezeAfterStart(reactor).setServiceParent(top)
+    GcTuning(reactor).setServiceParent(top)
     return top
 
 

@@ -28,7 +28,7 @@ from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server import tap as server_tap
-from pigeonpush.services import FreezeAfterStart, StopInOrder
+from pigeonpush.services import GcTuning, StopInOrder
 from pigeonpush.store import open_store
 from pigeonpush.tokens import url_safe_token
 
@@ -204,5 +204,5 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     ]
     for part in parts:
         part.setServiceParent(top)
-    FreezeAfterStart(reactor).setServiceParent(top)
+    GcTuning(reactor).setServiceParent(top)
     return top
