@@ -252,6 +252,38 @@ async def test_accept_with_thousands_of_recipients(store_case: StoreCase) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_accept_a_batch_of_small_and_huge_notifications(store_case: StoreCase) -> None:
+    """A batch that Redis takes in several script calls still answers in order,
+    keeps queue order, and sees an idempotency key used earlier in the batch."""
+    store = store_case.store
+    crowd = [f"device-{i:04d}" for i in range(1500)]
+    notes = [
+        store_case.notification(["alice"]),
+        store_case.notification(crowd),
+        store_case.notification(["bob"], key="app:1"),
+        store_case.notification(crowd[:900]),
+        store_case.notification(["carol"], key="app:1"),
+        store_case.notification(["dave"]),
+    ]
+    answers = await store.accept(notes)
+    first = notes[2].message.message_id
+    assert answers == [
+        Accepted(notes[0].message.message_id, 1),
+        Accepted(notes[1].message.message_id, 1500),
+        Accepted(first, 1),
+        Accepted(notes[3].message.message_id, 900),
+        Accepted(first, 1, duplicate=True),
+        Accepted(notes[5].message.message_id, 1),
+    ]
+    written = [notes[i].message.message_id for i in (0, 1, 2, 3, 5)]
+    entries = await store.consume("worker-1", 10, 0)
+    assert [e.notification.message.message_id for e in entries] == written
+    assert await store.pending_ids(crowd[0]) == sorted(written[1:4:2])
+    assert await store.pending_ids(crowd[-1]) == [written[1]]
+    assert await store.pending_ids("carol") == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_accept_refuses_a_bad_batch_and_writes_nothing(store_case: StoreCase) -> None:
     store = store_case.store
     good = store_case.notification(["alice"])

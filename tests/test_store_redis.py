@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.store import DeviceRecord, Message, Notification, StoreError, open_store
 from pigeonpush.store.address import parse_redis_url
-from pigeonpush.store.redis import RedisStore
+from pigeonpush.store.redis import ACCEPT_KEYS_PER_CALL, RedisStore
 from support.servers import RedisServer, free_port
 from support.waiting import wait_for
 
@@ -194,11 +194,46 @@ async def test_accept_writes_nothing_when_a_key_holds_the_wrong_type(
     bad = _notification(["alice", "bob"])
     with pytest.raises(StoreError, match="PIGEON:WAIT_ACK:bob holds a string, not a set"):
         await redis_store.accept([good, bad])
-    # Each notification is atomic on its own: the good one went in, nothing of the bad one.
-    assert await redis_store.pending_ids("carol") == [good.message.message_id]
+    # One script call checks every key before its first write: nothing went in.
+    assert await redis_store.pending_ids("carol") == []
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{good.message.message_id}") == 0
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
+    assert await raw("XLEN", "PIGEON:QUEUE") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_corrupt_key_spoils_only_its_own_call_of_a_large_batch(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    await raw("SET", "PIGEON:WAIT_ACK:bob", "not a set")
+    crowd = [f"device-{i}" for i in range(ACCEPT_KEYS_PER_CALL)]
+    first = _notification(crowd)  # more keys than one call takes: a call of its own
+    bad = _notification(["alice", "bob"])
+    with pytest.raises(StoreError, match="PIGEON:WAIT_ACK:bob holds a string, not a set"):
+        await redis_store.accept([first, bad])
+    # Each notification is atomic; the calls before the corrupt one went in.
+    assert await redis_store.pending_ids(crowd[-1]) == [first.message.message_id]
     assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
     assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
     assert await raw("XLEN", "PIGEON:QUEUE") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_small_notifications_is_one_script_call(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    before = await _script_calls(raw)
+    await redis_store.accept([_notification([f"client-{i}"]) for i in range(300)])
+    assert await _script_calls(raw) == before + 1
+
+
+async def _script_calls(raw: Raw) -> int:
+    info = await raw("INFO", "commandstats")
+    for line in info.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
 
 
 @pytest_twisted.ensureDeferred

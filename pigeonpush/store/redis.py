@@ -57,6 +57,11 @@ IDLE_BLOCKING_CONNECTIONS = 2
 #: XAUTOCLAIM rounds per ``reclaim`` (each scans up to 10 x count pending entries).
 RECLAIM_ROUNDS = 4
 
+#: Keys (a WAIT_ACK per recipient, two more per notification) in one accept
+#: script: a batch of small notifications is one call, while a huge one is
+#: split so that no single script holds Redis up for long.
+ACCEPT_KEYS_PER_CALL = 1024
+
 log = Logger()
 
 
@@ -172,20 +177,23 @@ class RedisStore:
 
     async def _accept(self, notifications: Sequence[Notification]) -> list[Accepted]:
         checked = checks.accepted_batch(notifications, self._reactor.seconds())
-        calls = []
+        calls: list[tuple[Script, list[str], list[str]]] = []
+        call_keys: list[str] = []
+        call_args: list[str] = []
         for notification, remaining in checked:
             message = notification.message
             key = notification.idempotency_key
             recipients = notification.recipients
-            call_keys = [
-                keys.msg_body(message.message_id),
-                keys.QUEUE,
-                keys.idempotency(key) if key is not None else keys.msg_body(message.message_id),
-                *[keys.wait_ack(client_id) for client_id in recipients],
-            ]
-            call_args = [
-                message.message_id,
-                *message_args(message, recipients),
+            if call_keys and len(call_keys) + 2 + len(recipients) > ACCEPT_KEYS_PER_CALL:
+                calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
+                call_keys, call_args = [], []
+            body = keys.msg_body(message.message_id)
+            call_keys += (body, keys.idempotency(key) if key is not None else body)
+            call_keys += [keys.wait_ack(client_id) for client_id in recipients]
+            call_args.append(str(len(recipients)))
+            call_args.append(message.message_id)
+            call_args += message_args(message, recipients)
+            call_args += (
                 str(checks.milliseconds(remaining)),
                 "0" if key is None else "1",
                 str(self._idempotency_ms),
@@ -194,14 +202,16 @@ class RedisStore:
                 if key is None
                 else accepted_record(Accepted(message.message_id, len(recipients))),
                 key or "",
-            ]
-            calls.append((scripts.ACCEPT, call_keys, call_args))
-        replies = await self._main.run_scripts(calls)
+            )
+        if call_keys:
+            calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
+        replies: list[Reply] = []
+        for reply in await self._main.run_scripts(calls):
+            replies += _checked(reply, "accept")
         answers: list[Accepted] = []
         for (notification, _), reply in zip(checked, replies, strict=True):
-            # 1: written (an integer reply, the cheapest to parse); [0, record]:
-            # the idempotency key was used before, and record is its answer.
-            reply = _checked(reply, f"accept of {notification.message.message_id}")
+            # 1: written; [0, record]: the idempotency key was used before,
+            # and record is its answer.
             if reply == 1:
                 answers.append(
                     Accepted(notification.message.message_id, len(notification.recipients))

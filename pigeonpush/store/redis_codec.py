@@ -26,7 +26,7 @@ def dump_time(value: float) -> str:
 
 def message_args(message: Message, recipients: Sequence[str]) -> list[str]:
     """title, text, extras, createdAt, expiresAt, recipients: the fields
-    MSG_BODY and the queue entry share (ACCEPT's ARGV[2..7])."""
+    MSG_BODY and the queue entry share (in ACCEPT, after the count and the id)."""
     return [
         message.title,
         message.text,

@@ -49,47 +49,69 @@ return redis.call('DEL', KEYS[1])
 """,
 )
 
-#: KEYS: MSG_BODY, QUEUE, IDEMPOTENCY (or MSG_BODY again when there is no
-#: key), then one WAIT_ACK per recipient.
-#: ARGV: messageId, title, text, extras (JSON), createdAt, expiresAt,
-#: recipients (JSON), TTL in ms, has-idempotency-key ('1'/'0'), idempotency
-#: TTL in ms, idempotency record (JSON), idempotency key.
-#: Returns {0, first record} for a key seen before (nothing written), else 1
-#: (an integer reply: the cheapest for the client to parse, one per message).
+#: Accept a run of notifications in one call.
+#: KEYS: QUEUE, then per notification: MSG_BODY, IDEMPOTENCY (or MSG_BODY
+#: again when there is no key), one WAIT_ACK per recipient.
+#: ARGV, 13 values per notification: recipient count, messageId, title,
+#: text, extras (JSON), createdAt, expiresAt, recipients (JSON), TTL in ms,
+#: has-idempotency-key ('1'/'0'), idempotency TTL in ms, idempotency record
+#: (JSON), idempotency key.
+#: Returns one answer per notification: 1 (written; an integer is the
+#: cheapest reply to parse), or {0, first record} for a key seen before
+#: (nothing written). Every WAIT_ACK key is checked before the first write,
+#: so a call that finds a corrupt one writes nothing at all.
 ACCEPT = Script(
     "accept",
     """
-local has_key = ARGV[9] == '1'
-if has_key then
-  local first = redis.call('GET', KEYS[3])
-  if first then return {0, first} end
-end
-for i = 4, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind ~= 'set' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
+local n = #ARGV / 13
+local k = 2
+for m = 0, n - 1 do
+  local last = k + 1 + tonumber(ARGV[m * 13 + 1])
+  for i = k + 2, last do
+    local kind = redis.call('TYPE', KEYS[i])['ok']
+    if kind ~= 'set' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
+    end
   end
+  k = last + 1
 end
-local ttl = tonumber(ARGV[8])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'title', ARGV[2], 'text', ARGV[3], 'extras', ARGV[4],
-  'createdAt', ARGV[5], 'expiresAt', ARGV[6], 'recipients', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ttl)
-for i = 4, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[1])
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+local answers = {}
+k = 2
+for m = 0, n - 1 do
+  local a = m * 13
+  local last = k + 1 + tonumber(ARGV[a + 1])
+  local body, idempotency = KEYS[k], KEYS[k + 1]
+  local has_key = ARGV[a + 10] == '1'
+  local first = has_key and redis.call('GET', idempotency)
+  if first then
+    answers[m + 1] = {0, first}
+  else
+    local id, ttl = ARGV[a + 2], tonumber(ARGV[a + 9])
+    redis.call('DEL', body)
+    redis.call('HSET', body, 'title', ARGV[a + 3], 'text', ARGV[a + 4],
+      'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6], 'expiresAt', ARGV[a + 7],
+      'recipients', ARGV[a + 8])
+    redis.call('PEXPIRE', body, ttl)
+    for i = k + 2, last do
+      redis.call('SADD', KEYS[i], id)
+      if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+    end
+    if has_key then
+      redis.call('XADD', KEYS[1], '*', 'messageId', id, 'title', ARGV[a + 3],
+        'text', ARGV[a + 4], 'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6],
+        'expiresAt', ARGV[a + 7], 'recipients', ARGV[a + 8],
+        'idempotencyKey', ARGV[a + 13])
+      redis.call('SET', idempotency, ARGV[a + 12], 'PX', ARGV[a + 11])
+    else
+      redis.call('XADD', KEYS[1], '*', 'messageId', id, 'title', ARGV[a + 3],
+        'text', ARGV[a + 4], 'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6],
+        'expiresAt', ARGV[a + 7], 'recipients', ARGV[a + 8])
+    end
+    answers[m + 1] = 1
+  end
+  k = last + 1
 end
-if has_key then
-  redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
-    'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
-    'recipients', ARGV[7], 'idempotencyKey', ARGV[12])
-  redis.call('SET', KEYS[3], ARGV[11], 'PX', ARGV[10])
-else
-  redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[1], 'title', ARGV[2],
-    'text', ARGV[3], 'extras', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6],
-    'recipients', ARGV[7])
-end
-return 1
+return answers
 """,
 )
 
