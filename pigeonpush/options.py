@@ -19,6 +19,21 @@ from pigeonpush.store.address import parse_redis_url
 MEMORY_STORE_URLS = ("memory:", "memory://")
 
 
+#: ``--zookeeper-timeout``, for every daemon with ``--zookeeper``.
+ZOOKEEPER_TIMEOUT_OPTION = [
+    "zookeeper-timeout",
+    None,
+    "10",
+    "ZooKeeper session timeout in seconds: how long this process's node outlives "
+    "the process if it dies (ZooKeeper keeps it within 2 to 20 of its ticks).",
+]
+
+
+def zookeeper_timeout(text: Any) -> float:
+    """``--zookeeper-timeout``: a positive number of seconds."""
+    return seconds("--zookeeper-timeout", text)
+
+
 def check_endpoint(option: str, description: str) -> None:
     """A server endpoint string (``tcp:7100``, ``ssl:...``, ``unix:...``).
     Parsing only builds the endpoint object: nothing listens."""

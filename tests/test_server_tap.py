@@ -50,6 +50,7 @@ def test_every_option_is_documented_with_a_default() -> None:
         "rpc-advertise",
         "redis",
         "zookeeper",
+        "zookeeper-timeout",
         "node-id",
         "auth-timeout",
         "idle-timeout",
@@ -62,7 +63,7 @@ def test_every_option_is_documented_with_a_default() -> None:
         "metrics",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 16
+    assert text.count("[default:") == 17
 
 
 def test_values_are_parsed() -> None:

@@ -1,5 +1,5 @@
 """``twistd -n pigeon-server`` in a subprocess: it registers in ZooKeeper, serves,
-and leaves ZooKeeper on SIGTERM."""
+and leaves ZooKeeper on SIGTERM, or, killed, once its --zookeeper-timeout ends."""
 
 from __future__ import annotations
 
@@ -104,3 +104,52 @@ async def test_twistd_registers_and_leaves_on_sigterm(
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else "(no log)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_server_leaves_discovery_after_its_zookeeper_timeout(
+    redis_url: str, zookeeper_hosts: str, tmp_path: Path
+) -> None:
+    """``--zookeeper-timeout 2``: a SIGKILLed server's node goes after about two
+    seconds, not after kazoo's default of ten, so reglog stops routing to it."""
+    from twisted.internet import reactor
+
+    log = tmp_path / "server.log"
+    command = [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        f"--logfile={log}",
+        "pigeon-server",
+        f"--listen=tcp:{free_port()}:interface=127.0.0.1",
+        f"--rpc=tcp:{free_port()}:interface=127.0.0.1",
+        "--metrics=none",
+        f"--redis={redis_url}",
+        f"--zookeeper={zookeeper_hosts}",
+        "--zookeeper-timeout=2",
+        "--node-id=push-to-kill",
+    ]
+    observer = ZooKeeperDiscovery(zookeeper_hosts, reactor, session_timeout=4.0)
+    seen: list[dict[str, Node]] = []
+    watched = Watched()
+    process = reactor.spawnProcess(watched, command[0], command, env=None, path=str(tmp_path))
+    try:
+        await observer.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
+
+        def registered() -> Any:
+            assert watched.reason is None, f"twistd exited early:\n{_read(log)}"
+            return seen and seen[-1].get("push-to-kill")
+
+        await wait_for(registered, timeout=30, what="the server's znode")
+
+        process.signalProcess("KILL")
+        await watched.ended
+        killed_at = reactor.seconds()
+        await wait_for(lambda: "push-to-kill" not in seen[-1], timeout=15, what="znode gone")
+
+        assert reactor.seconds() - killed_at < 6.0
+    finally:
+        if watched.reason is None:
+            process.signalProcess("KILL")
+            await watched.ended
+        await observer.close()

@@ -23,7 +23,14 @@ from pigeonpush.delivery.service import (
 )
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
-from pigeonpush.options import check_address, check_discovery_spec, check_endpoint, check_store_url
+from pigeonpush.options import (
+    ZOOKEEPER_TIMEOUT_OPTION,
+    check_address,
+    check_discovery_spec,
+    check_endpoint,
+    check_store_url,
+    zookeeper_timeout,
+)
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.services import Closer, GcTuning, StopInOrder
 
@@ -65,6 +72,7 @@ class Options(usage.Options):
         ],
         ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
         ["zookeeper", None, "127.0.0.1:2181", "ZooKeeper hosts (or static: for no ZooKeeper)."],
+        ZOOKEEPER_TIMEOUT_OPTION,
         ["node-id", None, None, "Name in discovery (default <hostname>-<rpc port>)."],
         ["consumer", None, None, "Consumer name in the queue's group (default: the node id)."],
         ["batch", None, 100, "Queue entries read per batch.", int],
@@ -83,6 +91,7 @@ class Options(usage.Options):
         check_endpoint("--rpc", self["rpc"])
         check_store_url("--redis", self["redis"])
         check_discovery_spec("--zookeeper", self["zookeeper"])
+        self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
         if self["metrics"] != "none":
             check_endpoint("--metrics", self["metrics"])
         if self["rpc-advertise"] is not None:
@@ -110,7 +119,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     from pigeonpush.store import open_store
 
     store = open_store(config["redis"], reactor)
-    discovery = open_discovery(config["zookeeper"], reactor)
+    discovery = open_discovery(
+        config["zookeeper"], reactor, session_timeout=config["zookeeper-timeout"]
+    )
     pool = AmpPool(
         reactor, connect_timeout=config["push-timeout"], call_timeout=config["push-timeout"]
     )

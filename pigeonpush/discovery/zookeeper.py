@@ -144,6 +144,11 @@ class ZooKeeperDiscovery:
     def hosts(self) -> str:
         return self._hosts
 
+    @property
+    def session_timeout(self) -> float:
+        """The session timeout asked of ZooKeeper, in seconds."""
+        return self._session_timeout
+
     # -- the Discovery interface ------------------------------------------------
 
     def start(self) -> Deferred[None]:

@@ -16,11 +16,13 @@ from pigeonpush.discovery import DiscoveryService, open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.http import JsonSite
 from pigeonpush.options import (
+    ZOOKEEPER_TIMEOUT_OPTION,
     check_discovery_spec,
     check_endpoint,
     check_store_url,
     seconds,
     whole,
+    zookeeper_timeout,
 )
 from pigeonpush.reglog.api import ReglogApi
 from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
@@ -59,6 +61,7 @@ class Options(usage.Options):
             "127.0.0.1:2181",
             "Discovery: ZooKeeper hosts (host:port[,host:port...][/chroot]), or static:... .",
         ],
+        ZOOKEEPER_TIMEOUT_OPTION,
         ["token-ttl", None, "300", "Seconds a token stays valid until its client connects."],
         ["heartbeat", None, "30", "Heartbeat interval, in seconds, told to clients."],
         ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
@@ -97,6 +100,7 @@ class Options(usage.Options):
         check_endpoint("--listen", self["listen"])
         check_store_url("--redis", self["redis"])
         check_discovery_spec("--zookeeper", self["zookeeper"])
+        self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -108,7 +112,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     except ValueError as error:
         raise usage.UsageError(f"--redis: {error}") from None
     try:
-        discovery = open_discovery(config["zookeeper"], reactor)
+        discovery = open_discovery(
+            config["zookeeper"], reactor, session_timeout=config["zookeeper-timeout"]
+        )
     except ValueError as error:
         raise usage.UsageError(f"--zookeeper: {error}") from None
 

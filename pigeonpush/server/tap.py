@@ -18,11 +18,13 @@ from twisted.python.failure import Failure
 from pigeonpush.discovery import open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.options import (
+    ZOOKEEPER_TIMEOUT_OPTION,
     check_address,
     check_discovery_spec,
     check_endpoint,
     check_node_id,
     check_store_url,
+    zookeeper_timeout,
 )
 from pigeonpush.rpc import PullSource
 from pigeonpush.rpcpool import AmpPool
@@ -79,6 +81,7 @@ class Options(usage.Options):
             "127.0.0.1:2181",
             "Discovery: ZooKeeper hosts host:port[,host:port...][/chroot], or static:.",
         ],
+        ZOOKEEPER_TIMEOUT_OPTION,
         [
             "node-id",
             None,
@@ -169,6 +172,7 @@ class Options(usage.Options):
             check_node_id("--node-id", self["node-id"])
         check_store_url("--redis", self["redis"])
         check_discovery_spec("--zookeeper", self["zookeeper"])
+        self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
 
     def _number(self, name: str, kind: type[float] | type[int]) -> Any:
         text = self[name]
@@ -187,7 +191,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     store = open_store(config["redis"], reactor)
-    discovery = open_discovery(config["zookeeper"], reactor)
+    discovery = open_discovery(
+        config["zookeeper"], reactor, session_timeout=config["zookeeper-timeout"]
+    )
     pool = AmpPool(reactor)
     pull_source = AmpPullSource(pool)
     server = build_push_server(
