@@ -147,7 +147,7 @@ async def test_a_killed_server_leaves_discovery_after_its_zookeeper_timeout(
         killed_at = reactor.seconds()
         await wait_for(lambda: "push-to-kill" not in seen[-1], timeout=15, what="znode gone")
 
-        assert reactor.seconds() - killed_at < 6.0
+        assert reactor.seconds() - killed_at < 8.0  # with the default 10: over 10 s
     finally:
         if watched.reason is None:
             process.signalProcess("KILL")
