@@ -48,6 +48,14 @@ class Closer(Service):
 YOUNG_THRESHOLD = 5000
 
 
+def raise_young_threshold(young: int = YOUNG_THRESHOLD) -> tuple[int, ...]:
+    """Collect the young generation every ``young`` net new objects, the older
+    ones as before (see ``GcTuning`` for why); the thresholds it replaced."""
+    previous = gc.get_threshold()
+    gc.set_threshold(young, *previous[1:])
+    return previous
+
+
 class GcTuning(Service):
     """Once the reactor runs, sets the cyclic garbage collector up for a
     long-running service.
@@ -90,8 +98,7 @@ class GcTuning(Service):
             return
         gc.collect()
         gc.freeze()
-        self._previous = gc.get_threshold()
-        gc.set_threshold(self.young_threshold, *self._previous[1:])
+        self._previous = raise_young_threshold(self.young_threshold)
         log.debug(
             "Froze {count} start-up objects; young collections every {threshold} objects",
             count=gc.get_freeze_count(),

@@ -36,6 +36,35 @@ class Watched(ProcessProtocol):
         self.ended.callback(None)
 
 
+def _server_command(
+    log: Path, redis_url: str, zookeeper_hosts: str, node_id: str, *options: str
+) -> list[str]:
+    return [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        f"--logfile={log}",
+        "pigeon-server",
+        f"--redis={redis_url}",
+        f"--zookeeper={zookeeper_hosts}",
+        f"--node-id={node_id}",
+        *options,
+    ]
+
+
+async def _registered(
+    seen: list[dict[str, Node]], watched: Watched, log: Path, node_id: str
+) -> Node:
+    """The server's node, once the observer sees it (its log if twistd exits first)."""
+
+    def registered() -> Any:
+        assert watched.reason is None, f"twistd exited early:\n{_read(log)}"
+        return seen and seen[-1].get(node_id)
+
+    node: Node = await wait_for(registered, timeout=30, what="the server's znode")
+    return node
+
+
 @pytest_twisted.ensureDeferred
 async def test_twistd_registers_and_leaves_on_sigterm(
     redis_url: str, zookeeper_hosts: str, tmp_path: Path
@@ -46,20 +75,16 @@ async def test_twistd_registers_and_leaves_on_sigterm(
 
     client_port, rpc_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "server.log"
-    command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        f"--logfile={log}",
-        "pigeon-server",
+    command = _server_command(
+        log,
+        redis_url,
+        zookeeper_hosts,
+        "push-under-test",
         f"--listen=tcp:{client_port}:interface=127.0.0.1",
         f"--rpc=tcp:{rpc_port}:interface=127.0.0.1",
         f"--metrics=tcp:{metrics_port}:interface=127.0.0.1",
-        f"--redis={redis_url}",
-        f"--zookeeper={zookeeper_hosts}",
-        "--node-id=push-under-test",
         "--drain-period=1",
-    ]
+    )
     observer = ZooKeeperDiscovery(zookeeper_hosts, reactor, session_timeout=4.0)
     pool = HTTPConnectionPool(reactor, persistent=False)
     seen: list[dict[str, Node]] = []
@@ -67,12 +92,7 @@ async def test_twistd_registers_and_leaves_on_sigterm(
     process = reactor.spawnProcess(watched, command[0], command, env=None, path=str(tmp_path))
     try:
         await observer.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
-
-        def registered() -> Any:
-            assert watched.reason is None, f"twistd exited early:\n{_read(log)}"
-            return seen and seen[-1].get("push-under-test")
-
-        node = await wait_for(registered, timeout=30, what="the server's znode")
+        node = await _registered(seen, watched, log, "push-under-test")
         assert dict(node.data) == {
             "client": f"127.0.0.1:{client_port}",
             "rpc": f"127.0.0.1:{rpc_port}",
@@ -115,32 +135,23 @@ async def test_a_killed_server_leaves_discovery_after_its_zookeeper_timeout(
     from twisted.internet import reactor
 
     log = tmp_path / "server.log"
-    command = [
-        *twistd_command(),
-        "-n",
-        "--pidfile=",
-        f"--logfile={log}",
-        "pigeon-server",
+    command = _server_command(
+        log,
+        redis_url,
+        zookeeper_hosts,
+        "push-to-kill",
         f"--listen=tcp:{free_port()}:interface=127.0.0.1",
         f"--rpc=tcp:{free_port()}:interface=127.0.0.1",
         "--metrics=none",
-        f"--redis={redis_url}",
-        f"--zookeeper={zookeeper_hosts}",
         "--zookeeper-timeout=2",
-        "--node-id=push-to-kill",
-    ]
+    )
     observer = ZooKeeperDiscovery(zookeeper_hosts, reactor, session_timeout=4.0)
     seen: list[dict[str, Node]] = []
     watched = Watched()
     process = reactor.spawnProcess(watched, command[0], command, env=None, path=str(tmp_path))
     try:
         await observer.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
-
-        def registered() -> Any:
-            assert watched.reason is None, f"twistd exited early:\n{_read(log)}"
-            return seen and seen[-1].get("push-to-kill")
-
-        await wait_for(registered, timeout=30, what="the server's znode")
+        await _registered(seen, watched, log, "push-to-kill")
 
         process.signalProcess("KILL")
         await watched.ended

@@ -39,7 +39,6 @@ on one machine, so their clocks are the same clock.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import random
@@ -74,7 +73,7 @@ from pigeonpush.bench.histogram import LatencyHistogram
 from pigeonpush.bench.measure import cpu_seconds
 from pigeonpush.bench.route_client import RouteClient, RouteFailed
 from pigeonpush.bench.sources import PortLateReactor
-from pigeonpush.services import YOUNG_THRESHOLD
+from pigeonpush.services import raise_young_threshold
 
 log = Logger()
 
@@ -842,7 +841,7 @@ def main(reactor: Any) -> defer.Deferred[None]:
     # Like the daemons (pigeonpush.services.GcTuning): at CPython's 700, the
     # objects of connection attempts in flight reach the oldest generation
     # and make full collections of tens of thousands of clients frequent.
-    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    raise_young_threshold()
     controller = Controller(reactor)
     StandardIO(controller, reactor=reactor)
     controller.send({"event": "started", "pid": os.getpid()})
