@@ -11,6 +11,7 @@ from twisted.internet.defer import CancelledError
 from pigeonpush.store import (
     Accepted,
     DeviceRecord,
+    DropReason,
     Message,
     Notification,
     StoreError,
@@ -438,6 +439,23 @@ async def test_ack_removes_pending_ids_and_ignores_unknown_ones(store_case: Stor
     # Acking does not delete the message: the receipt still reports it.
     receipt = await store.receipt(first.message.message_id)
     assert receipt is not None and receipt.pending == () and receipt.acked == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_pending_removes_ids_without_an_ack(store_case: StoreCase) -> None:
+    store = store_case.store
+    first = store_case.notification(["alice", "bob"])
+    second = store_case.notification(["alice"])
+    await store.accept([first, second])
+    await store.drop_pending(
+        [
+            ("alice", first.message.message_id, DropReason.FAILED.value),
+            ("nobody", first.message.message_id, DropReason.TOO_LARGE.value),
+        ]
+    )
+    await store.drop_pending([])
+    assert await store.pending_ids("alice") == [second.message.message_id]
+    assert await store.pending_ids("bob") == [first.message.message_id]
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, Store, StoreErro
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
+    DropReason,
     Message,
     Notification,
     QueueEntry,
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "Accepted",
     "DeviceRecord",
+    "DropReason",
     "Message",
     "Notification",
     "QueueEntry",

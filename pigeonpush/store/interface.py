@@ -110,6 +110,12 @@ class Store(Protocol):
         """Remove each ``(clientId, messageId)`` from WAIT_ACK (one batch);
         unknown pairs are ignored."""
 
+    def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        """Remove each ``(clientId, messageId, reason)`` from WAIT_ACK without
+        an ACK (one batch), and remember ``reason`` (a ``DropReason`` value)
+        for the message's receipt: the message will never reach that client.
+        Unknown pairs are ignored."""
+
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         """The delivery receipt, or None once the message expired or was never seen."""
 

@@ -218,6 +218,9 @@ class MemoryStore:
     def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
         return self._run(self._ack, acks)
 
+    def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        return self._run(self._ack, [(client_id, message_id) for client_id, message_id, _ in drops])
+
     def _ack(self, acks: Sequence[tuple[str, str]]) -> None:
         now = self._clock.seconds()
         for client_id, message_id in acks:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
 import attrs
+
+
+class DropReason(str, enum.Enum):
+    """Why a message left a client's WAIT_ACK without an ACK (its receipt says so)."""
+
+    TOO_LARGE = "too_large"  #: it cannot be written within the connection's frame limit
+    FAILED = "failed"  #: the device refused or never ACKed it after every attempt
+    EXPIRED = "expired"  #: its TTL ran out before the device ACKed it
 
 
 @attrs.frozen(slots=True)

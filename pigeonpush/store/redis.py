@@ -271,6 +271,11 @@ class RedisStore:
         for reply in replies:
             _checked(reply, "SREM")
 
+    def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        return self._call(
+            self._ack, [(client_id, message_id) for client_id, message_id, _ in drops]
+        )
+
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         return self._call(self._receipt, message_id)
 
