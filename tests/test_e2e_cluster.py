@@ -56,8 +56,6 @@ DRAIN_PERIOD = 2.0
 EXIT_MARGIN = 10.0
 #: Short, jittered retries, so that failover takes seconds, not minutes.
 BACKOFF = full_jitter(initial=0.2, maximum=3.0)
-#: Enough reglog retries to outlast the time with no server at all.
-HTTP_RETRIES = 100
 
 
 @attrs.define(eq=False)
@@ -227,9 +225,6 @@ def new_fleet(reglog: Daemon) -> Fleet:
             reglog.url("http"),
             device.on_message,
             client_id=f"device-{n:03d}",
-            # After one refused connection, ask reglog: the server may be gone.
-            reconnect_threshold=1,
-            http_retries=HTTP_RETRIES,
             backoff=BACKOFF,
         )
         device.client.on_event(device.events.append)

@@ -251,6 +251,28 @@ async def test_a_server_that_leaves_is_never_returned_again(
 
 
 @pytest_twisted.ensureDeferred
+async def test_servers_the_client_could_not_reach_are_avoided_unless_none_is_left(
+    reglog_zk: StartReglog, push_servers: PushServers
+) -> None:
+    await push_servers.add("s1")
+    await push_servers.add("s2")
+    reglog = await reglog_zk()
+    await reglog.sees(2)
+    s1, s2 = PushServers.address("s1"), PushServers.address("s2")
+    for n in range(20):
+        answer = await reglog.route({"clientId": f"d{n}", "avoid": [s1, "10.9.9.9:7100"]})
+        assert answer.json["server"] == s2
+    answer = await reglog.route({"clientId": "d", "avoid": [s2, s2], "secret": None})
+    assert answer.json["server"] == s1
+    # every server avoided: still an answer (the client's view may be stale)
+    answers = [await reglog.route({"clientId": "d", "avoid": [s1, s2]}) for _ in range(20)]
+    assert {a.status for a in answers} == {200}
+    assert {a.json["server"] for a in answers} == {s1, s2}
+    assert (await reglog.route({"clientId": "d", "avoid": None})).status == 200
+    assert (await reglog.route({"clientId": "d", "avoid": []})).status == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_burst_spreads_in_proportion_to_free_capacity(
     reglog_zk: StartReglog, push_servers: PushServers
 ) -> None:
@@ -355,6 +377,42 @@ BAD_ROUTE_REQUESTS: list[tuple[str, dict[str, Any], tuple[int, str], str]] = [
         "256",
     ),
     ("empty secret", {"json_body": {"clientId": "a", "secret": ""}}, (400, "bad_request"), "256"),
+    (
+        "avoid not a list",
+        {"json_body": {"clientId": "a", "avoid": "127.0.0.1:7101"}},
+        (400, "bad_request"),
+        "avoid must be a list of at most 16 host:port strings",
+    ),
+    (
+        "avoid too long",
+        {"json_body": {"clientId": "a", "avoid": [f"h{n}:7100" for n in range(17)]}},
+        (400, "bad_request"),
+        "at most 16",
+    ),
+    (
+        "avoid with a number",
+        {"json_body": {"clientId": "a", "avoid": [7101]}},
+        (400, "bad_request"),
+        "of at most 262 characters",
+    ),
+    (
+        "avoid with a long name",
+        {"json_body": {"clientId": "a", "avoid": ["h" * 260 + ":7100"]}},
+        (400, "bad_request"),
+        "of at most 262 characters",
+    ),
+    (
+        "avoid without a port",
+        {"json_body": {"clientId": "a", "avoid": ["127.0.0.1"]}},
+        (400, "bad_request"),
+        "host:port strings, not '127.0.0.1'",
+    ),
+    (
+        "avoid with a bad port",
+        {"json_body": {"clientId": "a", "avoid": ["127.0.0.1:0"]}},
+        (400, "bad_request"),
+        "not '127.0.0.1:0'",
+    ),
     (
         "too large",
         {"json_body": {"clientId": "a", "pad": "x" * 5000}},

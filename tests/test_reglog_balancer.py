@@ -211,3 +211,37 @@ def test_choice_uses_the_random_source() -> None:
         runs.append([chooser.choose() for _ in range(30)])
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+def test_avoided_servers_are_left_out_while_another_has_room() -> None:
+    chooser, _ = balancer()
+    chooser.update(live(node("a", 0, 1000), node("b", 0, 10), node("c", 0, 1000)))
+    avoid = {"a.example:7100", "c.example:7100", "elsewhere.example:7100"}
+    chosen = Counter()
+    for _ in range(10):
+        server = chooser.choose(avoid)
+        chosen[None if server is None else server.node_id] += 1
+    assert chosen == {"b": 10}
+    # b is full now: with no other choice, an avoided server is better than none
+    server = chooser.choose(avoid)
+    assert server is not None and server.node_id in ("a", "c")
+
+
+def test_when_every_server_is_avoided_the_draw_is_among_all() -> None:
+    chooser, _ = balancer(seed=3)
+    chooser.update(live(node("a", 0, 100), node("b", 0, 100)))
+    chosen = Counter()
+    for _ in range(100):
+        server = chooser.choose({"a.example:7100", "b.example:7100"})
+        assert server is not None
+        chosen[server.node_id] += 1
+    assert set(chosen) == {"a", "b"}
+
+
+def test_avoiding_a_full_server_changes_nothing() -> None:
+    chooser, _ = balancer()
+    chooser.update(live(node("a", 10, 10), node("b", 0, 10)))
+    server = chooser.choose({"b.example:7100"})
+    assert server is not None and server.node_id == "b"
+    chooser.update(live(node("a", 10, 10)))
+    assert chooser.choose({"b.example:7100"}) is None

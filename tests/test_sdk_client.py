@@ -56,18 +56,26 @@ AUTH_OK = AuthOk(heartbeat=5.0, max_frame=8192, ack_window=64)
 
 
 class Routes:
-    """A route source: answers token-1, token-2, ... unless scripted otherwise."""
+    """A route source: answers token-1, token-2, ... unless scripted otherwise;
+    the server is the next of ``servers``, or SERVER. Records the client's
+    ``avoid`` list at each call."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.script: list[Callable[[], Deferred[Route]]] = []
+        self.servers: list[str] = []
         self.heartbeat: float | None = None
+        self.client: PushClient | None = None
+        self.avoided: list[list[str]] = []
 
     def __call__(self) -> Deferred[Route]:
         self.calls += 1
+        if self.client is not None:
+            self.avoided.append(self.client.avoid)
         if self.script:
             return self.script.pop(0)()
-        return succeed(Route(f"token-{self.calls}", SERVER, self.heartbeat))
+        server = self.servers.pop(0) if self.servers else SERVER
+        return succeed(Route(f"token-{self.calls}", server, self.heartbeat))
 
 
 @implementer(IStreamClientEndpoint)
@@ -79,7 +87,7 @@ class MemoryEndpoint:
     def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
         network = self._network
         network.attempts.append(self._server)
-        if network.refuse:
+        if network.refuse or self._server in network.down:
             return fail(ConnectionRefusedError())
         if network.explode:
             raise OSError("endpoint exploded")
@@ -108,6 +116,7 @@ class Network:
         self.attempts: list[str] = []
         self.connections: list[tuple[ClientProtocol, StringTransport]] = []
         self.refuse = False
+        self.down: set[str] = set()  # servers that refuse connections
         self.explode = False
         self.hang = False
         self.hanging: Deferred[Any] | None = None
@@ -135,6 +144,7 @@ class Harness:
             **options,
         )
         self.client.on_event(self.events.append)
+        self.routes.client = self.client
 
     @property
     def protocol(self) -> ClientProtocol:
@@ -307,8 +317,8 @@ def test_missed_pongs_drop_the_connection_and_reconnect() -> None:
     assert h.client.state is ClientState.WAITING
     h.clock.advance(1.0)
     assert len(h.network.connections) == 2
-    assert h.sent() == [Auth(CLIENT_ID, "token-1")]  # same server, same token first
-    assert h.routes.calls == 1
+    assert h.sent() == [Auth(CLIENT_ID, "token-2")]  # a token is good for one session
+    assert h.routes.calls == 2
 
 
 def test_any_frame_from_the_server_counts_as_an_answer() -> None:
@@ -354,24 +364,153 @@ def test_reconnect_delays_grow_with_full_jitter_bounds() -> None:
         (delay,) = h.pending_delays()
         delays.append(delay)
         h.clock.advance(delay)
-    # retry n waits a random part of min(4, 2 ** (n - 1)): ceilings 1, 2, 4, 4, 4, 4
-    assert delays == pytest.approx([0.999999, 1.999998, 1.0, 2.0, 3.999996, 3.999996])
+    # after n failures in a row the wait is a random part of min(4, 2 ** (n - 1));
+    # the lost session and the first failure both wait in the first window:
+    # ceilings 1, 1, 2, 4, 4, 4
+    assert delays == pytest.approx([0.999999, 0.999999, 0.5, 2.0, 3.999996, 3.999996])
     assert h.network.attempts == [SERVER] * 7
 
 
-def test_failed_reconnects_past_the_threshold_ask_reglog_again() -> None:
+def test_failed_connections_past_the_threshold_ask_reglog_again() -> None:
     h = Harness(reconnect_threshold=3, backoff=lambda attempt: 1.0)
-    h.online()
     h.network.refuse = True
-    h.lose(ConnectionLost)  # the server died
-    for _ in range(3):
-        h.clock.advance(1.0)
-    assert h.network.attempts == [SERVER] * 4
+    h.client.start()
+    h.clock.advance(1.0)
+    h.clock.advance(1.0)
+    # the connection never came up: the token is unused and tried again
+    assert h.network.attempts == [SERVER] * 3
     assert h.routes.calls == 1
     h.network.refuse = False
     h.clock.advance(1.0)
     assert h.routes.calls == 2  # the server may be gone: reglog picks again
+    assert h.routes.avoided == [[], [SERVER]]
     assert h.sent() == [Auth(CLIENT_ID, "token-2")]
+    h.feed(AUTH_OK)
+    assert h.client.state is ClientState.ONLINE
+    assert h.client.avoid == []  # reached after all
+
+
+def test_every_session_starts_with_a_fresh_token() -> None:
+    h = Harness(backoff=lambda attempt: 1.0)
+    h.online()
+    h.lose()  # a clean close of an authenticated session
+    h.clock.advance(1.0)
+    assert h.sent() == [Auth(CLIENT_ID, "token-2")]
+    h.lose()  # before AUTH_OK: AUTH was sent, the token may be spent
+    h.clock.advance(1.0)
+    assert h.sent() == [Auth(CLIENT_ID, "token-3")]
+    h.feed(AUTH_OK)
+    h.feed(Kick(KickReason.POLICY))
+    h.lose()
+    h.clock.advance(1.0)
+    assert h.sent() == [Auth(CLIENT_ID, "token-4")]
+    h.clock.advance(10.0)  # AUTH timeout
+    h.lose(ConnectionLost)
+    h.clock.advance(1.0)
+    assert h.sent() == [Auth(CLIENT_ID, "token-5")]
+    assert h.routes.calls == 5
+
+
+def test_a_refused_connection_goes_back_to_reglog_at_once_naming_the_server() -> None:
+    draws = iter([0.5, 0.5, 0.5])
+    h = Harness(backoff=full_jitter(initial=1.0, maximum=60.0, random=lambda: next(draws)))
+    h.online()
+    other = "10.0.0.8:7100"
+    h.network.down.add(SERVER)  # SIGKILLed: its address refuses connections
+    h.routes.servers = [SERVER, other]  # reglog has not noticed yet, then it has
+    h.lose(ConnectionLost)
+    assert h.pending_delays() == [0.5]  # first window: [0, 1) s
+    h.clock.advance(0.5)
+    assert h.network.attempts == [SERVER, SERVER]
+    assert h.pending_delays() == [0.5]  # back to reglog within the first window again
+    h.clock.advance(0.5)
+    assert h.routes.avoided == [[], [], [SERVER]]
+    assert h.network.attempts == [SERVER, SERVER, other]
+    h.feed(AUTH_OK)
+    assert h.client.state is ClientState.ONLINE and h.client.server == other
+    assert h.client.avoid == [SERVER]  # still avoided for the next lookup
+
+
+def test_the_failure_count_starts_again_when_reglog_gives_a_new_server() -> None:
+    attempts: list[int] = []
+
+    def policy(attempt: int) -> float:
+        attempts.append(attempt)
+        return 1.0
+
+    h = Harness(backoff=policy)
+    b, c = "10.0.0.8:7100", "10.0.0.9:7100"
+    h.network.down.update({SERVER, b})
+    # reglog keeps answering the dead SERVER (no other has room), then B, then C
+    h.routes.servers = [SERVER, SERVER, SERVER, b, c]
+    h.client.start()
+    for _ in range(3):
+        h.clock.advance(1.0)
+    # SERVER thrice (growing), then B: a server not known to be down starts
+    # the count again
+    assert attempts == [1, 2, 3, 1]
+    assert h.routes.avoided[-1] == [SERVER]
+    h.clock.advance(1.0)
+    assert h.routes.avoided[-1] == [b, SERVER]  # most recent first
+    assert h.network.attempts[-1] == c
+    h.feed(AUTH_OK)
+    h.lose(ConnectionLost)
+    assert attempts[-1] == 1  # AUTH_OK starts it again too
+
+
+def test_avoided_servers_are_forgotten_after_a_while() -> None:
+    h = Harness(backoff=lambda attempt: 1.0)
+    h.network.down.add(SERVER)
+    h.routes.servers = [SERVER, "10.0.0.8:7100"]
+    h.client.start()
+    assert h.client.avoid == [SERVER]
+    h.clock.advance(59.0)
+    assert h.client.avoid == [SERVER]
+    h.clock.advance(1.0)
+    assert h.client.avoid == []
+
+
+def test_at_most_sixteen_servers_are_avoided() -> None:
+    h = Harness(backoff=lambda attempt: 1.0)
+    h.network.refuse = True
+    h.routes.servers = [f"10.0.1.{n}:7100" for n in range(20)]
+    h.client.start()
+    for _ in range(19):
+        h.clock.advance(1.0)
+    assert h.client.avoid == [f"10.0.1.{n}:7100" for n in range(19, 3, -1)]
+
+
+def test_a_server_that_refuses_auth_is_not_avoided() -> None:
+    h = Harness(backoff=lambda attempt: 1.0)
+    h.client.start()
+    h.feed(AuthFail(AuthFailCode.BAD_TOKEN, "replayed"))
+    h.lose()
+    assert h.client.avoid == []
+    h.client.start()
+    h.clock.advance(1.0)
+    h.lose()  # closed before AUTH_OK without an answer
+    assert h.client.avoid == [SERVER]
+
+
+def test_reconnects_forever_with_capped_delays() -> None:
+    h = Harness(
+        backoff=full_jitter(initial=1.0, maximum=60.0, random=lambda: 0.999),
+    )
+    h.online()
+    h.network.refuse = True
+    h.lose(ConnectionLost)
+    delays = []
+    for _ in range(200):  # far past any former limit
+        (delay,) = h.pending_delays()
+        delays.append(delay)
+        h.clock.advance(delay)
+    assert max(delays) == pytest.approx(59.94)
+    assert delays[-100:] == [pytest.approx(59.94)] * 100
+    assert not any(isinstance(e, GaveUp) for e in h.events)
+    assert h.client.gave_up is None and h.client.state is ClientState.WAITING
+    h.network.refuse = False
+    (delay,) = h.pending_delays()
+    h.clock.advance(delay)
     h.feed(AUTH_OK)
     assert h.client.state is ClientState.ONLINE
 

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.sdk import Disconnected, Message, PushClient, full_jitter
+from support.servers import free_port
 from support.waiting import wait_for
 from support.wire_server import ReglogRoute, WireServer, reglog_site
 
@@ -228,6 +229,55 @@ async def test_cli_listen_exits_1_when_reglog_refuses(servers: Servers) -> None:
         assert "was refused: HTTP 401 unauthorized" in status
         assert "a-wrong-one" not in status
         assert child.out == b""
+    finally:
+        await child.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_listen_waits_out_a_reglog_restart(servers: Servers) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    port = free_port()  # where reglog will listen once it is back
+    url = f"http://127.0.0.1:{port}"
+    child = spawn(
+        "-m", "pigeonpush.cli", "listen", "--reglog", url,
+        "--client-id", "cli-3", "--max-backoff", "0.2", "--verbose",
+    )  # fmt: skip
+    listening: IListeningPort | None = None
+    try:
+        # the former limit was 5 failed lookups in a row
+        await wait_for(
+            lambda: b"attempt 8 of unlimited" in child.err,
+            timeout=30,
+            what="eight failed lookups",
+        )
+        assert not child.ended.called
+        listening = await serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(
+            reglog_site(servers.reglog)
+        )
+        await wait_for(lambda: "cli-3" in servers.wire.sessions, timeout=30, what="CLI login")
+        assert await child.interrupt() == 0
+        assert "gave up" not in child.err.decode()
+    finally:
+        await child.kill()
+        if listening is not None:
+            await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_listen_gives_up_after_max_route_failures(servers: Servers) -> None:
+    from twisted.internet import reactor
+
+    servers.reglog.script = [(503, {"error": "no_server", "message": "none alive"})] * 10
+    child = spawn(
+        "-m", "pigeonpush.cli", "listen", "--reglog", servers.reglog_url,
+        "--client-id", "cli-4", "--max-backoff", "0.1", "--max-route-failures", "3",
+    )  # fmt: skip
+    try:
+        assert await child.ended.addTimeout(30, reactor) == 1
+        assert "failed 3 time(s) in a row" in child.err.decode()
+        assert len(servers.reglog.requests) == 3
     finally:
         await child.kill()
 

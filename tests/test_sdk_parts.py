@@ -133,3 +133,37 @@ def test_service_starts_and_stops_the_client_with_the_application() -> None:
     stopped = application.stopService()
     assert stopped.called
     assert client.state is ClientState.STOPPED
+
+
+def test_listen_options_for_reconnecting() -> None:
+    from pigeonpush.cli import build_parser
+
+    parser = build_parser("listen")
+    args = parser.parse_args(["listen", "--reglog", "http://r:8100"])
+    assert (args.max_route_failures, args.max_backoff) == (None, 60.0)
+    args = parser.parse_args(
+        ["listen", "--reglog", "http://r:8100", "--max-route-failures", "4", "--max-backoff", "5"]
+    )
+    assert (args.max_route_failures, args.max_backoff) == (4, 5.0)
+    args = parser.parse_args(["listen", "--reglog", "http://r:8100", "--http-retries", "7"])
+    assert args.max_route_failures == 7  # the former name
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--max-route-failures", "0"], "must be an integer of at least 1, not '0'"),
+        (["--max-route-failures", "many"], "must be an integer of at least 1, not 'many'"),
+        (["--max-backoff", "0"], "must be a positive number of seconds, not '0'"),
+        (["--max-backoff", "inf"], "must be a positive number of seconds, not 'inf'"),
+    ],
+)
+def test_listen_refuses_bad_reconnect_options(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pigeonpush.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser("listen").parse_args(["listen", "--reglog", "http://r:8100", *words])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

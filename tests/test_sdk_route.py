@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from pigeonpush.sdk import PushClient, Route, RouteFetcher, RouteLookupFailed
+from pigeonpush.sdk import ClientState, GaveUp, PushClient, Route, RouteFetcher, RouteLookupFailed
 from pigeonpush.sdk.route import parse_route, parse_server
 from support.wire_server import ReglogRoute, WireServer, reglog_root
 
@@ -236,3 +236,108 @@ def test_unusable_route_bodies_are_named(body: Any, message: str) -> None:
 def test_a_reglog_url_that_cannot_work_is_refused_at_once(url: str) -> None:
     with pytest.raises(ValueError, match="reglog_url must be an http:// or https:// URL"):
         PushClient(Clock(), url, lambda message: None, client_id="device-1")
+
+
+def test_by_default_a_lookup_retries_for_as_long_as_it_takes_with_capped_delays() -> None:
+    reglog = Reglog()
+    busy = {"error": "no_server", "message": "no push server is alive"}
+    reglog.route.script = [(503, busy)] * 40  # far past any former limit
+    start = reglog.clock.seconds()
+    route = reglog.run(reglog.fetcher(backoff=lambda attempt: min(60.0, 2.0**attempt))())
+    assert isinstance(route, Route)
+    assert len(reglog.route.requests) == 41
+    waited = reglog.clock.seconds() - start
+    assert waited == sum(min(60.0, 2.0**n) for n in range(1, 41))
+
+
+def test_the_request_names_the_servers_to_avoid_bounded_and_well_formed() -> None:
+    reglog = Reglog()
+    avoid = [
+        "10.0.0.7:7100",
+        "no-port",  # reglog would answer 400: never sent
+        "h" * 300 + ":7100",
+        "[::1]:7100",
+        *(f"10.0.1.{n}:7100" for n in range(20)),
+    ]
+    fetcher = reglog.fetcher(avoid=lambda: avoid)
+    assert isinstance(reglog.run(fetcher()), Route)
+    (request,) = reglog.route.requests
+    assert request["avoid"] == [
+        "10.0.0.7:7100",
+        "[::1]:7100",
+        *(f"10.0.1.{n}:7100" for n in range(14)),
+    ]
+    avoid.clear()
+    assert isinstance(reglog.run(fetcher()), Route)
+    assert reglog.route.requests[-1] == {"clientId": "device-1"}  # nothing to avoid: no field
+
+
+class NeverEndpoint:
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return Deferred()
+
+
+def client_on(reglog: Reglog, **options: Any) -> tuple[PushClient, list[Any]]:
+    client = PushClient(
+        reglog.clock,
+        URL,
+        lambda message: None,
+        client_id="device-1",
+        http_agent=reglog.memory,
+        endpoint_factory=lambda server: NeverEndpoint(),
+        backoff=lambda attempt: 1.0,
+        **options,
+    )
+    events: list[Any] = []
+    client.on_event(events.append)
+    return client, events
+
+
+def pump(reglog: Reglog, seconds: int) -> None:
+    for _ in range(seconds * 10):
+        reglog.memory.flush()
+        reglog.clock.advance(0.1)
+
+
+def test_a_client_waits_out_a_long_reglog_outage_by_default() -> None:
+    reglog = Reglog()
+    busy = {"error": "no_server", "message": "no push server is alive"}
+    reglog.route.script = [(503, busy)] * 30
+    client, events = client_on(reglog)
+    client.start()
+    pump(reglog, 25)
+    assert len(reglog.route.requests) > 5 and events == []
+    assert client.state is ClientState.ROUTING
+    pump(reglog, 10)
+    assert client.state is ClientState.CONNECTING
+    assert client.gave_up is None
+    client.stop()
+
+
+def test_a_client_gives_up_only_when_the_application_sets_a_limit() -> None:
+    reglog = Reglog()
+    busy = {"error": "no_server", "message": "no push server is alive"}
+    reglog.route.script = [(503, busy)] * 30
+    client, events = client_on(reglog, max_route_failures=3)
+    client.start()
+    pump(reglog, 10)
+    assert len(reglog.route.requests) == 3
+    (gave_up,) = events
+    assert isinstance(gave_up, GaveUp) and isinstance(gave_up.error, RouteLookupFailed)
+    assert gave_up.error.attempts == 3 and client.state is ClientState.STOPPED
+
+
+def test_http_retries_is_the_deprecated_name_of_max_route_failures() -> None:
+    reglog = Reglog()
+    reglog.route.script = [(503, {"error": "no_server", "message": "none"})] * 30
+    with pytest.warns(DeprecationWarning, match="use max_route_failures"):
+        client, events = client_on(reglog, http_retries=2)
+    client.start()
+    pump(reglog, 10)
+    assert len(reglog.route.requests) == 2 and isinstance(events[0], GaveUp)
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, 2.5])
+def test_a_route_failure_limit_must_be_a_positive_integer(limit: Any) -> None:
+    with pytest.raises(ValueError, match="max_route_failures must be an integer of at least 1"):
+        client_on(Reglog(), max_route_failures=limit)

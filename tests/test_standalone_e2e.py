@@ -251,7 +251,6 @@ class Device:
             reglog_url,
             lambda message: holder[0].received.append(message),
             client_id=client_id,
-            http_retries=50,
             backoff=BACKOFF,
         )
         device = cls(client)

@@ -4,14 +4,17 @@ Each message is printed as ``{"messageId", "title", "text", "extras",
 "receivedAt"}`` and flushed, then ACKed: the ACK waits until the line is
 written, so a message is never acknowledged without being shown. The line is
 written synchronously on purpose (a CLI's stdout is its product). Connection
-status goes to stderr. Ctrl-C closes the connection and exits 0; giving up
-(reglog refused or failed too often, the clientId logged in elsewhere) exits 1.
+status goes to stderr. Ctrl-C closes the connection and exits 0. It reconnects for as long as
+it runs (a reglog or push server restart is waited out) unless
+``--max-route-failures`` sets a limit; giving up (reglog refused, or failed
+that many times in a row; the clientId logged in elsewhere) exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -34,6 +37,7 @@ from pigeonpush.sdk import (
     GaveUp,
     Message,
     PushClient,
+    full_jitter,
 )
 
 SECRET_ENVIRONMENT = "PIGEONPUSH_SECRET"
@@ -62,15 +66,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PING interval until the server announces its own (default: 30)",
     )
     parser.add_argument(
-        "--http-retries",
-        type=int,
-        default=5,
+        "--max-route-failures",
+        type=_positive_int,
         metavar="N",
-        help="failed reglog requests in a row before giving up (default: 5)",
+        help="failed reglog requests in a row before giving up (default: never give up)",
+    )
+    # The old name of --max-route-failures, still accepted.
+    parser.add_argument(
+        "--http-retries", type=_positive_int, dest="max_route_failures", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--max-backoff",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait between two reconnection attempts (default: 60)",
     )
     parser.add_argument(
         "--verbose", action="store_true", help="log the SDK's info messages to stderr"
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +174,8 @@ async def listen(reactor: Any, args: argparse.Namespace) -> None:
             client_id=args.client_id,
             secret=args.secret,
             heartbeat=args.heartbeat,
-            http_retries=args.http_retries,
+            max_route_failures=args.max_route_failures,
+            backoff=full_jitter(initial=min(1.0, args.max_backoff), maximum=args.max_backoff),
         )
     except ValueError as e:
         print(f"pigeonpush listen: {e}", file=sys.stderr, flush=True)

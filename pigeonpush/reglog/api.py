@@ -31,12 +31,17 @@ from pigeonpush.reglog import metrics
 from pigeonpush.reglog.balancer import Balancer
 from pigeonpush.reglog.devices import ClientExists, DeviceRegistry
 from pigeonpush.reglog.routing import BadSecret, NoServer, Router, SecretRequired
+from pigeonpush.rpcpool import split_address
 from pigeonpush.store.interface import StoreError
 
 log = Logger()
 
 MAX_CLIENT_ID = 128
 MAX_SECRET = 256
+#: At most this many servers in a route request's ``avoid``...
+MAX_AVOID = 16
+#: ... each a ``host:port`` of at most this many characters (a DNS name and a port).
+MAX_ADDRESS = 262
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _REALM = 'Bearer realm="pigeonpush-reglog"'
 #: While the store is down every request fails the same way: warn once per interval.
@@ -69,6 +74,24 @@ def secret_field(body: dict[str, Any]) -> str | None:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_SECRET:
         raise bad_request(f"secret must be a string of 1 to {MAX_SECRET} characters")
     return value
+
+
+def avoid_field(body: dict[str, Any]) -> frozenset[str]:
+    """``avoid``: the push servers (``host:port``) the client failed to reach lately."""
+    value = body.get("avoid")
+    if value is None:
+        return frozenset()
+    rule = f"avoid must be a list of at most {MAX_AVOID} host:port strings"
+    if not isinstance(value, list) or len(value) > MAX_AVOID:
+        raise bad_request(rule)
+    for address in value:
+        if not isinstance(address, str) or not 1 <= len(address) <= MAX_ADDRESS:
+            raise bad_request(f"{rule} of at most {MAX_ADDRESS} characters")
+        try:
+            split_address(address)
+        except ValueError:
+            raise bad_request(f"{rule}, not {address[:64]!r}") from None
+    return frozenset(value)
 
 
 def _seconds(value: float) -> float | int:
@@ -131,8 +154,9 @@ class ReglogApi:
         body = read_json_object(request, self._max_body)
         client_id = required_client_id(body)
         secret = secret_field(body)
+        avoid = avoid_field(body)
         try:
-            grant = await self._router.route(client_id, secret)
+            grant = await self._router.route(client_id, secret, avoid)
         except SecretRequired:
             raise ApiError(
                 401,

@@ -15,6 +15,13 @@ servers get the most clients, and several reglog instances working from the
 same published numbers do not all pile onto the same "least loaded" server, as
 a strict least-loaded or two-choices rule would until the next update.
 
+A client may name servers it failed to reach (``avoid``: their client
+addresses): they are left out of the draw unless no other server has room, so
+a server that died but still shows in discovery (its ZooKeeper session has not
+expired yet) does not get the same client back again and again, while a
+client whose only choices are all "avoided" still gets one (its view may be
+wrong, or the server may be back).
+
 A pending count is dropped when its server publishes new data (the new count
 includes whoever connected) and otherwise expires after ``pending_ttl``
 seconds (a client that was sent but never connected).
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import attrs
@@ -145,18 +152,22 @@ class Balancer:
 
     # -- the choice -------------------------------------------------------------
 
-    def choose(self) -> PushServer | None:
+    def choose(self, avoid: Collection[str] = ()) -> PushServer | None:
         """A server for one client (counted as pending there), or None if none has room.
 
-        O(number of servers): a deployment has tens of them, not thousands.
+        Servers whose client address is in ``avoid`` are drawn only when no
+        other server has room. O(number of servers): a deployment has tens of
+        them, not thousands.
         """
         candidates: list[tuple[PushServer, int]] = []
-        total = 0
+        avoided: list[tuple[PushServer, int]] = []
         for node_id, server in self._servers.items():
             free = self.free(node_id)
             if free > 0:
-                candidates.append((server, free))
-                total += free
+                (avoided if server.client in avoid else candidates).append((server, free))
+        if not candidates:
+            candidates = avoided
+        total = sum(free for _, free in candidates)
         if total == 0:
             return None
         pick = self._random.randrange(total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Collection
 
 import attrs
 
@@ -75,8 +76,11 @@ class Router:
     def mode(self) -> AuthMode:
         return AuthMode.OPEN if self._devices is None else AuthMode.REGISTERED
 
-    async def route(self, client_id: str, secret: str | None = None) -> RouteGrant:
-        """Grant ``client_id`` a token (stored in ``PIGEON:AUTH:<clientId>``) and a server.
+    async def route(
+        self, client_id: str, secret: str | None = None, avoid: Collection[str] = ()
+    ) -> RouteGrant:
+        """Grant ``client_id`` a token (stored in ``PIGEON:AUTH:<clientId>``) and a server,
+        one not in ``avoid`` (client addresses) if another has room.
 
         SecretRequired / BadSecret in registered mode, NoServer, or the store's
         StoreError; nothing is written unless a grant is returned.
@@ -86,7 +90,7 @@ class Router:
                 raise SecretRequired()
             if not await self._devices.check(client_id, secret):
                 raise BadSecret()
-        server = self._balancer.choose()
+        server = self._balancer.choose(avoid)
         if server is None:
             raise NoServer(len(self._balancer.servers))
         token = new_token()

@@ -8,11 +8,23 @@ The life of a client is an explicit state machine (``ClientState``)::
     ONLINE --connection lost--> WAITING
     any --stop() / give up--> STOPPING (closing the connection) --> STOPPED
 
-ROUTING asks reglog (retrying inside, see ``route.RouteFetcher``); WAITING is
-a jittered backoff delay. The route (token and server) is kept across
-reconnects, so a server that restarts is found again with the same token; it
-is dropped, and the next attempt asks reglog, after AUTH_FAIL, after a KICK,
-and after ``reconnect_threshold`` attempts in a row that did not reach AUTH_OK.
+ROUTING asks reglog (retrying inside, for as long as it takes unless the
+application set ``max_route_failures``; see ``route.RouteFetcher``); WAITING is
+a jittered backoff delay, capped (60 s by default).
+
+A token is good for one session: the route (token and server) is spent as
+soon as a connection carrying its AUTH is up, so every new session (after any
+disconnect, AUTH_FAIL or KICK) starts with a fresh route from reglog. Only a
+connection that never came up leaves the token unused: after
+``reconnect_threshold`` of those in a row (1 by default) the client asks reglog
+again, naming the servers it failed to reach lately (``avoid``) so that reglog
+chooses another while another has room: a crashed server stays in discovery
+until its ZooKeeper session expires.
+
+The count of failed attempts, which sets the backoff, starts again at AUTH_OK
+and when reglog answers with a server the client has not failed to reach
+lately: a client sent to a live server after a crash comes back at once,
+instead of after the long delay that the failures against the dead one built.
 
 Twisted's ``ClientService`` reconnects to one fixed endpoint and counts a TCP
 connection as success; here the target changes with each reglog answer and
@@ -23,6 +35,7 @@ with the same ingredients: an injected clock and a retry policy with jitter.
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +59,7 @@ from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconn
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
-from pigeonpush.sdk.route import Route, RouteFetcher, RouteSource, parse_server
+from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource, parse_server
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME
 from pigeonpush.wire.frames import (
     PROTOCOL_VERSION,
@@ -60,6 +73,8 @@ from pigeonpush.wire.frames import (
 
 #: Longest clientId the services accept.
 MAX_CLIENT_ID_LENGTH = 128
+#: Seconds a server the client failed to reach stays on its ``avoid`` list.
+AVOID_SECONDS = 60.0
 
 EventObserver = Callable[[ClientEvent], object]
 
@@ -110,10 +125,12 @@ class PushClient:
         gives the server's value (which wins).
     :param max_missed_pongs: unanswered PINGs in a row after which the
         connection counts as dead and is dropped.
-    :param reconnect_threshold: attempts in a row without AUTH_OK on one route
-        after which reglog is asked for a new one.
-    :param http_retries: reglog requests failing in a row before giving up
-        (``GaveUp`` with ``RouteLookupFailed``).
+    :param reconnect_threshold: connection attempts to one route's server in a
+        row that fail before the connection is up (the token is unused) after
+        which reglog is asked for a new route.
+    :param max_route_failures: reglog requests failing in a row before giving
+        up (``GaveUp`` with ``RouteLookupFailed``); None (the default): never.
+    :param http_retries: deprecated name of ``max_route_failures``.
     :param backoff: retry delays, ``attempt -> seconds``; default
         ``full_jitter(initial=1, maximum=60, factor=2)``.
     :param dedup_window: how many handled messageIds are remembered to filter
@@ -136,8 +153,9 @@ class PushClient:
         secret: str | None = None,
         heartbeat: float = 30.0,
         max_missed_pongs: int = 2,
-        reconnect_threshold: int = 3,
-        http_retries: int = 5,
+        reconnect_threshold: int = 1,
+        max_route_failures: int | None = None,
+        http_retries: int | None = None,
         auth_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         http_timeout: float = 10.0,
@@ -165,6 +183,16 @@ class PushClient:
         self._backoff = backoff if backoff is not None else full_jitter()
         self._recent = RecentIds(dedup_window)
         self._endpoint_factory = endpoint_factory or self._tcp_endpoint
+        if http_retries is not None:
+            warnings.warn(
+                "http_retries is deprecated: use max_route_failures",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if max_route_failures is None:
+                max_route_failures = http_retries
+        if max_route_failures is not None:
+            _at_least_one("max_route_failures", max_route_failures)
         if route_source is None:
             route_source = RouteFetcher(
                 reactor,
@@ -172,16 +200,20 @@ class PushClient:
                 reglog_url,
                 self.client_id,
                 secret=secret,
-                attempts=_at_least_one("http_retries", http_retries),
+                attempts=max_route_failures,
                 backoff=self._backoff,
                 timeout=_positive("http_timeout", http_timeout),
+                avoid=lambda: self.avoid,
             )
         self._route_source = route_source
 
         self._state = ClientState.STOPPED
         self._route: Route | None = None
         self._failures = 0  # attempts in a row that did not reach AUTH_OK
-        self._route_failures = 0  # ... of them on the current route
+        self._route_failures = 0  # connections that never came up on the current route
+        #: server -> when the client last failed to reach it (the ``avoid`` list)
+        self._unreachable: dict[str, float] = {}
+        self._auth_refused = False  # the current session ended with AUTH_FAIL
         self._pending: IDelayedCall | Deferred[Any] | None = None  # cancelled by stop()
         self._session: ClientProtocol | None = None
         self._online: Authenticated | None = None
@@ -285,12 +317,32 @@ class PushClient:
         self._pending = looking_up
         looking_up.addCallbacks(self._routed, self._route_failed)
 
+    @property
+    def avoid(self) -> list[str]:
+        """The servers this client failed to reach within ``AVOID_SECONDS``,
+        most recent first (what the next route request asks reglog to avoid)."""
+        since = self._reactor.seconds() - AVOID_SECONDS
+        for server, failed_at in list(self._unreachable.items()):
+            if failed_at <= since:
+                del self._unreachable[server]
+        return sorted(self._unreachable, key=self._unreachable.__getitem__, reverse=True)
+
+    def _unreached(self, server: str) -> None:
+        self._unreachable.pop(server, None)  # re-insert: the most recent comes last
+        self._unreachable[server] = self._reactor.seconds()
+        while len(self._unreachable) > MAX_AVOID:
+            del self._unreachable[next(iter(self._unreachable))]
+
     def _routed(self, route: Route) -> None:
         if self._state is not ClientState.ROUTING:
             return
         self._pending = None
         self._route = route
         self._route_failures = 0
+        if route.server not in self.avoid:
+            # A server not known to be down: the backoff starts again, so a
+            # client sent elsewhere after a crash comes back at once.
+            self._failures = 0
         self._connect(route)
 
     def _route_failed(self, failure: Failure) -> None:
@@ -343,6 +395,7 @@ class PushClient:
             server=server,
             reason=failure.getErrorMessage(),
         )
+        self._unreached(server)
         self._attempt_failed()
 
     def _attempt_failed(self) -> None:
@@ -350,7 +403,8 @@ class PushClient:
         self._route_failures += 1
         if self._route is not None and self._route_failures >= self._reconnect_threshold:
             self.log.info(
-                "{count} attempts in a row on {server} failed; asking reglog for a new route",
+                "{count} connection attempt(s) in a row to {server} failed; "
+                "asking reglog for a new route",
                 count=self._route_failures,
                 server=self._route.server,
             )
@@ -358,7 +412,9 @@ class PushClient:
         self._retry_later()
 
     def _retry_later(self) -> None:
-        delay = self._backoff(self._failures + 1)
+        # Retry n after n failures in a row; a session that was lost (no
+        # failure yet) and the first failure both wait within the first window.
+        delay = self._backoff(max(self._failures, 1))
         self._set_state(ClientState.WAITING)
         self._pending = self._reactor.callLater(delay, self._attempt)
 
@@ -411,12 +467,16 @@ class PushClient:
     def _session_started(self, session: ClientProtocol) -> None:
         self._pending = None
         self._session = session
+        # AUTH is on its way: the token is spent, whatever happens next.
+        self._route = None
+        self._auth_refused = False
         self._set_state(ClientState.AUTHENTICATING)
         self._emit(Connected(session.server))
 
     def _session_authenticated(self, session: ClientProtocol, heartbeat: float) -> None:
         self._failures = 0
         self._route_failures = 0
+        self._unreachable.pop(session.server, None)
         event = Authenticated(session.server, heartbeat)
         self._online = event
         self._set_state(ClientState.ONLINE)
@@ -432,8 +492,9 @@ class PushClient:
             waiter.callback(event)
 
     def _session_refused(self, session: ClientProtocol, frame: AuthFail) -> None:
-        # Whatever the code, this token will not do: the next attempt asks reglog.
-        self._route = None
+        # The server is alive and answered: not one to avoid. The next attempt
+        # asks reglog for a fresh token (this one was spent by _session_started).
+        self._auth_refused = True
         if frame.code is AuthFailCode.VERSION:
             self._give_up(
                 ProtocolVersionRefused(
@@ -462,7 +523,6 @@ class PushClient:
             server=session.server,
             reason=frame.reason,
         )
-        self._route = None
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None:
         if session is not self._session:
@@ -476,7 +536,7 @@ class PushClient:
             return
         if session.authenticated:
             self.log.info(
-                "Lost the connection to {server} ({reason}); reconnecting",
+                "Lost the connection to {server} ({reason}); reconnecting through reglog",
                 server=session.server,
                 reason=reason,
             )
@@ -487,6 +547,8 @@ class PushClient:
                 server=session.server,
                 reason=reason,
             )
+            if not self._auth_refused:
+                self._unreached(session.server)
             self._attempt_failed()
         self._emit(event)
 

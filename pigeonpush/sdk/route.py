@@ -1,16 +1,22 @@
 """Asking reglog for a route: ``POST /v1/route`` -> token, server, heartbeat.
 
 Retries transient failures (connection errors, timeouts, 5xx, 503 "no server
-alive", 408, 429) with backoff, and gives up with a ``RouteLookupFailed`` after
-a configured number of failures in a row, instead of looping forever (the
-seed's TODO). A refusal (any other 4xx: bad input, bad secret) is reported at
-once: the same request would be refused again.
+alive", 408, 429) with backoff, for as long as it takes by default: a reglog
+that restarts or is unreachable for a while must not leave its devices
+disconnected for good. A limit (``attempts``) is the application's choice;
+past it the lookup fails with ``RouteLookupFailed``. A refusal (any other 4xx:
+bad input, bad secret) is reported at once: the same request would be refused
+again.
+
+The request may name the servers the client failed to reach lately
+(``avoid``): reglog then chooses another one while another has room.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +39,10 @@ ROUTE_PATH = "/v1/route"
 _QUOTE_LIMIT = 200
 #: 4xx answers that are worth retrying (the rest are refusals).
 _RETRYABLE_4XX = frozenset({408, 429})
+#: reglog takes at most this many servers to avoid per request...
+MAX_AVOID = 16
+#: ... each at most this long.
+MAX_AVOID_ADDRESS = 262
 
 
 @attrs.frozen(slots=True)
@@ -45,7 +55,8 @@ class Route:
 
 
 #: What PushClient calls to get a route: fires with a Route or fails with
-#: RouteLookupFailed (retries happen inside).
+#: RouteLookupFailed (retries happen inside; a failure makes the client give up).
+#: ``PushClient.avoid`` lists the servers the client failed to reach lately.
 RouteSource = Callable[[], "Deferred[Route]"]
 
 
@@ -70,6 +81,21 @@ def parse_server(server: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"server address must be host:port, not {server!r}")
     return host, int(port_text)
+
+
+def avoid_list(servers: Collection[str]) -> list[str]:
+    """The ``avoid`` field for ``servers``: the well-formed ``host:port`` ones, at
+    most ``MAX_AVOID`` (reglog answers 400 to anything else)."""
+    valid = (s for s in servers if len(s) <= MAX_AVOID_ADDRESS and _is_address(s))
+    return list(itertools.islice(valid, MAX_AVOID))
+
+
+def _is_address(server: str) -> bool:
+    try:
+        parse_server(server)
+    except ValueError:
+        return False
+    return True
 
 
 def check_reglog_url(url: str) -> str:
@@ -145,10 +171,12 @@ class BytesProducer:
 
 
 class RouteFetcher:
-    """Calls reglog until it answers with a route, or gives up.
+    """Calls reglog until it answers with a route (or refuses, or ``attempts``
+    requests in a row failed, when a limit is set).
 
     Call it (``fetcher()``) for a Deferred that fires with a Route or fails
-    with RouteLookupFailed; cancelling that Deferred stops at once.
+    with RouteLookupFailed; cancelling that Deferred stops at once. ``avoid``,
+    if given, is called for each lookup: the servers to name in the request.
     """
 
     log = Logger()
@@ -161,11 +189,12 @@ class RouteFetcher:
         client_id: str,
         *,
         secret: str | None = None,
-        attempts: int = 5,
+        attempts: int | None = None,
         backoff: BackoffPolicy,
         timeout: float = 10.0,
+        avoid: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        if attempts < 1:
+        if attempts is not None and attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -179,19 +208,25 @@ class RouteFetcher:
         self._attempts = attempts
         self._backoff = backoff
         self._timeout = timeout
+        self._avoid = avoid
 
     def __repr__(self) -> str:
         # The secret stays out of reprs (and so out of logs and tracebacks).
         return f"<RouteFetcher {self.url} clientId={self._body['clientId']!r}>"
 
     def __call__(self) -> Deferred[Route]:
-        return Deferred.fromCoroutine(self._fetch())
+        body: dict[str, Any] = dict(self._body)
+        servers = avoid_list(self._avoid()) if self._avoid is not None else []
+        if servers:
+            body["avoid"] = servers
+        return Deferred.fromCoroutine(self._fetch(body))
 
-    async def _fetch(self) -> Route:
+    async def _fetch(self, body: dict[str, Any]) -> Route:
         reason = ""
-        for attempt in range(1, self._attempts + 1):
+        attempts = self._attempts
+        for attempt in itertools.count(1) if attempts is None else range(1, attempts + 1):
             try:
-                return await self._one_attempt()
+                return await self._one_attempt(body)
             except _Retryable as e:
                 reason = str(e)
             except _Refused as e:
@@ -201,7 +236,7 @@ class RouteFetcher:
                 raise RouteLookupFailed(
                     self.url, attempt, str(e), retryable=False, status=e.status, error=e.error
                 ) from None
-            if attempt < self._attempts:
+            if attempts is None or attempt < attempts:
                 delay = self._backoff(attempt)
                 self.log.info(
                     "Route lookup at {url} failed ({reason}); attempt {next} of {attempts} "
@@ -209,20 +244,21 @@ class RouteFetcher:
                     url=self.url,
                     reason=reason,
                     next=attempt + 1,
-                    attempts=self._attempts,
+                    attempts="unlimited" if attempts is None else attempts,
                     delay=delay,
                 )
                 await deferLater(self._clock, delay, lambda: None)
+        assert attempts is not None  # only a limited loop ends
         self.log.warn(
             "Route lookup at {url} failed {attempts} times in a row; giving up: {reason}",
             url=self.url,
-            attempts=self._attempts,
+            attempts=attempts,
             reason=reason,
         )
-        raise RouteLookupFailed(self.url, self._attempts, reason)
+        raise RouteLookupFailed(self.url, attempts, reason)
 
-    async def _one_attempt(self) -> Route:
-        exchange = Deferred.fromCoroutine(self._exchange())
+    async def _one_attempt(self, body: dict[str, Any]) -> Route:
+        exchange = Deferred.fromCoroutine(self._exchange(body))
         exchange.addTimeout(self._timeout, self._clock)
         try:
             status, raw = await exchange
@@ -244,9 +280,9 @@ class RouteFetcher:
             raise _Refused(message, status, error)
         raise _Retryable(message)
 
-    async def _exchange(self) -> tuple[int, bytes]:
+    async def _exchange(self, body: dict[str, Any]) -> tuple[int, bytes]:
         response = await self._http.post(
-            self.url, json=self._body, headers=Headers({b"Accept": [b"application/json"]})
+            self.url, json=body, headers=Headers({b"Accept": [b"application/json"]})
         )
         raw: bytes = await response.content()
         return int(response.code), raw
