@@ -82,6 +82,14 @@ class ClientTLS:
         trust_root = self.trust_root if self.trust_root is not None else ssl.platformTrust()
         return ssl.optionsForClientTLS(host, trustRoot=trust_root)
 
+    def https_policy(self) -> Any:
+        """The ``contextFactory`` of a ``twisted.web.client.Agent`` for https://
+        URLs: verified against ``trust_root`` (the system's by default), even
+        when ``insecure``, which concerns the push servers only."""
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        return BrowserLikePolicyForHTTPS(trustRoot=self.trust_root)
+
 
 def client_endpoint(
     reactor: Any, host: str, port: int, *, tls: ClientTLS | None, timeout: float

@@ -389,3 +389,28 @@ def test_insecure_says_so_loudly() -> None:
     warnings = [e for e in events if e["log_level"] is LogLevel.warn]
     assert any("NOT verify" in e["log_format"] for e in warnings)
     assert any("WITHOUT verifying" in e["log_format"] for e in warnings)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--ca-file", "/nonexistent/ca.pem"], "cannot read ca_file '/nonexistent/ca.pem'"),
+        (["--ca-file", __file__, "--insecure"], "either ca_file or insecure"),
+    ],
+)
+def test_cli_listen_refuses_bad_tls_options_with_exit_2(arguments: list[str], message: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pigeonpush.cli", "listen", "--reglog", "http://127.0.0.1:9",
+         "--client-id", "cli-1", *arguments],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr.decode()
+    if "--insecure" in arguments:
+        assert "WARNING: --insecure" in done.stderr.decode()

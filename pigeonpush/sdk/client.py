@@ -120,10 +120,12 @@ class PushClient:
     :param dedup_window: how many handled messageIds are remembered to filter
         duplicates.
     :param ca_file: PEM file of the authorities a TLS push server's certificate
-        must chain to (default: the system's); the file is read here.
+        (and an ``https://`` reglog's) must chain to (default: the system's);
+        the file is read here.
     :param insecure: connect to TLS push servers without checking their
         certificate at all. For tests only: anyone on the path can then read
-        and change the traffic; every connection logs a warning.
+        and change the traffic; every connection logs a warning. An
+        ``https://`` reglog is verified all the same.
     :param endpoint_factory: ``"[tls:]host:port" -> IStreamClientEndpoint``
         (``Route.address``); the seam for other transports (default: TCP, or
         TLS verified per ``ca_file`` when reglog says the server speaks TLS).
@@ -560,4 +562,9 @@ class PushClient:
         # Route lookups are rare (one per reconnect through reglog): no
         # keep-alive connections to hold open between them.
         pool = HTTPConnectionPool(self._reactor, persistent=False)
-        return Agent(self._reactor, connectTimeout=self._connect_timeout, pool=pool)
+        return Agent(
+            self._reactor,
+            contextFactory=self._tls.https_policy(),
+            connectTimeout=self._connect_timeout,
+            pool=pool,
+        )
