@@ -225,6 +225,10 @@ class AmpPool:
         protocol = _PooledAMP(self, address, self._locator, tls=peer.tls)
         attempt: Deferred[_PooledAMP] = connectProtocol(endpoint, protocol)
         attempt.addCallback(lambda connected: connected.ready)
+        if peer.tls:
+            # The endpoint bounds the TCP connect only; a peer that never
+            # answers the handshake must not hold the callers forever.
+            attempt.addTimeout(self._connect_timeout, self._reactor)
         waiters = [waiter]
         self._connecting[address] = (attempt, waiters)
 
@@ -243,7 +247,10 @@ class AmpPool:
             if self._closed:
                 _fail_all(waiters, RpcUnavailable("the connection pool is closed"))
                 return
-            why = describe_failure(failure)
+            if failure.check(TimeoutError):
+                why = f"no TLS connection within {self._connect_timeout:g}s"
+            else:
+                why = describe_failure(failure)
             self.log.info("Cannot connect to {address}: {why}", address=address, why=why)
             _fail_all(waiters, RpcUnavailable(f"cannot connect to {address}: {why}"))
 

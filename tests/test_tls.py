@@ -414,3 +414,34 @@ def test_cli_listen_refuses_bad_tls_options_with_exit_2(arguments: list[str], me
     assert message in done.stderr.decode()
     if "--insecure" in arguments:
         assert "WARNING: --insecure" in done.stderr.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_never_completes_the_handshake_times_out() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Protocol
+
+    accepted: list[Protocol] = []
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port_number = free_port()
+    port = await serverFromString(reactor, f"tcp:{port_number}:interface=127.0.0.1").listen(
+        Factory.forProtocol(Silent)
+    )
+    pool = AmpPool(reactor, connect_timeout=0.5, call_timeout=5)
+    try:
+        with pytest.raises(RpcUnavailable, match=r"no TLS connection within 0\.5s"):
+            await pool.call(f"tls:127.0.0.1:{port_number}", Echo, value="never")
+        assert pool.connected_addresses() == []
+        await wait_for(
+            lambda: not accepted[0].transport.connected,  # type: ignore[union-attr]
+            timeout=5,
+            what="the half-made connection to close",
+        )
+    finally:
+        await pool.close()
+        await port.stopListening()
