@@ -40,9 +40,11 @@ def load_trust_root(path: str, *, option: str = "CA file") -> Any:
     blocks = [block + _END_MARKER for block in data.split(_END_MARKER) if b"-----BEGIN" in block]
     if not blocks:
         raise ValueError(f"{option} {path!r} holds no PEM certificate")
+    from OpenSSL import crypto
+
     try:
         certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:  # OpenSSL.crypto.Error and kin: a damaged block
+    except crypto.Error as e:  # a damaged block
         raise ValueError(f"{option} {path!r} holds a certificate that does not load: {e}") from None
     return ssl.trustRootFromCertificates(certificates)
 

@@ -445,3 +445,25 @@ async def test_a_peer_that_never_completes_the_handshake_times_out() -> None:
     finally:
         await pool.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_insecure_accepts_any_certificate(
+    tls_peer: tuple[CertificateAuthority, str],
+) -> None:
+    """For tests only: no authority, no name check, and a warning each time."""
+    from twisted.internet import reactor
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    _authority, address = tls_peer
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    pool = AmpPool(reactor, connect_timeout=5, call_timeout=5, tls=ClientTLS(insecure=True))
+    try:
+        assert await pool.call(address, Echo, value="unchecked") == {"value": "unchecked"}
+    finally:
+        await pool.close()
+        globalLogPublisher.removeObserver(events.append)
+    assert any(
+        e["log_level"] is LogLevel.warn and "WITHOUT verifying" in e["log_format"] for e in events
+    )

@@ -9,9 +9,9 @@
     ``static:servers=node1@10.0.0.5:7100|10.0.0.5:7101;delivery=d1@10.0.0.6:7201``.
 
 Addresses are ``host:port`` (``[v6-address]:port`` for IPv6), and
-``tls:host:port`` for a port that speaks TLS (``rpcpool.parse_peer_address``). A fixed push
-server publishes ``connections`` 0 and its ``capacity`` (STATIC_DEFAULT_CAPACITY
-unless given), so reglog can weigh it like any other.
+``tls:host:port`` for a port that speaks TLS (``rpcpool.parse_peer_address``).
+A fixed push server publishes ``connections`` 0 and its ``capacity``
+(STATIC_DEFAULT_CAPACITY unless given), so reglog can weigh it like any other.
 """
 
 from __future__ import annotations

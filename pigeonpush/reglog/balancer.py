@@ -1,8 +1,9 @@
 """Which push server a client goes to: the live server table and the choice.
 
 Each push server publishes ``{"client": "[tls:]host:port", "rpc":
-"[tls:]host:port", "connections": int, "capacity": int}`` in discovery. Its *free capacity* is
-``capacity - connections - pending``, where ``pending`` counts the clients this
+"[tls:]host:port", "connections": int, "capacity": int}`` in discovery (the
+client address's ``tls:`` becomes the route answer's ``transport``). Its
+*free capacity* is ``capacity - connections - pending``, where ``pending`` counts the clients this
 reglog sent it since that server last published: a published count does not
 yet include the clients on their way, so without this local accounting a burst
 of requests between two updates would all look at the same numbers.
