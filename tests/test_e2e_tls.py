@@ -3,8 +3,9 @@
 Every daemon is ``twistd -n`` (tests/support/cluster.py) on loopback: the push
 server listens with ``ssl:`` for devices and for delivery's RPC, delivery's
 Pull port is ``ssl:`` too (the server pulls over TLS), reglog answers over
-HTTPS, and each side verifies the other against the test's private CA
-(``--rpc-ca-file``, the SDK's ``ca_file``). Then:
+HTTPS, Redis speaks only TLS (``rediss://``, every daemon), and each side
+verifies the other against the test's private CA (``--rpc-ca-file``,
+``ssl_ca_certs``, the SDK's ``ca_file``). Then:
 
 1. an SDK client that trusts the CA learns from reglog that the server speaks
    TLS, authenticates, and gets a notification end to end (receipt: acked);
@@ -23,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from pigeonpush.tls import ClientTLS
 from support.certs import CertificateAuthority, ServerCertificate
 from support.cluster import Cluster
 from support.openapi import CheckedClient, OpenAPIDocument
+from support.servers import tls_redis_server
 from support.waiting import wait_for
 
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
@@ -77,13 +79,24 @@ def pki(tmp_path: Path) -> Pki:
     )
 
 
+@pytest.fixture
+def rediss_url(tmp_path: Path, pki: Pki) -> Iterator[str]:
+    """A Redis that speaks only TLS; the URL trusts the test's CA."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with tls_redis_server(
+        directory, pki.certificate.cert_file, pki.certificate.key_file, pki.authority.ca_file
+    ) as port:
+        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={pki.authority.ca_file}"
+
+
 @pytest_twisted.async_yield_fixture
 async def cluster(
-    tmp_path: Path, redis_url: str, zookeeper_hosts: str, pki: Pki
+    tmp_path: Path, rediss_url: str, zookeeper_hosts: str, pki: Pki
 ) -> AsyncIterator[Cluster]:
     from twisted.internet import reactor
 
-    built = Cluster(reactor, tmp_path, redis_url, zookeeper_hosts, ca_file=pki.authority.ca_file)
+    built = Cluster(reactor, tmp_path, rediss_url, zookeeper_hosts, ca_file=pki.authority.ca_file)
     try:
         yield built
     finally:

@@ -4,7 +4,6 @@ reconnection, timeouts, credentials, TLS."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from mirakuru import TCPExecutor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
@@ -23,7 +21,7 @@ from pigeonpush.store import DeviceRecord, Message, Notification, StoreError, op
 from pigeonpush.store.address import parse_redis_url
 from pigeonpush.store.redis import ACCEPT_KEYS_PER_CALL, RedisStore
 from support.certs import CertificateAuthority
-from support.servers import RedisServer, free_port
+from support.servers import RedisServer, free_port, tls_redis_server
 from support.waiting import wait_for
 
 
@@ -592,32 +590,8 @@ def _certificates(directory: Path) -> dict[str, Path]:
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
     """A Redis that speaks only TLS, with a certificate from a private CA."""
     paths = _certificates(tmp_path)
-    port = free_port()
-    executor = TCPExecutor(
-        [
-            "redis-server",
-            "--port", "0",
-            "--tls-port", str(port),
-            "--bind", "127.0.0.1",
-            "--tls-cert-file", str(paths["cert"]),
-            "--tls-key-file", str(paths["key"]),
-            "--tls-ca-cert-file", str(paths["ca"]),
-            "--tls-auth-clients", "no",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(tmp_path),
-            "--logfile", str(tmp_path / "redis.log"),
-        ],
-        host="127.0.0.1",
-        port=port,
-        timeout=60,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    executor.start()
-    try:
+    with tls_redis_server(tmp_path, paths["cert"], paths["key"], paths["ca"]) as port:
         yield port, paths
-    finally:
-        executor.stop()
 
 
 @pytest_twisted.ensureDeferred
