@@ -13,8 +13,9 @@ from twisted.python import usage
 
 from pigeonpush.discovery.naming import check_node_id as _check_node_id
 from pigeonpush.discovery.spec import parse_spec
-from pigeonpush.rpcpool import split_address
+from pigeonpush.rpcpool import PeerAddress, parse_peer_address
 from pigeonpush.store.address import parse_redis_url
+from pigeonpush.tls import ClientTLS
 
 MEMORY_STORE_URLS = ("memory:", "memory://")
 
@@ -63,12 +64,33 @@ def check_discovery_spec(option: str, spec: str) -> None:
         raise usage.UsageError(f"{option}: {e}") from None
 
 
-def check_address(option: str, address: str) -> None:
-    """``host:port`` as published for others to connect to."""
+def check_address(option: str, address: str) -> PeerAddress:
+    """``host:port`` (or ``tls:host:port``) as published for others to connect to."""
     try:
-        split_address(address)
+        return parse_peer_address(address)
     except ValueError:
-        raise usage.UsageError(f"{option} must be host:port, not {address!r}") from None
+        raise usage.UsageError(
+            f"{option} must be host:port, not {address!r} (tls:host:port when it speaks TLS)"
+        ) from None
+
+
+#: ``--rpc-ca-file``, for every daemon that calls push servers or delivery over AMP.
+RPC_CA_FILE_OPTION = [
+    "rpc-ca-file",
+    None,
+    None,
+    "PEM file of the authorities whose certificates tls: RPC addresses must present "
+    "[default: the system's].",
+]
+
+
+def client_tls(option: str, ca_file: str | None) -> ClientTLS:
+    """The verification settings of a ``--*-ca-file`` option: its authorities,
+    or the system's when it is not given; the file is read now."""
+    try:
+        return ClientTLS.from_options(ca_file, option=option)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def check_node_id(option: str, node_id: str) -> None:

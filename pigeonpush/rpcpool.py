@@ -6,12 +6,20 @@ first (concurrent callers share the attempt); a lost connection is forgotten
 and made again by the next call; a call that takes longer than
 ``call_timeout`` fails with ``RpcUnavailable`` and aborts the connection, since
 a peer that stopped answering is usually a half-open socket.
+
+Addresses are ``host:port`` for TCP and ``tls:host:port`` for TLS (IPv6 as
+``[v6]:port``); ``parse_peer_address`` is the one parser. The same strings are
+published in discovery (``client``, ``rpc``) and stored in ``ROUTE``. A pool
+connects to a ``tls:`` address with TLS, verifying the peer per its
+``tls`` settings (``pigeonpush.tls.ClientTLS``; the system's authorities by
+default).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -19,35 +27,91 @@ from twisted.internet.defer import (
     TimeoutError,
     succeed,
 )
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pigeonpush.tls import TCP, TLS, ClientTLS, client_endpoint, describe_failure
+
+#: The prefix of a TLS address; a plain ``host:port`` is TCP.
+TLS_PREFIX = "tls:"
 
 
 class RpcUnavailable(Exception):
     """The peer could not be reached or did not answer in time."""
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) -> (host, port); ValueError when malformed."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"address {address!r} is not host:port")
+@attrs.frozen(slots=True)
+class PeerAddress:
+    """Where a peer listens and what it speaks there. ``str()`` gives the
+    address back in its one written form (``[tls:]host:port``)."""
+
+    host: str
+    port: int
+    transport: str = TCP
+
+    @property
+    def tls(self) -> bool:
+        return self.transport == TLS
+
+    @property
+    def host_port(self) -> str:
+        """``host:port`` (``[v6]:port``), without the transport."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return (TLS_PREFIX if self.tls else "") + self.host_port
+
+
+def parse_peer_address(address: str) -> PeerAddress:
+    """``host:port`` (TCP) or ``tls:host:port`` (TLS), IPv6 as ``[v6]:port``;
+    ValueError when malformed."""
+    if not isinstance(address, str):
+        raise ValueError(f"address {address!r} is not a string")
+    transport = TCP
+    text = address
+    if text.startswith(TLS_PREFIX):
+        transport, text = TLS, text[len(TLS_PREFIX) :]
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"address {address!r} is not host:port or tls:host:port")
     port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"address {address!r} has no valid port")
-    if host.startswith("[") and host.endswith("]"):
+    if host.startswith("[") and host.endswith("]") and ":" in host:
         host = host[1:-1]
-    return host, port
+    elif ":" in host:
+        raise ValueError(
+            f"address {address!r}: write IPv6 hosts as [v6]:port, TLS as tls:host:port"
+        )
+    if not host or any(c in host for c in "[]/@ \t"):
+        raise ValueError(f"address {address!r} has no valid host")
+    return PeerAddress(host, port, transport)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) -> (host, port); ValueError when
+    malformed or when it names TLS (use ``parse_peer_address`` for those)."""
+    peer = parse_peer_address(address)
+    if peer.tls:
+        raise ValueError(f"address {address!r} is a TLS address, not host:port")
+    return peer.host, peer.port
+
+
+@implementer(IHandshakeListener)
 class _PooledAMP(amp.AMP):
-    def __init__(self, pool: AmpPool, address: str, locator: Any = None) -> None:
+    def __init__(self, pool: AmpPool, address: str, locator: Any = None, tls: bool = False) -> None:
         super().__init__(locator=locator)
         self._pool = pool
         self._address = address
+        self._tls = tls
+        #: fires once the connection can carry calls: at once over TCP, after
+        #: the handshake (the peer's certificate checked) over TLS
+        self.ready: Deferred[_PooledAMP] = Deferred(lambda _: _abort(self))
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -55,9 +119,17 @@ class _PooledAMP(amp.AMP):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        if not self._tls:
+            self.ready.callback(self)
+
+    def handshakeCompleted(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
         self._pool._forget(self._address, self)
         self.lost.callback(None)
 
@@ -72,8 +144,11 @@ class AmpPool:
         connect_timeout: float = 5.0,
         call_timeout: float = 5.0,
         locator: Any = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self._reactor: IReactorTCP & IReactorTime = reactor  # type: ignore[valid-type]
+        #: how ``tls:`` peers are verified (default: the system's authorities)
+        self._tls = tls if tls is not None else ClientTLS()
         self._connect_timeout = connect_timeout
         self._call_timeout = call_timeout
         self._locator = locator
@@ -136,14 +211,24 @@ class AmpPool:
 
     def _connect(self, address: str, waiter: Deferred[_PooledAMP]) -> None:
         try:
-            host, port = split_address(address)
+            peer = parse_peer_address(address)
         except ValueError as e:
             waiter.errback(RpcUnavailable(str(e)))
             return
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
-        attempt: Deferred[_PooledAMP] = connectProtocol(
-            endpoint, _PooledAMP(self, address, self._locator)
+        endpoint = client_endpoint(
+            self._reactor,
+            peer.host,
+            peer.port,
+            tls=self._tls if peer.tls else None,
+            timeout=self._connect_timeout,
         )
+        protocol = _PooledAMP(self, address, self._locator, tls=peer.tls)
+        attempt: Deferred[_PooledAMP] = connectProtocol(endpoint, protocol)
+        attempt.addCallback(lambda connected: connected.ready)
+        if peer.tls:
+            # The endpoint bounds the TCP connect only; a peer that never
+            # answers the handshake must not hold the callers forever.
+            attempt.addTimeout(self._connect_timeout, self._reactor)
         waiters = [waiter]
         self._connecting[address] = (attempt, waiters)
 
@@ -162,12 +247,12 @@ class AmpPool:
             if self._closed:
                 _fail_all(waiters, RpcUnavailable("the connection pool is closed"))
                 return
-            self.log.info(
-                "Cannot connect to {address}: {why}", address=address, why=failure.getErrorMessage()
-            )
-            _fail_all(
-                waiters, RpcUnavailable(f"cannot connect to {address}: {failure.getErrorMessage()}")
-            )
+            if failure.check(TimeoutError):
+                why = f"no TLS connection within {self._connect_timeout:g}s"
+            else:
+                why = describe_failure(failure)
+            self.log.info("Cannot connect to {address}: {why}", address=address, why=why)
+            _fail_all(waiters, RpcUnavailable(f"cannot connect to {address}: {why}"))
 
         attempt.addCallbacks(connected, failed)
 

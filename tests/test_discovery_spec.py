@@ -24,6 +24,17 @@ from support.discoveries import Recorder, non_pool_threads
 from support.logcheck import FailureCollector
 
 
+def test_static_nodes_may_speak_tls() -> None:
+    spec = parse_spec(
+        "static:servers=n1@tls:push.example:7100|tls:10.0.0.1:7101;delivery=d1@tls:[::1]:7201"
+    )
+    assert isinstance(spec, StaticSpec)
+    (server,) = spec.nodes[SERVERS]
+    assert server.data["client"] == "tls:push.example:7100"
+    assert server.data["rpc"] == "tls:10.0.0.1:7101"
+    assert spec.nodes[DELIVERY][0].data == {"rpc": "tls:[::1]:7201"}
+
+
 @pytest.mark.parametrize(
     "hosts",
     [
@@ -96,14 +107,15 @@ def test_static_with_fixed_nodes() -> None:
         ("static:clients=c1@h:1", "unknown node kind 'clients'"),
         ("static:servers=n1@h:1|h:2;servers=n2@h:1|h:2", "lists servers twice"),
         ("static:servers=n1@h:1|h:2,n1@h:3|h:4", "lists servers node 'n1' twice"),
-        ("static:servers=h:1|h:2", "is not ID@CLIENT-HOST:PORT|RPC-HOST:PORT"),
-        ("static:servers=n1@h:1", "expected ID@CLIENT-HOST:PORT|RPC-HOST:PORT"),
+        ("static:servers=h:1|h:2", "is not ID@[tls:]CLIENT-HOST:PORT|[tls:]RPC-HOST:PORT"),
+        ("static:servers=n1@h:1", "expected ID@[tls:]CLIENT-HOST:PORT|[tls:]RPC-HOST:PORT"),
         ("static:servers=n1@h:1|h:2|0", "capacity '0' is not a positive integer"),
         ("static:servers=n1@h:1|h:2|many", "capacity 'many'"),
-        ("static:servers=n1@h|h:2", "'h' has no port"),
+        ("static:servers=n1@h|h:2", "'h' is not host:port"),
+        ("static:servers=n1@ssl:h:1|h:2", "TLS as tls:host:port"),
         ("static:servers=@h:1|h:2", "node id must be a non-empty string"),
-        ("static:delivery=d1@h:1|h:2", "expected ID@RPC-HOST:PORT"),
-        ("static:delivery=d1@h:99999", "out of range"),
+        ("static:delivery=d1@h:1|h:2", "expected ID@[tls:]RPC-HOST:PORT"),
+        ("static:delivery=d1@h:99999", "has no valid port"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec: str, message: str) -> None:

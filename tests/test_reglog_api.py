@@ -176,6 +176,7 @@ async def test_a_route_gives_a_token_stored_with_its_expiry(
     assert answer.status == 200
     assert answer.header("Cache-Control") == "no-store"
     assert answer.json["server"] == "127.0.0.1:7101"
+    assert answer.json["transport"] == "tcp"
     assert answer.json["heartbeat"] == 30
     token = answer.json["token"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
@@ -566,6 +567,24 @@ async def test_open_mode_has_no_registration(reglog_zk: StartReglog, redis: Any)
 
 
 # -- other backends and failures ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_speaks_tls_is_routed_to_with_its_transport(
+    start_reglog: StartReglog,
+) -> None:
+    """A push server publishing ``tls:host:port`` is handed out as that
+    ``server`` with ``"transport": "tls"`` (checked against the document)."""
+    reglog = await start_reglog(
+        "--redis",
+        "memory:",
+        "--zookeeper",
+        "static:servers=n1@tls:127.0.0.1:7100|tls:127.0.0.1:7101",
+    )
+    await reglog.sees(1)
+    answer = await reglog.route({"clientId": "secure-device"})
+    assert answer.status == 200
+    assert (answer.json["server"], answer.json["transport"]) == ("127.0.0.1:7100", "tls")
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
@@ -48,6 +51,7 @@ def test_every_option_is_documented_with_a_default() -> None:
         "rpc",
         "advertise",
         "rpc-advertise",
+        "rpc-ca-file",
         "redis",
         "zookeeper",
         "zookeeper-timeout",
@@ -63,7 +67,7 @@ def test_every_option_is_documented_with_a_default() -> None:
         "metrics",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 17
+    assert text.count("[default:") == 18
 
 
 def test_values_are_parsed() -> None:
@@ -199,3 +203,64 @@ def test_start_and_stop_in_memory() -> None:
     reactor.advance(0)
     assert stopping.called
     assert server.phase == "stopped"
+
+
+def test_ssl_endpoints_are_advertised_as_tls(tmp_path: Path) -> None:
+    """An ``ssl:`` port is published as ``tls:host:port``: in discovery for
+    devices (reglog tells them), and as the RPC address ROUTE holds."""
+    from pigeonpush.discovery import SERVERS
+    from support.certs import CertificateAuthority
+
+    certificate = CertificateAuthority.create(tmp_path / "ca").issue(tmp_path / "server")
+    reactor = MemoryReactorClock()
+    top = makeService(
+        parse(
+            f"--listen={certificate.endpoint(7300)}",
+            f"--rpc={certificate.endpoint(7301)}",
+            "--redis=memory:",
+            "--zookeeper=static:",
+            "--metrics=none",
+        ),
+        reactor,
+    )
+    [server, _freeze] = list(top)
+    assert isinstance(server, PushServerService)
+    top.startService()
+    reactor.advance(0)
+    assert [port[0] for port in reactor.sslServers] == [7301, 7300]
+    assert server.node_id == "127.0.0.1:7300"  # the node id has no transport
+    assert server.hub.server_address == "tls:127.0.0.1:7301"
+    seen: list[dict[str, Any]] = []
+    server.discovery.watch(SERVERS, lambda nodes: seen.append(dict(nodes)))
+    reactor.advance(0)
+    data = seen[-1]["127.0.0.1:7300"].data
+    assert (data["client"], data["rpc"]) == ("tls:127.0.0.1:7300", "tls:127.0.0.1:7301")
+    stopping = top.stopService()
+    reactor.advance(2)
+    assert stopping.called
+
+
+def test_advertise_overrides_the_derived_transport() -> None:
+    """A TLS-terminating proxy in front of a plain port: ``--advertise`` says so."""
+    reactor = MemoryReactorClock()
+    top = makeService(
+        parse(
+            "--listen=tcp:7300",
+            "--advertise=tls:push.example:443",
+            "--rpc-advertise=10.0.0.5:7301",
+            "--redis=memory:",
+            "--zookeeper=static:",
+            "--metrics=none",
+        ),
+        reactor,
+    )
+    [server, _freeze] = list(top)
+    assert isinstance(server, PushServerService)
+    top.startService()
+    reactor.advance(0)
+    assert server.node_id == "push.example:443"
+    assert server.advertise == "tls:push.example:443"
+    assert server.hub.server_address == "10.0.0.5:7301"
+    stopping = top.stopService()
+    reactor.advance(2)
+    assert stopping.called

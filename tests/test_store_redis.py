@@ -3,9 +3,7 @@ reconnection, timeouts, credentials, TLS."""
 
 from __future__ import annotations
 
-import datetime
 import json
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +11,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from mirakuru import TCPExecutor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
@@ -23,7 +20,8 @@ from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.store import DeviceRecord, Message, Notification, StoreError, open_store
 from pigeonpush.store.address import parse_redis_url
 from pigeonpush.store.redis import ACCEPT_KEYS_PER_CALL, RedisStore
-from support.servers import RedisServer, free_port
+from support.certs import CertificateAuthority
+from support.servers import RedisServer, free_port, tls_redis_server
 from support.waiting import wait_for
 
 
@@ -583,107 +581,17 @@ async def test_acl_user_and_password_in_the_url(private_redis: RedisServer) -> N
 
 def _certificates(directory: Path) -> dict[str, Path]:
     """A private CA and a certificate for localhost that it signed."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("pigeonpush test CA"))
-        .issuer_name(name("pigeonpush test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {
-        "ca": directory / "ca.pem",
-        "cert": directory / "cert.pem",
-        "key": directory / "key.pem",
-    }
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    authority = CertificateAuthority.create(directory / "ca")
+    server = authority.issue(directory / "server", ["localhost"])
+    return {"ca": authority.ca_file, "cert": server.cert_file, "key": server.key_file}
 
 
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, Path]]]:
     """A Redis that speaks only TLS, with a certificate from a private CA."""
     paths = _certificates(tmp_path)
-    port = free_port()
-    executor = TCPExecutor(
-        [
-            "redis-server",
-            "--port", "0",
-            "--tls-port", str(port),
-            "--bind", "127.0.0.1",
-            "--tls-cert-file", str(paths["cert"]),
-            "--tls-key-file", str(paths["key"]),
-            "--tls-ca-cert-file", str(paths["ca"]),
-            "--tls-auth-clients", "no",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(tmp_path),
-            "--logfile", str(tmp_path / "redis.log"),
-        ],
-        host="127.0.0.1",
-        port=port,
-        timeout=60,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    executor.start()
-    try:
+    with tls_redis_server(tmp_path, paths["cert"], paths["key"], paths["ca"]) as port:
         yield port, paths
-    finally:
-        executor.stop()
 
 
 @pytest_twisted.ensureDeferred

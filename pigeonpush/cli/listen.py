@@ -83,6 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest wait between two reconnection attempts (default: 60)",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="authorities a TLS push server's certificate must chain to "
+        "(default: the system's store)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="FOR TESTS ONLY: do not verify TLS push servers' certificates",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="log the SDK's info messages to stderr"
     )
 
@@ -166,6 +177,13 @@ async def listen(reactor: Any, args: argparse.Namespace) -> None:
         if isinstance(event, GaveUp) and not finished.called:
             finished.errback(SystemExit(1))
 
+    if args.insecure:
+        print(
+            "pigeonpush listen: WARNING: --insecure: TLS certificates are NOT verified; "
+            "anyone on the path can read and change the messages (for tests only)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         client = PushClient(
             reactor,
@@ -176,6 +194,8 @@ async def listen(reactor: Any, args: argparse.Namespace) -> None:
             heartbeat=args.heartbeat,
             max_route_failures=args.max_route_failures,
             backoff=full_jitter(initial=min(1.0, args.max_backoff), maximum=args.max_backoff),
+            ca_file=args.ca_file,
+            insecure=args.insecure,
         )
     except ValueError as e:
         print(f"pigeonpush listen: {e}", file=sys.stderr, flush=True)

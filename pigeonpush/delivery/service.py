@@ -30,7 +30,9 @@ from pigeonpush.delivery.pull import PendingMessages
 from pigeonpush.delivery.router import GatewayFor, Router
 from pigeonpush.discovery.interface import DELIVERY, Discovery
 from pigeonpush.discovery.interface import Registration as NodeRegistration
+from pigeonpush.rpcpool import PeerAddress
 from pigeonpush.store.interface import Store, StoreError
+from pigeonpush.tls import TCP
 
 log = Logger()
 
@@ -109,15 +111,22 @@ class Listener(Service):
 class Registration(Service):
     """This worker's node under ``/pigeonpush/delivery/`` while it runs, so that
     push servers find its Pull endpoint. ``advertise`` None means
-    ``127.0.0.1:<listening port>``. A registration that fails is logged and
+    ``127.0.0.1:<listening port>``, prefixed ``tls:`` when ``transport`` is
+    ``tls`` (the listener is ``ssl:``). A registration that fails is logged and
     the worker keeps consuming (servers just cannot pull from it); one still
     pending at stop is cancelled, so an unreachable ZooKeeper never holds up a
     shutdown."""
 
     def __init__(
-        self, discovery: Discovery, node_id: str, listener: Listener, advertise: str | None
+        self,
+        discovery: Discovery,
+        node_id: str,
+        listener: Listener,
+        advertise: str | None,
+        transport: str = TCP,
     ) -> None:
         self._discovery = discovery
+        self._transport = transport
         self._node_id = node_id
         self._listener = listener
         self._advertise = advertise
@@ -128,7 +137,9 @@ class Registration(Service):
         self._registering = self._listener.when_listening().addCallback(self._register)
 
     def _register(self, port: IListeningPort) -> Deferred[NodeRegistration | None]:
-        address = self._advertise or f"127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
+        address = self._advertise or str(
+            PeerAddress("127.0.0.1", port.getHost().port, self._transport)  # type: ignore[attr-defined]
+        )
         data: Mapping[str, Any] = {"rpc": address}
 
         def registered(registration: NodeRegistration) -> NodeRegistration:

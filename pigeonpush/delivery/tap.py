@@ -24,15 +24,18 @@ from pigeonpush.delivery.service import (
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.options import (
+    RPC_CA_FILE_OPTION,
     ZOOKEEPER_TIMEOUT_OPTION,
     check_address,
     check_discovery_spec,
     check_endpoint,
     check_store_url,
+    client_tls,
     zookeeper_timeout,
 )
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.tls import listening_transport
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0
@@ -49,7 +52,7 @@ def _positive(value: str) -> float:
 def default_node_id(rpc: str) -> str:
     """``<hostname>-<rpc port>`` when the port is in the endpoint string, else
     ``<hostname>-<pid>``: unique per worker on a host either way."""
-    match = re.match(r"(?:tcp6?:)(?:port=)?(\d+)", rpc)
+    match = re.match(r"(?:tcp6?:|ssl:)(?:port=)?(\d+)", rpc)
     suffix = match.group(1) if match and match.group(1) != "0" else str(os.getpid())
     host = re.sub(r"[^A-Za-z0-9.\-]", "-", socket.gethostname()) or "delivery"
     return f"{host}-{suffix}"
@@ -63,13 +66,15 @@ class Options(usage.Options):
         "servers' Pull requests for pending messages. Times are seconds."
     )
     optParameters = [
-        ["rpc", None, "tcp:7201", "Endpoint the AMP Pull service listens on."],
+        ["rpc", None, "tcp:7201", "Endpoint the AMP Pull service listens on (ssl:... for TLS)."],
         [
             "rpc-advertise",
             None,
             None,
-            "host:port push servers connect to for Pull (default 127.0.0.1:<rpc port>).",
+            "host:port push servers connect to for Pull, tls:host:port for TLS "
+            "(default 127.0.0.1:<rpc port>, tls: when --rpc is ssl:).",
         ],
+        RPC_CA_FILE_OPTION,
         ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
         ["zookeeper", None, "127.0.0.1:2181", "ZooKeeper hosts (or static: for no ZooKeeper)."],
         ZOOKEEPER_TIMEOUT_OPTION,
@@ -108,6 +113,8 @@ class Options(usage.Options):
             )
         if self["consumer"] is None:
             self["consumer"] = self["node-id"]
+        #: how push servers' tls: RPC addresses are verified (Push)
+        self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -123,7 +130,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         config["zookeeper"], reactor, session_timeout=config["zookeeper-timeout"]
     )
     pool = AmpPool(
-        reactor, connect_timeout=config["push-timeout"], call_timeout=config["push-timeout"]
+        reactor,
+        connect_timeout=config["push-timeout"],
+        call_timeout=config["push-timeout"],
+        tls=config["rpc-tls"],
     )
     top = StopInOrder()
     Closer(pool.close, store.close).setServiceParent(top)
@@ -143,9 +153,13 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         serverFromString(reactor, config["rpc"]), PullServerFactory(worker.pull_source)
     )
     listener.setServiceParent(top)
-    Registration(discovery, config["node-id"], listener, config["rpc-advertise"]).setServiceParent(
-        top
-    )
+    Registration(
+        discovery,
+        config["node-id"],
+        listener,
+        config["rpc-advertise"],
+        listening_transport(config["rpc"]),
+    ).setServiceParent(top)
     lag = LagGauge(store, LAG_INTERVAL, reactor)
     lag.setServiceParent(top)
     if config["metrics"] != "none":

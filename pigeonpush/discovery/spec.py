@@ -8,9 +8,10 @@
     the same, plus fixed nodes, e.g.
     ``static:servers=node1@10.0.0.5:7100|10.0.0.5:7101;delivery=d1@10.0.0.6:7201``.
 
-Addresses are ``host:port`` (``[v6-address]:port`` for IPv6). A fixed push
-server publishes ``connections`` 0 and its ``capacity`` (STATIC_DEFAULT_CAPACITY
-unless given), so reglog can weigh it like any other.
+Addresses are ``host:port`` (``[v6-address]:port`` for IPv6), and
+``tls:host:port`` for a port that speaks TLS (``rpcpool.parse_peer_address``).
+A fixed push server publishes ``connections`` 0 and its ``capacity``
+(STATIC_DEFAULT_CAPACITY unless given), so reglog can weigh it like any other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import attrs
 
 from pigeonpush.discovery.interface import DELIVERY, SERVERS, Node
 from pigeonpush.discovery.naming import check_kind, check_node_id
+from pigeonpush.rpcpool import parse_peer_address
 
 STATIC_PREFIX = "static:"
 DEFAULT_ZOOKEEPER_PORT = 2181
@@ -125,8 +127,8 @@ def _parse_static(body: str) -> dict[str, tuple[Node, ...]]:
 
 def _parse_entry(kind: str, entry: str) -> Node:
     expected = {
-        SERVERS: "ID@CLIENT-HOST:PORT|RPC-HOST:PORT[|CAPACITY]",
-        DELIVERY: "ID@RPC-HOST:PORT",
+        SERVERS: "ID@[tls:]CLIENT-HOST:PORT|[tls:]RPC-HOST:PORT[|CAPACITY]",
+        DELIVERY: "ID@[tls:]RPC-HOST:PORT",
     }[kind]
     node_id, at, addresses = entry.partition("@")
     if not at:
@@ -136,8 +138,8 @@ def _parse_entry(kind: str, entry: str) -> Node:
     try:
         data: dict[str, Any]
         if kind == SERVERS and len(fields) in (2, 3):
-            parse_address(fields[0])
-            parse_address(fields[1])
+            parse_peer_address(fields[0])
+            parse_peer_address(fields[1])
             capacity = STATIC_DEFAULT_CAPACITY
             if len(fields) == 3:
                 if not (fields[2].isascii() and fields[2].isdigit()) or int(fields[2]) == 0:
@@ -145,7 +147,7 @@ def _parse_entry(kind: str, entry: str) -> Node:
                 capacity = int(fields[2])
             data = {"client": fields[0], "rpc": fields[1], "connections": 0, "capacity": capacity}
         elif kind == DELIVERY and len(fields) == 1:
-            parse_address(fields[0])
+            parse_peer_address(fields[0])
             data = {"rpc": fields[0]}
         else:
             raise ValueError(f"expected {expected}")

@@ -178,6 +178,7 @@ class ReglogApi:
             {
                 "token": grant.token,
                 "server": grant.server.client,
+                "transport": grant.server.transport,
                 "heartbeat": _seconds(grant.heartbeat),
             }
         )

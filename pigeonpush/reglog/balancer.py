@@ -1,8 +1,9 @@
 """Which push server a client goes to: the live server table and the choice.
 
-Each push server publishes ``{"client": "host:port", "rpc": "host:port",
-"connections": int, "capacity": int}`` in discovery. Its *free capacity* is
-``capacity - connections - pending``, where ``pending`` counts the clients this
+Each push server publishes ``{"client": "[tls:]host:port", "rpc":
+"[tls:]host:port", "connections": int, "capacity": int}`` in discovery (the
+client address's ``tls:`` becomes the route answer's ``transport``). Its
+*free capacity* is ``capacity - connections - pending``, where ``pending`` counts the clients this
 reglog sent it since that server last published: a published count does not
 yet include the clients on their way, so without this local accounting a burst
 of requests between two updates would all look at the same numbers.
@@ -42,6 +43,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pigeonpush.discovery.interface import Node
+from pigeonpush.rpcpool import parse_peer_address
+from pigeonpush.tls import TCP
 
 log = Logger()
 
@@ -57,6 +60,7 @@ class PushServer:
     client: str  #: ``host:port`` that devices connect to
     connections: int
     capacity: int
+    transport: str = TCP  #: what devices speak there: ``tcp`` or ``tls``
 
 
 def _count(data: Mapping[str, Any], name: str) -> int:
@@ -72,10 +76,19 @@ def parse_server(node: Node) -> PushServer:
     client = data.get("client")
     if not isinstance(client, str):
         raise ValueError("'client' must be a 'host:port' string")
-    host, _, port = client.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"'client' must be 'host:port', not {client!r}")
-    return PushServer(node.node_id, client, _count(data, "connections"), _count(data, "capacity"))
+    try:
+        address = parse_peer_address(client)
+    except ValueError:
+        raise ValueError(
+            f"'client' must be 'host:port' or 'tls:host:port', not {client!r}"
+        ) from None
+    return PushServer(
+        node.node_id,
+        address.host_port,
+        _count(data, "connections"),
+        _count(data, "capacity"),
+        address.transport,
+    )
 
 
 class Balancer:

@@ -40,13 +40,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 
+from pigeonpush.rpcpool import parse_peer_address
 from pigeonpush.sdk.backoff import BackoffPolicy, full_jitter
 from pigeonpush.sdk.dedup import RecentIds
 from pigeonpush.sdk.errors import (
@@ -59,7 +59,8 @@ from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconn
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
-from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource, parse_server
+from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
+from pigeonpush.tls import ClientTLS, client_endpoint
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME
 from pigeonpush.wire.frames import (
     PROTOCOL_VERSION,
@@ -135,8 +136,16 @@ class PushClient:
         ``full_jitter(initial=1, maximum=60, factor=2)``.
     :param dedup_window: how many handled messageIds are remembered to filter
         duplicates.
-    :param endpoint_factory: ``"host:port" -> IStreamClientEndpoint``; the seam
-        for TLS or other transports (default: ``HostnameEndpoint`` over TCP).
+    :param ca_file: PEM file of the authorities a TLS push server's certificate
+        (and an ``https://`` reglog's) must chain to (default: the system's);
+        the file is read here.
+    :param insecure: connect to TLS push servers without checking their
+        certificate at all. For tests only: anyone on the path can then read
+        and change the traffic; every connection logs a warning. An
+        ``https://`` reglog is verified all the same.
+    :param endpoint_factory: ``"[tls:]host:port" -> IStreamClientEndpoint``
+        (``Route.address``); the seam for other transports (default: TCP, or
+        TLS verified per ``ca_file`` when reglog says the server speaks TLS).
     :param http_agent: the ``IAgent`` for reglog requests (proxies, TLS policy).
     :param route_source: replaces the reglog lookup entirely (tests, custom routing).
     """
@@ -162,6 +171,8 @@ class PushClient:
         dedup_window: int = 1024,
         max_frame: int = DEFAULT_MAX_FRAME,
         backoff: BackoffPolicy | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
         endpoint_factory: Callable[[str], IStreamClientEndpoint] | None = None,
         http_agent: IAgent | None = None,
         route_source: RouteSource | None = None,
@@ -182,7 +193,14 @@ class PushClient:
         self._max_frame = max_frame
         self._backoff = backoff if backoff is not None else full_jitter()
         self._recent = RecentIds(dedup_window)
-        self._endpoint_factory = endpoint_factory or self._tcp_endpoint
+        self._tls = ClientTLS.from_options(ca_file, insecure=insecure, option="ca_file")
+        if insecure:
+            self.log.warn(
+                "PushClient {client_id!r} will NOT verify the certificates of TLS push "
+                "servers (insecure=True): for tests only",
+                client_id=self.client_id,
+            )
+        self._endpoint_factory = endpoint_factory or self._default_endpoint
         if http_retries is not None:
             warnings.warn(
                 "http_retries is deprecated: use max_route_failures",
@@ -358,7 +376,7 @@ class PushClient:
     def _connect(self, route: Route) -> None:
         self._set_state(ClientState.CONNECTING)
         try:
-            endpoint = self._endpoint_factory(route.server)
+            endpoint = self._endpoint_factory(route.address)
         except ValueError as e:
             self.log.warn(
                 "Unusable push server address {server}: {error}", server=route.server, error=e
@@ -592,12 +610,23 @@ class PushClient:
 
     # --- defaults -------------------------------------------------------------------
 
-    def _tcp_endpoint(self, server: str) -> IStreamClientEndpoint:
-        host, port = parse_server(server)
-        return HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
+    def _default_endpoint(self, address: str) -> IStreamClientEndpoint:
+        peer = parse_peer_address(address)
+        return client_endpoint(
+            self._reactor,
+            peer.host,
+            peer.port,
+            tls=self._tls if peer.tls else None,
+            timeout=self._connect_timeout,
+        )
 
     def _default_agent(self) -> IAgent:
         # Route lookups are rare (one per reconnect through reglog): no
         # keep-alive connections to hold open between them.
         pool = HTTPConnectionPool(self._reactor, persistent=False)
-        return Agent(self._reactor, connectTimeout=self._connect_timeout, pool=pool)
+        return Agent(
+            self._reactor,
+            contextFactory=self._tls.https_policy(),
+            connectTimeout=self._connect_timeout,
+            pool=pool,
+        )

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.tls import describe_failure
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PING, ENCODED_PONG, encode_ack
 from pigeonpush.wire.frames import (
     Auth,
@@ -133,7 +134,7 @@ class ClientProtocol(FrameProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self._cancel_timer()
-        self._owner._session_ended(self, self._reason or reason.getErrorMessage())
+        self._owner._session_ended(self, self._reason or describe_failure(reason))
 
     def close(self) -> None:
         """End the session cleanly (the owner is stopping)."""

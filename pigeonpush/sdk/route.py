@@ -1,4 +1,4 @@
-"""Asking reglog for a route: ``POST /v1/route`` -> token, server, heartbeat.
+"""Asking reglog for a route: ``POST /v1/route`` -> token, server, transport, heartbeat.
 
 Retries transient failures (connection errors, timeouts, 5xx, 503 "no server
 alive", 408, 429) with backoff, for as long as it takes by default: a reglog
@@ -30,8 +30,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
+from pigeonpush.rpcpool import PeerAddress, split_address
 from pigeonpush.sdk.backoff import BackoffPolicy
 from pigeonpush.sdk.errors import RouteLookupFailed
+from pigeonpush.tls import TCP, TRANSPORTS
 
 #: The reglog path that hands out routes.
 ROUTE_PATH = "/v1/route"
@@ -52,6 +54,14 @@ class Route:
     token: str = attrs.field(repr=False)
     server: str
     heartbeat: float | None = None
+    #: ``tcp`` or ``tls``: what the server speaks at ``server``
+    transport: str = TCP
+
+    @property
+    def address(self) -> str:
+        """``server`` with its transport, as endpoint factories take it:
+        ``host:port`` for TCP, ``tls:host:port`` for TLS."""
+        return str(PeerAddress(*split_address(self.server), self.transport))
 
 
 #: What PushClient calls to get a route: fires with a Route or fails with
@@ -75,12 +85,10 @@ class _Refused(Exception):
 
 def parse_server(server: str) -> tuple[str, int]:
     """``"host:port"`` (IPv6 as ``"[::1]:7100"``) -> (host, port); ValueError if malformed."""
-    host, sep, port_text = server.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"server address must be host:port, not {server!r}")
-    return host, int(port_text)
+    try:
+        return split_address(server)
+    except ValueError:
+        raise ValueError(f"server address must be host:port, not {server!r}") from None
 
 
 def avoid_list(servers: Collection[str]) -> list[str]:
@@ -117,12 +125,20 @@ def parse_route(body: Any) -> Route:
     if not isinstance(server, str):
         raise ValueError("server must be a string host:port")
     parse_server(server)
+    transport = body.get("transport", TCP)  # older reglogs do not say: TCP
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     heartbeat = body.get("heartbeat")
     if heartbeat is not None and (
         isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or heartbeat <= 0
     ):
         raise ValueError("heartbeat must be a positive number of seconds")
-    return Route(token=token, server=server, heartbeat=None if heartbeat is None else heartbeat)
+    return Route(
+        token=token,
+        server=server,
+        heartbeat=None if heartbeat is None else heartbeat,
+        transport=transport,
+    )
 
 
 def _quote(raw: bytes) -> str:

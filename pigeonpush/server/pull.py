@@ -36,7 +36,7 @@ from pigeonpush.rpc import (
     decode_batch,
     encode_pull_requests,
 )
-from pigeonpush.rpcpool import AmpPool, RpcUnavailable, split_address
+from pigeonpush.rpcpool import AmpPool, RpcUnavailable, parse_peer_address
 
 #: Seconds a pull waits for others to share its call to delivery.
 BATCH_DELAY = 0.01
@@ -65,7 +65,7 @@ class AmpPullSource:
         for node in nodes.values():
             address = node.data.get("rpc")
             try:
-                split_address(address if isinstance(address, str) else "")
+                parse_peer_address(address if isinstance(address, str) else "")
             except ValueError:
                 self.log.warn(
                     "Delivery node {node_id} publishes no usable RPC address: {rpc!r}",

@@ -30,11 +30,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.discovery.interface import DELIVERY, SERVERS, Discovery, Registration, Watch
-from pigeonpush.rpcpool import AmpPool
+from pigeonpush.rpcpool import AmpPool, PeerAddress, parse_peer_address
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.rpc_server import ServerRpcFactory
+from pigeonpush.tls import TCP
 
 #: Seconds between two checks of the connection count published in discovery
 #: (the discovery layer rate-limits the writes themselves).
@@ -45,14 +46,14 @@ STOP_STEP_TIMEOUT = 5.0
 
 
 def default_node_id(advertise: str) -> str:
-    """The node id derived from the client address: the address itself
-    (``host:port`` is a valid znode name)."""
-    return advertise
+    """The node id derived from the client address: its ``host:port``
+    (a valid znode name), whatever the transport."""
+    return parse_peer_address(advertise).host_port
 
 
-def _local_address(port: IListeningPort) -> str:
+def _local_address(port: IListeningPort, transport: str) -> str:
     host: Any = port.getHost()
-    return f"127.0.0.1:{host.port}"
+    return str(PeerAddress("127.0.0.1", host.port, transport))
 
 
 def _stop_listening(port: IListeningPort) -> Deferred[None]:
@@ -64,8 +65,10 @@ class PushServerService(MultiService):
     """Runs one hub: its ports, its registration and its periodic jobs.
 
     The service owns ``store``, ``discovery`` and ``pool`` and closes them when
-    it stops. ``advertise`` / ``rpc_advertise`` default to 127.0.0.1 and the
-    port actually bound; ``node_id`` defaults to the advertise address.
+    it stops. ``advertise`` / ``rpc_advertise`` (``[tls:]host:port``) default
+    to 127.0.0.1, the port actually bound and ``client_transport`` /
+    ``rpc_transport`` (what the endpoint speaks: ``tcp`` or ``tls``);
+    ``node_id`` defaults to the advertise address's ``host:port``.
     """
 
     log = Logger()
@@ -82,6 +85,8 @@ class PushServerService(MultiService):
         pull_source: AmpPullSource | None = None,
         advertise: str | None = None,
         rpc_advertise: str | None = None,
+        client_transport: str = TCP,
+        rpc_transport: str = TCP,
         node_id: str | None = None,
         load_report_interval: float = LOAD_REPORT_INTERVAL,
         on_start_failure: Callable[[Failure], None] | None = None,
@@ -96,6 +101,8 @@ class PushServerService(MultiService):
         self.pull_source = pull_source
         self.advertise = advertise
         self.rpc_advertise = rpc_advertise
+        self._client_transport = client_transport
+        self._rpc_transport = rpc_transport
         self.node_id = node_id
         self._on_start_failure = on_start_failure
         self.rpc_factory = ServerRpcFactory(hub)
@@ -145,7 +152,7 @@ class PushServerService(MultiService):
         """The RPC port first: its address is what clients' ROUTEs will name."""
         self.rpc_port = await self._rpc_endpoint.listen(self.rpc_factory)
         if self.rpc_advertise is None:
-            self.rpc_advertise = _local_address(self.rpc_port)
+            self.rpc_advertise = _local_address(self.rpc_port, self._rpc_transport)
         self.hub.server_address = self.rpc_advertise
         try:
             self.client_port = await self._client_endpoint.listen(ServerProtocolFactory(self.hub))
@@ -155,7 +162,7 @@ class PushServerService(MultiService):
             self.rpc_port = None
             raise
         if self.advertise is None:
-            self.advertise = _local_address(self.client_port)
+            self.advertise = _local_address(self.client_port, self._client_transport)
         if self.node_id is None:
             self.node_id = default_node_id(self.advertise)
 

@@ -18,12 +18,14 @@ from twisted.python.failure import Failure
 from pigeonpush.discovery import open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.options import (
+    RPC_CA_FILE_OPTION,
     ZOOKEEPER_TIMEOUT_OPTION,
     check_address,
     check_discovery_spec,
     check_endpoint,
     check_node_id,
     check_store_url,
+    client_tls,
     zookeeper_timeout,
 )
 from pigeonpush.rpc import PullSource
@@ -35,6 +37,7 @@ from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
 from pigeonpush.services import GcTuning
 from pigeonpush.store import Store, open_store
+from pigeonpush.tls import listening_transport
 
 LONGDESC = """\
 The PigeonPush push server. Devices connect to --listen and authenticate with
@@ -53,22 +56,33 @@ class Options(usage.Options):
     longdesc = LONGDESC
 
     optParameters = [
-        ["listen", None, "tcp:7100", "Endpoint for device connections."],
-        ["rpc", None, "tcp:7101:interface=127.0.0.1", "AMP endpoint delivery calls (Push, Kick)."],
+        [
+            "listen",
+            None,
+            "tcp:7100",
+            "Endpoint for device connections (ssl:PORT:privateKey=...:certKey=... for TLS).",
+        ],
+        [
+            "rpc",
+            None,
+            "tcp:7101:interface=127.0.0.1",
+            "AMP endpoint delivery calls (Push, Kick); ssl:... for TLS.",
+        ],
         [
             "advertise",
             None,
             None,
-            "host:port devices connect to, published in ZooKeeper "
-            "[default: 127.0.0.1:<listen port>].",
+            "host:port devices connect to (tls:host:port for TLS), published in ZooKeeper "
+            "[default: 127.0.0.1:<listen port>, tls: when --listen is ssl:].",
         ],
         [
             "rpc-advertise",
             None,
             None,
-            "host:port delivery connects to, stored in each client's ROUTE "
-            "[default: 127.0.0.1:<rpc port>].",
+            "host:port delivery connects to (tls:host:port for TLS), stored in each "
+            "client's ROUTE [default: 127.0.0.1:<rpc port>, tls: when --rpc is ssl:].",
         ],
+        RPC_CA_FILE_OPTION,
         [
             "redis",
             None,
@@ -173,6 +187,8 @@ class Options(usage.Options):
         check_store_url("--redis", self["redis"])
         check_discovery_spec("--zookeeper", self["zookeeper"])
         self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
+        #: how tls: delivery addresses are verified (pulls)
+        self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
 
     def _number(self, name: str, kind: type[float] | type[int]) -> Any:
         text = self[name]
@@ -194,7 +210,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     discovery = open_discovery(
         config["zookeeper"], reactor, session_timeout=config["zookeeper-timeout"]
     )
-    pool = AmpPool(reactor)
+    pool = AmpPool(reactor, tls=config["rpc-tls"])
     pull_source = AmpPullSource(pool)
     server = build_push_server(
         config, reactor, store, discovery, pull_source, pool=pool, amp_pull_source=pull_source
@@ -237,6 +253,8 @@ def build_push_server(
         pull_source=amp_pull_source,
         advertise=config["advertise"],
         rpc_advertise=config["rpc-advertise"],
+        client_transport=listening_transport(config["listen"]),
+        rpc_transport=listening_transport(config["rpc"]),
         node_id=config["node-id"],
         on_start_failure=start_failed,
     )

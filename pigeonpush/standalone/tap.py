@@ -177,7 +177,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     store = open_store(config["redis"], reactor)
     discovery = StaticDiscovery(clock=reactor)
-    pool = AmpPool(reactor)
+    pool = AmpPool(reactor, tls=config.server["rpc-tls"])
     remote = AmpGateways(pool)
 
     def gateway_for(address: str) -> PushGateway:

@@ -23,9 +23,7 @@ from typing import Any
 
 import attrs
 import txredisapi
-from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -34,6 +32,7 @@ from twisted.python.failure import Failure
 
 from pigeonpush.store.address import RedisAddress
 from pigeonpush.store.interface import StoreError
+from pigeonpush.tls import ClientTLS, client_endpoint, load_trust_root
 
 #: A Redis command: its name then its arguments, all already strings.
 Command = Sequence[str]
@@ -220,30 +219,13 @@ def redis_endpoint(
     reactor: Any, address: RedisAddress, connect_timeout: float
 ) -> IStreamClientEndpoint:
     """The client endpoint for ``address`` (TLS for ``rediss://``)."""
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(
-        reactor, address.host, address.port, timeout=connect_timeout
-    )
+    tls = None
     if address.tls:
-        trust_root: Any = ssl.platformTrust()
+        trust_root = None
         if address.ca_certs is not None:
-            trust_root = load_trust_root(address.ca_certs)
-        options = ssl.optionsForClientTLS(address.host, trustRoot=trust_root)
-        endpoint = wrapClientTLS(options, endpoint)
-    return endpoint
-
-
-def load_trust_root(path: str) -> Any:
-    """The certificates of a PEM file as a trust root (read once, at start)."""
-    try:
-        with open(path, "rb") as pem:
-            data = pem.read()
-    except OSError as e:
-        raise ValueError(f"cannot read ssl_ca_certs {path!r}: {e.strerror}") from None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
-    if not blocks:
-        raise ValueError(f"ssl_ca_certs {path!r} holds no PEM certificate")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+            trust_root = load_trust_root(address.ca_certs, option="ssl_ca_certs")
+        tls = ClientTLS(trust_root)
+    return client_endpoint(reactor, address.host, address.port, tls=tls, timeout=connect_timeout)
 
 
 class RedisConnection:

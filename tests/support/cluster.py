@@ -42,6 +42,7 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import ResponseFailed
 
+from support.certs import ServerCertificate
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
 
@@ -58,6 +59,14 @@ CLEAN_EXITS = (0, 143, -signal.SIGTERM)
 API_KEY = "cluster-key-0123456789abcdef"
 #: The endpoint option shared by every listener: loopback only.
 LOOPBACK = "interface=127.0.0.1"
+
+
+def _endpoint(port: int, certificate: ServerCertificate | None) -> str:
+    """A loopback listening endpoint: ``ssl:`` serving ``certificate`` if given."""
+    if certificate is not None:
+        return certificate.endpoint(port)
+    return f"tcp:{port}:{LOOPBACK}"
+
 
 # Process groups started here and not yet seen gone (for the atexit hook).
 _LIVE_GROUPS: set[int] = set()
@@ -138,6 +147,8 @@ class Daemon:
     directory: Path
     ports: Mapping[str, int]
     process: subprocess.Popen[bytes] | None = None
+    #: names of the ports that speak TLS
+    tls_ports: frozenset[str] = frozenset()
 
     @property
     def log_path(self) -> Path:
@@ -166,8 +177,13 @@ class Daemon:
         """``127.0.0.1:<port>`` of the named port."""
         return f"127.0.0.1:{self.ports[port]}"
 
+    def advertised(self, port: str) -> str:
+        """The named port's address as published: ``tls:`` first when it speaks TLS."""
+        return ("tls:" if port in self.tls_ports else "") + self.address(port)
+
     def url(self, port: str) -> str:
-        return f"http://{self.address(port)}"
+        scheme = "https" if port in self.tls_ports else "http"
+        return f"{scheme}://{self.address(port)}"
 
     def start(self) -> None:
         """Spawn it in a new session (its own process group); returns at once."""
@@ -275,6 +291,8 @@ class Cluster:
     redis_url: str
     zookeeper: str
     api_key: str = API_KEY
+    #: the authorities the probes trust for https:// (default: the system's)
+    ca_file: Path | None = None
     #: the latest daemon of each name
     daemons: dict[str, Daemon] = attrs.Factory(dict)
     #: every daemon ever started, restarted ones included (all checked gone at the end)
@@ -286,20 +304,37 @@ class Cluster:
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
+        from pigeonpush.tls import ClientTLS
+
         # Probes open a fresh connection each: no idle keep-alive connection
         # outlives a daemon it talked to.
         self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-        self._http = HTTPClient(Agent(self.reactor, connectTimeout=5, pool=self._pool))
+        tls = ClientTLS.from_options(None if self.ca_file is None else str(self.ca_file))
+        self._http = HTTPClient(
+            Agent(
+                self.reactor,
+                contextFactory=tls.https_policy(),
+                connectTimeout=5,
+                pool=self._pool,
+            )
+        )
 
     # --- starting -------------------------------------------------------------------
 
     def spawn(
-        self, name: str, plugin: str, arguments: Sequence[str], ports: Mapping[str, int]
+        self,
+        name: str,
+        plugin: str,
+        arguments: Sequence[str],
+        ports: Mapping[str, int],
+        tls_ports: frozenset[str] = frozenset(),
     ) -> Daemon:
         """Start ``twistd -n <plugin> <arguments>`` as ``name`` (unique per cluster)."""
         if name in self.daemons and self.daemons[name].running:
             raise ValueError(f"a daemon named {name!r} is running already")
-        daemon = Daemon(name, plugin, tuple(arguments), self.directory, dict(ports))
+        daemon = Daemon(
+            name, plugin, tuple(arguments), self.directory, dict(ports), tls_ports=tls_ports
+        )
         self.daemons[name] = daemon
         self.started.append(daemon)
         daemon.start()
@@ -310,7 +345,7 @@ class Cluster:
         and ports, as ``name`` (its own log files)."""
         if daemon.running:
             raise ValueError(f"{daemon.name} is still running")
-        return self.spawn(name, daemon.plugin, daemon.arguments, daemon.ports)
+        return self.spawn(name, daemon.plugin, daemon.arguments, daemon.ports, daemon.tls_ports)
 
     def _common(self) -> list[str]:
         return ["--redis", self.redis_url, "--zookeeper", self.zookeeper]
@@ -324,15 +359,17 @@ class Cluster:
         heartbeat: float = 2.0,
         idle_timeout: float = 10.0,
         capacity: int = 1000,
+        certificate: ServerCertificate | None = None,
         extra: Sequence[str] = (),
     ) -> Daemon:
         """A ``pigeon-server`` (node id: ``node_id``, default ``name``); ports
-        client, rpc, metrics."""
+        client, rpc, metrics. With a ``certificate``, client and rpc speak TLS."""
         ports = {"client": free_port(), "rpc": free_port(), "metrics": free_port()}
+        tls_ports = frozenset({"client", "rpc"} if certificate is not None else ())
         arguments = [
             *self._common(),
-            "--listen", f"tcp:{ports['client']}:{LOOPBACK}",
-            "--rpc", f"tcp:{ports['rpc']}:{LOOPBACK}",
+            "--listen", _endpoint(ports["client"], certificate),
+            "--rpc", _endpoint(ports["rpc"], certificate),
             "--metrics", f"tcp:{ports['metrics']}:{LOOPBACK}",
             "--node-id", node_id or name,
             "--drain-period", f"{drain_period:g}",
@@ -341,35 +378,48 @@ class Cluster:
             "--capacity", str(capacity),
             *extra,
         ]  # fmt: skip
-        return self.spawn(name, "pigeon-server", arguments, ports)
+        return self.spawn(name, "pigeon-server", arguments, ports, tls_ports)
 
     def reglog(
-        self, name: str = "reglog", *, heartbeat: float = 2.0, extra: Sequence[str] = ()
+        self,
+        name: str = "reglog",
+        *,
+        heartbeat: float = 2.0,
+        certificate: ServerCertificate | None = None,
+        extra: Sequence[str] = (),
     ) -> Daemon:
-        """A ``pigeon-reglog``; port http."""
+        """A ``pigeon-reglog``; port http (HTTPS with a ``certificate``)."""
         ports = {"http": free_port()}
         arguments = [
             *self._common(),
-            "--listen", f"tcp:{ports['http']}:{LOOPBACK}",
+            "--listen", _endpoint(ports["http"], certificate),
             "--heartbeat", f"{heartbeat:g}",
             *extra,
         ]  # fmt: skip
-        return self.spawn(name, "pigeon-reglog", arguments, ports)
+        tls_ports = frozenset({"http"} if certificate is not None else ())
+        return self.spawn(name, "pigeon-reglog", arguments, ports, tls_ports)
 
     def delivery(
-        self, name: str = "delivery", *, block: float = 0.2, extra: Sequence[str] = ()
+        self,
+        name: str = "delivery",
+        *,
+        block: float = 0.2,
+        certificate: ServerCertificate | None = None,
+        extra: Sequence[str] = (),
     ) -> Daemon:
-        """A ``pigeon-delivery`` whose node id is ``name``; ports rpc, metrics."""
+        """A ``pigeon-delivery`` whose node id is ``name``; ports rpc (TLS with a
+        ``certificate``), metrics."""
         ports = {"rpc": free_port(), "metrics": free_port()}
         arguments = [
             *self._common(),
-            "--rpc", f"tcp:{ports['rpc']}:{LOOPBACK}",
+            "--rpc", _endpoint(ports["rpc"], certificate),
             "--metrics", f"tcp:{ports['metrics']}:{LOOPBACK}",
             "--node-id", name,
             "--block", f"{block:g}",
             *extra,
         ]  # fmt: skip
-        return self.spawn(name, "pigeon-delivery", arguments, ports)
+        tls_ports = frozenset({"rpc"} if certificate is not None else ())
+        return self.spawn(name, "pigeon-delivery", arguments, ports, tls_ports)
 
     def notification(self, name: str = "notification", *, extra: Sequence[str] = ()) -> Daemon:
         """A ``pigeon-notification`` accepting ``api_key``; port http."""
@@ -423,7 +473,7 @@ class Cluster:
         (the first pull follows AUTH_OK at once)."""
         await self.wait_healthy(server, "metrics", timeout)
         if delivery is not None:
-            line = f"Delivery nodes for pulls: {delivery.address('rpc')}"
+            line = f"Delivery nodes for pulls: {delivery.advertised('rpc')}"
 
             def knows_delivery() -> bool:
                 server.check_running()

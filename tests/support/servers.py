@@ -9,11 +9,13 @@ ZooKeeper's release tarball layout (Debian spreads the jars over
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -68,6 +70,40 @@ def _require(binary: str, package: str) -> str:
             "(or the project's test command, scripts/test, which installs it)"
         )
     return path
+
+
+@contextlib.contextmanager
+def tls_redis_server(
+    directory: Path, cert_file: Path, key_file: Path, ca_file: Path
+) -> Iterator[int]:
+    """A redis-server that speaks only TLS (``--tls-port``), serving
+    ``cert_file``; clients are not asked for certificates. Yields its port."""
+    port = free_port()
+    executor = TCPExecutor(
+        [
+            _require(REDIS_BINARY, "redis-server"),
+            "--port", "0",
+            "--tls-port", str(port),
+            "--bind", "127.0.0.1",
+            "--tls-cert-file", str(cert_file),
+            "--tls-key-file", str(key_file),
+            "--tls-ca-cert-file", str(ca_file),
+            "--tls-auth-clients", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--logfile", str(directory / "redis-tls.log"),
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=START_TIMEOUT,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    executor.start()
+    try:
+        yield port
+    finally:
+        executor.stop()
 
 
 @attrs.define(slots=True)
