@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -58,6 +58,10 @@ DRAIN_GRACE = 2.0
 CLEANUP_TIMEOUT = 5.0
 #: Pull failures are logged at most once per this many seconds.
 PULL_FAILURE_LOG_INTERVAL = 10.0
+#: Seconds before the first retry of failed pulls; doubled per failed round,
+#: up to half a heartbeat (so a message waits at most that long once the
+#: fault clears, whatever traffic its client sees).
+PULL_RETRY_MIN = 0.5
 
 _KICK_TEXT = {
     KickReason.REPLACED: "the same client logged in again",
@@ -107,6 +111,10 @@ class PushHub:
         self._batcher: PullBatcher | None = None
         #: connections whose last pull brought nothing but said "more"
         self._pulled_empty: set[ServerProtocol] = set()
+        #: connections whose pull failed: pulled again together by one timer
+        self._pull_retry: set[ServerProtocol] = set()
+        self._pull_retry_timer: IDelayedCall | None = None
+        self._pull_retry_delay = PULL_RETRY_MIN
 
     # --- connections -------------------------------------------------------------
 
@@ -117,6 +125,7 @@ class PushHub:
         """Every close, whatever its cause: the conditional cleanup."""
         self.connections.discard(proto)
         self._pulled_empty.discard(proto)
+        self._pull_retry.discard(proto)
         client_id = proto.client_id
         if client_id is not None and self.channels.get(client_id) is proto:
             del self.channels[client_id]
@@ -300,6 +309,7 @@ class PushHub:
                 statuses[index] = _WRITTEN
             elif proto.write_paused or len(in_flight) >= window:
                 statuses[index] = _WINDOW_FULL
+                proto.pull_more = True  # pulled once the window or socket drains
             elif not item.has_body:
                 missing.append(index)
             else:
@@ -340,6 +350,7 @@ class PushHub:
                 statuses[index] = _NO_BODY
             elif proto.write_paused or len(in_flight) >= self._window:
                 statuses[index] = _WINDOW_FULL
+                proto.pull_more = True
             else:
                 statuses[index] = self._write(
                     proto, in_flight, item.message_id, body.title, body.text, body.extras, now
@@ -471,6 +482,7 @@ class PushHub:
         proto.pulling = False
         items, more = result
         metrics.PULL_OK.inc()
+        self._pull_retry_delay = PULL_RETRY_MIN  # the source answers again
         if proto.state != _ACTIVE or self.channels.get(proto.client_id or "") is not proto:
             return None
         proto.pull_more = more
@@ -505,21 +517,59 @@ class PushHub:
         return pushing.addCallbacks(pushed, self._pull_failed, errbackArgs=(proto,))
 
     def _pull_failed(self, failure: Failure, proto: ServerProtocol) -> None:
+        """Keep the client for the next retry round (one timer for all)."""
         proto.pulling = False
         metrics.PULL_FAILED.inc()
+        if proto.state == _ACTIVE and self.channels.get(proto.client_id or "") is proto:
+            self._pull_retry.add(proto)
+            if self._pull_retry_timer is None:
+                self._pull_retry_timer = self.clock.callLater(
+                    self._pull_retry_delay, self._retry_pulls
+                )
         self._pull_failures += 1
         now = self.clock.seconds()
         if now - self._pull_failure_logged_at < PULL_FAILURE_LOG_INTERVAL:
             return
         self.log.warn(
             "Pulling pending messages for {client_id} failed: {why} "
-            "({failures} pull failures since the last report); retried at the next trigger",
+            "({failures} pull failures since the last report); retried in {delay} s",
             client_id=proto.client_id,
             why=failure.getErrorMessage(),
             failures=self._pull_failures,
+            delay=self._pull_retry_delay,
         )
         self._pull_failures = 0
         self._pull_failure_logged_at = now
+
+    def _retry_pulls(self) -> None:
+        """Pull again for every client whose pull failed (they share the
+        ``PullBatcher``'s calls); the next round, if this one fails too, comes
+        after twice the delay, capped at half a heartbeat."""
+        self._pull_retry_timer = None
+        self._pull_retry_delay = min(self._pull_retry_delay * 2, self.settings.heartbeat / 2)
+        waiting, self._pull_retry = self._pull_retry, set()
+        for proto in waiting:
+            # (A full window or socket sets pull_more: its ACKs or its drain
+            # pull it then.)
+            self.pull(proto)
+
+    def pull_source_ready(self) -> None:
+        """The pull source can answer again (a delivery node appeared): retry
+        the failed pulls now rather than at the end of the backoff."""
+        self._pull_retry_delay = PULL_RETRY_MIN
+        if not self._pull_retry:
+            return
+        timer, self._pull_retry_timer = self._pull_retry_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._retry_pulls()
+
+    def stop_retrying(self) -> None:
+        """No more pull retries (the server is stopping)."""
+        self._pull_retry.clear()
+        timer, self._pull_retry_timer = self._pull_retry_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # --- periodic work -------------------------------------------------------------
 
@@ -556,6 +606,7 @@ class PushHub:
 
     async def _drain(self, period: float) -> None:
         self.accepting = False
+        self.stop_retrying()
         for proto in list(self.connections):
             if proto.state == State.AWAITING_AUTH:
                 proto.closeWith(None)
