@@ -211,6 +211,8 @@ def test_a_message_over_the_frame_limit_is_too_large_and_leaves_wait_ack() -> No
     assert statuses == [TOO_LARGE, WRITTEN]
     assert alice.received() == [Push("m002", "title 2", "text")]
     assert harness.pending("alice") == []
+    assert harness.store.dropped == [[("alice", "m-big", "too_large")]]
+    assert harness.store.acked == []
     assert not alice.closing
 
 

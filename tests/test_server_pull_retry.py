@@ -143,6 +143,6 @@ def test_a_stopping_hub_stops_retrying() -> None:
     harness.clock.advance(BATCH_DELAY)
     assert len(harness.clock.getDelayedCalls()) == 2  # the idle timer, the retry
 
-    harness.hub.stop_retrying()
+    harness.hub.stop_timers()
 
     assert len(harness.clock.getDelayedCalls()) == 1
