@@ -16,6 +16,7 @@ from pigeonpush.store import open_store
 from pigeonpush.store.model import Message as StoredMessage
 from pigeonpush.store.model import Notification
 from support.cluster import Cluster
+from support.logcheck import FailureCollector
 from support.waiting import wait_for
 
 CLIENT_ID = "redelivery-device"
@@ -87,7 +88,7 @@ async def test_a_message_stranded_by_a_failed_pull_arrives_once_delivery_appears
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_a_failed_callback_is_nacked_retried_and_given_up_after_max_attempts(
-    cluster: Cluster, redis_url: str
+    cluster: Cluster, redis_url: str, logged_failures: FailureCollector
 ) -> None:
     from twisted.internet import reactor
 
@@ -99,8 +100,10 @@ async def test_a_failed_callback_is_nacked_retried_and_given_up_after_max_attemp
 
     def on_message(message: Message) -> None:
         attempts.append(message.title)
-        if message.title == "broken" or attempts.count("flaky") == 1:
-            raise RetryLater(1.0, f"cannot show {message.title} now")
+        if message.title == "broken":
+            raise RetryLater(1.0, "cannot show it now")
+        if attempts.count("flaky") == 1:
+            raise RuntimeError("the database is down")  # NACK, the server's backoff
 
     client = PushClient(reactor, reglog.url("http"), on_message, client_id=CLIENT_ID, backoff=FAST)
     try:
@@ -128,6 +131,7 @@ async def test_a_failed_callback_is_nacked_retried_and_given_up_after_max_attemp
             assert attempts.count("flaky") == 2
             assert attempts.count("broken") == 3
             assert "Giving up on 1 messages" in server.log()
+            assert len(logged_failures.flush(RuntimeError)) == 1
     finally:
         await client.stop()
         await store.close()
