@@ -304,3 +304,15 @@ def test_the_timer_stops_when_nothing_is_in_flight() -> None:
     alice.send(Ack("m001"))
     h.clock.advance(5)
     assert h.clock.getDelayedCalls() == [alice.proto.timer]
+
+
+def test_a_drain_leaves_no_timer_behind() -> None:
+    h = harness()
+    plant(h, 1)
+    alice, _ = login(h, "alice")
+    alice.send(Nack("m001"))
+    draining = h.hub.drain(0)
+    alice.lose()
+    h.clock.advance(0)
+    assert result_of(draining) is None
+    assert h.clock.getDelayedCalls() == []

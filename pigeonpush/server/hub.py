@@ -408,7 +408,7 @@ class PushHub:
             return _TOO_LARGE
         in_flight[message_id] = now
         if self._check_timer is None:
-            self._check_timer = self.clock.callLater(self._check_interval, self._check_deliveries)
+            self._watch_deliveries()
         return _WRITTEN
 
     def _count(self, statuses: list[PushStatus]) -> None:
@@ -550,7 +550,7 @@ class PushHub:
         metrics.PULL_FAILED.inc()
         if proto.state == _ACTIVE and self.channels.get(proto.client_id or "") is proto:
             self._pull_retry.add(proto)
-            if self._pull_retry_timer is None:
+            if self._pull_retry_timer is None and self.accepting:
                 self._pull_retry_timer = self.clock.callLater(
                     self._pull_retry_delay, self._retry_pulls
                 )
@@ -644,6 +644,11 @@ class PushHub:
                 busy = True
                 self._release_due(proto, now)
         if busy and self._check_timer is None:
+            self._watch_deliveries()
+
+    def _watch_deliveries(self) -> None:
+        """Start the check timer (not once the server is stopping)."""
+        if self.accepting:
             self._check_timer = self.clock.callLater(self._check_interval, self._check_deliveries)
 
     def _delivery_failed(
@@ -672,7 +677,7 @@ class PushHub:
             errbackArgs=(proto, message_ids, failed_at, retry_after),
         )
         if self._check_timer is None:
-            self._check_timer = self.clock.callLater(self._check_interval, self._check_deliveries)
+            self._watch_deliveries()
         if proto.pull_more and not proto.pulling:
             self.pull(proto)
 
