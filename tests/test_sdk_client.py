@@ -27,6 +27,7 @@ from pigeonpush.sdk import (
     Message,
     ProtocolVersionRefused,
     PushClient,
+    RetryLater,
     Route,
     RouteLookupFailed,
     SessionReplaced,
@@ -46,6 +47,7 @@ from pigeonpush.wire.frames import (
     Frame,
     Kick,
     KickReason,
+    Nack,
     Push,
 )
 from support.wire_server import encode, frames_in
@@ -245,10 +247,17 @@ def test_auth_fail_goes_back_to_reglog_for_a_fresh_token() -> None:
     assert "BAD_TOKEN" in h.events[-2].reason
 
 
-def test_auth_fail_version_gives_up() -> None:
+def test_auth_fail_version_falls_back_to_version_1_once_then_gives_up() -> None:
     h = Harness()
     waiting = h.client.when_authenticated()
     h.client.start()
+    assert h.sent() == [Auth(CLIENT_ID, "token-1", 2)]
+    h.feed(AuthFail(AuthFailCode.VERSION, "supported versions: 1"))
+    h.lose()
+    assert not [e for e in h.events if isinstance(e, GaveUp)]
+    h.clock.advance(max(h.pending_delays()))
+    # Version 1 now, with a fresh token: a token is spent once its AUTH is sent.
+    assert h.sent() == [Auth(CLIENT_ID, "token-2", 1)]
     h.feed(AuthFail(AuthFailCode.VERSION, "speaks 2 only"))
     gave_up = [e for e in h.events if isinstance(e, GaveUp)]
     assert len(gave_up) == 1 and isinstance(gave_up[0].error, ProtocolVersionRefused)
@@ -259,7 +268,7 @@ def test_auth_fail_version_gives_up() -> None:
     h.lose()
     assert h.client.state is ClientState.STOPPED
     h.clock.advance(3600)
-    assert h.routes.calls == 1 and len(h.network.attempts) == 1
+    assert h.routes.calls == 2 and len(h.network.attempts) == 2
 
 
 # --- heartbeat ------------------------------------------------------------------
@@ -675,7 +684,7 @@ def test_async_callback_is_awaited_before_the_ack() -> None:
     assert h.sent() == [Ack("m1")]
 
 
-def test_callback_failure_sends_no_ack_and_the_redelivery_runs_it_again(
+def test_callback_failure_sends_nack_and_the_redelivery_runs_it_again(
     logged_failures: Any,
 ) -> None:
     attempts: list[str] = []
@@ -688,7 +697,7 @@ def test_callback_failure_sends_no_ack_and_the_redelivery_runs_it_again(
     h = Harness(on_message)
     h.online()
     h.feed(push("m1"))
-    assert h.sent() == []
+    assert h.sent() == [Nack("m1")]
     (failure,) = logged_failures.flush(RuntimeError)
     assert str(failure.value) == "database is down"
     h.feed(push("m1"))  # the server delivers it again
@@ -696,13 +705,38 @@ def test_callback_failure_sends_no_ack_and_the_redelivery_runs_it_again(
     assert h.sent() == [Ack("m1")]
 
 
-def test_failing_deferred_sends_no_ack(logged_failures: Any) -> None:
+def test_failing_deferred_sends_nack(logged_failures: Any) -> None:
     h = Harness(lambda message: fail(ValueError("bad payload")))
     h.online()
     h.feed(push("m1"))
-    assert h.sent() == []
+    assert h.sent() == [Nack("m1")]
     assert len(logged_failures.flush(ValueError)) == 1
     assert h.client.state is ClientState.ONLINE
+
+
+def test_retry_later_is_a_nack_with_its_retry_after() -> None:
+    def on_message(message: Message) -> None:
+        raise RetryLater(30, "the user is busy")
+
+    h = Harness(on_message)
+    h.online()
+    h.feed(push("m1"))
+    assert h.sent() == [Nack("m1", 30.0)]
+    with pytest.raises(ValueError, match="retry_after must be zero or more seconds"):
+        RetryLater(-1)
+
+
+def test_a_version_1_session_sends_nothing_for_a_failed_callback(logged_failures: Any) -> None:
+    h = Harness(lambda message: fail(ValueError("bad payload")))
+    h.client.start()
+    h.feed(AuthFail(AuthFailCode.VERSION, "supported versions: 1"))
+    h.lose()
+    h.clock.advance(max(h.pending_delays()))
+    h.feed(AUTH_OK)
+    assert h.sent() == [Auth(CLIENT_ID, "token-2", 1)]
+    h.feed(push("m1"))
+    assert h.sent() == []  # the server's ACK timeout brings it back
+    assert len(logged_failures.flush(ValueError)) == 1
 
 
 def test_duplicate_is_acked_without_calling_back_again() -> None:

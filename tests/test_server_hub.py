@@ -211,6 +211,8 @@ def test_a_message_over_the_frame_limit_is_too_large_and_leaves_wait_ack() -> No
     assert statuses == [TOO_LARGE, WRITTEN]
     assert alice.received() == [Push("m002", "title 2", "text")]
     assert harness.pending("alice") == []
+    assert harness.store.dropped == [[("alice", "m-big", "too_large")]]
+    assert harness.store.acked == []
     assert not alice.closing
 
 
@@ -398,7 +400,7 @@ def test_a_paused_transport_defers_the_pull_until_it_resumes() -> None:
     assert [f.message_id for f in alice.received()[1:]] == ["m001"]  # type: ignore[union-attr]
 
 
-def test_a_failed_pull_is_retried_at_the_next_trigger() -> None:
+def test_a_failed_pull_is_counted_and_retried_without_a_ping() -> None:
     from pigeonpush.rpcpool import RpcUnavailable
 
     harness = Harness(heartbeat=30, idle_timeout=90)
@@ -410,9 +412,8 @@ def test_a_failed_pull_is_retried_at_the_next_trigger() -> None:
 
     harness.pulls.error = None
     harness.pulls.plant(item("alice", 1))
-    harness.clock.advance(30)
-    alice.send(PING)
-    assert alice.received() == [PONG, Push("m001", "title 1", "text")]
+    harness.clock.advance(1)
+    assert alice.received() == [Push("m001", "title 1", "text")]
 
 
 def test_only_one_pull_at_a_time_per_connection() -> None:

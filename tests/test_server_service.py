@@ -133,3 +133,32 @@ def test_the_load_is_published_only_when_it_changed() -> None:
     for _ in range(5):
         reactor.advance(1.0)
     assert len(seen) == count  # nothing changed: nothing written
+
+
+def test_a_delivery_node_appearing_retries_the_failed_pulls_at_once() -> None:
+    """A restarted server accepts devices before it knows a delivery node: the
+    pull on AUTH_OK fails, and the node's arrival in discovery retries it."""
+    from pigeonpush.discovery import DELIVERY
+    from pigeonpush.rpcpool import AmpPool
+    from pigeonpush.server.pull import BATCH_DELAY, AmpPullSource
+    from pigeonpush.wire.codec import encode
+    from pigeonpush.wire.frames import Auth
+
+    reactor = MemoryReactorClock()
+    source = AmpPullSource(AmpPool(reactor))
+    service, store = make_service(reactor, "tcp:7400", "tcp:7401", pull_source=source)
+    service.hub.pull_source = source
+    service.startService()
+    reactor.advance(0)
+    result_of(store.issue_token("alice", "t", 300))
+    device = reactor.tcpServers[1][1].buildProtocol(None)
+    device.makeConnection(DeviceTransport())
+    device.dataReceived(encode(Auth("alice", "t")))
+    reactor.advance(BATCH_DELAY)
+    assert reactor.tcpClients == []  # no delivery node known: the pull failed
+
+    service.discovery.register(DELIVERY, "d1", {"rpc": "127.0.0.1:7500"})
+    reactor.advance(0)
+    reactor.advance(BATCH_DELAY)
+
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 7500)]

@@ -41,6 +41,8 @@ def test_defaults() -> None:
         capacity=19000,
         session_ttl=86400,
         drain_period=10,
+        ack_timeout=60,
+        max_attempts=5,
     )
 
 
@@ -61,13 +63,15 @@ def test_every_option_is_documented_with_a_default() -> None:
         "heartbeat",
         "max-frame",
         "ack-window",
+        "ack-timeout",
+        "max-attempts",
         "capacity",
         "drain-period",
         "session-ttl",
         "metrics",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 18
+    assert text.count("[default:") == 20
 
 
 def test_values_are_parsed() -> None:
@@ -84,12 +88,14 @@ def test_values_are_parsed() -> None:
         "--heartbeat=15",
         "--max-frame=4096",
         "--ack-window=8",
+        "--ack-timeout=20",
+        "--max-attempts=3",
         "--capacity=100",
         "--drain-period=0",
         "--session-ttl=600",
         "--metrics=none",
     )
-    assert options.settings == ServerSettings(2.5, 40, 15, 4096, 8, 100, 600, 0)
+    assert options.settings == ServerSettings(2.5, 40, 15, 4096, 8, 100, 600, 0, 20, 3)
     assert options["node-id"] == "push-1"
 
 
@@ -106,6 +112,10 @@ def test_values_are_parsed() -> None:
         (["--max-frame=8k"], "--max-frame must be a whole number, not '8k'"),
         (["--ack-window=0"], "--ack-window must be 1 to 65535, not 0"),
         (["--capacity=0"], "--capacity must be at least 1, not 0"),
+        (["--ack-timeout=0"], "--ack-timeout must be a positive number of seconds"),
+        (["--ack-timeout=later"], "--ack-timeout must be a number of seconds, not 'later'"),
+        (["--max-attempts=0"], "--max-attempts must be 1 to 1000, not 0"),
+        (["--max-attempts=2.5"], "--max-attempts must be a whole number, not '2.5'"),
         (["--drain-period=-5"], "--drain-period must be zero or a positive number"),
         (["--listen=tcp:notaport"], "--listen must be a server endpoint such as tcp:7100"),
         (["--rpc=carrier-pigeon:7101"], "--rpc must be a server endpoint"),

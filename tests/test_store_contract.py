@@ -459,6 +459,34 @@ async def test_drop_pending_removes_ids_without_an_ack(store_case: StoreCase) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_add_failures_counts_per_client_and_message(store_case: StoreCase) -> None:
+    store = store_case.store
+    assert await store.add_failures([], 60) == []
+    assert await store.add_failures([("alice", "m1"), ("bob", "m1"), ("alice", "m1")], 60) == [
+        1,
+        1,
+        2,
+    ]
+    assert await store.add_failures([("alice", "m2"), ("alice", "m1")], 60) == [1, 3]
+    with pytest.raises(ValueError, match="ttl must be a positive"):
+        await store.add_failures([("alice", "m1")], 0)
+    assert await store.add_failures([("alice", "m1")], 60) == [4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_counts_expire_after_the_last_failure(store_case: StoreCase) -> None:
+    store = store_case.store
+    ttl = store_case.ttl
+    await store.add_failures([("alice", "m1")], ttl)
+    await store_case.advance(ttl / 2)
+    assert await store.add_failures([("alice", "m1")], ttl) == [2]  # the expiry moved
+    await store_case.advance(ttl / 2 + 0.05)
+    assert await store.add_failures([("alice", "m1")], ttl) == [3]
+    await store_case.advance(ttl + 0.05)
+    assert await store.add_failures([("alice", "m1")], ttl) == [1]
+
+
+@pytest_twisted.ensureDeferred
 async def test_receipt_reports_who_still_waits(store_case: StoreCase) -> None:
     store = store_case.store
     note = store_case.notification(["alice", "bob", "carol"])

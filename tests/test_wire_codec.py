@@ -21,6 +21,7 @@ from pigeonpush.wire.codec import (
     decode,
     encode,
     encode_ack,
+    encode_nack,
     encode_push,
 )
 from pigeonpush.wire.frames import (
@@ -37,6 +38,7 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Nack,
     Push,
 )
 from support.wire_strategies import frames, pushes, untimed
@@ -69,6 +71,7 @@ def test_the_type_byte_follows_the_prefix(frame: Frame) -> None:
         Ack: FrameType.ACK,
         Kick: FrameType.KICK,
         Error: FrameType.ERROR,
+        Nack: FrameType.NACK,
     }[type(frame)]
     assert payload_of(frame)[0] == expected
 
@@ -275,6 +278,10 @@ def test_decode_errors_never_quote_the_bytes_they_refuse() -> None:
         (AuthFail(99, ""), "99 is not a AuthFailCode"),  # type: ignore[arg-type]
         (Kick(KickReason.POLICY, "\ud800"), "text is not encodable as UTF-8"),
         (Error(0, ""), "0 is not a ErrorCode"),  # type: ignore[arg-type]
+        (Nack("m", -1), "retryAfterMs must be 0 to 4294967295, not -1000"),
+        (Nack("m", 4294967.296), "retryAfterMs must be 0 to 4294967295, not 4294967296"),
+        (Nack("m", float("nan")), "retryAfter must be a number of seconds, not nan"),
+        (Nack("\ud800"), "messageId is not encodable as UTF-8 (position 0)"),
     ],
 )
 def test_frames_the_wire_cannot_carry_raise_encode_error(frame: Frame, message: str) -> None:
@@ -288,6 +295,12 @@ def test_encode_push_explains_what_it_cannot_carry() -> None:
         encode_push("m", "t", "x" * 70000, {})
     with pytest.raises(EncodeError, match=r"^extras must be a mapping, not list"):
         encode_push("m", "t", "x", [("k", "v")])  # type: ignore[arg-type]
+
+
+def test_nack_carries_retry_after_as_whole_milliseconds() -> None:
+    assert encode(Nack("m", 1.2345)) == encode_nack("m", 1.2345)
+    assert decode(encode(Nack("m", 1.2345))[4:]) == Nack("m", 1.234)
+    assert decode(encode(Nack("m"))[4:]) == Nack("m", 0.0)
 
 
 def test_encode_refuses_what_is_not_a_frame() -> None:

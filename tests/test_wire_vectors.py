@@ -25,6 +25,7 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Nack,
     Push,
 )
 from pigeonpush.wire.protocol import FrameProtocol
@@ -50,6 +51,8 @@ def frame_from(spec: dict[str, Any]) -> Frame:
         return Push(spec["messageId"], spec["title"], spec["text"], spec["extras"])
     if kind == "ACK":
         return Ack(spec["messageId"])
+    if kind == "NACK":
+        return Nack(spec["messageId"], spec["retryAfterMs"] / 1000)
     if kind == "KICK":
         return Kick(KickReason[spec["reason"]], spec["text"])
     if kind == "ERROR":

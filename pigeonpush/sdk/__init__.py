@@ -17,7 +17,7 @@ from pigeonpush.sdk.errors import (
 )
 from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
 from pigeonpush.sdk.identity import mac_client_id
-from pigeonpush.sdk.message import Message, MessageCallback
+from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.route import Route, RouteFetcher, RouteSource
 from pigeonpush.sdk.service import PushClientService
 
@@ -35,6 +35,7 @@ __all__ = [
     "PushClient",
     "PushClientError",
     "PushClientService",
+    "RetryLater",
     "Route",
     "RouteFetcher",
     "RouteLookupFailed",

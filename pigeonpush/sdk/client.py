@@ -57,7 +57,7 @@ from pigeonpush.sdk.errors import (
 )
 from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
 from pigeonpush.sdk.identity import mac_client_id
-from pigeonpush.sdk.message import Message, MessageCallback
+from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
 from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
 from pigeonpush.tls import ClientTLS, client_endpoint
@@ -242,6 +242,8 @@ class PushClient:
         self._stop_waiters: list[Deferred[None]] = []
         # messageId -> sessions whose PUSH of it awaits the callback's outcome
         self._in_flight: dict[str, list[ClientProtocol]] = {}
+        # the protocol version sent in AUTH: 1 after a server refused 2
+        self._version = PROTOCOL_VERSION
 
     def __repr__(self) -> str:
         return f"<PushClient {self.client_id!r} {self._state.value}>"
@@ -385,7 +387,7 @@ class PushClient:
             self._attempt_failed()
             return
         heartbeat = route.heartbeat if route.heartbeat is not None else self._heartbeat
-        auth = Auth(self.client_id, route.token)
+        auth = Auth(self.client_id, route.token, self._version)
 
         def build() -> ClientProtocol:
             return ClientProtocol(
@@ -513,11 +515,22 @@ class PushClient:
         # The server is alive and answered: not one to avoid. The next attempt
         # asks reglog for a fresh token (this one was spent by _session_started).
         self._auth_refused = True
+        if frame.code is AuthFailCode.VERSION and self._version > 1:
+            # A server older than NACK (a rolling upgrade): speak version 1
+            # from now on.
+            self.log.info(
+                "Push server {server} does not speak protocol version {version}; "
+                "using version 1 (failed callbacks are not NACKed)",
+                server=session.server,
+                version=self._version,
+            )
+            self._version = 1
+            return
         if frame.code is AuthFailCode.VERSION:
             self._give_up(
                 ProtocolVersionRefused(
                     f"push server {session.server} does not speak protocol version "
-                    f"{PROTOCOL_VERSION}: {frame.reason or 'no reason given'}"
+                    f"{self._version}: {frame.reason or 'no reason given'}"
                 )
             )
             return
@@ -600,13 +613,23 @@ class PushClient:
             session.send_ack(message_id)
 
     def _not_handled(self, failure: Failure, message_id: str) -> None:
-        self._in_flight.pop(message_id, None)
-        self.log.failure(
-            "The message callback failed on {message_id}; not acknowledged, "
-            "it will be delivered again",
-            failure,
-            message_id=message_id,
-        )
+        sessions = self._in_flight.pop(message_id, ())
+        retry_after = 0.0
+        if isinstance(failure.value, RetryLater):
+            retry_after = failure.value.retry_after
+            self.log.info(
+                "The message callback asked for {message_id} again in {retry_after} s",
+                message_id=message_id,
+                retry_after=retry_after,
+            )
+        else:
+            self.log.failure(
+                "The message callback failed on {message_id}; NACKed, it will be delivered again",
+                failure,
+                message_id=message_id,
+            )
+        for session in sessions:
+            session.send_nack(message_id, retry_after)
 
     # --- defaults -------------------------------------------------------------------
 

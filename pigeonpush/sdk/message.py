@@ -24,7 +24,19 @@ class Message:
     received_at: float = 0.0
 
 
+class RetryLater(Exception):
+    """Raise it (or fail the callback's Deferred with it) to ask for the
+    message again after ``retry_after`` seconds; any other exception leaves
+    the delay to the server's backoff."""
+
+    def __init__(self, retry_after: float, reason: str = "") -> None:
+        if not retry_after >= 0:
+            raise ValueError(f"retry_after must be zero or more seconds, not {retry_after!r}")
+        super().__init__(reason or f"retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
 #: ``callback(message)``: return None when the message is handled, or a
 #: Deferred / coroutine that fires when it is. Raising, or failing the
-#: Deferred, means "not handled": the message is not ACKed and comes again.
+#: Deferred, means "not handled": the message is NACKed and comes again.
 MessageCallback = Callable[[Message], "Deferred[Any] | Coroutine[Any, Any, Any] | None"]

@@ -20,8 +20,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.tls import describe_failure
-from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PING, ENCODED_PONG, encode_ack
+from pigeonpush.wire.codec import (
+    DEFAULT_MAX_FRAME,
+    ENCODED_PING,
+    ENCODED_PONG,
+    EncodeError,
+    encode_ack,
+    encode_nack,
+)
 from pigeonpush.wire.frames import (
+    NACK_VERSION,
     Auth,
     AuthFail,
     AuthOk,
@@ -237,6 +245,17 @@ class ClientProtocol(FrameProtocol):
         """ACK a message, if this session can still carry it."""
         if self.authenticated and not self.closing:
             self.sendEncoded(encode_ack(message_id))
+
+    def send_nack(self, message_id: str, retry_after: float = 0.0) -> None:
+        """NACK a message (its callback failed), if this session can carry it:
+        a version 1 session cannot, and the server's ACK timeout brings the
+        message back instead."""
+        if self.authenticated and not self.closing and self._auth.version >= NACK_VERSION:
+            try:
+                frame = encode_nack(message_id, retry_after)
+            except EncodeError:  # a retry-after past the u32 milliseconds
+                frame = encode_nack(message_id, 0.0)
+            self.sendEncoded(frame)
 
     # --- timers -------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +33,7 @@ from pigeonpush.server.protocol import ServerProtocol, State
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.store.interface import Store, StoreError
-from pigeonpush.store.model import Message
+from pigeonpush.store.model import DropReason, Message
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
 from pigeonpush.wire.frames import Auth, AuthFail, AuthFailCode, AuthOk, Kick, KickReason
 
@@ -58,6 +58,26 @@ DRAIN_GRACE = 2.0
 CLEANUP_TIMEOUT = 5.0
 #: Pull failures are logged at most once per this many seconds.
 PULL_FAILURE_LOG_INTERVAL = 10.0
+#: Seconds before the first retry of failed pulls; doubled per failed round,
+#: up to half a heartbeat (so a message waits at most that long once the
+#: fault clears, whatever traffic its client sees).
+PULL_RETRY_MIN = 0.5
+#: Longest time between two checks of the ACK deadlines and the redeliveries
+#: (one timer for every connection; a short --ack-timeout checks 4 times per
+#: timeout).
+DELIVERY_CHECK_INTERVAL = 1.0
+#: A failed message (NACK, ACK timeout) is written again this long after its
+#: first failure, twice as long after each further one, at most REDELIVERY_CAP.
+REDELIVERY_BASE = 2.0
+REDELIVERY_CAP = 300.0
+#: A NACK's retry-after (seconds) is kept within these bounds.
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 3600.0
+#: A client's failure counts (``add_failures``) live this long after its
+#: latest failure.
+FAILURE_COUNT_TTL = 7 * 24 * 3600.0
+#: The retry time of a failed message while its failure count is being stored.
+_HELD = float("inf")
 
 _KICK_TEXT = {
     KickReason.REPLACED: "the same client logged in again",
@@ -107,6 +127,13 @@ class PushHub:
         self._batcher: PullBatcher | None = None
         #: connections whose last pull brought nothing but said "more"
         self._pulled_empty: set[ServerProtocol] = set()
+        #: connections whose pull failed: pulled again together by one timer
+        self._pull_retry: set[ServerProtocol] = set()
+        self._pull_retry_timer: IDelayedCall | None = None
+        self._pull_retry_delay = PULL_RETRY_MIN
+        #: the one timer of ACK deadlines and redeliveries (None: nothing to watch)
+        self._check_timer: IDelayedCall | None = None
+        self._check_interval = min(DELIVERY_CHECK_INTERVAL, settings.ack_timeout / 4)
 
     # --- connections -------------------------------------------------------------
 
@@ -117,6 +144,7 @@ class PushHub:
         """Every close, whatever its cause: the conditional cleanup."""
         self.connections.discard(proto)
         self._pulled_empty.discard(proto)
+        self._pull_retry.discard(proto)
         client_id = proto.client_id
         if client_id is not None and self.channels.get(client_id) is proto:
             del self.channels[client_id]
@@ -232,7 +260,7 @@ class PushHub:
                         proto, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down"
                     )
             return
-        self._activate(proto, client_id, token)
+        self._activate(proto, client_id, token, auth.version)
 
     def _full(self, client_id: str) -> bool:
         return len(self.channels) >= self.settings.capacity and client_id not in self.channels
@@ -253,7 +281,7 @@ class PushHub:
             metrics.AUTH_UNAVAILABLE.inc()
             proto.closeWith(AuthFail(AuthFailCode.UNAVAILABLE, "internal error"))
 
-    def _activate(self, proto: ServerProtocol, client_id: str, token: str) -> None:
+    def _activate(self, proto: ServerProtocol, client_id: str, token: str, version: int) -> None:
         old = self.channels.get(client_id)
         self.channels[client_id] = proto
         if old is not None:
@@ -262,7 +290,7 @@ class PushHub:
             self._kick(old, KickReason.REPLACED)
         else:
             metrics.CONNECTIONS.set(len(self.channels))
-        proto.activate(client_id, token, self._auth_ok)
+        proto.activate(client_id, token, self._auth_ok, version)
         # No log line per login: twistd writes debug events too, and at
         # thousands of logins a second that is work on the connect path;
         # pigeonpush_server_auth_total{result="ok"} counts them.
@@ -296,10 +324,13 @@ class PushHub:
             in_flight = proto.in_flight
             if proto.state != _ACTIVE or in_flight is None:
                 continue  # closing: its own cleanup clears the route
-            if item.message_id in in_flight:
+            waiting = proto.waiting
+            if item.message_id in in_flight or (waiting and item.message_id in waiting):
+                # In flight, or failed and waiting for its redelivery here.
                 statuses[index] = _WRITTEN
             elif proto.write_paused or len(in_flight) >= window:
                 statuses[index] = _WINDOW_FULL
+                proto.pull_more = True  # pulled once the window or socket drains
             elif not item.has_body:
                 missing.append(index)
             else:
@@ -334,12 +365,15 @@ class PushHub:
             in_flight = proto.in_flight if proto is not None else None
             if proto is None or proto.state != _ACTIVE or in_flight is None:
                 statuses[index] = _OFFLINE  # gone while the bodies were read
-            elif item.message_id in in_flight:
+            elif item.message_id in in_flight or (
+                proto.waiting and item.message_id in proto.waiting
+            ):
                 statuses[index] = _WRITTEN
             elif body is None:
                 statuses[index] = _NO_BODY
             elif proto.write_paused or len(in_flight) >= self._window:
                 statuses[index] = _WINDOW_FULL
+                proto.pull_more = True
             else:
                 statuses[index] = self._write(
                     proto, in_flight, item.message_id, body.title, body.text, body.extras, now
@@ -370,9 +404,11 @@ class PushHub:
                 why=str(e),
             )
             assert proto.client_id is not None
-            self.acks.add(proto.client_id, message_id)
+            self._drop(proto.client_id, [message_id], DropReason.TOO_LARGE)
             return _TOO_LARGE
         in_flight[message_id] = now
+        if self._check_timer is None:
+            self._watch_deliveries()
         return _WRITTEN
 
     def _count(self, statuses: list[PushStatus]) -> None:
@@ -427,6 +463,8 @@ class PushHub:
         written = in_flight.pop(message_id, None)
         if written is not None:
             metrics.PUSH_TO_ACK.observe(self.clock.seconds() - written)
+        elif proto.waiting:
+            proto.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
         self.acks.add(proto.client_id, message_id)
         if proto.pull_more and not proto.pulling and len(in_flight) <= self._window // 2:
             self.pull(proto)
@@ -460,7 +498,8 @@ class PushHub:
         batcher = self._batcher
         if batcher is None or batcher.source is not source:
             batcher = self._batcher = PullBatcher(source, self.clock)
-        pulling = batcher.pull(proto.client_id, free, list(in_flight))
+        skip = [*in_flight, *proto.waiting] if proto.waiting else list(in_flight)
+        pulling = batcher.pull(proto.client_id, free, skip)
         pulling.addCallbacks(
             self._pulled, self._pull_failed, callbackArgs=(proto,), errbackArgs=(proto,)
         )
@@ -471,6 +510,7 @@ class PushHub:
         proto.pulling = False
         items, more = result
         metrics.PULL_OK.inc()
+        self._pull_retry_delay = PULL_RETRY_MIN  # the source answers again
         if proto.state != _ACTIVE or self.channels.get(proto.client_id or "") is not proto:
             return None
         proto.pull_more = more
@@ -505,21 +545,260 @@ class PushHub:
         return pushing.addCallbacks(pushed, self._pull_failed, errbackArgs=(proto,))
 
     def _pull_failed(self, failure: Failure, proto: ServerProtocol) -> None:
+        """Keep the client for the next retry round (one timer for all)."""
         proto.pulling = False
         metrics.PULL_FAILED.inc()
+        if proto.state == _ACTIVE and self.channels.get(proto.client_id or "") is proto:
+            self._pull_retry.add(proto)
+            if self._pull_retry_timer is None and self.accepting:
+                self._pull_retry_timer = self.clock.callLater(
+                    self._pull_retry_delay, self._retry_pulls
+                )
         self._pull_failures += 1
         now = self.clock.seconds()
         if now - self._pull_failure_logged_at < PULL_FAILURE_LOG_INTERVAL:
             return
         self.log.warn(
             "Pulling pending messages for {client_id} failed: {why} "
-            "({failures} pull failures since the last report); retried at the next trigger",
+            "({failures} pull failures since the last report); retried in {delay} s",
             client_id=proto.client_id,
             why=failure.getErrorMessage(),
             failures=self._pull_failures,
+            delay=self._pull_retry_delay,
         )
         self._pull_failures = 0
         self._pull_failure_logged_at = now
+
+    def _retry_pulls(self) -> None:
+        """Pull again for every client whose pull failed (they share the
+        ``PullBatcher``'s calls); the next round, if this one fails too, comes
+        after twice the delay, capped at half a heartbeat."""
+        self._pull_retry_timer = None
+        self._pull_retry_delay = min(self._pull_retry_delay * 2, self.settings.heartbeat / 2)
+        waiting, self._pull_retry = self._pull_retry, set()
+        for proto in waiting:
+            # (A full window or socket sets pull_more: its ACKs or its drain
+            # pull it then.)
+            self.pull(proto)
+
+    def pull_source_ready(self) -> None:
+        """The pull source can answer again (a delivery node appeared): retry
+        the failed pulls now rather than at the end of the backoff."""
+        self._pull_retry_delay = PULL_RETRY_MIN
+        if not self._pull_retry:
+            return
+        timer, self._pull_retry_timer = self._pull_retry_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._retry_pulls()
+
+    def stop_timers(self) -> None:
+        """No more pull retries, ACK timeouts or redeliveries (the server is
+        stopping)."""
+        self._pull_retry.clear()
+        for timer in (self._pull_retry_timer, self._check_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._pull_retry_timer = self._check_timer = None
+
+    # --- failed deliveries: NACK, ACK timeout, redelivery ------------------------------
+
+    def nacked(self, proto: ServerProtocol, message_id: str, retry_after: float) -> None:
+        """A NACK: the message failed on the device; it leaves the window and
+        comes again after ``retry_after`` seconds (within bounds), or after
+        the backoff when that is 0. A NACK of an id not in flight here is
+        ignored."""
+        metrics.NACKS.inc()
+        in_flight = proto.in_flight
+        assert in_flight is not None
+        if message_id in in_flight:
+            self._delivery_failed(proto, [message_id], retry_after)
+
+    def _check_deliveries(self) -> None:
+        """The one timer for every connection: PUSHes not ACKed within
+        ``--ack-timeout`` fail, and failed messages whose time has come are
+        released for another pull. Runs while any connection has something
+        in flight or waiting."""
+        self._check_timer = None
+        now = self.clock.seconds()
+        deadline = now - self.settings.ack_timeout
+        busy = False
+        for proto in list(self.channels.values()):
+            if proto.state != _ACTIVE:
+                continue
+            in_flight = proto.in_flight
+            if in_flight:
+                busy = True
+                # A client whose socket is full is not reading: its PUSHes
+                # may not even have reached it, so they do not time out.
+                if not proto.write_paused:
+                    late = []
+                    for message_id, written in in_flight.items():  # oldest first
+                        if written > deadline:
+                            break
+                        late.append(message_id)
+                    if late:
+                        metrics.ACK_TIMEOUTS.inc(len(late))
+                        self._delivery_failed(proto, late, 0.0)
+            if proto.waiting:
+                busy = True
+                self._release_due(proto, now)
+        if busy and self._check_timer is None:
+            self._watch_deliveries()
+
+    def _watch_deliveries(self) -> None:
+        """Start the check timer (not once the server is stopping)."""
+        if self.accepting:
+            self._check_timer = self.clock.callLater(self._check_interval, self._check_deliveries)
+
+    def _delivery_failed(
+        self, proto: ServerProtocol, message_ids: list[str], retry_after: float
+    ) -> None:
+        """Move the ids from the window to ``waiting`` (held until their
+        failure counts are stored), count the failures in the store, and fill
+        the window that just freed up."""
+        in_flight = proto.in_flight
+        client_id = proto.client_id
+        assert in_flight is not None and client_id is not None
+        waiting = proto.waiting
+        if waiting is None:
+            waiting = proto.waiting = {}
+        for message_id in message_ids:
+            in_flight.pop(message_id, None)
+            waiting[message_id] = _HELD
+        failed_at = self.clock.seconds()
+        counting = self.store.add_failures(
+            [(client_id, message_id) for message_id in message_ids], FAILURE_COUNT_TTL
+        )
+        counting.addCallbacks(
+            self._failures_counted,
+            self._failures_not_counted,
+            callbackArgs=(proto, message_ids, failed_at, retry_after),
+            errbackArgs=(proto, message_ids, failed_at, retry_after),
+        )
+        if self._check_timer is None:
+            self._watch_deliveries()
+        if proto.pull_more and not proto.pulling:
+            self.pull(proto)
+
+    def _failures_counted(
+        self,
+        counts: list[int],
+        proto: ServerProtocol,
+        message_ids: list[str],
+        failed_at: float,
+        retry_after: float,
+    ) -> None:
+        waiting = proto.waiting
+        if proto.state != _ACTIVE or not waiting:
+            return  # gone: the counts are stored, the next connection goes on
+        given_up = []
+        for message_id, count in zip(message_ids, counts, strict=True):
+            if message_id not in waiting:
+                continue  # ACKed after all
+            if count >= self.settings.max_attempts:
+                given_up.append(message_id)
+            else:
+                waiting[message_id] = failed_at + _redelivery_delay(count, retry_after)
+        if given_up:
+            self._give_up(proto, given_up)
+
+    def _failures_not_counted(
+        self,
+        failure: Failure,
+        proto: ServerProtocol,
+        message_ids: list[str],
+        failed_at: float,
+        retry_after: float,
+    ) -> None:
+        if failure.check(StoreError):
+            self.log.warn(
+                "Counting {count} failed deliveries to {client_id} failed: {why}; "
+                "they are retried without counting",
+                count=len(message_ids),
+                client_id=proto.client_id,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "Counting failed deliveries to {client_id} failed",
+                failure,
+                client_id=proto.client_id,
+            )
+        waiting = proto.waiting
+        if waiting:
+            for message_id in message_ids:
+                if message_id in waiting:
+                    waiting[message_id] = failed_at + _redelivery_delay(1, retry_after)
+
+    def _give_up(self, proto: ServerProtocol, message_ids: list[str]) -> None:
+        """Drop messages that failed ``--max-attempts`` times from the
+        client's pending messages (their receipt says ``failed``); they stay
+        out of the window and of pulls until the store has done it."""
+        client_id = proto.client_id
+        assert client_id is not None
+        metrics.FAILED.inc(len(message_ids))
+        self.log.warn(
+            "Giving up on {count} messages for {client_id} after {attempts} failed "
+            "deliveries: {message_ids}",
+            count=len(message_ids),
+            client_id=client_id,
+            attempts=self.settings.max_attempts,
+            message_ids=message_ids,
+        )
+        dropping = self._drop(client_id, message_ids, DropReason.FAILED)
+
+        def done(dropped: bool) -> None:
+            waiting = proto.waiting
+            if not waiting:
+                return
+            for message_id in message_ids:
+                if dropped:
+                    waiting.pop(message_id, None)
+                elif message_id in waiting:
+                    # Not dropped (store down): it comes again and fails again.
+                    waiting[message_id] = self.clock.seconds() + REDELIVERY_BASE
+
+        dropping.addCallback(done)
+
+    def _drop(self, client_id: str, message_ids: list[str], reason: DropReason) -> Deferred[bool]:
+        """``drop_pending`` of the client's ``message_ids``: True once done;
+        False (logged) when the store failed."""
+        dropping = self.store.drop_pending(
+            [(client_id, message_id, reason.value) for message_id in message_ids]
+        )
+
+        def failed(failure: Failure) -> bool:
+            if failure.check(StoreError):
+                self.log.warn(
+                    "Dropping {count} messages ({reason}) of {client_id} failed: {why}",
+                    count=len(message_ids),
+                    reason=reason.value,
+                    client_id=client_id,
+                    why=failure.getErrorMessage(),
+                )
+            else:
+                self.log.failure(
+                    "Dropping messages of {client_id} failed", failure, client_id=client_id
+                )
+            return False
+
+        return dropping.addCallbacks(lambda _: True, failed)
+
+    def _release_due(self, proto: ServerProtocol, now: float) -> None:
+        """Failed messages whose retry time has come leave ``waiting``; a
+        pull brings them back, oldest first, with the rest of the pending
+        messages. Not while a pull is running (its answer skips them)."""
+        waiting = proto.waiting
+        if proto.pulling or not waiting:
+            return
+        due = [message_id for message_id, at in waiting.items() if at <= now]
+        if not due:
+            return
+        for message_id in due:
+            del waiting[message_id]
+        metrics.REDELIVERIES.inc(len(due))
+        self.pull(proto)
 
     # --- periodic work -------------------------------------------------------------
 
@@ -556,6 +835,7 @@ class PushHub:
 
     async def _drain(self, period: float) -> None:
         self.accepting = False
+        self.stop_timers()
         for proto in list(self.connections):
             if proto.state == State.AWAITING_AUTH:
                 proto.closeWith(None)
@@ -600,6 +880,14 @@ class PushHub:
             await waiting
         except DeferTimeoutError:
             self._all_closed.remove(waiting)
+
+
+def _redelivery_delay(failures: int, retry_after: float) -> float:
+    """Seconds from a failure to the next attempt: the client's retry-after
+    (bounded), or the backoff for a message that failed ``failures`` times."""
+    if retry_after > 0:
+        return min(max(retry_after, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+    return min(REDELIVERY_BASE * 2.0 ** min(failures - 1, 30), REDELIVERY_CAP)
 
 
 def _after(value: _T, waiting: Deferred[None]) -> Deferred[_T]:

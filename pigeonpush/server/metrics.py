@@ -57,3 +57,19 @@ AUTH_UNAVAILABLE = AUTHS.labels(result="unavailable")
 AUTH_FULL = AUTHS.labels(result="full")
 PULL_OK = PULLS.labels(result="ok")
 PULL_FAILED = PULLS.labels(result="failed")
+NACKS = Counter(
+    "pigeonpush_server_nacks",
+    "NACK frames received (the application could not handle a message)",
+)
+ACK_TIMEOUTS = Counter(
+    "pigeonpush_server_ack_timeouts",
+    "PUSHes neither ACKed nor NACKed within --ack-timeout",
+)
+REDELIVERIES = Counter(
+    "pigeonpush_server_redeliveries",
+    "Messages released for another delivery on the same connection after a failure",
+)
+FAILED = Counter(
+    "pigeonpush_server_failed_messages",
+    "Messages dropped for a client after --max-attempts failed deliveries",
+)

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
+    NACK_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -35,6 +36,7 @@ from pigeonpush.wire.frames import (
     Frame,
     FrameType,
     Kick,
+    Nack,
     Ping,
     Pong,
     Push,
@@ -75,6 +77,8 @@ class ServerProtocol(FrameProtocol):
         "state",
         "timer",
         "token",
+        "version",
+        "waiting",
         "write_paused",
     )
 
@@ -84,8 +88,14 @@ class ServerProtocol(FrameProtocol):
         self.state = _AWAITING_AUTH
         self.client_id: str | None = None
         self.token: str | None = None
-        #: messageId -> when it was written, for the un-ACKed PUSHes (None until ACTIVE)
+        #: messageId -> when it was written, for the un-ACKed PUSHes (None until
+        #: ACTIVE), oldest first: the hub's ACK timeout checks the first
         self.in_flight: dict[str, float] | None = None
+        #: messageId -> when it may be written again, for PUSHes that failed
+        #: (NACK, ACK timeout); out of the window, and pulls skip them (None: none)
+        self.waiting: dict[str, float] | None = None
+        #: the protocol version of the session (from AUTH)
+        self.version = 0
         self.write_paused = False
         self.pulling = False
         #: the last pull said more messages are pending
@@ -129,11 +139,12 @@ class ServerProtocol(FrameProtocol):
                 f"AUTH did not come within {self.hub.settings.auth_timeout:g} s",
             )
 
-    def activate(self, client_id: str, token: str, auth_ok: bytes) -> None:
+    def activate(self, client_id: str, token: str, auth_ok: bytes, version: int) -> None:
         """Enter ACTIVE: send the (pre-encoded) AUTH_OK and switch the timer
         from the auth timeout to the idle timeout."""
         self.client_id = client_id
         self.token = token
+        self.version = version
         self.in_flight = {}
         self.state = _ACTIVE
         self.sendEncoded(auth_ok)
@@ -195,6 +206,15 @@ class ServerProtocol(FrameProtocol):
                 self.sendEncoded(ENCODED_PONG)
                 self.hub.pinged(self)
                 return
+            if kind is Nack:
+                if self.version < NACK_VERSION:
+                    self.protocolError(
+                        ErrorCode.UNEXPECTED,
+                        f"NACK is not allowed in protocol version {self.version}",
+                    )
+                    return
+                self.hub.nacked(self, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
+                return
         elif kind is Auth and self.state == _AWAITING_AUTH:
             self.state = State.AUTHENTICATING
             self.hub.authenticate(self, frame)  # type: ignore[arg-type]
@@ -244,6 +264,7 @@ _NAMES: dict[type, str] = {
     Ack: "ACK",
     Kick: "KICK",
     Error: "ERROR",
+    Nack: "NACK",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

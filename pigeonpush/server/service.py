@@ -12,7 +12,7 @@ done, flush ACKs, then close the pool, discovery and store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -29,7 +29,14 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamSer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.discovery.interface import DELIVERY, SERVERS, Discovery, Registration, Watch
+from pigeonpush.discovery.interface import (
+    DELIVERY,
+    SERVERS,
+    Discovery,
+    Node,
+    Registration,
+    Watch,
+)
 from pigeonpush.rpcpool import AmpPool, PeerAddress, parse_peer_address
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
@@ -170,9 +177,17 @@ class PushServerService(MultiService):
         await listening
         assert self.node_id is not None
         if self.pull_source is not None:
-            self._watch = await self.discovery.watch(DELIVERY, self.pull_source.nodes_changed)
+            self._watch = await self.discovery.watch(DELIVERY, self._delivery_changed)
         self._published = self._node_data()
         self.registration = await self.discovery.register(SERVERS, self.node_id, self._published)
+
+    def _delivery_changed(self, nodes: Mapping[str, Node]) -> None:
+        """The live delivery workers changed: pulls go to the new set, and
+        pulls that failed (no worker was known) are retried at once."""
+        assert self.pull_source is not None
+        self.pull_source.nodes_changed(nodes)
+        if self.pull_source.addresses:
+            self.hub.pull_source_ready()
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the server listens and is registered (fails if it could not)."""

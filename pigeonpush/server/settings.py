@@ -8,6 +8,9 @@ from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 
 #: Largest ACK window: a connection never holds more un-ACKed PUSHes in flight.
 MAX_ACK_WINDOW = 65535
+#: Largest --max-attempts: beyond it a failing message would block its client
+#: for days.
+MAX_ATTEMPTS = 1000
 #: Largest --max-frame: a frame is buffered whole before it is decoded.
 MAX_FRAME_LIMIT = 16 * 1024 * 1024
 
@@ -34,10 +37,16 @@ class ServerSettings:
     session_ttl: float = 86400.0
     #: graceful stop: KICKs to clients are spread over this many seconds
     drain_period: float = 10.0
+    #: a PUSH not ACKed within this many seconds counts as failed and is
+    #: written again, on the same connection, after a backoff
+    ack_timeout: float = 60.0
+    #: failed deliveries (NACKs, ACK timeouts, on any connection) after which
+    #: a message is dropped from the client's pending messages as failed
+    max_attempts: int = 5
 
     def check(self) -> ServerSettings:
         """``self`` if every value is usable, else ValueError saying which is not."""
-        for name in ("auth_timeout", "idle_timeout", "heartbeat", "session_ttl"):
+        for name in ("auth_timeout", "idle_timeout", "heartbeat", "session_ttl", "ack_timeout"):
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
                 raise ValueError(f"{_option(name)} must be a positive number of seconds")
@@ -53,6 +62,8 @@ class ServerSettings:
             )
         if not 1 <= self.ack_window <= MAX_ACK_WINDOW:
             raise ValueError(f"--ack-window must be 1 to {MAX_ACK_WINDOW}, not {self.ack_window}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"--max-attempts must be 1 to {MAX_ATTEMPTS}, not {self.max_attempts}")
         if self.capacity < 1:
             raise ValueError(f"--capacity must be at least 1, not {self.capacity}")
         if not 0 <= self.drain_period < float("inf"):

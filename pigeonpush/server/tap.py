@@ -134,6 +134,20 @@ class Options(usage.Options):
             "Un-ACKed PUSHes in flight per connection.",
         ],
         [
+            "ack-timeout",
+            None,
+            f"{_DEFAULTS.ack_timeout:g}",
+            "Seconds a PUSH may wait for its ACK before it counts as failed and is "
+            "written again (with backoff) on the same connection.",
+        ],
+        [
+            "max-attempts",
+            None,
+            str(_DEFAULTS.max_attempts),
+            "Failed deliveries (NACK or ACK timeout, on any connection) after which a "
+            "message is dropped for that client as failed.",
+        ],
+        [
             "capacity",
             None,
             str(_DEFAULTS.capacity),
@@ -169,6 +183,8 @@ class Options(usage.Options):
                 heartbeat=self._number("heartbeat", float),
                 max_frame=self._number("max-frame", int),
                 ack_window=self._number("ack-window", int),
+                ack_timeout=self._number("ack-timeout", float),
+                max_attempts=self._number("max-attempts", int),
                 capacity=self._number("capacity", int),
                 drain_period=self._number("drain-period", float),
                 session_ttl=self._number("session-ttl", float),

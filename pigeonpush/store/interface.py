@@ -116,6 +116,15 @@ class Store(Protocol):
         for the message's receipt: the message will never reach that client.
         Unknown pairs are ignored."""
 
+    def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
+        """Add one to the failure count of each ``(clientId, messageId)`` (the
+        device NACKed it, or did not ACK it in time) and answer each count
+        after its increment, in order (a pair given twice counts twice). A
+        client's counts live in ``PIGEON:FAILED:<clientId>`` and expire ``ttl``
+        seconds after its latest failure; ValueError for a ``ttl`` that is not
+        a positive number of seconds. Only the failure path calls this: a
+        message that is ACKed costs no write here."""
+
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         """The delivery receipt, or None once the message expired or was never seen."""
 

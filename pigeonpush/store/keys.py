@@ -8,6 +8,7 @@ AUTH = PREFIX + "AUTH:"  #: + clientId -> string: the token reglog issued
 ROUTE = PREFIX + "ROUTE:"  #: + clientId -> string: RPC address of the push server
 WAIT_ACK = PREFIX + "WAIT_ACK:"  #: + clientId -> set of messageIds not yet ACKed
 MSG_BODY = PREFIX + "MSG_BODY:"  #: + messageId -> hash (see BODY_FIELDS)
+FAILED = PREFIX + "FAILED:"  #: + clientId -> hash: messageId -> failed deliveries
 DEVICE = PREFIX + "DEVICE:"  #: + clientId -> hash (secretHash, createdAt)
 IDEMPOTENCY = PREFIX + "IDEMPOTENCY:"  #: + key -> string: JSON of the first acceptance
 QUEUE = PREFIX + "QUEUE"  #: stream of accepted notifications
@@ -42,3 +43,7 @@ def device(client_id: str) -> str:
 
 def idempotency(key: str) -> str:
     return IDEMPOTENCY + key
+
+
+def failed(client_id: str) -> str:
+    return FAILED + client_id

@@ -55,6 +55,8 @@ class MemoryStore:
         self._bodies: ExpiringTable[_Body] = ExpiringTable(self._expiries)
         self._idempotency: ExpiringTable[Accepted] = ExpiringTable(self._expiries)
         self._devices: dict[str, DeviceRecord] = {}
+        #: clientId -> messageId -> failed deliveries (PIGEON:FAILED)
+        self._failed: ExpiringTable[dict[str, int]] = ExpiringTable(self._expiries)
         self._queue = MemoryQueue(clock)
         self._closed = False
 
@@ -75,7 +77,14 @@ class MemoryStore:
         """Live keys, counted as Redis' DBSIZE would (the queue is one key)."""
         now = self._clock.seconds()
         self._expiries.sweep(now)
-        tables = (self._auth, self._route, self._wait_ack, self._bodies, self._idempotency)
+        tables = (
+            self._auth,
+            self._route,
+            self._wait_ack,
+            self._bodies,
+            self._idempotency,
+            self._failed,
+        )
         live = sum(1 for table in tables for _ in table.keys(now))
         return live + len(self._devices) + (1 if len(self._queue) else 0)
 
@@ -245,6 +254,22 @@ class MemoryStore:
             if message_id in (self._wait_ack.get(client_id, now) or ())
         )
         return Receipt(body.message, body.recipients, pending)
+
+    def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
+        return self._run(self._add_failures, failures, ttl)
+
+    def _add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> list[int]:
+        expires_at = self._clock.seconds() + checks.positive_seconds(ttl, "ttl")
+        now = self._clock.seconds()
+        counts = []
+        for client_id, message_id in failures:
+            table = self._failed.get(client_id, now)
+            if table is None:
+                table = {}
+            table[message_id] = count = table.get(message_id, 0) + 1
+            self._failed.set(client_id, table, expires_at)
+            counts.append(count)
+        return counts
 
     # -- devices -----------------------------------------------------------------
 

@@ -276,6 +276,20 @@ class RedisStore:
             self._ack, [(client_id, message_id) for client_id, message_id, _ in drops]
         )
 
+    def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
+        return self._call(self._add_failures, failures, ttl)
+
+    async def _add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> list[int]:
+        ms = checks.milliseconds(checks.positive_seconds(ttl, "ttl"))
+        if not failures:
+            return []
+        counts = await self._script(
+            scripts.ADD_FAILURES,
+            [keys.failed(client_id) for client_id, _ in failures],
+            [str(ms), *(message_id for _, message_id in failures)],
+        )
+        return [int(count) for count in counts]
+
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         return self._call(self._receipt, message_id)
 

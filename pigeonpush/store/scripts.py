@@ -178,6 +178,28 @@ return cjson.encode(reply[1][2])
 )
 
 
+#: KEYS: one FAILED hash per failure. ARGV: TTL in ms, then the messageIds.
+#: HINCRBY each pair and give its hash the TTL; answers the counts in order.
+#: The keys' types are checked before the first write.
+ADD_FAILURES = Script(
+    "add_failures",
+    """
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a hash')
+  end
+end
+local counts = {}
+for i = 1, #KEYS do
+  counts[i] = redis.call('HINCRBY', KEYS[i], ARGV[i + 1], 1)
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+return counts
+""",
+)
+
+
 ALL = (
     BIND_SESSION,
     END_SESSION,
@@ -187,4 +209,5 @@ ALL = (
     ACKNOWLEDGE,
     RECLAIM,
     READ_PACKED,
+    ADD_FAILURES,
 )

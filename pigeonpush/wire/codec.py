@@ -33,6 +33,7 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Nack,
     Ping,
     Pong,
     Push,
@@ -46,7 +47,7 @@ MIN_MAX_FRAME: Final = 1024
 MAX_MAX_FRAME: Final = 0xFFFFFFFF
 #: The protocol versions this implementation can speak (a server answers
 #: AUTH_FAIL VERSION to any other).
-SUPPORTED_VERSIONS: Final = frozenset({1})
+SUPPORTED_VERSIONS: Final = frozenset({1, 2})
 #: Longest string (in UTF-8 bytes): its length is a uint16.
 MAX_STRING_BYTES: Final = 0xFFFF
 #: Most extras pairs in one PUSH: their count is a uint16.
@@ -78,6 +79,7 @@ _PREFIX_TYPE_U8_U16 = struct.Struct(">IBBH")  # ... + a code + a string's length
 _AUTH_OK_FRAME = struct.Struct(">IBIII")
 _AUTH_OK_BODY = struct.Struct(">III")
 
+_U32 = struct.Struct(">I")
 _pack_u16 = _U16.pack
 #: uint16 encodings of string lengths up to the default frame limit: indexing
 #: this is several times cheaper than a ``struct`` call (about 350 KB).
@@ -112,6 +114,7 @@ _LAYOUTS: Final[dict[FrameType, tuple[tuple[str, str], ...]]] = {
     FrameType.ACK: (("messageId", _STRING),),
     FrameType.KICK: (("reason", _U8_FIELD), ("text", _STRING)),
     FrameType.ERROR: (("code", _U8_FIELD), ("text", _STRING)),
+    FrameType.NACK: (("messageId", _STRING), ("retryAfterMs", _U32_FIELD)),
 }
 _FIXED_WIDTH = {_U8_FIELD: 1, _U16_FIELD: 2, _U32_FIELD: 4}
 
@@ -220,6 +223,29 @@ def _encode_ack(frame: Ack) -> bytes:
     return encode_ack(frame.message_id)
 
 
+def encode_nack(message_id: str, retry_after: float = 0.0) -> bytes:
+    """A whole NACK frame; the same bytes as ``encode(Nack(message_id, retry_after))``."""
+    retry_ms = retry_after_ms(retry_after)
+    m = _utf8(message_id, "messageId")
+    return _PREFIX_TYPE_U16.pack(7 + len(m), FrameType.NACK, len(m)) + m + _U32.pack(retry_ms)
+
+
+def retry_after_ms(retry_after: float) -> int:
+    """The wire value of a NACK's retry-after given in seconds; EncodeError
+    outside 0 to 2**32 - 1 ms."""
+    try:
+        retry_ms = round(retry_after * 1000)
+    except (TypeError, ValueError, OverflowError):
+        raise EncodeError(f"retryAfter must be a number of seconds, not {retry_after!r}") from None
+    if not 0 <= retry_ms <= MAX_UINT32:
+        raise EncodeError(f"retryAfterMs must be 0 to {MAX_UINT32}, not {retry_ms}")
+    return retry_ms
+
+
+def _encode_nack(frame: Nack) -> bytes:
+    return encode_nack(frame.message_id, frame.retry_after)
+
+
 def _encode_auth(frame: Auth) -> bytes:
     version = frame.version
     if not 0 <= version <= 0xFFFF:
@@ -298,6 +324,7 @@ _ENCODERS: Final[dict[type, Callable[[object], bytes]]] = {
     AuthFail: _encode_auth_fail,  # type: ignore[dict-item]
     Kick: _encode_kick,  # type: ignore[dict-item]
     Error: _encode_error,  # type: ignore[dict-item]
+    Nack: _encode_nack,  # type: ignore[dict-item]
 }
 
 
@@ -364,6 +391,18 @@ def ack_message_id(payload: bytes) -> str:
 
 def _decode_ack(data: bytes) -> Ack:
     return Ack(ack_message_id(data))
+
+
+def _decode_nack(data: bytes) -> Nack:
+    try:
+        end = 3 + (data[1] << 8 | data[2])
+        message_id = data[3:end].decode()
+        (retry_ms,) = _U32.unpack_from(data, end)
+    except (IndexError, UnicodeDecodeError, struct.error):
+        _explain(data)
+    if end + 4 != len(data):
+        _explain(data)
+    return Nack(message_id, retry_ms / 1000)
 
 
 def _decode_ping(data: bytes) -> Ping:
@@ -471,6 +510,7 @@ _DECODERS: Final[tuple[Callable[[bytes], Frame], ...]] = tuple(
         FrameType.ACK: _decode_ack,
         FrameType.KICK: _decode_kick,
         FrameType.ERROR: _decode_error,
+        FrameType.NACK: _decode_nack,
     }.get(type_byte, _unknown_type)  # type: ignore[call-overload]
     for type_byte in range(256)
 )

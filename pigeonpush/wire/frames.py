@@ -10,8 +10,11 @@ from collections.abc import Mapping
 
 import attrs
 
-#: The protocol version this implementation speaks (sent in AUTH).
-PROTOCOL_VERSION = 1
+#: The protocol version this implementation speaks (sent in AUTH). Version 2
+#: is version 1 plus NACK.
+PROTOCOL_VERSION = 2
+#: The first version in which a client may send NACK.
+NACK_VERSION = 2
 
 
 class FrameType(enum.IntEnum):
@@ -26,6 +29,7 @@ class FrameType(enum.IntEnum):
     ACK = 0x07
     KICK = 0x08
     ERROR = 0x09
+    NACK = 0x0A  #: protocol version 2 and later
 
 
 class AuthFailCode(enum.IntEnum):
@@ -100,6 +104,16 @@ class Ack:
 
 
 @attrs.frozen(slots=True)
+class Nack:
+    """The application could not handle the PUSH: deliver it again later."""
+
+    message_id: str
+    #: seconds the client asks the server to wait before the next attempt;
+    #: 0: the server's own backoff (travels as whole milliseconds)
+    retry_after: float = 0.0
+
+
+@attrs.frozen(slots=True)
 class Kick:
     reason: KickReason
     text: str = ""
@@ -111,7 +125,7 @@ class Error:
     text: str = ""
 
 
-Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error
+Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack
 
 PING = Ping()
 PONG = Pong()

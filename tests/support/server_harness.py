@@ -53,6 +53,8 @@ class GatedStore(MemoryStore):
         self.calls: dict[str, int] = {}
         #: the batches handed to ``ack``
         self.acked: list[list[tuple[str, str]]] = []
+        #: the batches handed to ``drop_pending``
+        self.dropped: list[list[tuple[str, str, str]]] = []
 
     def _gate(self, name: str, answer: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -93,6 +95,15 @@ class GatedStore(MemoryStore):
     def ack(self, acks: Any) -> Deferred[None]:
         self.acked.append(list(acks))
         return self._gate("ack", lambda: super(GatedStore, self).ack(acks))
+
+    def drop_pending(self, drops: Any) -> Deferred[None]:
+        self.dropped.append(list(drops))
+        return self._gate("drop_pending", lambda: super(GatedStore, self).drop_pending(drops))
+
+    def add_failures(self, failures: Any, ttl: float) -> Deferred[list[int]]:
+        return self._gate(
+            "add_failures", lambda: super(GatedStore, self).add_failures(failures, ttl)
+        )
 
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._gate(

@@ -19,6 +19,7 @@ from pigeonpush.wire.frames import (
     Frame,
     Kick,
     KickReason,
+    Nack,
     Push,
 )
 
@@ -47,4 +48,5 @@ frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Ack, texts),
     st.builds(Kick, st.sampled_from(KickReason), texts),
     st.builds(Error, st.sampled_from(ErrorCode), texts),
+    st.builds(Nack, texts, st.integers(0, 0xFFFFFFFF).map(lambda ms: ms / 1000)),
 )
