@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.protocol import State
 from pigeonpush.wire.codec import ENCODED_PING
 from pigeonpush.wire.frames import (
@@ -387,6 +388,32 @@ def test_a_second_login_replaces_the_first() -> None:
     assert harness.store.calls.get("end_session") is None
     second.send(PING)
     assert second.received() == [PONG]
+
+
+def test_a_replayed_token_gets_bad_token_and_the_victim_keeps_its_session() -> None:
+    """A token is single-use: whoever replays a live session's (clientId,
+    token) gets AUTH_FAIL BAD_TOKEN, and the session neither gets a KICK nor
+    loses its messages."""
+    harness = Harness()
+    token = harness.issue("alice")
+    victim = harness.connect()
+    victim.send(Auth("alice", token))
+    assert isinstance(victim.received()[0], AuthOk)
+    attacker = harness.connect()
+
+    attacker.send(Auth("alice", token))
+
+    assert attacker.received() == [
+        AuthFail(AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+    ]
+    assert attacker.closing
+    attacker.lose()
+    assert victim.received() == []
+    assert not victim.closing
+    assert harness.hub.channels == {"alice": victim.proto}
+    assert harness.route("alice") == SERVER
+    assert harness.push(PushItem("alice", "m1", "t", "x")) == [PushStatus.WRITTEN]
+    assert victim.received() == [Push("m1", "t", "x")]
 
 
 def test_a_relogin_with_the_same_token_keeps_the_session_when_the_old_one_closes() -> None:

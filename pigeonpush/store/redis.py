@@ -116,10 +116,15 @@ class RedisStore:
 
     async def _issue_token(self, client_id: str, token: str, ttl: float) -> None:
         ms = checks.milliseconds(checks.positive_seconds(ttl, "ttl"))
+        checks.issuable_token(token)
         await self._one("SET", keys.auth(client_id), token, "PX", str(ms))
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        return self._call(self._one, "GET", keys.auth(client_id))
+        return self._call(self._token, client_id)
+
+    async def _token(self, client_id: str) -> str | None:
+        stored = await self._one("GET", keys.auth(client_id))
+        return stored.removeprefix(keys.BOUND) if stored is not None else None
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
         return self._call(self._bind_session, client_id, token, server, ttl)
@@ -129,7 +134,7 @@ class RedisStore:
         return await self._flag(
             scripts.BIND_SESSION,
             [keys.auth(client_id), keys.route(client_id)],
-            [token, server, str(ms)],
+            [token, server, str(ms), keys.BOUND],
         )
 
     def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
@@ -137,7 +142,9 @@ class RedisStore:
 
     async def _end_session(self, client_id: str, token: str, server: str) -> bool:
         return await self._flag(
-            scripts.END_SESSION, [keys.auth(client_id), keys.route(client_id)], [token, server]
+            scripts.END_SESSION,
+            [keys.auth(client_id), keys.route(client_id)],
+            [token, server, keys.BOUND],
         )
 
     def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:
