@@ -3,9 +3,13 @@ replaced logins and the conditional cleanup (StringTransport + Clock)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from pigeonpush.rpc import PushItem, PushStatus
+from pigeonpush.server.hub import LOG_BURST, LOG_INTERVAL
 from pigeonpush.server.protocol import State
 from pigeonpush.wire.codec import ENCODED_PING
 from pigeonpush.wire.frames import (
@@ -295,6 +299,75 @@ def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
 
     assert device.received() == []
     assert device.closing
+
+
+# --- what peers put in the log -------------------------------------------------------
+
+FORGED = "\x1b[2J\x00\r\n2026-01-01 [pigeonpush] AUTH of admin accepted\n"
+
+
+def _fields(events: Sequence[LogEvent]) -> list[str]:
+    """Every string field of the events that a peer could have chosen."""
+    return [
+        value
+        for event in events
+        for key, value in event.items()
+        if isinstance(value, str) and not key.startswith("log_")
+    ]
+
+
+def test_refused_auths_log_a_short_escaped_client_id_a_few_times_per_interval() -> None:
+    harness = Harness()
+    client_id = FORGED + "x" * 8000
+    with capturedLogs() as events:
+        for _ in range(100):
+            device = harness.connect()
+            device.send(Auth(client_id, "no-such-token"))
+            assert device.received() == [
+                AuthFail(AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+            ]
+            device.lose()
+    refusals = [event for event in events if "refused" in event["log_format"]]
+    assert len(refusals) == LOG_BURST
+    for value in _fields(refusals):
+        assert len(value) < 250 and value.isprintable(), value
+    assert "\\x1b[2J\\x00\\r\\n2026" in refusals[0]["client_id"]
+
+    harness.clock.advance(LOG_INTERVAL)
+    with capturedLogs() as events:
+        device = harness.connect()
+        device.send(Auth("bob", "no-such-token"))
+    [refusal] = [event for event in events if "refused" in event["log_format"]]
+    assert refusal["skipped"] == 100 - LOG_BURST
+    assert "95 refusals not logged" in formatEvent(refusal)
+
+
+def test_a_client_error_text_is_logged_short_escaped_and_throttled() -> None:
+    harness = Harness()
+    with capturedLogs() as events:
+        for _ in range(50):
+            device = harness.connect()
+            device.send(Error(ErrorCode.INTERNAL, FORGED * 20))
+            assert device.closing
+            device.lose()
+    logged = [event for event in events if "sent ERROR" in event["log_format"]]
+    assert len(logged) == LOG_BURST
+    for value in _fields(logged):
+        assert len(value) < 250 and value.isprintable(), value
+
+
+def test_protocol_errors_are_logged_escaped_and_throttled() -> None:
+    harness = Harness()
+    with capturedLogs() as events:
+        for _ in range(50):
+            device = harness.connect()
+            device.send_bytes(b"\x00\x00\x00\x02\xee\n")
+            assert isinstance(device.received()[0], Error)
+            device.lose()
+    logged = [event for event in events if "with ERROR" in event["log_format"]]
+    assert len(logged) == LOG_BURST
+    for value in _fields(logged):
+        assert value.isprintable(), value
 
 
 def test_ping_gets_pong_and_nothing_else() -> None:

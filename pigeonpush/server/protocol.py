@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pigeonpush.logsafe import untrusted
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     Ack,
@@ -200,19 +201,37 @@ class ServerProtocol(FrameProtocol):
             self.hub.authenticate(self, frame)  # type: ignore[arg-type]
             return
         if kind is Error:
-            self.log.info(
-                "Client {client_id} at {peer} sent ERROR {code}: {text}",
-                client_id=self.client_id,
-                peer=self.peer,
-                code=frame.code,  # type: ignore[union-attr]
-                text=frame.text,  # type: ignore[union-attr]
-            )
+            skipped = self.hub.client_errors_log.allow()
+            if skipped is not None:
+                self.log.info(
+                    "Client {client_id} at {peer} sent ERROR {code}: {text} "
+                    "({skipped} client ERRORs not logged before this one)",
+                    client_id=self.client_id,
+                    peer=self.peer,
+                    code=frame.code,  # type: ignore[union-attr]
+                    text=untrusted(frame.text),  # type: ignore[union-attr]
+                    skipped=skipped,
+                )
             self.closeWith(None)
             return
         self.protocolError(
             ErrorCode.UNEXPECTED,
             f"{_NAMES[kind]} is not allowed {_WHEN[self.state]}",
         )
+
+    def logProtocolError(self, code: ErrorCode, text: str) -> None:
+        """The base class's warning, throttled across the server's connections
+        (whoever sends garbage decides how often this runs)."""
+        skipped = self.hub.protocol_errors_log.allow()
+        if skipped is not None:
+            self.log.warn(
+                "Closing connection from {peer} with ERROR {code.name}: {text} "
+                "({skipped} protocol errors not logged before this one)",
+                peer=self._peer(),
+                code=code,
+                text=untrusted(text),
+                skipped=skipped,
+            )
 
     # --- IPushProducer: the transport's write buffer ---------------------------
 
