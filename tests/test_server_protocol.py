@@ -10,8 +10,8 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.hub import LOG_BURST, LOG_INTERVAL
-from pigeonpush.server.protocol import State
-from pigeonpush.wire.codec import ENCODED_PING
+from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.wire.codec import ENCODED_PING, encode
 from pigeonpush.wire.frames import (
     PING,
     PONG,
@@ -28,7 +28,14 @@ from pigeonpush.wire.frames import (
     Push,
 )
 from support.logcheck import FailureCollector
-from support.server_harness import OTHER_SERVER, SERVER, Harness, result_of
+from support.server_harness import (
+    OTHER_SERVER,
+    SERVER,
+    Device,
+    DeviceTransport,
+    Harness,
+    result_of,
+)
 
 # --- AUTH ---------------------------------------------------------------------------
 
@@ -132,9 +139,11 @@ def test_auth_fail_with_a_paused_producer_still_closes() -> None:
     """A transport does not close while a paused producer is registered."""
     harness = Harness()
     device = harness.connect()
+    harness.store.gated.add("bind_session")
+    device.send(Auth("alice", "no-such-token"))
     device.transport.producer.pauseProducing()
 
-    device.send(Auth("alice", "no-such-token"))
+    harness.store.open("bind_session")
 
     assert device.closing
     assert device.transport.producer is None
@@ -299,6 +308,135 @@ def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
 
     assert device.received() == []
     assert device.closing
+
+
+# --- the frame rate and the paused reader --------------------------------------------
+
+
+def _pongs(device: Device) -> int:
+    frames = device.received()
+    assert all(frame == PONG for frame in frames), frames
+    return len(frames)
+
+
+def test_a_ping_flood_is_read_at_the_frame_rate_then_closed() -> None:
+    # (steps of 1/8 s: exact on the clock)
+    harness = Harness(frame_rate=8, frame_burst=20, frame_abuse_time=5)
+    alice = harness.login("alice")  # AUTH took one token
+
+    alice.send_bytes(ENCODED_PING * 10_000)
+
+    assert _pongs(alice) == 19  # the burst; the rest waits, unread
+    assert alice.transport.producerState == "paused"
+    harness.clock.advance(0.125)
+    assert _pongs(alice) == 1
+    harness.clock.pump([0.125] * 8)
+    assert _pongs(alice) == 8  # 8 frames per second
+    harness.clock.pump([0.125] * 30)
+    assert _pongs(alice) == 30
+    assert not alice.closing
+    harness.clock.advance(0.125)  # 5 s over the rate: abuse
+    assert alice.received() == [
+        PONG,
+        Error(ErrorCode.RATE_LIMITED, "over 8 frames per second for 5 s"),
+    ]
+    assert alice.closing
+    alice.lose()
+    assert [call for call in harness.clock.getDelayedCalls() if call.active()] == []
+
+
+def test_a_client_within_the_rate_is_never_paused() -> None:
+    harness = Harness(frame_rate=10, frame_burst=20, frame_abuse_time=5)
+    alice = harness.login("alice")
+    alice.send_bytes(ENCODED_PING * 19)  # one burst
+    assert _pongs(alice) == 19
+    for _ in range(600):  # then 9 PINGs a second for a minute
+        harness.clock.advance(1 / 9)
+        alice.send(PING)
+        assert _pongs(alice) == 1
+    assert not alice.closing
+
+
+def test_a_burst_over_the_limit_is_read_late_but_whole() -> None:
+    harness = Harness(frame_rate=10, frame_burst=5, frame_abuse_time=5)
+    alice = harness.login("alice")
+    alice.send_bytes(ENCODED_PING * 30)
+    assert _pongs(alice) == 4
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    alice.send(PING)  # in the same pause: queued behind the others
+    harness.clock.pump([0.1] * 30)
+    assert _pongs(alice) == 27
+    assert alice.transport.producerState == "producing"
+    assert not alice.closing
+
+
+def test_frames_before_auth_count_too() -> None:
+    harness = Harness(frame_rate=10, frame_burst=3)
+    device = harness.connect()
+    device.send_bytes(encode(Auth("alice", harness.issue("alice"))) + ENCODED_PING * 10)
+    assert isinstance(device.received()[0], AuthOk)  # the AUTH; its PINGs wait
+    assert device.transport.producerState == "paused"
+
+
+def test_acks_of_pushes_in_flight_are_free_other_acks_are_not() -> None:
+    harness = Harness(frame_rate=1, frame_burst=3, ack_window=64)
+    alice = harness.login("alice")
+    items = [PushItem("alice", f"m{n:03d}", "t", "x") for n in range(60)]
+    assert result_of(harness.hub.push(items)) == [PushStatus.WRITTEN] * 60
+    alice.received()
+
+    alice.send_bytes(b"".join(encode(Ack(item.message_id)) for item in items))
+
+    assert alice.proto.in_flight == {}
+    assert alice.transport.producerState == "producing"
+    alice.send_bytes(b"".join(encode(Ack(f"old-{n}")) for n in range(5)))
+    assert alice.transport.producerState == "paused"
+
+
+class _FillingTransport(DeviceTransport):
+    """Pauses its producer once ``limit`` bytes wait, as a TCP transport does
+    when the client does not read."""
+
+    limit = 50
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) >= self.limit and self.producerState == "producing":
+            self.producer.pauseProducing()
+
+
+def test_a_client_that_does_not_read_is_not_read_either() -> None:
+    """The frames already received wait too: PINGs cannot pile up PONGs
+    behind a full socket."""
+    harness = Harness(frame_burst=100_000)
+    token = harness.issue("alice")
+    proto = ServerProtocol(harness.hub)
+    transport = _FillingTransport()
+    proto.makeConnection(transport)
+    device = Device(proto, transport)
+    device.send(Auth("alice", token))
+    assert isinstance(device.received()[0], AuthOk)
+
+    device.send_bytes(ENCODED_PING * 1000)
+
+    assert _pongs(device) == 10  # 50 bytes of PONGs: the socket is full
+    assert proto.write_paused and transport.producerState == "paused"
+    proto.resumeProducing()  # the client read: what was left is read now
+    assert _pongs(device) == 10
+    answered = 20
+    for _ in range(200):
+        if not proto.write_paused:
+            break
+        proto.resumeProducing()
+        answered += _pongs(device)
+    assert answered == 1000
+    proto.resumeProducing()
+    assert transport.producerState == "producing"
+    device.send(PING)
+    assert _pongs(device) == 1
 
 
 # --- what peers put in the log -------------------------------------------------------

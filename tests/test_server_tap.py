@@ -60,10 +60,13 @@ def test_every_option_is_documented_with_a_default() -> None:
         "capacity",
         "drain-period",
         "session-ttl",
+        "frame-rate",
+        "frame-burst",
+        "frame-abuse-time",
         "metrics",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 17
+    assert text.count("[default:") == 20
 
 
 def test_values_are_parsed() -> None:
@@ -103,6 +106,11 @@ def test_values_are_parsed() -> None:
         (["--ack-window=0"], "--ack-window must be 1 to 65535, not 0"),
         (["--capacity=0"], "--capacity must be at least 1, not 0"),
         (["--drain-period=-5"], "--drain-period must be zero or a positive number"),
+        (["--frame-rate=0"], "--frame-rate must be a positive number of frames per second"),
+        (["--frame-rate=inf"], "--frame-rate must be a positive number of frames per second"),
+        (["--frame-rate=fast"], "--frame-rate must be a number, not 'fast'"),
+        (["--frame-burst=0"], "--frame-burst must be at least 1, not 0"),
+        (["--frame-abuse-time=0"], "--frame-abuse-time must be a positive number of seconds"),
         (["--listen=tcp:notaport"], "--listen must be a server endpoint such as tcp:7100"),
         (["--rpc=carrier-pigeon:7101"], "--rpc must be a server endpoint"),
         (["--metrics=tcp"], "--metrics must be a server endpoint"),
