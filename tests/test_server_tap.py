@@ -106,6 +106,15 @@ def test_values_are_parsed() -> None:
         (["--ack-window=0"], "--ack-window must be 1 to 65535, not 0"),
         (["--capacity=0"], "--capacity must be at least 1, not 0"),
         (["--drain-period=-5"], "--drain-period must be zero or a positive number"),
+        (
+            ["--redis=redis://127.0.0.1:6379/0?timeout=10"],
+            "--redis: the store timeout (10 s, ?timeout=) must be shorter than "
+            "--auth-timeout (10 s)",
+        ),
+        (
+            ["--auth-timeout=2"],
+            "--redis: the store timeout (3 s, ?timeout=) must be shorter than --auth-timeout",
+        ),
         (["--frame-rate=0"], "--frame-rate must be a positive number of frames per second"),
         (["--frame-rate=inf"], "--frame-rate must be a positive number of frames per second"),
         (["--frame-rate=fast"], "--frame-rate must be a number, not 'fast'"),

@@ -23,6 +23,7 @@ from pigeonpush.options import (
     check_discovery_spec,
     check_endpoint,
     check_node_id,
+    check_store_timeout,
     check_store_url,
     zookeeper_timeout,
 )
@@ -194,6 +195,14 @@ class Options(usage.Options):
         if self["node-id"] is not None:
             check_node_id("--node-id", self["node-id"])
         check_store_url("--redis", self["redis"])
+        # A device waiting on a stopped Redis gets AUTH_FAIL UNAVAILABLE, not
+        # ERROR TIMEOUT: the store gives up first.
+        check_store_timeout(
+            "--redis",
+            self["redis"],
+            shorter_than=self.settings.auth_timeout,
+            what="--auth-timeout",
+        )
         check_discovery_spec("--zookeeper", self["zookeeper"])
         self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
 

@@ -50,7 +50,6 @@ from pigeonpush.store.redis_connection import (
 
 T = TypeVar("T")
 
-DEFAULT_REPLY_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Blocking-read connections kept open between ``consume`` calls.
 IDLE_BLOCKING_CONNECTIONS = 2
@@ -66,7 +65,10 @@ log = Logger()
 
 
 class RedisStore:
-    """The store on Redis. Connects on first use; ``close`` releases everything."""
+    """The store on Redis. Connects on first use; ``close`` releases everything.
+
+    ``reply_timeout`` bounds each call's wait for Redis, a (re)connection
+    included (default: the URL's ``?timeout=``, ``address.DEFAULT_TIMEOUT``)."""
 
     def __init__(
         self,
@@ -74,7 +76,7 @@ class RedisStore:
         reactor: Any,
         *,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
-        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        reply_timeout: float | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.address = address
@@ -82,7 +84,9 @@ class RedisStore:
         self._idempotency_ms = checks.milliseconds(
             checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
         )
-        self._reply_timeout = checks.positive_seconds(reply_timeout, "reply_timeout")
+        self._reply_timeout = checks.positive_seconds(
+            address.timeout if reply_timeout is None else reply_timeout, "reply_timeout"
+        )
         self._connect_timeout = checks.positive_seconds(connect_timeout, "connect_timeout")
         self._endpoint = redis_endpoint(reactor, address, self._connect_timeout)
         self._main = self._connection(scripts.ALL)
