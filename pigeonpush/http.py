@@ -51,6 +51,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from pigeonpush.logsafe import untrusted
+
 log = Logger()
 
 JSON_CONTENT_TYPE = b"application/json"
@@ -314,8 +316,8 @@ def serve(request: Request, handler: Handler) -> int:
         except Exception:
             log.failure(
                 "Unhandled error answering {method} {path}",
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("ascii", "replace"),
+                method=untrusted(request.method),
+                path=untrusted(request.path),
             )
             body = write_error(request, INTERNAL_ERROR)
         if gone:

@@ -56,6 +56,21 @@ def check_store_url(option: str, url: str) -> None:
         raise usage.UsageError(f"{option}: {e}") from None
 
 
+def check_store_timeout(option: str, url: str, *, shorter_than: float, what: str) -> None:
+    """A Redis URL's call timeout (``?timeout=``) is shorter than ``what``
+    (``shorter_than`` seconds), the timeout that wraps store calls: else the
+    outer one fires first and a stopped Redis looks like a timeout rather
+    than an unavailable store. Call after ``check_store_url``."""
+    if url in MEMORY_STORE_URLS:
+        return
+    timeout = parse_redis_url(url).timeout
+    if timeout >= shorter_than:
+        raise usage.UsageError(
+            f"{option}: the store timeout ({timeout:g} s, ?timeout=) must be shorter than "
+            f"{what} ({shorter_than:g} s)"
+        )
+
+
 def check_discovery_spec(option: str, spec: str) -> None:
     """A ZooKeeper hosts string or a ``static:`` spec."""
     try:

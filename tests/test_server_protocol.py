@@ -3,10 +3,15 @@ replaced logins and the conditional cleanup (StringTransport + Clock)."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Sequence
 
-from pigeonpush.server.protocol import State
-from pigeonpush.wire.codec import ENCODED_PING
+import pytest
+from twisted.logger import LogEvent, capturedLogs, formatEvent
+
+from pigeonpush.rpc import PushItem, PushStatus
+from pigeonpush.server.hub import LOG_BURST, LOG_INTERVAL
+from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.wire.codec import ENCODED_PING, encode
 from pigeonpush.wire.frames import (
     PING,
     PONG,
@@ -23,7 +28,14 @@ from pigeonpush.wire.frames import (
     Push,
 )
 from support.logcheck import FailureCollector
-from support.server_harness import OTHER_SERVER, SERVER, Harness, result_of
+from support.server_harness import (
+    OTHER_SERVER,
+    SERVER,
+    Device,
+    DeviceTransport,
+    Harness,
+    result_of,
+)
 
 # --- AUTH ---------------------------------------------------------------------------
 
@@ -127,9 +139,11 @@ def test_auth_fail_with_a_paused_producer_still_closes() -> None:
     """A transport does not close while a paused producer is registered."""
     harness = Harness()
     device = harness.connect()
+    harness.store.gated.add("bind_session")
+    device.send(Auth("alice", "no-such-token"))
     device.transport.producer.pauseProducing()
 
-    device.send(Auth("alice", "no-such-token"))
+    harness.store.open("bind_session")
 
     assert device.closing
     assert device.transport.producer is None
@@ -296,6 +310,204 @@ def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
     assert device.closing
 
 
+# --- the frame rate and the paused reader --------------------------------------------
+
+
+def _pongs(device: Device) -> int:
+    frames = device.received()
+    assert all(frame == PONG for frame in frames), frames
+    return len(frames)
+
+
+def test_a_ping_flood_is_read_at_the_frame_rate_then_closed() -> None:
+    # (steps of 1/8 s: exact on the clock)
+    harness = Harness(frame_rate=8, frame_burst=20, frame_abuse_time=5)
+    alice = harness.login("alice")  # AUTH took one token
+
+    alice.send_bytes(ENCODED_PING * 10_000)
+
+    assert _pongs(alice) == 19  # the burst; the rest waits, unread
+    assert alice.transport.producerState == "paused"
+    harness.clock.advance(0.125)
+    assert _pongs(alice) == 1
+    harness.clock.pump([0.125] * 8)
+    assert _pongs(alice) == 8  # 8 frames per second
+    harness.clock.pump([0.125] * 30)
+    assert _pongs(alice) == 30
+    assert not alice.closing
+    harness.clock.advance(0.125)  # 5 s over the rate: abuse
+    assert alice.received() == [
+        PONG,
+        Error(ErrorCode.RATE_LIMITED, "over 8 frames per second for 5 s"),
+    ]
+    assert alice.closing
+    alice.lose()
+    assert [call for call in harness.clock.getDelayedCalls() if call.active()] == []
+
+
+def test_a_client_within_the_rate_is_never_paused() -> None:
+    harness = Harness(frame_rate=10, frame_burst=20, frame_abuse_time=5)
+    alice = harness.login("alice")
+    alice.send_bytes(ENCODED_PING * 19)  # one burst
+    assert _pongs(alice) == 19
+    for _ in range(600):  # then 9 PINGs a second for a minute
+        harness.clock.advance(1 / 9)
+        alice.send(PING)
+        assert _pongs(alice) == 1
+    assert not alice.closing
+
+
+def test_a_burst_over_the_limit_is_read_late_but_whole() -> None:
+    harness = Harness(frame_rate=10, frame_burst=5, frame_abuse_time=5)
+    alice = harness.login("alice")
+    alice.send_bytes(ENCODED_PING * 30)
+    assert _pongs(alice) == 4
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    harness.clock.advance(1)
+    alice.send(PING)  # in the same pause: queued behind the others
+    harness.clock.pump([0.1] * 30)
+    assert _pongs(alice) == 27
+    assert alice.transport.producerState == "producing"
+    assert not alice.closing
+
+
+def test_frames_before_auth_count_too() -> None:
+    harness = Harness(frame_rate=10, frame_burst=3)
+    device = harness.connect()
+    device.send_bytes(encode(Auth("alice", harness.issue("alice"))) + ENCODED_PING * 10)
+    assert isinstance(device.received()[0], AuthOk)  # the AUTH; its PINGs wait
+    assert device.transport.producerState == "paused"
+
+
+def test_acks_of_pushes_in_flight_are_free_other_acks_are_not() -> None:
+    harness = Harness(frame_rate=1, frame_burst=3, ack_window=64)
+    alice = harness.login("alice")
+    items = [PushItem("alice", f"m{n:03d}", "t", "x") for n in range(60)]
+    assert result_of(harness.hub.push(items)) == [PushStatus.WRITTEN] * 60
+    alice.received()
+
+    alice.send_bytes(b"".join(encode(Ack(item.message_id)) for item in items))
+
+    assert alice.proto.in_flight == {}
+    assert alice.transport.producerState == "producing"
+    alice.send_bytes(b"".join(encode(Ack(f"old-{n}")) for n in range(5)))
+    assert alice.transport.producerState == "paused"
+
+
+class _FillingTransport(DeviceTransport):
+    """Pauses its producer once ``limit`` bytes wait, as a TCP transport does
+    when the client does not read."""
+
+    limit = 50
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) >= self.limit and self.producerState == "producing":
+            self.producer.pauseProducing()
+
+
+def test_a_client_that_does_not_read_is_not_read_either() -> None:
+    """The frames already received wait too: PINGs cannot pile up PONGs
+    behind a full socket."""
+    harness = Harness(frame_burst=100_000)
+    token = harness.issue("alice")
+    proto = ServerProtocol(harness.hub)
+    transport = _FillingTransport()
+    proto.makeConnection(transport)
+    device = Device(proto, transport)
+    device.send(Auth("alice", token))
+    assert isinstance(device.received()[0], AuthOk)
+
+    device.send_bytes(ENCODED_PING * 1000)
+
+    assert _pongs(device) == 10  # 50 bytes of PONGs: the socket is full
+    assert proto.write_paused and transport.producerState == "paused"
+    proto.resumeProducing()  # the client read: what was left is read now
+    assert _pongs(device) == 10
+    answered = 20
+    for _ in range(200):
+        if not proto.write_paused:
+            break
+        proto.resumeProducing()
+        answered += _pongs(device)
+    assert answered == 1000
+    proto.resumeProducing()
+    assert transport.producerState == "producing"
+    device.send(PING)
+    assert _pongs(device) == 1
+
+
+# --- what peers put in the log -------------------------------------------------------
+
+FORGED = "\x1b[2J\x00\r\n2026-01-01 [pigeonpush] AUTH of admin accepted\n"
+
+
+def _fields(events: Sequence[LogEvent]) -> list[str]:
+    """Every string field of the events that a peer could have chosen."""
+    return [
+        value
+        for event in events
+        for key, value in event.items()
+        if isinstance(value, str) and not key.startswith("log_")
+    ]
+
+
+def test_refused_auths_log_a_short_escaped_client_id_a_few_times_per_interval() -> None:
+    harness = Harness()
+    client_id = FORGED + "x" * 8000
+    with capturedLogs() as events:
+        for _ in range(100):
+            device = harness.connect()
+            device.send(Auth(client_id, "no-such-token"))
+            assert device.received() == [
+                AuthFail(AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+            ]
+            device.lose()
+    refusals = [event for event in events if "refused" in event["log_format"]]
+    assert len(refusals) == LOG_BURST
+    for value in _fields(refusals):
+        assert len(value) < 250 and value.isprintable(), value
+    assert "\\x1b[2J\\x00\\r\\n2026" in refusals[0]["client_id"]
+
+    harness.clock.advance(LOG_INTERVAL)
+    with capturedLogs() as events:
+        device = harness.connect()
+        device.send(Auth("bob", "no-such-token"))
+    [refusal] = [event for event in events if "refused" in event["log_format"]]
+    assert refusal["skipped"] == 100 - LOG_BURST
+    assert "95 refusals not logged" in formatEvent(refusal)
+
+
+def test_a_client_error_text_is_logged_short_escaped_and_throttled() -> None:
+    harness = Harness()
+    with capturedLogs() as events:
+        for _ in range(50):
+            device = harness.connect()
+            device.send(Error(ErrorCode.INTERNAL, FORGED * 20))
+            assert device.closing
+            device.lose()
+    logged = [event for event in events if "sent ERROR" in event["log_format"]]
+    assert len(logged) == LOG_BURST
+    for value in _fields(logged):
+        assert len(value) < 250 and value.isprintable(), value
+
+
+def test_protocol_errors_are_logged_escaped_and_throttled() -> None:
+    harness = Harness()
+    with capturedLogs() as events:
+        for _ in range(50):
+            device = harness.connect()
+            device.send_bytes(b"\x00\x00\x00\x02\xee\n")
+            assert isinstance(device.received()[0], Error)
+            device.lose()
+    logged = [event for event in events if "with ERROR" in event["log_format"]]
+    assert len(logged) == LOG_BURST
+    for value in _fields(logged):
+        assert value.isprintable(), value
+
+
 def test_ping_gets_pong_and_nothing_else() -> None:
     harness = Harness(pulls=False)
     device = harness.login("alice")
@@ -387,6 +599,32 @@ def test_a_second_login_replaces_the_first() -> None:
     assert harness.store.calls.get("end_session") is None
     second.send(PING)
     assert second.received() == [PONG]
+
+
+def test_a_replayed_token_gets_bad_token_and_the_victim_keeps_its_session() -> None:
+    """A token is single-use: whoever replays a live session's (clientId,
+    token) gets AUTH_FAIL BAD_TOKEN, and the session neither gets a KICK nor
+    loses its messages."""
+    harness = Harness()
+    token = harness.issue("alice")
+    victim = harness.connect()
+    victim.send(Auth("alice", token))
+    assert isinstance(victim.received()[0], AuthOk)
+    attacker = harness.connect()
+
+    attacker.send(Auth("alice", token))
+
+    assert attacker.received() == [
+        AuthFail(AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+    ]
+    assert attacker.closing
+    attacker.lose()
+    assert victim.received() == []
+    assert not victim.closing
+    assert harness.hub.channels == {"alice": victim.proto}
+    assert harness.route("alice") == SERVER
+    assert harness.push(PushItem("alice", "m1", "t", "x")) == [PushStatus.WRITTEN]
+    assert victim.received() == [Push("m1", "t", "x")]
 
 
 def test_a_relogin_with_the_same_token_keeps_the_session_when_the_old_one_closes() -> None:

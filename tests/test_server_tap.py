@@ -68,10 +68,13 @@ def test_every_option_is_documented_with_a_default() -> None:
         "capacity",
         "drain-period",
         "session-ttl",
+        "frame-rate",
+        "frame-burst",
+        "frame-abuse-time",
         "metrics",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 20
+    assert text.count("[default:") == 23
 
 
 def test_values_are_parsed() -> None:
@@ -117,6 +120,20 @@ def test_values_are_parsed() -> None:
         (["--max-attempts=0"], "--max-attempts must be 1 to 1000, not 0"),
         (["--max-attempts=2.5"], "--max-attempts must be a whole number, not '2.5'"),
         (["--drain-period=-5"], "--drain-period must be zero or a positive number"),
+        (
+            ["--redis=redis://127.0.0.1:6379/0?timeout=10"],
+            "--redis: the store timeout (10 s, ?timeout=) must be shorter than "
+            "--auth-timeout (10 s)",
+        ),
+        (
+            ["--auth-timeout=2"],
+            "--redis: the store timeout (3 s, ?timeout=) must be shorter than --auth-timeout",
+        ),
+        (["--frame-rate=0"], "--frame-rate must be a positive number of frames per second"),
+        (["--frame-rate=inf"], "--frame-rate must be a positive number of frames per second"),
+        (["--frame-rate=fast"], "--frame-rate must be a number, not 'fast'"),
+        (["--frame-burst=0"], "--frame-burst must be at least 1, not 0"),
+        (["--frame-abuse-time=0"], "--frame-abuse-time must be a positive number of seconds"),
         (["--listen=tcp:notaport"], "--listen must be a server endpoint such as tcp:7100"),
         (["--rpc=carrier-pigeon:7101"], "--rpc must be a server endpoint"),
         (["--metrics=tcp"], "--metrics must be a server endpoint"),

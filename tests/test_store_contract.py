@@ -15,6 +15,7 @@ from pigeonpush.store import (
     Message,
     Notification,
     StoreError,
+    keys,
 )
 from support.stores import StoreCase
 
@@ -59,6 +60,9 @@ async def test_bind_session_needs_the_current_token(store_case: StoreCase) -> No
     assert await store.bind_session("alice", "token-2", "10.0.0.1:7101", 60) is True
     assert await store.route("alice") == "10.0.0.1:7101"
     assert await store.token("alice") == "token-2"
+    # Used: the same token binds no second session.
+    assert await store.bind_session("alice", "token-2", "10.0.0.2:7101", 60) is False
+    assert await store.route("alice") == "10.0.0.1:7101"
 
 
 @pytest_twisted.ensureDeferred
@@ -135,17 +139,46 @@ async def test_stale_cleanup_after_a_newer_login_leaves_the_newer_session(
 
 
 @pytest_twisted.ensureDeferred
-async def test_stale_cleanup_after_a_rebind_elsewhere_with_the_same_token(
-    store_case: StoreCase,
+async def test_a_used_token_binds_no_second_session(store_case: StoreCase) -> None:
+    """Tokens are single-use: a replay of a live session's token, on this
+    server or another, binds nothing, and the session keeps its cleanup and
+    its refreshes."""
+    store = store_case.store
+    ttl = store_case.ttl
+    await store.issue_token("alice", "token-1", 60)
+    assert await store.bind_session("alice", "token-1", "server-a", ttl)
+    assert await store.bind_session("alice", "token-1", "server-b", 60) is False
+    assert await store.bind_session("alice", "token-1", "server-a", 60) is False
+    # Nor does the used token's stored spelling bind.
+    assert await store.bind_session("alice", keys.BOUND + "token-1", "server-b", 60) is False
+    assert await store.route("alice") == "server-a"
+    assert await store.token("alice") == "token-1"
+    # A stale cleanup from elsewhere leaves the session alone.
+    assert await store.end_session("alice", "token-1", "server-b") is False
+    await store.refresh_sessions(["alice"], 10 * ttl)
+    await store_case.advance(1.5 * ttl)
+    assert await store.route("alice") == "server-a"
+    assert await store.bind_session("alice", "token-1", "server-b", 60) is False
+    assert await store.end_session("alice", "token-1", "server-a") is True
+    assert await store.token("alice") is None
+    assert await store.route("alice") is None
+    # Gone: the token does not come back to life either.
+    assert await store.bind_session("alice", "token-1", "server-a", 60) is False
+    # A new token from reglog binds a new session.
+    await store.issue_token("alice", "token-2", 60)
+    assert await store.bind_session("alice", "token-2", "server-b", 60)
+    assert await store.route("alice") == "server-b"
+
+
+@pytest.mark.parametrize("token", ["", keys.BOUND, keys.BOUND + "token-1"])
+@pytest_twisted.ensureDeferred
+async def test_issue_token_refuses_a_token_spelled_as_used(
+    store_case: StoreCase, token: str
 ) -> None:
     store = store_case.store
-    await store.issue_token("alice", "token-1", 60)
-    assert await store.bind_session("alice", "token-1", "server-a", 60)
-    # A reconnect with the same token landed on server B first.
-    assert await store.bind_session("alice", "token-1", "server-b", 60)
-    assert await store.end_session("alice", "token-1", "server-a") is False
-    assert await store.token("alice") == "token-1"
-    assert await store.route("alice") == "server-b"
+    with pytest.raises(ValueError, match="a token must not be empty nor start with"):
+        await store.issue_token("alice", token, 60)
+    assert await store.token("alice") is None
 
 
 @pytest_twisted.ensureDeferred

@@ -87,3 +87,32 @@ def test_close_cancels_the_wait_timers() -> None:
     waiting.addErrback(lambda failure: failure.trap(Exception))
     store.close()
     assert clock.getDelayedCalls() == []
+
+
+def test_the_expiry_heap_follows_the_live_keys() -> None:
+    """A finished login (token, bind, refreshes, cleanup) leaves no heap entry
+    behind for its session TTL: the heap stays within about two entries per
+    live key, however many logins came and went."""
+    from pigeonpush.store.expiring import MIN_COMPACT
+
+    store, clock = _store()
+    for i in range(20_000):
+        client = f"client-{i % 50}"  # 50 devices logging in and out again and again
+        token = f"token-{i}"
+        store.issue_token(client, token, 300)
+        store.bind_session(client, token, "server-a", 86400)
+        store.refresh_sessions([client], 86400)
+        store.end_session(client, token, "server-a")
+        clock.advance(0.001)
+    store.issue_token("keeper", "t", 86400)
+    assert store.size() == 1
+    assert len(store._expiries) <= MIN_COMPACT
+
+    live = [f"live-{i}" for i in range(3000)]
+    for client in live:
+        store.issue_token(client, "t", 300)
+        store.bind_session(client, "t", "server-a", 86400)
+    for _ in range(5):
+        store.refresh_sessions(live, 86400)
+    assert store.size() == 1 + 2 * len(live)
+    assert len(store._expiries) <= max(MIN_COMPACT, 2 * store.size())

@@ -118,7 +118,7 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
     async def ttl(key: str) -> float:
         return int(await raw("PTTL", key)) / 1000
 
-    assert await raw("GET", "PIGEON:AUTH:alice") == "token-1"
+    assert await raw("GET", "PIGEON:AUTH:alice") == "bound:token-1"  # used by a session
     assert 590 < await ttl("PIGEON:AUTH:alice") <= 600  # the session TTL
     assert await raw("GET", "PIGEON:ROUTE:alice") == "10.0.0.7:7101"
     assert 590 < await ttl("PIGEON:ROUTE:alice") <= 600

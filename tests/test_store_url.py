@@ -27,6 +27,7 @@ from pigeonpush.store.redis import RedisStore
             "rediss://h/0?ssl_ca_certs=/etc/ca.pem",
             RedisAddress("h", tls=True, ca_certs="/etc/ca.pem"),
         ),
+        ("redis://h/0?timeout=0.5", RedisAddress("h", timeout=0.5)),
     ],
 )
 def test_redis_urls(url: str, address: RedisAddress) -> None:
@@ -44,7 +45,11 @@ def test_redis_urls(url: str, address: RedisAddress) -> None:
         ("redis://h:6379/zero", "the path must be a database number, not '/zero'"),
         ("redis://h:6379/0/1", "the path must be a database number"),
         ("redis://h:6379/-1", "the path must be a database number"),
-        ("redis://h/0?timeout=3", "unknown option 'timeout'"),
+        ("redis://h/0?db=3", "unknown option 'db'"),
+        ("redis://h/0?timeout=0", "timeout must be a positive number of seconds, not '0'"),
+        ("redis://h/0?timeout=-1", "timeout must be a positive number of seconds"),
+        ("redis://h/0?timeout=inf", "timeout must be a positive number of seconds"),
+        ("redis://h/0?timeout=soon", "timeout must be a positive number of seconds, not 'soon'"),
         ("redis://h/0?ssl_ca_certs=/ca.pem", "ssl_ca_certs needs rediss://"),
         ("redis://user@h/0", "a user name needs a password"),
         ("redis://h/0#frag", "unexpected #frag"),
@@ -116,3 +121,11 @@ def test_open_store_refuses_a_bad_idempotency_ttl(ttl: float) -> None:
     for url in ("memory:", "redis://h/0"):
         with pytest.raises(ValueError, match="idempotency_ttl must be a positive number"):
             open_store(url, reactor, idempotency_ttl=ttl)
+
+
+def test_the_store_timeout_defaults_well_below_the_auth_timeout() -> None:
+    from pigeonpush.server.settings import ServerSettings
+    from pigeonpush.store.address import DEFAULT_TIMEOUT
+
+    assert parse_redis_url("redis://h/0").timeout == DEFAULT_TIMEOUT
+    assert ServerSettings().auth_timeout / 2 >= DEFAULT_TIMEOUT

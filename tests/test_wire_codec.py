@@ -237,7 +237,7 @@ def decode_error(hex_payload: str) -> DecodeError:
         ("02 00007530 00002000 00000020 00", ErrorCode.MALFORMED, "AUTH_OK: 1 byte after"),
         ("03 00 0000", ErrorCode.MALFORMED, "AUTH_FAIL: unknown code 0"),
         ("08 04 0000", ErrorCode.MALFORMED, "KICK: unknown code 4"),
-        ("09 07 0000", ErrorCode.MALFORMED, "ERROR: unknown code 7"),
+        ("09 08 0000", ErrorCode.MALFORMED, "ERROR: unknown code 8"),
         ("09 01", ErrorCode.MALFORMED, "ERROR: text length is cut short"),
     ],
 )

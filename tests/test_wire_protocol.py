@@ -484,3 +484,17 @@ async def test_over_tcp_garbage_closes_only_that_connection() -> None:
         await wait_for(lambda: all(s.closing for s in servers), timeout=10, what="server close")
     finally:
         await port.stopListening()
+
+
+def test_the_logged_error_text_is_escaped_and_cut_the_sent_one_is_not(
+    events: list[LogEvent],
+) -> None:
+    protocol, transport = connected()
+    text = "forged\n2026-01-01 line\x1b[0m" + "x" * 400
+
+    protocol.protocolError(ErrorCode.MALFORMED, text)
+
+    assert written(transport) == [Error(ErrorCode.MALFORMED, text)]
+    [warning] = warnings_of(events, protocol)
+    assert warning["text"].startswith("forged\\n2026-01-01 line\\x1b[0m")
+    assert warning["text"].isprintable() and len(warning["text"]) < 200

@@ -26,6 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.logsafe import LogThrottle, untrusted
 from pigeonpush.rpc import PullSource, PushItem, PushStatus
 from pigeonpush.server import metrics
 from pigeonpush.server.acks import AckBatcher
@@ -78,6 +79,11 @@ RETRY_AFTER_MAX = 3600.0
 FAILURE_COUNT_TTL = 7 * 24 * 3600.0
 #: The retry time of a failed message while its failure count is being stored.
 _HELD = float("inf")
+#: Refused AUTHs, client ERRORs and protocol errors: at most LOG_BURST lines
+#: of each per LOG_INTERVAL seconds (the next line counts those left out;
+#: the metrics count all of them), whatever a peer sends.
+LOG_INTERVAL = 10.0
+LOG_BURST = 5
 
 _KICK_TEXT = {
     KickReason.REPLACED: "the same client logged in again",
@@ -134,6 +140,10 @@ class PushHub:
         #: the one timer of ACK deadlines and redeliveries (None: nothing to watch)
         self._check_timer: IDelayedCall | None = None
         self._check_interval = min(DELIVERY_CHECK_INTERVAL, settings.ack_timeout / 4)
+        #: log throttles of what peers can repeat at will
+        self.refusals_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
+        self.client_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
+        self.protocol_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
 
     # --- connections -------------------------------------------------------------
 
@@ -237,9 +247,15 @@ class PushHub:
                 client_id, token, server, self.settings.session_ttl
             )
         except StoreError as e:
-            self.log.warn(
-                "Cannot check the token of {client_id}: {why}", client_id=client_id, why=str(e)
-            )
+            skipped = self.refusals_log.allow()
+            if skipped is not None:
+                self.log.warn(
+                    "Cannot check the token of {client_id}: {why} "
+                    "({skipped} refusals not logged before this one)",
+                    client_id=untrusted(client_id),
+                    why=str(e),
+                    skipped=skipped,
+                )
             self._refuse(
                 proto, auth, AuthFailCode.UNAVAILABLE, "the server cannot check tokens now"
             )
@@ -267,12 +283,16 @@ class PushHub:
 
     def _refuse(self, proto: ServerProtocol, auth: Auth, code: AuthFailCode, reason: str) -> None:
         metrics.AUTHS.labels(result=code.name.lower()).inc()
-        self.log.info(
-            "AUTH of {client_id} from {peer} refused: {code}",
-            client_id=auth.client_id,
-            peer=proto.peer,
-            code=code.name,
-        )
+        skipped = self.refusals_log.allow()
+        if skipped is not None:
+            self.log.info(
+                "AUTH of {client_id} from {peer} refused: {code} "
+                "({skipped} refusals not logged before this one)",
+                client_id=untrusted(auth.client_id),
+                peer=proto.peer,
+                code=code.name,
+                skipped=skipped,
+            )
         proto.closeWith(AuthFail(code, reason))
 
     def _auth_crashed(self, failure: Failure, proto: ServerProtocol) -> None:

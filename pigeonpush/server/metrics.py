@@ -22,6 +22,11 @@ PUSHES = Counter(
     "Messages handed to the server for a client (Push and pulls), by outcome",
     ["status"],
 )
+RATE_LIMITED = Counter(
+    "pigeonpush_server_rate_limited",
+    "Connections over --frame-rate: reading paused, or closed (ERROR RATE_LIMITED)",
+    ["action"],
+)
 ACKS = Counter(
     "pigeonpush_server_acks",
     "ACK frames received",

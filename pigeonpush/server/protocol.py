@@ -12,6 +12,13 @@ States::
 Before AUTH_OK only one AUTH may be sent; anything else (and a second AUTH) is
 ERROR UNEXPECTED. An ERROR from the client closes the connection without an
 answer.
+
+Reading stops for two reasons, and resumes when neither holds: the client does
+not read (the transport paused the connection as its producer: answers would
+only pile up), and the client sends frames faster than ``frame_rate`` (a token
+bucket of ``frame_burst`` on the hub's clock; an ACK of a PUSH in flight is
+free). Frames already received wait in the buffer meanwhile. A connection
+still over the rate after ``frame_abuse_time`` seconds gets ERROR RATE_LIMITED.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pigeonpush.logsafe import untrusted
+from pigeonpush.server import metrics
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
@@ -59,6 +68,8 @@ _ACTIVE = State.ACTIVE
 _AWAITING_AUTH = State.AWAITING_AUTH
 _ACK_BYTE = bytes((FrameType.ACK,))
 _CLOSING = State.CLOSING
+#: Shortest pause of reading for the frame rate (fewer timers under a flood).
+MIN_THROTTLE = 0.05
 
 
 @implementer(IPushProducer)
@@ -75,8 +86,12 @@ class ServerProtocol(FrameProtocol):
         "pull_more",
         "pulling",
         "state",
+        "throttle",
+        "throttled_since",
         "timer",
         "token",
+        "tokens",
+        "tokens_at",
         "version",
         "waiting",
         "write_paused",
@@ -103,6 +118,13 @@ class ServerProtocol(FrameProtocol):
         self.last_pull = float("-inf")
         #: the one timer: the auth timeout, then (once ACTIVE) the idle timeout
         self.timer: IDelayedCall | None = None
+        #: the frame rate's token bucket: tokens left at ``tokens_at``
+        self.tokens = float(hub.settings.frame_burst)
+        self.tokens_at = hub.clock.seconds()
+        #: resumes reading once the bucket has a token again (None: not throttled)
+        self.throttle: IDelayedCall | None = None
+        #: since when every frame found the bucket empty (None: it did not)
+        self.throttled_since: float | None = None
 
     # --- connection ---------------------------------------------------------------
 
@@ -120,6 +142,7 @@ class ServerProtocol(FrameProtocol):
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        self._cancel_throttle()
         self.state = State.CLOSED
         self.hub.disconnected(self)
 
@@ -167,6 +190,7 @@ class ServerProtocol(FrameProtocol):
             timer, self.timer = self.timer, None
             if timer is not None and timer.active():
                 timer.cancel()
+            self._cancel_throttle()
             transport: Any = self.transport
             if transport is not None:
                 transport.unregisterProducer()
@@ -185,9 +209,75 @@ class ServerProtocol(FrameProtocol):
             except DecodeError:
                 pass
             else:
+                in_flight = self.in_flight
+                asked = in_flight is not None and message_id in in_flight
                 self.handle(self._acked, message_id, "Ack")
+                if not asked:
+                    self._spend(1.0)
                 return
         super().stringReceived(string)
+        self._spend(1.0)
+
+    # --- the frame rate ----------------------------------------------------------
+
+    def _spend(self, cost: float) -> None:
+        """A frame came: take its tokens. When the bucket has none left for
+        the next frame, stop reading until it has (the rest of what was
+        received waits in the buffer); when that has lasted
+        ``frame_abuse_time``, close with ERROR RATE_LIMITED."""
+        if self.closing:
+            return
+        settings = self.hub.settings
+        now = self.hub.clock.seconds()
+        tokens = self.tokens + (now - self.tokens_at) * settings.frame_rate
+        if tokens > settings.frame_burst:
+            tokens = settings.frame_burst
+        tokens -= cost
+        self.tokens = tokens
+        self.tokens_at = now
+        if tokens >= 1.0:
+            self.throttled_since = None
+            return
+        since = self.throttled_since
+        if since is None:
+            self.throttled_since = now
+        elif now - since >= settings.frame_abuse_time:
+            metrics.RATE_LIMITED.labels(action="closed").inc()
+            self.protocolError(
+                ErrorCode.RATE_LIMITED,
+                f"over {settings.frame_rate:g} frames per second for "
+                f"{settings.frame_abuse_time:g} s",
+            )
+            return
+        if self.throttle is None:
+            metrics.RATE_LIMITED.labels(action="paused").inc()
+            wait = max((1.0 - tokens) / settings.frame_rate, MIN_THROTTLE)
+            self.throttle = self.hub.clock.callLater(wait, self._unthrottle)
+            self._reading()
+
+    def _unthrottle(self) -> None:
+        self.throttle = None
+        self._reading()
+
+    def _cancel_throttle(self) -> None:
+        throttle, self.throttle = self.throttle, None
+        if throttle is not None and throttle.active():
+            throttle.cancel()
+
+    def _reading(self) -> None:
+        """Read while the client reads its answers and keeps to the frame
+        rate; else let the transport stop reading and leave what was
+        received in the buffer. Resuming handles that first."""
+        stop = self.write_paused or self.throttle is not None
+        if stop == self.paused or self.closing:
+            return
+        self.paused = stop
+        transport: Any = self.transport
+        if stop:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+            self.dataReceived(b"")
 
     def _acked(self, message_id: str) -> None:
         timer = self.timer
@@ -220,13 +310,17 @@ class ServerProtocol(FrameProtocol):
             self.hub.authenticate(self, frame)  # type: ignore[arg-type]
             return
         if kind is Error:
-            self.log.info(
-                "Client {client_id} at {peer} sent ERROR {code}: {text}",
-                client_id=self.client_id,
-                peer=self.peer,
-                code=frame.code,  # type: ignore[union-attr]
-                text=frame.text,  # type: ignore[union-attr]
-            )
+            skipped = self.hub.client_errors_log.allow()
+            if skipped is not None:
+                self.log.info(
+                    "Client {client_id} at {peer} sent ERROR {code}: {text} "
+                    "({skipped} client ERRORs not logged before this one)",
+                    client_id=self.client_id,
+                    peer=self.peer,
+                    code=frame.code,  # type: ignore[union-attr]
+                    text=untrusted(frame.text),  # type: ignore[union-attr]
+                    skipped=skipped,
+                )
             self.closeWith(None)
             return
         self.protocolError(
@@ -234,21 +328,34 @@ class ServerProtocol(FrameProtocol):
             f"{_NAMES[kind]} is not allowed {_WHEN[self.state]}",
         )
 
+    def logProtocolError(self, code: ErrorCode, text: str) -> None:
+        """The base class's warning, throttled across the server's connections
+        (whoever sends garbage decides how often this runs)."""
+        skipped = self.hub.protocol_errors_log.allow()
+        if skipped is not None:
+            self.log.warn(
+                "Closing connection from {peer} with ERROR {code.name}: {text} "
+                "({skipped} protocol errors not logged before this one)",
+                peer=self._peer(),
+                code=code,
+                text=untrusted(text),
+                skipped=skipped,
+            )
+
     # --- IPushProducer: the transport's write buffer ---------------------------
 
     def pauseProducing(self) -> None:
-        # The client does not read: stop reading it too, so that its PINGs
-        # cannot pile up PONGs in the buffer either.
+        # The client does not read: stop reading it too (the frames already
+        # received included), so that its PINGs cannot pile up PONGs in the
+        # buffer either.
         self.write_paused = True
-        transport: Any = self.transport
-        transport.pauseProducing()
+        self._reading()
 
     def resumeProducing(self) -> None:
         self.write_paused = False
-        transport: Any = self.transport
-        transport.resumeProducing()
         if self.state == _ACTIVE:
             self.hub.writable(self)
+        self._reading()
 
     def stopProducing(self) -> None:
         self.write_paused = True

@@ -44,9 +44,27 @@ class ServerSettings:
     #: a message is dropped from the client's pending messages as failed
     max_attempts: int = 5
 
+    #: frames per second a connection may send, sustained (a token bucket on
+    #: the server's clock); an ACK of a PUSH in flight is free, since the
+    #: server asked for it. Over the limit the server stops reading the
+    #: connection until the bucket has a token again.
+    frame_rate: float = 50.0
+    #: frames a connection may send at once above ``frame_rate`` (the bucket's size)
+    frame_burst: int = 200
+    #: a connection that keeps the server from reading it (always over the
+    #: limit) for this many seconds is closed with ERROR RATE_LIMITED
+    frame_abuse_time: float = 10.0
+
     def check(self) -> ServerSettings:
         """``self`` if every value is usable, else ValueError saying which is not."""
-        for name in ("auth_timeout", "idle_timeout", "heartbeat", "session_ttl", "ack_timeout"):
+        for name in (
+            "auth_timeout",
+            "idle_timeout",
+            "heartbeat",
+            "session_ttl",
+            "ack_timeout",
+            "frame_abuse_time",
+        ):
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
                 raise ValueError(f"{_option(name)} must be a positive number of seconds")
@@ -66,6 +84,13 @@ class ServerSettings:
             raise ValueError(f"--max-attempts must be 1 to {MAX_ATTEMPTS}, not {self.max_attempts}")
         if self.capacity < 1:
             raise ValueError(f"--capacity must be at least 1, not {self.capacity}")
+        if not 0 < self.frame_rate < float("inf"):
+            raise ValueError(
+                f"--frame-rate must be a positive number of frames per second, "
+                f"not {self.frame_rate:g}"
+            )
+        if self.frame_burst < 1:
+            raise ValueError(f"--frame-burst must be at least 1, not {self.frame_burst}")
         if not 0 <= self.drain_period < float("inf"):
             raise ValueError("--drain-period must be zero or a positive number of seconds")
         return self

@@ -24,6 +24,7 @@ from pigeonpush.options import (
     check_discovery_spec,
     check_endpoint,
     check_node_id,
+    check_store_timeout,
     check_store_url,
     client_tls,
     zookeeper_timeout,
@@ -166,6 +167,26 @@ class Options(usage.Options):
             "Seconds AUTH and ROUTE live while a session is bound (refreshed every third).",
         ],
         [
+            "frame-rate",
+            None,
+            f"{_DEFAULTS.frame_rate:g}",
+            "Frames per second a connection may send, sustained (ACKs of PUSHes in "
+            "flight are free); over it the server stops reading the connection for a while.",
+        ],
+        [
+            "frame-burst",
+            None,
+            str(_DEFAULTS.frame_burst),
+            "Frames a connection may send at once above --frame-rate.",
+        ],
+        [
+            "frame-abuse-time",
+            None,
+            f"{_DEFAULTS.frame_abuse_time:g}",
+            "Seconds a connection may stay over --frame-rate before it is closed "
+            "with ERROR RATE_LIMITED.",
+        ],
+        [
             "metrics",
             None,
             "tcp:7102:interface=127.0.0.1",
@@ -188,6 +209,9 @@ class Options(usage.Options):
                 capacity=self._number("capacity", int),
                 drain_period=self._number("drain-period", float),
                 session_ttl=self._number("session-ttl", float),
+                frame_rate=self._number("frame-rate", float, "a number"),
+                frame_burst=self._number("frame-burst", int),
+                frame_abuse_time=self._number("frame-abuse-time", float),
             ).check()
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
@@ -201,17 +225,25 @@ class Options(usage.Options):
         if self["node-id"] is not None:
             check_node_id("--node-id", self["node-id"])
         check_store_url("--redis", self["redis"])
+        # A device waiting on a stopped Redis gets AUTH_FAIL UNAVAILABLE, not
+        # ERROR TIMEOUT: the store gives up first.
+        check_store_timeout(
+            "--redis",
+            self["redis"],
+            shorter_than=self.settings.auth_timeout,
+            what="--auth-timeout",
+        )
         check_discovery_spec("--zookeeper", self["zookeeper"])
         self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
         #: how tls: delivery addresses are verified (pulls)
         self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
 
-    def _number(self, name: str, kind: type[float] | type[int]) -> Any:
+    def _number(self, name: str, kind: type[float] | type[int], what: str = "") -> Any:
         text = self[name]
         try:
             return kind(text)
         except (TypeError, ValueError):
-            what = "a whole number" if kind is int else "a number of seconds"
+            what = what or ("a whole number" if kind is int else "a number of seconds")
             raise ValueError(f"--{name} must be {what}, not {text!r}") from None
 
 

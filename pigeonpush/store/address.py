@@ -1,14 +1,21 @@
-"""Store URLs: ``memory:`` or ``redis[s]://[[user]:password@]host[:port][/db]``."""
+"""Store URLs: ``memory:`` or ``redis[s]://[[user]:password@]host[:port][/db]``,
+with ``?timeout=SECONDS`` and (``rediss://``) ``?ssl_ca_certs=PATH``."""
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
 DEFAULT_REDIS_PORT = 6379
+#: Seconds a store call waits for Redis (connecting included) before it fails
+#: with StoreError. Well below what wraps store calls (the push server's auth
+#: timeout, 10 s; HTTP clients' patience), so that a stopped Redis is
+#: answered as such (AUTH_FAIL UNAVAILABLE, 503) rather than as a timeout.
+DEFAULT_TIMEOUT = 3.0
 #: Query parameters a Redis URL may carry.
-_QUERY_OPTIONS = ("ssl_ca_certs",)
+_QUERY_OPTIONS = ("ssl_ca_certs", "timeout")
 _FORMS = "memory: or redis://[:password@]host:port/db (rediss:// for TLS)"
 
 
@@ -24,6 +31,8 @@ class RedisAddress:
     tls: bool = False
     #: PEM file of the authorities to trust for TLS (default: the system's)
     ca_certs: str | None = None
+    #: seconds a call waits for Redis (``?timeout=``)
+    timeout: float = DEFAULT_TIMEOUT
 
     def __str__(self) -> str:
         """The URL without credentials, for logs and error messages."""
@@ -71,7 +80,19 @@ def parse_redis_url(url: str) -> RedisAddress:
     ca_certs = options.get("ssl_ca_certs") or None
     if ca_certs is not None and parts.scheme != "rediss":
         raise ValueError(f"bad store URL {_redacted(url)!r}: ssl_ca_certs needs rediss://")
+    timeout = DEFAULT_TIMEOUT
+    if "timeout" in options:
+        try:
+            timeout = float(options["timeout"])
+        except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"bad store URL {_redacted(url)!r}: timeout must be a positive number "
+                f"of seconds, not {options['timeout']!r}"
+            )
     return RedisAddress(
+        timeout=timeout,
         host=parts.hostname,
         port=DEFAULT_REDIS_PORT if port is None else port,
         db=db,

@@ -6,7 +6,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pigeonpush.store.keys import BOUND
 from pigeonpush.store.model import Notification
+
+
+def issuable_token(token: str) -> str:
+    """``token`` if AUTH can hold it unused, else ValueError (empty, or
+    spelled like a token a session already used)."""
+    if not token or token.startswith(BOUND):
+        raise ValueError(f"a token must not be empty nor start with {BOUND!r}")
+    return token
 
 
 def positive_seconds(value: float, what: str) -> float:

@@ -45,27 +45,28 @@ class Store(Protocol):
 
     def issue_token(self, client_id: str, token: str, ttl: float) -> Deferred[None]:
         """Set ``PIGEON:AUTH:<clientId>`` to ``token``, expiring after ``ttl`` seconds
-        (replacing any earlier token; ROUTE is left alone)."""
+        (replacing any earlier token, used or not; ROUTE is left alone).
+        ValueError for an empty token or one that starts with ``keys.BOUND``."""
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        """The current token (None: none or expired)."""
+        """The current token, whether a session used it already or not
+        (None: none or expired)."""
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
-        """If AUTH holds ``token``: set ROUTE to ``server`` and give AUTH and ROUTE
-        ``ttl``; atomically. False (nothing written) for a missing, expired or
-        different token. The comparison leaks no timing about the stored token:
-        this is the server's whole check of a client's AUTH, one round trip."""
+        """If AUTH holds ``token`` and no session used it yet: mark it used
+        (it binds no other session), set ROUTE to ``server`` and give AUTH and
+        ROUTE ``ttl``; atomically. False (nothing written) for a missing,
+        expired, different or already used token: a token is single-use, so
+        a replay of a live session's token cannot take the session over. The
+        comparison leaks no timing about the stored token: this is the
+        server's whole check of a client's AUTH, one round trip."""
 
     def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
         """Conditional cleanup of a closed session, atomically: only while AUTH
-        still holds ``token`` and ROUTE holds ``server`` (or nothing), delete
-        both. A stale session's cleanup never erases the session that replaced
-        it, whether the newer one has a new token or the same token bound on
-        another server. True if the session was deleted.
-
-        Two sessions of one token on the *same* server cannot be told apart
-        here: the server's channel table knows which connection is current and
-        calls this only for that one."""
+        still holds ``token`` (used or not) and ROUTE holds ``server`` (or
+        nothing), delete both. A stale session's cleanup never erases the
+        session that replaced it: the newer one has a new token, since a used
+        token binds no second session. True if the session was deleted."""
 
     def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:
         """Set the expiry of AUTH and ROUTE of live sessions to ``ttl`` from now

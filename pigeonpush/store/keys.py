@@ -5,6 +5,10 @@ from __future__ import annotations
 
 PREFIX = "PIGEON:"
 AUTH = PREFIX + "AUTH:"  #: + clientId -> string: the token reglog issued
+#: AUTH holds this followed by the token once a session used the token: the
+#: token stays the session's (for the conditional cleanup) but binds no other
+#: session. Tokens that start with it are refused by ``issue_token``.
+BOUND = "bound:"
 ROUTE = PREFIX + "ROUTE:"  #: + clientId -> string: RPC address of the push server
 WAIT_ACK = PREFIX + "WAIT_ACK:"  #: + clientId -> set of messageIds not yet ACKed
 MSG_BODY = PREFIX + "MSG_BODY:"  #: + messageId -> hash (see BODY_FIELDS)

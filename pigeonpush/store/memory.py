@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from pigeonpush.store import checks
 from pigeonpush.store.expiring import Expiries, ExpiringTable
 from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, StoreError
+from pigeonpush.store.keys import BOUND
 from pigeonpush.store.memory_queue import MemoryQueue
 from pigeonpush.store.model import (
     Accepted,
@@ -95,10 +96,15 @@ class MemoryStore:
 
     def _issue_token(self, client_id: str, token: str, ttl: float) -> None:
         ttl = checks.positive_seconds(ttl, "ttl")
+        checks.issuable_token(token)
         self._auth.set(client_id, token, self._clock.seconds() + ttl)
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        return self._run(self._auth.get, client_id, self._clock.seconds())
+        return self._run(self._token, client_id)
+
+    def _token(self, client_id: str) -> str | None:
+        stored = self._auth.get(client_id, self._clock.seconds())
+        return stored.removeprefix(BOUND) if stored is not None else None
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
         return self._run(self._bind_session, client_id, token, server, ttl)
@@ -107,9 +113,13 @@ class MemoryStore:
         ttl = checks.positive_seconds(ttl, "ttl")
         now = self._clock.seconds()
         stored = self._auth.get(client_id, now)
-        if stored is None or not hmac.compare_digest(stored.encode(), token.encode()):
+        if (
+            stored is None
+            or stored.startswith(BOUND)  # used: single-use tokens bind one session
+            or not hmac.compare_digest(stored.encode(), token.encode())
+        ):
             return False
-        self._auth.expire(client_id, now + ttl, now)
+        self._auth.set(client_id, BOUND + token, now + ttl)
         self._route.set(client_id, server, now + ttl)
         return True
 
@@ -118,7 +128,7 @@ class MemoryStore:
 
     def _end_session(self, client_id: str, token: str, server: str) -> bool:
         now = self._clock.seconds()
-        if self._auth.get(client_id, now) != token:
+        if self._auth.get(client_id, now) not in (token, BOUND + token):
             return False
         route = self._route.get(client_id, now)
         if route is not None and route != server:

@@ -50,7 +50,6 @@ from pigeonpush.store.redis_connection import (
 
 T = TypeVar("T")
 
-DEFAULT_REPLY_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Blocking-read connections kept open between ``consume`` calls.
 IDLE_BLOCKING_CONNECTIONS = 2
@@ -66,7 +65,10 @@ log = Logger()
 
 
 class RedisStore:
-    """The store on Redis. Connects on first use; ``close`` releases everything."""
+    """The store on Redis. Connects on first use; ``close`` releases everything.
+
+    ``reply_timeout`` bounds each call's wait for Redis, a (re)connection
+    included (default: the URL's ``?timeout=``, ``address.DEFAULT_TIMEOUT``)."""
 
     def __init__(
         self,
@@ -74,7 +76,7 @@ class RedisStore:
         reactor: Any,
         *,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
-        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        reply_timeout: float | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.address = address
@@ -82,7 +84,9 @@ class RedisStore:
         self._idempotency_ms = checks.milliseconds(
             checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
         )
-        self._reply_timeout = checks.positive_seconds(reply_timeout, "reply_timeout")
+        self._reply_timeout = checks.positive_seconds(
+            address.timeout if reply_timeout is None else reply_timeout, "reply_timeout"
+        )
         self._connect_timeout = checks.positive_seconds(connect_timeout, "connect_timeout")
         self._endpoint = redis_endpoint(reactor, address, self._connect_timeout)
         self._main = self._connection(scripts.ALL)
@@ -116,10 +120,15 @@ class RedisStore:
 
     async def _issue_token(self, client_id: str, token: str, ttl: float) -> None:
         ms = checks.milliseconds(checks.positive_seconds(ttl, "ttl"))
+        checks.issuable_token(token)
         await self._one("SET", keys.auth(client_id), token, "PX", str(ms))
 
     def token(self, client_id: str) -> Deferred[str | None]:
-        return self._call(self._one, "GET", keys.auth(client_id))
+        return self._call(self._token, client_id)
+
+    async def _token(self, client_id: str) -> str | None:
+        stored = await self._one("GET", keys.auth(client_id))
+        return stored.removeprefix(keys.BOUND) if stored is not None else None
 
     def bind_session(self, client_id: str, token: str, server: str, ttl: float) -> Deferred[bool]:
         return self._call(self._bind_session, client_id, token, server, ttl)
@@ -129,7 +138,7 @@ class RedisStore:
         return await self._flag(
             scripts.BIND_SESSION,
             [keys.auth(client_id), keys.route(client_id)],
-            [token, server, str(ms)],
+            [token, server, str(ms), keys.BOUND],
         )
 
     def end_session(self, client_id: str, token: str, server: str) -> Deferred[bool]:
@@ -137,7 +146,9 @@ class RedisStore:
 
     async def _end_session(self, client_id: str, token: str, server: str) -> bool:
         return await self._flag(
-            scripts.END_SESSION, [keys.auth(client_id), keys.route(client_id)], [token, server]
+            scripts.END_SESSION,
+            [keys.auth(client_id), keys.route(client_id)],
+            [token, server, keys.BOUND],
         )
 
     def refresh_sessions(self, client_ids: Sequence[str], ttl: float) -> Deferred[None]:

@@ -228,6 +228,29 @@ def redis_endpoint(
     return client_endpoint(reactor, address.host, address.port, tls=tls, timeout=connect_timeout)
 
 
+async def _within(
+    waiting: Deferred[RedisProtocol], limit: float, reactor: IReactorTime, address: RedisAddress
+) -> RedisProtocol:
+    """``waiting``'s result, or StoreError after ``limit`` seconds (the
+    connection attempt goes on for the calls that come next)."""
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        waiting.cancel()
+
+    timer = reactor.callLater(limit, expire)
+    try:
+        return await waiting
+    except CancelledError:
+        if not expired:
+            raise  # the caller cancelled
+        raise StoreError(f"Redis at {address} did not answer within {limit:g}s") from None
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
 class RedisConnection:
     """One connection, opened on first use and reopened after it was lost."""
 
@@ -276,10 +299,22 @@ class RedisConnection:
     ) -> list[Reply]:
         if not commands:
             return []
-        protocol = await self._connected()
         limit = self._reply_timeout if timeout is None else timeout
+        started = self._reactor.seconds()
+        connecting = self._connected()
+        if not connecting.called:
+            # (Re)connecting counts against the call's limit too: a Redis that
+            # accepts connections but does not answer (stopped, overloaded)
+            # must not hold the call for a handshake's timeout and then its own.
+            protocol = await _within(connecting, limit, self._reactor, self._address)
+            left = limit - (self._reactor.seconds() - started)
+            if left <= 0:
+                raise StoreError(f"Redis at {self._address} did not answer within {limit:g}s")
+        else:
+            protocol = await connecting
+            left = limit
         batch = protocol.send(commands, protocol.abort if abort_on_cancel else None)
-        timer = self._reactor.callLater(limit, self._time_out, protocol, batch, limit)
+        timer = self._reactor.callLater(left, self._time_out, protocol, batch, limit)
         try:
             return await batch
         finally:

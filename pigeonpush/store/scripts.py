@@ -9,29 +9,32 @@ from __future__ import annotations
 
 from pigeonpush.store.redis_connection import Script
 
-#: KEYS: AUTH, ROUTE. ARGV: token, server, ttl in ms.
-#: Bind only while AUTH holds the token the client presented. The tokens are
+#: KEYS: AUTH, ROUTE. ARGV: token, server, ttl in ms, the used mark (keys.BOUND).
+#: Bind only while AUTH holds the token the client presented, unused; AUTH
+#: becomes mark .. token, so the token binds no second session. The tokens are
 #: compared by their SHA-1 digests: how far an ordinary comparison of two
 #: digests gets tells a guesser nothing about the stored token itself.
 BIND_SESSION = Script(
     "bind_session",
     """
 local stored = redis.call('GET', KEYS[1])
-if not stored or redis.sha1hex(stored) ~= redis.sha1hex(ARGV[1]) then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if not stored or string.sub(stored, 1, #ARGV[4]) == ARGV[4]
+  or redis.sha1hex(stored) ~= redis.sha1hex(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[4] .. ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """,
 )
 
-#: KEYS: AUTH, ROUTE. ARGV: token, server.
+#: KEYS: AUTH, ROUTE. ARGV: token, server, the used mark (keys.BOUND).
 #: Delete the session only while it is still this one: AUTH holds our token
-#: and ROUTE is ours or gone. A newer session (new token, or the same token
-#: bound on another server) is left intact.
+#: (used or not) and ROUTE is ours or gone. A newer session (a new token) is
+#: left intact.
 END_SESSION = Script(
     "end_session",
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local auth = redis.call('GET', KEYS[1])
+if auth ~= ARGV[1] and auth ~= ARGV[3] .. ARGV[1] then return 0 end
 local route = redis.call('GET', KEYS[2])
 if route and route ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])

@@ -58,6 +58,7 @@ class ErrorCode(enum.IntEnum):
     UNEXPECTED = 4  #: a frame not allowed in the current state (e.g. PUSH before AUTH_OK)
     TIMEOUT = 5  #: AUTH (or, after it, any frame) did not come in time
     INTERNAL = 6  #: the peer failed; nothing the sender did wrong
+    RATE_LIMITED = 7  #: the client kept sending frames faster than the server's limit
 
 
 @attrs.frozen(slots=True)

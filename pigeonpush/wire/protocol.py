@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import IntNStringReceiver
 from twisted.python.failure import Failure
 
+from pigeonpush.logsafe import untrusted
 from pigeonpush.wire.codec import (
     DEFAULT_MAX_FRAME,
     MAX_MAX_FRAME,
@@ -194,13 +195,17 @@ class FrameProtocol(IntNStringReceiver):
         if self._state:
             return
         text = _cut(text, MAX_ERROR_TEXT_BYTES)
+        self.logProtocolError(code, text)
+        self.closeWith(Error(code, text))
+
+    def logProtocolError(self, code: ErrorCode, text: str) -> None:
+        """Log the ERROR this side is closing with (a subclass may throttle)."""
         self.log.warn(
             "Closing connection from {peer} with ERROR {code.name}: {text}",
             peer=self._peer(),
             code=code,
-            text=text,
+            text=untrusted(text),
         )
-        self.closeWith(Error(code, text))
 
     def closeWith(self, frame: Frame | None = None) -> None:
         """Send ``frame`` (if given) as the last frame, then close.
