@@ -116,7 +116,7 @@ def _device(
         client_id=client_id,
         ca_file=str(ca_file),
         backoff=BACKOFF,
-        http_retries=50,
+        max_route_failures=50,
         http_agent=http_agent,
     )
     client.on_event(device.events.append)
