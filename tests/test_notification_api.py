@@ -22,7 +22,7 @@ from pigeonpush.notification.api import ApiSettings, NotificationApi, iso8601
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.validate import Limits
-from pigeonpush.store import Store, open_store
+from pigeonpush.store import DropReason, Store, open_store
 from support.openapi import Answer, CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 
@@ -32,6 +32,8 @@ OTHER_KEY = "other-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = Limits(max_recipients=5)
 SETTINGS = ApiSettings(max_body=20_000, max_batch=3)
+#: How long a receipt outlives its message here (seconds).
+RETENTION = 2.0
 
 
 def parse_redis(url: str) -> tuple[str, int]:
@@ -113,7 +115,9 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
     from twisted.internet import reactor
 
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    store = open_store(redis_url or "memory:", reactor, idempotency_ttl=60)
+    store = open_store(
+        redis_url or "memory:", reactor, idempotency_ttl=60, receipt_retention=RETENTION
+    )
     port, url = start_api(store, reactor)
     client = CheckedClient(reactor, url, DOCUMENT)
     try:
@@ -158,10 +162,14 @@ async def test_a_notification_is_stored_queued_and_has_a_receipt(api: Api) -> No
         "recipients": 2,
         "pending": ["alice", "bob"],
         "acked": 0,
+        "ackedBy": [],
+        "expired": [],
+        "dropped": [],
     }
     await api.store.ack([("alice", message_id)])
     receipt = await api.get(f"/v1/notifications/{message_id}")
     assert (receipt.json["pending"], receipt.json["acked"]) == (["bob"], 1)
+    assert receipt.json["ackedBy"] == ["alice"]
 
 
 @pytest_twisted.ensureDeferred
@@ -269,15 +277,53 @@ async def test_an_idempotent_batch_retry_returns_the_same_results(api: Api) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_expired_message_has_no_receipt(api: Api) -> None:
-    answer = await api.send(to=["a"], ttl=1)
-    path = f"/v1/notifications/{answer.json['messageId']}"
-    assert (await api.get(path)).status == 200
+async def test_a_receipt_reports_every_state_with_its_reason(api: Api) -> None:
+    answer = await api.send(to=["ann", "ben", "cat", "dan", "eve"], ttl=600)
+    message_id = answer.json["messageId"]
+    await api.store.ack([("ben", message_id)])
+    await api.store.drop_pending(
+        [
+            ("cat", message_id, DropReason.TOO_LARGE.value),
+            ("dan", message_id, DropReason.FAILED.value),
+            ("eve", message_id, DropReason.EXPIRED.value),
+        ]
+    )
+    receipt = await api.get(f"/v1/notifications/{message_id}")
+    assert receipt.status == 200
+    assert {k: v for k, v in receipt.json.items() if k not in ("createdAt", "expiresAt")} == {
+        "messageId": message_id,
+        "recipients": 5,
+        "pending": ["ann"],
+        "acked": 1,  # dropped recipients do not count as ACKed
+        "ackedBy": ["ben"],
+        "expired": ["eve"],
+        "dropped": [
+            {"clientId": "cat", "reason": "too_large"},
+            {"clientId": "dan", "reason": "failed"},
+        ],
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_message_keeps_its_receipt_for_the_retention(api: Api) -> None:
+    answer = await api.send(to=["a", "b"], ttl=1)
+    message_id = answer.json["messageId"]
+    path = f"/v1/notifications/{message_id}"
+    await api.store.ack([("b", message_id)])
+    assert (await api.get(path)).json["pending"] == ["a"]
+
+    async def expired() -> bool:
+        return (await api.get(path)).json["expired"] == ["a"]
+
+    await wait_for(expired, timeout=5, interval=0.1, what="the receipt to say expired")
+    receipt = await api.get(path)
+    assert (receipt.json["pending"], receipt.json["ackedBy"]) == ([], ["b"])
+    assert await api.store.bodies([message_id]) == [None]  # the body went at the TTL
 
     async def gone() -> bool:
         return (await api.get(path)).status == 404
 
-    await wait_for(gone, timeout=5, interval=0.1, what="the receipt to expire")
+    await wait_for(gone, timeout=RETENTION + 5, interval=0.1, what="the receipt to go")
     final = await api.get(path)
     assert final.json["error"] == "not_found"
 

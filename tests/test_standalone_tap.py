@@ -204,6 +204,7 @@ def test_a_long_heartbeat_is_usable() -> None:
         (["--api-key=with space 0123456789"], "--api-key: an API key must be printable ASCII"),
         (["--api-keys-file=/nonexistent/keys"], "--api-keys-file: cannot read the API key file"),
         (["--auth-mode=registered", "--admin-key="], "--admin-key must not be empty"),
+        (["--receipt-retention=-5"], "--receipt-retention must be 0 or more seconds"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str) -> None:

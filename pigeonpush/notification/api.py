@@ -32,7 +32,7 @@ from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications, Outcome, Submission
 from pigeonpush.notification.validate import Invalid
 from pigeonpush.store.interface import StoreError
-from pigeonpush.store.model import Accepted, Receipt
+from pigeonpush.store.model import Accepted, Receipt, RecipientState
 
 #: Longest Idempotency-Key header value (visible ASCII).
 MAX_IDEMPOTENCY_KEY = 128
@@ -62,15 +62,29 @@ def iso8601(seconds: float) -> str:
 
 
 def receipt_body(receipt: Receipt) -> dict[str, Any]:
-    message = receipt.message
+    """The receipt as the API reports it: ``pending`` and ``acked`` (a count)
+    as before, then who ACKed, who it expired for and who it was dropped for,
+    with the reason."""
+    dropped = [
+        {"clientId": client_id, "reason": state.value}
+        for client_id, state in zip(receipt.recipients, receipt.states, strict=True)
+        if state in DROPPED
+    ]
     return {
-        "messageId": message.message_id,
-        "createdAt": iso8601(message.created_at),
-        "expiresAt": iso8601(message.expires_at),
+        "messageId": receipt.message_id,
+        "createdAt": iso8601(receipt.created_at),
+        "expiresAt": iso8601(receipt.expires_at),
         "recipients": len(receipt.recipients),
         "pending": list(receipt.pending),
         "acked": receipt.acked,
+        "ackedBy": list(receipt.with_state(RecipientState.ACKED)),
+        "expired": list(receipt.with_state(RecipientState.EXPIRED)),
+        "dropped": dropped,
     }
+
+
+#: States of a recipient the server gave up on (the receipt's ``dropped``).
+DROPPED = frozenset({RecipientState.TOO_LARGE, RecipientState.FAILED})
 
 
 def accepted_body(accepted: Accepted) -> dict[str, Any]:
@@ -146,7 +160,9 @@ class NotificationApi:
         except StoreError as e:
             raise _unavailable(e) from None
         if receipt is None:
-            raise ApiError(404, "not_found", "no such notification: unknown or expired")
+            raise ApiError(
+                404, "not_found", "no such notification: unknown, or its receipt retention ended"
+            )
         return JsonResponse(receipt_body(receipt))
 
     async def health(self, request: Request) -> JsonResponse:

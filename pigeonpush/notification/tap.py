@@ -66,6 +66,13 @@ class Options(usage.Options):
             _whole,
         ],
         ["idempotency-ttl", None, 86400, "How long an Idempotency-Key is remembered.", _whole],
+        [
+            "receipt-retention",
+            None,
+            604800,
+            "Seconds a receipt stays readable after its message's TTL (7 days; 0: none).",
+            _whole,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -97,6 +104,8 @@ class Options(usage.Options):
         for name in ("max-batch", "idempotency-ttl"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if self["receipt-retention"] < 0:
+            raise usage.UsageError("--receipt-retention must be 0 or more seconds")
         limits = Limits(
             default_ttl=self["default-ttl"],
             max_ttl=self["max-ttl"],
@@ -122,7 +131,12 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     from pigeonpush.store import open_store
 
-    store = open_store(config["redis"], reactor, idempotency_ttl=config["idempotency-ttl"])
+    store = open_store(
+        config["redis"],
+        reactor,
+        idempotency_ttl=config["idempotency-ttl"],
+        receipt_retention=config["receipt-retention"],
+    )
     top = StopInOrder()
     Closer(store.close).setServiceParent(top)
     build_api(config, reactor, store).setServiceParent(top)
