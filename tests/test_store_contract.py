@@ -150,6 +150,27 @@ async def test_stale_cleanup_after_a_rebind_elsewhere_with_the_same_token(
 
 
 @pytest_twisted.ensureDeferred
+async def test_revoke_session_deletes_the_token_and_answers_the_route(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.issue_token("alice", "token-1", 60)
+    assert await store.bind_session("alice", "token-1", "server-a", 60)
+    assert await store.revoke_session("alice") == "server-a"
+    assert await store.token("alice") is None
+    # The token no longer binds a session, anywhere.
+    assert not await store.bind_session("alice", "token-1", "server-b", 60)
+    # ROUTE stays for the server's stale-route cleanup; revoking again is harmless.
+    assert await store.route("alice") == "server-a"
+    assert await store.revoke_session("alice") == "server-a"
+    # A token that was never bound: revoked, no route to answer.
+    await store.issue_token("bob", "token-2", 60)
+    assert await store.revoke_session("bob") is None
+    assert await store.token("bob") is None
+    assert await store.revoke_session("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_drop_route_only_while_it_points_to_the_server(store_case: StoreCase) -> None:
     store = store_case.store
     await store.issue_token("alice", "token-1", 60)

@@ -1,7 +1,8 @@
 """The notification HTTP API: twisted.web resources over ``Notifications``.
 
 ``POST /v1/notifications``, ``POST /v1/notifications/batch``,
-``GET /v1/notifications/<messageId>``, plus ``GET /health`` and ``/metrics``.
+``GET /v1/notifications/<messageId>``, ``DELETE /v1/devices/<clientId>/session``,
+plus ``GET /health`` and ``/metrics``.
 Every answer is JSON; every error has the project's shape (``error``,
 ``message``; ``field`` too when one field of a notification is wrong). A
 request that gets a 4xx writes nothing.
@@ -30,7 +31,9 @@ from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications, Outcome, Submission
-from pigeonpush.notification.validate import Invalid
+from pigeonpush.notification.sessions import DeviceSessions
+from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
+from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, Receipt, RecipientState
 
@@ -102,16 +105,26 @@ class ApiSettings:
 class NotificationApi:
     """The handlers; ``resource()`` builds the tree to serve."""
 
-    def __init__(self, notifications: Notifications, keys: ApiKeys, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        notifications: Notifications,
+        keys: ApiKeys,
+        settings: ApiSettings,
+        sessions: DeviceSessions | None = None,
+    ) -> None:
         self._notifications = notifications
         self._keys = keys
         self._settings = settings
+        #: Without it there is no ``/v1/devices`` (an API with no way to reach servers).
+        self._sessions = sessions
 
     def resource(self) -> Resource:
         root = JsonTree()
         v1 = JsonTree()
         root.putChild(b"v1", v1)
         v1.putChild(b"notifications", _NotificationsTree(self))
+        if self._sessions is not None:
+            v1.putChild(b"devices", _DevicesTree(self))
         root.putChild(b"health", JsonResource({b"GET": self.health}))
         root.putChild(b"metrics", MetricsResource())
         return root
@@ -164,6 +177,32 @@ class NotificationApi:
                 404, "not_found", "no such notification: unknown, or its receipt retention ended"
             )
         return JsonResponse(receipt_body(receipt))
+
+    async def kick(self, request: Request, client_id: str) -> JsonResponse:
+        """Revoke the device's token and disconnect it; 200 either way, with
+        ``disconnected`` saying whether a connection was closed."""
+        self._authorize(request)
+        if not CLIENT_ID.match(client_id):
+            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID_RULE}"))
+        assert self._sessions is not None
+        try:
+            kicked = await self._sessions.kick(client_id)
+        except StoreError as e:
+            raise _unavailable(e) from None
+        except RpcUnavailable as e:
+            log.warn(
+                "Could not reach the push server of {client_id}: {why}",
+                client_id=client_id,
+                why=str(e),
+            )
+            raise ApiError(
+                503,
+                "server_unavailable",
+                "the token is revoked, but the push server holding the device did not "
+                "answer; retry later",
+                {"Retry-After": "1"},
+            ) from None
+        return JsonResponse({"clientId": client_id, "disconnected": kicked})
 
     async def health(self, request: Request) -> JsonResponse:
         try:
@@ -262,3 +301,24 @@ class _NotificationsTree(Resource):
             return await self._api.receipt(request, message_id)
 
         return JsonResource({b"GET": _counting(receipt)})
+
+
+class _DevicesTree(Resource):
+    """``/v1/devices/<clientId>/session``."""
+
+    def __init__(self, api: NotificationApi) -> None:
+        super().__init__()
+        self._api = api
+
+    def render(self, request: Request) -> bytes | int:
+        return JsonTree().render(request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        client_id = path.decode("utf-8", "replace")
+
+        async def kick(request: Request) -> JsonResponse:
+            return await self._api.kick(request, client_id)
+
+        device = JsonTree()
+        device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        return device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -9,12 +10,16 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
 from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
 from pigeonpush.options import check_endpoint, check_store_url
+from pigeonpush.rpc import PushGateway
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.services import Closer, GcTuning, StopInOrder
 from pigeonpush.store.interface import Store
 
@@ -137,20 +142,26 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         idempotency_ttl=config["idempotency-ttl"],
         receipt_retention=config["receipt-retention"],
     )
+    # Kicks reach the push server that ROUTE names over AMP, as delivery's pushes do.
+    pool = AmpPool(reactor)
     top = StopInOrder()
-    Closer(store.close).setServiceParent(top)
-    build_api(config, reactor, store).setServiceParent(top)
+    Closer(store.close, pool.close).setServiceParent(top)
+    build_api(config, reactor, store, AmpGateways(pool)).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
     return top
 
 
-def build_api(config: Options, reactor: Any, store: Store) -> IService:
-    """The HTTP API over a given store (the all-in-one process shares its own)."""
+def build_api(
+    config: Options, reactor: Any, store: Store, gateway_for: Callable[[str], PushGateway]
+) -> IService:
+    """The HTTP API over a given store (the all-in-one process shares its
+    own); ``gateway_for`` reaches the push server at an RPC address (kicks)."""
     notifications = Notifications(store, reactor, config["limits"])
     api = NotificationApi(
         notifications,
         ApiKeys(config["keys"]),
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
+        DeviceSessions(store, gateway_for),
     )
     site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
     listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)

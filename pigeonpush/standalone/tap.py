@@ -207,7 +207,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         server,
         worker,
         *(service for _name, service in reglog),
-        notification_tap.build_api(config.notification, reactor, store),
+        notification_tap.build_api(config.notification, reactor, store, gateway_for),
         LagGauge(store, LAG_INTERVAL, reactor),
         Announcement(config),
     ]

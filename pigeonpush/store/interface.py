@@ -74,6 +74,12 @@ class Store(Protocol):
         """Set the expiry of AUTH and ROUTE of live sessions to ``ttl`` from now
         (one batch); keys that are gone stay gone."""
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        """Delete AUTH, so that the client's token no longer authenticates
+        (the operator's kick), and answer ROUTE: the server (RPC address)
+        that may still hold a connection to KICK, or None. Atomically. ROUTE
+        is left for that server's cleanup (``drop_route`` once it is stale)."""
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         """Delete ROUTE only if it still points to ``server`` (stale route)."""
 

@@ -153,6 +153,14 @@ class MemoryStore:
             self._auth.expire(client_id, now + ttl, now)
             self._route.expire(client_id, now + ttl, now)
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        return self._run(self._revoke_session, client_id)
+
+    def _revoke_session(self, client_id: str) -> str | None:
+        now = self._clock.seconds()
+        self._auth.delete(client_id, now)
+        return self._route.get(client_id, now)
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._run(self._drop_route, client_id, server)
 

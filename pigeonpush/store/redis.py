@@ -162,6 +162,15 @@ class RedisStore:
         for reply in await self._main.execute(commands):
             _checked(reply, "PEXPIRE")
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        return self._call(self._revoke_session, client_id)
+
+    async def _revoke_session(self, client_id: str) -> str | None:
+        route: str | None = await self._script(
+            scripts.REVOKE_SESSION, [keys.auth(client_id), keys.route(client_id)], []
+        )
+        return route
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._call(self._drop_route, client_id, server)
 

@@ -40,6 +40,15 @@ return 1
 """,
 )
 
+#: KEYS: AUTH, ROUTE. Delete the token and answer the route (or nil).
+REVOKE_SESSION = Script(
+    "revoke_session",
+    """
+redis.call('DEL', KEYS[1])
+return redis.call('GET', KEYS[2])
+""",
+)
+
 #: KEYS: ROUTE. ARGV: server. Compare-and-delete.
 DROP_ROUTE = Script(
     "drop_route",
@@ -208,6 +217,7 @@ return cjson.encode(reply[1][2])
 ALL = (
     BIND_SESSION,
     END_SESSION,
+    REVOKE_SESSION,
     DROP_ROUTE,
     ACCEPT,
     SETTLE,
