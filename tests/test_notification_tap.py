@@ -40,7 +40,7 @@ def test_defaults() -> None:
     assert options["max-batch"] == 500
     assert options["max-body"] == default_max_body(Limits(), 500) == 3_840_000
     assert options["idempotency-ttl"] == 86400
-    assert options["receipt-retention"] == 604800
+    assert options["receipt-retention"] == 86400
 
 
 def test_keys_repeat_and_come_from_a_file(tmp_path: Path) -> None:

@@ -74,8 +74,8 @@ class Options(usage.Options):
         [
             "receipt-retention",
             None,
-            604800,
-            "Seconds a receipt stays readable after its message's TTL (7 days; 0: none).",
+            86400,
+            "Seconds a receipt stays readable after its message's TTL (1 day; 0: none).",
             _whole,
         ],
     ]

@@ -30,9 +30,9 @@ from pigeonpush.store.model import (
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
 DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
-#: How long a receipt stays readable after its message's TTL ran out (7 days):
-#: long enough to learn who never got a message, without its body.
-DEFAULT_RECEIPT_RETENTION = 7 * 24 * 60 * 60.0
+#: How long a receipt stays readable after its message's TTL ran out (1 day):
+#: time to learn who never got a message, without keeping its body.
+DEFAULT_RECEIPT_RETENTION = 24 * 60 * 60.0
 
 
 class StoreError(Exception):
