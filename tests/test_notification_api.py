@@ -542,6 +542,8 @@ async def test_a_kick_whose_server_is_down_is_503_with_the_token_revoked(api: Ap
     assert answer.json["error"] == "server_unavailable"
     assert answer.header("Retry-After") == "1"
     assert await api.store.token("stranded") is None
+    metrics = (await api.client.get("/metrics")).json
+    assert 'pigeonpush_notification_rejected_total{reason="server_unavailable"}' in metrics
 
 
 @pytest_twisted.ensureDeferred

@@ -265,13 +265,14 @@ Handler = Callable[[Request], Awaitable[JsonResponse]]
 
 
 def _counting(handler: Handler) -> Handler:
-    """Count every error answer by its code (store outages separately)."""
+    """Count every error answer by its code (store outages separately; a push
+    server a kick could not reach counts as ``server_unavailable``)."""
 
     async def counted(request: Request) -> JsonResponse:
         try:
             return await handler(request)
         except ApiError as e:
-            if e.status == 503:
+            if e.code == "store_unavailable":
                 metrics.STORE_ERRORS.inc()
             else:
                 metrics.REJECTED.labels(e.code).inc()
