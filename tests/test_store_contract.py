@@ -600,6 +600,27 @@ async def test_recipients_still_pending_at_the_ttl_read_as_expired(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_late_ack_still_counts_while_the_id_is_pending(store_case: StoreCase) -> None:
+    store = store_case.store
+    short = store_case.notification(["alice", "bob"], ttl=store_case.ttl)
+    # A longer message keeps alice's WAIT_ACK (and the short id in it) alive;
+    # bob's goes at the short TTL, with the id.
+    long = store_case.notification(["alice"], ttl=60 * store_case.retention)
+    await store.accept([short, long])
+    short_id = short.message.message_id
+
+    async def expired() -> bool:
+        receipt = await store.receipt(short_id)
+        return receipt is not None and receipt.pending == ()
+
+    await store_case.eventually(expired, within=store_case.ttl, what="the TTL to run out")
+    await store.ack([("alice", short_id), ("bob", short_id)])
+    receipt = await store.receipt(short_id)
+    assert receipt is not None
+    assert receipt.states == (RecipientState.ACKED, RecipientState.EXPIRED)
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_ack_after_the_receipt_retention_recreates_nothing(
     store_case: StoreCase,
 ) -> None:
