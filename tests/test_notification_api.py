@@ -333,7 +333,11 @@ async def test_an_expired_message_keeps_its_receipt_for_the_retention(api: Api) 
     await wait_for(expired, timeout=5, interval=0.1, what="the receipt to say expired")
     receipt = await api.get(path)
     assert (receipt.json["pending"], receipt.json["ackedBy"]) == ([], ["b"])
-    assert await api.store.bodies([message_id]) == [None]  # the body went at the TTL
+
+    async def body_gone() -> bool:
+        return await api.store.bodies([message_id]) == [None]
+
+    await wait_for(body_gone, timeout=5, interval=0.1, what="the body to go at the TTL")
 
     async def gone() -> bool:
         return (await api.get(path)).status == 404

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from pigeonpush.store.keys import RECEIPT_META
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
@@ -90,10 +91,11 @@ def load_receipt(message_id: str, fields: Mapping[str, str], now: float) -> Rece
     the hash is gone."""
     if not fields:
         return None
+    recipients_field, created_field, expires_field = RECEIPT_META
     try:
-        recipients = load_recipients(fields["#recipients"])
-        created_at = float(fields["#createdAt"])
-        expires_at = float(fields["#expiresAt"])
+        recipients = load_recipients(fields[recipients_field])
+        created_at = float(fields[created_field])
+        expires_at = float(fields[expires_field])
         states = recipient_states(recipients, fields, expires_at <= now)
     except (KeyError, ValueError, TypeError) as e:
         raise DecodeError(f"bad RECEIPT for {message_id}: {e}") from e
