@@ -37,9 +37,9 @@ class StoreCase:
     #: a TTL short enough to wait out in a test (also the idempotency TTL)
     ttl: float
     reactor: Any
-    #: how long a receipt outlives its message (the store's receipt retention)
-    retention: float
     clock: Clock | None = None
+    #: how long a receipt outlives its message (the store's receipt retention)
+    retention: float = 60.0
     new_id: Callable[[], str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -108,11 +108,11 @@ def store_case(request: pytest.FixtureRequest) -> Iterator[StoreCase]:
         # Not at 0: a time of 0 would hide a forgotten "now +".
         clock.advance(1_700_000_000)
         store = open_store("memory:", clock, idempotency_ttl=ttl, receipt_retention=retention)
-        case = StoreCase(backend, store, ttl, reactor, retention, clock)
+        case = StoreCase(backend, store, ttl, reactor, clock, retention=retention)
     else:
         url = request.getfixturevalue("redis_url")
         store = open_store(url, reactor, idempotency_ttl=ttl, receipt_retention=retention)
-        case = StoreCase(backend, store, ttl, reactor, retention)
+        case = StoreCase(backend, store, ttl, reactor, retention=retention)
     try:
         yield case
     finally:
