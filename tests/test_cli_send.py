@@ -1,5 +1,6 @@
-"""``pigeonpush send`` and ``pigeonpush status`` as a user runs them: real
-processes against a notification API served by this test."""
+"""``pigeonpush send``, ``status`` and ``kick`` as a user runs them: real
+processes against a notification API served by this test (and, for kicks, a
+push server stand-in answering over AMP)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 
+from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
 from pigeonpush.ids import is_message_id
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.store import Store, open_store
+from pigeonpush.wire.frames import KickReason
+from support.server_double import ServerDouble
 from support.servers import free_port
 
 KEY = "cli-key-0123456789abcdef"
@@ -36,6 +43,8 @@ class Run:
 class Api:
     url: str
     store: Store
+    server: ServerDouble
+    server_address: str
 
     async def run(self, *args: str, env: dict[str, str] | None = None) -> Run:
         """``pigeonpush ARGS`` in a child process (this reactor keeps serving)."""
@@ -56,12 +65,20 @@ def api(redis_url: str) -> Iterator[Api]:
 
     store = open_store(redis_url, reactor)
     notifications = Notifications(store, reactor, Limits())
-    resource = NotificationApi(notifications, ApiKeys([KEY]), ApiSettings(max_body=100_000))
+    pool = AmpPool(reactor)
+    sessions = DeviceSessions(store, AmpGateways(pool))
+    resource = NotificationApi(
+        notifications, ApiKeys([KEY]), ApiSettings(max_body=100_000), sessions
+    )
     port = reactor.listenTCP(0, JsonSite(resource.resource()), interface="127.0.0.1")
+    server = ServerDouble()
+    address = pytest_twisted.blockon(ensureDeferred(server.listen(reactor)))
     try:
-        yield Api(f"http://127.0.0.1:{port.getHost().port}", store)
+        yield Api(f"http://127.0.0.1:{port.getHost().port}", store, server, address)
     finally:
+        pytest_twisted.blockon(ensureDeferred(server.stop()))
         pytest_twisted.blockon(port.stopListening())
+        pytest_twisted.blockon(pool.close())
         pytest_twisted.blockon(store.close())
 
 
@@ -140,3 +157,38 @@ async def test_an_unreachable_api_exits_1(api: Api) -> None:
     )
     assert run.code == 1
     assert f"cannot reach {url}/v1/notifications" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_kick_prints_whether_the_device_was_disconnected(api: Api) -> None:
+    api.server.online.add("tablet:7")
+    await api.store.issue_token("tablet:7", "token-1", 60)
+    assert await api.store.bind_session("tablet:7", "token-1", api.server_address, 60)
+
+    run = await api.run("kick", "--api", api.url, "--key", KEY, "tablet:7")
+
+    assert (run.code, run.err) == (0, "")
+    assert json.loads(run.out) == {"clientId": "tablet:7", "disconnected": True}
+    assert api.server.kicks == [("tablet:7", KickReason.POLICY)]
+    assert await api.store.token("tablet:7") is None
+    api.server.online.discard("tablet:7")  # the server closed the connection
+    again = await api.run("kick", "--api", api.url, "--key", KEY, "tablet:7")
+    assert json.loads(again.out) == {"clientId": "tablet:7", "disconnected": False}
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--key", KEY, "bad id"), "pigeonpush: invalid: clientId must be"),
+        (("--key", "wrong-key-000000000000", "a"), "pigeonpush: unauthorized"),
+        (("a",), "an API key is required"),
+    ],
+)
+async def test_kick_failures_exit_1_with_the_reason(
+    api: Api, args: tuple[str, ...], message: str
+) -> None:
+    run = await api.run("kick", "--api", api.url, *args)
+    assert run.code == 1
+    assert run.out == ""
+    assert message in run.err

@@ -15,9 +15,11 @@ import attrs
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.error import ConnectError
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from pigeonpush.store import Store, open_store
-from pigeonpush.wire.frames import Ack, Auth, AuthOk, Frame, Ping, Push
+from pigeonpush.wire.frames import Ack, Auth, AuthFail, AuthOk, Frame, Kick, KickReason, Ping, Push
 from pigeonpush.wire.protocol import FrameProtocol
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port
@@ -36,6 +38,7 @@ class Device(FrameProtocol):
         self.authenticated: Deferred[AuthOk] = Deferred()
         self.pushes: DeferredQueue[Push] = DeferredQueue()
         self.frames: list[Frame] = []
+        self.closed: Deferred[None] = Deferred()
 
     def frameReceived(self, frame: Frame) -> None:
         self.frames.append(frame)
@@ -43,6 +46,10 @@ class Device(FrameProtocol):
             self.authenticated.callback(frame)
         elif isinstance(frame, Push):
             self.pushes.put(frame)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.closed.callback(None)
 
     async def next_push(self, reactor: Any, timeout: float = 15) -> Push:
         waiting = self.pushes.get()
@@ -121,17 +128,22 @@ class Cluster:
 
     async def connect(self, client_id: str) -> Device:
         """A device that authenticates with a token planted as reglog would."""
+        await self.store.issue_token(client_id, "token-" + client_id, 60)
+        device = await self.attempt(client_id, "token-" + client_id)
+        device.authenticated.addTimeout(10, self.reactor)
+        await device.authenticated
+        return device
+
+    async def attempt(self, client_id: str, token: str) -> Device:
+        """A device that has sent AUTH with ``token`` (whatever the answer)."""
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-        await self.store.issue_token(client_id, "token-" + client_id, 60)
         device = Device()
         await connectProtocol(
             TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.client_port), device
         )
         self.devices.append(device)
-        device.sendFrame(Auth(client_id, "token-" + client_id))
-        device.authenticated.addTimeout(10, self.reactor)
-        await device.authenticated
+        device.sendFrame(Auth(client_id, token))
         return device
 
     async def send(self, to: list[str], text: str, ttl: int | None = None) -> str:
@@ -209,10 +221,10 @@ async def test_an_offline_device_gets_its_messages_on_connect_oldest_first_never
     third = await cluster.send(["carol"], "three")
 
     async def expired() -> bool:
-        return (await cluster.receipt(doomed)).status == 404
+        return bool((await cluster.receipt(doomed)).json["expired"] == ["carol"])
 
     await wait_for(expired, timeout=10, interval=0.1, what="the short message to expire")
-    assert (await cluster.receipt(doomed)).json["error"] == "not_found"
+    assert (await cluster.receipt(doomed)).json["pending"] == []
     device = await cluster.connect("carol")
     pushes = [await device.next_push(reactor) for _ in range(3)]
     assert [p.message_id for p in pushes] == [first, second, third]
@@ -226,3 +238,25 @@ async def test_an_offline_device_gets_its_messages_on_connect_oldest_first_never
 
     await wait_for(all_acked, timeout=10, interval=0.1, what="the ACKs")
     assert not [f for f in device.frames if isinstance(f, Push) and f.message_id == doomed]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_through_the_api_disconnects_the_device_and_revokes_its_token(
+    cluster: Cluster,
+) -> None:
+    device = await cluster.connect("kim")
+    assert cluster.api is not None
+
+    answer = await cluster.api.request("DELETE", "/v1/devices/kim/session", headers=AUTH)
+
+    assert (answer.status, answer.json) == (200, {"clientId": "kim", "disconnected": True})
+    await device.closed.addTimeout(10, cluster.reactor)
+    kicks = [frame for frame in device.frames if isinstance(frame, Kick)]
+    assert [kick.reason for kick in kicks] == [KickReason.POLICY]
+    # The old token no longer authenticates.
+    again = await cluster.attempt("kim", "token-kim")
+    await again.closed.addTimeout(10, cluster.reactor)
+    assert [type(frame) for frame in again.frames] == [AuthFail]
+    # Nobody is connected as kim now: a second kick closes nothing.
+    answer = await cluster.api.request("DELETE", "/v1/devices/kim/session", headers=AUTH)
+    assert answer.json == {"clientId": "kim", "disconnected": False}

@@ -23,7 +23,7 @@ from pigeonpush.notification.validate import Limits
 from pigeonpush.rpc import Pull, PushItem, decode_batch
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.store import Store, open_store
-from pigeonpush.store.model import Accepted
+from pigeonpush.store.model import Accepted, RecipientState
 from support.server_double import ServerDouble
 from support.servers import RedisServer
 from support.waiting import wait_for
@@ -165,7 +165,7 @@ async def test_an_expired_message_is_never_delivered(world: World) -> None:
     await wait_for(world.drained, timeout=10, what="the entries to be handled")
 
     async def expired() -> bool:
-        return await world.notifications.receipt(short) is None
+        return await world.store.bodies([short]) == [None]
 
     await wait_for(expired, timeout=5, interval=0.1, what="the short message to expire")
     # dave connects now: only the live message comes, and the dead id is cleaned.
@@ -174,6 +174,8 @@ async def test_an_expired_message_is_never_delivered(world: World) -> None:
     try:
         assert await pull(pool, address, "dave") == ([long], False)
         assert await world.store.pending_ids("dave") == [long]
+        receipt = await world.notifications.receipt(short)
+        assert receipt is not None and receipt.states == (RecipientState.EXPIRED,)
     finally:
         await pool.close()
 

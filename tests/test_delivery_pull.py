@@ -289,6 +289,10 @@ class CountingStore(MemoryStore):
         self.calls.append("ack")
         return super().ack(acks)
 
+    def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        self.calls.append("drop_pending")
+        return super().drop_pending(drops)
+
 
 def test_pull_many_reads_all_clients_in_one_call_each() -> None:
     s = Setup()
@@ -321,7 +325,7 @@ def test_pull_many_reads_all_clients_in_one_call_each() -> None:
         ([], False),
         ([a2], False),
     ]
-    assert store.calls == ["pending_ids_many", "bodies", "ack"]
+    assert store.calls == ["pending_ids_many", "bodies", "drop_pending"]
     assert s.pending("b") == [b2]
 
 

@@ -7,7 +7,7 @@ checked to write nothing: on Redis by comparing a snapshot of every key
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,20 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred
 
+from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
 from pigeonpush.ids import is_message_id
 from pigeonpush.notification.api import ApiSettings, NotificationApi, iso8601
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
-from pigeonpush.store import Store, open_store
+from pigeonpush.rpcpool import AmpPool
+from pigeonpush.store import DropReason, Store, open_store
+from pigeonpush.wire.frames import KickReason
 from support.openapi import Answer, CheckedClient, OpenAPIDocument
+from support.server_double import ServerDouble
+from support.servers import free_port
 from support.waiting import wait_for
 
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
@@ -32,6 +38,8 @@ OTHER_KEY = "other-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = Limits(max_recipients=5)
 SETTINGS = ApiSettings(max_body=20_000, max_batch=3)
+#: How long a receipt outlives its message here (seconds).
+RETENTION = 2.0
 
 
 def parse_redis(url: str) -> tuple[str, int]:
@@ -79,6 +87,7 @@ class Api:
     url: str
     redis_url: str | None
     port: Any
+    pool: AmpPool
 
     async def snapshot(self) -> Any:
         if self.redis_url is not None:
@@ -99,10 +108,16 @@ class Api:
 
 
 def start_api(
-    store: Store, reactor: Any, limits: Limits = LIMITS, settings: ApiSettings = SETTINGS
+    store: Store,
+    reactor: Any,
+    limits: Limits = LIMITS,
+    settings: ApiSettings = SETTINGS,
+    pool: AmpPool | None = None,
 ) -> tuple[Any, str]:
+    """The API on a loopback port; with ``pool``, kicks reach servers over AMP."""
     notifications = Notifications(store, reactor, limits)
-    api = NotificationApi(notifications, ApiKeys([KEY, OTHER_KEY]), settings)
+    sessions = None if pool is None else DeviceSessions(store, AmpGateways(pool))
+    api = NotificationApi(notifications, ApiKeys([KEY, OTHER_KEY]), settings, sessions)
     site = JsonSite(api.resource(), max_body=settings.max_body, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return port, f"http://127.0.0.1:{port.getHost().port}"
@@ -113,14 +128,18 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
     from twisted.internet import reactor
 
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    store = open_store(redis_url or "memory:", reactor, idempotency_ttl=60)
-    port, url = start_api(store, reactor)
+    store = open_store(
+        redis_url or "memory:", reactor, idempotency_ttl=60, receipt_retention=RETENTION
+    )
+    pool = AmpPool(reactor)
+    port, url = start_api(store, reactor, pool=pool)
     client = CheckedClient(reactor, url, DOCUMENT)
     try:
-        yield Api(request.param, store, client, url, redis_url, port)
+        yield Api(request.param, store, client, url, redis_url, port, pool)
     finally:
         pytest_twisted.blockon(ensureDeferred(client.close()))
         pytest_twisted.blockon(port.stopListening())
+        pytest_twisted.blockon(pool.close())
         pytest_twisted.blockon(store.close())
 
 
@@ -158,10 +177,14 @@ async def test_a_notification_is_stored_queued_and_has_a_receipt(api: Api) -> No
         "recipients": 2,
         "pending": ["alice", "bob"],
         "acked": 0,
+        "ackedBy": [],
+        "expired": [],
+        "dropped": [],
     }
     await api.store.ack([("alice", message_id)])
     receipt = await api.get(f"/v1/notifications/{message_id}")
     assert (receipt.json["pending"], receipt.json["acked"]) == (["bob"], 1)
+    assert receipt.json["ackedBy"] == ["alice"]
 
 
 @pytest_twisted.ensureDeferred
@@ -269,15 +292,57 @@ async def test_an_idempotent_batch_retry_returns_the_same_results(api: Api) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_expired_message_has_no_receipt(api: Api) -> None:
-    answer = await api.send(to=["a"], ttl=1)
-    path = f"/v1/notifications/{answer.json['messageId']}"
-    assert (await api.get(path)).status == 200
+async def test_a_receipt_reports_every_state_with_its_reason(api: Api) -> None:
+    answer = await api.send(to=["ann", "ben", "cat", "dan", "eve"], ttl=600)
+    message_id = answer.json["messageId"]
+    await api.store.ack([("ben", message_id)])
+    await api.store.drop_pending(
+        [
+            ("cat", message_id, DropReason.TOO_LARGE.value),
+            ("dan", message_id, DropReason.FAILED.value),
+            ("eve", message_id, DropReason.EXPIRED.value),
+        ]
+    )
+    receipt = await api.get(f"/v1/notifications/{message_id}")
+    assert receipt.status == 200
+    assert {k: v for k, v in receipt.json.items() if k not in ("createdAt", "expiresAt")} == {
+        "messageId": message_id,
+        "recipients": 5,
+        "pending": ["ann"],
+        "acked": 1,  # dropped recipients do not count as ACKed
+        "ackedBy": ["ben"],
+        "expired": ["eve"],
+        "dropped": [
+            {"clientId": "cat", "reason": "too_large"},
+            {"clientId": "dan", "reason": "failed"},
+        ],
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_message_keeps_its_receipt_for_the_retention(api: Api) -> None:
+    answer = await api.send(to=["a", "b"], ttl=1)
+    message_id = answer.json["messageId"]
+    path = f"/v1/notifications/{message_id}"
+    await api.store.ack([("b", message_id)])
+    assert (await api.get(path)).json["pending"] == ["a"]
+
+    async def expired() -> bool:
+        return (await api.get(path)).json["expired"] == ["a"]
+
+    await wait_for(expired, timeout=5, interval=0.1, what="the receipt to say expired")
+    receipt = await api.get(path)
+    assert (receipt.json["pending"], receipt.json["ackedBy"]) == ([], ["b"])
+
+    async def body_gone() -> bool:
+        return await api.store.bodies([message_id]) == [None]
+
+    await wait_for(body_gone, timeout=5, interval=0.1, what="the body to go at the TTL")
 
     async def gone() -> bool:
         return (await api.get(path)).status == 404
 
-    await wait_for(gone, timeout=5, interval=0.1, what="the receipt to expire")
+    await wait_for(gone, timeout=RETENTION + 5, interval=0.1, what="the receipt to go")
     final = await api.get(path)
     assert final.json["error"] == "not_found"
 
@@ -407,6 +472,106 @@ async def test_wrong_methods_and_paths(api: Api) -> None:
         assert answer.status == status, (method, path)
 
 
+# -- kicking a device -----------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def push_server() -> AsyncIterator[tuple[ServerDouble, str]]:
+    """A push server stand-in answering Kick over AMP on a loopback port."""
+    from twisted.internet import reactor
+
+    double = ServerDouble()
+    address = await double.listen(reactor)
+    try:
+        yield double, address
+    finally:
+        await double.stop()
+
+
+async def connected(api: Api, client_id: str, server: str) -> None:
+    """The store as reglog and a push server leave it for a connected device."""
+    await api.store.issue_token(client_id, "token-" + client_id, 60)
+    assert await api.store.bind_session(client_id, "token-" + client_id, server, 60)
+
+
+async def kick(api: Api, client_id: str, headers: dict[str, str] | None = None) -> Answer:
+    return await api.client.request(
+        "DELETE", f"/v1/devices/{client_id}/session", headers=AUTH if headers is None else headers
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_revokes_the_token_and_disconnects_the_device(
+    api: Api, push_server: tuple[ServerDouble, str]
+) -> None:
+    double, address = push_server
+    double.online.add("dev:1")
+    await connected(api, "dev:1", address)
+
+    answer = await kick(api, "dev:1")
+
+    assert answer.status == 200
+    assert answer.json == {"clientId": "dev:1", "disconnected": True}
+    assert double.kicks == [("dev:1", KickReason.POLICY)]
+    assert await api.store.token("dev:1") is None
+    assert not await api.store.bind_session("dev:1", "token-dev:1", address, 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_without_a_session_answers_disconnected_false(
+    api: Api, push_server: tuple[ServerDouble, str]
+) -> None:
+    double, address = push_server
+    # A token issued but never bound: revoked, and no server to ask.
+    await api.store.issue_token("fresh", "token-fresh", 60)
+    answer = await kick(api, "fresh")
+    assert answer.json == {"clientId": "fresh", "disconnected": False}
+    assert await api.store.token("fresh") is None
+    assert double.kicks == []
+    # A route left by a server that no longer holds the device.
+    await connected(api, "gone", address)
+    answer = await kick(api, "gone")
+    assert answer.json == {"clientId": "gone", "disconnected": False}
+    assert double.kicks == [("gone", KickReason.POLICY)]
+    # Nothing at all, and a repeated kick: still 200.
+    assert (await kick(api, "never-seen")).json["disconnected"] is False
+    assert (await kick(api, "gone")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_whose_server_is_down_is_503_with_the_token_revoked(api: Api) -> None:
+    await connected(api, "stranded", f"127.0.0.1:{free_port()}")
+    answer = await kick(api, "stranded")
+    assert answer.status == 503
+    assert answer.json["error"] == "server_unavailable"
+    assert answer.header("Retry-After") == "1"
+    assert await api.store.token("stranded") is None
+    metrics = (await api.client.get("/metrics")).json
+    assert 'pigeonpush_notification_rejected_total{reason="server_unavailable"}' in metrics
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("client_id", ["with%20space", "caf%C3%A9", "x" * 129, "a%2Fb"])
+async def test_a_kick_of_a_malformed_client_id_is_400_and_writes_nothing(
+    api: Api, client_id: str
+) -> None:
+    before = await api.snapshot()
+    answer = await kick(api, client_id)
+    assert answer.status == 400
+    assert (answer.json["error"], answer.json["field"]) == ("invalid", "clientId")
+    assert await api.snapshot() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_needs_a_key_and_the_delete_method(api: Api) -> None:
+    await api.store.issue_token("kept", "token-kept", 60)
+    assert (await kick(api, "kept", headers={})).status == 401
+    assert (await kick(api, "kept", headers={"Authorization": "Bearer nope"})).status == 401
+    assert (await api.get("/v1/devices/kept/session")).status == 405
+    assert (await api.get("/v1/devices/kept")).status == 404
+    assert await api.store.token("kept") == "token-kept"
+
+
 # -- operations ---------------------------------------------------------------------------
 
 
@@ -423,10 +588,9 @@ async def test_health_and_metrics(api: Api) -> None:
 async def test_a_store_outage_is_503_and_says_to_retry() -> None:
     from twisted.internet import reactor
 
-    from support.servers import free_port
-
     store = open_store(f"redis://127.0.0.1:{free_port()}/0", reactor)
-    port, url = start_api(store, reactor)
+    pool = AmpPool(reactor)
+    port, url = start_api(store, reactor, pool=pool)
     client = CheckedClient(reactor, url, DOCUMENT)
     try:
         body = {"to": ["a"], "title": "", "text": ""}
@@ -441,7 +605,10 @@ async def test_a_store_outage_is_503_and_says_to_retry() -> None:
         receipt = await client.get("/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C", headers=AUTH)
         assert receipt.status == 503
         assert (await client.get("/health")).status == 503
+        kicked = await client.request("DELETE", "/v1/devices/a/session", headers=AUTH)
+        assert (kicked.status, kicked.json["error"]) == (503, "store_unavailable")
     finally:
         await client.close()
         await port.stopListening()
+        await pool.close()
         await store.close()

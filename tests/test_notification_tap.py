@@ -40,6 +40,7 @@ def test_defaults() -> None:
     assert options["max-batch"] == 500
     assert options["max-body"] == default_max_body(Limits(), 500) == 3_840_000
     assert options["idempotency-ttl"] == 86400
+    assert options["receipt-retention"] == 86400
 
 
 def test_keys_repeat_and_come_from_a_file(tmp_path: Path) -> None:
@@ -71,6 +72,7 @@ def test_limits_from_options() -> None:
         (("--api-key", KEY, "--max-batch", "0"), "--max-batch"),
         (("--api-key", KEY, "--max-body", "10"), "--max-body"),
         (("--api-key", KEY, "--max-ttl", "x"), "'x' is not a whole number"),
+        (("--api-key", KEY, "--receipt-retention", "-1"), "--receipt-retention must be 0"),
     ],
 )
 def test_bad_options_are_usage_errors(args: tuple[str, ...], fragment: str) -> None:

@@ -33,7 +33,7 @@ from pigeonpush.services import GcTuning
 from pigeonpush.standalone.tap import Announcement, Options, makeService
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.redis import RedisStore
-from pigeonpush.wire.frames import Ack, Auth, AuthOk, Kick, KickReason, Push
+from pigeonpush.wire.frames import Ack, Auth, AuthFail, AuthOk, Kick, KickReason, Push
 from support.server_harness import Device, DeviceTransport
 
 KEY = "application-key-0123456789"
@@ -204,6 +204,7 @@ def test_a_long_heartbeat_is_usable() -> None:
         (["--api-key=with space 0123456789"], "--api-key: an API key must be printable ASCII"),
         (["--api-keys-file=/nonexistent/keys"], "--api-keys-file: cannot read the API key file"),
         (["--auth-mode=registered", "--admin-key="], "--admin-key must not be empty"),
+        (["--receipt-retention=-5"], "--receipt-retention must be 0 or more seconds"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str) -> None:
@@ -410,6 +411,49 @@ def test_start_serve_and_stop_in_memory(log_events: list[LogEvent]) -> None:
     assert where["store"] == "memory"
     assert key["key"] == options.generated_key
     assert options.generated_key in key["log_format"].format(**key)
+
+
+def test_a_kick_through_the_api_disconnects_the_device_in_process() -> None:
+    """DELETE /v1/devices/{clientId}/session reaches the process's own push
+    server without AMP: the device gets KICK (POLICY), and its token no
+    longer authenticates."""
+    reactor = MemoryReactorClock()
+    top = makeService(on_ports(f"--api-key={KEY}"), reactor)
+    start(top, reactor)
+    ports = listening(reactor)
+    reglog = Http(reactor, ports[PORTS["reglog"]][0])
+    api = Http(reactor, ports[PORTS["api"]][0])
+    _status, route = reglog.request("POST", "/v1/route", {"clientId": "demo"})
+
+    def connect() -> Device:
+        proto = ports[PORTS["listen"]][0].buildProtocol(None)
+        device = Device(proto, DeviceTransport())
+        proto.makeConnection(device.transport)
+        device.send(Auth("demo", route["token"]))
+        reactor.advance(0)
+        return device
+
+    device = connect()
+    assert isinstance(device.received()[0], AuthOk)
+
+    status, answer = api.request("DELETE", "/v1/devices/demo/session", key=KEY)
+
+    assert (status, answer) == (200, {"clientId": "demo", "disconnected": True})
+    [kick] = device.received()
+    assert isinstance(kick, Kick) and kick.reason is KickReason.POLICY
+    assert device.closing
+    assert reactor.tcpClients == []  # in process: no AMP connection
+    device.lose()
+    reactor.advance(0)
+    again = connect()
+    [refused] = again.received()
+    assert isinstance(refused, AuthFail)
+    again.lose()
+    status, answer = api.request("DELETE", "/v1/devices/demo/session", key=KEY)
+    assert (status, answer) == (200, {"clientId": "demo", "disconnected": False})
+    stopping = top.stopService()
+    reactor.advance(10)
+    assert stopping.called
 
 
 def test_a_given_key_is_never_logged(log_events: list[LogEvent]) -> None:

@@ -14,6 +14,7 @@ from pigeonpush.store import (
     DropReason,
     Message,
     Notification,
+    RecipientState,
     StoreError,
     keys,
 )
@@ -182,6 +183,27 @@ async def test_issue_token_refuses_a_token_spelled_as_used(
 
 
 @pytest_twisted.ensureDeferred
+async def test_revoke_session_deletes_the_token_and_answers_the_route(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.issue_token("alice", "token-1", 60)
+    assert await store.bind_session("alice", "token-1", "server-a", 60)
+    assert await store.revoke_session("alice") == "server-a"
+    assert await store.token("alice") is None
+    # The token no longer binds a session, anywhere.
+    assert not await store.bind_session("alice", "token-1", "server-b", 60)
+    # ROUTE stays for the server's stale-route cleanup; revoking again is harmless.
+    assert await store.route("alice") == "server-a"
+    assert await store.revoke_session("alice") == "server-a"
+    # A token that was never bound: revoked, no route to answer.
+    await store.issue_token("bob", "token-2", 60)
+    assert await store.revoke_session("bob") is None
+    assert await store.token("bob") is None
+    assert await store.revoke_session("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_drop_route_only_while_it_points_to_the_server(store_case: StoreCase) -> None:
     store = store_case.store
     await store.issue_token("alice", "token-1", 60)
@@ -336,7 +358,9 @@ async def test_accept_refuses_a_bad_batch_and_writes_nothing(store_case: StoreCa
 
 
 @pytest_twisted.ensureDeferred
-async def test_message_body_expires_with_its_ttl(store_case: StoreCase) -> None:
+async def test_message_body_expires_with_its_ttl_and_its_receipt_later(
+    store_case: StoreCase,
+) -> None:
     store = store_case.store
     note = store_case.notification(["alice"], ttl=store_case.ttl)
     message_id = note.message.message_id
@@ -344,13 +368,21 @@ async def test_message_body_expires_with_its_ttl(store_case: StoreCase) -> None:
     assert await store.bodies([message_id]) == [note.message]
     assert await store.receipt(message_id) is not None
 
-    async def gone() -> bool:
-        return (
-            await store.bodies([message_id]) == [None] and await store.receipt(message_id) is None
-        )
+    async def body_gone() -> bool:
+        return await store.bodies([message_id]) == [None]
 
-    await store_case.eventually(gone, within=store_case.ttl, what="MSG_BODY expired")
+    await store_case.eventually(body_gone, within=store_case.ttl, what="MSG_BODY expired")
     assert await store.pending_ids("alice") == []
+    receipt = await store.receipt(message_id)
+    assert receipt is not None, "the receipt outlives the body"
+    assert receipt.states == (RecipientState.EXPIRED,)
+
+    async def receipt_gone() -> bool:
+        return await store.receipt(message_id) is None
+
+    await store_case.eventually(
+        receipt_gone, within=store_case.retention, what="RECEIPT gone after the retention"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -529,10 +561,154 @@ async def test_receipt_reports_who_still_waits(store_case: StoreCase) -> None:
     await store.ack([("bob", message_id)])
     receipt = await store.receipt(message_id)
     assert receipt is not None
-    assert receipt.message == note.message
+    assert receipt.message_id == message_id
+    assert (receipt.created_at, receipt.expires_at) == (
+        note.message.created_at,
+        note.message.expires_at,
+    )
     assert receipt.recipients == ("alice", "bob", "carol")
     assert receipt.pending == ("alice", "carol")
     assert receipt.acked == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipt_tells_acked_from_dropped(store_case: StoreCase) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice", "bob", "carol", "dave", "erin"])
+    message_id = note.message.message_id
+    await store.accept([note])
+    await store.ack([("bob", message_id)])
+    await store.drop_pending(
+        [
+            ("carol", message_id, DropReason.TOO_LARGE.value),
+            ("dave", message_id, DropReason.FAILED.value),
+            ("erin", message_id, DropReason.EXPIRED.value),
+        ]
+    )
+    receipt = await store.receipt(message_id)
+    assert receipt is not None
+    assert receipt.states == (
+        RecipientState.PENDING,
+        RecipientState.ACKED,
+        RecipientState.TOO_LARGE,
+        RecipientState.FAILED,
+        RecipientState.EXPIRED,
+    )
+    # A dropped message is not counted as ACKed.
+    assert (receipt.pending, receipt.acked) == (("alice",), 1)
+    assert receipt.with_state(RecipientState.ACKED) == ("bob",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_outcome_of_a_recipient_stays(store_case: StoreCase) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice", "bob"])
+    message_id = note.message.message_id
+    await store.accept([note])
+    await store.drop_pending([("alice", message_id, DropReason.FAILED.value)])
+    await store.ack([("bob", message_id)])
+    # A late ACK of a dropped message, a drop of an ACKed one, and an ACK
+    # from a client the message was not for change nothing.
+    await store.ack([("alice", message_id), ("mallory", message_id)])
+    await store.drop_pending([("bob", message_id, DropReason.TOO_LARGE.value)])
+    receipt = await store.receipt(message_id)
+    assert receipt is not None
+    assert receipt.recipients == ("alice", "bob")
+    assert receipt.states == (RecipientState.FAILED, RecipientState.ACKED)
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_pending_refuses_an_unknown_reason_and_writes_nothing(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice", "bob"])
+    message_id = note.message.message_id
+    await store.accept([note])
+    with pytest.raises(ValueError, match="drop reason must be one of"):
+        await store.drop_pending(
+            [("alice", message_id, DropReason.FAILED.value), ("bob", message_id, "bored")]
+        )
+    assert await store.pending_ids("alice") == [message_id]
+    receipt = await store.receipt(message_id)
+    assert receipt is not None and receipt.pending == ("alice", "bob")
+
+
+@pytest_twisted.ensureDeferred
+async def test_recipients_still_pending_at_the_ttl_read_as_expired(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice", "bob", "carol"], ttl=store_case.ttl)
+    message_id = note.message.message_id
+    await store.accept([note])
+    await store.ack([("alice", message_id)])
+    await store.drop_pending([("bob", message_id, DropReason.TOO_LARGE.value)])
+
+    async def expired() -> bool:
+        receipt = await store.receipt(message_id)
+        return receipt is not None and receipt.states[2] is RecipientState.EXPIRED
+
+    await store_case.eventually(expired, within=store_case.ttl, what="carol's state expired")
+    receipt = await store.receipt(message_id)
+    assert receipt is not None
+    assert receipt.states == (
+        RecipientState.ACKED,
+        RecipientState.TOO_LARGE,
+        RecipientState.EXPIRED,
+    )
+    assert (receipt.pending, receipt.acked) == ((), 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_ack_still_counts_while_the_id_is_pending(store_case: StoreCase) -> None:
+    store = store_case.store
+    short = store_case.notification(["alice", "bob"], ttl=store_case.ttl)
+    # A longer message keeps alice's WAIT_ACK (and the short id in it) alive;
+    # bob's goes at the short TTL, with the id.
+    long = store_case.notification(["alice"], ttl=60 * store_case.retention)
+    await store.accept([short, long])
+    short_id = short.message.message_id
+
+    async def expired() -> bool:
+        receipt = await store.receipt(short_id)
+        # (Redis drops bob's set a moment after expiresAt: wait for both.)
+        gone = await store.pending_ids("bob") == []
+        return gone and receipt is not None and receipt.pending == ()
+
+    await store_case.eventually(expired, within=store_case.ttl, what="the TTL to run out")
+    await store.ack([("alice", short_id), ("bob", short_id)])
+    receipt = await store.receipt(short_id)
+    assert receipt is not None
+    assert receipt.states == (RecipientState.ACKED, RecipientState.EXPIRED)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ack_after_the_receipt_retention_recreates_nothing(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    short = store_case.notification(["alice"], ttl=store_case.ttl)
+    # A longer message keeps alice's WAIT_ACK (and the short id in it) alive.
+    long = store_case.notification(["alice"], ttl=60 * store_case.retention)
+    await store.accept([short, long])
+    short_id = short.message.message_id
+
+    async def receipt_gone() -> bool:
+        return await store.receipt(short_id) is None
+
+    await store_case.eventually(
+        receipt_gone,
+        within=store_case.ttl + store_case.retention,
+        what="the short message's receipt gone",
+    )
+    assert short_id in await store.pending_ids("alice")
+    await store.ack([("alice", short_id)])
+    await store.drop_pending([("alice", long.message.message_id, DropReason.FAILED.value)])
+    assert await store.pending_ids("alice") == []
+    assert await store.receipt(short_id) is None
+    receipt = await store.receipt(long.message.message_id)
+    assert receipt is not None and receipt.states == (RecipientState.FAILED,)
 
 
 @pytest_twisted.ensureDeferred

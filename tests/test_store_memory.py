@@ -13,7 +13,7 @@ from pigeonpush.store.memory import MemoryStore
 def _store() -> tuple[MemoryStore, Clock]:
     clock = Clock()
     clock.advance(1_700_000_000)
-    return MemoryStore(clock, idempotency_ttl=600), clock
+    return MemoryStore(clock, idempotency_ttl=600, receipt_retention=600), clock
 
 
 def _notification(clock: Clock, recipients: list[str], ttl: float) -> Notification:
@@ -38,13 +38,17 @@ def test_stale_keys_are_swept_without_being_read() -> None:
         store.bind_session(f"client-{i}", "t", "server-a", 60)
     store.accept([_notification(clock, [f"client-{i}" for i in range(1000)], 120)])
     store.issue_token("keeper", "t", 3600)
-    assert store.size() == 1000 + 1000 + 1000 + 1 + 1 + 1  # AUTH, ROUTE, WAIT_ACK, body, queue
+    # AUTH, ROUTE, WAIT_ACK, body, receipt, queue
+    assert store.size() == 1000 + 1000 + 1000 + 1 + 1 + 1 + 1
     clock.advance(61)
     store.ping()  # any call sweeps
-    assert store.size() == 1000 + 1 + 1 + 1
+    assert store.size() == 1000 + 1 + 1 + 1 + 1
     clock.advance(60)
     store.ping()
-    assert store.size() == 1 + 1  # the keeper's token and the (unconsumed) queue
+    assert store.size() == 1 + 1 + 1  # the keeper's token, the receipt, the (unconsumed) queue
+    clock.advance(600)
+    store.ping()
+    assert store.size() == 1 + 1  # the receipt's retention ended
 
 
 def test_refreshed_keys_survive_their_first_expiry_time() -> None:

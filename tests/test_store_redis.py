@@ -80,7 +80,9 @@ async def raw(redis_url: str) -> AsyncIterator[Raw]:
 
 @pytest.fixture
 def redis_store(redis_url: str) -> Iterator[RedisStore]:
-    store = RedisStore(parse_redis_url(redis_url), _reactor(), idempotency_ttl=120)
+    store = RedisStore(
+        parse_redis_url(redis_url), _reactor(), idempotency_ttl=120, receipt_retention=3600
+    )
     try:
         yield store
     finally:
@@ -107,6 +109,7 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
         "PIGEON:WAIT_ACK:alice": "set",
         "PIGEON:WAIT_ACK:bob": "set",
         f"PIGEON:MSG_BODY:{message_id}": "hash",
+        f"PIGEON:RECEIPT:{message_id}": "hash",
         "PIGEON:QUEUE": "stream",
         "PIGEON:DEVICE:bob": "hash",
         "PIGEON:IDEMPOTENCY:app:req-1": "string",
@@ -131,9 +134,19 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
         "extras": '{"k":"v"}',
         "createdAt": repr(note.message.created_at),
         "expiresAt": repr(note.message.expires_at),
-        "recipients": '["alice","bob"]',
     }
     assert 890 < await ttl(f"PIGEON:MSG_BODY:{message_id}") <= 900
+    receipt_key = f"PIGEON:RECEIPT:{message_id}"
+    assert await raw.hash(receipt_key) == {
+        "#recipients": '["alice","bob"]',
+        "#createdAt": repr(note.message.created_at),
+        "#expiresAt": repr(note.message.expires_at),
+    }
+    assert 4490 < await ttl(receipt_key) <= 4500  # the TTL plus the receipt retention
+    await store.ack([("alice", message_id)])
+    await store.drop_pending([("bob", message_id, "too_large")])
+    fields = await raw.hash(receipt_key)
+    assert (fields["alice"], fields["bob"]) == ("acked", "too_large")
     assert await raw.hash("PIGEON:DEVICE:bob") == {
         "secretHash": "scrypt$salt$hash",
         "createdAt": "1700000000.25",
@@ -148,6 +161,7 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
     assert dict(zip(fields[::2], fields[1::2], strict=True)) == {
         "messageId": message_id,
         **body,
+        "recipients": '["alice","bob"]',
         "idempotencyKey": "app:req-1",
     }
     (group,) = await raw("XINFO", "GROUPS", "PIGEON:QUEUE")

@@ -1,7 +1,7 @@
 """``pigeonpush status``: print a notification's delivery receipt as JSON.
 
 Exit 0 with the receipt on stdout; exit 1 with the API's error on stderr (an
-unknown or expired messageId is ``not_found``).
+unknown messageId, or one whose receipt retention ended, is ``not_found``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The pending ids come from the client's WAIT_ACK set (messageIds are ULIDs, so
 sorting them is oldest first); the ids already in flight on the client's
 connection are skipped; the bodies are read in one round trip. An id whose
-body is gone has expired: it is removed from WAIT_ACK so it is never looked at
-again, and never delivered.
+body is gone has expired: it is dropped from WAIT_ACK with the reason
+``expired`` (the receipt says so) so it is never looked at again, and never
+delivered.
 
 ``pull_many`` answers the pulls of many clients (a push server batches them)
 with one pipelined read of every client's pending ids and one of every body,
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from pigeonpush.delivery import metrics
 from pigeonpush.rpc import PullAnswer, PullRequest, PushItem
 from pigeonpush.store.interface import Store, StoreError
+from pigeonpush.store.model import DropReason
 
 #: The most messages one pull returns, whatever the server asks.
 MAX_PULL = 1000
@@ -69,7 +71,7 @@ class PendingMessages:
             wanted_bodies = [m for ids in candidates for m in ids]
             bodies = await self._store.bodies(wanted_bodies) if wanted_bodies else []
             now = self._clock.seconds()
-            gone: list[tuple[str, str]] = []
+            gone: list[tuple[str, str, str]] = []
             position = pulled = 0
             for index, request, ids, want, pending_ids in zip(
                 indices, asked, candidates, wanted, pending, strict=True
@@ -82,7 +84,7 @@ class PendingMessages:
                     body = bodies[position]
                     position += 1
                     if body is None or body.expires_at <= now:
-                        gone.append((client_id, message_id))
+                        gone.append((client_id, message_id, DropReason.EXPIRED.value))
                     elif len(items) < limit:
                         items.append(
                             PushItem(client_id, message_id, body.title, body.text, body.extras)
@@ -97,11 +99,11 @@ class PendingMessages:
         metrics.PULLS.inc(len(asked))
         return answers
 
-    async def _forget(self, gone: list[tuple[str, str]]) -> None:
+    async def _forget(self, gone: list[tuple[str, str, str]]) -> None:
         # The answer does not depend on this write: a failure leaves the ids
         # for the next pull to clean, and is no reason to fail this one.
         try:
-            await self._store.ack(gone)
+            await self._store.drop_pending(gone)
         except StoreError as e:
             self.log.warn(
                 "Could not remove {count} expired ids from WAIT_ACK: {why}",

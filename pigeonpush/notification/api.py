@@ -1,7 +1,8 @@
 """The notification HTTP API: twisted.web resources over ``Notifications``.
 
 ``POST /v1/notifications``, ``POST /v1/notifications/batch``,
-``GET /v1/notifications/<messageId>``, plus ``GET /health`` and ``/metrics``.
+``GET /v1/notifications/<messageId>``, ``DELETE /v1/devices/<clientId>/session``,
+plus ``GET /health`` and ``/metrics``.
 Every answer is JSON; every error has the project's shape (``error``,
 ``message``; ``field`` too when one field of a notification is wrong). A
 request that gets a 4xx writes nothing.
@@ -30,9 +31,11 @@ from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications, Outcome, Submission
-from pigeonpush.notification.validate import Invalid
+from pigeonpush.notification.sessions import DeviceSessions
+from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
+from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
-from pigeonpush.store.model import Accepted, Receipt
+from pigeonpush.store.model import Accepted, Receipt, RecipientState
 
 #: Longest Idempotency-Key header value (visible ASCII).
 MAX_IDEMPOTENCY_KEY = 128
@@ -62,15 +65,29 @@ def iso8601(seconds: float) -> str:
 
 
 def receipt_body(receipt: Receipt) -> dict[str, Any]:
-    message = receipt.message
+    """The receipt as the API reports it: ``pending`` and ``acked`` (a count)
+    as before, then who ACKed, who it expired for and who it was dropped for,
+    with the reason."""
+    dropped = [
+        {"clientId": client_id, "reason": state.value}
+        for client_id, state in zip(receipt.recipients, receipt.states, strict=True)
+        if state in DROPPED
+    ]
     return {
-        "messageId": message.message_id,
-        "createdAt": iso8601(message.created_at),
-        "expiresAt": iso8601(message.expires_at),
+        "messageId": receipt.message_id,
+        "createdAt": iso8601(receipt.created_at),
+        "expiresAt": iso8601(receipt.expires_at),
         "recipients": len(receipt.recipients),
         "pending": list(receipt.pending),
         "acked": receipt.acked,
+        "ackedBy": list(receipt.with_state(RecipientState.ACKED)),
+        "expired": list(receipt.with_state(RecipientState.EXPIRED)),
+        "dropped": dropped,
     }
+
+
+#: States of a recipient the server gave up on (the receipt's ``dropped``).
+DROPPED = frozenset({RecipientState.TOO_LARGE, RecipientState.FAILED})
 
 
 def accepted_body(accepted: Accepted) -> dict[str, Any]:
@@ -88,16 +105,26 @@ class ApiSettings:
 class NotificationApi:
     """The handlers; ``resource()`` builds the tree to serve."""
 
-    def __init__(self, notifications: Notifications, keys: ApiKeys, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        notifications: Notifications,
+        keys: ApiKeys,
+        settings: ApiSettings,
+        sessions: DeviceSessions | None = None,
+    ) -> None:
         self._notifications = notifications
         self._keys = keys
         self._settings = settings
+        #: Without it there is no ``/v1/devices`` (an API with no way to reach servers).
+        self._sessions = sessions
 
     def resource(self) -> Resource:
         root = JsonTree()
         v1 = JsonTree()
         root.putChild(b"v1", v1)
         v1.putChild(b"notifications", _NotificationsTree(self))
+        if self._sessions is not None:
+            v1.putChild(b"devices", _DevicesTree(self))
         root.putChild(b"health", JsonResource({b"GET": self.health}))
         root.putChild(b"metrics", MetricsResource())
         return root
@@ -146,8 +173,36 @@ class NotificationApi:
         except StoreError as e:
             raise _unavailable(e) from None
         if receipt is None:
-            raise ApiError(404, "not_found", "no such notification: unknown or expired")
+            raise ApiError(
+                404, "not_found", "no such notification: unknown, or its receipt retention ended"
+            )
         return JsonResponse(receipt_body(receipt))
+
+    async def kick(self, request: Request, client_id: str) -> JsonResponse:
+        """Revoke the device's token and disconnect it; 200 either way, with
+        ``disconnected`` saying whether a connection was closed."""
+        self._authorize(request)
+        if not CLIENT_ID.match(client_id):
+            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID_RULE}"))
+        assert self._sessions is not None
+        try:
+            kicked = await self._sessions.kick(client_id)
+        except StoreError as e:
+            raise _unavailable(e) from None
+        except RpcUnavailable as e:
+            log.warn(
+                "Could not reach the push server of {client_id}: {why}",
+                client_id=client_id,
+                why=str(e),
+            )
+            raise ApiError(
+                503,
+                "server_unavailable",
+                "the token is revoked, but the push server holding the device did not "
+                "answer; retry later",
+                {"Retry-After": "1"},
+            ) from None
+        return JsonResponse({"clientId": client_id, "disconnected": kicked})
 
     async def health(self, request: Request) -> JsonResponse:
         try:
@@ -210,13 +265,14 @@ Handler = Callable[[Request], Awaitable[JsonResponse]]
 
 
 def _counting(handler: Handler) -> Handler:
-    """Count every error answer by its code (store outages separately)."""
+    """Count every error answer by its code (store outages separately; a push
+    server a kick could not reach counts as ``server_unavailable``)."""
 
     async def counted(request: Request) -> JsonResponse:
         try:
             return await handler(request)
         except ApiError as e:
-            if e.status == 503:
+            if e.code == "store_unavailable":
                 metrics.STORE_ERRORS.inc()
             else:
                 metrics.REJECTED.labels(e.code).inc()
@@ -246,3 +302,24 @@ class _NotificationsTree(Resource):
             return await self._api.receipt(request, message_id)
 
         return JsonResource({b"GET": _counting(receipt)})
+
+
+class _DevicesTree(Resource):
+    """``/v1/devices/<clientId>/session``."""
+
+    def __init__(self, api: NotificationApi) -> None:
+        super().__init__()
+        self._api = api
+
+    def render(self, request: Request) -> bytes | int:
+        return JsonTree().render(request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        client_id = path.decode("utf-8", "replace")
+
+        async def kick(request: Request) -> JsonResponse:
+            return await self._api.kick(request, client_id)
+
+        device = JsonTree()
+        device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        return device

@@ -96,14 +96,8 @@ class Notifications:
         return Notification(message, draft.recipients, idempotency_key)
 
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
-        """The receipt, or None when unknown or expired (a malformed id is unknown)."""
+        """The receipt (kept for the store's receipt retention after the
+        message's TTL), or None when unknown or gone (a malformed id is unknown)."""
         if not is_message_id(message_id):
             return succeed(None)
-        now = self._clock.seconds()
-
-        def unexpired(receipt: Receipt | None) -> Receipt | None:
-            if receipt is None or receipt.message.expires_at <= now:
-                return None
-            return receipt
-
-        return self.store.receipt(message_id).addCallback(unexpired)
+        return self.store.receipt(message_id)

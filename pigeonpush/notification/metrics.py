@@ -25,3 +25,8 @@ STORE_ERRORS = Counter(
     "pigeonpush_notification_store_errors",
     "Requests that failed because the store did not answer",
 )
+KICKS = Counter(
+    "pigeonpush_notification_kicks",
+    "Device sessions ended through the API, by result (disconnected, no_session)",
+    ["result"],
+)

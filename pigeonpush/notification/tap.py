@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -9,12 +10,16 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
 from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
-from pigeonpush.options import check_endpoint, check_store_url
+from pigeonpush.options import RPC_CA_FILE_OPTION, check_endpoint, check_store_url, client_tls
+from pigeonpush.rpc import PushGateway
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.services import Closer, GcTuning, StopInOrder
 from pigeonpush.store.interface import Store
 
@@ -66,6 +71,14 @@ class Options(usage.Options):
             _whole,
         ],
         ["idempotency-ttl", None, 86400, "How long an Idempotency-Key is remembered.", _whole],
+        [
+            "receipt-retention",
+            None,
+            86400,
+            "Seconds a receipt stays readable after its message's TTL (1 day; 0: none).",
+            _whole,
+        ],
+        RPC_CA_FILE_OPTION,
     ]
 
     def __init__(self) -> None:
@@ -79,6 +92,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         check_endpoint("--listen", self["listen"])
         check_store_url("--redis", self["redis"])
+        #: how push servers' tls: RPC addresses are verified (Kick)
+        self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
         keys = list(self["api-key"])
         if self["api-keys-file"] is not None:
             try:
@@ -97,6 +112,8 @@ class Options(usage.Options):
         for name in ("max-batch", "idempotency-ttl"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if self["receipt-retention"] < 0:
+            raise usage.UsageError("--receipt-retention must be 0 or more seconds")
         limits = Limits(
             default_ttl=self["default-ttl"],
             max_ttl=self["max-ttl"],
@@ -122,21 +139,32 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     from pigeonpush.store import open_store
 
-    store = open_store(config["redis"], reactor, idempotency_ttl=config["idempotency-ttl"])
+    store = open_store(
+        config["redis"],
+        reactor,
+        idempotency_ttl=config["idempotency-ttl"],
+        receipt_retention=config["receipt-retention"],
+    )
+    # Kicks reach the push server that ROUTE names over AMP, as delivery's pushes do.
+    pool = AmpPool(reactor, tls=config["rpc-tls"])
     top = StopInOrder()
-    Closer(store.close).setServiceParent(top)
-    build_api(config, reactor, store).setServiceParent(top)
+    Closer(store.close, pool.close).setServiceParent(top)
+    build_api(config, reactor, store, AmpGateways(pool)).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
     return top
 
 
-def build_api(config: Options, reactor: Any, store: Store) -> IService:
-    """The HTTP API over a given store (the all-in-one process shares its own)."""
+def build_api(
+    config: Options, reactor: Any, store: Store, gateway_for: Callable[[str], PushGateway]
+) -> IService:
+    """The HTTP API over a given store (the all-in-one process shares its
+    own); ``gateway_for`` reaches the push server at an RPC address (kicks)."""
     notifications = Notifications(store, reactor, config["limits"])
     api = NotificationApi(
         notifications,
         ApiKeys(config["keys"]),
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
+        DeviceSessions(store, gateway_for),
     )
     site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
     listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)

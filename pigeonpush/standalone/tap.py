@@ -77,6 +77,12 @@ class Options(usage.Options):
         ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
         ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
         ["drain-period", None, "5", "Seconds over which a stop KICKs connected clients."],
+        [
+            "receipt-retention",
+            None,
+            "86400",
+            "Seconds a receipt stays readable after its message's TTL (1 day; 0: none).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -113,6 +119,7 @@ class Options(usage.Options):
         if self["admin-key"] is not None:
             reglog += ["--admin-key", self["admin-key"]]
         notification = ["--listen", self["api"], *common]
+        notification += ["--receipt-retention", self["receipt-retention"]]
         for key in self["api-key"]:
             notification += ["--api-key", key]
         if self["api-keys-file"] is not None:
@@ -175,7 +182,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    store = open_store(config["redis"], reactor)
+    store = open_store(
+        config["redis"], reactor, receipt_retention=config.notification["receipt-retention"]
+    )
     discovery = StaticDiscovery(clock=reactor)
     pool = AmpPool(reactor, tls=config.server["rpc-tls"])
     remote = AmpGateways(pool)
@@ -198,7 +207,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         server,
         worker,
         *(service for _name, service in reglog),
-        notification_tap.build_api(config.notification, reactor, store),
+        notification_tap.build_api(config.notification, reactor, store, gateway_for),
         LagGauge(store, LAG_INTERVAL, reactor),
         Announcement(config),
     ]

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, Store, StoreError
+from pigeonpush.store.interface import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RECEIPT_RETENTION,
+    Store,
+    StoreError,
+)
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
@@ -18,10 +23,12 @@ from pigeonpush.store.model import (
     Notification,
     QueueEntry,
     Receipt,
+    RecipientState,
 )
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
+    "DEFAULT_RECEIPT_RETENTION",
     "Accepted",
     "DeviceRecord",
     "DropReason",
@@ -29,6 +36,7 @@ __all__ = [
     "Notification",
     "QueueEntry",
     "Receipt",
+    "RecipientState",
     "Store",
     "StoreError",
     "open_store",
@@ -36,19 +44,32 @@ __all__ = [
 
 
 def open_store(
-    url: str, reactor: Any, *, idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    url: str,
+    reactor: Any,
+    *,
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+    receipt_retention: float = DEFAULT_RECEIPT_RETENTION,
 ) -> Store:
     """The store ``url`` names: ``memory:`` or
     ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS, with
     ``?ssl_ca_certs=PATH`` to trust a private authority). The Redis store
-    connects on first use. ValueError says what is wrong with a bad URL."""
+    connects on first use. ValueError says what is wrong with a bad URL.
+    ``receipt_retention``: how long a receipt stays readable after its
+    message's TTL (the body is gone at the TTL; the states are kept)."""
     if not isinstance(url, str) or not url:
         raise ValueError("a store URL is needed: memory: or redis://[:password@]host:port/db")
     if url == "memory:" or url == "memory://":
         from pigeonpush.store.memory import MemoryStore
 
-        return MemoryStore(reactor, idempotency_ttl=idempotency_ttl)
+        return MemoryStore(
+            reactor, idempotency_ttl=idempotency_ttl, receipt_retention=receipt_retention
+        )
     from pigeonpush.store.address import parse_redis_url
     from pigeonpush.store.redis import RedisStore
 
-    return RedisStore(parse_redis_url(url), reactor, idempotency_ttl=idempotency_ttl)
+    return RedisStore(
+        parse_redis_url(url),
+        reactor,
+        idempotency_ttl=idempotency_ttl,
+        receipt_retention=receipt_retention,
+    )

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 
 from pigeonpush.store.keys import BOUND
-from pigeonpush.store.model import Notification
+from pigeonpush.store.model import DROPPED_STATE, DropReason, Notification, RecipientState
 
 
 def issuable_token(token: str) -> str:
@@ -91,3 +91,17 @@ def accepted_batch(
             notification = Notification(message, recipients, notification.idempotency_key)
         checked.append((notification, remaining))
     return checked
+
+
+def dropped(drops: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, RecipientState]]:
+    """``drop_pending``'s triples with each reason turned into the state it
+    leaves; ValueError for the first reason that is no ``DropReason``."""
+    settled: list[tuple[str, str, RecipientState]] = []
+    for client_id, message_id, reason in drops:
+        try:
+            state = DROPPED_STATE[DropReason(reason)]
+        except ValueError:
+            known = ", ".join(r.value for r in DropReason)
+            raise ValueError(f"a drop reason must be one of {known}, not {reason!r}") from None
+        settled.append((client_id, message_id, state))
+    return settled

@@ -30,6 +30,9 @@ from pigeonpush.store.model import (
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
 DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
+#: How long a receipt stays readable after its message's TTL ran out (1 day):
+#: time to learn who never got a message, without keeping its body.
+DEFAULT_RECEIPT_RETENTION = 24 * 60 * 60.0
 
 
 class StoreError(Exception):
@@ -72,6 +75,12 @@ class Store(Protocol):
         """Set the expiry of AUTH and ROUTE of live sessions to ``ttl`` from now
         (one batch); keys that are gone stay gone."""
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        """Delete AUTH, so that the client's token no longer authenticates
+        (the operator's kick), and answer ROUTE: the server (RPC address)
+        that may still hold a connection to KICK, or None. Atomically. ROUTE
+        is left for that server's cleanup (``drop_route`` once it is stale)."""
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         """Delete ROUTE only if it still points to ``server`` (stale route)."""
 
@@ -85,11 +94,13 @@ class Store(Protocol):
 
     def accept(self, notifications: Sequence[Notification]) -> Deferred[list[Accepted]]:
         """For each notification, atomically: store the body until its
-        ``expires_at``, add the id to every recipient's WAIT_ACK (whose expiry
-        is raised to the longest TTL it holds), and append it with its
-        recipients to the queue. One whose ``idempotency_key`` was seen within
-        the store's idempotency TTL writes nothing and answers the first
-        acceptance (``duplicate=True``). Repeated recipients count once.
+        ``expires_at`` and its receipt (recipients, no outcome yet) until
+        ``expires_at`` plus the receipt retention, add the id to every
+        recipient's WAIT_ACK (whose expiry is raised to the longest TTL it
+        holds), and append it with its recipients to the queue. One whose
+        ``idempotency_key`` was seen within the store's idempotency TTL
+        writes nothing and answers the first acceptance (``duplicate=True``).
+        Repeated recipients count once.
 
         The whole batch is checked first (ValueError: nothing written); then
         each notification is atomic on its own, not the batch as a whole."""
@@ -108,14 +119,17 @@ class Store(Protocol):
         """Message bodies in order; None where expired or unknown."""
 
     def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
-        """Remove each ``(clientId, messageId)`` from WAIT_ACK (one batch);
-        unknown pairs are ignored."""
+        """Remove each ``(clientId, messageId)`` from WAIT_ACK (one batch)
+        and, where it was there, record ``acked`` in the message's receipt,
+        atomically per pair; unknown pairs are ignored."""
 
     def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
         """Remove each ``(clientId, messageId, reason)`` from WAIT_ACK without
-        an ACK (one batch), and remember ``reason`` (a ``DropReason`` value)
-        for the message's receipt: the message will never reach that client.
-        Unknown pairs are ignored."""
+        an ACK (one batch) and, where it was there, record ``reason`` (a
+        ``DropReason`` value) in the message's receipt, atomically per pair:
+        the message will never reach that client. Unknown pairs are ignored;
+        ValueError (nothing written) for a reason that is no ``DropReason``.
+        The first outcome recorded for a recipient stays."""
 
     def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
         """Add one to the failure count of each ``(clientId, messageId)`` (the
@@ -127,7 +141,10 @@ class Store(Protocol):
         message that is ACKed costs no write here."""
 
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
-        """The delivery receipt, or None once the message expired or was never seen."""
+        """The delivery receipt: every recipient's state (``Receipt``). It
+        outlives the body: readable until the receipt retention after the
+        message's TTL, recipients without an outcome then reading as
+        expired. None once that ended, or for a message never seen."""
 
     # -- devices (registration mode) ----------------------------------------
 

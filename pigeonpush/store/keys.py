@@ -13,15 +13,18 @@ ROUTE = PREFIX + "ROUTE:"  #: + clientId -> string: RPC address of the push serv
 WAIT_ACK = PREFIX + "WAIT_ACK:"  #: + clientId -> set of messageIds not yet ACKed
 MSG_BODY = PREFIX + "MSG_BODY:"  #: + messageId -> hash (see BODY_FIELDS)
 FAILED = PREFIX + "FAILED:"  #: + clientId -> hash: messageId -> failed deliveries
+#: + messageId -> hash: RECEIPT_META fields, then clientId -> outcome (a state)
+RECEIPT = PREFIX + "RECEIPT:"
 DEVICE = PREFIX + "DEVICE:"  #: + clientId -> hash (secretHash, createdAt)
 IDEMPOTENCY = PREFIX + "IDEMPOTENCY:"  #: + key -> string: JSON of the first acceptance
 QUEUE = PREFIX + "QUEUE"  #: stream of accepted notifications
 GROUP = "delivery"  #: the consumer group of QUEUE
 
-#: MSG_BODY fields read on the delivery path (``recipients`` is left out: it
-#: can be thousands of ids and only the receipt needs it).
+#: MSG_BODY fields (the recipients are in RECEIPT: only the receipt needs them).
 BODY_FIELDS = ("title", "text", "extras", "createdAt", "expiresAt")
-RECEIPT_FIELDS = (*BODY_FIELDS, "recipients")
+#: RECEIPT fields that are not outcomes; no clientId starts with ``#``, and
+#: outcomes are written with HSETNX, so an outcome never replaces one of these.
+RECEIPT_META = ("#recipients", "#createdAt", "#expiresAt")
 DEVICE_FIELDS = ("secretHash", "createdAt")
 
 
@@ -39,6 +42,10 @@ def wait_ack(client_id: str) -> str:
 
 def msg_body(message_id: str) -> str:
     return MSG_BODY + message_id
+
+
+def receipt(message_id: str) -> str:
+    return RECEIPT + message_id
 
 
 def device(client_id: str) -> str:

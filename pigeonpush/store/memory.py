@@ -19,7 +19,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from pigeonpush.store import checks
 from pigeonpush.store.expiring import Expiries, ExpiringTable
-from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, StoreError
+from pigeonpush.store.interface import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RECEIPT_RETENTION,
+    StoreError,
+)
 from pigeonpush.store.keys import BOUND
 from pigeonpush.store.memory_queue import MemoryQueue
 from pigeonpush.store.model import (
@@ -29,31 +33,45 @@ from pigeonpush.store.model import (
     Notification,
     QueueEntry,
     Receipt,
+    RecipientState,
+    recipient_states,
 )
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@attrs.frozen(slots=True)
-class _Body:
-    message: Message
+@attrs.define(slots=True)
+class _ReceiptRecord:
+    """What Redis keeps in ``PIGEON:RECEIPT:<messageId>``."""
+
     recipients: tuple[str, ...]
+    created_at: float
+    expires_at: float
+    outcomes: dict[str, str] = attrs.field(factory=dict)
 
 
 class MemoryStore:
     """All shared state in dictionaries, expiring on ``clock``."""
 
     def __init__(
-        self, clock: IReactorTime, *, idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+        self,
+        clock: IReactorTime,
+        *,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        receipt_retention: float = DEFAULT_RECEIPT_RETENTION,
     ) -> None:
         self._clock = clock
         self._idempotency_ttl = checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
+        self._receipt_retention = checks.non_negative_seconds(
+            receipt_retention, "receipt_retention"
+        )
         self._expiries = Expiries()
         self._auth: ExpiringTable[str] = ExpiringTable(self._expiries)
         self._route: ExpiringTable[str] = ExpiringTable(self._expiries)
         self._wait_ack: ExpiringTable[set[str]] = ExpiringTable(self._expiries)
-        self._bodies: ExpiringTable[_Body] = ExpiringTable(self._expiries)
+        self._bodies: ExpiringTable[Message] = ExpiringTable(self._expiries)
+        self._receipts: ExpiringTable[_ReceiptRecord] = ExpiringTable(self._expiries)
         self._idempotency: ExpiringTable[Accepted] = ExpiringTable(self._expiries)
         self._devices: dict[str, DeviceRecord] = {}
         #: clientId -> messageId -> failed deliveries (PIGEON:FAILED)
@@ -83,6 +101,7 @@ class MemoryStore:
             self._route,
             self._wait_ack,
             self._bodies,
+            self._receipts,
             self._idempotency,
             self._failed,
         )
@@ -147,6 +166,14 @@ class MemoryStore:
             self._auth.expire(client_id, now + ttl, now)
             self._route.expire(client_id, now + ttl, now)
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        return self._run(self._revoke_session, client_id)
+
+    def _revoke_session(self, client_id: str) -> str | None:
+        now = self._clock.seconds()
+        self._auth.delete(client_id, now)
+        return self._route.get(client_id, now)
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._run(self._drop_route, client_id, server)
 
@@ -184,8 +211,11 @@ class MemoryStore:
             message = notification.message
             message = attrs.evolve(message, extras=dict(message.extras))
             expires_at = message.expires_at
-            self._bodies.set(
-                message.message_id, _Body(message, notification.recipients), expires_at
+            self._bodies.set(message.message_id, message, expires_at)
+            self._receipts.set(
+                message.message_id,
+                _ReceiptRecord(notification.recipients, message.created_at, expires_at),
+                expires_at + self._receipt_retention,
             )
             for client_id in notification.recipients:
                 pending = self._wait_ack.get(client_id, now)
@@ -230,40 +260,46 @@ class MemoryStore:
         now = self._clock.seconds()
         found: list[Message | None] = []
         for message_id in message_ids:
-            body = self._bodies.get(message_id, now)
-            found.append(None if body is None else body.message)
+            found.append(self._bodies.get(message_id, now))
         return found
 
     def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
-        return self._run(self._ack, acks)
+        return self._run(
+            self._settle,
+            [(client_id, message_id, RecipientState.ACKED) for client_id, message_id in acks],
+        )
 
     def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
-        return self._run(self._ack, [(client_id, message_id) for client_id, message_id, _ in drops])
+        return self._run(self._drop_pending, drops)
 
-    def _ack(self, acks: Sequence[tuple[str, str]]) -> None:
+    def _drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> None:
+        self._settle(checks.dropped(drops))
+
+    def _settle(self, outcomes: Sequence[tuple[str, str, RecipientState]]) -> None:
+        """Remove each pair from WAIT_ACK; where it was there, record its
+        outcome in the receipt (the first one recorded stays)."""
         now = self._clock.seconds()
-        for client_id, message_id in acks:
+        for client_id, message_id, state in outcomes:
             pending = self._wait_ack.get(client_id, now)
-            if pending is None:
+            if pending is None or message_id not in pending:
                 continue
             pending.discard(message_id)
             if not pending:  # Redis deletes a set once it is empty
                 self._wait_ack.delete(client_id, now)
+            record = self._receipts.get(message_id, now)
+            if record is not None:
+                record.outcomes.setdefault(client_id, state.value)
 
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         return self._run(self._receipt, message_id)
 
     def _receipt(self, message_id: str) -> Receipt | None:
         now = self._clock.seconds()
-        body = self._bodies.get(message_id, now)
-        if body is None:
+        record = self._receipts.get(message_id, now)
+        if record is None:
             return None
-        pending = tuple(
-            client_id
-            for client_id in body.recipients
-            if message_id in (self._wait_ack.get(client_id, now) or ())
-        )
-        return Receipt(body.message, body.recipients, pending)
+        states = recipient_states(record.recipients, record.outcomes, record.expires_at <= now)
+        return Receipt(message_id, record.created_at, record.expires_at, record.recipients, states)
 
     def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
         return self._run(self._add_failures, failures, ttl)

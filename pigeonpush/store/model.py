@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -58,17 +58,68 @@ class QueueEntry:
     deliveries: int = 1
 
 
+class RecipientState(str, enum.Enum):
+    """What became of a message for one recipient (its receipt reports it)."""
+
+    PENDING = "pending"  #: not ACKed yet, and the message's TTL still runs
+    ACKED = "acked"  #: the device ACKed it
+    EXPIRED = "expired"  #: its TTL ran out before the device ACKed it
+    TOO_LARGE = "too_large"  #: dropped: it cannot fit the connection's frame limit
+    FAILED = "failed"  #: dropped: the device refused or never ACKed it after every attempt
+
+
+#: The state a drop of each reason leaves.
+DROPPED_STATE = {
+    DropReason.TOO_LARGE: RecipientState.TOO_LARGE,
+    DropReason.FAILED: RecipientState.FAILED,
+    DropReason.EXPIRED: RecipientState.EXPIRED,
+}
+
+
 @attrs.frozen(slots=True)
 class Receipt:
-    """A delivery receipt: which recipients still wait for the message."""
+    """A delivery receipt: what became of the message for each recipient.
 
-    message: Message
+    It outlives the message's body: after ``expires_at`` the store keeps it
+    for its receipt retention, every recipient that had not ACKed by then
+    reading as expired (or as dropped, with the reason recorded)."""
+
+    message_id: str
+    created_at: float
+    expires_at: float
     recipients: tuple[str, ...]
-    pending: tuple[str, ...]
+    #: one per recipient, in the same order
+    states: tuple[RecipientState, ...]
+
+    def with_state(self, state: RecipientState) -> tuple[str, ...]:
+        """The recipients in ``state``, in recipient order."""
+        return tuple(
+            client_id
+            for client_id, held in zip(self.recipients, self.states, strict=True)
+            if held is state
+        )
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return self.with_state(RecipientState.PENDING)
 
     @property
     def acked(self) -> int:
-        return len(self.recipients) - len(self.pending)
+        """How many recipients ACKed it (dropped and expired ones do not count)."""
+        return sum(1 for state in self.states if state is RecipientState.ACKED)
+
+
+def recipient_states(
+    recipients: Sequence[str], outcomes: Mapping[str, str], expired: bool
+) -> tuple[RecipientState, ...]:
+    """Each recipient's state from the outcomes the store recorded (clientId
+    to a state value): a recipient with none is pending, or expired once the
+    message's TTL ran out. ValueError for a recorded value that is no state."""
+    unresolved = RecipientState.EXPIRED if expired else RecipientState.PENDING
+    return tuple(
+        RecipientState(outcomes[client_id]) if client_id in outcomes else unresolved
+        for client_id in recipients
+    )
 
 
 @attrs.frozen(slots=True)

@@ -10,7 +10,6 @@ anybody else's commands.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -19,7 +18,11 @@ from twisted.logger import Logger
 
 from pigeonpush.store import checks, keys, scripts
 from pigeonpush.store.address import RedisAddress
-from pigeonpush.store.interface import DEFAULT_IDEMPOTENCY_TTL, StoreError
+from pigeonpush.store.interface import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_RECEIPT_RETENTION,
+    StoreError,
+)
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
@@ -27,6 +30,7 @@ from pigeonpush.store.model import (
     Notification,
     QueueEntry,
     Receipt,
+    RecipientState,
 )
 from pigeonpush.store.redis_codec import (
     DecodeError,
@@ -36,7 +40,7 @@ from pigeonpush.store.redis_codec import (
     load_device,
     load_message,
     load_notification,
-    load_recipients,
+    load_receipt,
     message_args,
 )
 from pigeonpush.store.redis_connection import (
@@ -56,10 +60,12 @@ IDLE_BLOCKING_CONNECTIONS = 2
 #: XAUTOCLAIM rounds per ``reclaim`` (each scans up to 10 x count pending entries).
 RECLAIM_ROUNDS = 4
 
-#: Keys (a WAIT_ACK per recipient, two more per notification) in one accept
+#: Keys (a WAIT_ACK per recipient, three more per notification) in one accept
 #: script: a batch of small notifications is one call, while a huge one is
 #: split so that no single script holds Redis up for long.
-ACCEPT_KEYS_PER_CALL = 1024
+ACCEPT_KEYS_PER_CALL = 1400
+#: ACKs or drops (two keys each) in one settle script.
+SETTLE_PAIRS_PER_CALL = 512
 
 log = Logger()
 
@@ -76,6 +82,7 @@ class RedisStore:
         reactor: Any,
         *,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        receipt_retention: float = DEFAULT_RECEIPT_RETENTION,
         reply_timeout: float | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
@@ -83,6 +90,9 @@ class RedisStore:
         self._reactor = reactor
         self._idempotency_ms = checks.milliseconds(
             checks.positive_seconds(idempotency_ttl, "idempotency_ttl")
+        )
+        self._receipt_retention = checks.non_negative_seconds(
+            receipt_retention, "receipt_retention"
         )
         self._reply_timeout = checks.positive_seconds(
             address.timeout if reply_timeout is None else reply_timeout, "reply_timeout"
@@ -163,6 +173,15 @@ class RedisStore:
         for reply in await self._main.execute(commands):
             _checked(reply, "PEXPIRE")
 
+    def revoke_session(self, client_id: str) -> Deferred[str | None]:
+        return self._call(self._revoke_session, client_id)
+
+    async def _revoke_session(self, client_id: str) -> str | None:
+        route: str | None = await self._script(
+            scripts.REVOKE_SESSION, [keys.auth(client_id), keys.route(client_id)], []
+        )
+        return route
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._call(self._drop_route, client_id, server)
 
@@ -195,11 +214,12 @@ class RedisStore:
             message = notification.message
             key = notification.idempotency_key
             recipients = notification.recipients
-            if call_keys and len(call_keys) + 2 + len(recipients) > ACCEPT_KEYS_PER_CALL:
+            if call_keys and len(call_keys) + 3 + len(recipients) > ACCEPT_KEYS_PER_CALL:
                 calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
                 call_keys, call_args = [], []
             body = keys.msg_body(message.message_id)
             call_keys += (body, keys.idempotency(key) if key is not None else body)
+            call_keys.append(keys.receipt(message.message_id))
             call_keys += [keys.wait_ack(client_id) for client_id in recipients]
             call_args.append(str(len(recipients)))
             call_args.append(message.message_id)
@@ -213,6 +233,7 @@ class RedisStore:
                 if key is None
                 else accepted_record(Accepted(message.message_id, len(recipients))),
                 key or "",
+                str(checks.milliseconds(remaining + self._receipt_retention)),
             )
         if call_keys:
             calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
@@ -270,22 +291,28 @@ class RedisStore:
         ]
 
     def ack(self, acks: Sequence[tuple[str, str]]) -> Deferred[None]:
-        return self._call(self._ack, acks)
-
-    async def _ack(self, acks: Sequence[tuple[str, str]]) -> None:
-        by_client: dict[str, list[str]] = defaultdict(list)
-        for client_id, message_id in acks:
-            by_client[client_id].append(message_id)
-        replies = await self._main.execute(
-            [("SREM", keys.wait_ack(client_id), *ids) for client_id, ids in by_client.items()]
+        return self._call(
+            self._settle,
+            [(client_id, message_id, RecipientState.ACKED) for client_id, message_id in acks],
         )
-        for reply in replies:
-            _checked(reply, "SREM")
 
     def drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> Deferred[None]:
-        return self._call(
-            self._ack, [(client_id, message_id) for client_id, message_id, _ in drops]
-        )
+        return self._call(self._drop_pending, drops)
+
+    async def _drop_pending(self, drops: Sequence[tuple[str, str, str]]) -> None:
+        await self._settle(checks.dropped(drops))
+
+    async def _settle(self, outcomes: Sequence[tuple[str, str, RecipientState]]) -> None:
+        calls: list[tuple[Script, list[str], list[str]]] = []
+        for start in range(0, len(outcomes), SETTLE_PAIRS_PER_CALL):
+            call_keys: list[str] = []
+            call_args: list[str] = []
+            for client_id, message_id, state in outcomes[start : start + SETTLE_PAIRS_PER_CALL]:
+                call_keys += (keys.wait_ack(client_id), keys.receipt(message_id))
+                call_args += (message_id, client_id, state.value)
+            calls.append((scripts.SETTLE, call_keys, call_args))
+        for reply in await self._main.run_scripts(calls):
+            _checked(reply, "settle")
 
     def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
         return self._call(self._add_failures, failures, ttl)
@@ -305,20 +332,13 @@ class RedisStore:
         return self._call(self._receipt, message_id)
 
     async def _receipt(self, message_id: str) -> Receipt | None:
-        values = await self._one("HMGET", keys.msg_body(message_id), *keys.RECEIPT_FIELDS)
-        message = _decoded(load_message, message_id, values)
-        if message is None:
-            return None
-        recipients = _decoded(lambda _, value: load_recipients(value), message_id, values[5])
-        replies = await self._main.execute(
-            [("SISMEMBER", keys.wait_ack(client_id), message_id) for client_id in recipients]
+        flat = await self._one("HGETALL", keys.receipt(message_id))
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return _decoded(
+            lambda key, value: load_receipt(key, value, self._reactor.seconds()),
+            message_id,
+            fields,
         )
-        pending = tuple(
-            client_id
-            for client_id, reply in zip(recipients, replies, strict=True)
-            if _checked(reply, "SISMEMBER") == 1
-        )
-        return Receipt(message, recipients, pending)
 
     # -- devices ---------------------------------------------------------------------
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from pigeonpush.store.model import Accepted, DeviceRecord, Message, Notification
+from pigeonpush.store.keys import RECEIPT_META
+from pigeonpush.store.model import (
+    Accepted,
+    DeviceRecord,
+    Message,
+    Notification,
+    Receipt,
+    recipient_states,
+)
 
 
 class DecodeError(ValueError):
@@ -76,6 +84,22 @@ def load_recipients(value: object) -> tuple[str, ...]:
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise DecodeError(f"bad recipients {value!r}")
     return tuple(recipients)
+
+
+def load_receipt(message_id: str, fields: Mapping[str, str], now: float) -> Receipt | None:
+    """A receipt from HGETALL of RECEIPT (``#``-fields and outcomes); None if
+    the hash is gone."""
+    if not fields:
+        return None
+    recipients_field, created_field, expires_field = RECEIPT_META
+    try:
+        recipients = load_recipients(fields[recipients_field])
+        created_at = float(fields[created_field])
+        expires_at = float(fields[expires_field])
+        states = recipient_states(recipients, fields, expires_at <= now)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DecodeError(f"bad RECEIPT for {message_id}: {e}") from e
+    return Receipt(message_id, created_at, expires_at, recipients, states)
 
 
 def load_notification(flat_fields: Sequence[object]) -> Notification:

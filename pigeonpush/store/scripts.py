@@ -43,6 +43,15 @@ return 1
 """,
 )
 
+#: KEYS: AUTH, ROUTE. Delete the token and answer the route (or nil).
+REVOKE_SESSION = Script(
+    "revoke_session",
+    """
+redis.call('DEL', KEYS[1])
+return redis.call('GET', KEYS[2])
+""",
+)
+
 #: KEYS: ROUTE. ARGV: server. Compare-and-delete.
 DROP_ROUTE = Script(
     "drop_route",
@@ -54,11 +63,11 @@ return redis.call('DEL', KEYS[1])
 
 #: Accept a run of notifications in one call.
 #: KEYS: QUEUE, then per notification: MSG_BODY, IDEMPOTENCY (or MSG_BODY
-#: again when there is no key), one WAIT_ACK per recipient.
-#: ARGV, 13 values per notification: recipient count, messageId, title,
+#: again when there is no key), RECEIPT, one WAIT_ACK per recipient.
+#: ARGV, 14 values per notification: recipient count, messageId, title,
 #: text, extras (JSON), createdAt, expiresAt, recipients (JSON), TTL in ms,
 #: has-idempotency-key ('1'/'0'), idempotency TTL in ms, idempotency record
-#: (JSON), idempotency key.
+#: (JSON), idempotency key, receipt TTL in ms (the TTL plus the retention).
 #: Returns one answer per notification: 1 (written; an integer is the
 #: cheapest reply to parse), or {0, first record} for a key seen before
 #: (nothing written). Every WAIT_ACK key is checked before the first write,
@@ -66,11 +75,11 @@ return redis.call('DEL', KEYS[1])
 ACCEPT = Script(
     "accept",
     """
-local n = #ARGV / 13
+local n = #ARGV / 14
 local k = 2
 for m = 0, n - 1 do
-  local last = k + 1 + tonumber(ARGV[m * 13 + 1])
-  for i = k + 2, last do
+  local last = k + 2 + tonumber(ARGV[m * 14 + 1])
+  for i = k + 3, last do
     local kind = redis.call('TYPE', KEYS[i])['ok']
     if kind ~= 'set' and kind ~= 'none' then
       return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
@@ -81,21 +90,23 @@ end
 local answers = {}
 k = 2
 for m = 0, n - 1 do
-  local a = m * 13
-  local last = k + 1 + tonumber(ARGV[a + 1])
-  local body, idempotency = KEYS[k], KEYS[k + 1]
+  local a = m * 14
+  local last = k + 2 + tonumber(ARGV[a + 1])
+  local body, idempotency, receipt = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local has_key = ARGV[a + 10] == '1'
   local first = has_key and redis.call('GET', idempotency)
   if first then
     answers[m + 1] = {0, first}
   else
     local id, ttl = ARGV[a + 2], tonumber(ARGV[a + 9])
-    redis.call('DEL', body)
+    redis.call('DEL', body, receipt)
     redis.call('HSET', body, 'title', ARGV[a + 3], 'text', ARGV[a + 4],
-      'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6], 'expiresAt', ARGV[a + 7],
-      'recipients', ARGV[a + 8])
+      'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6], 'expiresAt', ARGV[a + 7])
     redis.call('PEXPIRE', body, ttl)
-    for i = k + 2, last do
+    redis.call('HSET', receipt, '#recipients', ARGV[a + 8], '#createdAt', ARGV[a + 6],
+      '#expiresAt', ARGV[a + 7])
+    redis.call('PEXPIRE', receipt, ARGV[a + 14])
+    for i = k + 3, last do
       redis.call('SADD', KEYS[i], id)
       if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
     end
@@ -115,6 +126,31 @@ for m = 0, n - 1 do
   k = last + 1
 end
 return answers
+""",
+)
+
+#: Settle pending messages: an ACK or a drop.
+#: KEYS, per pair: WAIT_ACK of the client, RECEIPT of the message.
+#: ARGV, per pair: messageId, clientId, outcome (a recipient state).
+#: Where the id was in WAIT_ACK, remove it and record the outcome in the
+#: receipt, if the receipt is still kept; HSETNX: the first outcome stays.
+#: Returns how many ids were removed. (The two keys of a pair are of two
+#: families, a client's and a message's; a Redis Cluster port runs SREM
+#: first, then the HSETNX on the message's slot when SREM removed the id.)
+SETTLE = Script(
+    "settle",
+    """
+local removed = 0
+for i = 1, #KEYS, 2 do
+  local a = (i - 1) / 2 * 3
+  if redis.call('SREM', KEYS[i], ARGV[a + 1]) == 1 then
+    removed = removed + 1
+    if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+      redis.call('HSETNX', KEYS[i + 1], ARGV[a + 2], ARGV[a + 3])
+    end
+  end
+end
+return removed
 """,
 )
 
@@ -206,8 +242,10 @@ return counts
 ALL = (
     BIND_SESSION,
     END_SESSION,
+    REVOKE_SESSION,
     DROP_ROUTE,
     ACCEPT,
+    SETTLE,
     REGISTER_DEVICE,
     ACKNOWLEDGE,
     RECLAIM,

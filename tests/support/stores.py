@@ -26,6 +26,8 @@ BACKENDS = ("memory", "redis")
 #: Short TTLs: the memory clock jumps, so it can use realistic ones; Redis
 #: waits for real, so about a second.
 SHORT_TTL = {"memory": 30.0, "redis": 1.0}
+#: How long a receipt outlives its message's TTL in the contract tests.
+RECEIPT_RETENTION = {"memory": 60.0, "redis": 2.0}
 
 
 @attrs.define
@@ -36,6 +38,8 @@ class StoreCase:
     ttl: float
     reactor: Any
     clock: Clock | None = None
+    #: how long a receipt outlives its message (the store's receipt retention)
+    retention: float = 60.0
     new_id: Callable[[], str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -98,16 +102,17 @@ def store_case(request: pytest.FixtureRequest) -> Iterator[StoreCase]:
 
     backend: str = request.param
     ttl = SHORT_TTL[backend]
+    retention = RECEIPT_RETENTION[backend]
     if backend == "memory":
         clock = Clock()
         # Not at 0: a time of 0 would hide a forgotten "now +".
         clock.advance(1_700_000_000)
-        case = StoreCase(
-            backend, open_store("memory:", clock, idempotency_ttl=ttl), ttl, reactor, clock
-        )
+        store = open_store("memory:", clock, idempotency_ttl=ttl, receipt_retention=retention)
+        case = StoreCase(backend, store, ttl, reactor, clock, retention=retention)
     else:
         url = request.getfixturevalue("redis_url")
-        case = StoreCase(backend, open_store(url, reactor, idempotency_ttl=ttl), ttl, reactor)
+        store = open_store(url, reactor, idempotency_ttl=ttl, receipt_retention=retention)
+        case = StoreCase(backend, store, ttl, reactor, retention=retention)
     try:
         yield case
     finally:
