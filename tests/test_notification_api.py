@@ -368,6 +368,24 @@ REFUSALS = {
         {"notifications": [{"to": ["a"], "title": "", "text": ""}] * 4}, 400, "bad_request"),
     "batch unknown field": Refusal("/v1/notifications/batch", {"notifications": [], "x": 1}, 400,
                                    "bad_request"),
+    "lone surrogate field name": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "\ud800": 1}, 400,
+        "invalid", field="\\ud800"),
+    "lone surrogate extras key": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "extras": {"\ud800": "v"}},
+        400, "invalid", field="extras.\\ud800"),
+    "lone surrogate extras key, value not a string": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "extras": {"\udfff": 1}},
+        400, "invalid", field="extras.\\udfff"),
+    "control characters in a field name": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "a\nb\x1b": 1}, 400,
+        "invalid", field="a\\nb\\u001b"),
+    "extras null": Refusal("/v1/notifications",
+                           {"to": ["a"], "title": "", "text": "", "extras": None}, 400,
+                           "invalid", field="extras"),
+    "batch lone surrogate field name": Refusal("/v1/notifications/batch",
+                                               {"notifications": [], "\ud800": 1}, 400,
+                                               "bad_request"),
     "batch too large": Refusal("/v1/notifications/batch",
                                {"notifications": [{"to": ["a"], "title": "", "text": BIG}]},
                                413, "body_too_large"),

@@ -604,3 +604,29 @@ async def test_health_and_metrics(reglog_zk: StartReglog, push_servers: PushServ
     assert count(after, "pigeonpush_reglog_live_servers") == 2
     assert count(after, "pigeonpush_reglog_published_free_capacity") == 140
     assert "pigeonpush_reglog_route_seconds_bucket" in after
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_surrogates_are_answered(start_reglog: StartReglog) -> None:
+    """JSON may carry a lone surrogate ("\\ud800"); UTF-8 cannot. Every such
+    request is answered at once (4xx, or 2xx where the field is ignored),
+    never a 500 or silence until the idle timeout."""
+    reglog = await start_reglog(
+        "--redis",
+        "memory:",
+        "--zookeeper",
+        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|5",
+        "--auth-mode",
+        "registered",
+    )
+    await reglog.sees(1)
+    for body in (
+        {"clientId": "\ud800"},
+        {"clientId": "a", "secret": "\ud800"},
+        {"clientId": "a", "\ud800": 1, "secret": "s"},
+    ):
+        answer = await reglog.route(body)
+        assert 400 <= answer.status < 500, (body, answer.status, answer.json)
+    for body in ({"clientId": "\udfff"}, {"clientId": "b", "\ud800": 1}):
+        answer = await reglog.register(body)
+        assert answer.status in (201, 400), (body, answer.status, answer.json)
