@@ -237,8 +237,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_not_read_either(listen
     sock = _small_window_socket(server.number)
     client = _Pipeliner(GET * requests)
     await wait_for(
-        lambda: sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        and _connected(sock),
+        lambda: sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and _connected(sock),
         timeout=5,
         what="the client socket to connect",
     )

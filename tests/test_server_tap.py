@@ -61,9 +61,10 @@ def test_every_option_is_documented_with_a_default() -> None:
         "drain-period",
         "session-ttl",
         "metrics",
+        "log-format",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 17
+    assert text.count("[default:") == 18
 
 
 def test_values_are_parsed() -> None:

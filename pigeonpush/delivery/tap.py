@@ -25,6 +25,7 @@ from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.options import (
     ZOOKEEPER_TIMEOUT_OPTION,
+    DaemonOptions,
     check_address,
     check_discovery_spec,
     check_endpoint,
@@ -32,7 +33,7 @@ from pigeonpush.options import (
     zookeeper_timeout,
 )
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.services import Closer, Daemon, GcTuning
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0
@@ -55,7 +56,7 @@ def default_node_id(rpc: str) -> str:
     return f"{host}-{suffix}"
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "A delivery worker: consumes PIGEON:QUEUE in the consumer group 'delivery', pushes "
@@ -125,7 +126,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     pool = AmpPool(
         reactor, connect_timeout=config["push-timeout"], call_timeout=config["push-timeout"]
     )
-    top = StopInOrder()
+    top = Daemon("pigeon-delivery")
     Closer(pool.close, store.close).setServiceParent(top)
     DiscoveryService(discovery).setServiceParent(top)
     worker = DeliveryWorker(

@@ -14,8 +14,14 @@ from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.validate import Limits
-from pigeonpush.options import check_endpoint, check_store_url
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.options import (
+    HTTP_LIMIT_OPTIONS,
+    DaemonOptions,
+    check_endpoint,
+    check_http_limits,
+    check_store_url,
+)
+from pigeonpush.services import Closer, Daemon, GcTuning
 from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
@@ -40,7 +46,7 @@ def _whole(value: str) -> int:
         raise ValueError(f"{value!r} is not a whole number") from None
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "The HTTP API application servers send notifications to: POST /v1/notifications, "
@@ -50,7 +56,12 @@ class Options(usage.Options):
     optParameters = [
         ["listen", None, "tcp:8200", "Endpoint the HTTP API listens on."],
         ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
-        ["api-keys-file", None, None, "File of API keys, one per line (# comments allowed)."],
+        [
+            "api-keys-file",
+            None,
+            None,
+            "File of API keys, one per line (# comments allowed; 16+ characters each).",
+        ],
         ["default-ttl", None, 86400, "TTL of a notification that gives none.", _whole],
         ["max-ttl", None, 2419200, "Largest TTL a notification may ask for (28 days).", _whole],
         ["max-recipients", None, 1000, "Most clientIds in one notification's 'to'.", _whole],
@@ -66,6 +77,7 @@ class Options(usage.Options):
             _whole,
         ],
         ["idempotency-ttl", None, 86400, "How long an Idempotency-Key is remembered.", _whole],
+        *HTTP_LIMIT_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -73,27 +85,29 @@ class Options(usage.Options):
         self["api-key"] = []
 
     def opt_api_key(self, key: str) -> None:
-        """An API key clients send as 'Authorization: Bearer <key>' (repeatable)."""
+        """An API key clients send as 'Authorization: Bearer <key>' (repeatable): at least
+        16 printable ASCII characters, no spaces."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
         check_endpoint("--listen", self["listen"])
         check_store_url("--redis", self["redis"])
-        keys = list(self["api-key"])
+        check_http_limits(self)
+        keys = [("--api-key", key) for key in self["api-key"]]
         if self["api-keys-file"] is not None:
             try:
-                keys.extend(read_key_file(self["api-keys-file"]))
+                keys += [("--api-keys-file", key) for key in read_key_file(self["api-keys-file"])]
             except KeyFileError as e:
                 raise usage.UsageError(str(e)) from None
         if not keys:
             raise usage.UsageError(
                 "no API key: give --api-key or --api-keys-file (the API never runs open)"
             )
-        for key in keys:
+        for option, key in keys:
             problem = key_problem(key)
             if problem is not None:
-                raise usage.UsageError(problem)
-        self["keys"] = keys
+                raise usage.UsageError(f"{option}: {problem}")
+        self["keys"] = [key for _option, key in keys]
         for name in ("max-batch", "idempotency-ttl"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
@@ -123,7 +137,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     from pigeonpush.store import open_store
 
     store = open_store(config["redis"], reactor, idempotency_ttl=config["idempotency-ttl"])
-    top = StopInOrder()
+    top = Daemon("pigeon-notification")
     Closer(store.close).setServiceParent(top)
     build_api(config, reactor, store).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
@@ -138,7 +152,13 @@ def build_api(config: Options, reactor: Any, store: Store) -> IService:
         ApiKeys(config["keys"]),
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
     )
-    site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
+    site = JsonSite(
+        api.resource(),
+        max_body=config["max-body"],
+        request_timeout=config["request-timeout"],
+        max_connections=config["max-connections"],
+        reactor=reactor,
+    )
     listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
     listener._raiseSynchronously = True
     return listener

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -18,12 +18,18 @@ from twisted.python.failure import Failure
 from pigeonpush.discovery import open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.options import (
+    DEVICE_BACKLOG,
     ZOOKEEPER_TIMEOUT_OPTION,
+    DaemonOptions,
+    capacity_for,
     check_address,
+    check_capacity,
     check_discovery_spec,
     check_endpoint,
     check_node_id,
     check_store_url,
+    open_files_limit,
+    with_backlog,
     zookeeper_timeout,
 )
 from pigeonpush.rpc import PullSource
@@ -33,7 +39,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
-from pigeonpush.services import GcTuning
+from pigeonpush.services import Daemon, GcTuning
 from pigeonpush.store import Store, open_store
 
 LONGDESC = """\
@@ -48,12 +54,18 @@ then exits. See docs/server.rst.
 _DEFAULTS = ServerSettings()
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = LONGDESC
 
     optParameters = [
-        ["listen", None, "tcp:7100", "Endpoint for device connections."],
+        [
+            "listen",
+            None,
+            "tcp:7100",
+            f"Endpoint for device connections; a tcp, ssl or unix endpoint without "
+            f"backlog= gets backlog={DEVICE_BACKLOG} (room for a reconnect storm).",
+        ],
         ["rpc", None, "tcp:7101:interface=127.0.0.1", "AMP endpoint delivery calls (Push, Kick)."],
         [
             "advertise",
@@ -122,8 +134,9 @@ class Options(usage.Options):
         [
             "capacity",
             None,
-            str(_DEFAULTS.capacity),
-            "Authenticated connections accepted (mind the open-files limit).",
+            None,
+            "Authenticated connections accepted [default: the open-files limit "
+            "(ulimit -n) less a reserve; see docs/server.rst]; at most the limit less 64.",
         ],
         [
             "drain-period",
@@ -155,7 +168,7 @@ class Options(usage.Options):
                 heartbeat=self._number("heartbeat", float),
                 max_frame=self._number("max-frame", int),
                 ack_window=self._number("ack-window", int),
-                capacity=self._number("capacity", int),
+                capacity=self._capacity(),
                 drain_period=self._number("drain-period", float),
                 session_ttl=self._number("session-ttl", float),
             ).check()
@@ -173,6 +186,15 @@ class Options(usage.Options):
         check_store_url("--redis", self["redis"])
         check_discovery_spec("--zookeeper", self["zookeeper"])
         self["zookeeper-timeout"] = zookeeper_timeout(self["zookeeper-timeout"])
+
+    def _capacity(self) -> int:
+        """``--capacity``, or the default the open-files limit allows."""
+        limit = open_files_limit()
+        if self["capacity"] is None:
+            return capacity_for(limit)
+        capacity: int = self._number("capacity", int)
+        check_capacity("--capacity", capacity, limit)
+        return capacity
 
     def _number(self, name: str, kind: type[float] | type[int]) -> Any:
         text = self[name]
@@ -199,7 +221,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     server = build_push_server(
         config, reactor, store, discovery, pull_source, pool=pool, amp_pull_source=pull_source
     )
-    top = MultiService()
+    top = Daemon("pigeon-server")
     server.setServiceParent(top)
     if config["metrics"] != "none":
         StreamServerEndpointService(
@@ -230,7 +252,7 @@ def build_push_server(
     return PushServerService(
         hub,
         reactor=reactor,
-        client_endpoint=serverFromString(reactor, config["listen"]),
+        client_endpoint=serverFromString(reactor, with_backlog(config["listen"])),
         rpc_endpoint=serverFromString(reactor, config["rpc"]),
         discovery=discovery,
         pool=pool,

@@ -23,12 +23,18 @@ from pigeonpush.discovery.service import DiscoveryService
 from pigeonpush.discovery.static import StaticDiscovery
 from pigeonpush.notification import tap as notification_tap
 from pigeonpush.notification.auth import KeyFileError, key_problem, read_key_file
-from pigeonpush.options import check_address, check_endpoint, check_store_url, seconds
+from pigeonpush.options import (
+    DaemonOptions,
+    check_address,
+    check_endpoint,
+    check_store_url,
+    seconds,
+)
 from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server import tap as server_tap
-from pigeonpush.services import GcTuning, StopInOrder
+from pigeonpush.services import Daemon, GcTuning
 from pigeonpush.store import open_store
 from pigeonpush.tokens import url_safe_token
 
@@ -41,7 +47,7 @@ CONSUMER = "standalone"
 IDLE_HEARTBEATS = 3
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "Run all of PigeonPush in one process: the route API (reglog), the "
@@ -50,7 +56,12 @@ class Options(usage.Options):
         "--api-key or --api-keys-file, an API key is generated and logged at start."
     )
     optParameters = [
-        ["listen", None, "tcp:7100:interface=127.0.0.1", "Endpoint devices connect to."],
+        [
+            "listen",
+            None,
+            "tcp:7100:interface=127.0.0.1",
+            "Endpoint devices connect to (backlog=4096 unless it gives one).",
+        ],
         [
             "rpc",
             None,
@@ -192,7 +203,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         config.server, reactor, store, discovery, worker.pull_source, pool=pool
     )
     reglog = reglog_tap.build_reglog(config.reglog, reactor, store, discovery)
-    top = StopInOrder()
+    top = Daemon("pigeon-standalone")
     parts: list[IService] = [
         DiscoveryService(discovery),
         server,
