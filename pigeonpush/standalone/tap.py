@@ -96,7 +96,8 @@ class Options(DaemonOptions):
         self.generated_key: str | None = None
 
     def opt_api_key(self, key: str) -> None:
-        """An API key application servers send as 'Authorization: Bearer <key>' (repeatable)."""
+        """An API key application servers send as 'Authorization: Bearer <key>'
+        (repeatable): at least 16 printable ASCII characters, no spaces."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
