@@ -74,9 +74,7 @@ def test_a_short_api_key_names_its_option_and_the_limit() -> None:
     assert exited.value.code == (
         "pigeon-notification: --api-key: an API key must have at least 16 characters"
     )
-    assert "at least 16 printable ASCII characters" in " ".join(
-        str(notification_tap.Options()).split()
-    )
+    assert "(repeatable; 16+ printable ASCII)" in " ".join(str(notification_tap.Options()).split())
 
 
 # -- --log-format ------------------------------------------------------------------------

@@ -85,8 +85,7 @@ class Options(DaemonOptions):
         self["api-key"] = []
 
     def opt_api_key(self, key: str) -> None:
-        """An API key clients send as 'Authorization: Bearer <key>' (repeatable): at least
-        16 printable ASCII characters, no spaces."""
+        """An API key for 'Authorization: Bearer <key>' (repeatable; 16+ printable ASCII)."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:

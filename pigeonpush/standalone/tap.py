@@ -96,8 +96,7 @@ class Options(DaemonOptions):
         self.generated_key: str | None = None
 
     def opt_api_key(self, key: str) -> None:
-        """An API key application servers send as 'Authorization: Bearer <key>'
-        (repeatable): at least 16 printable ASCII characters, no spaces."""
+        """An API key for 'Authorization: Bearer <key>' (repeatable; 16+ printable ASCII)."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
