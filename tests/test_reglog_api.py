@@ -620,9 +620,12 @@ async def test_lone_surrogates_are_answered(start_reglog: StartReglog) -> None:
         "registered",
     )
     await reglog.sees(1)
+    assert (await reglog.register({"clientId": "dev"})).status == 201
     for body in (
         {"clientId": "\ud800"},
         {"clientId": "a", "secret": "\ud800"},
+        {"clientId": "dev", "secret": "\ud800"},
+        {"clientId": "dev", "secret": "x\udfffy" * 10},
         {"clientId": "a", "\ud800": 1, "secret": "s"},
     ):
         answer = await reglog.route(body)
