@@ -420,9 +420,12 @@ async def test_wrong_methods_and_paths(api: Api) -> None:
         ("POST", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C", 405),
         ("GET", "/v2/notifications", 404),
         ("GET", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C/extra", 404),
+        ("POST", "/metrics", 405),
+        ("DELETE", "/metrics", 405),
     ]:
         answer = await api.client.request(method, path, headers=AUTH)
         assert answer.status == status, (method, path)
+        assert answer.json["error"] in ("not_found", "method_not_allowed"), (method, path)
 
 
 # -- operations ---------------------------------------------------------------------------

@@ -393,6 +393,9 @@ async def test_other_methods_and_paths_are_json_errors(reglog_zk: StartReglog) -
     assert answer.header("Allow") == "POST"
     answer = await reglog.client.request("DELETE", "/health")
     assert answer.header("Allow") == "GET, HEAD"
+    answer = await reglog.client.post("/metrics", {})
+    assert error_of(answer) == (405, "method_not_allowed")
+    assert answer.header("Allow") == "GET, HEAD"
     for path in ("/", "/v1", "/v1/route/extra", "/v2/route"):
         assert error_of(await reglog.client.post(path, {})) == (404, "not_found"), path
 
