@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
 log = Logger()
@@ -32,6 +34,15 @@ class StopInOrder(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("Stopping {service} failed", service=child)
+
+
+def listen_or_fail(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+    """A listener whose port, if it cannot be bound, fails the start (and,
+    under ``Daemon``, ends the process with one line) instead of being logged
+    while the process runs on without it."""
+    service = StreamServerEndpointService(endpoint, factory)
+    service._raiseSynchronously = True
+    return service
 
 
 class Daemon(StopInOrder):

@@ -120,6 +120,13 @@ async def test_a_capacity_over_the_open_files_limit_is_one_line(tmp_path: Path) 
         ),
         ("pigeon-delivery", ["--redis=memory:", "--zookeeper=static:", "--rpc={busy}",
                              "--metrics=none"]),
+        ("pigeon-delivery", ["--redis=memory:", "--zookeeper=static:", "--rpc={free}",
+                             "--metrics={busy}"]),
+        (
+            "pigeon-server",
+            ["--redis=memory:", "--zookeeper=static:", "--metrics={busy}", "--rpc={free}",
+             "--listen={free}"],
+        ),
         (
             "pigeon-standalone",
             ["--listen={free}", "--rpc={free}", "--reglog={free}", "--api={busy}"],

@@ -7,7 +7,6 @@ import re
 import socket
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -33,7 +32,7 @@ from pigeonpush.options import (
     zookeeper_timeout,
 )
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, Daemon, GcTuning
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 
 #: How often the queue lag gauge is refreshed, in seconds.
 LAG_INTERVAL = 5.0
@@ -150,7 +149,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     lag = LagGauge(store, LAG_INTERVAL, reactor)
     lag.setServiceParent(top)
     if config["metrics"] != "none":
-        StreamServerEndpointService(
+        listen_or_fail(
             serverFromString(reactor, config["metrics"]),
             JsonSite(_operator_resource(worker), reactor=reactor),
         ).setServiceParent(top)

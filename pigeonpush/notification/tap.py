@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -21,7 +20,7 @@ from pigeonpush.options import (
     check_http_limits,
     check_store_url,
 )
-from pigeonpush.services import Closer, Daemon, GcTuning
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
@@ -158,6 +157,4 @@ def build_api(config: Options, reactor: Any, store: Store) -> IService:
         max_connections=config["max-connections"],
         reactor=reactor,
     )
-    listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
-    listener._raiseSynchronously = True
-    return listener
+    return listen_or_fail(serverFromString(reactor, config["listen"]), site)

@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -32,7 +31,7 @@ from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
 from pigeonpush.reglog.service import ServerWatchService
-from pigeonpush.services import Closer, Daemon, GcTuning
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
 
 log = Logger()
@@ -176,10 +175,9 @@ def build_reglog(
         reactor=reactor,
     )
 
-    http = StreamServerEndpointService(endpoint, site)
     # A busy port fails the start (twistd exits 1) instead of leaving the
     # process running without its API.
-    http._raiseSynchronously = True
+    http = listen_or_fail(endpoint, site)
     return [
         ("server-watch", ServerWatchService(discovery, balancer, reactor)),
         ("http", http),

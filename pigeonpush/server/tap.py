@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -39,7 +38,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
-from pigeonpush.services import Daemon, GcTuning
+from pigeonpush.services import Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
 
 LONGDESC = """\
@@ -224,7 +223,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     top = Daemon("pigeon-server")
     server.setServiceParent(top)
     if config["metrics"] != "none":
-        StreamServerEndpointService(
+        listen_or_fail(
             serverFromString(reactor, config["metrics"]), status_site(server.hub, server, reactor)
         ).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
