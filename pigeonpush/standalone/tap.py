@@ -24,6 +24,7 @@ from pigeonpush.discovery.static import StaticDiscovery
 from pigeonpush.notification import tap as notification_tap
 from pigeonpush.notification.auth import KeyFileError, key_problem, read_key_file
 from pigeonpush.options import (
+    HTTP_LIMIT_OPTIONS,
     DaemonOptions,
     check_address,
     check_endpoint,
@@ -88,6 +89,7 @@ class Options(DaemonOptions):
         ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
         ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
         ["drain-period", None, "5", "Seconds over which a stop KICKs connected clients."],
+        *HTTP_LIMIT_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -121,9 +123,12 @@ class Options(DaemonOptions):
         reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
         reglog += ["--heartbeat", self["heartbeat"], "--token-ttl", self["token-ttl"]]
         reglog += ["--auth-mode", self["auth-mode"]]
+        http_limits = ["--max-connections", str(self["max-connections"])]
+        http_limits += ["--request-timeout", str(self["request-timeout"])]
+        reglog += http_limits
         if self["admin-key"] is not None:
             reglog += ["--admin-key", self["admin-key"]]
-        notification = ["--listen", self["api"], *common]
+        notification = ["--listen", self["api"], *common, *http_limits]
         for key in self["api-key"]:
             notification += ["--api-key", key]
         if self["api-keys-file"] is not None:
