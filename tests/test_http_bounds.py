@@ -232,7 +232,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_not_read_either(listen
     answers back up, and serve them all once the client reads."""
     from twisted.internet import reactor
 
-    requests = 2000
+    requests = 4000
     server = listening()
     sock = _small_window_socket(server.number)
     client = _Pipeliner(GET * requests)
