@@ -211,3 +211,11 @@ def test_extras_null_is_refused_and_absent_extras_are_none() -> None:
 def test_field_names_are_escaped_in_problems() -> None:
     problems = validate({"to": ["a"], "title": "t", "text": "x", "\ud800\n": 1}, Limits())
     assert problems == [Invalid("\\ud800\\n", 'unknown field "\\ud800\\n"')]
+
+
+def test_ttl_null_is_refused_and_absent_ttl_is_the_default() -> None:
+    base = {"to": ["a"], "title": "t", "text": "x"}
+    (problem,) = validate({**base, "ttl": None}, Limits())  # type: ignore[misc]
+    assert problem.field == "ttl"
+    draft = validate(base, Limits(default_ttl=77))
+    assert isinstance(draft, Draft) and draft.ttl == 77

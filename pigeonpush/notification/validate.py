@@ -128,7 +128,7 @@ def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
     recipients = _recipients(data.get("to"), limits, problems)
     title = _text(data, "title", limits.max_title, problems)
     text = _text(data, "text", limits.max_text, problems)
-    ttl = _ttl(data.get("ttl"), limits, problems)
+    ttl = _ttl(data["ttl"], limits, problems) if "ttl" in data else limits.default_ttl
     extras = _extras(data.get("extras", {}), limits, problems)
     if problems:
         return problems
@@ -187,8 +187,7 @@ def _text(data: dict[str, object], name: str, limit: int, problems: list[Invalid
 
 
 def _ttl(value: object, limits: Limits, problems: list[Invalid]) -> int:
-    if value is None:
-        return limits.default_ttl
+    # Absent means the default; null is not an integer (the schema's type).
     rule = f"ttl must be a whole number of seconds from 1 to {limits.max_ttl}"
     # bool is an int in Python, but true is no TTL.
     if isinstance(value, bool) or not isinstance(value, int | float):
