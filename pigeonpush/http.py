@@ -7,7 +7,11 @@ Building blocks, each usable on its own:
     memory (the rest is counted and dropped, and the resource answers 413), that
     does not parse form bodies, closes idle connections after ``timeout``
     seconds and writes no per-request access log unless ``access_log`` names a
-    file.
+    file. Hostile clients are bounded (see ``BoundedChannel``): a request must
+    arrive whole within ``request_timeout`` seconds (else 408 and close), at
+    most ``max_connections`` connections are open at once (more are closed as
+    they are accepted), and a client that does not read its answers is not
+    read from either.
 ``JsonResource({b"POST": handler, ...})``
     A leaf that maps HTTP methods to ``async`` handlers. A handler takes the
     request and returns a ``JsonResponse``; raising ``ApiError`` gives the
@@ -29,6 +33,9 @@ Building blocks, each usable on its own:
     ``Content-Type: application/json``, ``Cache-Control: no-store``).
 ``bearer_token(request)``
     The credentials of an ``Authorization: Bearer <token>`` header, or None.
+``echo(text)``
+    Untrusted text (a field name, a key) made safe to quote in an error
+    message: shortened, with control characters and lone surrogates escaped.
 
 Every error body has the project's shape::
 
@@ -46,8 +53,11 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -62,6 +72,18 @@ DEFAULT_MAX_BODY = 4096
 
 #: Default idle timeout of an HTTP connection, in seconds (Twisted's is 12 h).
 DEFAULT_TIMEOUT = 60.0
+
+#: Default time a client has to send a whole request (headers and body), in
+#: seconds, from its first byte. The idle timeout alone restarts with every
+#: byte: one byte every few seconds held a connection (and a file
+#: descriptor) for ever.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+#: Default cap on the HTTP connections open at once on one listener; the
+#: next ones are closed as soon as they are accepted. It keeps slow clients
+#: from taking every file descriptor of the process (the push server's too,
+#: in pigeon-standalone).
+DEFAULT_MAX_CONNECTIONS = 512
 
 
 class ApiError(Exception):
@@ -145,8 +167,112 @@ class LimitedRequest(Request):
         self._kept.write(data)
 
 
+REQUEST_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+
+
+class BoundedChannel(HTTPChannel):
+    """Twisted's HTTP/1.1 channel with two bounds it lacks.
+
+    * Answers waiting for a slow reader: when the transport's write buffer
+      is full, Twisted stops reading only between requests; one in hand when
+      the buffer fills lets it go on reading and answering pipelined requests
+      into the buffer for ever (about 600 bytes a request). Here a full write
+      buffer stops reading and parsing at once, until the peer has read: the
+      answers in flight on a connection are what fills the transport's buffer
+      (64 KB) and the one being written.
+    * Time to send a request: from the first byte of a request to the end of
+      its body, at most ``request_timeout`` seconds; then 408 and close.
+    """
+
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    _request_deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if data and not self._handlingRequest:
+            self._start_request_deadline()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        # Pipelined requests read while another was handled come back
+        # through here, not dataReceived.
+        self._start_request_deadline()
+        super().lineReceived(line)
+
+    def allContentReceived(self) -> None:
+        self._cancel_request_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        super().requestDone(request)
+        # Part of the next request came with this one: its time runs now.
+        if self._buffer and not self._handlingRequest and self.persistent:
+            self._start_request_deadline()
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full."""
+        super().pauseProducing()
+        # Twisted leaves the network running while a request is in hand...
+        self._networkProducer.pauseProducing()
+        # ...and goes on parsing (and answering) the requests of a read in
+        # hand: one 64 KB read held 1,900 pipelined GETs. LineReceiver's own
+        # flag keeps them in its buffer until the peer has read.
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.paused:
+            self.paused = False
+            # The requests held back, before any new read (none comes sooner).
+            LineReceiver.dataReceived(self, b"")
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel_request_deadline()
+        factory = getattr(self, "site", None)
+        if isinstance(factory, JsonSite):
+            factory.connection_closed()
+        super().connectionLost(reason)
+
+    def _start_request_deadline(self) -> None:
+        if self._request_deadline is None and self.request_timeout is not None:
+            self._request_deadline = self.callLater(self.request_timeout, self._request_too_slow)
+
+    def _cancel_request_deadline(self) -> None:
+        if self._request_deadline is not None:
+            if self._request_deadline.active():
+                self._request_deadline.cancel()
+            self._request_deadline = None
+
+    def _request_too_slow(self) -> None:
+        self._request_deadline = None
+        if self.transport is None:
+            return
+        body = encode_json(
+            error_body(
+                "request_timeout",
+                f"the request did not arrive whole within {self.request_timeout:g} seconds",
+            )
+        )
+        self.transport.write(REQUEST_TIMEOUT_ANSWER % (len(body), body))
+        # Stop parsing whatever else comes; close once the answer is out
+        # (or at once if the peer does not read it either).
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.transport.loseConnection()
+        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+
 class JsonSite(Site):
-    """A Site for JSON APIs: bounded bodies, no form parsing, a sane idle timeout."""
+    """A Site for JSON APIs: bounded bodies, no form parsing, a sane idle
+    timeout, a deadline per request and a cap on open connections."""
+
+    # Twisted's default wraps HTTPChannel for HTTP/2 negotiation, which needs
+    # TLS ALPN and the h2 package; these APIs speak HTTP/1.1.
+    protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -154,11 +280,22 @@ class JsonSite(Site):
         *,
         max_body: int = DEFAULT_MAX_BODY,
         timeout: float = DEFAULT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         access_log: str | None = None,
         reactor: Any = None,
     ) -> None:
         if max_body < 0:
             raise ValueError("max_body must not be negative")
+        if not request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        #: Connections open now, and those closed at once over the cap.
+        self.connections = 0
+        self.refused = 0
 
         def make_request(*args: Any, **kwargs: Any) -> LimitedRequest:
             return LimitedRequest(*args, max_body=max_body, **kwargs)
@@ -171,6 +308,26 @@ class JsonSite(Site):
         )
         self.max_body = max_body
         self._access_log = access_log is not None
+
+    def buildProtocol(self, addr: IAddress) -> BoundedChannel | None:  # type: ignore[override]
+        if self.connections >= self.max_connections:
+            # None: the listening port closes the new socket at once.
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warn(
+                    "HTTP connection refused: {open} connections are open, the most "
+                    "allowed ({refused} refused so far)",
+                    open=self.connections,
+                    refused=self.refused,
+                )
+            return None
+        channel: BoundedChannel = super().buildProtocol(addr)
+        channel.request_timeout = self.request_timeout
+        self.connections += 1
+        return channel
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
 
     def log(self, request: Any) -> None:
         # Twisted's default writes one line per request to the global log: on
@@ -276,7 +433,28 @@ def bearer_token(request: Request) -> str | None:
 
 
 def encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON. A lone surrogate (JSON allows ``"\\ud800"``, UTF-8
+    cannot carry it) is written as its JSON escape instead of failing."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
+
+
+#: Characters of untrusted text quoted in an error message.
+ECHO_LIMIT = 64
+
+
+def echo(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` fit to quote in an answer: at most ``limit`` characters (then
+    ``...``), control characters, quotes, backslashes and lone surrogates as
+    JSON escapes (``\\ud800``), so what a client sent cannot break the answer."""
+    # Readable text (accents, CJK) stays as it is; only what needs it is escaped.
+    escaped = "".join(
+        char
+        if char.isprintable() and char not in '"\\' and not 0xD800 <= ord(char) <= 0xDFFF
+        else json.dumps(char)[1:-1]
+        for char in text[:limit]
+    )
+    return escaped + ("..." if len(text) > limit else "")
 
 
 def write_json(

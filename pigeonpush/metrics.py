@@ -6,9 +6,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from pigeonpush.http import ApiError, write_error
+
 
 class MetricsResource(Resource):
-    """Renders a registry in the Prometheus text format (no threads needed)."""
+    """Renders a registry in the Prometheus text format (no threads needed).
+
+    GET and HEAD only; other methods answer 405 in the APIs' JSON error
+    format with ``Allow``, like every other endpoint (not Twisted's HTML page).
+    """
 
     isLeaf = True
 
@@ -19,3 +25,17 @@ class MetricsResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return bytes(generate_latest(self._registry))
+
+    def render(self, request: Request) -> bytes:
+        if request.method in (b"GET", b"HEAD"):
+            return self.render_GET(request)
+        method = request.method.decode("ascii", "replace")
+        return write_error(
+            request,
+            ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed here; use GET, HEAD",
+                {"Allow": "GET, HEAD"},
+            ),
+        )

@@ -4,11 +4,16 @@ the garbage collector's set-up."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
 log = Logger()
@@ -29,6 +34,51 @@ class StopInOrder(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("Stopping {service} failed", service=child)
+
+
+def listen_or_fail(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+    """A listener whose port, if it cannot be bound, fails the start (and,
+    under ``Daemon``, ends the process with one line) instead of being logged
+    while the process runs on without it."""
+    service = StreamServerEndpointService(endpoint, factory)
+    service._raiseSynchronously = True
+    return service
+
+
+class Daemon(StopInOrder):
+    """The top of a plugin's service tree: a ``StopInOrder`` whose start ends
+    the process with one line when a port cannot be bound.
+
+    twistd would print the error's 40-line traceback into the log and exit.
+    Here the log gets one critical line, standard error (the real one: twistd
+    has redirected ``sys.stderr`` into the log by then) gets
+    ``<program>: Couldn't listen on 127.0.0.1:8100: [Errno 98] Address
+    already in use.``, and the process exits with status 1.
+    """
+
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+
+    def privilegedStartService(self) -> None:
+        with self._exit_on_start_error():
+            super().privilegedStartService()
+
+    def startService(self) -> None:
+        with self._exit_on_start_error():
+            super().startService()
+
+    @contextmanager
+    def _exit_on_start_error(self) -> Iterator[None]:
+        try:
+            yield
+        except CannotListenError as error:
+            line = f"{self.program}: {error}"
+            log.critical("Cannot start: {error}", error=str(error))
+            stderr = sys.__stderr__ or sys.stderr
+            stderr.write(line + "\n")
+            stderr.flush()
+            raise SystemExit(1) from None
 
 
 class Closer(Service):

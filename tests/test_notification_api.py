@@ -433,6 +433,24 @@ REFUSALS = {
         {"notifications": [{"to": ["a"], "title": "", "text": ""}] * 4}, 400, "bad_request"),
     "batch unknown field": Refusal("/v1/notifications/batch", {"notifications": [], "x": 1}, 400,
                                    "bad_request"),
+    "lone surrogate field name": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "\ud800": 1}, 400,
+        "invalid", field="\\ud800"),
+    "lone surrogate extras key": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "extras": {"\ud800": "v"}},
+        400, "invalid", field="extras.\\ud800"),
+    "lone surrogate extras key, value not a string": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "extras": {"\udfff": 1}},
+        400, "invalid", field="extras.\\udfff"),
+    "control characters in a field name": Refusal(
+        "/v1/notifications", {"to": ["a"], "title": "", "text": "", "a\nb\x1b": 1}, 400,
+        "invalid", field="a\\nb\\u001b"),
+    "extras null": Refusal("/v1/notifications",
+                           {"to": ["a"], "title": "", "text": "", "extras": None}, 400,
+                           "invalid", field="extras"),
+    "batch lone surrogate field name": Refusal("/v1/notifications/batch",
+                                               {"notifications": [], "\ud800": 1}, 400,
+                                               "bad_request"),
     "batch too large": Refusal("/v1/notifications/batch",
                                {"notifications": [{"to": ["a"], "title": "", "text": BIG}]},
                                413, "body_too_large"),
@@ -467,9 +485,12 @@ async def test_wrong_methods_and_paths(api: Api) -> None:
         ("POST", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C", 405),
         ("GET", "/v2/notifications", 404),
         ("GET", "/v1/notifications/01HZX3JQ6Q4V8Y2N7K5M9T1B3C/extra", 404),
+        ("POST", "/metrics", 405),
+        ("DELETE", "/metrics", 405),
     ]:
         answer = await api.client.request(method, path, headers=AUTH)
         assert answer.status == status, (method, path)
+        assert answer.json["error"] in ("not_found", "method_not_allowed"), (method, path)
 
 
 # -- kicking a device -----------------------------------------------------------------

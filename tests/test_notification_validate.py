@@ -196,3 +196,26 @@ def test_the_tightest_extras_still_fit_the_bound() -> None:
     assert isinstance(result, Draft)
     frame = encode_push("0" * 26, "", "", extras)
     assert len(frame) - 4 <= limits.largest_push_frame()
+
+
+def test_extras_null_is_refused_and_absent_extras_are_none() -> None:
+    """The schema says object: null is not one (absent is)."""
+    base = {"to": ["a"], "title": "t", "text": "x"}
+    assert validate({**base, "extras": None}, Limits()) == [
+        Invalid("extras", "extras must be an object of string values")
+    ]
+    draft = validate(base, Limits())
+    assert isinstance(draft, Draft) and draft.extras == {}
+
+
+def test_field_names_are_escaped_in_problems() -> None:
+    problems = validate({"to": ["a"], "title": "t", "text": "x", "\ud800\n": 1}, Limits())
+    assert problems == [Invalid("\\ud800\\n", 'unknown field "\\ud800\\n"')]
+
+
+def test_ttl_null_is_refused_and_absent_ttl_is_the_default() -> None:
+    base = {"to": ["a"], "title": "t", "text": "x"}
+    (problem,) = validate({**base, "ttl": None}, Limits())  # type: ignore[misc]
+    assert problem.field == "ttl"
+    draft = validate(base, Limits(default_ttl=77))
+    assert isinstance(draft, Draft) and draft.ttl == 77

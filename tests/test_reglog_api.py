@@ -452,6 +452,9 @@ async def test_other_methods_and_paths_are_json_errors(reglog_zk: StartReglog) -
     assert answer.header("Allow") == "POST"
     answer = await reglog.client.request("DELETE", "/health")
     assert answer.header("Allow") == "GET, HEAD"
+    answer = await reglog.client.post("/metrics", {})
+    assert error_of(answer) == (405, "method_not_allowed")
+    assert answer.header("Allow") == "GET, HEAD"
     for path in ("/", "/v1", "/v1/route/extra", "/v2/route"):
         assert error_of(await reglog.client.post(path, {})) == (404, "not_found"), path
 
@@ -681,3 +684,32 @@ async def test_health_and_metrics(reglog_zk: StartReglog, push_servers: PushServ
     assert count(after, "pigeonpush_reglog_live_servers") == 2
     assert count(after, "pigeonpush_reglog_published_free_capacity") == 140
     assert "pigeonpush_reglog_route_seconds_bucket" in after
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_surrogates_are_answered(start_reglog: StartReglog) -> None:
+    """JSON may carry a lone surrogate ("\\ud800"); UTF-8 cannot. Every such
+    request is answered at once (4xx, or 2xx where the field is ignored),
+    never a 500 or silence until the idle timeout."""
+    reglog = await start_reglog(
+        "--redis",
+        "memory:",
+        "--zookeeper",
+        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|5",
+        "--auth-mode",
+        "registered",
+    )
+    await reglog.sees(1)
+    assert (await reglog.register({"clientId": "dev"})).status == 201
+    for body in (
+        {"clientId": "\ud800"},
+        {"clientId": "a", "secret": "\ud800"},
+        {"clientId": "dev", "secret": "\ud800"},
+        {"clientId": "dev", "secret": "x\udfffy" * 10},
+        {"clientId": "a", "\ud800": 1, "secret": "s"},
+    ):
+        answer = await reglog.route(body)
+        assert 400 <= answer.status < 500, (body, answer.status, answer.json)
+    for body in ({"clientId": "\udfff"}, {"clientId": "b", "\ud800": 1}):
+        answer = await reglog.register(body)
+        assert answer.status in (201, 400), (body, answer.status, answer.json)

@@ -255,8 +255,9 @@ async def test_twistd_pigeon_reglog_answers_and_stops_on_sigterm(
     assert "Main loop terminated." in log, log
 
 
-def test_a_busy_port_fails_the_start() -> None:
-    """twistd then exits 1, instead of running on without the route API."""
+def test_a_busy_port_fails_the_start(capfd: pytest.CaptureFixture[str]) -> None:
+    """twistd then exits 1 with one line on stderr, instead of running on
+    without the route API."""
     from twisted.internet.error import CannotListenError
     from twisted.internet.testing import MemoryReactorClock
 
@@ -267,5 +268,10 @@ def test_a_busy_port_fails_the_start() -> None:
     service = makeService(
         parse("--listen=tcp:8100", "--redis=memory:", "--zookeeper=static:"), BusyReactor()
     )
-    with pytest.raises(CannotListenError):
+    with pytest.raises(SystemExit) as exited:
         service.privilegedStartService()
+    assert exited.value.code == 1
+    err = capfd.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("pigeon-")] == [
+        f"pigeon-reglog: {CannotListenError('127.0.0.1', 8100, OSError('in use'))}"
+    ]

@@ -72,9 +72,10 @@ def test_every_option_is_documented_with_a_default() -> None:
         "frame-burst",
         "frame-abuse-time",
         "metrics",
+        "log-format",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 23
+    assert text.count("[default:") == 24
 
 
 def test_values_are_parsed() -> None:

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from pigeonpush.discovery.interface import SERVERS, Node
 from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
+from pigeonpush.options import capacity_for, open_files_limit
 from support.servers import free_port
 from support.waiting import wait_for
 
@@ -97,7 +98,8 @@ async def test_twistd_registers_and_leaves_on_sigterm(
             "client": f"127.0.0.1:{client_port}",
             "rpc": f"127.0.0.1:{rpc_port}",
             "connections": 0,
-            "capacity": 19000,
+            # the default: what the open-files limit allows (19000 at 20000)
+            "capacity": capacity_for(open_files_limit()),
         }
         health = await HTTPClient(Agent(reactor, pool=pool)).get(
             f"http://127.0.0.1:{metrics_port}/health"

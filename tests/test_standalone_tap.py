@@ -280,12 +280,18 @@ class BusyPortReactor(MemoryReactorClock):
 
 
 @pytest.mark.parametrize("name", ["listen", "rpc", "reglog", "api"])
-def test_a_busy_port_fails_the_start(name: str) -> None:
-    """twistd ends with the error instead of running without one of its parts."""
+def test_a_busy_port_fails_the_start(name: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """twistd ends with one line and status 1 instead of running without one
+    of its parts."""
     reactor = BusyPortReactor(PORTS[name])
     top = makeService(on_ports(), reactor)
-    with pytest.raises(CannotListenError):
+    with pytest.raises(SystemExit) as exited:
         top.privilegedStartService()
+    assert exited.value.code == 1
+    # (the log's critical line reaches stderr too, here where nothing captures the log)
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if line.startswith("pigeon-")]
+    assert line.startswith("pigeon-standalone: Couldn't listen on ")
+    assert line.endswith(f":{PORTS[name]}: [Errno 98] Address already in use.")
 
 
 # --- the whole process in memory -------------------------------------------------------

@@ -31,6 +31,10 @@ from pigeonpush.bench.processes import (
 
 HOST = "127.0.0.1"
 BACKLOG = 4096
+#: --max-connections of the benchmark's reglog and notification API: every
+#: load generator keeps up to --concurrency keep-alive connections to each,
+#: more than the daemons' default of 512 allows.
+BENCH_HTTP_CONNECTIONS = 16000
 START_TIMEOUT = 60.0
 
 ZOOKEEPER_JARS = (
@@ -359,6 +363,8 @@ async def start_reglog(
         zookeeper,
         "--heartbeat",
         f"{heartbeat:g}",
+        "--max-connections",
+        str(BENCH_HTTP_CONNECTIONS),
     ]
     process = processes.spawn(name, twist_command("pigeon-reglog", options, log_level))
     await _ready_port(reactor, process, port)
@@ -376,6 +382,7 @@ async def start_notification(
 ) -> Listener:
     port = free_port()
     options = ["--listen", listen_endpoint(port), "--redis", redis_url, "--api-key", api_key]
+    options += ["--max-connections", str(BENCH_HTTP_CONNECTIONS)]
     process = processes.spawn(name, twist_command("pigeon-notification", options, log_level))
     await _ready_port(reactor, process, port)
     return Listener(process, port)

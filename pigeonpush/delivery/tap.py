@@ -7,7 +7,6 @@ import re
 import socket
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -26,6 +25,7 @@ from pigeonpush.metrics import MetricsResource
 from pigeonpush.options import (
     RPC_CA_FILE_OPTION,
     ZOOKEEPER_TIMEOUT_OPTION,
+    DaemonOptions,
     check_address,
     check_discovery_spec,
     check_endpoint,
@@ -34,7 +34,7 @@ from pigeonpush.options import (
     zookeeper_timeout,
 )
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.tls import listening_transport
 
 #: How often the queue lag gauge is refreshed, in seconds.
@@ -58,7 +58,7 @@ def default_node_id(rpc: str) -> str:
     return f"{host}-{suffix}"
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "A delivery worker: consumes PIGEON:QUEUE in the consumer group 'delivery', pushes "
@@ -135,7 +135,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         call_timeout=config["push-timeout"],
         tls=config["rpc-tls"],
     )
-    top = StopInOrder()
+    top = Daemon("pigeon-delivery")
     Closer(pool.close, store.close).setServiceParent(top)
     DiscoveryService(discovery).setServiceParent(top)
     worker = DeliveryWorker(
@@ -163,7 +163,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     lag = LagGauge(store, LAG_INTERVAL, reactor)
     lag.setServiceParent(top)
     if config["metrics"] != "none":
-        StreamServerEndpointService(
+        listen_or_fail(
             serverFromString(reactor, config["metrics"]),
             JsonSite(_operator_resource(worker), reactor=reactor),
         ).setServiceParent(top)

@@ -25,6 +25,7 @@ from pigeonpush.http import (
     JsonResponse,
     JsonTree,
     bad_request,
+    echo,
     read_json_object,
 )
 from pigeonpush.metrics import MetricsResource
@@ -150,7 +151,9 @@ class NotificationApi:
         data = read_json_object(request, self._settings.max_body)
         unknown = sorted(set(data) - {"notifications"})
         if unknown:
-            raise bad_request(f'unknown field "{unknown[0]}": send {{"notifications": [...]}}')
+            raise bad_request(
+                f'unknown field "{echo(unknown[0])}": send {{"notifications": [...]}}'
+            )
         entries = data.get("notifications")
         limit = self._settings.max_batch
         if not isinstance(entries, list) or not 1 <= len(entries) <= limit:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -17,10 +16,18 @@ from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, rea
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
-from pigeonpush.options import RPC_CA_FILE_OPTION, check_endpoint, check_store_url, client_tls
+from pigeonpush.options import (
+    HTTP_LIMIT_OPTIONS,
+    RPC_CA_FILE_OPTION,
+    DaemonOptions,
+    check_endpoint,
+    check_http_limits,
+    check_store_url,
+    client_tls,
+)
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
@@ -45,7 +52,7 @@ def _whole(value: str) -> int:
         raise ValueError(f"{value!r} is not a whole number") from None
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "The HTTP API application servers send notifications to: POST /v1/notifications, "
@@ -55,7 +62,12 @@ class Options(usage.Options):
     optParameters = [
         ["listen", None, "tcp:8200", "Endpoint the HTTP API listens on."],
         ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
-        ["api-keys-file", None, None, "File of API keys, one per line (# comments allowed)."],
+        [
+            "api-keys-file",
+            None,
+            None,
+            "File of API keys, one per line (# comments allowed; 16+ characters each).",
+        ],
         ["default-ttl", None, 86400, "TTL of a notification that gives none.", _whole],
         ["max-ttl", None, 2419200, "Largest TTL a notification may ask for (28 days).", _whole],
         ["max-recipients", None, 1000, "Most clientIds in one notification's 'to'.", _whole],
@@ -79,6 +91,7 @@ class Options(usage.Options):
             _whole,
         ],
         RPC_CA_FILE_OPTION,
+        *HTTP_LIMIT_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -86,29 +99,30 @@ class Options(usage.Options):
         self["api-key"] = []
 
     def opt_api_key(self, key: str) -> None:
-        """An API key clients send as 'Authorization: Bearer <key>' (repeatable)."""
+        """An API key for 'Authorization: Bearer <key>' (repeatable; 16+ printable ASCII)."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
         check_endpoint("--listen", self["listen"])
         check_store_url("--redis", self["redis"])
+        check_http_limits(self)
         #: how push servers' tls: RPC addresses are verified (Kick)
         self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
-        keys = list(self["api-key"])
+        keys = [("--api-key", key) for key in self["api-key"]]
         if self["api-keys-file"] is not None:
             try:
-                keys.extend(read_key_file(self["api-keys-file"]))
+                keys += [("--api-keys-file", key) for key in read_key_file(self["api-keys-file"])]
             except KeyFileError as e:
                 raise usage.UsageError(str(e)) from None
         if not keys:
             raise usage.UsageError(
                 "no API key: give --api-key or --api-keys-file (the API never runs open)"
             )
-        for key in keys:
+        for option, key in keys:
             problem = key_problem(key)
             if problem is not None:
-                raise usage.UsageError(problem)
-        self["keys"] = keys
+                raise usage.UsageError(f"{option}: {problem}")
+        self["keys"] = [key for _option, key in keys]
         for name in ("max-batch", "idempotency-ttl"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
@@ -147,7 +161,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     # Kicks reach the push server that ROUTE names over AMP, as delivery's pushes do.
     pool = AmpPool(reactor, tls=config["rpc-tls"])
-    top = StopInOrder()
+    top = Daemon("pigeon-notification")
     Closer(store.close, pool.close).setServiceParent(top)
     build_api(config, reactor, store, AmpGateways(pool)).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
@@ -166,7 +180,11 @@ def build_api(
         ApiSettings(max_body=config["max-body"], max_batch=config["max-batch"]),
         DeviceSessions(store, gateway_for),
     )
-    site = JsonSite(api.resource(), max_body=config["max-body"], reactor=reactor)
-    listener = StreamServerEndpointService(serverFromString(reactor, config["listen"]), site)
-    listener._raiseSynchronously = True
-    return listener
+    site = JsonSite(
+        api.resource(),
+        max_body=config["max-body"],
+        request_timeout=config["request-timeout"],
+        max_connections=config["max-connections"],
+        reactor=reactor,
+    )
+    return listen_or_fail(serverFromString(reactor, config["listen"]), site)

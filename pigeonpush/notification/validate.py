@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from pigeonpush.http import echo
+
 #: What a clientId may be (the same rule as reglog's).
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
@@ -122,12 +124,12 @@ def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
         return [Invalid("", "a notification must be a JSON object")]
     problems: list[Invalid] = []
     for name in sorted(set(data) - FIELDS):
-        problems.append(Invalid(name, f'unknown field "{name}"'))
+        problems.append(Invalid(echo(name), f'unknown field "{echo(name)}"'))
     recipients = _recipients(data.get("to"), limits, problems)
     title = _text(data, "title", limits.max_title, problems)
     text = _text(data, "text", limits.max_text, problems)
-    ttl = _ttl(data.get("ttl"), limits, problems)
-    extras = _extras(data.get("extras"), limits, problems)
+    ttl = _ttl(data["ttl"], limits, problems) if "ttl" in data else limits.default_ttl
+    extras = _extras(data.get("extras", {}), limits, problems)
     if problems:
         return problems
     assert recipients is not None and title is not None and text is not None
@@ -185,8 +187,7 @@ def _text(data: dict[str, object], name: str, limit: int, problems: list[Invalid
 
 
 def _ttl(value: object, limits: Limits, problems: list[Invalid]) -> int:
-    if value is None:
-        return limits.default_ttl
+    # Absent means the default; null is not an integer (the schema's type).
     rule = f"ttl must be a whole number of seconds from 1 to {limits.max_ttl}"
     # bool is an int in Python, but true is no TTL.
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -203,18 +204,17 @@ def _ttl(value: object, limits: Limits, problems: list[Invalid]) -> int:
 
 
 def _extras(value: object, limits: Limits, problems: list[Invalid]) -> Mapping[str, str]:
-    if value is None:
-        return {}
+    # Absent means none; null is not an object (the schema's type) and is refused.
     if not isinstance(value, dict):
         problems.append(Invalid("extras", "extras must be an object of string values"))
         return {}
     for key, item in value.items():
         if not isinstance(item, str):
-            problems.append(Invalid(f"extras.{key}", "extras values must be strings"))
+            problems.append(Invalid(f"extras.{echo(key)}", "extras values must be strings"))
             return {}
         if utf8_size(key) is None or utf8_size(item) is None:
             problems.append(
-                Invalid(f"extras.{key}", "extras must be valid Unicode (no lone surrogates)")
+                Invalid(f"extras.{echo(key)}", "extras must be valid Unicode (no lone surrogates)")
             )
             return {}
     size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))

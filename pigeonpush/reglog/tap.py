@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -16,9 +15,12 @@ from pigeonpush.discovery import DiscoveryService, open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.http import JsonSite
 from pigeonpush.options import (
+    HTTP_LIMIT_OPTIONS,
     ZOOKEEPER_TIMEOUT_OPTION,
+    DaemonOptions,
     check_discovery_spec,
     check_endpoint,
+    check_http_limits,
     check_store_url,
     seconds,
     whole,
@@ -29,13 +31,13 @@ from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
 from pigeonpush.reglog.routing import AuthMode, Router
 from pigeonpush.reglog.service import ServerWatchService
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "Run the PigeonPush route service: clients ask it for a one-time token "
@@ -75,6 +77,7 @@ class Options(usage.Options):
             "Seconds a client sent to a server counts against it without news from it.",
         ],
         ["access-log", None, None, "Write an HTTP access log to this file (none by default)."],
+        *HTTP_LIMIT_OPTIONS,
     ]
 
     def postOptions(self) -> None:
@@ -82,6 +85,7 @@ class Options(usage.Options):
         self["heartbeat"] = seconds("--heartbeat", self["heartbeat"])
         self["max-body"] = whole("--max-body", self["max-body"])
         self["pending-ttl"] = seconds("--pending-ttl", self["pending-ttl"])
+        check_http_limits(self)
         try:
             self["auth-mode"] = AuthMode(self["auth-mode"])
         except ValueError:
@@ -118,7 +122,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     except ValueError as error:
         raise usage.UsageError(f"--zookeeper: {error}") from None
 
-    top = StopInOrder()
+    top = Daemon("pigeon-reglog")
     # Started in this order, stopped one at a time in reverse: the listener
     # goes first, the store last.
     services: list[tuple[str, IService]] = [
@@ -165,14 +169,15 @@ def build_reglog(
     site = JsonSite(
         api.resource(),
         max_body=config["max-body"],
+        request_timeout=config["request-timeout"],
+        max_connections=config["max-connections"],
         access_log=config["access-log"],
         reactor=reactor,
     )
 
-    http = StreamServerEndpointService(endpoint, site)
     # A busy port fails the start (twistd exits 1) instead of leaving the
     # process running without its API.
-    http._raiseSynchronously = True
+    http = listen_or_fail(endpoint, site)
     return [
         ("server-watch", ServerWatchService(discovery, balancer, reactor)),
         ("http", http),

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -18,15 +17,21 @@ from twisted.python.failure import Failure
 from pigeonpush.discovery import open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.options import (
+    DEVICE_BACKLOG,
     RPC_CA_FILE_OPTION,
     ZOOKEEPER_TIMEOUT_OPTION,
+    DaemonOptions,
+    capacity_for,
     check_address,
+    check_capacity,
     check_discovery_spec,
     check_endpoint,
     check_node_id,
     check_store_timeout,
     check_store_url,
     client_tls,
+    open_files_limit,
+    with_backlog,
     zookeeper_timeout,
 )
 from pigeonpush.rpc import PullSource
@@ -36,7 +41,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
-from pigeonpush.services import GcTuning
+from pigeonpush.services import Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
 from pigeonpush.tls import listening_transport
 
@@ -52,7 +57,7 @@ then exits. See docs/server.rst.
 _DEFAULTS = ServerSettings()
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = LONGDESC
 
@@ -61,7 +66,9 @@ class Options(usage.Options):
             "listen",
             None,
             "tcp:7100",
-            "Endpoint for device connections (ssl:PORT:privateKey=...:certKey=... for TLS).",
+            f"Endpoint for device connections (ssl:PORT:privateKey=...:certKey=... for TLS); "
+            f"a tcp, ssl or unix endpoint without backlog= gets backlog={DEVICE_BACKLOG} "
+            f"(room for a reconnect storm).",
         ],
         [
             "rpc",
@@ -151,8 +158,9 @@ class Options(usage.Options):
         [
             "capacity",
             None,
-            str(_DEFAULTS.capacity),
-            "Authenticated connections accepted (mind the open-files limit).",
+            None,
+            "Authenticated connections accepted [default: the open-files limit "
+            "(ulimit -n) less a reserve; see docs/server.rst]; at most the limit less 64.",
         ],
         [
             "drain-period",
@@ -206,7 +214,7 @@ class Options(usage.Options):
                 ack_window=self._number("ack-window", int),
                 ack_timeout=self._number("ack-timeout", float),
                 max_attempts=self._number("max-attempts", int),
-                capacity=self._number("capacity", int),
+                capacity=self._capacity(),
                 drain_period=self._number("drain-period", float),
                 session_ttl=self._number("session-ttl", float),
                 frame_rate=self._number("frame-rate", float, "a number"),
@@ -238,6 +246,15 @@ class Options(usage.Options):
         #: how tls: delivery addresses are verified (pulls)
         self["rpc-tls"] = client_tls("--rpc-ca-file", self["rpc-ca-file"])
 
+    def _capacity(self) -> int:
+        """``--capacity``, or the default the open-files limit allows."""
+        limit = open_files_limit()
+        if self["capacity"] is None:
+            return capacity_for(limit)
+        capacity: int = self._number("capacity", int)
+        check_capacity("--capacity", capacity, limit)
+        return capacity
+
     def _number(self, name: str, kind: type[float] | type[int], what: str = "") -> Any:
         text = self[name]
         try:
@@ -263,10 +280,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     server = build_push_server(
         config, reactor, store, discovery, pull_source, pool=pool, amp_pull_source=pull_source
     )
-    top = MultiService()
+    top = Daemon("pigeon-server")
     server.setServiceParent(top)
     if config["metrics"] != "none":
-        StreamServerEndpointService(
+        listen_or_fail(
             serverFromString(reactor, config["metrics"]), status_site(server.hub, server, reactor)
         ).setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
@@ -294,7 +311,7 @@ def build_push_server(
     return PushServerService(
         hub,
         reactor=reactor,
-        client_endpoint=serverFromString(reactor, config["listen"]),
+        client_endpoint=serverFromString(reactor, with_backlog(config["listen"])),
         rpc_endpoint=serverFromString(reactor, config["rpc"]),
         discovery=discovery,
         pool=pool,

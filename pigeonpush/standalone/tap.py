@@ -23,12 +23,19 @@ from pigeonpush.discovery.service import DiscoveryService
 from pigeonpush.discovery.static import StaticDiscovery
 from pigeonpush.notification import tap as notification_tap
 from pigeonpush.notification.auth import KeyFileError, key_problem, read_key_file
-from pigeonpush.options import check_address, check_endpoint, check_store_url, seconds
+from pigeonpush.options import (
+    HTTP_LIMIT_OPTIONS,
+    DaemonOptions,
+    check_address,
+    check_endpoint,
+    check_store_url,
+    seconds,
+)
 from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server import tap as server_tap
-from pigeonpush.services import GcTuning, StopInOrder
+from pigeonpush.services import Daemon, GcTuning
 from pigeonpush.store import open_store
 from pigeonpush.tokens import url_safe_token
 
@@ -41,7 +48,7 @@ CONSUMER = "standalone"
 IDLE_HEARTBEATS = 3
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "Run all of PigeonPush in one process: the route API (reglog), the "
@@ -50,7 +57,12 @@ class Options(usage.Options):
         "--api-key or --api-keys-file, an API key is generated and logged at start."
     )
     optParameters = [
-        ["listen", None, "tcp:7100:interface=127.0.0.1", "Endpoint devices connect to."],
+        [
+            "listen",
+            None,
+            "tcp:7100:interface=127.0.0.1",
+            "Endpoint devices connect to (backlog=4096 unless it gives one).",
+        ],
         [
             "rpc",
             None,
@@ -83,6 +95,7 @@ class Options(usage.Options):
             "86400",
             "Seconds a receipt stays readable after its message's TTL (1 day; 0: none).",
         ],
+        *HTTP_LIMIT_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -91,7 +104,7 @@ class Options(usage.Options):
         self.generated_key: str | None = None
 
     def opt_api_key(self, key: str) -> None:
-        """An API key application servers send as 'Authorization: Bearer <key>' (repeatable)."""
+        """An API key for 'Authorization: Bearer <key>' (repeatable; 16+ printable ASCII)."""
         self["api-key"].append(key)
 
     def postOptions(self) -> None:
@@ -116,9 +129,12 @@ class Options(usage.Options):
         reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
         reglog += ["--heartbeat", self["heartbeat"], "--token-ttl", self["token-ttl"]]
         reglog += ["--auth-mode", self["auth-mode"]]
+        http_limits = ["--max-connections", str(self["max-connections"])]
+        http_limits += ["--request-timeout", str(self["request-timeout"])]
+        reglog += http_limits
         if self["admin-key"] is not None:
             reglog += ["--admin-key", self["admin-key"]]
-        notification = ["--listen", self["api"], *common]
+        notification = ["--listen", self["api"], *common, *http_limits]
         notification += ["--receipt-retention", self["receipt-retention"]]
         for key in self["api-key"]:
             notification += ["--api-key", key]
@@ -201,7 +217,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         config.server, reactor, store, discovery, worker.pull_source, pool=pool
     )
     reglog = reglog_tap.build_reglog(config.reglog, reactor, store, discovery)
-    top = StopInOrder()
+    top = Daemon("pigeon-standalone")
     parts: list[IService] = [
         DiscoveryService(discovery),
         server,
