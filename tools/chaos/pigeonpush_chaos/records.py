@@ -11,6 +11,8 @@ from the client process's clock at the moment the SDK told the application::
     A <time> <clientId> <server>                    Authenticated
     D <time> <clientId> <server> <0|1> <reason>     Disconnected (1: had reached AUTH_OK)
     G <time> <clientId> <reason>                    GaveUp
+    F <time> <clientId> <server> <reason>           a connection attempt failed
+                                                    (no Connected event follows)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class EventKind(enum.Enum):
     AUTHENTICATED = "A"
     DISCONNECTED = "D"
     GAVE_UP = "G"
+    CONNECT_FAILED = "F"
 
 
 @attrs.frozen(slots=True)
@@ -65,6 +68,8 @@ def event_line(event: Event) -> str:
     if event.kind is EventKind.DISCONNECTED:
         flag = 1 if event.authenticated else 0
         return f"{head} {event.server} {flag} {_clean(event.reason)}\n"
+    if event.kind is EventKind.CONNECT_FAILED:
+        return f"{head} {event.server} {_clean(event.reason)}\n"
     return f"{head} {event.server}\n"
 
 
@@ -85,6 +90,9 @@ def parse_line(line: str) -> Arrival | Event:
         if tag == "D" and len(fields) >= 5 and fields[4] in ("0", "1"):
             reason = fields[5] if len(fields) > 5 else ""
             return Event(time, client, EventKind.DISCONNECTED, fields[3], fields[4] == "1", reason)
+        if tag == "F" and len(fields) >= 5:
+            reason = " ".join(fields[4:])
+            return Event(time, client, EventKind.CONNECT_FAILED, fields[3], reason=reason)
         if tag == "G" and len(fields) >= 4:
             return Event(time, client, EventKind.GAVE_UP, reason=" ".join(fields[3:]))
     except (IndexError, ValueError):

@@ -27,7 +27,9 @@ delay
     [start, recovered] overlaps [A, R] (nothing can be expected to move
     while the store or discovery is away). A push server's fault excuses
     nothing by itself: its clients' own reconnection (S) does. A message is
-    *delayed* when its delay exceeds two heartbeats.
+    *delayed* when its delay exceeds two heartbeats. It is attributed to the
+    last fault that started before it was late (before max(A, S, F) plus
+    two heartbeats).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 
 import attrs
 
-from pigeonpush_chaos.records import EventKind, Journal
+from pigeonpush_chaos.records import Event, EventKind, Journal
 from pigeonpush_chaos.schedule import FaultKind
 
 
@@ -76,7 +78,8 @@ class Delayed:
     accepted: float
     arrived: float
     ready: float
-    #: The fault most recently started before the arrival (None: before any).
+    #: The last fault started before the message was late (ready + two
+    #: heartbeats): the one that held it up (None: none had started).
     fault: int | None
 
     @property
@@ -92,6 +95,10 @@ class FaultOutcome:
     #: Seconds from the fault's start to the last of its clients' AUTH_OK.
     all_back_after: float | None = None
     delayed: int = 0
+    #: Failed connection attempts between this fault's start and the next's.
+    connect_failures: int = 0
+    #: What the slowest client went through, from its disconnection to its return.
+    slowest_trail: list[str] = attrs.field(factory=list)
 
     def back_times(self) -> list[float]:
         return sorted(value for value in self.reconnects.values() if value is not None)
@@ -216,6 +223,8 @@ class ChaosReport:
                     "reconnectMax": seconds(max(outcome.back_times(), default=None)),
                     "allBackAfter": seconds(outcome.all_back_after),
                     "delayed": outcome.delayed,
+                    "connectFailures": outcome.connect_failures,
+                    "slowestTrail": outcome.slowest_trail,
                 }
                 for outcome in self.faults
             ],
@@ -253,11 +262,15 @@ def compute(
     """The report of one run (``end``: when observation stopped)."""
     faults = sorted(faults, key=lambda window: window.start)
     authenticated_at: dict[str, list[float]] = {}
+    events_of: dict[str, list[Event]] = {}
     for event in journal.events:
+        events_of.setdefault(event.client, []).append(event)
         if event.kind is EventKind.AUTHENTICATED:
             authenticated_at.setdefault(event.client, []).append(event.time)
     for times in authenticated_at.values():
         times.sort()
+    for events in events_of.values():
+        events.sort(key=lambda event: event.time)
 
     first_arrival: dict[str, float] = {}
     calls: Counter[tuple[str, str]] = Counter()
@@ -301,7 +314,8 @@ def compute(
         )
         ready = max(message.time, session_start, fault_end)
         if arrived - ready > bound:
-            which = bisect.bisect_right(starts, arrived) - 1
+            # The last fault started before the message was already late.
+            which = bisect.bisect_right(starts, ready + bound) - 1
             delayed.append(
                 Delayed(
                     message_id,
@@ -317,9 +331,11 @@ def compute(
     outcomes = [FaultOutcome(window) for window in faults]
     before_faults = 0
     for event in journal.events:
+        which = bisect.bisect_right(starts, event.time) - 1
+        if event.kind is EventKind.CONNECT_FAILED and which >= 0:
+            outcomes[which].connect_failures += 1
         if event.kind is not EventKind.DISCONNECTED or not event.authenticated:
             continue
-        which = bisect.bisect_right(starts, event.time) - 1
         if which < 0:
             before_faults += 1
             continue
@@ -338,6 +354,8 @@ def compute(
     for item in delayed:
         if item.fault is not None:
             outcomes[item.fault].delayed += 1
+    for outcome in outcomes:
+        outcome.slowest_trail = _slowest_trail(outcome, events_of)
 
     reasons: Counter[str] = Counter(
         event.reason for event in journal.events if event.kind is EventKind.GAVE_UP
@@ -368,6 +386,38 @@ def compute(
     )
 
 
+#: Most lines of a trail.
+TRAIL_LINES = 30
+
+
+def _slowest_trail(outcome: FaultOutcome, events_of: Mapping[str, list[Event]]) -> list[str]:
+    """The events of the client slowest to come back (one that never did
+    first), from its disconnection to its return, relative to the fault."""
+    if not outcome.reconnects:
+        return []
+
+    def slowness(name: str) -> float:
+        seconds = outcome.reconnects[name]
+        return math.inf if seconds is None else seconds
+
+    client = max(outcome.reconnects, key=slowness)
+    origin = outcome.window.start
+    trail = [f"client {client}"]
+    began = False
+    for event in events_of.get(client, []):
+        if event.time < origin:
+            continue
+        if not began and event.kind is EventKind.DISCONNECTED and event.authenticated:
+            began = True
+        if not began:
+            continue
+        text = " ".join(part for part in (event.server, event.reason) if part)
+        trail.append(f"+{event.time - origin:.2f}s {event.kind.name.lower()} {text}")
+        if event.kind is EventKind.AUTHENTICATED or len(trail) > TRAIL_LINES:
+            break
+    return trail
+
+
 def _cell(value: float | None, unit: str = "s") -> str:
     return "-" if value is None else f"{value:.2f}{unit}"
 
@@ -389,17 +439,26 @@ def format_table(report: ChaosReport) -> str:
         f"delayed beyond {report.delay_bound:g}s: {len(report.delayed)}"
         + (f" (max {_cell(data['delayed']['max'])})" if report.delayed else ""),
         "",
-        f"{'#':>2} {'fault':<17} {'target':<16} {'start':>7} {'recovered':>9} "
+        f"{'#':>2} {'fault':<26} {'target':<18} {'start':>7} {'recovered':>9} "
         f"{'disc.':>5} {'notback':>7} {'p50':>7} {'max':>7} {'allback':>7} {'delayed':>7}",
     ]
     for index, fault in enumerate(data["faults"]):
         lines.append(
-            f"{index + 1:>2} {fault['kind']:<17} {fault['target']:<16} "
+            f"{index + 1:>2} {fault['kind']:<26} {fault['target']:<18} "
             f"{_cell(fault['start']):>7} {_cell(fault['recovered']):>9} "
             f"{fault['clientsDisconnected']:>5} {fault['notBack']:>7} "
             f"{_cell(fault['reconnectP50']):>7} {_cell(fault['reconnectMax']):>7} "
             f"{_cell(fault['allBackAfter']):>7} {fault['delayed']:>7}"
         )
+    for index, outcome in enumerate(report.faults):
+        late = [t for t in outcome.back_times() if t > report.reconnect_bound]
+        if outcome.not_back or late:
+            lines.append("")
+            lines.append(
+                f"fault {index + 1}: {outcome.connect_failures} failed connection attempts; "
+                "the slowest client's trail:"
+            )
+            lines.extend(f"  {line}" for line in outcome.slowest_trail)
     if report.gave_up:
         lines.append("")
         lines.append("clients that gave up:")

@@ -261,7 +261,11 @@ class Chaos:
     async def inject(self, kind: FaultKind) -> FaultWindow:
         cluster = self.cluster
         target: Daemon
-        if kind in (FaultKind.KILL_SERVER, FaultKind.TERM_SERVER):
+        if kind in (
+            FaultKind.KILL_SERVER,
+            FaultKind.TERM_SERVER,
+            FaultKind.KILL_SERVER_ZOOKEEPER_DOWN,
+        ):
             target = self.busiest_server()
         elif kind is FaultKind.KILL_DELIVERY:
             target = cluster.deliveries[0]
@@ -271,7 +275,11 @@ class Chaos:
             target = cluster.zookeeper
         ephemerals = await cluster.ephemerals() if kind is FaultKind.EXPIRE_ZOOKEEPER else None
         start = self.reactor.seconds()
+        name = target.name
         self.say(f"{kind.value}: {target.name} (pid {target.process.pid})")
+        if kind is FaultKind.KILL_SERVER_ZOOKEEPER_DOWN:
+            name = f"{target.name}+zookeeper"
+            await self.processes.stop(cluster.zookeeper.process, timeout=10, signum=signal.SIGKILL)
         if kind is FaultKind.TERM_SERVER or kind is FaultKind.RESTART_REDIS:
             await self.processes.stop(target.process, timeout=self.options.drain_period + 20)
         else:
@@ -281,14 +289,22 @@ class Chaos:
                 await cluster.expire_zookeeper_sessions(timeout=min(60.0, self.left()))
             await self.sleep(start + self.options.restart_delay - self.reactor.seconds())
             await cluster.restart(target)
+            if kind is FaultKind.KILL_SERVER_ZOOKEEPER_DOWN:
+                await self.sleep(start + self.zookeeper_outage() - self.reactor.seconds())
+                await cluster.restart(cluster.zookeeper)
+                await cluster.ready(cluster.zookeeper, timeout=min(60.0, self.left()))
             await cluster.ready(target, timeout=min(60.0, self.left()))
-            if kind is FaultKind.EXPIRE_ZOOKEEPER and ephemerals is not None:
+            if ephemerals is not None:
                 await self._ephemerals_back(ephemerals)
             await cluster.reglog_sees(len(cluster.servers), timeout=min(60.0, self.left()))
         except StartError as e:
             self.say(f"{kind.value}: the system did not recover: {e}")
-            return FaultWindow(kind, target.name, start, None)
-        return FaultWindow(kind, target.name, start, self.reactor.seconds())
+            return FaultWindow(kind, name, start, None)
+        return FaultWindow(kind, name, start, self.reactor.seconds())
+
+    def zookeeper_outage(self) -> float:
+        """How long ZooKeeper stays away in kill-server-zookeeper-down."""
+        return 2 * self.options.zookeeper_timeout + 2
 
     async def _ephemerals_back(self, count: int) -> None:
         """Until every daemon has registered again with the fresh ZooKeeper."""

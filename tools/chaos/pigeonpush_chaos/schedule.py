@@ -27,6 +27,10 @@ class FaultKind(enum.Enum):
     EXPIRE_ZOOKEEPER = "expire-zookeeper"
     #: SIGTERM the push server holding the most clients (graceful drain), start it again.
     TERM_SERVER = "term-server"
+    #: SIGKILL ZooKeeper and the push server holding the most clients, start the
+    #: server again while ZooKeeper stays away (twice the session timeout + 2 s),
+    #: then ZooKeeper (issue 14's stranded-messages reproduction; not a default).
+    KILL_SERVER_ZOOKEEPER_DOWN = "kill-server-zookeeper-down"
 
     @property
     def global_(self) -> bool:
@@ -35,7 +39,14 @@ class FaultKind(enum.Enum):
         return self in _GLOBAL
 
 
-_GLOBAL = frozenset({FaultKind.KILL_DELIVERY, FaultKind.RESTART_REDIS, FaultKind.EXPIRE_ZOOKEEPER})
+_GLOBAL = frozenset(
+    {
+        FaultKind.KILL_DELIVERY,
+        FaultKind.RESTART_REDIS,
+        FaultKind.EXPIRE_ZOOKEEPER,
+        FaultKind.KILL_SERVER_ZOOKEEPER_DOWN,
+    }
+)
 
 #: The issue's schedule, in this order.
 DEFAULT_FAULTS = (

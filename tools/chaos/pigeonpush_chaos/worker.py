@@ -17,6 +17,10 @@ import argparse
 import sys
 from typing import IO, Any
 
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import (
     FilteringLogObserver,
@@ -25,6 +29,8 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pigeonpush.sdk import (
     Authenticated,
@@ -35,6 +41,7 @@ from pigeonpush.sdk import (
     Message,
     PushClient,
 )
+from pigeonpush.sdk.route import parse_server
 from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line
 
 FLUSH_INTERVAL = 0.2
@@ -62,6 +69,27 @@ class Recorder:
             self._stream.flush()
 
 
+@implementer(IStreamClientEndpoint)
+class RecordingEndpoint:
+    """A TCP endpoint that reports its failed connection attempts (the SDK
+    emits no event for them, and they make a reconnection's trail)."""
+
+    def __init__(self, inner: IStreamClientEndpoint, on_failure: Any) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting = self._inner.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._on_failure(failure.getErrorMessage())
+            return failure
+
+        connecting.addErrback(failed)
+        return connecting
+
+
 def event_record(time: float, client: str, event: ClientEvent) -> Event:
     if isinstance(event, Connected):
         return Event(time, client, EventKind.CONNECTED, event.server)
@@ -86,6 +114,15 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
         def on_event(event: ClientEvent, name: str = name) -> None:
             recorder.add(event_line(event_record(reactor.seconds(), name, event)))
 
+        def endpoint(server: str, name: str = name) -> IStreamClientEndpoint:
+            host, port = parse_server(server)
+
+            def failed(reason: str) -> None:
+                failure = Event(reactor.seconds(), name, EventKind.CONNECT_FAILED, server)
+                recorder.add(event_line(attrs.evolve(failure, reason=reason)))
+
+            return RecordingEndpoint(HostnameEndpoint(reactor, host, port, timeout=10), failed)
+
         client = PushClient(
             reactor,
             options.reglog,
@@ -93,6 +130,7 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             client_id=name,
             heartbeat=options.heartbeat,
             http_retries=options.http_retries,
+            endpoint_factory=endpoint,
         )
         client.on_event(on_event)
         reactor.callLater(offset / options.connect_rate, client.start)
@@ -124,8 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     def run(reactor: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
         stream = open(options.out, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
         recorder = Recorder(stream)
         flusher = LoopingCall(recorder.flush)

@@ -28,6 +28,7 @@ from pigeonpush_chaos.records import (
         Event(1.5, "c", EventKind.DISCONNECTED, "127.0.0.1:7100", True, "connection lost"),
         Event(1.5, "c", EventKind.DISCONNECTED, "127.0.0.1:7100", False, "refused"),
         Event(1.5, "c", EventKind.GAVE_UP, reason="SessionReplaced"),
+        Event(1.5, "c", EventKind.CONNECT_FAILED, "127.0.0.1:7100", reason="Connection refused"),
     ],
 )
 def test_a_record_survives_its_line(record: Arrival | Event) -> None:
@@ -45,7 +46,9 @@ def test_reasons_lose_their_newlines() -> None:
     assert parse_line(line) == Event(2.0, "c", EventKind.DISCONNECTED, "s:1", True, "a b c")
 
 
-@pytest.mark.parametrize("line", ["", "X 1 c", "M notatime c m", "D 1 c s 2 why", "M 1 c"])
+@pytest.mark.parametrize(
+    "line", ["", "X 1 c", "M notatime c m", "D 1 c s 2 why", "M 1 c", "F 1 c s"]
+)
 def test_bad_lines_are_refused(line: str) -> None:
     with pytest.raises(BadRecord):
         parse_line(line)

@@ -148,6 +148,20 @@ def test_a_push_server_fault_excuses_nothing_by_itself() -> None:
     assert report.delayed[0].fault == 0
 
 
+def test_a_delay_is_blamed_on_the_fault_that_held_the_message_up() -> None:
+    # Stranded by the first fault, it arrives only after the second began.
+    accepted = {"m1": Accepted("a", 11.0)}
+    faults = [
+        FaultWindow(FaultKind.KILL_SERVER_ZOOKEEPER_DOWN, "server-0+zookeeper", 10.0, 20.0),
+        FaultWindow(FaultKind.KILL_SERVER, "server-1", 40.0, 42.0),
+    ]
+    records = journal(authenticated(1.0, "a"), Arrival(50.0, "a", "m1"))
+    report = run(accepted, records, faults)
+    assert [(d.ready, d.fault) for d in report.delayed] == [(20.0, 0)]
+    assert [outcome.delayed for outcome in report.faults] == [1, 0]
+    assert report.to_json()["delayed"]["byFault"] == {"1:kill-server-zookeeper-down": 1}
+
+
 def test_a_global_fault_that_never_recovered_excuses_until_the_end() -> None:
     accepted = {"m1": Accepted("a", 10.0)}
     zookeeper = FaultWindow(FaultKind.EXPIRE_ZOOKEEPER, "zookeeper", 11.0, None)
@@ -173,7 +187,9 @@ def test_reconnect_times_per_fault() -> None:
         disconnected(104.0, "a"),  # a second drop in the same window: the first counts
         authenticated(120.0, "a"),
         disconnected(100.2, "b"),
-        authenticated(112.2, "b"),  # 12 s: late
+        Event(101.0, "b", EventKind.CONNECT_FAILED, "s1", reason="Connection refused"),
+        Event(103.0, "b", EventKind.CONNECT_FAILED, "s1", reason="Connection refused"),
+        authenticated(112.2, "b", "s2"),  # 12 s: late
         disconnected(205.0, "a"),  # never back
         Event(206.0, "a", EventKind.GAVE_UP, reason="RouteLookupFailed"),
     )
@@ -181,6 +197,19 @@ def test_reconnect_times_per_fault() -> None:
     first, second = report.faults
     assert first.reconnects == pytest.approx({"a": 3.0, "b": 12.0})
     assert first.all_back_after == pytest.approx(12.2)
+    assert first.connect_failures == 2
+    assert first.slowest_trail == [
+        "client b",
+        "+0.20s disconnected s1 connection lost",
+        "+1.00s connect_failed s1 Connection refused",
+        "+3.00s connect_failed s1 Connection refused",
+        "+12.20s authenticated s2",
+    ]
+    assert second.slowest_trail == [
+        "client a",
+        "+5.00s disconnected s1 connection lost",
+        "+6.00s gave_up RouteLookupFailed",
+    ]
     assert second.reconnects == {"a": None}
     assert second.not_back == ["a"]
     assert report.disconnects_before_faults == 1
@@ -190,6 +219,9 @@ def test_reconnect_times_per_fault() -> None:
         failures
     )
     assert "fault 2 (term-server server-1): 1 client(s) never came back" in failures
+    table = format_table(report)
+    assert "fault 1: 2 failed connection attempts; the slowest client's trail:" in table
+    assert "  +12.20s authenticated s2" in table
 
 
 def test_a_clean_run_has_no_failures_and_renders() -> None:

@@ -43,6 +43,7 @@ def test_global_faults_are_the_ones_that_stall_everyone() -> None:
         FaultKind.KILL_DELIVERY,
         FaultKind.RESTART_REDIS,
         FaultKind.EXPIRE_ZOOKEEPER,
+        FaultKind.KILL_SERVER_ZOOKEEPER_DOWN,
     }
 
 
