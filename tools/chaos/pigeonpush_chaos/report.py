@@ -132,6 +132,8 @@ class ChaosReport:
     disconnects_before_faults: int
     tracebacks: dict[str, list[str]]
     bad_lines: int
+    #: Daemons found not running after the drain (not stopped by a fault): exit codes.
+    exited: dict[str, int] = attrs.field(factory=dict)
     settings: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -162,6 +164,8 @@ class ChaosReport:
                 )
             if outcome.window.recovered is None:
                 found.append(f"{name}: the system did not recover")
+        for name, code in sorted(self.exited.items()):
+            found.append(f"{name} exited by itself (status {code})")
         if self.refused or self.unsent:
             found.append(f"{self.refused} notification(s) refused, {self.unsent} never accepted")
         return found
@@ -231,6 +235,7 @@ class ChaosReport:
             "gaveUp": self.gave_up,
             "disconnectsBeforeFaults": self.disconnects_before_faults,
             "tracebacks": self.tracebacks,
+            "exited": self.exited,
             "badRecordLines": self.bad_lines,
             "failures": self.failures(),
         }
@@ -257,6 +262,7 @@ def compute(
     origin: float,
     end: float,
     tracebacks: Mapping[str, list[str]] | None = None,
+    exited: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> ChaosReport:
     """The report of one run (``end``: when observation stopped)."""
@@ -382,6 +388,7 @@ def compute(
         disconnects_before_faults=before_faults,
         tracebacks=dict(tracebacks or {}),
         bad_lines=journal.bad_lines,
+        exited=dict(exited or {}),
         settings=dict(settings or {}),
     )
 

@@ -213,6 +213,11 @@ class Chaos:
 
         done = await self.until(settled, min(options.drain, self.left()))
         end = self.reactor.seconds()
+        exited = {
+            daemon.name: daemon.process.exit_code
+            for daemon in self.cluster.daemons
+            if daemon.process.exit_code is not None
+        }
         self.say(
             "every accepted message arrived and every client is back"
             if done
@@ -233,6 +238,7 @@ class Chaos:
             reconnect_bound=options.reconnect_bound,
             origin=origin,
             end=end,
+            exited=exited,
             settings=options.settings(),
         )
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pigeonpush.ids import timestamp_ms
@@ -24,6 +26,15 @@ from pigeonpush_chaos.report import Accepted
 
 #: Statuses worth another try with the same key.
 RETRYABLE = frozenset({408, 429})
+#: What a request that got no answer fails with: refused, reset, cut, timed out.
+_NO_ANSWER = (
+    ConnectError,
+    ConnectionClosed,
+    ResponseFailed,
+    RequestTransmissionFailed,
+    defer.CancelledError,
+    defer.TimeoutError,
+)
 
 
 def batches(messages: int, size: int, clients: Sequence[str]) -> list[list[tuple[int, str]]]:
@@ -133,7 +144,7 @@ class Sender:
                 response = await self._http.post(self._url, data=body, headers=headers, timeout=10)
                 raw = await response.content()
                 status = int(response.code)
-            except Exception as e:  # no answer: connection refused, reset, timeout
+            except _NO_ANSWER as e:
                 status, raw = 0, b""
                 outcome.error(type(e).__name__)
             if status == 200:

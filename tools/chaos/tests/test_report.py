@@ -238,6 +238,25 @@ def test_a_clean_run_has_no_failures_and_renders() -> None:
     assert "kill-delivery" in table
 
 
+def test_a_daemon_that_exited_by_itself_fails_the_run() -> None:
+    report = compute(
+        clients=[],
+        messages=0,
+        accepted={},
+        refused=0,
+        unsent=0,
+        journal=Journal(),
+        faults=[],
+        heartbeat=HEARTBEAT,
+        reconnect_bound=10.0,
+        origin=0.0,
+        end=1.0,
+        exited={"delivery-1": 1},
+    )
+    assert report.failures() == ["delivery-1 exited by itself (status 1)"]
+    assert report.to_json()["exited"] == {"delivery-1": 1}
+
+
 def test_refused_and_unsent_notifications_fail_the_run() -> None:
     report = compute(
         clients=["a"],

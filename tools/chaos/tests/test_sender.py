@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from pigeonpush.ids import MessageIdGenerator
