@@ -13,6 +13,8 @@ from the client process's clock at the moment the SDK told the application::
     G <time> <clientId> <reason>                    GaveUp
     F <time> <clientId> <server> <reason>           a connection attempt failed
                                                     (no Connected event follows)
+    R <time> <clientId> <outcome>                   a route lookup at reglog ended
+                                                    (HTTP status, or the error)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class EventKind(enum.Enum):
     DISCONNECTED = "D"
     GAVE_UP = "G"
     CONNECT_FAILED = "F"
+    ROUTE_LOOKUP = "R"
 
 
 @attrs.frozen(slots=True)
@@ -63,7 +66,7 @@ def arrival_line(time: float, client: str, message_id: str) -> str:
 
 def event_line(event: Event) -> str:
     head = f"{event.kind.value} {event.time:.6f} {event.client}"
-    if event.kind is EventKind.GAVE_UP:
+    if event.kind in (EventKind.GAVE_UP, EventKind.ROUTE_LOOKUP):
         return f"{head} {_clean(event.reason)}\n"
     if event.kind is EventKind.DISCONNECTED:
         flag = 1 if event.authenticated else 0
@@ -93,8 +96,8 @@ def parse_line(line: str) -> Arrival | Event:
         if tag == "F" and len(fields) >= 5:
             reason = " ".join(fields[4:])
             return Event(time, client, EventKind.CONNECT_FAILED, fields[3], reason=reason)
-        if tag == "G" and len(fields) >= 4:
-            return Event(time, client, EventKind.GAVE_UP, reason=" ".join(fields[3:]))
+        if tag in ("G", "R") and len(fields) >= 4:
+            return Event(time, client, EventKind(tag), reason=" ".join(fields[3:]))
     except (IndexError, ValueError):
         pass
     raise BadRecord(f"not a chaos record: {line[:200]!r}")

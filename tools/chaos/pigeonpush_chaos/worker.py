@@ -30,6 +30,9 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from pigeonpush.sdk import (
@@ -90,6 +93,36 @@ class RecordingEndpoint:
         return connecting
 
 
+@implementer(IAgent)
+class RecordingAgent:
+    """The SDK's HTTP agent for reglog, reporting how each route lookup ended
+    (the SDK emits no event for them either)."""
+
+    def __init__(self, inner: IAgent, on_answer: Any) -> None:
+        self._inner = inner
+        self._on_answer = on_answer
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        requesting = self._inner.request(method, uri, headers, bodyProducer)
+
+        def answered(response: IResponse) -> IResponse:
+            self._on_answer(f"HTTP {response.code}")
+            return response
+
+        def failed(failure: Failure) -> Failure:
+            self._on_answer(f"{type(failure.value).__name__}: {failure.getErrorMessage()}")
+            return failure
+
+        requesting.addCallbacks(answered, failed)
+        return requesting
+
+
 def event_record(time: float, client: str, event: ClientEvent) -> Event:
     if isinstance(event, Connected):
         return Event(time, client, EventKind.CONNECTED, event.server)
@@ -123,6 +156,13 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
 
             return RecordingEndpoint(HostnameEndpoint(reactor, host, port, timeout=10), failed)
 
+        def looked_up(outcome: str, name: str = name) -> None:
+            lookup = Event(reactor.seconds(), name, EventKind.ROUTE_LOOKUP, reason=outcome)
+            recorder.add(event_line(lookup))
+
+        # As the SDK's own default agent: no keep-alive between rare lookups.
+        agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, False))
+
         client = PushClient(
             reactor,
             options.reglog,
@@ -131,6 +171,7 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             heartbeat=options.heartbeat,
             http_retries=options.http_retries,
             endpoint_factory=endpoint,
+            http_agent=RecordingAgent(agent, looked_up),
         )
         client.on_event(on_event)
         reactor.callLater(offset / options.connect_rate, client.start)

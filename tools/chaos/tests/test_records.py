@@ -29,6 +29,7 @@ from pigeonpush_chaos.records import (
         Event(1.5, "c", EventKind.DISCONNECTED, "127.0.0.1:7100", False, "refused"),
         Event(1.5, "c", EventKind.GAVE_UP, reason="SessionReplaced"),
         Event(1.5, "c", EventKind.CONNECT_FAILED, "127.0.0.1:7100", reason="Connection refused"),
+        Event(1.5, "c", EventKind.ROUTE_LOOKUP, reason="HTTP 503"),
     ],
 )
 def test_a_record_survives_its_line(record: Arrival | Event) -> None:
