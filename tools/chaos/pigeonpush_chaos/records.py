@@ -116,6 +116,7 @@ class Journal:
     #: clientId -> server of its current session.
     server_of: dict[str, str] = attrs.field(factory=dict)
     received: set[tuple[str, str]] = attrs.field(factory=set)
+    _gave_up: set[str] = attrs.field(factory=set, alias="_gave_up")
 
     def add_line(self, line: str) -> None:
         try:
@@ -137,12 +138,15 @@ class Journal:
         elif record.kind in (EventKind.DISCONNECTED, EventKind.GAVE_UP):
             self.online[record.client] = False
             self.server_of.pop(record.client, None)
+            if record.kind is EventKind.GAVE_UP:
+                self._gave_up.add(record.client)
 
     def online_count(self) -> int:
         return sum(1 for up in self.online.values() if up)
 
     def gave_up(self) -> set[str]:
-        return {event.client for event in self.events if event.kind is EventKind.GAVE_UP}
+        """The clients that gave up (and were not restarted: none is)."""
+        return set(self._gave_up)
 
     def clients_on(self, server: str) -> int:
         return sum(1 for address in self.server_of.values() if address == server)

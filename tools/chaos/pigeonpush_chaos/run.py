@@ -52,7 +52,6 @@ class Options:
     connect_rate: float = 200.0
     ttl: int = 3600
     log_level: str = "warn"
-    directory: Path | None = None
 
     def settings(self) -> dict[str, Any]:
         """What the JSON report repeats of the run's settings."""
@@ -70,6 +69,7 @@ class Options:
             "gap": self.gap,
             "drain": self.drain,
             "reconnectBound": self.reconnect_bound,
+            "ttl": self.ttl,
         }
 
 
