@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
-from twisted.web.client import ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 
 from pigeonpush.bench import services
-from pigeonpush.bench.loadgen import http_client
 from pigeonpush.bench.processes import (
     ManagedProcess,
     ProcessSet,
@@ -34,6 +34,8 @@ from pigeonpush.tokens import url_safe_token
 
 HOST = services.HOST
 START_TIMEOUT = 60.0
+#: Persistent HTTP connections per daemon (the sender's batches in flight).
+HTTP_CONNECTIONS = 8
 
 
 @attrs.define(slots=True, eq=False)
@@ -75,7 +77,11 @@ class Cluster:
         self.deliveries: list[Daemon] = []
         self.reglog: Daemon
         self.notification: Daemon
-        self._pool, self.http = http_client(reactor, 8)
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = HTTP_CONNECTIONS
+        self._pool.retryAutomatically = False
+        #: For health checks and the sender (its concurrency fits the pool).
+        self.http = HTTPClient(Agent(reactor, pool=self._pool))
 
     # --- the daemons ------------------------------------------------------------------
 
