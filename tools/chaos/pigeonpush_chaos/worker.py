@@ -169,7 +169,7 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             on_message,
             client_id=name,
             heartbeat=options.heartbeat,
-            http_retries=options.http_retries,
+            max_route_failures=options.max_route_failures,
             endpoint_factory=endpoint,
             http_agent=RecordingAgent(agent, looked_up),
         )
@@ -186,7 +186,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--count", type=int, required=True, help="clients in this process")
     parser.add_argument("--out", required=True, help="file the records are appended to")
     parser.add_argument("--heartbeat", type=float, default=5.0)
-    parser.add_argument("--http-retries", type=int, default=1_000_000)
+    parser.add_argument(
+        "--max-route-failures",
+        type=int,
+        default=None,
+        help="give up after this many failed route lookups in a row (default: never)",
+    )
     parser.add_argument("--connect-rate", type=float, default=200.0, help="client starts/s")
     options = parser.parse_args(argv)
     if options.count < 1 or options.first < 0 or options.connect_rate <= 0:

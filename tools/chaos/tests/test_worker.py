@@ -121,7 +121,7 @@ def test_route_lookups_are_reported_with_their_outcome() -> None:
 
 def test_worker_options_are_checked() -> None:
     options = parse(["--reglog", "http://r:1", "--first", "0", "--count", "2", "--out", "f"])
-    assert (options.count, options.http_retries, options.heartbeat) == (2, 1_000_000, 5.0)
+    assert (options.count, options.max_route_failures, options.heartbeat) == (2, None, 5.0)
     try:
         parse(["--reglog", "http://r:1", "--first", "0", "--count", "0", "--out", "f"])
     except SystemExit as e:
