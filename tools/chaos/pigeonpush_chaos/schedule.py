@@ -51,6 +51,7 @@ _GLOBAL = frozenset(
 #: The issue's schedule, in this order.
 DEFAULT_FAULTS = (
     FaultKind.KILL_SERVER,
+    FaultKind.KILL_SERVER_ZOOKEEPER_DOWN,
     FaultKind.KILL_DELIVERY,
     FaultKind.RESTART_REDIS,
     FaultKind.EXPIRE_ZOOKEEPER,

@@ -31,6 +31,7 @@ def test_an_unknown_fault_is_named_with_the_known_ones() -> None:
 def test_the_default_schedule_is_the_issues() -> None:
     assert [kind.value for kind in DEFAULT_FAULTS] == [
         "kill-server",
+        "kill-server-zookeeper-down",
         "kill-delivery",
         "restart-redis",
         "expire-zookeeper",
