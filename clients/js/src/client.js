@@ -20,6 +20,7 @@ import { RecentIds, fullJitter } from "./backoff.js";
 import { ProtocolVersionRefused, PushClientError, RetryLater, RouteLookupFailed, SessionReplaced } from "./errors.js";
 import { MAX_AVOID, RouteFetcher, checkReglogUrl, parseRoute, serverAddress, websocketUrl } from "./route.js";
 import { Session } from "./session.js";
+import { SYSTEM_CLOCK } from "./clock.js";
 
 /** The states of a PushClient (`client.state`). */
 export const ClientState = Object.freeze({
@@ -78,6 +79,7 @@ function abortError(message) {
 
 const NO_LOG = Object.freeze({ info() {}, warn() {} });
 
+
 /**
  * A device's connection to PigeonPush over WebSocket, kept up until `stop()`.
  * See docs/js-client.rst for the options, the events and the policies.
@@ -102,6 +104,7 @@ export class PushClient extends EventTarget {
     fetch = null,
     routeSource = null,
     logger = NO_LOG,
+    clock = SYSTEM_CLOCK,
   } = {}) {
     super();
     if (onMessage !== null && typeof onMessage !== "function") {
@@ -133,6 +136,7 @@ export class PushClient extends EventTarget {
       );
     }
     this._log = logger;
+    this._clock = clock;
     if (routeSource === null) {
       const fetcher = new RouteFetcher({
         reglogUrl,
@@ -143,6 +147,7 @@ export class PushClient extends EventTarget {
         timeout: positive("httpTimeout", httpTimeout),
         avoid: () => this.avoid,
         fetch: fetch ?? ((...args) => globalThis.fetch(...args)),
+        clock,
         onRetry: ({ url, attempt, reason, delay }) =>
           this._log.info("Route lookup failed; retrying", { url, attempt, reason, delay }),
       });
@@ -198,7 +203,7 @@ export class PushClient extends EventTarget {
    * reglog to avoid.
    */
   get avoid() {
-    const since = Date.now() - AVOID_SECONDS * 1000;
+    const since = this._clock.now() - AVOID_SECONDS * 1000;
     for (const [server, failedAt] of this._unreachable) {
       if (failedAt <= since) this._unreachable.delete(server);
     }
@@ -339,6 +344,7 @@ export class PushClient extends EventTarget {
       connectTimeout: this._connectTimeout,
       maxFrame: this._maxFrame,
       WebSocket: this._WebSocket,
+      clock: this._clock,
     });
     this._session = session;
     try {
@@ -370,12 +376,12 @@ export class PushClient extends EventTarget {
     // yet) and the first failure both wait within the first window.
     const delay = this._backoff(Math.max(this._failures, 1));
     this._state = ClientState.WAITING;
-    this._timer = setTimeout(() => this._attempt(), delay * 1000);
+    this._timer = this._clock.setTimeout(() => this._attempt(), delay * 1000);
   }
 
   _unreached(server) {
     this._unreachable.delete(server); // re-insert: the most recent comes last
-    this._unreachable.set(server, Date.now());
+    this._unreachable.set(server, this._clock.now());
     while (this._unreachable.size > MAX_AVOID) {
       this._unreachable.delete(this._unreachable.keys().next().value);
     }
@@ -384,7 +390,7 @@ export class PushClient extends EventTarget {
   /** Cancel whatever is pending and close the connection (stop, give up). */
   _halt() {
     if (this._timer !== null) {
-      clearTimeout(this._timer);
+      this._clock.clearTimeout(this._timer);
       this._timer = null;
     }
     if (this._routing !== null) {
@@ -557,7 +563,7 @@ export class PushClient extends EventTarget {
       title: frame.title,
       text: frame.text,
       extras: Object.freeze(frame.extras),
-      receivedAt: new Date(),
+      receivedAt: new Date(this._clock.now()),
     });
     this._emit("message", { message });
     let outcome;

@@ -6,6 +6,7 @@
 // request asks for the WebSocket transport and names the servers the client
 // failed to reach lately (`avoid`), so that reglog picks another one.
 
+import { SYSTEM_CLOCK } from "./clock.js";
 import { RouteLookupFailed } from "./errors.js";
 
 /** The reglog path that hands out routes. */
@@ -169,18 +170,18 @@ function describeError(status, text) {
   return [`HTTP ${status} ${quote(text)}`.trimEnd(), null];
 }
 
-/** Resolves after `seconds` (through the global setTimeout), or rejects when `signal` aborts. */
-export function sleep(seconds, signal) {
+/** Resolves after `seconds` on `clock`, or rejects when `signal` aborts. */
+export function sleep(clock, seconds, signal) {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(signal.reason);
       return;
     }
     const onAbort = () => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       reject(signal.reason);
     };
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
     }, seconds * 1000);
@@ -205,6 +206,7 @@ export class RouteFetcher {
     avoid = () => [],
     fetch = (...args) => globalThis.fetch(...args),
     onRetry = () => {},
+    clock = SYSTEM_CLOCK,
   }) {
     if (attempts !== null && !(Number.isInteger(attempts) && attempts >= 1)) {
       throw new RangeError(`maxRouteFailures must be an integer of at least 1, not ${attempts}`);
@@ -220,6 +222,7 @@ export class RouteFetcher {
     this._avoid = avoid;
     this._fetch = fetch;
     this._onRetry = onRetry;
+    this._clock = clock;
   }
 
   async lookup(signal) {
@@ -249,7 +252,7 @@ export class RouteFetcher {
       }
       const delay = this._backoff(attempt);
       this._onRetry({ url: this.url, attempt, reason, delay });
-      await sleep(delay, signal);
+      await sleep(this._clock, delay, signal);
     }
   }
 
@@ -258,7 +261,7 @@ export class RouteFetcher {
     const abort = () => controller.abort(signal.reason);
     signal?.addEventListener("abort", abort, { once: true });
     let timedOut = false;
-    const timer = setTimeout(() => {
+    const timer = this._clock.setTimeout(() => {
       timedOut = true;
       controller.abort();
     }, this._timeout * 1000);
@@ -279,7 +282,7 @@ export class RouteFetcher {
       if (timedOut) throw new Retryable(`no answer within ${this._timeout}s`);
       throw new Retryable(`${e?.name ?? "Error"}: ${e?.message ?? e}`);
     } finally {
-      clearTimeout(timer);
+      this._clock.clearTimeout(timer);
       signal?.removeEventListener("abort", abort);
     }
     if (status === 200) {

@@ -31,7 +31,7 @@ const MAX_RETRY_AFTER_MS = 0xffffffff;
 export class Session {
   constructor(
     owner,
-    { server, url, auth, version, heartbeat, maxMissedPongs, authTimeout, connectTimeout, maxFrame, WebSocket },
+    { server, url, auth, version, heartbeat, maxMissedPongs, authTimeout, connectTimeout, maxFrame, WebSocket, clock },
   ) {
     this.server = server;
     this.url = url;
@@ -47,6 +47,7 @@ export class Session {
     this._authTimeout = authTimeout;
     this._connectTimeout = connectTimeout;
     this._WebSocket = WebSocket;
+    this._clock = clock;
     this._ws = null;
     this._timer = null;
     this._graceTimer = null;
@@ -71,7 +72,7 @@ export class Session {
     for (const [type, listener] of Object.entries(this._listeners)) {
       ws.addEventListener(type, listener);
     }
-    this._timer = setTimeout(() => {
+    this._timer = this._clock.setTimeout(() => {
       this._timer = null;
       this._setReason(`no connection within ${this._connectTimeout}s`);
       this._finish();
@@ -95,7 +96,7 @@ export class Session {
     }
     this.opened = true;
     this._send(this._auth);
-    this._timer = setTimeout(() => {
+    this._timer = this._clock.setTimeout(() => {
       this._timer = null;
       this._drop(`no answer to AUTH within ${this._authTimeout}s`);
     }, this._authTimeout * 1000);
@@ -135,7 +136,7 @@ export class Session {
     } catch {
       // closed already
     }
-    this._graceTimer = setTimeout(() => {
+    this._graceTimer = this._clock.setTimeout(() => {
       this._graceTimer = null;
       this._finish();
     }, CLOSE_GRACE * 1000);
@@ -154,7 +155,7 @@ export class Session {
     this.closing = true;
     this._cancelTimer();
     if (this._graceTimer !== null) {
-      clearTimeout(this._graceTimer);
+      this._clock.clearTimeout(this._graceTimer);
       this._graceTimer = null;
     }
     const ws = this._ws;
@@ -181,7 +182,7 @@ export class Session {
 
   _cancelTimer() {
     if (this._timer !== null) {
-      clearTimeout(this._timer);
+      this._clock.clearTimeout(this._timer);
       this._timer = null;
     }
   }
@@ -260,8 +261,8 @@ export class Session {
     // The server's values win: its idle timeout is built on its heartbeat.
     this.maxFrame = frame.maxFrame;
     this.heartbeat = frame.heartbeatMs / 1000;
-    this._lastSent = Date.now();
-    this._timer = setTimeout(() => this._heartbeatDue(), frame.heartbeatMs);
+    this._lastSent = this._clock.now();
+    this._timer = this._clock.setTimeout(() => this._heartbeatDue(), frame.heartbeatMs);
     this._owner._sessionAuthenticated(this, this.heartbeat, frame);
   }
 
@@ -287,7 +288,7 @@ export class Session {
 
   _send(bytes) {
     this._ws.send(bytes);
-    this._lastSent = Date.now();
+    this._lastSent = this._clock.now();
   }
 
   /** ACK a message, if this session can still carry it; true if sent. */
@@ -320,10 +321,10 @@ export class Session {
   _heartbeatDue() {
     this._timer = null;
     const intervalMs = this.heartbeat * 1000;
-    const remaining = this._lastSent + intervalMs - Date.now();
+    const remaining = this._lastSent + intervalMs - this._clock.now();
     if (remaining > 0) {
       // Something was sent since this timer was set: not quiet yet.
-      this._timer = setTimeout(() => this._heartbeatDue(), remaining);
+      this._timer = this._clock.setTimeout(() => this._heartbeatDue(), remaining);
       return;
     }
     if (this._unanswered >= this._maxMissed) {
@@ -332,6 +333,6 @@ export class Session {
     }
     this._send(PING);
     this._unanswered += 1;
-    this._timer = setTimeout(() => this._heartbeatDue(), intervalMs);
+    this._timer = this._clock.setTimeout(() => this._heartbeatDue(), intervalMs);
   }
 }

@@ -1,5 +1,7 @@
 // PushClient against a fake WebSocket class and a fake route source or fetch,
-// on node:test's mock timers: no network, no real time.
+// on a fake clock: no network, no real time. (node:test's mock.timers would
+// do for setTimeout, but mocking Date needs Node 20.11 and Debian 12's
+// nodejs is 18: the client takes its clock as an option instead.)
 
 import { test, describe } from "node:test";
 import { inspect } from "node:util";
@@ -18,18 +20,18 @@ import {
   websocketUrl,
 } from "../pigeonpush.js";
 import { avoidList } from "../src/route.js";
-import { FakeWebSocket, flush, scriptedFetch } from "./fakes.js";
+import { FakeClock, FakeWebSocket, flush, scriptedFetch } from "./fakes.js";
 
 const EVENTS = ["connected", "online", "offline", "kicked", "error", "message", "acked", "nacked"];
 const REGLOG = "http://reglog.test:8100";
 
 /**
- * A client on mock timers with a recording WebSocket class and, unless the
+ * A client on a fake clock with a recording WebSocket class and, unless the
  * options give another, a route source answering `tok-N` / `10.0.0.N:7102`.
  * The backoff is `attempt -> attempt` seconds, recorded in `backoffs`.
  */
 function harness(t, options = {}) {
-  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const clock = new FakeClock();
   const sockets = [];
   class WS extends FakeWebSocket {
     constructor(url, protocols) {
@@ -37,7 +39,7 @@ function harness(t, options = {}) {
       sockets.push(this);
     }
   }
-  const h = { sockets, events: [], routes: [], backoffs: [] };
+  const h = { sockets, clock, events: [], routes: [], backoffs: [] };
   let count = 0;
   const routeSource = (signal) => {
     count += 1;
@@ -48,6 +50,7 @@ function harness(t, options = {}) {
     clientId: "device-1",
     reglogUrl: REGLOG,
     WebSocket: WS,
+    clock,
     routeSource,
     backoff: (attempt) => {
       h.backoffs.push(attempt);
@@ -62,7 +65,7 @@ function harness(t, options = {}) {
   h.types = () => h.events.map((e) => e.type);
   h.tick = async (seconds) => {
     await flush();
-    t.mock.timers.tick(seconds * 1000);
+    clock.advance(Math.round(seconds * 1000));
     await flush();
   };
   /** start() and bring the first session online. */
@@ -305,6 +308,22 @@ describe("route lookup through fetch", () => {
     for (let i = 0; i < 50; i++) await h.tick(1);
     assert.equal(fetch.calls.length, 51);
     assert.equal(h.client.state, ClientState.ROUTING);
+  });
+
+  test("on the system clock (the default): retried after a real delay", async () => {
+    const fetch = scriptedFetch([{ status: 503, body: "" }, grant]);
+    const client = new PushClient({
+      clientId: "d-1",
+      reglogUrl: REGLOG,
+      WebSocket: FakeWebSocket,
+      fetch,
+      backoff: () => 0.005,
+    });
+    client.start();
+    while (client.state === ClientState.ROUTING) await new Promise((resolve) => setTimeout(resolve, 1));
+    assert.equal(fetch.calls.length, 2);
+    assert.equal(client.state, ClientState.CONNECTING);
+    await client.stop();
   });
 
   test("stop() during a lookup aborts the request", async (t) => {

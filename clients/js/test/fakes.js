@@ -6,6 +6,55 @@ import { decode, encodePayload } from "../pigeonpush.js";
 
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
 
+/**
+ * A clock that moves only when told (Twisted's task.Clock for this client):
+ * `advance(ms)` runs the timers that fall due, in order, each at its time.
+ */
+export class FakeClock {
+  constructor(now = 1_000_000) {
+    this._now = now;
+    this._calls = [];
+    this._seq = 0;
+  }
+
+  now() {
+    return this._now;
+  }
+
+  setTimeout(callback, ms) {
+    const call = { at: this._now + Math.max(0, ms || 0), seq: this._seq++, callback };
+    this._calls.push(call);
+    return call;
+  }
+
+  clearTimeout(call) {
+    const index = this._calls.indexOf(call);
+    if (index >= 0) this._calls.splice(index, 1);
+  }
+
+  /** Timers not yet run. */
+  get pending() {
+    return this._calls.length;
+  }
+
+  advance(ms) {
+    const target = this._now + ms;
+    for (;;) {
+      let next = null;
+      for (const call of this._calls) {
+        if (call.at <= target && (next === null || call.at < next.at || (call.at === next.at && call.seq < next.seq))) {
+          next = call;
+        }
+      }
+      if (next === null) break;
+      this._calls.splice(this._calls.indexOf(next), 1);
+      this._now = next.at;
+      next.callback();
+    }
+    this._now = target;
+  }
+}
+
 export class FakeWebSocket extends EventTarget {
   static CONNECTING = 0;
   static OPEN = 1;
@@ -62,7 +111,9 @@ export class FakeWebSocket extends EventTarget {
     } else if (frameOrData instanceof Uint8Array) {
       data = frameOrData.slice().buffer;
     }
-    this.dispatchEvent(new MessageEvent("message", { data }));
+    const event = new Event("message");
+    event.data = data;
+    this.dispatchEvent(event);
   }
 
   /** AUTH_OK with the given values (accepting the WebSocket first if needed). */
