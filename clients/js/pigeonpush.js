@@ -6,7 +6,14 @@
 //   client.start();
 
 export * from "./src/codec.js";
-export { PushClient, PushClientEvent, ClientState, AVOID_SECONDS, CLIENT_ID, checkClientId } from "./src/client.js";
+export {
+  PushClient,
+  PushClientEvent,
+  ClientState,
+  AVOID_SECONDS,
+  CLIENT_ID,
+  checkClientId,
+} from "./src/client.js";
 export { CLOSE_GRACE } from "./src/session.js";
 export { SYSTEM_CLOCK } from "./src/clock.js";
 export { fullJitter, RecentIds } from "./src/backoff.js";

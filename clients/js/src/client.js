@@ -15,10 +15,30 @@
 // token unused; after `reconnectThreshold` of those in a row the client asks
 // reglog again, naming the servers it failed to reach lately (`avoid`).
 
-import { MAX_AUTH_FRAME, PROTOCOL_VERSION, DEFAULT_MAX_FRAME, MIN_MAX_FRAME, MAX_MAX_FRAME, encodePayload } from "./codec.js";
+import {
+  MAX_AUTH_FRAME,
+  PROTOCOL_VERSION,
+  DEFAULT_MAX_FRAME,
+  MIN_MAX_FRAME,
+  MAX_MAX_FRAME,
+  encodePayload,
+} from "./codec.js";
 import { RecentIds, fullJitter } from "./backoff.js";
-import { ProtocolVersionRefused, PushClientError, RetryLater, RouteLookupFailed, SessionReplaced } from "./errors.js";
-import { MAX_AVOID, RouteFetcher, checkReglogUrl, parseRoute, serverAddress, websocketUrl } from "./route.js";
+import {
+  ProtocolVersionRefused,
+  PushClientError,
+  RetryLater,
+  RouteLookupFailed,
+  SessionReplaced,
+} from "./errors.js";
+import {
+  MAX_AVOID,
+  RouteFetcher,
+  checkReglogUrl,
+  parseRoute,
+  serverAddress,
+  websocketUrl,
+} from "./route.js";
 import { Session } from "./session.js";
 import { SYSTEM_CLOCK } from "./clock.js";
 
@@ -78,7 +98,6 @@ function abortError(message) {
 }
 
 const NO_LOG = Object.freeze({ info() {}, warn() {} });
-
 
 /**
  * A device's connection to PigeonPush over WebSocket, kept up until `stop()`.
@@ -304,12 +323,19 @@ export class PushClient extends EventTarget {
   }
 
   _routeFailed(error, controller) {
-    if (controller !== null && (this._routing !== controller || this._state !== ClientState.ROUTING)) {
+    if (
+      controller !== null &&
+      (this._routing !== controller || this._state !== ClientState.ROUTING)
+    ) {
       return; // cancelled by stop()
     }
     this._routing = null;
     if (!(error instanceof PushClientError)) {
-      error = new RouteLookupFailed(this.reglogUrl ?? "the route source", 1, `${error?.name}: ${error?.message}`);
+      error = new RouteLookupFailed(
+        this.reglogUrl ?? "the route source",
+        1,
+        `${error?.name}: ${error?.message}`,
+      );
     }
     this._giveUp(error);
   }
@@ -321,9 +347,16 @@ export class PushClient extends EventTarget {
     let auth;
     try {
       url = websocketUrl(route);
-      auth = encodePayload({ type: "AUTH", version: this._version, clientId: this.clientId, token: route.token });
+      auth = encodePayload({
+        type: "AUTH",
+        version: this._version,
+        clientId: this.clientId,
+        token: route.token,
+      });
       if (auth.length > MAX_AUTH_FRAME) {
-        throw new RangeError(`the AUTH frame would be ${auth.length} bytes, over ${MAX_AUTH_FRAME}: the token is too long`);
+        throw new RangeError(
+          `the AUTH frame would be ${auth.length} bytes, over ${MAX_AUTH_FRAME}: the token is too long`,
+        );
       }
     } catch (e) {
       this._log.warn("Unusable route", { server: route.server, error: e.message });
@@ -468,7 +501,12 @@ export class PushClient extends EventTarget {
     this._failures = 0;
     this._routeFailures = 0;
     this._unreachable.delete(session.server);
-    const online = { server: session.server, heartbeat, maxFrame: frame.maxFrame, ackWindow: frame.ackWindow };
+    const online = {
+      server: session.server,
+      heartbeat,
+      maxFrame: frame.maxFrame,
+      ackWindow: frame.ackWindow,
+    };
     this._online = online;
     this._state = ClientState.ONLINE;
     this._log.info("Authenticated", { server: session.server, clientId: this.clientId, heartbeat });
@@ -499,7 +537,10 @@ export class PushClient extends EventTarget {
       );
       return;
     }
-    this._log.info("AUTH refused; asking reglog again", { server: session.server, code: frame.code });
+    this._log.info("AUTH refused; asking reglog again", {
+      server: session.server,
+      code: frame.code,
+    });
   }
 
   _sessionKicked(session, frame) {
@@ -515,7 +556,9 @@ export class PushClient extends EventTarget {
   }
 
   _peerError(session, frame) {
-    const error = new Error(`push server ${session.server} reported ERROR ${frame.code}: ${frame.text}`);
+    const error = new Error(
+      `push server ${session.server} reported ERROR ${frame.code}: ${frame.text}`,
+    );
     error.code = frame.code;
     this._reportError(error, false);
   }
@@ -531,7 +574,10 @@ export class PushClient extends EventTarget {
       return;
     }
     if (session.authenticated) {
-      this._log.info("Lost the connection; reconnecting through reglog", { server: session.server, reason });
+      this._log.info("Lost the connection; reconnecting through reglog", {
+        server: session.server,
+        reason,
+      });
       this._retryLater();
     } else {
       this._log.info("The connection ended before AUTH_OK", { server: session.server, reason });

@@ -340,7 +340,8 @@ class Reader {
 function asBytes(data) {
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (ArrayBuffer.isView(data))
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   throw new TypeError("frame bytes must be a Uint8Array, an ArrayBuffer or a view of one");
 }
 
@@ -419,7 +420,10 @@ export function decode(payload) {
 /** Throws DecodeError TOO_LARGE when a frame of `length` bytes is over `maxFrame`. */
 export function checkLength(length, maxFrame) {
   if (length > maxFrame) {
-    throw new DecodeError("TOO_LARGE", `a frame of ${length} bytes is over the limit of ${maxFrame}`);
+    throw new DecodeError(
+      "TOO_LARGE",
+      `a frame of ${length} bytes is over the limit of ${maxFrame}`,
+    );
   }
 }
 

@@ -46,7 +46,9 @@ export function checkReglogUrl(url) {
     // reported below
   }
   if (!parts || !["http:", "https:"].includes(parts.protocol) || !parts.hostname) {
-    throw new RangeError(`reglogUrl must be an http:// or https:// URL, not ${JSON.stringify(url)}`);
+    throw new RangeError(
+      `reglogUrl must be an http:// or https:// URL, not ${JSON.stringify(url)}`,
+    );
   }
   return url;
 }

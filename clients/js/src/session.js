@@ -31,7 +31,19 @@ const MAX_RETRY_AFTER_MS = 0xffffffff;
 export class Session {
   constructor(
     owner,
-    { server, url, auth, version, heartbeat, maxMissedPongs, authTimeout, connectTimeout, maxFrame, WebSocket, clock },
+    {
+      server,
+      url,
+      auth,
+      version,
+      heartbeat,
+      maxMissedPongs,
+      authTimeout,
+      connectTimeout,
+      maxFrame,
+      WebSocket,
+      clock,
+    },
   ) {
     this.server = server;
     this.url = url;

@@ -44,7 +44,12 @@ function harness(t, options = {}) {
   const routeSource = (signal) => {
     count += 1;
     h.routes.push({ signal, avoid: h.client.avoid });
-    return Promise.resolve({ token: `tok-${count}`, server: `10.0.0.${count}:7102`, transport: "ws", heartbeat: 30 });
+    return Promise.resolve({
+      token: `tok-${count}`,
+      server: `10.0.0.${count}:7102`,
+      transport: "ws",
+      heartbeat: 30,
+    });
   };
   h.client = new PushClient({
     clientId: "device-1",
@@ -79,7 +84,13 @@ function harness(t, options = {}) {
   return h;
 }
 
-const push = (messageId, extras = {}) => ({ type: "PUSH", messageId, title: "t", text: "x", extras });
+const push = (messageId, extras = {}) => ({
+  type: "PUSH",
+  messageId,
+  title: "t",
+  text: "x",
+  extras,
+});
 
 describe("connecting", () => {
   test("route, WebSocket with the subprotocol, AUTH version 2 first, AUTH_OK: online", async (t) => {
@@ -99,7 +110,12 @@ describe("connecting", () => {
     ws.authOk({ heartbeatMs: 20000, maxFrame: 4096, ackWindow: 8 });
     assert.equal(h.client.state, ClientState.ONLINE);
     assert.equal(h.client.server, "10.0.0.1:7102");
-    assert.deepEqual(await online, { server: "10.0.0.1:7102", heartbeat: 20, maxFrame: 4096, ackWindow: 8 });
+    assert.deepEqual(await online, {
+      server: "10.0.0.1:7102",
+      heartbeat: 20,
+      maxFrame: 4096,
+      ackWindow: 8,
+    });
     assert.deepEqual(await h.client.whenOnline(), await online);
     assert.deepEqual(h.types(), ["connected", "online"]);
     assert.equal(h.events[1].heartbeat, 20);
@@ -186,7 +202,10 @@ describe("the WebSocket address from reglog's answer", () => {
     [{ server: "push.example:7102", transport: "ws" }, "ws://push.example:7102/"],
     [{ server: "push.example:443", transport: "wss" }, "wss://push.example:443/"],
     [{ server: "[::1]:7102", transport: "ws" }, "ws://[::1]:7102/"],
-    [{ server: "push.example:7102", transport: "ws", path: "/v1/ws" }, "ws://push.example:7102/v1/ws"],
+    [
+      { server: "push.example:7102", transport: "ws", path: "/v1/ws" },
+      "ws://push.example:7102/v1/ws",
+    ],
     [{ server: "wss://push.example/pigeon", transport: "wss" }, "wss://push.example/pigeon"],
   ];
   for (const [answer, url] of cases) {
@@ -220,7 +239,9 @@ describe("the WebSocket address from reglog's answer", () => {
   }
 
   test("a URL in server whose scheme contradicts transport is an unusable answer: give up", async (t) => {
-    const h = harness(t, { routeSource: async () => ({ token: "t", server: "ws://a:1/", transport: "wss" }) });
+    const h = harness(t, {
+      routeSource: async () => ({ token: "t", server: "ws://a:1/", transport: "wss" }),
+    });
     h.client.start();
     await flush();
     assert.equal(h.client.state, ClientState.STOPPED);
@@ -229,7 +250,10 @@ describe("the WebSocket address from reglog's answer", () => {
 });
 
 describe("route lookup through fetch", () => {
-  const grant = { status: 200, body: { token: "tok", server: "10.0.0.5:7102", transport: "ws", heartbeat: 30 } };
+  const grant = {
+    status: 200,
+    body: { token: "tok", server: "10.0.0.5:7102", transport: "ws", heartbeat: 30 },
+  };
 
   test("POST /v1/route with clientId, the transport wanted and the secret", async (t) => {
     const fetch = scriptedFetch([grant]);
@@ -271,7 +295,9 @@ describe("route lookup through fetch", () => {
   });
 
   test("a 4xx refusal gives up at once with reglog's error", async (t) => {
-    const fetch = scriptedFetch([{ status: 401, body: { error: "bad_secret", message: "unknown clientId or wrong secret" } }]);
+    const fetch = scriptedFetch([
+      { status: 401, body: { error: "bad_secret", message: "unknown clientId or wrong secret" } },
+    ]);
     const h = harness(t, { routeSource: null, fetch });
     const online = h.client.whenOnline();
     h.client.start();
@@ -280,7 +306,10 @@ describe("route lookup through fetch", () => {
     assert.equal(error.retryable, false);
     assert.equal(error.status, 401);
     assert.equal(error.error, "bad_secret");
-    assert.match(error.message, /was refused: HTTP 401 bad_secret: unknown clientId or wrong secret/);
+    assert.match(
+      error.message,
+      /was refused: HTTP 401 bad_secret: unknown clientId or wrong secret/,
+    );
     assert.equal(h.client.state, ClientState.STOPPED);
     assert.deepEqual(h.types(), ["error"]);
     assert.equal(h.events[0].fatal, true);
@@ -298,7 +327,10 @@ describe("route lookup through fetch", () => {
     assert.ok(error instanceof RouteLookupFailed);
     assert.equal(error.retryable, true);
     assert.equal(error.attempts, 3);
-    assert.match(error.message, /failed 3 time\(s\) in a row; last error: HTTP 500 <html>oops<\/html>/);
+    assert.match(
+      error.message,
+      /failed 3 time\(s\) in a row; last error: HTTP 500 <html>oops<\/html>/,
+    );
   });
 
   test("without maxRouteFailures it keeps asking", async (t) => {
@@ -320,7 +352,8 @@ describe("route lookup through fetch", () => {
       backoff: () => 0.005,
     });
     client.start();
-    while (client.state === ClientState.ROUTING) await new Promise((resolve) => setTimeout(resolve, 1));
+    while (client.state === ClientState.ROUTING)
+      await new Promise((resolve) => setTimeout(resolve, 1));
     assert.equal(fetch.calls.length, 2);
     assert.equal(client.state, ClientState.CONNECTING);
     await client.stop();
@@ -379,7 +412,12 @@ describe("messages", () => {
     assert.ok(Object.isFrozen(seen[0]));
     assert.deepEqual(ws.sent.at(-1), { type: "ACK", messageId: "m1" });
     assert.deepEqual(h.types().slice(2), ["message", "acked"]);
-    assert.deepEqual(h.events.at(-1), { type: "acked", messageId: "m1", sent: true, duplicate: false });
+    assert.deepEqual(h.events.at(-1), {
+      type: "acked",
+      messageId: "m1",
+      sent: true,
+      duplicate: false,
+    });
   });
 
   test("without a callback, the message event alone and the ACK", async (t) => {
@@ -518,7 +556,12 @@ describe("messages", () => {
     finish();
     await flush();
     assert.deepEqual(ws.sentTypes, ["AUTH"]);
-    assert.deepEqual(h.events.at(-1), { type: "acked", messageId: "m1", sent: false, duplicate: false });
+    assert.deepEqual(h.events.at(-1), {
+      type: "acked",
+      messageId: "m1",
+      sent: false,
+      duplicate: false,
+    });
   });
 });
 
@@ -596,7 +639,11 @@ describe("reconnecting", () => {
     let count = 0;
     const h = harness(t, {
       // Always the same server: it stays on the avoid list, so failures add up.
-      routeSource: async () => ({ token: `tok-${++count}`, server: "10.0.0.1:7102", transport: "ws" }),
+      routeSource: async () => ({
+        token: `tok-${++count}`,
+        server: "10.0.0.1:7102",
+        transport: "ws",
+      }),
     });
     let ws = await h.online();
     ws.closed(1006);
@@ -648,7 +695,10 @@ describe("reconnecting", () => {
 
   test("the default backoff: full jitter, doubling, capped at 60 s", () => {
     const top = fullJitter({ random: () => 0.999999 });
-    assert.deepEqual([1, 2, 3, 4, 7].map((n) => Math.round(top(n))), [1, 2, 4, 8, 60]);
+    assert.deepEqual(
+      [1, 2, 3, 4, 7].map((n) => Math.round(top(n))),
+      [1, 2, 4, 8, 60],
+    );
     assert.equal(Math.round(top(10000)), 60);
     assert.equal(fullJitter({ random: () => 0 })(5), 0);
     const draws = Array.from({ length: 200 }, () => fullJitter()(7));
@@ -729,7 +779,10 @@ describe("AUTH_FAIL", () => {
     }
     await flush();
     assert.ok(h.client.gaveUp instanceof ProtocolVersionRefused);
-    assert.match(h.client.gaveUp.message, /does not speak protocol version 1: supported versions: 3/);
+    assert.match(
+      h.client.gaveUp.message,
+      /does not speak protocol version 1: supported versions: 3/,
+    );
     assert.equal(h.client.state, ClientState.STOPPED);
     const fatal = h.events.filter((e) => e.type === "error" && e.fatal);
     assert.equal(fatal.length, 1);
@@ -750,7 +803,12 @@ describe("KICK", () => {
     assert.equal(h.client.state, ClientState.STOPPED);
     assert.ok(h.client.gaveUp instanceof SessionReplaced);
     assert.deepEqual(h.types().slice(2), ["kicked", "error", "offline"]);
-    assert.deepEqual(h.events[2], { type: "kicked", server: "10.0.0.1:7102", reason: "REPLACED", text: "logged in elsewhere" });
+    assert.deepEqual(h.events[2], {
+      type: "kicked",
+      server: "10.0.0.1:7102",
+      reason: "REPLACED",
+      text: "logged in elsewhere",
+    });
     await online; // the session that was online then
     await h.tick(120);
     assert.equal(h.sockets.length, 1);
@@ -799,7 +857,12 @@ describe("bad frames get ERROR and a close", () => {
     ["a PONG before AUTH_OK", { type: "PONG" }, "UNEXPECTED", false],
     ["an ACK (the wrong direction)", { type: "ACK", messageId: "m" }, "UNEXPECTED", true],
     ["a PING from the server", { type: "PING" }, "UNEXPECTED", true],
-    ["a second AUTH_OK", { type: "AUTH_OK", heartbeatMs: 1, maxFrame: 1024, ackWindow: 1 }, "UNEXPECTED", true],
+    [
+      "a second AUTH_OK",
+      { type: "AUTH_OK", heartbeatMs: 1, maxFrame: 1024, ackWindow: 1 },
+      "UNEXPECTED",
+      true,
+    ],
     ["an AUTH", { type: "AUTH", version: 2, clientId: "c", token: "t" }, "UNEXPECTED", true],
   ];
   for (const [name, data, code, online] of cases) {
@@ -881,6 +944,41 @@ describe("bad frames get ERROR and a close", () => {
   });
 });
 
+describe("the client's own failures", () => {
+  test("an exception while handling a frame: ERROR INTERNAL, an error event, a close", async (t) => {
+    const logger = {
+      info(message) {
+        if (message === "Authenticated") throw new Error("the log is full");
+      },
+      warn() {},
+    };
+    const h = harness(t, { logger });
+    h.client.start();
+    await flush();
+    const ws = h.last();
+    ws.authOk();
+    assert.deepEqual(ws.sent.at(-1), { type: "ERROR", code: "INTERNAL", text: "internal error" });
+    assert.deepEqual(ws.closeCalls, [1000]);
+    const error = h.events.find((e) => e.type === "error");
+    assert.equal(error.error.message, "the log is full");
+    assert.equal(error.fatal, false);
+  });
+
+  test("on() returns a function that removes the listener", async (t) => {
+    const h = harness(t);
+    const seen = [];
+    const off = h.client.on("connected", (e) => seen.push(e.detail.server));
+    h.client.start();
+    await flush();
+    h.last().accept();
+    off();
+    h.last().closed(1006);
+    await h.tick(1);
+    h.last().accept();
+    assert.deepEqual(seen, ["10.0.0.1:7102"]);
+  });
+});
+
 describe("stopping", () => {
   test("stop() while online closes and resolves once closed", async (t) => {
     const h = harness(t);
@@ -895,7 +993,12 @@ describe("stopping", () => {
     ws.closed();
     await stopped;
     assert.equal(h.client.state, ClientState.STOPPED);
-    assert.deepEqual(h.events.at(-1), { type: "offline", server: "10.0.0.1:7102", reason: "closed by the client", authenticated: true });
+    assert.deepEqual(h.events.at(-1), {
+      type: "offline",
+      server: "10.0.0.1:7102",
+      reason: "closed by the client",
+      authenticated: true,
+    });
     await h.tick(120);
     assert.equal(h.sockets.length, 1);
   });
@@ -990,7 +1093,10 @@ describe("options", () => {
     const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
     delete globalThis.WebSocket;
     try {
-      assert.throws(() => new PushClient({ clientId: "d", reglogUrl: REGLOG }), /--experimental-websocket/);
+      assert.throws(
+        () => new PushClient({ clientId: "d", reglogUrl: REGLOG }),
+        /--experimental-websocket/,
+      );
     } finally {
       if (saved) Object.defineProperty(globalThis, "WebSocket", saved);
     }

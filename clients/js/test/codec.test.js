@@ -88,7 +88,8 @@ describe("errors: every vector is refused with its code", () => {
 test("the vectors cover every type and code, and the file's limits are the codec's", () => {
   const frames = VECTORS.frames.map((v) => v.frame);
   assert.deepEqual(new Set(frames.map((f) => f.type)), new Set(Object.keys(FrameType)));
-  const codes = (type, field) => new Set(frames.filter((f) => f.type === type).map((f) => f[field]));
+  const codes = (type, field) =>
+    new Set(frames.filter((f) => f.type === type).map((f) => f[field]));
   assert.deepEqual(codes("AUTH_FAIL", "code"), new Set(Object.keys(AuthFailCode)));
   assert.deepEqual(codes("KICK", "reason"), new Set(Object.keys(KickReason)));
   assert.deepEqual(codes("ERROR", "code"), new Set(Object.keys(ErrorCode)));
@@ -101,16 +102,27 @@ test("the vectors cover every type and code, and the file's limits are the codec
 });
 
 test("an error names what is wrong without quoting the bytes", () => {
-  assert.throws(() => decode(Uint8Array.of(0x2a)), { code: "UNKNOWN_TYPE", message: "unknown frame type 0x2a" });
+  assert.throws(() => decode(Uint8Array.of(0x2a)), {
+    code: "UNKNOWN_TYPE",
+    message: "unknown frame type 0x2a",
+  });
   assert.throws(() => decode(Uint8Array.of(0x07, 0x00, 0x02, 0xc0, 0xaf)), {
     code: "MALFORMED",
     message: "ACK: messageId is not valid UTF-8",
   });
-  assert.throws(() => decode(Uint8Array.of(0x04, 0x00)), { message: "PING: 1 byte(s) after the last field" });
+  assert.throws(() => decode(Uint8Array.of(0x04, 0x00)), {
+    message: "PING: 1 byte(s) after the last field",
+  });
 });
 
 test("a leading U+FEFF and a __proto__ key survive a round trip", () => {
-  const frame = { type: "PUSH", messageId: "m", title: "\uFEFFhi", text: "", extras: { ["__proto__"]: "x" } };
+  const frame = {
+    type: "PUSH",
+    messageId: "m",
+    title: "\uFEFFhi",
+    text: "",
+    extras: { ["__proto__"]: "x" },
+  };
   const wire = encodePayload({ ...frame, extras: new Map([["__proto__", "x"]]) });
   const decoded = decode(wire);
   assert.equal(decoded.title, "\uFEFFhi");
@@ -145,7 +157,13 @@ describe("what the wire cannot carry is an EncodeError", () => {
     "maxFrame under 1024": { type: "AUTH_OK", heartbeatMs: 1, maxFrame: 1023, ackWindow: 1 },
     "ackWindow 0": { type: "AUTH_OK", heartbeatMs: 1, maxFrame: 8192, ackWindow: 0 },
     "extras that are an array": { type: "PUSH", messageId: "m", title: "", text: "", extras: [] },
-    "an extras value that is a number": { type: "PUSH", messageId: "m", title: "", text: "", extras: { k: 1 } },
+    "an extras value that is a number": {
+      type: "PUSH",
+      messageId: "m",
+      title: "",
+      text: "",
+      extras: { k: 1 },
+    },
     "an extras Map with a number key": {
       type: "PUSH",
       messageId: "m",
@@ -169,7 +187,10 @@ describe("what the wire cannot carry is an EncodeError", () => {
 
 test("the stream reader refuses a length over its limit before the body arrives", () => {
   const reader = new FrameReader(1024);
-  assert.throws(() => reader.push(Uint8Array.of(0, 0, 4, 1)), (e) => e.code === "TOO_LARGE");
+  assert.throws(
+    () => reader.push(Uint8Array.of(0, 0, 4, 1)),
+    (e) => e.code === "TOO_LARGE",
+  );
   const ok = new FrameReader(1024);
   assert.deepEqual(ok.push(Uint8Array.of(0, 0, 0, 1, 4, 0, 0, 0, 1)), [{ type: "PING" }]);
   assert.deepEqual(ok.push(Uint8Array.of(5)), [{ type: "PONG" }]);

@@ -42,7 +42,10 @@ export class FakeClock {
     for (;;) {
       let next = null;
       for (const call of this._calls) {
-        if (call.at <= target && (next === null || call.at < next.at || (call.at === next.at && call.seq < next.seq))) {
+        if (
+          call.at <= target &&
+          (next === null || call.at < next.at || (call.at === next.at && call.seq < next.seq))
+        ) {
           next = call;
         }
       }
@@ -153,7 +156,9 @@ export function scriptedFetch(script) {
     if (step instanceof Error) return Promise.reject(step);
     if (step === "hang") {
       return new Promise((_, reject) => {
-        init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+        init.signal.addEventListener("abort", () =>
+          reject(new DOMException("aborted", "AbortError")),
+        );
       });
     }
     const text = typeof step.body === "string" ? step.body : JSON.stringify(step.body);
