@@ -1,0 +1,231 @@
+"""One client process: many ``PushClient``s, recording what the application sees.
+
+``python -m pigeonpush_chaos.worker --reglog URL --first 0 --count 250 --out FILE``
+
+Each client is an ordinary SDK ``PushClient`` whose callback records the
+messageId and the time, and whose event observer records Connected,
+Authenticated, Disconnected and GaveUp (see ``records``). Lines are buffered
+and appended to ``--out`` every ``FLUSH_INTERVAL`` seconds and when the
+process is stopped (SIGTERM), so a coordinator can read them as they come.
+Nothing is done about a client that gives up: it stays down, as it would in
+an application that does not restart it, and the report counts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import IO, Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall, react
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from pigeonpush.sdk import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    Message,
+    PushClient,
+)
+from pigeonpush.sdk.route import parse_server
+from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line
+
+FLUSH_INTERVAL = 0.2
+
+
+def client_id(index: int) -> str:
+    """The clientId of client number ``index`` of a run."""
+    return f"chaos-{index:06d}"
+
+
+class Recorder:
+    """Buffers record lines and appends them to a file."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._stream.write("".join(lines))
+            self._stream.flush()
+
+
+@implementer(IStreamClientEndpoint)
+class RecordingEndpoint:
+    """A TCP endpoint that reports its failed connection attempts (the SDK
+    emits no event for them, and they make a reconnection's trail)."""
+
+    def __init__(self, inner: IStreamClientEndpoint, on_failure: Any) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting = self._inner.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._on_failure(failure.getErrorMessage())
+            return failure
+
+        connecting.addErrback(failed)
+        return connecting
+
+
+@implementer(IAgent)
+class RecordingAgent:
+    """The SDK's HTTP agent for reglog, reporting how each route lookup ended
+    (the SDK emits no event for them either)."""
+
+    def __init__(self, inner: IAgent, on_answer: Any) -> None:
+        self._inner = inner
+        self._on_answer = on_answer
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        requesting = self._inner.request(method, uri, headers, bodyProducer)
+
+        def answered(response: IResponse) -> IResponse:
+            self._on_answer(f"HTTP {response.code}")
+            return response
+
+        def failed(failure: Failure) -> Failure:
+            self._on_answer(f"{type(failure.value).__name__}: {failure.getErrorMessage()}")
+            return failure
+
+        requesting.addCallbacks(answered, failed)
+        return requesting
+
+
+def event_record(time: float, client: str, event: ClientEvent) -> Event:
+    if isinstance(event, Connected):
+        return Event(time, client, EventKind.CONNECTED, event.server)
+    if isinstance(event, Authenticated):
+        return Event(time, client, EventKind.AUTHENTICATED, event.server)
+    if isinstance(event, Disconnected):
+        return Event(
+            time, client, EventKind.DISCONNECTED, event.server, event.authenticated, event.reason
+        )
+    assert isinstance(event, GaveUp)
+    return Event(time, client, EventKind.GAVE_UP, reason=f"{type(event.error).__name__}")
+
+
+def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder) -> list[Any]:
+    clients = []
+    for offset in range(options.count):
+        name = client_id(options.first + offset)
+
+        def on_message(message: Message, name: str = name) -> None:
+            recorder.add(arrival_line(reactor.seconds(), name, message.message_id))
+
+        def on_event(event: ClientEvent, name: str = name) -> None:
+            recorder.add(event_line(event_record(reactor.seconds(), name, event)))
+
+        def endpoint(server: str, name: str = name) -> IStreamClientEndpoint:
+            host, port = parse_server(server)
+
+            def failed(reason: str) -> None:
+                failure = Event(reactor.seconds(), name, EventKind.CONNECT_FAILED, server)
+                recorder.add(event_line(attrs.evolve(failure, reason=reason)))
+
+            return RecordingEndpoint(HostnameEndpoint(reactor, host, port, timeout=10), failed)
+
+        def looked_up(outcome: str, name: str = name) -> None:
+            lookup = Event(reactor.seconds(), name, EventKind.ROUTE_LOOKUP, reason=outcome)
+            recorder.add(event_line(lookup))
+
+        # As the SDK's own default agent: no keep-alive between rare lookups.
+        agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, False))
+
+        client = PushClient(
+            reactor,
+            options.reglog,
+            on_message,
+            client_id=name,
+            heartbeat=options.heartbeat,
+            max_route_failures=options.max_route_failures,
+            endpoint_factory=endpoint,
+            http_agent=RecordingAgent(agent, looked_up),
+        )
+        client.on_event(on_event)
+        reactor.callLater(offset / options.connect_rate, client.start)
+        clients.append(client)
+    return clients
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pigeonpush_chaos.worker")
+    parser.add_argument("--reglog", required=True, help="reglog's base URL")
+    parser.add_argument("--first", type=int, required=True, help="number of the first client")
+    parser.add_argument("--count", type=int, required=True, help="clients in this process")
+    parser.add_argument("--out", required=True, help="file the records are appended to")
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument(
+        "--max-route-failures",
+        type=int,
+        default=None,
+        help="give up after this many failed route lookups in a row (default: never)",
+    )
+    parser.add_argument("--connect-rate", type=float, default=200.0, help="client starts/s")
+    options = parser.parse_args(argv)
+    if options.count < 1 or options.first < 0 or options.connect_rate <= 0:
+        parser.error("--count must be at least 1, --first at least 0, --connect-rate positive")
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse(sys.argv[1:] if argv is None else argv)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False,
+    )
+
+    def run(reactor: Any) -> Any:
+        stream = open(options.out, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+        recorder = Recorder(stream)
+        flusher = LoopingCall(recorder.flush)
+        flusher.clock = reactor
+        flusher.start(FLUSH_INTERVAL, now=False)
+
+        def last_flush() -> None:
+            if flusher.running:
+                flusher.stop()
+            recorder.flush()
+            stream.close()
+
+        reactor.addSystemEventTrigger("before", "shutdown", last_flush)
+        start_clients(reactor, options, recorder)
+        return Deferred()  # until SIGTERM stops the reactor
+
+    react(run)
+
+
+if __name__ == "__main__":
+    main()
