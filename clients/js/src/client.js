@@ -1,0 +1,650 @@
+// PushClient: route, connect, authenticate, receive, ACK, reconnect.
+//
+// The life of a client is an explicit state machine (ClientState), the same
+// as the Python SDK's (pigeonpush/sdk/client.py):
+//
+//   stopped --start()--> routing --route--> connecting --WebSocket up--> authenticating
+//   authenticating --AUTH_OK--> online
+//   connecting / authenticating --failure--> waiting (backoff) --> routing or connecting
+//   online --connection lost--> waiting
+//   any --stop() / give up--> stopping (closing the connection) --> stopped
+//
+// A token is good for one session: the route is spent as soon as a
+// connection carrying its AUTH is up, so every new session starts with a
+// fresh route from reglog. Only a connection that never came up leaves the
+// token unused; after `reconnectThreshold` of those in a row the client asks
+// reglog again, naming the servers it failed to reach lately (`avoid`).
+
+import {
+  MAX_AUTH_FRAME,
+  PROTOCOL_VERSION,
+  DEFAULT_MAX_FRAME,
+  MIN_MAX_FRAME,
+  MAX_MAX_FRAME,
+  encodePayload,
+} from "./codec.js";
+import { RecentIds, fullJitter } from "./backoff.js";
+import {
+  ProtocolVersionRefused,
+  PushClientError,
+  RetryLater,
+  RouteLookupFailed,
+  SessionReplaced,
+} from "./errors.js";
+import {
+  MAX_AVOID,
+  RouteFetcher,
+  checkReglogUrl,
+  parseRoute,
+  serverAddress,
+  websocketUrl,
+} from "./route.js";
+import { Session } from "./session.js";
+import { SYSTEM_CLOCK } from "./clock.js";
+
+/** The states of a PushClient (`client.state`). */
+export const ClientState = Object.freeze({
+  STOPPED: "stopped", // not started, stopped, or gave up
+  WAITING: "waiting", // backing off before the next attempt
+  ROUTING: "routing", // asking reglog for a token and a server
+  CONNECTING: "connecting", // WebSocket handshake under way
+  AUTHENTICATING: "authenticating", // AUTH sent, waiting for AUTH_OK
+  ONLINE: "online", // authenticated: messages flow
+  STOPPING: "stopping", // closing the connection after stop() or giving up
+});
+
+/** Seconds a server the client failed to reach stays on its `avoid` list. */
+export const AVOID_SECONDS = 60;
+/** clientId grammar, as reglog checks it. */
+export const CLIENT_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The events a PushClient dispatches; `event.detail` carries the fields. */
+export class PushClientEvent extends Event {
+  constructor(type, detail) {
+    super(type);
+    this.detail = detail;
+  }
+}
+
+function positive(name, value) {
+  if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(`${name} must be a positive number of seconds, not ${value}`);
+  }
+  return value;
+}
+
+function atLeastOne(name, value) {
+  if (!Number.isInteger(value) || value < 1) {
+    throw new RangeError(`${name} must be an integer of at least 1, not ${value}`);
+  }
+  return value;
+}
+
+/** The clientId if valid; RangeError with the rule otherwise. */
+export function checkClientId(clientId) {
+  if (typeof clientId !== "string" || !CLIENT_ID.test(clientId)) {
+    throw new RangeError(
+      "clientId must be 1 to 128 characters from A-Z a-z 0-9 - _ . :, " +
+        `not ${JSON.stringify(clientId)}`,
+    );
+  }
+  return clientId;
+}
+
+function abortError(message) {
+  const error = new Error(message);
+  error.name = "AbortError";
+  return error;
+}
+
+const NO_LOG = Object.freeze({ info() {}, warn() {} });
+
+/**
+ * A device's connection to PigeonPush over WebSocket, kept up until `stop()`.
+ * See docs/js-client.rst for the options, the events and the policies.
+ */
+export class PushClient extends EventTarget {
+  constructor({
+    reglogUrl,
+    clientId,
+    onMessage = null,
+    secret = null,
+    heartbeat = 30,
+    maxMissedPongs = 2,
+    reconnectThreshold = 1,
+    maxRouteFailures = null,
+    authTimeout = 10,
+    connectTimeout = 10,
+    httpTimeout = 10,
+    dedupWindow = 1024,
+    maxFrame = DEFAULT_MAX_FRAME,
+    backoff = null,
+    WebSocket = null,
+    fetch = null,
+    routeSource = null,
+    logger = NO_LOG,
+    clock = SYSTEM_CLOCK,
+  } = {}) {
+    super();
+    if (onMessage !== null && typeof onMessage !== "function") {
+      throw new TypeError(`onMessage must be a function, not ${typeof onMessage}`);
+    }
+    if (!Number.isInteger(maxFrame) || maxFrame < MIN_MAX_FRAME || maxFrame > MAX_MAX_FRAME) {
+      throw new RangeError(`maxFrame must be an integer from ${MIN_MAX_FRAME} to ${MAX_MAX_FRAME}`);
+    }
+    if (backoff !== null && typeof backoff !== "function") {
+      throw new TypeError("backoff must be a function attempt -> seconds");
+    }
+    if (maxRouteFailures !== null) atLeastOne("maxRouteFailures", maxRouteFailures);
+    this.clientId = checkClientId(clientId);
+    this.reglogUrl = routeSource === null ? checkReglogUrl(reglogUrl) : (reglogUrl ?? null);
+    this._onMessage = onMessage;
+    this._heartbeat = positive("heartbeat", heartbeat);
+    this._maxMissed = atLeastOne("maxMissedPongs", maxMissedPongs);
+    this._reconnectThreshold = atLeastOne("reconnectThreshold", reconnectThreshold);
+    this._authTimeout = positive("authTimeout", authTimeout);
+    this._connectTimeout = positive("connectTimeout", connectTimeout);
+    this._maxFrame = maxFrame;
+    this._backoff = backoff ?? fullJitter();
+    this._recent = new RecentIds(dedupWindow);
+    this._WebSocket = WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError(
+        "no WebSocket class: pass one as the WebSocket option " +
+          "(Node 20 has a global one with --experimental-websocket; Node 22 and browsers always)",
+      );
+    }
+    this._log = logger;
+    this._clock = clock;
+    if (routeSource === null) {
+      const fetcher = new RouteFetcher({
+        reglogUrl,
+        clientId: this.clientId,
+        secret,
+        attempts: maxRouteFailures,
+        backoff: this._backoff,
+        timeout: positive("httpTimeout", httpTimeout),
+        avoid: () => this.avoid,
+        fetch: fetch ?? ((...args) => globalThis.fetch(...args)),
+        clock,
+        onRetry: ({ url, attempt, reason, delay }) =>
+          this._log.info("Route lookup failed; retrying", { url, attempt, reason, delay }),
+      });
+      routeSource = (signal) => fetcher.lookup(signal);
+    } else if (typeof routeSource !== "function") {
+      throw new TypeError("routeSource must be a function signal -> Promise<route>");
+    }
+    this._routeSource = routeSource;
+
+    this._state = ClientState.STOPPED;
+    this._route = null;
+    this._failures = 0; // attempts in a row that did not reach AUTH_OK
+    this._routeFailures = 0; // connections that never came up on the current route
+    this._unreachable = new Map(); // server -> when the client last failed to reach it (ms)
+    this._authRefused = false;
+    this._timer = null; // the backoff delay
+    this._routing = null; // the AbortController of the route lookup under way
+    this._session = null;
+    this._online = null;
+    this._gaveUp = null;
+    this._startAfterStop = false;
+    this._onlineWaiters = [];
+    this._stopWaiters = [];
+    this._inFlight = new Map(); // messageId -> sessions whose PUSH awaits the callback
+    this._version = PROTOCOL_VERSION;
+  }
+
+  // --- public API ---------------------------------------------------------------
+
+  /** One of ClientState's values. */
+  get state() {
+    return this._state;
+  }
+
+  /** The push server of the current connection, or null. */
+  get server() {
+    return this._session?.server ?? null;
+  }
+
+  /** Why the client last gave up (cleared by `start()`), or null. */
+  get gaveUp() {
+    return this._gaveUp;
+  }
+
+  /** The protocol version the next AUTH carries (1 after a server refused 2). */
+  get protocolVersion() {
+    return this._version;
+  }
+
+  /**
+   * The servers (`host:port`) this client failed to reach within
+   * AVOID_SECONDS, most recent first: what the next route request asks
+   * reglog to avoid.
+   */
+  get avoid() {
+    const since = this._clock.now() - AVOID_SECONDS * 1000;
+    for (const [server, failedAt] of this._unreachable) {
+      if (failedAt <= since) this._unreachable.delete(server);
+    }
+    return [...this._unreachable.keys()].reverse();
+  }
+
+  /** Start connecting (idempotent). After giving up, starts afresh. */
+  start() {
+    if (this._state === ClientState.STOPPING) {
+      this._startAfterStop = true;
+      return;
+    }
+    if (this._state !== ClientState.STOPPED) return;
+    this._failures = 0;
+    this._routeFailures = 0;
+    this._gaveUp = null;
+    this._attempt();
+  }
+
+  /**
+   * Stop trying and close the connection; resolves once it is closed.
+   * Pending `whenOnline()` promises reject with an AbortError. Messages whose
+   * callbacks still run are not ACKed: the server delivers them again later.
+   */
+  stop() {
+    this._startAfterStop = false;
+    if (this._state === ClientState.STOPPED) return Promise.resolve();
+    const stopped = new Promise((resolve) => this._stopWaiters.push(resolve));
+    if (this._state === ClientState.STOPPING) return stopped;
+    this._halt();
+    this._failOnlineWaiters(abortError("the client was stopped"));
+    if (this._session === null) this._finishStopping();
+    return stopped;
+  }
+
+  /** The same as `stop()`. */
+  close() {
+    return this.stop();
+  }
+
+  /**
+   * Resolves with `{server, heartbeat}` of the current session, or of the
+   * next one; rejects with the error if the client gives up, with an
+   * AbortError if it is stopped first.
+   */
+  whenOnline() {
+    if (this._online !== null) return Promise.resolve(this._online);
+    return new Promise((resolve, reject) => this._onlineWaiters.push({ resolve, reject }));
+  }
+
+  /** `addEventListener(type, listener)`, returning a function that removes it. */
+  on(type, listener) {
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  // --- the attempt loop ---------------------------------------------------------
+
+  _attempt() {
+    this._timer = null;
+    if (this._route !== null) {
+      this._connect(this._route);
+      return;
+    }
+    this._state = ClientState.ROUTING;
+    const controller = new AbortController();
+    this._routing = controller;
+    let lookup;
+    try {
+      lookup = Promise.resolve(this._routeSource(controller.signal));
+    } catch (e) {
+      lookup = Promise.reject(e);
+    }
+    lookup.then(
+      (route) => this._routed(route, controller),
+      (error) => this._routeFailed(error, controller),
+    );
+  }
+
+  _routed(answer, controller) {
+    if (this._routing !== controller || this._state !== ClientState.ROUTING) return;
+    this._routing = null;
+    let route;
+    try {
+      route = parseRoute(answer);
+    } catch (e) {
+      this._routeFailed(e, null);
+      return;
+    }
+    this._route = route;
+    this._routeFailures = 0;
+    if (!this.avoid.includes(serverAddress(route.server))) {
+      // A server not known to be down: the backoff starts again, so a client
+      // sent elsewhere after a crash comes back at once.
+      this._failures = 0;
+    }
+    this._connect(route);
+  }
+
+  _routeFailed(error, controller) {
+    if (
+      controller !== null &&
+      (this._routing !== controller || this._state !== ClientState.ROUTING)
+    ) {
+      return; // cancelled by stop()
+    }
+    this._routing = null;
+    if (!(error instanceof PushClientError)) {
+      error = new RouteLookupFailed(
+        this.reglogUrl ?? "the route source",
+        1,
+        `${error?.name}: ${error?.message}`,
+      );
+    }
+    this._giveUp(error);
+  }
+
+  _connect(route) {
+    this._state = ClientState.CONNECTING;
+    const server = serverAddress(route.server);
+    let url;
+    let auth;
+    try {
+      url = websocketUrl(route);
+      auth = encodePayload({
+        type: "AUTH",
+        version: this._version,
+        clientId: this.clientId,
+        token: route.token,
+      });
+      if (auth.length > MAX_AUTH_FRAME) {
+        throw new RangeError(
+          `the AUTH frame would be ${auth.length} bytes, over ${MAX_AUTH_FRAME}: the token is too long`,
+        );
+      }
+    } catch (e) {
+      this._log.warn("Unusable route", { server: route.server, error: e.message });
+      this._reportError(e, false);
+      this._unreached(server); // reglog then prefers another server
+      this._route = null;
+      this._attemptFailed();
+      return;
+    }
+    const session = new Session(this, {
+      server,
+      url,
+      auth,
+      version: this._version,
+      heartbeat: route.heartbeat ?? this._heartbeat,
+      maxMissedPongs: this._maxMissed,
+      authTimeout: this._authTimeout,
+      connectTimeout: this._connectTimeout,
+      maxFrame: this._maxFrame,
+      WebSocket: this._WebSocket,
+      clock: this._clock,
+    });
+    this._session = session;
+    try {
+      session.start();
+    } catch (e) {
+      this._session = null;
+      this._log.warn("Could not open a WebSocket", { url, error: e.message });
+      this._reportError(e, false);
+      this._route = null;
+      this._attemptFailed();
+    }
+  }
+
+  _attemptFailed() {
+    this._failures += 1;
+    this._routeFailures += 1;
+    if (this._route !== null && this._routeFailures >= this._reconnectThreshold) {
+      this._log.info("Connection attempts failed; asking reglog for a new route", {
+        count: this._routeFailures,
+        server: this._route.server,
+      });
+      this._route = null;
+    }
+    this._retryLater();
+  }
+
+  _retryLater() {
+    // Retry n after n failures in a row; a session that was lost (no failure
+    // yet) and the first failure both wait within the first window.
+    const delay = this._backoff(Math.max(this._failures, 1));
+    this._state = ClientState.WAITING;
+    this._timer = this._clock.setTimeout(() => this._attempt(), delay * 1000);
+  }
+
+  _unreached(server) {
+    this._unreachable.delete(server); // re-insert: the most recent comes last
+    this._unreachable.set(server, this._clock.now());
+    while (this._unreachable.size > MAX_AVOID) {
+      this._unreachable.delete(this._unreachable.keys().next().value);
+    }
+  }
+
+  /** Cancel whatever is pending and close the connection (stop, give up). */
+  _halt() {
+    if (this._timer !== null) {
+      this._clock.clearTimeout(this._timer);
+      this._timer = null;
+    }
+    if (this._routing !== null) {
+      this._routing.abort(abortError("the client was stopped"));
+      this._routing = null;
+    }
+    const session = this._session;
+    if (session !== null && session.opened) {
+      this._state = ClientState.STOPPING;
+      session.close();
+      return;
+    }
+    if (session !== null) {
+      // Still connecting: nothing to say goodbye to.
+      this._session = null;
+      session.close();
+    }
+    this._state = ClientState.STOPPED;
+  }
+
+  _giveUp(error) {
+    this._log.warn("Giving up", { error: error.message });
+    this._route = null;
+    this._gaveUp = error;
+    this._halt();
+    this._failOnlineWaiters(error);
+    this._reportError(error, true);
+  }
+
+  _finishStopping() {
+    this._state = ClientState.STOPPED;
+    const waiters = this._stopWaiters;
+    this._stopWaiters = [];
+    for (const resolve of waiters) resolve();
+    if (this._startAfterStop) {
+      this._startAfterStop = false;
+      this.start();
+    }
+  }
+
+  _failOnlineWaiters(error) {
+    const waiters = this._onlineWaiters;
+    this._onlineWaiters = [];
+    for (const { reject } of waiters) reject(error);
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new PushClientEvent(type, detail));
+  }
+
+  /** The "error" event: fatal when the client gave up, otherwise for information. */
+  _reportError(error, fatal) {
+    this._emit("error", { error, fatal });
+  }
+
+  // --- what the session reports -------------------------------------------------
+
+  _connectFailed(session, reason) {
+    if (session !== this._session) return; // abandoned by stop()
+    this._session = null;
+    this._log.info("Could not connect", { server: session.server, reason });
+    this._unreached(session.server);
+    this._attemptFailed();
+  }
+
+  _sessionStarted(session) {
+    // AUTH is on its way: the token is spent, whatever happens next.
+    this._route = null;
+    this._authRefused = false;
+    this._state = ClientState.AUTHENTICATING;
+    this._emit("connected", { server: session.server });
+  }
+
+  _sessionAuthenticated(session, heartbeat, frame) {
+    this._failures = 0;
+    this._routeFailures = 0;
+    this._unreachable.delete(session.server);
+    const online = {
+      server: session.server,
+      heartbeat,
+      maxFrame: frame.maxFrame,
+      ackWindow: frame.ackWindow,
+    };
+    this._online = online;
+    this._state = ClientState.ONLINE;
+    this._log.info("Authenticated", { server: session.server, clientId: this.clientId, heartbeat });
+    const waiters = this._onlineWaiters;
+    this._onlineWaiters = [];
+    this._emit("online", online);
+    for (const { resolve } of waiters) resolve(online);
+  }
+
+  _sessionRefused(session, frame) {
+    // The server is alive and answered: not one to avoid. The next attempt
+    // asks reglog for a fresh token.
+    this._authRefused = true;
+    if (frame.code === "VERSION" && this._version > 1) {
+      // A server older than NACK (a rolling upgrade): speak version 1 from now on.
+      this._log.info("The server does not speak protocol version 2; using version 1", {
+        server: session.server,
+      });
+      this._version = 1;
+      return;
+    }
+    if (frame.code === "VERSION") {
+      this._giveUp(
+        new ProtocolVersionRefused(
+          `push server ${session.server} does not speak protocol version ${this._version}: ` +
+            (frame.reason || "no reason given"),
+        ),
+      );
+      return;
+    }
+    this._log.info("AUTH refused; asking reglog again", {
+      server: session.server,
+      code: frame.code,
+    });
+  }
+
+  _sessionKicked(session, frame) {
+    this._emit("kicked", { server: session.server, reason: frame.reason, text: frame.text });
+    if (frame.reason === "REPLACED") {
+      this._giveUp(
+        new SessionReplaced(
+          `clientId ${JSON.stringify(this.clientId)} logged in again elsewhere and took over ` +
+            `the session on ${session.server}; not reconnecting`,
+        ),
+      );
+    }
+  }
+
+  _peerError(session, frame) {
+    const error = new Error(
+      `push server ${session.server} reported ERROR ${frame.code}: ${frame.text}`,
+    );
+    error.code = frame.code;
+    this._reportError(error, false);
+  }
+
+  _sessionEnded(session, reason) {
+    if (session !== this._session) return;
+    this._session = null;
+    this._online = null;
+    const detail = { server: session.server, reason, authenticated: session.authenticated };
+    if (this._state === ClientState.STOPPING) {
+      this._emit("offline", detail);
+      this._finishStopping();
+      return;
+    }
+    if (session.authenticated) {
+      this._log.info("Lost the connection; reconnecting through reglog", {
+        server: session.server,
+        reason,
+      });
+      this._retryLater();
+    } else {
+      this._log.info("The connection ended before AUTH_OK", { server: session.server, reason });
+      if (!this._authRefused) this._unreached(session.server);
+      this._attemptFailed();
+    }
+    this._emit("offline", detail);
+  }
+
+  _pushReceived(session, frame) {
+    const { messageId } = frame;
+    if (this._recent.has(messageId)) {
+      // Handled before; its ACK was lost.
+      const sent = session.sendAck(messageId);
+      this._emit("acked", { messageId, sent, duplicate: true });
+      return;
+    }
+    const waiting = this._inFlight.get(messageId);
+    if (waiting !== undefined) {
+      // Delivered again while the callback still runs: ACK when it succeeds.
+      const open = waiting.filter((other) => !other.closing);
+      open.push(session);
+      this._inFlight.set(messageId, open);
+      return;
+    }
+    this._inFlight.set(messageId, [session]);
+    const message = Object.freeze({
+      messageId,
+      title: frame.title,
+      text: frame.text,
+      extras: Object.freeze(frame.extras),
+      receivedAt: new Date(this._clock.now()),
+    });
+    this._emit("message", { message });
+    let outcome;
+    try {
+      outcome = Promise.resolve(this._onMessage === null ? undefined : this._onMessage(message));
+    } catch (e) {
+      outcome = Promise.reject(e);
+    }
+    outcome.then(
+      () => this._handled(messageId),
+      (error) => this._notHandled(error, messageId),
+    );
+  }
+
+  _handled(messageId) {
+    const sessions = this._inFlight.get(messageId) ?? [];
+    this._inFlight.delete(messageId);
+    this._recent.add(messageId);
+    let sent = false;
+    for (const session of sessions) sent = session.sendAck(messageId) || sent;
+    this._emit("acked", { messageId, sent, duplicate: false });
+  }
+
+  _notHandled(error, messageId) {
+    const sessions = this._inFlight.get(messageId) ?? [];
+    this._inFlight.delete(messageId);
+    const retryAfter = error instanceof RetryLater ? error.retryAfter : 0;
+    if (!(error instanceof RetryLater)) {
+      this._log.warn("The message callback failed; NACKed, it will be delivered again", {
+        messageId,
+        error: `${error?.name}: ${error?.message}`,
+      });
+    }
+    let sent = false;
+    for (const session of sessions) sent = session.sendNack(messageId, retryAfter) || sent;
+    this._emit("nacked", { messageId, retryAfter, error, sent });
+  }
+}

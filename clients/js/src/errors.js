@@ -1,0 +1,55 @@
+// Why a PushClient gave up (the "error" event with `fatal: true` carries one).
+
+/** Base class: the client stopped trying and needs the application's attention. */
+export class PushClientError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = this.constructor.name;
+  }
+}
+
+/**
+ * reglog did not give a route: it refused the request (400, 401...:
+ * `retryable` is false), or failed `maxRouteFailures` times in a row.
+ */
+export class RouteLookupFailed extends PushClientError {
+  constructor(url, attempts, reason, { retryable = true, status = null, error = null } = {}) {
+    super(
+      retryable
+        ? `route lookup at ${url} failed ${attempts} time(s) in a row; last error: ${reason}`
+        : `route lookup at ${url} was refused: ${reason}`,
+    );
+    this.url = url;
+    this.attempts = attempts;
+    this.reason = reason;
+    this.retryable = retryable;
+    this.status = status;
+    this.error = error;
+  }
+}
+
+/** The push server speaks neither protocol version 2 nor 1. */
+export class ProtocolVersionRefused extends PushClientError {}
+
+/**
+ * Another client logged in with the same clientId and took the session over
+ * (KICK REPLACED). The client does not fight back: the two would replace each
+ * other forever.
+ */
+export class SessionReplaced extends PushClientError {}
+
+/**
+ * Throw it (or reject with it) from the message callback to ask for the
+ * message again after `retryAfter` seconds; any other error leaves the delay
+ * to the server's backoff.
+ */
+export class RetryLater extends Error {
+  constructor(retryAfter, reason = "") {
+    if (typeof retryAfter !== "number" || !(retryAfter >= 0)) {
+      throw new RangeError(`retryAfter must be zero or more seconds, not ${retryAfter}`);
+    }
+    super(reason || `retry after ${retryAfter} s`);
+    this.name = "RetryLater";
+    this.retryAfter = retryAfter;
+  }
+}
