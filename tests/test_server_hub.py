@@ -505,3 +505,24 @@ def test_drain_refuses_new_logins_and_aborts_what_does_not_close() -> None:
 def test_drain_with_no_clients_finishes_at_once() -> None:
     harness = Harness()
     assert result_of(harness.hub.drain(10)) is None
+
+
+def test_the_hub_knows_no_transport() -> None:
+    """The hub meets its transports through pigeonpush.server.session only."""
+    import ast
+    from pathlib import Path
+
+    import pigeonpush.server.hub as hub_module
+
+    tree = ast.parse(Path(hub_module.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "pigeonpush.server.session" in imported
+    transports = (
+        "pigeonpush.wire.protocol",
+        "pigeonpush.server.protocol",
+        "twisted.internet.protocol",
+    )
+    assert [name for name in imported if name.startswith(transports)] == []

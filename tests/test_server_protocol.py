@@ -9,8 +9,9 @@ import pytest
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from pigeonpush.rpc import PushItem, PushStatus
-from pigeonpush.server.hub import LOG_BURST, LOG_INTERVAL
-from pigeonpush.server.protocol import State
+from pigeonpush.server.hub import DRAIN_GRACE
+from pigeonpush.server.session import State
+from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL
 from pigeonpush.wire.codec import ENCODED_PING, encode
 from pigeonpush.wire.frames import (
     PING,
@@ -707,3 +708,40 @@ def test_a_failed_cleanup_is_logged_not_raised(logged_failures: FailureCollector
 
     assert harness.hub.sessions == {}
     assert logged_failures.events == []
+
+
+# --- the TCP channel ----------------------------------------------------------------
+
+
+def test_a_drain_aborts_a_tcp_connection_that_does_not_close() -> None:
+    harness = Harness(tcp=True, pulls=False)
+    stubborn = harness.login("stubborn")
+    draining = harness.hub.drain(0)
+    assert isinstance(stubborn.received()[0], Kick)
+    assert not stubborn.transport.disconnected
+
+    harness.clock.advance(DRAIN_GRACE)
+
+    assert stubborn.transport.disconnected  # aborted
+    stubborn.lose()
+    harness.clock.advance(0)
+    assert result_of(draining) is None
+
+
+def test_a_connection_lost_before_it_was_made_tells_the_hub_nothing() -> None:
+    harness = Harness(tcp=True)
+    proto = harness.factory.buildProtocol(None)
+    proto.connectionLost()
+    assert harness.hub.all_sessions == set()
+    assert proto.session.state is State.CLOSED
+
+
+def test_the_connection_takes_its_settings_from_its_factory() -> None:
+    harness = Harness(tcp=True, max_frame=4096, idle_timeout=60, heartbeat=20)
+    device = harness.login("alice")
+    assert device.proto.MAX_LENGTH == 4096
+    assert device.proto.settings is harness.settings
+    assert device.proto.clock is harness.clock
+    assert device.proto.metrics is harness.metrics
+    [timer] = harness.clock.getDelayedCalls()
+    assert timer.getTime() == 60  # the idle timeout, from the settings

@@ -106,21 +106,18 @@ class FakeDevice:
         session = self.session
         if self.channel.closing or self.lost:
             return  # a closing transport reads nothing more
-        kind = type(frame)
         if session.state == State.ACTIVE:
-            if kind is Ack:
-                self.hub.acked(session, frame.message_id)  # type: ignore[attr-defined]
+            if isinstance(frame, Ack):
+                self.hub.acked(session, frame.message_id)
                 return
-            if kind is Ping:
+            if isinstance(frame, Ping):
                 self.channel.send(ENCODED_PONG)
                 self.hub.pinged(session)
                 return
-            if kind is Nack and session.version >= NACK_VERSION:
-                assert isinstance(frame, Nack)
+            if isinstance(frame, Nack) and session.version >= NACK_VERSION:
                 self.hub.nacked(session, frame.message_id, frame.retry_after)
                 return
-        elif kind is Auth and session.state == State.AWAITING_AUTH:
-            assert isinstance(frame, Auth)
+        elif isinstance(frame, Auth) and session.state == State.AWAITING_AUTH:
             self.hub.authenticate(session, frame)
             return
         raise AssertionError(f"a transport does not pass {frame!r} on in {session.state.name}")
