@@ -44,7 +44,7 @@ class FakeChannel:
         #: close() or abort() ran: nothing more is written
         self.closing = False
         self.aborted = False
-        #: the session, once ``attach`` ran
+        #: the session this channel carries (set by ``FakeDevice``)
         self.session: Session | None = None
 
     @property
