@@ -162,7 +162,11 @@ class PushServerService(MultiService):
             self.rpc_advertise = _local_address(self.rpc_port, self._rpc_transport)
         self.hub.server_address = self.rpc_advertise
         try:
-            self.client_port = await self._client_endpoint.listen(ServerProtocolFactory(self.hub))
+            self.client_port = await self._client_endpoint.listen(
+                ServerProtocolFactory(
+                    self.hub, self.hub.settings, self.hub.clock, metrics=self.hub.metrics
+                )
+            )
         except Exception:
             # Not awaited: the failure must reach privilegedStartService at once.
             self._rpc_closing = _stop_listening(self.rpc_port)
@@ -227,7 +231,7 @@ class PushServerService(MultiService):
         return {
             "client": self.advertise,
             "rpc": self.rpc_advertise,
-            "connections": len(self.hub.channels),
+            "connections": len(self.hub.sessions),
             "capacity": self.hub.settings.capacity,
         }
 
