@@ -1,0 +1,222 @@
+"""Discovery on a 3-node ZooKeeper ensemble: a follower or the leader crashes,
+quorum is lost for a while. Sessions outlive what an ensemble is built to
+survive, so nobody notices: registrations stay, watchers' lists never lose a
+node, and writes go on once a quorum serves.
+
+The ensemble is shared by the module; each test starts with every node up
+(a node a previous test killed is started again) and works in a chroot of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from kazoo.client import KazooClient
+from twisted.internet.defer import DeferredList
+from twisted.internet.threads import deferToThread
+
+from pigeonpush.discovery.interface import DELIVERY, SERVERS
+from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
+from support.discoveries import (
+    TEST_UPDATE_INTERVAL,
+    Recorder,
+    non_pool_threads,
+    read_znode,
+    wait_for_threads_gone,
+)
+from support.waiting import wait_for
+from support.zookeeper_ensemble import EnsembleNode, ZooKeeperEnsemble, running_ensemble
+
+#: Longer than a leader election on this loaded machine, so sessions outlive it.
+SESSION_TIMEOUT = 10.0
+#: Bound on a new leader being elected and serving.
+ELECTION_TIMEOUT = 30.0
+SERVER_DATA = {"client": "127.0.0.1:7100", "rpc": "127.0.0.1:7101", "capacity": 10}
+
+MakeDiscovery = Callable[..., ZooKeeperDiscovery]
+
+
+def load(connections: int) -> dict[str, object]:
+    return {**SERVER_DATA, "connections": connections}
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperEnsemble]:
+    with running_ensemble(tmp_path_factory.mktemp("ensemble")) as started:
+        yield started
+
+
+@pytest_twisted.async_yield_fixture
+async def ensemble_hosts(ensemble: ZooKeeperEnsemble) -> AsyncIterator[str]:
+    """The ensemble's connection string, chrooted to a fresh node, every node up."""
+    await deferToThread(ensemble.start)
+    chroot = f"/test-{uuid.uuid4().hex}"
+    client = KazooClient(hosts=ensemble.hosts)
+    await deferToThread(client.start, 30)
+    try:
+        await deferToThread(client.create, chroot)
+    finally:
+        await deferToThread(client.stop)
+        client.close()
+    yield ensemble.hosts + chroot
+
+
+@pytest_twisted.async_yield_fixture
+async def make_discovery(ensemble_hosts: str) -> AsyncIterator[MakeDiscovery]:
+    from twisted.internet import reactor
+
+    before = non_pool_threads()
+    made: list[ZooKeeperDiscovery] = []
+
+    def make() -> ZooKeeperDiscovery:
+        discovery = ZooKeeperDiscovery(
+            ensemble_hosts,
+            reactor,
+            min_update_interval=TEST_UPDATE_INTERVAL,
+            session_timeout=SESSION_TIMEOUT,
+        )
+        made.append(discovery)
+        return discovery
+
+    yield make
+    await DeferredList([discovery.close() for discovery in made], consumeErrors=True)
+    await wait_for_threads_gone(before)
+
+
+def session_of(discovery: ZooKeeperDiscovery) -> int:
+    session = discovery._zk.client_id
+    assert session is not None, "not connected"
+    return int(session[0])
+
+
+async def owner_of(hosts: str, path: str) -> int | None:
+    found = await read_znode(hosts, path)
+    return None if found is None else int(found[1].ephemeralOwner)
+
+
+async def node_of(ensemble: ZooKeeperEnsemble, session: int) -> EnsembleNode | None:
+    for node in ensemble.nodes:
+        if await deferToThread(node.serves_session, session):
+            return node
+    return None
+
+
+async def wait_new_leader(ensemble: ZooKeeperEnsemble, old: EnsembleNode) -> EnsembleNode:
+    async def elected() -> Any:
+        leader = await deferToThread(ensemble.leader)
+        return leader is not None and leader is not old and leader
+
+    leader: EnsembleNode = await wait_for(
+        elected, timeout=ELECTION_TIMEOUT, interval=0.2, what="a new leader"
+    )
+    return leader
+
+
+async def registered_pair(
+    make_discovery: MakeDiscovery,
+) -> tuple[ZooKeeperDiscovery, Any, Recorder]:
+    """An owner with servers/s1 and delivery/d1, and an observer watching servers."""
+    owner, observer = make_discovery(), make_discovery()
+    recorder = Recorder()
+    await observer.watch(SERVERS, recorder)
+    registration = await owner.register(SERVERS, "s1", load(0))
+    await owner.register(DELIVERY, "d1", {"rpc": "127.0.0.1:7201"})
+    await recorder.wait_for_data("s1", load(0))
+    return owner, registration, recorder
+
+
+def assert_never_left(recorder: Recorder, node_id: str) -> None:
+    """From its first appearance on, ``node_id`` was in every set the watch got."""
+    seen = recorder.data_seen(node_id)
+    assert None not in seen[1:], f"{node_id} left the watched list: {seen}"
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_follower_goes_unnoticed(
+    ensemble: ZooKeeperEnsemble, ensemble_hosts: str, make_discovery: MakeDiscovery
+) -> None:
+    owner, registration, recorder = await registered_pair(make_discovery)
+    session = session_of(owner)
+    # The follower the owner is connected to, when it is on one: the hardest case.
+    followers = await deferToThread(ensemble.followers)
+    serving = await node_of(ensemble, session)
+    victim = serving if serving in followers else followers[0]
+
+    await deferToThread(victim.kill)
+
+    registration.update(load(1))
+    await recorder.wait_for_data("s1", load(1), timeout=SESSION_TIMEOUT * 2)
+    assert session_of(owner) == session
+    assert await owner_of(ensemble_hosts, "/pigeonpush/servers/s1") == session
+    assert await owner_of(ensemble_hosts, "/pigeonpush/delivery/d1") == session
+    assert_never_left(recorder, "s1")
+    assert (await deferToThread(ensemble.leader)) is not None
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_leader_keeps_every_session_and_node(
+    ensemble: ZooKeeperEnsemble, ensemble_hosts: str, make_discovery: MakeDiscovery
+) -> None:
+    owner, registration, recorder = await registered_pair(make_discovery)
+    session = session_of(owner)
+    leader = await deferToThread(ensemble.leader)
+    assert leader is not None
+
+    await deferToThread(leader.kill)
+    await wait_new_leader(ensemble, leader)
+
+    registration.update(load(2))
+    await recorder.wait_for_data("s1", load(2), timeout=SESSION_TIMEOUT * 2)
+    assert session_of(owner) == session
+    assert await owner_of(ensemble_hosts, "/pigeonpush/servers/s1") == session
+    assert await owner_of(ensemble_hosts, "/pigeonpush/delivery/d1") == session
+    assert_never_left(recorder, "s1")
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_registrations_outlive_a_lost_quorum(
+    ensemble: ZooKeeperEnsemble, ensemble_hosts: str, make_discovery: MakeDiscovery
+) -> None:
+    """2 of 3 down for longer than the session timeout: nothing serves, so no
+    session can expire; when quorum is back the same sessions carry on."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    owner, registration, recorder = await registered_pair(make_discovery)
+    session = session_of(owner)
+    down = ensemble.nodes[:2]
+    for node in down:
+        await deferToThread(node.kill)
+
+    async def not_serving() -> bool:
+        return await deferToThread(ensemble.nodes[2].mode) is None
+
+    await wait_for(not_serving, timeout=ELECTION_TIMEOUT, interval=0.2, what="quorum lost")
+    registration.update(load(3))  # written once quorum is back
+    # An outage past the session timeout: the timeout only runs on a serving ensemble.
+    await deferLater(reactor, SESSION_TIMEOUT + 2, lambda: None)
+    assert recorder.data_seen("s1")[-1] == load(0)
+
+    for node in down:
+        ensemble.start_node(node)
+    await deferToThread(ensemble.wait_serving, ensemble.nodes, ELECTION_TIMEOUT)
+
+    await recorder.wait_for_data("s1", load(3), timeout=SESSION_TIMEOUT * 2)
+    assert session_of(owner) == session
+    assert await owner_of(ensemble_hosts, "/pigeonpush/servers/s1") == session
+    assert_never_left(recorder, "s1")
+
+
+def test_the_connection_string_names_every_node(tmp_path: Path) -> None:
+    ensemble = ZooKeeperEnsemble(tmp_path)
+    addresses = ensemble.hosts.split(",")
+    assert len(addresses) == 3
+    assert addresses == [f"127.0.0.1:{node.client_port}" for node in ensemble.nodes]
