@@ -21,7 +21,10 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
 
 from pigeonpush.discovery.interface import DELIVERY, SERVERS
+from pigeonpush.discovery.naming import node_path
 from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
+from pigeonpush.sdk import ClientEvent, ClientState, Disconnected, PushClient, full_jitter
+from support.cluster import Cluster, ZooKeeperReader
 from support.discoveries import (
     TEST_UPDATE_INTERVAL,
     Recorder,
@@ -29,6 +32,7 @@ from support.discoveries import (
     read_znode,
     wait_for_threads_gone,
 )
+from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 from support.zookeeper_ensemble import EnsembleNode, ZooKeeperEnsemble, running_ensemble
 
@@ -37,6 +41,12 @@ SESSION_TIMEOUT = 10.0
 #: Bound on a new leader being elected and serving.
 ELECTION_TIMEOUT = 30.0
 SERVER_DATA = {"client": "127.0.0.1:7100", "rpc": "127.0.0.1:7101", "capacity": 10}
+
+#: What a daemon logs when its ZooKeeper connection drops (kazoo's SUSPENDED).
+LOST_LINE = "lost; reconnecting"
+NOTIFICATION_API = OpenAPIDocument.load(
+    Path(__file__).parent.parent / "docs/openapi/notification.json"
+)
 
 MakeDiscovery = Callable[..., ZooKeeperDiscovery]
 
@@ -220,3 +230,110 @@ def test_the_connection_string_names_every_node(tmp_path: Path) -> None:
     addresses = ensemble.hosts.split(",")
     assert len(addresses) == 3
     assert addresses == [f"127.0.0.1:{node.client_port}" for node in ensemble.nodes]
+
+
+# --- the daemons on the ensemble ---------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(tmp_path: Path, redis_url: str, ensemble_hosts: str) -> AsyncIterator[Cluster]:
+    from twisted.internet import reactor
+
+    built = Cluster(reactor, tmp_path, redis_url, ensemble_hosts)
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+async def notify(api: CheckedClient, key: str, client_id: str, text: str) -> str:
+    body = {"to": [client_id], "title": "ensemble", "text": text}
+    answer = await api.post("/v1/notifications", body, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status == 202, answer.json
+    return str(answer.json["messageId"])
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_daemons_serve_connected_devices_through_a_lost_quorum(
+    ensemble: ZooKeeperEnsemble, ensemble_hosts: str, cluster: Cluster
+) -> None:
+    """2 of 3 ZooKeeper nodes down: the push server keeps its devices and
+    delivers what is pushed meanwhile (Redis is up), reglog keeps its list; when
+    quorum returns the registrations are there and new devices are routed."""
+    from twisted.internet import reactor
+
+    delivery = cluster.delivery()
+    notification = cluster.notification()
+    reglog = cluster.reglog()
+    server = cluster.server("push-a")
+    api = CheckedClient(reactor, notification.url("http"), NOTIFICATION_API)
+    zookeeper = ZooKeeperReader(reactor, ensemble_hosts)
+    received: list[str] = []
+    events: list[ClientEvent] = []
+    device = PushClient(
+        reactor,
+        reglog.url("http"),
+        lambda message: received.append(message.message_id),
+        client_id="device-1",
+        backoff=full_jitter(initial=0.2, maximum=2.0),
+    )
+    device.on_event(events.append)
+    late: PushClient | None = None
+    try:
+        with cluster.logs_on_failure():
+            await zookeeper.start()
+            await cluster.wait_healthy(delivery, "metrics")
+            await cluster.wait_healthy(notification)
+            await cluster.wait_server_ready(server, delivery)
+            await cluster.wait_reglog_servers(reglog, 1)
+            device.start()
+            await device.when_authenticated().addTimeout(20, reactor)
+            before = await notify(api, cluster.api_key, "device-1", "before")
+            await wait_for(lambda: before in received, timeout=20, what="the first message")
+
+            # --- quorum lost ----------------------------------------------------------
+            mark = len(events)
+            losses = server.log().count(LOST_LINE)
+            for node in ensemble.nodes[:2]:
+                await deferToThread(node.kill)
+
+            async def not_serving() -> bool:
+                return await deferToThread(ensemble.nodes[2].mode) is None
+
+            # The last node gives up leading after syncLimit ticks without followers.
+            await wait_for(not_serving, timeout=ELECTION_TIMEOUT, interval=0.2, what="no quorum")
+            await wait_for(
+                lambda: server.log().count(LOST_LINE) > losses,
+                timeout=20,
+                interval=0.1,
+                what="the push server to lose ZooKeeper",
+            )
+            meanwhile = await notify(api, cluster.api_key, "device-1", "meanwhile")
+            await wait_for(
+                lambda: meanwhile in received, timeout=20, what="the message sent meanwhile"
+            )
+            health = await cluster.health(reglog, "http")
+            assert health is not None and health[1]["servers"] == 1, health
+            assert device.state is ClientState.ONLINE
+            assert not [e for e in events[mark:] if isinstance(e, Disconnected)], events[mark:]
+
+            # --- quorum back ------------------------------------------------------------
+            for node in ensemble.nodes[:2]:
+                ensemble.start_node(node)
+            await deferToThread(ensemble.wait_serving, ensemble.nodes, ELECTION_TIMEOUT)
+            assert await zookeeper.exists(node_path(SERVERS, "push-a"))
+            await cluster.wait_reglog_servers(reglog, 1, timeout=20)
+            late = PushClient(
+                reactor, reglog.url("http"), lambda message: None, client_id="device-2"
+            )
+            late.start()
+            await late.when_authenticated().addTimeout(20, reactor)
+            after = await notify(api, cluster.api_key, "device-1", "after")
+            await wait_for(lambda: after in received, timeout=20, what="the message after")
+            assert received == [before, meanwhile, after]
+    finally:
+        stops = [device.stop()] + ([late.stop()] if late is not None else [])
+        await DeferredList(stops, consumeErrors=True)
+        await api.close()
+        await zookeeper.close()
