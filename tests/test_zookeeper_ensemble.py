@@ -258,9 +258,11 @@ async def notify(api: CheckedClient, key: str, client_id: str, text: str) -> str
 async def test_daemons_serve_connected_devices_through_a_lost_quorum(
     ensemble: ZooKeeperEnsemble, ensemble_hosts: str, cluster: Cluster
 ) -> None:
-    """2 of 3 ZooKeeper nodes down: the push server keeps its devices and
-    delivers what is pushed meanwhile (Redis is up), reglog keeps its list; when
-    quorum returns the registrations are there and new devices are routed."""
+    """The leader crashes: reglog's list never loses the push server. Then a
+    second node: with 2 of 3 ZooKeeper nodes down the push server keeps its
+    devices and delivers what is pushed meanwhile (Redis is up), reglog keeps
+    its list; when quorum returns the registrations are there and new devices
+    are routed."""
     from twisted.internet import reactor
 
     delivery = cluster.delivery()
@@ -292,14 +294,39 @@ async def test_daemons_serve_connected_devices_through_a_lost_quorum(
             before = await notify(api, cluster.api_key, "device-1", "before")
             await wait_for(lambda: before in received, timeout=20, what="the first message")
 
-            # --- quorum lost ----------------------------------------------------------
+            # --- the leader crashes: reglog's list never changes --------------------------
             mark = len(events)
+            counted: list[object] = []
+
+            async def reglog_servers() -> object:
+                health = await cluster.health(reglog, "http")
+                return None if health is None else health[1].get("servers")
+
+            leader = await deferToThread(ensemble.leader)
+            assert leader is not None
+            await deferToThread(leader.kill)
+
+            async def elected_while_counting() -> bool:
+                counted.append(await reglog_servers())
+                found = await deferToThread(ensemble.leader)
+                return found is not None and found is not leader
+
+            await wait_for(
+                elected_while_counting, timeout=ELECTION_TIMEOUT, interval=0.1, what="new leader"
+            )
+            during = await notify(api, cluster.api_key, "device-1", "after the election")
+            await wait_for(lambda: during in received, timeout=20, what="the message after it")
+            counted.append(await reglog_servers())
+            assert set(counted) == {1}, counted
+
+            # --- a second node down: quorum lost ------------------------------------------
             losses = server.log().count(LOST_LINE)
-            for node in ensemble.nodes[:2]:
-                await deferToThread(node.kill)
+            survivors = [node for node in ensemble.nodes if node.running]
+            await deferToThread(survivors[0].kill)
+            last = survivors[1]
 
             async def not_serving() -> bool:
-                return await deferToThread(ensemble.nodes[2].mode) is None
+                return await deferToThread(last.mode) is None
 
             # The last node gives up leading after syncLimit ticks without followers.
             await wait_for(not_serving, timeout=ELECTION_TIMEOUT, interval=0.2, what="no quorum")
@@ -319,8 +346,9 @@ async def test_daemons_serve_connected_devices_through_a_lost_quorum(
             assert not [e for e in events[mark:] if isinstance(e, Disconnected)], events[mark:]
 
             # --- quorum back ------------------------------------------------------------
-            for node in ensemble.nodes[:2]:
-                ensemble.start_node(node)
+            for node in ensemble.nodes:
+                if not node.running:
+                    ensemble.start_node(node)
             await deferToThread(ensemble.wait_serving, ensemble.nodes, ELECTION_TIMEOUT)
             assert await zookeeper.exists(node_path(SERVERS, "push-a"))
             await cluster.wait_reglog_servers(reglog, 1, timeout=20)
@@ -331,7 +359,7 @@ async def test_daemons_serve_connected_devices_through_a_lost_quorum(
             await late.when_authenticated().addTimeout(20, reactor)
             after = await notify(api, cluster.api_key, "device-1", "after")
             await wait_for(lambda: after in received, timeout=20, what="the message after")
-            assert received == [before, meanwhile, after]
+            assert received == [before, during, meanwhile, after]
     finally:
         stops = [device.stop()] + ([late.stop()] if late is not None else [])
         await DeferredList(stops, consumeErrors=True)
