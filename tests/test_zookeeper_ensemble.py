@@ -365,3 +365,16 @@ async def test_daemons_serve_connected_devices_through_a_lost_quorum(
         await DeferredList(stops, consumeErrors=True)
         await api.close()
         await zookeeper.close()
+
+
+@pytest.mark.parametrize("plugin", ["server", "reglog", "delivery"])
+def test_every_daemon_takes_the_ensemble_connection_string(plugin: str) -> None:
+    from pigeonpush.delivery import tap as delivery_tap
+    from pigeonpush.reglog import tap as reglog_tap
+    from pigeonpush.server import tap as server_tap
+
+    taps = {"server": server_tap, "reglog": reglog_tap, "delivery": delivery_tap}
+    hosts = "zk1:2181,zk2:2182,[::1]:2183/pigeon"
+    config = taps[plugin].Options()
+    config.parseOptions(["--redis=redis://127.0.0.1:6379/0", f"--zookeeper={hosts}"])
+    assert config["zookeeper"] == hosts
