@@ -79,6 +79,13 @@ class Options(DaemonOptions):
         ["access-log", None, None, "Write an HTTP access log to this file (none by default)."],
         *HTTP_LIMIT_OPTIONS,
     ]
+    optFlags = [
+        [
+            "demo",
+            None,
+            "Serve the demo page at /demo/ (a browser client over WebSocket; see docs/reglog.rst).",
+        ],
+    ]
 
     def postOptions(self) -> None:
         self["token-ttl"] = seconds("--token-ttl", self["token-ttl"])
@@ -166,8 +173,13 @@ def build_reglog(
         admin_key=config["admin-key"],
         max_body=config["max-body"],
     )
+    root = api.resource()
+    if config["demo"]:
+        from pigeonpush.demo import demo_resource
+
+        root.putChild(b"demo", demo_resource())
     site = JsonSite(
-        api.resource(),
+        root,
         max_body=config["max-body"],
         request_timeout=config["request-timeout"],
         max_connections=config["max-connections"],

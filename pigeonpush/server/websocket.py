@@ -62,6 +62,7 @@ CLOSE_NORMAL = 1000
 
 _pack_prefix = struct.Struct("!I").pack
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_log = Logger()
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -170,7 +171,6 @@ class MessageTransport:
 class WebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection: the handshake, then its ``channel``."""
 
-    log = Logger()
     factory: WebSocketFactory
 
     channel: ServerProtocol | None = None
@@ -179,7 +179,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """Select ``pigeonpush.v1`` or refuse (400); refuse an Origin that
         is not allowed (403)."""
         if not self.factory.origins.allows(request.origin):
-            self.log.info(
+            _log.info(
                 "Refusing a WebSocket from {peer}: Origin {origin} is not allowed",
                 peer=request.peer,
                 origin=untrusted(request.origin),
