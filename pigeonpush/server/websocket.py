@@ -38,6 +38,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.cors import check_origin
 from pigeonpush.logsafe import untrusted
 from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.protocol import ServerProtocol, ServerProtocolFactory
@@ -53,6 +54,7 @@ __all__ = [
     "OriginPolicy",
     "WebSocketFactory",
     "WebSocketProtocol",
+    "check_origin",
 ]
 
 #: The WebSocket subprotocol a client must offer (and the server selects).
@@ -69,19 +71,6 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 def _normal_origin(origin: str) -> str:
     """An Origin as browsers send it: ``scheme://host[:port]``, lower case."""
     return origin.strip().rstrip("/").lower()
-
-
-def check_origin(option: str, origin: str) -> str:
-    """A ``--websocket-origin`` value: ``*`` or ``http[s]://host[:port]``."""
-    if origin == "*":
-        return origin
-    parts = urlsplit(origin.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(
-            f"{option} must be '*' or an origin such as https://app.example.com[:port], "
-            f"not {origin!r}"
-        )
-    return _normal_origin(origin)
 
 
 @attrs.frozen(slots=True)

@@ -109,7 +109,14 @@ class Options(DaemonOptions):
         super().__init__()
         self["api-key"] = []
         self["websocket-origin"] = []
+        self["cors-origin"] = []
         self.generated_key: str | None = None
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin of a web page allowed to call the route API from a browser
+        (repeatable; * for any); the demo page, served by the route API
+        itself, needs none."""
+        self["cors-origin"].append(origin)
 
     def opt_websocket_origin(self, origin: str) -> None:
         """Origin of a web page allowed to open a WebSocket (repeatable; * for
@@ -147,6 +154,8 @@ class Options(DaemonOptions):
         reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
         reglog += ["--heartbeat", self["heartbeat"], "--token-ttl", self["token-ttl"]]
         reglog += ["--auth-mode", self["auth-mode"], "--demo"]
+        for origin in self["cors-origin"]:
+            reglog += ["--cors-origin", origin]
         http_limits = ["--max-connections", str(self["max-connections"])]
         http_limits += ["--request-timeout", str(self["request-timeout"])]
         reglog += http_limits
