@@ -4,7 +4,8 @@
 // tests/test_js_client_live.py, which runs the standalone and passes its
 // addresses in the environment:
 //   PIGEONPUSH_REGLOG_URL, PIGEONPUSH_API_URL, PIGEONPUSH_API_KEY
-// Node 20 needs --experimental-websocket (Node 22 has WebSocket globally).
+// Node 22 has a global WebSocket, Node 20 with --experimental-websocket (the
+// pytest test passes it); older ones use the `ws` package (Debian: node-ws).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +15,7 @@ import { PushClient } from "../pigeonpush.js";
 const REGLOG_URL = process.env.PIGEONPUSH_REGLOG_URL;
 const API_URL = process.env.PIGEONPUSH_API_URL;
 const API_KEY = process.env.PIGEONPUSH_API_KEY;
+const WebSocketClass = globalThis.WebSocket ?? (await import("ws")).WebSocket;
 const HEADERS = { "Content-Type": "application/json", Authorization: `Bearer ${API_KEY}` };
 
 async function waitFor(what, condition, timeoutMs = 15000) {
@@ -48,6 +50,7 @@ test("a notification reaches the client over WebSocket and is ACKed", async () =
   const received = [];
   const acked = [];
   const client = new PushClient({
+    WebSocket: WebSocketClass,
     reglogUrl: REGLOG_URL,
     clientId: "node-live-1",
     onMessage: (message) => {
@@ -78,6 +81,7 @@ test("a notification reaches the client over WebSocket and is ACKed", async () =
 test("a NACKed message comes again and is ACKed the second time", async () => {
   const seen = [];
   const client = new PushClient({
+    WebSocket: WebSocketClass,
     reglogUrl: REGLOG_URL,
     clientId: "node-live-2",
     onMessage: (message) => {
