@@ -357,3 +357,27 @@ async def test_drain_kicks_websocket_sessions(running: Running) -> None:
     kick = await device.next_frame()
     assert isinstance(kick, Kick) and kick.reason == KickReason.SHUTTING_DOWN
     await device.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_over_the_frame_rate_is_paused_then_rate_limited() -> None:
+    server = await start(frame_rate=2, frame_burst=2, frame_abuse_time=0.5)
+    try:
+        device = await server.login("henry")
+        session = server.hub.sessions["henry"]
+        for _ in range(20):
+            device.send(PING)
+        await wait_for(
+            lambda: any(isinstance(f, Error) for f in device.frames),
+            timeout=10,
+            what="ERROR RATE_LIMITED",
+        )
+        errors = [f for f in device.frames if isinstance(f, Error)]
+        assert errors[0].code == ErrorCode.RATE_LIMITED
+        # throttled, not answered at once: fewer PONGs than PINGs came back
+        assert device.frames.count(PONG) < 20
+        await device.wait_closed()
+        await wait_for(lambda: session.channel.closing, timeout=10, what="closed")  # type: ignore[attr-defined]
+    finally:
+        await server.port.stopListening()
+        server.hub.stop_timers()
