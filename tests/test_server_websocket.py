@@ -381,3 +381,42 @@ async def test_a_client_over_the_frame_rate_is_paused_then_rate_limited() -> Non
     finally:
         await server.port.stopListening()
         server.hub.stop_timers()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_serves_the_same_sessions_over_tls(tmp_path: Any) -> None:
+    """An ``ssl:`` endpoint gives ``wss:``: a client verifying the server's
+    certificate authenticates and is pushed to."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
+
+    from pigeonpush.tls import ClientTLS
+    from support.certs import CertificateAuthority
+
+    authority = CertificateAuthority.create(tmp_path / "ca")
+    certificate = authority.issue(tmp_path / "server")
+    store = MemoryStore(reactor)
+    settings = ServerSettings().check()
+    hub = PushHub(store, reactor, settings, server_address=SERVER)
+    factory = WebSocketFactory(hub, settings, reactor, reactor=reactor)
+    port = await serverFromString(reactor, certificate.endpoint(0)).listen(factory)
+    try:
+        number = port.getHost().port
+        client_factory = WebSocketClientFactory(
+            f"wss://127.0.0.1:{number}/", protocols=[SUBPROTOCOL]
+        )
+        client_factory.protocol = Device
+        tls = ClientTLS.from_options(str(authority.ca_file)).creator("127.0.0.1")
+        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", number))
+        device: Device = await endpoint.connect(client_factory)
+        await device.opened
+        await store.issue_token("iris", "t", 300)
+        device.send(Auth("iris", "t"))
+        assert isinstance(await device.next_frame(), AuthOk)
+        assert await hub.push([PushItem("iris", "m1", "secure", "x")]) == [PushStatus.WRITTEN]
+        assert await device.next_frame() == Push("m1", "secure", "x", {})
+        device.transport.abortConnection()
+        await wait_for(lambda: not hub.all_sessions, timeout=10, what="the session ends")
+    finally:
+        await port.stopListening()
+        hub.stop_timers()
