@@ -420,3 +420,24 @@ async def test_wss_serves_the_same_sessions_over_tls(tmp_path: Any) -> None:
     finally:
         await port.stopListening()
         hub.stop_timers()
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"", ErrorCode.MALFORMED),
+        (b"\x7f", ErrorCode.UNKNOWN_TYPE),
+        (b"\x01\x00", ErrorCode.MALFORMED),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_binary_messages_get_the_error_tcp_gives(
+    running: Running, payload: bytes, code: ErrorCode
+) -> None:
+    device = await running.connect()
+
+    device.sendMessage(payload, isBinary=True)
+
+    error = await device.next_frame()
+    assert isinstance(error, Error) and error.code == code
+    await device.wait_closed()
