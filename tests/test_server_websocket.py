@@ -441,3 +441,20 @@ async def test_bad_binary_messages_get_the_error_tcp_gives(
     error = await device.next_frame()
     assert isinstance(error, Error) and error.code == code
     await device.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_origins_are_logged_within_the_throttle(running: Running) -> None:
+    from twisted.logger import capturedLogs
+
+    from pigeonpush.server.settings import LOG_BURST
+
+    with capturedLogs() as events:
+        for _ in range(LOG_BURST + 3):
+            answer = await running.handshake(
+                {"Sec-WebSocket-Protocol": SUBPROTOCOL, "Origin": "https://evil.example"}
+            )
+            assert answer.startswith(b"HTTP/1.1 403")
+    refusals = [e for e in events if "Refusing a WebSocket" in e.get("log_format", "")]
+    assert len(refusals) == LOG_BURST
+    assert refusals[0]["origin"] == "https://evil.example"

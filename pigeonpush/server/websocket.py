@@ -39,11 +39,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.cors import check_origin
-from pigeonpush.logsafe import untrusted
+from pigeonpush.logsafe import LogThrottle, untrusted
 from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.protocol import ServerProtocol, ServerProtocolFactory
 from pigeonpush.server.session import SessionEvents
-from pigeonpush.server.settings import ServerSettings
+from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.wire.codec import PREFIX_BYTES
 from pigeonpush.wire.frames import ErrorCode
 
@@ -168,11 +168,15 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """Select ``pigeonpush.v1`` or refuse (400); refuse an Origin that
         is not allowed (403)."""
         if not self.factory.origins.allows(request.origin):
-            _log.info(
-                "Refusing a WebSocket from {peer}: Origin {origin} is not allowed",
-                peer=request.peer,
-                origin=untrusted(request.origin),
-            )
+            skipped = self.factory.refusals_log.allow()
+            if skipped is not None:
+                _log.info(
+                    "Refusing a WebSocket from {peer}: Origin {origin} is not allowed "
+                    "({skipped} refusals not logged before this one)",
+                    peer=request.peer,
+                    origin=untrusted(request.origin),
+                    skipped=skipped,
+                )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
         if SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(
@@ -232,6 +236,8 @@ class WebSocketFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)
         self.channels = ServerProtocolFactory(hub, settings, clock, metrics=metrics)
         self.origins = origins
+        #: the log throttle of refused Origins (peers can repeat them at will)
+        self.refusals_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
         self.setProtocolOptions(
             webStatus=False,
             maxMessagePayloadSize=settings.max_frame,
