@@ -1074,3 +1074,24 @@ async def test_accept_refuses_a_send_time_after_the_expiry(store_case: StoreCase
     late = attrs.evolve(note, send_at=note.message.expires_at)
     with pytest.raises(ValueError, match="sendAt"):
         await store_case.store.accept([late])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_message_whose_ttl_ran_out_first_is_never_sent(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice"], ttl=0.5, send_at=store_case.now() + 0.2)
+    message_id = note.message.message_id
+    await store.accept([note])
+
+    async def body_gone() -> bool:
+        return await store.bodies([message_id]) == [None]
+
+    await store_case.eventually(body_gone, within=0.6, what="the body expired")
+    assert await store.release_due(10, 30.0) == 0
+    assert await store.pending_ids("alice") == []
+    assert await store.queue_lag() == 0
+    receipt = await store.receipt(message_id)
+    assert receipt is not None and receipt.states == (RecipientState.EXPIRED,)
+    assert await store.cancel(message_id) is CancelResult.SENT

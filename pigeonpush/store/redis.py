@@ -285,12 +285,17 @@ class RedisStore:
             reads.append(("HMGET", keys.msg_body(message_id), *keys.BODY_FIELDS))
         replies = await self._main.execute(reads)
         calls: list[tuple[Script, list[str], list[str]]] = []
+        expired: list[Command] = []
         for index, message_id in enumerate(claimed):
             flat = _checked(replies[2 * index], "HGETALL")
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             message = _decoded(load_message, message_id, _checked(replies[2 * index + 1], "HMGET"))
-            if keys.RECEIPT_SCHEDULED not in fields or message is None:
-                continue  # cancelled, sent by another worker, or expired: only cleaned up
+            if keys.RECEIPT_SCHEDULED not in fields:
+                continue  # cancelled, sent by another worker, or forgotten: only cleaned up
+            if message is None:
+                # Its TTL ran out while it waited: never sent, its receipt says expired.
+                expired.append(("HDEL", keys.receipt(message_id), keys.RECEIPT_SCHEDULED))
+                continue
             recipients = _decoded(
                 lambda _, v: load_recipients(v), message_id, fields.get("#recipients")
             )
@@ -305,6 +310,8 @@ class RedisStore:
         sent = 0
         for reply in await self._main.run_scripts(calls):
             sent += int(_checked(reply, "release"))
+        for reply in await self._main.execute(expired) if expired else ():
+            _checked(reply, "HDEL")
         # Every claimed entry is done with: sent now, by another worker, or never.
         await self._one("ZREM", keys.SCHEDULE, *claimed)
         return sent
