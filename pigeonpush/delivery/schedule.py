@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.delivery import metrics
 from pigeonpush.store.interface import Store, StoreError
 
 #: Seconds between two looks at the schedule: a message goes out at most this
@@ -81,11 +82,13 @@ class SchedulePoller(Service):
 
     def _released(self, count: int) -> None:
         self.released += count
+        metrics.SCHEDULED_RELEASED.inc(count)
         if count:
             self.log.debug("Released {count} scheduled messages", count=count)
         self._schedule(0 if count >= self.batch else self.interval)
 
     def _failed(self, failure: Failure) -> None:
+        metrics.SCHEDULE_ERRORS.inc()
         if failure.check(StoreError):
             self.log.warn(
                 "Could not release the scheduled messages that are due: {why}",
