@@ -1040,8 +1040,15 @@ async def test_a_cancelled_message_is_never_sent(store_case: StoreCase) -> None:
     assert receipt is not None and receipt.states == (RecipientState.CANCELLED,)
     assert await store.cancel(store_case.new_id()) is CancelResult.UNKNOWN
     plain = store_case.notification(["alice"])
-    await store.accept([plain])
+    past = store_case.notification(["alice"], send_at=store_case.now() - 1)
+    await store.accept([plain, past])
     assert await store.cancel(plain.message.message_id) is CancelResult.SENT
+    # A send time already past is now: an ordinary message.
+    assert await store.cancel(past.message.message_id) is CancelResult.SENT
+    assert await store.pending_ids("alice") == [plain.message.message_id, past.message.message_id]
+    receipt = await store.receipt(past.message.message_id)
+    assert receipt is not None
+    assert (receipt.states, receipt.send_at) == ((RecipientState.PENDING,), None)
 
 
 @pytest_twisted.ensureDeferred

@@ -231,7 +231,7 @@ class MemoryStore:
                     notification.recipients,
                     message.created_at,
                     expires_at,
-                    send_at=send_at,
+                    send_at=send_at if scheduled else None,
                     scheduled=scheduled,
                 ),
                 expires_at + self._receipt_retention,
