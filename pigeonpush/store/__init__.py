@@ -17,6 +17,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.model import (
     Accepted,
+    CancelResult,
     DeviceRecord,
     DropReason,
     Message,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_RECEIPT_RETENTION",
     "Accepted",
+    "CancelResult",
     "DeviceRecord",
     "DropReason",
     "Message",
