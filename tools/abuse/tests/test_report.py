@@ -1,0 +1,103 @@
+"""The verdict and the report of a run."""
+
+from __future__ import annotations
+
+import json
+
+from pigeonpush_abuse.report import MB, AttackResult, Limits, document, judge, table
+
+
+def result(**fields: object) -> AttackResult:
+    base: dict[str, object] = {
+        "name": "ping-flood",
+        "description": "PINGs",
+        "alive": True,
+        "rss_before": 50 * MB,
+        "rss_peak": 60 * MB,
+        "rss_after": 55 * MB,
+        "latencies": [0.01, 0.02],
+    }
+    base.update(fields)
+    return AttackResult(**base)  # type: ignore[arg-type]
+
+
+def test_a_quiet_attack_passes() -> None:
+    outcome = result()
+    assert judge(outcome, Limits()) == []
+    assert outcome.passed
+
+
+def test_a_dead_daemon_fails() -> None:
+    assert judge(result(alive=False), Limits()) == ["the daemon died"]
+
+
+def test_an_unknown_pid_is_no_failure_but_a_silent_health_check_is() -> None:
+    assert judge(result(alive=None, rss_before=None, rss_peak=None), Limits()) == []
+    assert judge(result(healthy=False), Limits()) == [
+        "the daemon did not answer /health after the attack"
+    ]
+
+
+def test_memory_past_the_bound_fails() -> None:
+    problems = judge(result(rss_peak=150 * MB), Limits(max_rss_growth=64 * MB))
+    assert problems == ["RSS grew by 100.0 MB during the attack (bound 64 MB)"]
+
+
+def test_a_slow_or_lost_delivery_fails() -> None:
+    problems = judge(result(latencies=[0.01, 2.5, None, 1.2]), Limits(max_latency=1.0))
+    assert problems == [
+        "1 of 4 legitimate notifications were not delivered in time",
+        "legitimate delivery took up to 2.50 s (2 over 1 s)",
+    ]
+
+
+def test_no_probe_at_all_fails() -> None:
+    assert judge(result(latencies=[]), Limits()) == [
+        "no legitimate delivery was attempted during the attack"
+    ]
+
+
+def test_a_failed_attacker_fails() -> None:
+    assert judge(result(attacker_error="exit status 1: boom"), Limits()) == [
+        "the attack itself failed: exit status 1: boom"
+    ]
+
+
+def test_the_table_shows_the_summary_and_the_details() -> None:
+    good = result(name="random-frames", sent={"frames": 10}, observed={"ERROR MALFORMED": 3})
+    bad = result(latencies=[3.0], log_growth=1200)
+    bad.observed = {"logins": 100}
+    for outcome in (good, bad):
+        judge(outcome, Limits())
+    text = table([good, bad])
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "attack",
+        "up",
+        "RSS",
+        "before/peak/after",
+        "MB",
+        "probes",
+        "p-max",
+        "s",
+        "verdict",
+    ]
+    assert lines[1].split() == ["random-frames", "yes", "50.0/60.0/55.0", "2/2", "0.020", "ok"]
+    assert lines[2].split()[-1] == "FAIL"
+    assert "  sent:     frames=10" in text
+    assert "  observed: ERROR MALFORMED=3" in text
+    assert "  daemon log grew by 1200 bytes" in text
+    assert f"  RSS kept per login after the attack: {5 * MB / 100:.0f} bytes" in text
+    assert "  FAIL: legitimate delivery took up to 3.00 s (1 over 1 s)" in text
+
+
+def test_the_document_is_json_with_the_verdict() -> None:
+    good, bad = result(), result(alive=False)
+    judge(good, Limits())
+    judge(bad, Limits())
+    data = json.loads(json.dumps(document([good, bad], Limits(), seed=42)))
+    assert data["seed"] == 42
+    assert data["passed"] is False
+    assert [attack["passed"] for attack in data["attacks"]] == [True, False]
+    assert data["attacks"][0]["rss_growth"] == 10 * MB
+    assert data["limits"] == {"max_rss_growth": 64 * MB, "max_latency": 1.0}
