@@ -482,9 +482,17 @@ def _pipeline(api: bool) -> Callable[[Context], Awaitable[None]]:
     return attack
 
 
+#: Trickling connections on the notification API. Fewer than on reglog: the
+#: legitimate sender needs that listener, so a per-listener cap that the
+#: trickle fills would refuse it too; running out of file descriptors is
+#: reached through reglog.
+API_TRICKLE_CONNECTIONS = 100
+
+
 def _trickle(api: bool) -> Callable[[Context], Awaitable[None]]:
     async def attack(context: Context) -> None:
         address = context.target.api_address if api else context.target.reglog_address
+        count = min(context.connections, API_TRICKLE_CONNECTIONS) if api else context.connections
         lifetimes: list[float] = []
 
         async def one(index: int) -> None:
@@ -504,7 +512,7 @@ def _trickle(api: bool) -> Callable[[Context], Awaitable[None]]:
 
         # Ramp up: 50 connections every 0.1 s, then hold them all.
         started = []
-        for index in range(context.connections):
+        for index in range(count):
             if context.over():
                 break
             started.append(Deferred.fromCoroutine(one(index)))
@@ -519,7 +527,8 @@ def _trickle(api: bool) -> Callable[[Context], Awaitable[None]]:
 
     attack.__doc__ = (
         f"Connections to {'the notification API' if api else 'reglog'} sending their "
-        "headers one byte a second, never finishing them."
+        "headers one byte a second, never finishing them"
+        + (f" (at most {API_TRICKLE_CONNECTIONS})." if api else ".")
     )
     return attack
 
