@@ -27,6 +27,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import negative_data_rejection
 from twisted.internet.defer import Deferred
 
 from support.cluster import Cluster
@@ -44,6 +45,8 @@ TIMEOUT = 10.0
 #: Keys this close to their expiry (ms) are not compared: Redis removes them
 #: by itself, possibly between two reads of one snapshot.
 EXPIRING_MS = 2000
+#: Operations that answer 200 with a result per item, refused items included.
+PER_ITEM_ANSWERS = frozenset({"POST /v1/notifications/batch"})
 #: Redis is emptied between requests once it holds more keys than this.
 MAX_KEYS = 5000
 
@@ -221,10 +224,59 @@ def apis(
         _block(cluster.close())
 
 
-def fuzz_operation(apis: Apis, api: str, operation: Any, mode: GenerationMode) -> list[str]:
-    """Run ``EXAMPLES`` generated requests; the failures (empty: none)."""
-    base_url = apis.urls[api]
+def _brief(error: BaseException) -> str:
+    """The first lines of an error's message (schemathesis' run long)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: " + " / ".join(lines[:6])
+
+
+def check_case(apis: Apis, api: str, case: Any) -> None:
+    """Send ``case``; AssertionError (or schemathesis' failure) if it failed."""
+    if apis.redis.dbsize() > MAX_KEYS:
+        apis.redis.flushdb()  # accepted notifications pile up; keep snapshots quick
+    before = snapshot(apis.redis)
     headers = {"Authorization": f"Bearer {apis.api_key}"}
+    response = case.call(base_url=apis.urls[api], headers=headers, timeout=TIMEOUT)
+    code = response.status_code
+    if code >= 500:
+        raise AssertionError(f"answered {code}: {response.text[:200]!r}")
+    if 400 <= code < 500:
+        changes = differences(before, snapshot(apis.redis))
+        if changes:
+            raise AssertionError(f"answered {code} and wrote to Redis: {changes[:5]}")
+    # A request the document forbids is refused (schemathesis' check knows
+    # when a negative case is valid after all, once serialized). A batch
+    # answers 200 with a result per item, refusals included.
+    if case.operation.label not in PER_ITEM_ANSWERS:
+        case.validate_response(response, checks=[negative_data_rejection])
+
+
+def _describe(api: str, case: Any, mode: str, error: BaseException) -> str:
+    request = f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r:.300}"
+    return f"{api} {case.operation.label} ({mode}): {_brief(error)} -- {request}"
+
+
+def cover_operation(apis: Apis, api: str, schema: Any, operation: Any) -> list[str]:
+    """schemathesis' coverage cases: each property missing, of another type,
+    at and past its bounds (deterministic); the failures (at most 3)."""
+    seen: list[str] = []
+    cases = schema.iter_coverage_cases(
+        operation,
+        generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        generation_config=schema.config.generation_for(operation=operation),
+    )
+    for case in cases:
+        try:
+            check_case(apis, api, case)
+        except BaseException as e:  # schemathesis' FailureGroup is a BaseExceptionGroup
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                raise
+            seen.append(_describe(api, case, "coverage", e))
+    return seen[:3]
+
+
+def fuzz_operation(apis: Apis, api: str, operation: Any, mode: GenerationMode) -> list[str]:
+    """Run ``EXAMPLES`` generated requests; the failures (at most 3)."""
     seen: list[str] = []
 
     @settings(
@@ -236,29 +288,13 @@ def fuzz_operation(apis: Apis, api: str, operation: Any, mode: GenerationMode) -
     )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
-        request = (
-            f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r:.300}"
-        )
         try:
-            check(case)
-        except Exception as e:
+            check_case(apis, api, case)
+        except BaseException as e:
             # Hypothesis may replay a failure that does not repeat (a timeout):
-            # keep the first words of every one, not only what it reports.
-            seen.append(f"{api} {operation.label} ({mode.value}): {e} -- {request}")
+            # keep every one, not only what it reports.
+            seen.append(_describe(api, case, mode.value, e))
             raise
-
-    def check(case: Any) -> None:
-        if apis.redis.dbsize() > MAX_KEYS:
-            apis.redis.flushdb()  # accepted notifications pile up; keep snapshots quick
-        before = snapshot(apis.redis)
-        response = case.call(base_url=base_url, headers=headers, timeout=TIMEOUT)
-        code = response.status_code
-        if code >= 500:
-            raise AssertionError(f"answered {code}: {response.text[:200]!r}")
-        if 400 <= code < 500:
-            changes = differences(before, snapshot(apis.redis))
-            if changes:
-                raise AssertionError(f"answered {code} and wrote to Redis: {changes[:5]}")
 
     try:
         run()
@@ -266,9 +302,11 @@ def fuzz_operation(apis: Apis, api: str, operation: Any, mode: GenerationMode) -
         # No parameters and no body: nothing to make invalid.
         if mode is not GenerationMode.NEGATIVE:
             raise
-    except Exception as e:
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
         if not seen:
-            seen.append(f"{api} {operation.label} ({mode.value}): {type(e).__name__}: {e}")
+            seen.append(f"{api} {operation.label} ({mode.value}): {_brief(e)}")
     return seen[:3]
 
 
@@ -279,6 +317,7 @@ def test_fuzz_api_from_its_openapi_document(apis: Apis, api: str) -> None:
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        failures += cover_operation(apis, api, schema, operation)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             failures += fuzz_operation(apis, api, operation, mode)
     for daemon in apis.cluster.started:
