@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 
 MB = 1024 * 1024
+#: Logins an attack makes before the report gives the RSS kept per login.
+MIN_LOGINS = 1000
 
 
 @attrs.frozen(slots=True)
@@ -110,9 +112,10 @@ def judge(result: AttackResult, limits: Limits) -> list[str]:
 
 
 def retained_per_login(result: AttackResult) -> float | None:
-    """RSS after minus before, per login the attack made (None: no logins)."""
+    """RSS after minus before, per login the attack made (None: fewer than
+    MIN_LOGINS, too few for the figure to mean anything)."""
     logins = result.observed.get("logins")
-    if not logins or result.rss_before is None or result.rss_after is None:
+    if not logins or logins < MIN_LOGINS or result.rss_before is None or result.rss_after is None:
         return None
     return (result.rss_after - result.rss_before) / logins
 

@@ -66,7 +66,7 @@ def test_a_failed_attacker_fails() -> None:
 def test_the_table_shows_the_summary_and_the_details() -> None:
     good = result(name="random-frames", sent={"frames": 10}, observed={"ERROR MALFORMED": 3})
     bad = result(latencies=[3.0], log_growth=1200)
-    bad.observed = {"logins": 100}
+    bad.observed = {"logins": 1000}
     for outcome in (good, bad):
         judge(outcome, Limits())
     text = table([good, bad])
@@ -87,8 +87,15 @@ def test_the_table_shows_the_summary_and_the_details() -> None:
     assert "  sent:     frames=10" in text
     assert "  observed: ERROR MALFORMED=3" in text
     assert "  daemon log grew by 1200 bytes" in text
-    assert f"  RSS kept per login after the attack: {5 * MB / 100:.0f} bytes" in text
+    assert f"  RSS kept per login after the attack: {5 * MB / 1000:.0f} bytes" in text
     assert "  FAIL: legitimate delivery took up to 3.00 s (1 over 1 s)" in text
+
+
+def test_the_rss_per_login_needs_enough_logins() -> None:
+    from pigeonpush_abuse.report import retained_per_login
+
+    assert retained_per_login(result(observed={"logins": 20})) is None
+    assert retained_per_login(result(observed={"logins": 5000})) == 5 * MB / 5000
 
 
 def test_the_document_is_json_with_the_verdict() -> None:
