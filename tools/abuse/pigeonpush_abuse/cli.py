@@ -5,8 +5,9 @@
         --api http://127.0.0.1:8200 --api-key KEY --pid 1234   # a running one
 
 Exit status: 0 when every attack passed, 1 when one failed (the daemon died,
-its RSS grew past ``--max-rss-growth``, or a legitimate notification took over
-``--max-latency``), 2 for bad arguments. ``attack NAME ...`` is the child the
+its RSS grew past ``--max-rss-growth`` or kept more than
+``--max-rss-per-login`` per finished login, or a legitimate notification took
+over ``--max-latency``), 2 for bad arguments. ``attack NAME ...`` is the child the
 runner starts for each attack.
 """
 
@@ -108,6 +109,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fail when a legitimate notification takes longer (default 1)",
     )
+    p.add_argument(
+        "--max-rss-per-login",
+        type=_bounded(int, 1, 1 << 30),
+        default=report.Limits().max_rss_per_login,
+        metavar="BYTES",
+        help="fail when an attack of 10,000 logins or more leaves the RSS this much "
+        "higher per login (default 256)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     own = p.add_argument_group("the standalone it starts (when no --device is given)")
     own.add_argument(
@@ -178,7 +187,9 @@ async def _run(reactor: Any, options: argparse.Namespace) -> NoReturn:
     seed = options.seed if options.seed is not None else random.randrange(1 << 32)
     names = options.attack or list(ATTACKS)
     limits = report.Limits(
-        max_rss_growth=int(options.max_rss_growth * report.MB), max_latency=options.max_latency
+        max_rss_growth=int(options.max_rss_growth * report.MB),
+        max_latency=options.max_latency,
+        max_rss_per_login=options.max_rss_per_login,
     )
     standalone = None
     if target is None:

@@ -18,6 +18,8 @@ import attrs
 MB = 1024 * 1024
 #: Logins an attack makes before the report gives the RSS kept per login.
 MIN_LOGINS = 1000
+#: Logins an attack makes before the RSS kept per login is judged.
+MIN_JUDGED_LOGINS = 10000
 
 
 @attrs.frozen(slots=True)
@@ -28,6 +30,9 @@ class Limits:
     max_rss_growth: int = 64 * MB
     #: seconds from the API request to the legitimate client's callback
     max_latency: float = 1.0
+    #: RSS after the attack minus before, per finished login (judged from
+    #: MIN_JUDGED_LOGINS logins): what a closed session leaves behind
+    max_rss_per_login: int = 256
 
 
 @attrs.define(slots=True)
@@ -104,6 +109,13 @@ def judge(result: AttackResult, limits: Limits) -> list[str]:
         slow = sum(1 for latency in result.delivered if latency > limits.max_latency)
         problems.append(
             f"legitimate delivery took up to {slowest:.2f} s ({slow} over {limits.max_latency:g} s)"
+        )
+    retained = retained_per_login(result)
+    logins = result.observed.get("logins", 0)
+    if retained is not None and logins >= MIN_JUDGED_LOGINS and retained > limits.max_rss_per_login:
+        problems.append(
+            f"RSS kept {retained:.0f} bytes per login after {logins} logins "
+            f"(bound {limits.max_rss_per_login} bytes)"
         )
     if result.attacker_error is not None:
         problems.append(f"the attack itself failed: {result.attacker_error}")

@@ -57,6 +57,17 @@ def test_no_probe_at_all_fails() -> None:
     ]
 
 
+def test_memory_kept_per_login_fails_after_enough_logins() -> None:
+    kept = result(rss_after=50 * MB + 20000 * 500, observed={"logins": 20000})
+    assert judge(kept, Limits(max_rss_per_login=256)) == [
+        "RSS kept 500 bytes per login after 20000 logins (bound 256 bytes)"
+    ]
+    few = result(rss_after=50 * MB + 5000 * 500, observed={"logins": 5000})
+    assert judge(few, Limits(max_rss_per_login=256)) == []
+    fine = result(rss_after=50 * MB + 20000 * 100, observed={"logins": 20000})
+    assert judge(fine, Limits(max_rss_per_login=256)) == []
+
+
 def test_a_failed_attacker_fails() -> None:
     assert judge(result(attacker_error="exit status 1: boom"), Limits()) == [
         "the attack itself failed: exit status 1: boom"
@@ -107,4 +118,8 @@ def test_the_document_is_json_with_the_verdict() -> None:
     assert data["passed"] is False
     assert [attack["passed"] for attack in data["attacks"]] == [True, False]
     assert data["attacks"][0]["rss_growth"] == 10 * MB
-    assert data["limits"] == {"max_rss_growth": 64 * MB, "max_latency": 1.0}
+    assert data["limits"] == {
+        "max_rss_growth": 64 * MB,
+        "max_latency": 1.0,
+        "max_rss_per_login": 256,
+    }
