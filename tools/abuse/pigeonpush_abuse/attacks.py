@@ -34,6 +34,7 @@ from pigeonpush.wire.frames import (
     AuthFailCode,
     AuthOk,
     Error,
+    ErrorCode,
     Kick,
     KickReason,
     Push,
@@ -361,6 +362,40 @@ async def client_push(context: Context) -> None:
     await context.workers(20, work)
 
 
+#: Strings a log must not take verbatim: terminal escapes, NUL, a forged line.
+EVIL_STRINGS: tuple[str, ...] = (
+    "x\x1b[31mred\x1b[0m\x1b]0;title\x07",
+    "nul\x00byte",
+    "ok\n2026-12-06T00:00:00+0000 [pigeonpush.server#info] admin logged in",
+    "carriage\rreturn\x08\x7f",
+)
+
+
+def evil_client_id(rng: random.Random) -> str:
+    """A clientId no reglog would route: control characters, or 8,000 bytes."""
+    if rng.random() < 0.3:
+        return "A" * 8000
+    return rng.choice(EVIL_STRINGS) + f"-{rng.getrandbits(32):08x}"
+
+
+async def log_injection(context: Context) -> None:
+    """AUTH with made-up tokens and clientIds holding terminal escapes, NUL,
+    newlines with a forged log line, or 8,000 bytes; and ERROR frames with
+    such text: each refusal is something the server may log."""
+
+    async def work(index: int) -> None:
+        client = await connect(context, context.target.device)
+        if context.rng.random() < 0.8:
+            frame = encode(Auth(evil_client_id(context.rng), "t" * 22))
+            client.write(frame, "AUTH")
+        else:
+            text = context.rng.choice(EVIL_STRINGS)
+            client.write(encode(Error(ErrorCode.INTERNAL, text)), "ERROR")
+        await client.wait_closed(2.0)
+
+    await context.workers(20, work)
+
+
 async def ping_flood(context: Context) -> None:
     """Authenticated clients that never read, PINGing as fast as the socket takes."""
     batch = encode(PING) * 200
@@ -540,6 +575,7 @@ ATTACKS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "oversized-prefix": oversized_prefix,
     "before-auth": before_auth,
     "client-push": client_push,
+    "log-injection": log_injection,
     "ping-flood": ping_flood,
     "slow-sender": slow_sender,
     "never-reading": never_reading,

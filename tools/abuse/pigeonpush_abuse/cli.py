@@ -117,6 +117,14 @@ def parser() -> argparse.ArgumentParser:
         help="fail when an attack of 10,000 logins or more leaves the RSS this much "
         "higher per login (default 256)",
     )
+    p.add_argument(
+        "--max-log-rate",
+        type=_bounded(int, 1, 1 << 30),
+        default=report.Limits().max_log_rate // 1024,
+        metavar="KB",
+        help="fail when the daemon logs more than this many KB a second during "
+        "log-injection (default 64)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     own = p.add_argument_group("the standalone it starts (when no --device is given)")
     own.add_argument(
@@ -190,6 +198,7 @@ async def _run(reactor: Any, options: argparse.Namespace) -> NoReturn:
         max_rss_growth=int(options.max_rss_growth * report.MB),
         max_latency=options.max_latency,
         max_rss_per_login=options.max_rss_per_login,
+        max_log_rate=options.max_log_rate * 1024,
     )
     standalone = None
     if target is None:

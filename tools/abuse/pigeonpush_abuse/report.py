@@ -18,6 +18,9 @@ import attrs
 MB = 1024 * 1024
 #: Logins an attack makes before the report gives the RSS kept per login.
 MIN_LOGINS = 1000
+#: Attacks whose log growth is judged against Limits.max_log_rate: they are
+#: refusals only, which a daemon logs at a bounded rate.
+LOG_RATE_JUDGED = frozenset({"log-injection"})
 #: Logins an attack makes before the RSS kept per login is judged.
 MIN_JUDGED_LOGINS = 10000
 
@@ -33,6 +36,9 @@ class Limits:
     #: RSS after the attack minus before, per finished login (judged from
     #: MIN_JUDGED_LOGINS logins): what a closed session leaves behind
     max_rss_per_login: int = 256
+    #: bytes a second the daemon's log may grow during the log-injection
+    #: attack (refusals are logged at a bounded rate)
+    max_log_rate: int = 64 * 1024
 
 
 @attrs.define(slots=True)
@@ -57,6 +63,9 @@ class AttackResult:
     latencies: list[float | None] = attrs.Factory(list)
     #: bytes the daemon's log grew by during the attack (None: no log file)
     log_growth: int | None = None
+    #: control characters (ESC, NUL, CR...; newline and tab aside) that the
+    #: attack got into the daemon's log (None: not read)
+    log_controls: int | None = None
     #: the attacker failed itself (its traceback or exit status)
     attacker_error: str | None = None
     problems: list[str] = attrs.Factory(list)
@@ -109,6 +118,21 @@ def judge(result: AttackResult, limits: Limits) -> list[str]:
         slow = sum(1 for latency in result.delivered if latency > limits.max_latency)
         problems.append(
             f"legitimate delivery took up to {slowest:.2f} s ({slow} over {limits.max_latency:g} s)"
+        )
+    if result.log_controls:
+        problems.append(
+            f"{result.log_controls} control characters (ESC, NUL, CR...) reached the "
+            "daemon's log verbatim"
+        )
+    if (
+        result.name in LOG_RATE_JUDGED
+        and result.log_growth is not None
+        and result.duration > 0
+        and result.log_growth / result.duration > limits.max_log_rate
+    ):
+        problems.append(
+            f"the daemon's log grew by {result.log_growth / result.duration / 1024:.0f} KB/s "
+            f"(bound {limits.max_log_rate / 1024:.0f} KB/s)"
         )
     retained = retained_per_login(result)
     logins = result.observed.get("logins", 0)

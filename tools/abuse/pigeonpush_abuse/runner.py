@@ -272,6 +272,42 @@ def _log_size(path: Path | None) -> int | None:
     return total
 
 
+def _file_size(path: Path | None) -> int:
+    try:
+        return 0 if path is None else path.stat().st_size
+    except OSError:
+        return 0
+
+
+#: Bytes of a log that are never there verbatim in a clean log: C0 controls
+#: but tab and newline, and DEL.
+CONTROLS = frozenset(range(0x20)) - {0x09, 0x0A} | {0x7F}
+
+
+def count_controls(data: bytes) -> int:
+    return sum(1 for byte in data if byte in CONTROLS)
+
+
+def _log_controls(path: Path | None, offset: int) -> int | None:
+    """Control characters written to the log since ``offset`` (the whole
+    current file, and the newest rotated one, when it rotated meanwhile)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as log:
+            if log.seek(0, 2) >= offset:
+                log.seek(offset)
+                return count_controls(log.read())
+            log.seek(0)
+            data = log.read()
+        rotated = path.with_name(path.name + ".1")
+        if rotated.exists():
+            data += rotated.read_bytes()
+        return count_controls(data)
+    except OSError:
+        return None
+
+
 @attrs.define(slots=True)
 class Runner:
     reactor: Any
@@ -290,6 +326,7 @@ class Runner:
         if self.pid is not None:
             result.rss_before = result.rss_peak = rss(self.pid)
         log_before = _log_size(self.log_path)
+        log_offset = _file_size(self.log_path)
 
         def sample() -> None:
             if self.pid is not None:
@@ -345,6 +382,7 @@ class Runner:
         log_after = _log_size(self.log_path)
         if log_before is not None and log_after is not None:
             result.log_growth = log_after - log_before
+            result.log_controls = _log_controls(self.log_path, log_offset)
         judge(result, self.limits)
         return result
 

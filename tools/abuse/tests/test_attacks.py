@@ -55,3 +55,21 @@ def test_garbage_from_the_server_is_counted_not_raised() -> None:
     protocol.dataReceived(b"\xff\xff\xff\xff")
     assert context.observed["undecodable frame from server"] == 1
     assert context.observed["oversized frame from server"] == 1
+
+
+def test_evil_client_ids_fit_an_auth_frame() -> None:
+    from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, PREFIX_BYTES
+    from pigeonpush.wire.frames import Auth
+    from pigeonpush_abuse.attacks import evil_client_id
+
+    rng = random.Random(9)
+    for _ in range(100):
+        frame = encode(Auth(evil_client_id(rng), "t" * 22))
+        assert len(frame) - PREFIX_BYTES <= DEFAULT_MAX_FRAME
+
+
+def test_control_characters_are_counted_but_tab_and_newline_are_not() -> None:
+    from pigeonpush_abuse.runner import count_controls
+
+    assert count_controls(b"line\tone\nline two\n") == 0
+    assert count_controls(b"\x1b[31m\x00\r\x7f") == 4

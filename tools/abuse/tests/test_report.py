@@ -68,6 +68,23 @@ def test_memory_kept_per_login_fails_after_enough_logins() -> None:
     assert judge(fine, Limits(max_rss_per_login=256)) == []
 
 
+def test_control_characters_in_the_log_fail_any_attack() -> None:
+    assert judge(result(log_controls=3), Limits()) == [
+        "3 control characters (ESC, NUL, CR...) reached the daemon's log verbatim"
+    ]
+    assert judge(result(log_controls=0), Limits()) == []
+
+
+def test_the_log_rate_is_judged_for_log_injection_only() -> None:
+    noisy = {"duration": 10.0, "log_growth": 10 * 100 * 1024}
+    assert judge(result(name="log-injection", **noisy), Limits(max_log_rate=64 * 1024)) == [
+        "the daemon's log grew by 100 KB/s (bound 64 KB/s)"
+    ]
+    assert judge(result(name="random-frames", **noisy), Limits(max_log_rate=64 * 1024)) == []
+    quiet = {"duration": 10.0, "log_growth": 10 * 1024}
+    assert judge(result(name="log-injection", **quiet), Limits()) == []
+
+
 def test_a_failed_attacker_fails() -> None:
     assert judge(result(attacker_error="exit status 1: boom"), Limits()) == [
         "the attack itself failed: exit status 1: boom"
@@ -122,4 +139,5 @@ def test_the_document_is_json_with_the_verdict() -> None:
         "max_rss_growth": 64 * MB,
         "max_latency": 1.0,
         "max_rss_per_login": 256,
+        "max_log_rate": 64 * 1024,
     }
