@@ -17,6 +17,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.model import (
     Accepted,
+    DeadUplink,
     DeviceRecord,
     DropReason,
     Message,
@@ -24,12 +25,15 @@ from pigeonpush.store.model import (
     QueueEntry,
     Receipt,
     RecipientState,
+    Uplink,
+    UplinkStored,
 )
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_RECEIPT_RETENTION",
     "Accepted",
+    "DeadUplink",
     "DeviceRecord",
     "DropReason",
     "Message",
@@ -39,6 +43,8 @@ __all__ = [
     "RecipientState",
     "Store",
     "StoreError",
+    "Uplink",
+    "UplinkStored",
     "open_store",
 ]
 
