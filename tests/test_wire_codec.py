@@ -334,12 +334,18 @@ def test_uplink_data_must_be_a_map_of_strings() -> None:
 
 
 def test_uplink_limits_are_explained() -> None:
-    assert uplink_problem("u-1", {"k": "v" * 100}) is None
-    assert uplink_problem("", {}) == "uplinkId must be 1 to 64 bytes of UTF-8, not 0"
-    assert "not 65" in (uplink_problem("x" * 65, {}) or "")
+    def problem(uplink_id: str, data: dict[str, str]) -> tuple[str, str] | None:
+        error = uplink_problem(uplink_id, data)
+        return None if error is None else (error.code.name, str(error))
+
+    assert problem("u-1", {"k": "v" * 100}) is None
+    assert problem("", {}) == ("MALFORMED", "uplinkId must be 1 to 64 bytes of UTF-8, not 0")
+    assert problem("x" * 65, {}) == (
+        "MALFORMED",
+        "uplinkId must be 1 to 64 bytes of UTF-8, not 65",
+    )
     pairs = {str(n): "" for n in range(MAX_UPLINK_PAIRS + 1)}
-    assert uplink_problem("u", pairs) == "data has 65 pairs; the limit is 64"
-    at_limit = {"k": "v" * (MAX_UPLINK_DATA_BYTES - 1)}
-    assert uplink_problem("u", at_limit) is None
+    assert problem("u", pairs) == ("MALFORMED", "data has 65 pairs; the limit is 64")
+    assert problem("u", {"k": "v" * (MAX_UPLINK_DATA_BYTES - 1)}) is None
     over = {"k": "é" * (MAX_UPLINK_DATA_BYTES // 2)}
-    assert uplink_problem("u", over) == "data is 4097 bytes of UTF-8; the limit is 4096"
+    assert problem("u", over) == ("TOO_LARGE", "data is 4097 bytes of UTF-8; the limit is 4096")

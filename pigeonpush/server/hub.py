@@ -33,10 +33,19 @@ from pigeonpush.server.acks import AckBatcher
 from pigeonpush.server.protocol import ServerProtocol, State
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.settings import ServerSettings
+from pigeonpush.server.uplink import UplinkReceiver, send_answer
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
-from pigeonpush.wire.frames import Auth, AuthFail, AuthFailCode, AuthOk, Kick, KickReason
+from pigeonpush.wire.frames import (
+    Auth,
+    AuthFail,
+    AuthFailCode,
+    AuthOk,
+    Kick,
+    KickReason,
+    Uplink,
+)
 
 _T = TypeVar("_T")
 
@@ -106,6 +115,7 @@ class PushHub:
         server_address: str | None = None,
         pull_source: PullSource | None = None,
         acks: AckBatcher | None = None,
+        uplinks: UplinkReceiver | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -115,6 +125,7 @@ class PushHub:
         self.server_address = server_address
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock)
+        self.uplinks = uplinks if uplinks is not None else UplinkReceiver(store, clock)
         #: clientId -> its live connection (ACTIVE, or CLOSING until connectionLost)
         self.channels: dict[str, ServerProtocol] = {}
         #: every open connection, authenticated or not
@@ -633,6 +644,13 @@ class PushHub:
         assert in_flight is not None
         if message_id in in_flight:
             self._delivery_failed(proto, [message_id], retry_after)
+
+    def uplinked(self, proto: ServerProtocol, frame: Uplink) -> None:
+        """An UPLINK: the receiver stores it; its answer (UPLINK_ACK, or ERROR
+        and the close) goes back if the connection is still open."""
+        assert proto.client_id is not None
+        answer = self.uplinks.receive(proto, proto.client_id, proto.version, frame)
+        answer.addCallback(send_answer, proto)
 
     def _check_deliveries(self) -> None:
         """The one timer for every connection: PUSHes not ACKed within

@@ -49,6 +49,8 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Uplink,
+    UplinkAck,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -305,6 +307,9 @@ class ServerProtocol(FrameProtocol):
                     return
                 self.hub.nacked(self, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
                 return
+            if kind is Uplink:
+                self.hub.uplinked(self, frame)  # type: ignore[arg-type]
+                return
         elif kind is Auth and self.state == _AWAITING_AUTH:
             self.state = State.AUTHENTICATING
             self.hub.authenticate(self, frame)  # type: ignore[arg-type]
@@ -372,6 +377,8 @@ _NAMES: dict[type, str] = {
     Kick: "KICK",
     Error: "ERROR",
     Nack: "NACK",
+    Uplink: "UPLINK",
+    UplinkAck: "UPLINK_ACK",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

@@ -371,17 +371,26 @@ def encode(frame: Frame) -> bytes:
     return encoder(frame)
 
 
-def uplink_problem(uplink_id: str, data: Mapping[str, str]) -> str | None:
+def uplink_problem(uplink_id: str, data: Mapping[str, str]) -> DecodeError | None:
     """What makes an UPLINK unacceptable beyond its encoding (the limits of
-    docs/protocol.rst: id length, number of pairs, data size), or None."""
+    docs/protocol.rst), as the error to answer: MALFORMED for the id's length
+    or the number of pairs, TOO_LARGE for the data's size; None if nothing."""
     size = len(uplink_id.encode())
     if not 1 <= size <= MAX_UPLINK_ID_BYTES:
-        return f"uplinkId must be 1 to {MAX_UPLINK_ID_BYTES} bytes of UTF-8, not {size}"
+        return DecodeError(
+            ErrorCode.MALFORMED,
+            f"uplinkId must be 1 to {MAX_UPLINK_ID_BYTES} bytes of UTF-8, not {size}",
+        )
     if len(data) > MAX_UPLINK_PAIRS:
-        return f"data has {len(data)} pairs; the limit is {MAX_UPLINK_PAIRS}"
+        return DecodeError(
+            ErrorCode.MALFORMED, f"data has {len(data)} pairs; the limit is {MAX_UPLINK_PAIRS}"
+        )
     total = sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
     if total > MAX_UPLINK_DATA_BYTES:
-        return f"data is {total} bytes of UTF-8; the limit is {MAX_UPLINK_DATA_BYTES}"
+        return DecodeError(
+            ErrorCode.TOO_LARGE,
+            f"data is {total} bytes of UTF-8; the limit is {MAX_UPLINK_DATA_BYTES}",
+        )
     return None
 
 
