@@ -115,8 +115,20 @@ def test_help_lists_every_option() -> None:
         "auth-mode",
         "admin-key",
         "drain-period",
+        "uplink-webhook",
+        "uplink-webhook-secret",
+        "uplink-webhook-secret-file",
     ):
         assert f"--{name}" in text, name
+
+
+def test_the_webhook_options_reach_the_notification_part() -> None:
+    options = parse(
+        "--uplink-webhook", "http://127.0.0.1:9/hook",
+        "--uplink-webhook-secret", "webhook-secret-0123456789",
+    )  # fmt: skip
+    assert options.notification["webhook"].url == "http://127.0.0.1:9/hook"
+    assert parse().notification["webhook"] is None
 
 
 def test_a_key_is_generated_when_none_is_given() -> None:
