@@ -195,6 +195,11 @@ export class PushClient extends EventTarget {
   stop(): Promise<void>;
   close(): Promise<void>;
   whenOnline(): Promise<Online>;
+  /** Resolves with the uplinkId once the server stored it (UPLINK_ACK). */
+  sendUplink(
+    data: Extras | Map<string, string>,
+    options?: { uplinkId?: string | null; resendOnReconnect?: boolean },
+  ): Promise<string>;
   on<K extends keyof PushClientEventMap>(
     type: K,
     listener: (event: PushClientEvent<PushClientEventMap[K]>) => void,
@@ -233,6 +238,11 @@ export class SessionReplaced extends PushClientError {}
 export class RetryLater extends Error {
   constructor(retryAfter: number, reason?: string);
   retryAfter: number;
+}
+export class UplinkNotSent extends Error {
+  constructor(uplinkId: string, reason: string);
+  uplinkId: string;
+  reason: string;
 }
 
 // --- backoff, de-duplication, routes ----------------------------------------------
