@@ -131,6 +131,8 @@ def test_bad_uplinks_are_refused_before_sending() -> None:
         h.client.send_uplink({"k": "v" * 4096})
     with pytest.raises(ValueError, match="uplinkId must be 1 to 64 bytes"):
         h.client.send_uplink({}, uplink_id="")
+    with pytest.raises(TypeError, match="uplink_id must be a str, not int"):
+        h.client.send_uplink({}, uplink_id=7)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="mapping of str to str"):
         h.client.send_uplink({"k": 1})  # type: ignore[dict-item]
     h.client.send_uplink({}, uplink_id="u-1")

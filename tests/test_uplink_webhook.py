@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
 from pigeonpush.notification.webhook import (
@@ -23,6 +23,7 @@ from pigeonpush.notification.webhook import (
     verify,
 )
 from pigeonpush.store import Store, Uplink, open_store
+from pigeonpush.store.memory import MemoryStore
 from support.servers import free_port
 from support.waiting import wait_for
 from support.webhook_receiver import WebhookReceiver
@@ -223,3 +224,34 @@ def test_a_stopped_sender_stops_waiting() -> None:
     assert stopped.called
     clock.advance(60)
     assert sender.sent == 0
+
+
+class BrokenOnce(MemoryStore):
+    """The memory store whose first reclaim_uplinks fails with a bug."""
+
+    broken = True
+
+    def reclaim_uplinks(self, consumer: str, min_idle: float, count: int) -> Deferred[Any]:
+        if self.broken:
+            self.broken = False
+            return fail(RuntimeError("a bug"))
+        return super().reclaim_uplinks(consumer, min_idle, count)
+
+
+def test_a_bug_is_logged_and_the_sender_goes_on(logged_failures: Any) -> None:
+    clock = Clock()
+    store = BrokenOnce(clock)
+    posted: list[bytes] = []
+
+    def post(url: str, body: bytes, headers: Any) -> Deferred[int]:
+        posted.append(body)
+        return succeed(200)
+
+    sender = UplinkWebhook(store, clock, WebhookSettings("http://h/", SECRET), post)
+    sender.startService()
+    assert len(logged_failures.flush(RuntimeError)) == 1
+    uplink = Uplink("dev-1", "u-1", {}, received_at=clock.seconds())
+    store.add_uplink(uplink, dedup_window=60, max_len=10)
+    clock.advance(1.0)
+    assert sender.sent == 1 and len(posted) == 1
+    sender.stopService()

@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from pigeonpush.notification import metrics
 from pigeonpush.notification.uplinks import uplink_body
 from pigeonpush.store.interface import DEFAULT_DEAD_UPLINK_MAX, Store, StoreError
 from pigeonpush.store.model import DeadUplink, Uplink
@@ -147,7 +148,9 @@ def treq_poster(reactor: Any, timeout: float) -> tuple[Poster, Callable[[], Defe
     async def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
         all_headers: dict[str | bytes, str | bytes] = {"Content-Type": "application/json"}
         all_headers.update(headers)
-        response = await client.post(url, data=body, headers=all_headers, timeout=timeout)
+        response = await client.post(
+            url, data=body, headers=all_headers, timeout=timeout, reactor=reactor
+        )
         await response.content()  # drained, so the connection can be reused
         return int(response.code)
 
@@ -195,18 +198,27 @@ class UplinkWebhook(Service):
         return succeed(None)
 
     async def _run(self) -> None:
-        settings = self.settings
         while True:
             try:
-                uplinks = await self.store.reclaim_uplinks(self.consumer, settings.lease, 10)
-                if not uplinks:
-                    uplinks = await self.store.claim_uplinks(self.consumer, 10, settings.block)
+                await self._round()
+            except CancelledError:
+                raise
             except StoreError as e:
                 log.warn("Cannot read uplinks for the webhook: {error}", error=str(e))
                 await deferLater(self.clock, 1.0, lambda: None)
-                continue
-            for uplink in uplinks:
-                await self._deliver(uplink)
+            except Exception:
+                # A bug must not end the sending for good: log it, go on.
+                log.failure("The uplink webhook failed; going on in 1 s")
+                await deferLater(self.clock, 1.0, lambda: None)
+
+    async def _round(self) -> None:
+        """Take over a crashed sender's uplinks, or wait for new ones; send them."""
+        settings = self.settings
+        uplinks = await self.store.reclaim_uplinks(self.consumer, settings.lease, 10)
+        if not uplinks:
+            uplinks = await self.store.claim_uplinks(self.consumer, 10, settings.block)
+        for uplink in uplinks:
+            await self._deliver(uplink)
 
     async def _deliver(self, uplink: Uplink) -> None:
         """POST until a 2xx or ``attempts`` failures; then settle the entry."""
@@ -229,9 +241,11 @@ class UplinkWebhook(Service):
             else:
                 if 200 <= status < 300:
                     self.sent += 1
+                    metrics.UPLINK_WEBHOOK.labels(outcome="sent").inc()
                     await self._settle(uplink)
                     return
                 error = f"HTTP {status}"
+            metrics.UPLINK_WEBHOOK.labels(outcome="failed").inc()
             if attempt < len(delays):
                 log.info(
                     "Uplink {entry_id} to the webhook failed ({error}); retrying in {delay:g} s",
@@ -250,6 +264,7 @@ class UplinkWebhook(Service):
         dead = DeadUplink(uplink, settings.attempts, error, self.clock.seconds())
         await self._store_retrying(lambda: self.store.add_dead_uplink(dead, settings.dead_max))
         self.dead += 1
+        metrics.UPLINK_WEBHOOK.labels(outcome="dead").inc()
         await self._settle(uplink)
 
     async def _settle(self, uplink: Uplink) -> None:

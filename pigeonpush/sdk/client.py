@@ -350,6 +350,8 @@ class PushClient:
         """
         if uplink_id is None:
             uplink_id = secrets.token_urlsafe(12)
+        elif not isinstance(uplink_id, str):
+            raise TypeError(f"uplink_id must be a str, not {type(uplink_id).__name__}")
         if not isinstance(data, Mapping) or not all(
             isinstance(key, str) and isinstance(value, str) for key, value in data.items()
         ):
