@@ -143,6 +143,35 @@ async def test_send_failures_exit_1_with_the_reason(
 
 
 @pytest_twisted.ensureDeferred
+async def test_send_later_with_a_collapse_key_then_cancel(api: Api) -> None:
+    args = ("--api", api.url, "--key", KEY)
+    sent = await api.run(
+        "send", *args, "--to", "a", "--title", "t", "--text", "x", "--delay", "600",
+        "--collapse-key", "score",
+    )  # fmt: skip
+    assert sent.code == 0, sent.err
+    message_id = sent.out.strip()
+    receipt = await api.store.receipt(message_id)
+    assert receipt is not None and receipt.send_at is not None
+    assert receipt.pending == ()
+    cancelled = await api.run("cancel", *args, message_id)
+    assert (cancelled.code, cancelled.out.strip()) == (0, "cancelled")
+    now = await api.run(
+        "send", *args, "--to", "a", "--title", "t", "--text", "x", "--at", "2020-01-01T00:00:00Z"
+    )
+    assert now.code == 0, now.err
+    assert await api.store.pending_ids("a") == [now.out.strip()]
+    late = await api.run("cancel", *args, now.out.strip())
+    assert late.code == 1
+    assert "already_sent" in late.err
+    both = await api.run(
+        "send", *args, "--to", "a", "--title", "t", "--text", "x", "--delay", "5", "--at", "x"
+    )
+    assert both.code == 2
+    assert "not allowed with argument" in both.err
+
+
+@pytest_twisted.ensureDeferred
 async def test_status_of_an_unknown_message_exits_1(api: Api) -> None:
     run = await api.run("status", "--api", api.url, "--key", KEY, "01HZX3JQ6Q4V8Y2N7K5M9T1B3C")
     assert run.code == 1

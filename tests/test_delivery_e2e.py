@@ -146,9 +146,9 @@ class Cluster:
         device.sendFrame(Auth(client_id, token))
         return device
 
-    async def send(self, to: list[str], text: str, ttl: int | None = None) -> str:
+    async def send(self, to: list[str], text: str, ttl: int | None = None, **more: Any) -> str:
         assert self.api is not None
-        body: dict[str, Any] = {"to": to, "title": "e2e", "text": text}
+        body: dict[str, Any] = {"to": to, "title": "e2e", "text": text, **more}
         if ttl is not None:
             body["ttl"] = ttl
         answer = await self.api.post("/v1/notifications", body, headers=AUTH)
@@ -260,3 +260,59 @@ async def test_a_kick_through_the_api_disconnects_the_device_and_revokes_its_tok
     # Nobody is connected as kim now: a second kick closes nothing.
     answer = await cluster.api.request("DELETE", "/v1/devices/kim/session", headers=AUTH)
     assert answer.json == {"clientId": "kim", "disconnected": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_notification_arrives_on_time_and_a_cancelled_one_never(
+    cluster: Cluster,
+) -> None:
+    from twisted.internet import reactor
+
+    assert cluster.api is not None
+    device = await cluster.connect("sam")
+    cancelled = await cluster.send(["sam"], "never", delay=1)
+    answer = await cluster.api.request("DELETE", f"/v1/notifications/{cancelled}", headers=AUTH)
+    assert answer.status == 200
+    before = reactor.seconds()
+    scheduled = await cluster.send(["sam"], "later", delay=2)
+    after = reactor.seconds()
+    assert (await cluster.receipt(scheduled)).json["scheduled"] == ["sam"]
+    push = await device.next_push(reactor)
+    arrived = reactor.seconds()
+    assert (push.message_id, push.text) == (scheduled, "later")
+    # Not before its time, and within a second of it.
+    assert before + 2 <= arrived <= after + 2 + 1.0
+    device.sendFrame(Ack(scheduled))
+
+    async def acked() -> bool:
+        return bool((await cluster.receipt(scheduled)).json["ackedBy"] == ["sam"])
+
+    await wait_for(acked, timeout=10, interval=0.1, what="the ACK of the scheduled message")
+    receipt = (await cluster.receipt(cancelled)).json
+    assert (receipt["cancelled"], receipt["pending"]) == (["sam"], [])
+    assert [f.message_id for f in device.frames if isinstance(f, Push)] == [scheduled]
+    late = await cluster.api.request("DELETE", f"/v1/notifications/{scheduled}", headers=AUTH)
+    assert (late.status, late.json["error"]) == (409, "already_sent")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_offline_device_gets_only_the_newest_of_a_collapse_key(cluster: Cluster) -> None:
+    from twisted.internet import reactor
+
+    stale = await cluster.send(["olive"], "1-0", collapseKey="score")
+    newest = await cluster.send(["olive"], "2-0", collapseKey="score")
+    other = await cluster.send(["olive"], "news")
+    device = await cluster.connect("olive")
+    pushes = [await device.next_push(reactor) for _ in range(2)]
+    assert [(p.message_id, p.text) for p in pushes] == [(newest, "2-0"), (other, "news")]
+    for push in pushes:
+        device.sendFrame(Ack(push.message_id))
+    device.sendFrame(Ping())
+
+    async def all_acked() -> bool:
+        return await cluster.store.pending_ids("olive") == []
+
+    await wait_for(all_acked, timeout=10, interval=0.1, what="the ACKs")
+    assert stale not in [f.message_id for f in device.frames if isinstance(f, Push)]
+    receipt = (await cluster.receipt(stale)).json
+    assert (receipt["replaced"], receipt["pending"]) == (["olive"], [])

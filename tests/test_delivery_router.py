@@ -41,11 +41,18 @@ class Harness:
         self.store.bind_session(client, "token-" + client, server, 3600)
         self.servers[server].online.add(client)
 
-    def accept(self, recipients: Sequence[str], ttl: float = 600, title: str = "t") -> str:
+    def accept(
+        self,
+        recipients: Sequence[str],
+        ttl: float = 600,
+        title: str = "t",
+        collapse_key: str | None = None,
+    ) -> str:
         now = self.clock.seconds()
         message = Message(self.new_id(), title, "text", {"k": "v"}, now, now + ttl)
         self.clock.advance(0.001)
-        done = self.store.accept([Notification(message, tuple(recipients))])
+        note = Notification(message, tuple(recipients), collapse_key=collapse_key)
+        done = self.store.accept([note])
         assert done.called
         return message.message_id
 
@@ -172,6 +179,19 @@ def test_reclaimed_entries_go_only_to_recipients_that_have_not_acked() -> None:
     assert reclaimed[0].deliveries == 2
     report = h.route(reclaimed)
     assert h.servers[S1].written == [("b", m1)]
+    assert report.results == {"written": 1}
+
+
+def test_a_queued_message_replaced_by_a_newer_one_is_not_pushed() -> None:
+    h = Harness()
+    h.connect("a", S1)
+    h.connect("b", S1)
+    older = h.accept(["a", "b"], collapse_key="score")
+    h.store.ack([("b", older)])
+    newer = h.accept(["a"], collapse_key="score")
+    report = h.route(h.consume())
+    # a gets only the newest; b had ACKed the older one already.
+    assert h.servers[S1].written == [("a", newer)]
     assert report.results == {"written": 1}
 
 

@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert options["consumer"] == options["node-id"]
     assert (options["batch"], options["block"], options["claim-idle"]) == (100, 1.0, 30.0)
     assert options["push-timeout"] == 5.0
+    assert options["schedule-interval"] == 0.25
     assert options["metrics"] == "tcp:7202:interface=127.0.0.1"
 
 
@@ -72,6 +73,7 @@ def test_a_node_id_without_a_port_uses_the_pid() -> None:
         (("--block", "0"), "must be positive"),
         (("--block", "40"), "shorter than --claim-idle"),
         (("--push-timeout", "-1"), "must be positive"),
+        (("--schedule-interval", "0"), "must be positive"),
         (("--node-id", "a/b"), "--node-id"),
     ],
 )
@@ -259,3 +261,15 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
         await pool.close()
         await double.stop()
         await store.close()
+
+
+def test_the_schedule_interval_reaches_the_due_time_poller() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    config = parse(
+        "--redis", "memory:", "--zookeeper", "static:", "--rpc", "tcp:7301",
+        "--metrics", "none", "--schedule-interval", "0.5",
+    )  # fmt: skip
+    service = makeService(config, MemoryReactorClock())
+    (worker,) = [c for c in service if isinstance(c, DeliveryWorker)]  # type: ignore[attr-defined]
+    assert worker.schedule.interval == 0.5

@@ -180,6 +180,7 @@ async def test_a_notification_is_stored_queued_and_has_a_receipt(api: Api) -> No
         "ackedBy": [],
         "expired": [],
         "dropped": [],
+        "replaced": [],
     }
     await api.store.ack([("alice", message_id)])
     receipt = await api.get(f"/v1/notifications/{message_id}")
@@ -316,6 +317,7 @@ async def test_a_receipt_reports_every_state_with_its_reason(api: Api) -> None:
             {"clientId": "cat", "reason": "too_large"},
             {"clientId": "dan", "reason": "failed"},
         ],
+        "replaced": [],
     }
 
 
@@ -362,6 +364,68 @@ async def test_a_receipt_needs_a_key(api: Api) -> None:
     message_id = (await api.send(to=["a"])).json["messageId"]
     answer = await api.get(f"/v1/notifications/{message_id}", headers={})
     assert answer.status == 401
+
+
+# -- collapse keys and scheduled sends -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collapse_key_replaces_the_pending_older_notification(api: Api) -> None:
+    older = (await api.send(to=["a", "b"], collapseKey="score")).json["messageId"]
+    await api.store.ack([("b", older)])
+    newer = (await api.send(to=["a", "b"], collapseKey="score")).json["messageId"]
+    assert await api.store.pending_ids("a") == [newer]
+    receipt = await api.get(f"/v1/notifications/{older}")
+    assert (receipt.json["replaced"], receipt.json["ackedBy"]) == (["a"], ["b"])
+    assert "sendAt" not in receipt.json
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_notification_waits_and_can_be_cancelled(api: Api) -> None:
+    answer = await api.send(to=["a", "b"], delay=3600, ttl=60)
+    assert answer.status == 202
+    message_id = answer.json["messageId"]
+    assert await api.store.pending_ids("a") == []
+    assert await api.store.queue_lag() == 0
+    receipt = (await api.get(f"/v1/notifications/{message_id}")).json
+    assert receipt["scheduled"] == ["a", "b"]
+    assert (receipt["pending"], receipt["cancelled"]) == ([], [])
+    (body,) = await api.store.bodies([message_id])
+    assert body is not None
+    # The TTL counts from the send time.
+    assert body.expires_at - body.created_at == pytest.approx(3660, abs=1)
+    assert receipt["sendAt"] == iso8601(body.expires_at - 60)
+
+    path = f"/v1/notifications/{message_id}"
+    for _ in range(2):  # cancelling again is harmless
+        cancelled = await api.client.request("DELETE", path, headers=AUTH)
+        assert cancelled.status == 200
+        assert cancelled.json == {"messageId": message_id, "cancelled": True}
+    receipt = (await api.get(path)).json
+    assert (receipt["scheduled"], receipt["cancelled"]) == ([], ["a", "b"])
+    assert await api.store.release_due(10, 30.0) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sent_notification_cannot_be_cancelled(api: Api) -> None:
+    send_at = iso8601(api_now() - 10)  # already past: sent now
+    message_id = (await api.send(to=["a"], sendAt=send_at)).json["messageId"]
+    assert await api.store.pending_ids("a") == [message_id]
+    path = f"/v1/notifications/{message_id}"
+    answer = await api.client.request("DELETE", path, headers=AUTH)
+    assert answer.status == 409
+    assert answer.json["error"] == "already_sent"
+    for unknown in ("01HZX3JQ6Q4V8Y2N7K5M9T1B3C", "not-an-id"):
+        answer = await api.client.request("DELETE", f"/v1/notifications/{unknown}", headers=AUTH)
+        assert (answer.status, answer.json["error"]) == (404, "not_found")
+    answer = await api.client.request("DELETE", path, headers={})
+    assert answer.status == 401
+
+
+def api_now() -> float:
+    from twisted.internet import reactor
+
+    return float(reactor.seconds())
 
 
 # -- every refusal writes nothing -----------------------------------------------------------
@@ -448,6 +512,31 @@ REFUSALS = {
     "extras null": Refusal("/v1/notifications",
                            {"to": ["a"], "title": "", "text": "", "extras": None}, 400,
                            "invalid", field="extras"),
+    "bad collapse key": Refusal("/v1/notifications",
+                                {"to": ["a"], "title": "", "text": "", "collapseKey": "a b"},
+                                400, "invalid", field="collapseKey"),
+    "long collapse key": Refusal("/v1/notifications",
+                                 {"to": ["a"], "title": "", "text": "", "collapseKey": "k" * 65},
+                                 400, "invalid", field="collapseKey"),
+    "sendAt without offset": Refusal(
+        "/v1/notifications",
+        {"to": ["a"], "title": "", "text": "", "sendAt": "2030-01-01T00:00:00"},
+        400, "invalid", field="sendAt"),
+    "sendAt not a date": Refusal(
+        "/v1/notifications",
+        {"to": ["a"], "title": "", "text": "", "sendAt": "2030-02-30T00:00:00Z"},
+        400, "invalid", field="sendAt"),
+    "sendAt beyond the max TTL": Refusal(
+        "/v1/notifications",
+        {"to": ["a"], "title": "", "text": "", "sendAt": "2999-01-01T00:00:00Z"},
+        400, "invalid", field="sendAt"),
+    "delay too long": Refusal("/v1/notifications",
+                              {"to": ["a"], "title": "", "text": "", "delay": 2419201}, 400,
+                              "invalid", field="delay"),
+    "delay and sendAt": Refusal(
+        "/v1/notifications",
+        {"to": ["a"], "title": "", "text": "", "delay": 5, "sendAt": "2030-01-01T00:00:00Z"},
+        400, "invalid", field="delay"),
     "batch lone surrogate field name": Refusal("/v1/notifications/batch",
                                                {"notifications": [], "\ud800": 1}, 400,
                                                "bad_request"),

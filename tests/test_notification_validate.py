@@ -219,3 +219,65 @@ def test_ttl_null_is_refused_and_absent_ttl_is_the_default() -> None:
     assert problem.field == "ttl"
     draft = validate(base, Limits(default_ttl=77))
     assert isinstance(draft, Draft) and draft.ttl == 77
+
+
+# -- collapse keys and send times ------------------------------------------------------
+
+BASE = {"to": ["a"], "title": "", "text": ""}
+#: 2030-01-31T12:00:00Z
+NOON = 1896091200.0
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2030-01-31T12:00:00Z",
+        "2030-01-31t12:00:00z",
+        "2030-01-31 12:00:00Z",
+        "2030-01-31T13:00:00+01:00",
+        "2030-01-31T06:30:00-05:30",
+        "2030-01-31T12:00:00.000000000Z",
+    ],
+)
+def test_send_at_reads_every_rfc3339_form(written: str) -> None:
+    draft = ok({**BASE, "sendAt": written})
+    assert (draft.send_at, draft.delay) == (NOON, None)
+    assert draft.send_time(NOON - 60) == NOON
+    assert draft.send_time(NOON + 1) is None  # already past: now
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["2030-01-31T12:00:00", "2030-01-31", "1896091200", "2030-01-31T25:00:00Z", 1896091200, None],
+)
+def test_send_at_refuses_what_is_no_rfc3339_time(written: Any) -> None:
+    (problem,) = problems({**BASE, "sendAt": written})
+    assert problem.field == "sendAt"
+    assert "RFC 3339" in problem.message
+
+
+def test_send_at_is_at_most_the_max_ttl_ahead() -> None:
+    limits = Limits(default_ttl=60, max_ttl=3600)
+    assert isinstance(
+        validate({**BASE, "sendAt": "2030-01-31T12:00:00Z"}, limits, NOON - 3600), Draft
+    )
+    (problem,) = validate({**BASE, "sendAt": "2030-01-31T12:00:00Z"}, limits, NOON - 3601)
+    assert isinstance(problem, Invalid) and problem.field == "sendAt"
+
+
+def test_delay_is_whole_seconds_up_to_the_max_ttl() -> None:
+    draft = ok({**BASE, "delay": 30.0})
+    assert (draft.delay, draft.send_time(100.0)) == (30, 130.0)
+    for bad in (0, -1, 1.5, "30", True, None, LIMITS.max_ttl + 1):
+        (problem,) = problems({**BASE, "delay": bad})
+        assert problem.field == "delay"
+    (problem,) = problems({**BASE, "delay": 5, "sendAt": "2030-01-31T12:00:00Z"})
+    assert problem.message == "give sendAt or delay, not both"
+
+
+def test_collapse_keys_follow_one_grammar() -> None:
+    assert ok({**BASE, "collapseKey": "match-7:score_v2." + "k" * 47}).collapse_key is not None
+    assert ok(BASE).collapse_key is None
+    for bad in ("", "k" * 65, "a b", "ü", 7, None):
+        (problem,) = problems({**BASE, "collapseKey": bad})
+        assert problem.field == "collapseKey"

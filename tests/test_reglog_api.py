@@ -108,13 +108,22 @@ class PushServers:
     def address(node_id: str) -> str:
         return f"127.0.0.1:{7100 + int(node_id.lstrip('s'))}"
 
-    async def add(self, node_id: str, *, connections: int = 0, capacity: int = 100) -> None:
-        data = {
+    async def add(
+        self,
+        node_id: str,
+        *,
+        connections: int = 0,
+        capacity: int = 100,
+        websocket: str | None = None,
+    ) -> None:
+        data: dict[str, Any] = {
             "client": self.address(node_id),
             "rpc": "127.0.0.1:7999",
             "connections": connections,
             "capacity": capacity,
         }
+        if websocket is not None:
+            data["websocket"] = websocket
         self.registrations[node_id] = await self.discovery.register(SERVERS, node_id, data)
 
     async def remove(self, node_id: str) -> None:
@@ -588,6 +597,40 @@ async def test_a_server_that_speaks_tls_is_routed_to_with_its_transport(
     answer = await reglog.route({"clientId": "secure-device"})
     assert answer.status == 200
     assert (answer.json["server"], answer.json["transport"]) == ("127.0.0.1:7100", "tls")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_request_gets_a_websocket_address(
+    reglog_zk: StartReglog, push_servers: PushServers
+) -> None:
+    """``"transport": "websocket"``: only servers with a WebSocket listener,
+    answered with that address and ``ws``/``wss`` (checked against the
+    document); a TCP request still gets the TCP address."""
+    reglog = await reglog_zk()
+    await push_servers.add("s1")
+    await reglog.sees(1)
+    answer = await reglog.route({"clientId": "browser", "transport": "websocket"})
+    assert (answer.status, answer.json["error"]) == (503, "no_server")
+    assert "WebSocket" in answer.json["message"]
+
+    await push_servers.add("s2", websocket="tls:push.example:443")
+    await reglog.sees(2)
+    for _ in range(5):
+        answer = await reglog.route({"clientId": "browser", "transport": "websocket"})
+        assert answer.status == 200
+        assert (answer.json["server"], answer.json["transport"]) == ("push.example:443", "wss")
+    await push_servers.add("s3", websocket="127.0.0.1:7203")
+    await reglog.sees(3)
+    answer = await reglog.route(
+        {"clientId": "browser", "transport": "websocket", "avoid": ["push.example:443"]}
+    )
+    assert (answer.json["server"], answer.json["transport"]) == ("127.0.0.1:7203", "ws")
+    answer = await reglog.route({"clientId": "device", "transport": "tcp"})
+    assert answer.json["transport"] == "tcp"
+    assert answer.json["server"] in {PushServers.address(n) for n in ("s1", "s2", "s3")}
+    answer = await reglog.route({"clientId": "device", "transport": "carrier-pigeon"})
+    assert (answer.status, answer.json["error"]) == (400, "bad_request")
+    assert "transport must be 'tcp' or 'websocket'" in answer.json["message"]
 
 
 @pytest_twisted.ensureDeferred

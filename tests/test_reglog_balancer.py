@@ -166,6 +166,11 @@ def test_a_server_that_left_is_never_chosen_again() -> None:
         ({"client": "h:1", "connections": 0}, "'capacity' must be an integer >= 0"),
         ({"client": "h:1", "connections": 0, "capacity": True}, "'capacity' must be"),
         ({"client": "h:1", "connections": 0, "capacity": "10"}, "'capacity' must be"),
+        ({"client": "h:1", "connections": 0, "capacity": 1, "websocket": 80}, "'websocket' must"),
+        (
+            {"client": "h:1", "connections": 0, "capacity": 1, "websocket": "h"},
+            "'websocket' must be 'host:port' or 'tls:host:port'",
+        ),
     ],
 )
 def test_node_data_that_is_unusable_is_refused(data: dict[str, Any], reason: str) -> None:
@@ -245,3 +250,38 @@ def test_avoiding_a_full_server_changes_nothing() -> None:
     assert server is not None and server.node_id == "b"
     chooser.update(live(node("a", 10, 10)))
     assert chooser.choose({"b.example:7100"}) is None
+
+
+def test_websocket_requests_go_only_to_servers_with_a_websocket_listener() -> None:
+    chooser, _ = balancer()
+    chooser.update(
+        live(
+            node("a", 0, 100),
+            node("b", 0, 100, websocket="b.example:7103"),
+            node("c", 0, 100, websocket="tls:c.example:443"),
+        )
+    )
+    assert chooser.servers["a"].websocket is None
+    assert (chooser.servers["b"].websocket, chooser.servers["b"].websocket_transport) == (
+        "b.example:7103",
+        "ws",
+    )
+    assert (chooser.servers["c"].websocket, chooser.servers["c"].websocket_transport) == (
+        "c.example:443",
+        "wss",
+    )
+    chosen = Counter(
+        server.node_id for server in (chooser.choose(websocket=True) for _ in range(50)) if server
+    )
+    assert set(chosen) == {"b", "c"}
+    # avoid names WebSocket addresses for a WebSocket client
+    for _ in range(20):
+        server = chooser.choose(["b.example:7103"], websocket=True)
+        assert server is not None and server.node_id == "c"
+
+
+def test_a_websocket_request_without_such_a_server_gets_none() -> None:
+    chooser, _ = balancer()
+    chooser.update(live(node("a", 0, 100)))
+    assert chooser.choose(websocket=True) is None
+    assert chooser.choose() is not None

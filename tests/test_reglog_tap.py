@@ -153,6 +153,21 @@ def test_the_body_limit_reaches_the_site() -> None:
     assert site.max_body == 100
 
 
+def test_the_demo_page_is_served_only_when_asked() -> None:
+    from pigeonpush.demo import HERE
+
+    for flag, served in (([], False), (["--demo"], True)):
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--redis", "memory:", "--zookeeper", "static:", *flag), reactor)
+        service.getServiceNamed("http").startService()
+        ((_, site, _, _),) = reactor.tcpServers
+        assert (b"demo" in site.resource.children) is served
+    # the page and the client it loads are there (a link to clients/js in the tree)
+    assert (HERE / "index.html").is_file()
+    assert (HERE / "client" / "pigeonpush.js").is_file()
+    assert (HERE / "client" / "src" / "client.js").is_file()
+
+
 # -- a real twistd ------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from pigeonpush.rpc import PushItem, PushStatus
-from pigeonpush.server.protocol import ServerProtocol
+from pigeonpush.server.session import Session
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.wire.frames import Push as PushFrame
 from support.waiting import wait_for
@@ -52,9 +52,9 @@ async def test_never_reading_pingers_leave_a_legitimate_client_its_push(
     frames = {"pings": 0}
     pinged = hub.pinged
 
-    def counting(proto: ServerProtocol) -> None:
+    def counting(session: Session) -> None:
         frames["pings"] += 1
-        pinged(proto)
+        pinged(session)
 
     monkeypatch.setattr(hub, "pinged", counting)
     pairs = []
@@ -72,7 +72,7 @@ async def test_never_reading_pingers_leave_a_legitimate_client_its_push(
     reactor.spawnProcess(flooders, sys.executable, [*args, *pairs], env=env)
     try:
         await wait_for(
-            lambda: sum(name.startswith("flooder-") for name in hub.channels) == FLOODERS,
+            lambda: sum(name.startswith("flooder-") for name in hub.sessions) == FLOODERS,
             timeout=10,
             what="the flooders' logins",
         )

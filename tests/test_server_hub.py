@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.hub import DRAIN_GRACE
@@ -40,11 +39,6 @@ def accept(harness: Harness, message_id: str, *recipients: str, ttl: float = 600
     result_of(harness.store.accept([Notification(message, recipients)]))
 
 
-def metric(name: str, **labels: str) -> float:
-    value = REGISTRY.get_sample_value(name, labels)
-    return value or 0.0
-
-
 # --- Push ---------------------------------------------------------------------------
 
 
@@ -57,7 +51,7 @@ def test_push_writes_to_the_client_and_answers_written() -> None:
 
     assert statuses == [WRITTEN]
     assert alice.received() == [Push("m1", "Hello", "World", extras)]
-    assert alice.proto.in_flight is not None and list(alice.proto.in_flight) == ["m1"]
+    assert alice.session.in_flight is not None and list(alice.session.in_flight) == ["m1"]
 
 
 def test_a_batch_for_many_clients_answers_in_order() -> None:
@@ -130,15 +124,14 @@ def test_the_window_bounds_pushes_in_flight() -> None:
 def test_a_paused_transport_refuses_pushes_until_it_resumes() -> None:
     harness = Harness(pulls=False)
     alice = harness.login("alice")
-    producer = alice.transport.producer
 
-    producer.pauseProducing()  # the socket's buffer is full
+    alice.pause()  # the socket's buffer is full
     assert harness.push(item("alice", 1)) == [WINDOW_FULL]
     assert alice.received() == []
-    assert alice.transport.producerState == "paused"  # nor is the client read
+    # (That the client is not read meanwhile is the transport's part:
+    # test_server_protocol.py, test_a_client_that_does_not_read_is_not_read_either.)
 
-    producer.resumeProducing()
-    assert alice.transport.producerState == "producing"
+    alice.resume()
     assert harness.push(item("alice", 1)) == [WRITTEN]
 
 
@@ -219,9 +212,8 @@ def test_a_message_over_the_frame_limit_is_too_large_and_leaves_wait_ack() -> No
 def test_push_counts_outcomes() -> None:
     harness = Harness()
     harness.login("alice")
-    before = metric("pigeonpush_server_pushes_total", status="offline")
     harness.push(item("x", 1), item("y", 2))
-    assert metric("pigeonpush_server_pushes_total", status="offline") == before + 2
+    assert harness.metrics.counts["pushes.offline"] == 2
 
 
 # --- ACK ----------------------------------------------------------------------------
@@ -233,16 +225,15 @@ def test_ack_leaves_the_window_and_wait_ack() -> None:
     accept(harness, "m1", "alice")
     accept(harness, "m2", "alice")
     harness.push(PushItem("alice", "m1", has_body=False), PushItem("alice", "m2", has_body=False))
-    latencies = metric("pigeonpush_server_push_to_ack_seconds_count")
 
     harness.clock.advance(0.25)
     alice.send(Ack("m1"))
 
-    assert alice.proto.in_flight is not None and list(alice.proto.in_flight) == ["m2"]
+    assert alice.session.in_flight is not None and list(alice.session.in_flight) == ["m2"]
     assert harness.pending("alice") == ["m1", "m2"]  # not yet: batched to the turn's end
     harness.clock.advance(0)
     assert harness.pending("alice") == ["m2"]
-    assert metric("pigeonpush_server_push_to_ack_seconds_count") == latencies + 1
+    assert harness.metrics.ack_times == [0.25]
 
 
 def test_acks_of_one_turn_from_many_connections_are_one_store_call() -> None:
@@ -389,12 +380,12 @@ def test_a_paused_transport_defers_the_pull_until_it_resumes() -> None:
     harness = Harness(heartbeat=30, idle_timeout=90)
     alice = harness.login("alice")
     harness.pulls.plant(item("alice", 1))
-    alice.transport.producer.pauseProducing()
+    alice.pause()
     harness.clock.advance(30)
     alice.send(PING)
     calls = len(harness.pulls.calls)
 
-    alice.transport.producer.resumeProducing()
+    alice.resume()
 
     assert len(harness.pulls.calls) == calls + 1
     assert [f.message_id for f in alice.received()[1:]] == ["m001"]  # type: ignore[union-attr]
@@ -405,10 +396,9 @@ def test_a_failed_pull_is_counted_and_retried_without_a_ping() -> None:
 
     harness = Harness(heartbeat=30, idle_timeout=90)
     harness.pulls.error = RpcUnavailable("no delivery node is known")
-    before = metric("pigeonpush_server_pulls_total", result="failed")
     alice = harness.login("alice")
     assert not alice.closing
-    assert metric("pigeonpush_server_pulls_total", result="failed") == before + 1
+    assert harness.metrics.counts["pulls.failed"] == 1
 
     harness.pulls.error = None
     harness.pulls.plant(item("alice", 1))
@@ -488,7 +478,7 @@ def test_drain_kicks_clients_spread_over_the_period() -> None:
     stray.lose()
     harness.clock.advance(0)
     assert result_of(draining) is None
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert all(harness.route(f"c{n}") is None for n in range(40))
 
 
@@ -505,7 +495,7 @@ def test_drain_refuses_new_logins_and_aborts_what_does_not_close() -> None:
     assert late.received() == [AuthFail(AuthFailCode.UNAVAILABLE, "the server is shutting down")]
 
     harness.clock.advance(DRAIN_GRACE)
-    assert stubborn.transport.disconnected  # aborted
+    assert stubborn.aborted
     stubborn.lose()
     late.lose()
     harness.clock.advance(0)
@@ -515,3 +505,24 @@ def test_drain_refuses_new_logins_and_aborts_what_does_not_close() -> None:
 def test_drain_with_no_clients_finishes_at_once() -> None:
     harness = Harness()
     assert result_of(harness.hub.drain(10)) is None
+
+
+def test_the_hub_knows_no_transport() -> None:
+    """The hub meets its transports through pigeonpush.server.session only."""
+    import ast
+    from pathlib import Path
+
+    import pigeonpush.server.hub as hub_module
+
+    tree = ast.parse(Path(hub_module.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "pigeonpush.server.session" in imported
+    transports = (
+        "pigeonpush.wire.protocol",
+        "pigeonpush.server.protocol",
+        "twisted.internet.protocol",
+    )
+    assert [name for name in imported if name.startswith(transports)] == []

@@ -23,6 +23,7 @@ from pigeonpush.discovery.interface import SERVERS, Node
 from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
 from pigeonpush.rpc import Kick, Push, PushItem, PushStatus, encode_batches
 from pigeonpush.rpcpool import AmpPool
+from pigeonpush.server.protocol import ServerProtocol
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.tap import Options, makeService
 from pigeonpush.store import Store, open_store
@@ -196,8 +197,9 @@ async def accept(store: Store, message_id: str, *recipients: str) -> None:
 async def test_auth_push_over_amp_and_ack_empties_wait_ack(running: Running) -> None:
     client = await running.login("alice")
     assert await running.store.route("alice") == running.rpc_address
-    proto = running.server.hub.channels["alice"]
-    assert proto.transport.getTcpNoDelay()  # type: ignore[union-attr]
+    proto = running.server.hub.sessions["alice"].channel
+    assert isinstance(proto, ServerProtocol)
+    assert proto.transport.getTcpNoDelay()  # type: ignore[attr-defined]
 
     await accept(running.store, "01HZZZZZZZZZZZZZZZZZZZZZZ1", "alice")
     statuses = await running.push(PushItem("alice", "01HZZZZZZZZZZZZZZZZZZZZZZ1", has_body=False))
@@ -290,7 +292,7 @@ async def test_a_client_that_leaves_is_cleaned_up(running: Running) -> None:
         )
 
     await wait_for(cleaned, timeout=10, what="AUTH and ROUTE deleted")
-    assert running.server.hub.channels == {}
+    assert running.server.hub.sessions == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -317,22 +319,24 @@ async def test_a_slow_reader_is_bounded_by_the_transport(running: Running) -> No
     try:
         await running.store.issue_token("slow", "t", 600)
         raw.sendall(encode(Auth("slow", "t")))
-        await wait_for(lambda: "slow" in running.server.hub.channels, timeout=10, what="auth")
-        proto = running.server.hub.channels["slow"]
+        await wait_for(lambda: "slow" in running.server.hub.sessions, timeout=10, what="auth")
+        session = running.server.hub.sessions["slow"]
+        proto = session.channel
+        assert isinstance(proto, ServerProtocol)
         hub = running.server.hub
         big = "x" * 7000
         statuses: list[PushStatus] = []
         for n in range(2000):
             # ack_window is 32: free the window as if ACKs came, to reach the socket limit.
-            assert proto.in_flight is not None
-            proto.in_flight.clear()
+            assert session.in_flight is not None
+            session.in_flight.clear()
             [status] = await hub.push([PushItem("slow", f"m{n:05d}", "t", big)])
             statuses.append(status)
             if status is PushStatus.WINDOW_FULL:
                 break
             await deferLater(reactor, 0, lambda: None)  # let the reactor write
         assert statuses[-1] is PushStatus.WINDOW_FULL
-        assert proto.write_paused
+        assert session.write_paused
         assert proto.transport not in reactor.getReaders()  # nor is it read any more
         assert len(statuses) < 2000
     finally:

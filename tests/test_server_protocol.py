@@ -9,8 +9,9 @@ import pytest
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from pigeonpush.rpc import PushItem, PushStatus
-from pigeonpush.server.hub import LOG_BURST, LOG_INTERVAL
-from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.server.hub import DRAIN_GRACE
+from pigeonpush.server.session import State
+from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL
 from pigeonpush.wire.codec import ENCODED_PING, encode
 from pigeonpush.wire.frames import (
     PING,
@@ -41,7 +42,7 @@ from support.server_harness import (
 
 
 def test_auth_with_the_planted_token_binds_the_session() -> None:
-    harness = Harness(heartbeat=20, max_frame=4096, ack_window=8)
+    harness = Harness(tcp=True, heartbeat=20, max_frame=4096, ack_window=8)
     token = harness.issue("alice")
     device = harness.connect()
 
@@ -49,9 +50,9 @@ def test_auth_with_the_planted_token_binds_the_session() -> None:
 
     assert device.received() == [AuthOk(heartbeat=20.0, max_frame=4096, ack_window=8)]
     assert not device.closing
-    assert harness.hub.channels == {"alice": device.proto}
+    assert harness.hub.sessions == {"alice": device.session}
     assert harness.route("alice") == SERVER
-    assert device.proto.state is State.ACTIVE
+    assert device.session.state is State.ACTIVE
     # The token check and the binding are one store call (one Redis round trip).
     assert harness.store.calls.get("bind_session") == 1
     assert "token" not in harness.store.calls
@@ -64,7 +65,7 @@ def test_auth_with_the_planted_token_binds_the_session() -> None:
 def test_a_wrong_or_missing_token_gets_auth_fail_and_a_close(
     planted: str | None, sent: str
 ) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     if planted is not None:
         harness.issue("alice", planted)
     device = harness.connect()
@@ -74,13 +75,13 @@ def test_a_wrong_or_missing_token_gets_auth_fail_and_a_close(
     [frame] = device.received()
     assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.BAD_TOKEN
     assert device.closing
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
     assert harness.token("alice") == planted  # a failed attempt does not burn the token
 
 
 def test_an_empty_client_id_or_token_is_a_bad_token() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     for client_id, token in (("", "t"), ("alice", "")):
         device = harness.connect()
         device.send(Auth(client_id, token))
@@ -90,7 +91,7 @@ def test_an_empty_client_id_or_token_is_a_bad_token() -> None:
 
 
 def test_an_unsupported_protocol_version_gets_auth_fail_version() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     device = harness.connect()
 
@@ -104,7 +105,7 @@ def test_an_unsupported_protocol_version_gets_auth_fail_version() -> None:
 
 
 def test_a_full_server_refuses_new_clients_but_not_a_relogin() -> None:
-    harness = Harness(capacity=2)
+    harness = Harness(tcp=True, capacity=2)
     harness.login("a")
     harness.login("b")
 
@@ -118,11 +119,11 @@ def test_a_full_server_refuses_new_clients_but_not_a_relogin() -> None:
     again = harness.connect()
     again.send(Auth("a", harness.issue("a", "new-token-of-a")))
     assert isinstance(again.received()[0], AuthOk)
-    assert set(harness.hub.channels) == {"a", "b"}
+    assert set(harness.hub.sessions) == {"a", "b"}
 
 
 def test_a_store_failure_gets_auth_fail_unavailable() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     result_of(harness.store.close())
     device = harness.connect()
@@ -132,12 +133,12 @@ def test_a_store_failure_gets_auth_fail_unavailable() -> None:
     [frame] = device.received()
     assert isinstance(frame, AuthFail) and frame.code is AuthFailCode.UNAVAILABLE
     assert device.closing
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
 
 
 def test_auth_fail_with_a_paused_producer_still_closes() -> None:
     """A transport does not close while a paused producer is registered."""
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.connect()
     harness.store.gated.add("bind_session")
     device.send(Auth("alice", "no-such-token"))
@@ -153,7 +154,7 @@ def test_auth_fail_with_a_paused_producer_still_closes() -> None:
 
 
 def test_a_connection_that_does_not_auth_in_time_is_closed() -> None:
-    harness = Harness(auth_timeout=5)
+    harness = Harness(tcp=True, auth_timeout=5)
     device = harness.connect()
 
     harness.clock.advance(4.9)
@@ -166,7 +167,7 @@ def test_a_connection_that_does_not_auth_in_time_is_closed() -> None:
 
 
 def test_the_auth_timeout_also_covers_a_slow_store() -> None:
-    harness = Harness(auth_timeout=5)
+    harness = Harness(tcp=True, auth_timeout=5)
     token = harness.issue("alice")
     harness.store.gated.add("bind_session")
     device = harness.connect()
@@ -178,13 +179,13 @@ def test_the_auth_timeout_also_covers_a_slow_store() -> None:
     harness.store.open("bind_session")
 
     # The binding that answered after the close was undone at once.
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
     assert harness.store.calls.get("end_session") == 1
 
 
 def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent() -> None:
-    harness = Harness(idle_timeout=60, heartbeat=20)
+    harness = Harness(tcp=True, idle_timeout=60, heartbeat=20)
     device = harness.login("alice")
 
     for _ in range(5):
@@ -203,13 +204,13 @@ def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent
     assert device.received() == []  # an idle close says nothing
 
     device.lose()
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
     assert harness.token("alice") is None
 
 
 def test_only_one_timer_per_connection() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.login("alice")
     for _ in range(10):
         device.send(PING)
@@ -225,7 +226,7 @@ def test_only_one_timer_per_connection() -> None:
 
 
 def test_the_timer_is_cancelled_when_the_connection_is_lost() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.connect()
     device.lose()
     assert harness.clock.getDelayedCalls() == []
@@ -248,7 +249,7 @@ NOT_FROM_CLIENTS: list[Frame] = [
 
 @pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, PING, Ack("m1")], ids=repr)
 def test_frames_before_auth_are_unexpected(frame: Frame) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.connect()
 
     device.send(frame)
@@ -261,7 +262,7 @@ def test_frames_before_auth_are_unexpected(frame: Frame) -> None:
 
 @pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, PING, Ack("m1"), Auth("x", "y")], ids=repr)
 def test_frames_while_auth_is_checked_are_unexpected(frame: Frame) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     harness.store.gated.add("bind_session")
     device = harness.connect()
@@ -274,13 +275,13 @@ def test_frames_while_auth_is_checked_are_unexpected(frame: Frame) -> None:
     assert "before AUTH_OK" in error.text
     device.lose()
     harness.store.open("bind_session")
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
 
 
 @pytest.mark.parametrize("frame", [*NOT_FROM_CLIENTS, Auth("alice", "again")], ids=repr)
 def test_frames_after_auth_ok_that_clients_may_not_send_are_unexpected(frame: Frame) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.login("alice")
 
     device.send(frame)
@@ -295,7 +296,7 @@ def test_frames_after_auth_ok_that_clients_may_not_send_are_unexpected(frame: Fr
 
 @pytest.mark.parametrize("state", ["before AUTH", "authenticating", "active"])
 def test_an_error_from_the_client_closes_without_an_answer(state: str) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     if state == "active":
         device = harness.login("alice")
     else:
@@ -321,7 +322,7 @@ def _pongs(device: Device) -> int:
 
 def test_a_ping_flood_is_read_at_the_frame_rate_then_closed() -> None:
     # (steps of 1/8 s: exact on the clock)
-    harness = Harness(frame_rate=8, frame_burst=20, frame_abuse_time=5)
+    harness = Harness(tcp=True, frame_rate=8, frame_burst=20, frame_abuse_time=5)
     alice = harness.login("alice")  # AUTH took one token
 
     alice.send_bytes(ENCODED_PING * 10_000)
@@ -341,12 +342,14 @@ def test_a_ping_flood_is_read_at_the_frame_rate_then_closed() -> None:
         Error(ErrorCode.RATE_LIMITED, "over 8 frames per second for 5 s"),
     ]
     assert alice.closing
+    assert harness.metrics.counts["rate_limited.closed"] == 1
+    assert harness.metrics.counts["rate_limited.paused"] >= 1
     alice.lose()
     assert [call for call in harness.clock.getDelayedCalls() if call.active()] == []
 
 
 def test_a_client_within_the_rate_is_never_paused() -> None:
-    harness = Harness(frame_rate=10, frame_burst=20, frame_abuse_time=5)
+    harness = Harness(tcp=True, frame_rate=10, frame_burst=20, frame_abuse_time=5)
     alice = harness.login("alice")
     alice.send_bytes(ENCODED_PING * 19)  # one burst
     assert _pongs(alice) == 19
@@ -358,7 +361,7 @@ def test_a_client_within_the_rate_is_never_paused() -> None:
 
 
 def test_a_burst_over_the_limit_is_read_late_but_whole() -> None:
-    harness = Harness(frame_rate=10, frame_burst=5, frame_abuse_time=5)
+    harness = Harness(tcp=True, frame_rate=10, frame_burst=5, frame_abuse_time=5)
     alice = harness.login("alice")
     alice.send_bytes(ENCODED_PING * 30)
     assert _pongs(alice) == 4
@@ -374,7 +377,7 @@ def test_a_burst_over_the_limit_is_read_late_but_whole() -> None:
 
 
 def test_frames_before_auth_count_too() -> None:
-    harness = Harness(frame_rate=10, frame_burst=3)
+    harness = Harness(tcp=True, frame_rate=10, frame_burst=3)
     device = harness.connect()
     device.send_bytes(encode(Auth("alice", harness.issue("alice"))) + ENCODED_PING * 10)
     assert isinstance(device.received()[0], AuthOk)  # the AUTH; its PINGs wait
@@ -382,7 +385,7 @@ def test_frames_before_auth_count_too() -> None:
 
 
 def test_acks_of_pushes_in_flight_are_free_other_acks_are_not() -> None:
-    harness = Harness(frame_rate=1, frame_burst=3, ack_window=64)
+    harness = Harness(tcp=True, frame_rate=1, frame_burst=3, ack_window=64)
     alice = harness.login("alice")
     items = [PushItem("alice", f"m{n:03d}", "t", "x") for n in range(60)]
     assert result_of(harness.hub.push(items)) == [PushStatus.WRITTEN] * 60
@@ -390,7 +393,7 @@ def test_acks_of_pushes_in_flight_are_free_other_acks_are_not() -> None:
 
     alice.send_bytes(b"".join(encode(Ack(item.message_id)) for item in items))
 
-    assert alice.proto.in_flight == {}
+    assert alice.session.in_flight == {}
     assert alice.transport.producerState == "producing"
     alice.send_bytes(b"".join(encode(Ack(f"old-{n}")) for n in range(5)))
     assert alice.transport.producerState == "paused"
@@ -411,9 +414,9 @@ class _FillingTransport(DeviceTransport):
 def test_a_client_that_does_not_read_is_not_read_either() -> None:
     """The frames already received wait too: PINGs cannot pile up PONGs
     behind a full socket."""
-    harness = Harness(frame_burst=100_000)
+    harness = Harness(tcp=True, frame_burst=100_000)
     token = harness.issue("alice")
-    proto = ServerProtocol(harness.hub)
+    proto = harness.factory.buildProtocol(None)
     transport = _FillingTransport()
     proto.makeConnection(transport)
     device = Device(proto, transport)
@@ -423,12 +426,12 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
     device.send_bytes(ENCODED_PING * 1000)
 
     assert _pongs(device) == 10  # 50 bytes of PONGs: the socket is full
-    assert proto.write_paused and transport.producerState == "paused"
+    assert proto.session.write_paused and transport.producerState == "paused"
     proto.resumeProducing()  # the client read: what was left is read now
     assert _pongs(device) == 10
     answered = 20
     for _ in range(200):
-        if not proto.write_paused:
+        if not proto.session.write_paused:
             break
         proto.resumeProducing()
         answered += _pongs(device)
@@ -455,7 +458,7 @@ def _fields(events: Sequence[LogEvent]) -> list[str]:
 
 
 def test_refused_auths_log_a_short_escaped_client_id_a_few_times_per_interval() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     client_id = FORGED + "x" * 8000
     with capturedLogs() as events:
         for _ in range(100):
@@ -481,7 +484,7 @@ def test_refused_auths_log_a_short_escaped_client_id_a_few_times_per_interval() 
 
 
 def test_a_client_error_text_is_logged_short_escaped_and_throttled() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     with capturedLogs() as events:
         for _ in range(50):
             device = harness.connect()
@@ -495,7 +498,7 @@ def test_a_client_error_text_is_logged_short_escaped_and_throttled() -> None:
 
 
 def test_protocol_errors_are_logged_escaped_and_throttled() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     with capturedLogs() as events:
         for _ in range(50):
             device = harness.connect()
@@ -509,14 +512,14 @@ def test_protocol_errors_are_logged_escaped_and_throttled() -> None:
 
 
 def test_ping_gets_pong_and_nothing_else() -> None:
-    harness = Harness(pulls=False)
+    harness = Harness(tcp=True, pulls=False)
     device = harness.login("alice")
     device.send_bytes(ENCODED_PING * 3)
     assert device.received() == [PONG, PONG, PONG]
 
 
 def test_garbage_and_oversize_frames_close_only_that_connection() -> None:
-    harness = Harness(max_frame=1024)
+    harness = Harness(tcp=True, max_frame=1024)
     good = harness.login("good")
     garbage = harness.login("garbage")
     oversize = harness.connect()
@@ -544,7 +547,7 @@ def test_garbage_and_oversize_frames_close_only_that_connection() -> None:
     ],
 )
 def test_a_malformed_ack_of_an_active_connection_gets_error_malformed(payload: bytes) -> None:
-    harness = Harness(pulls=False)
+    harness = Harness(tcp=True, pulls=False)
     device = harness.login("alice")
     device.send_bytes(len(payload).to_bytes(4, "big") + payload)
     [error] = device.received()
@@ -555,7 +558,7 @@ def test_a_malformed_ack_of_an_active_connection_gets_error_malformed(payload: b
 def test_an_ack_that_the_hub_fails_on_is_an_internal_error(
     logged_failures: FailureCollector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    harness = Harness(pulls=False)
+    harness = Harness(tcp=True, pulls=False)
     device = harness.login("alice")
 
     def broken(proto: object, message_id: str) -> None:
@@ -571,7 +574,7 @@ def test_an_ack_that_the_hub_fails_on_is_an_internal_error(
 
 
 def test_tcp_nodelay_and_the_producer_are_set_on_connect() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.connect()
     assert device.transport.no_delay is True
     assert device.transport.producer is device.proto
@@ -582,18 +585,18 @@ def test_tcp_nodelay_and_the_producer_are_set_on_connect() -> None:
 
 
 def test_a_second_login_replaces_the_first() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     first = harness.login("alice", "token-1")
     second = harness.login("alice", "token-2")
 
     [kick] = first.received()
     assert kick == Kick(KickReason.REPLACED, "the same client logged in again")
     assert first.closing
-    assert harness.hub.channels == {"alice": second.proto}
+    assert harness.hub.sessions == {"alice": second.session}
 
     # The old connection's close leaves the new session alone.
     first.lose()
-    assert harness.hub.channels == {"alice": second.proto}
+    assert harness.hub.sessions == {"alice": second.session}
     assert harness.route("alice") == SERVER
     assert harness.token("alice") == "token-2"
     assert harness.store.calls.get("end_session") is None
@@ -605,7 +608,7 @@ def test_a_replayed_token_gets_bad_token_and_the_victim_keeps_its_session() -> N
     """A token is single-use: whoever replays a live session's (clientId,
     token) gets AUTH_FAIL BAD_TOKEN, and the session neither gets a KICK nor
     loses its messages."""
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     victim = harness.connect()
     victim.send(Auth("alice", token))
@@ -621,14 +624,14 @@ def test_a_replayed_token_gets_bad_token_and_the_victim_keeps_its_session() -> N
     attacker.lose()
     assert victim.received() == []
     assert not victim.closing
-    assert harness.hub.channels == {"alice": victim.proto}
+    assert harness.hub.sessions == {"alice": victim.session}
     assert harness.route("alice") == SERVER
     assert harness.push(PushItem("alice", "m1", "t", "x")) == [PushStatus.WRITTEN]
     assert victim.received() == [Push("m1", "t", "x")]
 
 
 def test_a_relogin_with_the_same_token_keeps_the_session_when_the_old_one_closes() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     first = harness.login("alice", "same")
     second = harness.login("alice", "same")
     first.lose()
@@ -640,17 +643,17 @@ def test_a_relogin_with_the_same_token_keeps_the_session_when_the_old_one_closes
 
 
 def test_close_of_the_current_session_deletes_auth_and_route() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.login("alice")
     device.lose()
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
     assert harness.token("alice") is None
-    assert harness.hub.connections == set()
+    assert harness.hub.all_sessions == set()
 
 
 def test_cleanup_leaves_a_session_that_moved_to_another_server() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.login("alice", "old-token")
     # The client got a new token from reglog and logged in elsewhere.
     harness.issue("alice", "new-token")
@@ -663,7 +666,7 @@ def test_cleanup_leaves_a_session_that_moved_to_another_server() -> None:
 
 
 def test_a_connection_closed_during_the_binding_is_unbound_at_once() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     harness.store.gated.add("bind_session")
     device = harness.connect()
@@ -672,12 +675,12 @@ def test_a_connection_closed_during_the_binding_is_unbound_at_once() -> None:
     device.lose()
     harness.store.open("bind_session")
 
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert harness.route("alice") is None
 
 
 def test_a_closed_binding_does_not_undo_a_newer_login_here() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice", "same")
     harness.store.gated.add("bind_session")
     slow = harness.connect()
@@ -690,18 +693,55 @@ def test_a_closed_binding_does_not_undo_a_newer_login_here() -> None:
 
     harness.store.release_one("bind_session", 0)  # then the closed one's
 
-    assert harness.hub.channels == {"alice": newer.proto}
+    assert harness.hub.sessions == {"alice": newer.session}
     assert harness.route("alice") == SERVER
     assert harness.token("alice") == "same"
     assert harness.store.calls.get("end_session") is None
 
 
 def test_a_failed_cleanup_is_logged_not_raised(logged_failures: FailureCollector) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     device = harness.login("alice")
     result_of(harness.store.close())
 
     device.lose()  # end_session fails with StoreError: a warning, no unhandled error
 
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
     assert logged_failures.events == []
+
+
+# --- the TCP channel ----------------------------------------------------------------
+
+
+def test_a_drain_aborts_a_tcp_connection_that_does_not_close() -> None:
+    harness = Harness(tcp=True, pulls=False)
+    stubborn = harness.login("stubborn")
+    draining = harness.hub.drain(0)
+    assert isinstance(stubborn.received()[0], Kick)
+    assert not stubborn.transport.disconnected
+
+    harness.clock.advance(DRAIN_GRACE)
+
+    assert stubborn.transport.disconnected  # aborted
+    stubborn.lose()
+    harness.clock.advance(0)
+    assert result_of(draining) is None
+
+
+def test_a_connection_lost_before_it_was_made_tells_the_hub_nothing() -> None:
+    harness = Harness(tcp=True)
+    proto = harness.factory.buildProtocol(None)
+    proto.connectionLost()
+    assert harness.hub.all_sessions == set()
+    assert proto.session.state is State.CLOSED
+
+
+def test_the_connection_takes_its_settings_from_its_factory() -> None:
+    harness = Harness(tcp=True, max_frame=4096, idle_timeout=60, heartbeat=20)
+    device = harness.login("alice")
+    assert device.proto.MAX_LENGTH == 4096
+    assert device.proto.settings is harness.settings
+    assert device.proto.clock is harness.clock
+    assert device.proto.metrics is harness.metrics
+    [timer] = harness.clock.getDelayedCalls()
+    assert timer.getTime() == 60  # the idle timeout, from the settings

@@ -185,7 +185,7 @@ def test_a_client_gone_before_its_batch_is_answered_gets_nothing() -> None:
 
     assert len(source.batches) == 1
     assert alice.received() == []
-    assert harness.hub.channels == {}
+    assert harness.hub.sessions == {}
 
 
 class Cutting(Batching):

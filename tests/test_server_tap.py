@@ -77,9 +77,12 @@ def test_every_option_is_documented_with_a_default() -> None:
         "uplink-max-len",
         "metrics",
         "log-format",
+        "websocket",
+        "websocket-advertise",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 27
+    assert "--websocket-origin=" in text
+    assert text.count("[default:") == 29
 
 
 def test_values_are_parsed() -> None:
@@ -156,6 +159,13 @@ def test_values_are_parsed() -> None:
         (["--node-id=a/b"], "--node-id: node id 'a/b' must not contain '/'"),
         (["--redis=mysql://localhost"], "--redis: bad store URL"),
         (["--zookeeper="], "--zookeeper: discovery spec is empty"),
+        (["--websocket=tcp:notaport"], "--websocket must be a server endpoint"),
+        (
+            ["--websocket=tcp:7103", "--websocket-origin=app.example"],
+            "--websocket-origin must be '*' or an origin such as https://app.example.com",
+        ),
+        (["--websocket-origin=https://app.example"], "need --websocket"),
+        (["--websocket=tcp:7103", "--websocket-advertise=x"], "--websocket-advertise must be"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str) -> None:
@@ -305,3 +315,44 @@ def test_advertise_overrides_the_derived_transport() -> None:
     stopping = top.stopService()
     reactor.advance(2)
     assert stopping.called
+
+
+def test_websocket_listens_and_is_published(tmp_path: Path) -> None:
+    """``--websocket``: a third port, after the device port, published as
+    ``websocket`` (``tls:`` for an ``ssl:`` endpoint: browsers use wss:)."""
+    from pigeonpush.discovery import SERVERS
+    from pigeonpush.server.websocket import WebSocketFactory
+    from support.certs import CertificateAuthority
+
+    certificate = CertificateAuthority.create(tmp_path / "ca").issue(tmp_path / "server")
+    for endpoint, published in (
+        ("tcp:7303", "127.0.0.1:7303"),
+        (certificate.endpoint(7303), "tls:127.0.0.1:7303"),
+    ):
+        reactor = MemoryReactorClock()
+        options = parse(
+            "--listen=tcp:7300",
+            f"--websocket={endpoint}",
+            "--websocket-origin=https://app.example",
+            "--redis=memory:",
+            "--zookeeper=static:",
+            "--metrics=none",
+        )
+        top = makeService(options, reactor)
+        [server, _freeze] = list(top)
+        assert isinstance(server, PushServerService)
+        top.startService()
+        reactor.advance(0)
+        ports = reactor.tcpServers + reactor.sslServers
+        [factory] = [port[1] for port in ports if port[0] == 7303]
+        assert isinstance(factory, WebSocketFactory)
+        assert factory.origins.allows("https://app.example")
+        assert not factory.origins.allows("https://other.example")
+        seen: list[dict[str, Any]] = []
+        server.discovery.watch(SERVERS, lambda nodes, seen=seen: seen.append(dict(nodes)))
+        reactor.advance(0)
+        assert seen[-1]["127.0.0.1:7300"].data["websocket"] == published
+        stopping = top.stopService()
+        reactor.advance(2)
+        assert stopping.called
+        assert server.websocket_port is not None

@@ -1,5 +1,6 @@
-"""UPLINK on the push server: stored, then UPLINK_ACK; refused with ERROR
-(StringTransport + Clock + the memory store)."""
+"""UPLINK on the push server: stored, then UPLINK_ACK; refused with ERROR.
+Through the TCP transport (StringTransport + Clock + the memory store), which
+also checks the frame grammar; the hub alone in test_server_uplink_hub."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def metric(outcome: str) -> float:
 
 
 def test_an_uplink_is_acked_once_stored() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     alice = harness.login("alice")
     harness.store.gated.add("add_uplink")
     alice.send(Uplink("u-1", {"temp": "21.5"}))
@@ -45,7 +46,7 @@ def test_an_uplink_is_acked_once_stored() -> None:
 
 
 def test_a_resent_uplink_is_acked_and_stored_once() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     alice = harness.login("alice")
     before = metric("duplicate")
     alice.send(Uplink("u-1", {"n": "1"}))
@@ -56,7 +57,7 @@ def test_a_resent_uplink_is_acked_and_stored_once() -> None:
 
 
 def test_a_store_failure_is_error_internal_and_the_resend_is_stored() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     alice = harness.login("alice")
     harness.store.failing.add("add_uplink")
     alice.send(Uplink("u-1"))
@@ -72,7 +73,7 @@ def test_a_store_failure_is_error_internal_and_the_resend_is_stored() -> None:
 
 
 def test_an_answer_for_a_connection_gone_meanwhile_is_dropped() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     alice = harness.login("alice")
     harness.store.gated.add("add_uplink")
     alice.send(Uplink("u-1"))
@@ -96,7 +97,7 @@ def test_an_answer_for_a_connection_gone_meanwhile_is_dropped() -> None:
     ],
 )
 def test_an_uplink_over_the_limits_is_refused(frame: Uplink, code: ErrorCode, text: str) -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     alice = harness.login("alice")
     alice.send(frame)
     (error,) = alice.received()
@@ -107,7 +108,7 @@ def test_an_uplink_over_the_limits_is_refused(frame: Uplink, code: ErrorCode, te
 
 
 def test_an_uplink_over_max_frame_is_too_large_before_it_is_read() -> None:
-    harness = Harness(max_frame=1024)
+    harness = Harness(tcp=True, max_frame=1024)
     alice = harness.login("alice")
     alice.send(Uplink("u", {"k": "v" * 2000}))
     (error,) = alice.received()
@@ -116,7 +117,7 @@ def test_an_uplink_over_max_frame_is_too_large_before_it_is_read() -> None:
 
 
 def test_uplink_in_a_version_1_session_is_unexpected() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     token = harness.issue("alice")
     alice = harness.connect()
     alice.send(Auth("alice", token, 1))
@@ -129,7 +130,7 @@ def test_uplink_in_a_version_1_session_is_unexpected() -> None:
 
 
 def test_uplink_before_auth_and_uplink_ack_from_a_client_are_unexpected() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     early = harness.connect()
     early.send(Uplink("u-1"))
     (error,) = early.received()
@@ -143,7 +144,7 @@ def test_uplink_before_auth_and_uplink_ack_from_a_client_are_unexpected() -> Non
 
 
 def test_the_uplink_rate_is_per_connection_and_refills_with_time() -> None:
-    harness = Harness()
+    harness = Harness(tcp=True)
     harness.hub.uplinks = UplinkReceiver(
         harness.store, harness.clock, UplinkSettings(rate=2.0, burst=3)
     )

@@ -487,6 +487,53 @@ async def test_a_fleet_gets_a_batch_once_and_is_kicked_on_sigterm(spawner: Spawn
         await stop_all(reactor, everyone)
 
 
+async def send_one(standalone: Standalone, key: str, **body: Any) -> str:
+    body.setdefault("title", "t")
+    body.setdefault("text", "x")
+    answer = await standalone.api.post(
+        "/v1/notifications", body, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert answer.status == 202, answer.json
+    return str(answer.json["messageId"])
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_scheduled_cancelled_and_collapsed_on_the_memory_store(spawner: Spawner) -> None:
+    from twisted.internet import reactor
+
+    standalone = await spawner.start()
+    key = standalone.generated_key()
+    assert key is not None
+    live = Device.create(reactor, standalone.reglog_url, "live-device")
+    late = Device.create(reactor, standalone.reglog_url, "late-device")
+    try:
+        await online(reactor, [live])
+        cancelled = await send_one(standalone, key, to=["live-device"], delay=1)
+        answer = await standalone.api.request(
+            "DELETE", f"/v1/notifications/{cancelled}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert answer.status == 200, answer.json
+        before = reactor.seconds()
+        scheduled = await send_one(standalone, key, to=["live-device"], delay=2)
+        after = reactor.seconds()
+        stale = await send_one(standalone, key, to=["late-device"], collapseKey="score")
+        newest = await send_one(standalone, key, to=["late-device"], collapseKey="score")
+        await wait_received([live], [scheduled])
+        # Not before its time, and within a second of it.
+        assert before + 2 <= reactor.seconds() <= after + 2 + 1.0
+        assert live.ids == [scheduled]
+        await online(reactor, [late])
+        await wait_received([late], [newest])
+        await wait_acked(standalone, key, [newest], 1)
+        assert late.ids == [newest]
+        assert (await receipt(standalone, key, stale))["replaced"] == ["late-device"]
+        assert (await receipt(standalone, key, cancelled))["cancelled"] == ["live-device"]
+        assert cancelled not in live.ids
+    finally:
+        await stop_all(reactor, [live, late])
+
+
 # --- on Redis ----------------------------------------------------------------------------
 
 

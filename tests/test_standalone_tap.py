@@ -115,11 +115,33 @@ def test_help_lists_every_option() -> None:
         "auth-mode",
         "admin-key",
         "drain-period",
+        "websocket",
+        "websocket-origin",
         "uplink-webhook",
         "uplink-webhook-secret",
         "uplink-webhook-secret-file",
     ):
         assert f"--{name}" in text, name
+
+
+def test_websocket_is_off_by_default_and_the_demo_page_on() -> None:
+    options = parse()
+    assert options["websocket"] is None and options.server["websocket"] is None
+    assert options.reglog["demo"]
+
+
+def test_websocket_allows_loopback_pages_unless_origins_are_given() -> None:
+    options = parse("--websocket=tcp:7103:interface=127.0.0.1")
+    assert options.server["websocket"] == "tcp:7103:interface=127.0.0.1"
+    origins = options.server.websocket_origins
+    assert origins.allows("http://127.0.0.1:8100") and origins.allows(None)
+    assert not origins.allows("https://app.example")
+    options = parse("--websocket=tcp:7103", "--websocket-origin=https://app.example")
+    origins = options.server.websocket_origins
+    assert origins.allows("https://app.example")
+    assert not origins.allows("http://127.0.0.1:8100")
+    with pytest.raises(usage.UsageError, match="--websocket-origin must be"):
+        parse("--websocket=tcp:7103", "--websocket-origin=app.example")
 
 
 def test_the_webhook_options_reach_the_notification_part() -> None:

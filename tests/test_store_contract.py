@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, gatherResults
 
 from pigeonpush.store import (
     Accepted,
+    CancelResult,
     DeviceRecord,
     DropReason,
     Message,
@@ -925,3 +927,178 @@ async def test_close_fails_waiting_and_later_calls(store_case: StoreCase) -> Non
     with pytest.raises(StoreError, match="closed"):
         await store.ping()
     await store.close()
+
+
+# -- collapse keys (PIGEON:COLLAPSE) -------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collapse_key_replaces_the_pending_older_message(store_case: StoreCase) -> None:
+    store = store_case.store
+    older = store_case.notification(["alice", "bob"], collapse_key="score")
+    await store.accept([older])
+    await store.ack([("bob", older.message.message_id)])
+    other = store_case.notification(["alice"], collapse_key="weather")
+    plain = store_case.notification(["alice"])
+    newer = store_case.notification(["alice", "bob"], collapse_key="score")
+    await store.accept([other, plain, newer])
+    ids = (other.message.message_id, plain.message.message_id, newer.message.message_id)
+    # alice (offline) gets only the newest of "score"; other keys and
+    # messages without one stay.
+    assert await store.pending_ids("alice") == sorted(ids)
+    assert await store.pending_ids("bob") == [newer.message.message_id]
+    receipt = await store.receipt(older.message.message_id)
+    assert receipt is not None
+    # bob ACKed it before: nothing to replace for him.
+    assert receipt.states == (RecipientState.REPLACED, RecipientState.ACKED)
+    assert receipt.pending == ()
+    # The queue entries carry the key (delivery skips replaced recipients).
+    entries = await store.consume("worker-1", 10, 0)
+    assert [e.notification.collapse_key for e in entries] == ["score", "weather", None, "score"]
+    # A late ACK of the replaced message changes nothing.
+    await store.ack([("alice", older.message.message_id)])
+    receipt = await store.receipt(older.message.message_id)
+    assert receipt is not None and receipt.states[0] is RecipientState.REPLACED
+
+
+@pytest_twisted.ensureDeferred
+async def test_collapse_keys_are_per_recipient_and_chain(store_case: StoreCase) -> None:
+    store = store_case.store
+    notes = [store_case.notification(["alice"], collapse_key="k") for _ in range(3)]
+    for note in notes:
+        await store.accept([note])
+    carol = store_case.notification(["carol"], collapse_key="k")
+    await store.accept([carol])
+    assert await store.pending_ids("alice") == [notes[2].message.message_id]
+    assert await store.pending_ids("carol") == [carol.message.message_id]
+    for note in notes[:2]:
+        receipt = await store.receipt(note.message.message_id)
+        assert receipt is not None and receipt.states == (RecipientState.REPLACED,)
+
+
+# -- scheduled sends (PIGEON:SCHEDULE) -----------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_message_waits_for_its_time(store_case: StoreCase) -> None:
+    store = store_case.store
+    delay = 1.0
+    note = store_case.notification(["alice", "bob"], send_at=store_case.now() + delay)
+    message_id = note.message.message_id
+    assert await store.accept([note]) == [Accepted(message_id, 2)]
+    assert await store.pending_ids("alice") == []
+    assert await store.queue_lag() == 0
+    receipt = await store.receipt(message_id)
+    assert receipt is not None
+    assert receipt.states == (RecipientState.SCHEDULED,) * 2
+    assert receipt.send_at == note.send_at
+    assert await store.release_due(10, 30.0) == 0
+
+    async def released() -> bool:
+        return await store.release_due(10, 30.0) == 1
+
+    await store_case.eventually(released, within=delay, what="the message was released")
+    assert await store.pending_ids("alice") == [message_id]
+    assert await store.pending_ids("bob") == [message_id]
+    (entry,) = await store.consume("worker-1", 10, 0)
+    assert entry.notification.message == note.message
+    receipt = await store.receipt(message_id)
+    assert receipt is not None and receipt.states == (RecipientState.PENDING,) * 2
+    # Released once: another call (another worker) finds nothing.
+    assert await store.release_due(10, 30.0) == 0
+    assert await store.queue_lag() == 1
+    assert await store.cancel(message_id) is CancelResult.SENT
+
+
+@pytest_twisted.ensureDeferred
+async def test_due_entries_are_moved_once_by_concurrent_workers(store_case: StoreCase) -> None:
+    store = store_case.store
+    send_at = store_case.now() + 0.5
+    notes = [store_case.notification([f"client-{i}"], send_at=send_at) for i in range(30)]
+    await store.accept(notes)
+    await store_case.advance(0.6)
+    counts = await gatherResults([store.release_due(7, 30.0) for _ in range(6)])
+    assert sum(counts) == 30
+    assert await store.queue_lag() == 30
+    assert await store.release_due(100, 30.0) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_message_is_never_sent(store_case: StoreCase) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice"], send_at=store_case.now() + 0.5)
+    message_id = note.message.message_id
+    await store.accept([note])
+    assert await store.cancel(message_id) is CancelResult.CANCELLED
+    assert await store.cancel(message_id) is CancelResult.CANCELLED
+    await store_case.advance(0.6)
+    assert await store.release_due(10, 30.0) == 0
+    assert await store.pending_ids("alice") == []
+    assert await store.queue_lag() == 0
+    assert await store.bodies([message_id]) == [None]
+    receipt = await store.receipt(message_id)
+    assert receipt is not None and receipt.states == (RecipientState.CANCELLED,)
+    assert await store.cancel(store_case.new_id()) is CancelResult.UNKNOWN
+    plain = store_case.notification(["alice"])
+    past = store_case.notification(["alice"], send_at=store_case.now() - 1)
+    await store.accept([plain, past])
+    assert await store.cancel(plain.message.message_id) is CancelResult.SENT
+    # A send time already past is now: an ordinary message.
+    assert await store.cancel(past.message.message_id) is CancelResult.SENT
+    assert await store.pending_ids("alice") == [plain.message.message_id, past.message.message_id]
+    receipt = await store.receipt(past.message.message_id)
+    assert receipt is not None
+    assert (receipt.states, receipt.send_at) == ((RecipientState.PENDING,), None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_message_collapses_when_it_is_sent(store_case: StoreCase) -> None:
+    store = store_case.store
+    now_one = store_case.notification(["alice"], collapse_key="k")
+    later = store_case.notification(["alice"], collapse_key="k", send_at=store_case.now() + 0.5)
+    await store.accept([now_one, later])
+    assert await store.pending_ids("alice") == [now_one.message.message_id]
+    await store_case.advance(0.6)
+    assert await store.release_due(10, 30.0) == 1
+    assert await store.pending_ids("alice") == [later.message.message_id]
+    receipt = await store.receipt(now_one.message.message_id)
+    assert receipt is not None and receipt.states == (RecipientState.REPLACED,)
+    entries = await store.consume("worker-1", 10, 0)
+    assert [e.notification.collapse_key for e in entries] == ["k", "k"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_due_checks_its_arguments(store_case: StoreCase) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await store_case.store.release_due(0, 30.0)
+    with pytest.raises(ValueError, match="lease"):
+        await store_case.store.release_due(10, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_refuses_a_send_time_after_the_expiry(store_case: StoreCase) -> None:
+    note = store_case.notification(["alice"], ttl=10.0)
+    late = attrs.evolve(note, send_at=note.message.expires_at)
+    with pytest.raises(ValueError, match="sendAt"):
+        await store_case.store.accept([late])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_message_whose_ttl_ran_out_first_is_never_sent(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    note = store_case.notification(["alice"], ttl=0.5, send_at=store_case.now() + 0.2)
+    message_id = note.message.message_id
+    await store.accept([note])
+
+    async def body_gone() -> bool:
+        return await store.bodies([message_id]) == [None]
+
+    await store_case.eventually(body_gone, within=0.6, what="the body expired")
+    assert await store.release_due(10, 30.0) == 0
+    assert await store.pending_ids("alice") == []
+    assert await store.queue_lag() == 0
+    receipt = await store.receipt(message_id)
+    assert receipt is not None and receipt.states == (RecipientState.EXPIRED,)
+    assert await store.cancel(message_id) is CancelResult.SENT

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -17,7 +18,14 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from pigeonpush.ids import MessageIdGenerator
-from pigeonpush.store import DeviceRecord, Message, Notification, StoreError, open_store
+from pigeonpush.store import (
+    CancelResult,
+    DeviceRecord,
+    Message,
+    Notification,
+    StoreError,
+    open_store,
+)
 from pigeonpush.store.address import parse_redis_url
 from pigeonpush.store.redis import ACCEPT_KEYS_PER_CALL, RedisStore
 from support.certs import CertificateAuthority
@@ -212,6 +220,41 @@ async def test_accept_writes_nothing_when_a_key_holds_the_wrong_type(
     assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
     assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
     assert await raw("XLEN", "PIGEON:QUEUE") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_collapse_and_schedule_keys_are_checked_before_the_first_write(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    await raw("SET", "PIGEON:COLLAPSE:bob", "not a hash")
+    good = _notification(["carol"])
+    bad = attrs.evolve(_notification(["alice", "bob"]), collapse_key="k")
+    with pytest.raises(StoreError, match="PIGEON:COLLAPSE:bob holds a string, not a hash"):
+        await redis_store.accept([good, bad])
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{good.message.message_id}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
+    await raw("SET", "PIGEON:SCHEDULE", "not a sorted set")
+    later = attrs.evolve(_notification(["carol"]), send_at=_reactor().seconds() + 30)
+    with pytest.raises(StoreError, match="PIGEON:SCHEDULE holds a string, not a zset"):
+        await redis_store.accept([later])
+    assert await raw("EXISTS", f"PIGEON:RECEIPT:{later.message.message_id}") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scheduled_message_that_expired_while_waiting_is_only_cleaned_up(
+    redis_store: RedisStore, raw: Raw
+) -> None:
+    now = _reactor().seconds()
+    note = attrs.evolve(_notification(["alice"], ttl=30), send_at=now + 0.2)
+    await redis_store.accept([note])
+    message_id = note.message.message_id
+    await raw("DEL", f"PIGEON:MSG_BODY:{message_id}")  # as if its TTL ran out
+    await raw("ZADD", "PIGEON:SCHEDULE", "0", message_id)  # and it is due
+    assert await redis_store.release_due(10, 30.0) == 0
+    assert await raw("EXISTS", "PIGEON:SCHEDULE") == 0
+    assert await raw("HEXISTS", f"PIGEON:RECEIPT:{message_id}", "#scheduled") == 0
+    assert await redis_store.pending_ids("alice") == []
+    assert await redis_store.cancel(message_id) is CancelResult.SENT
 
 
 @pytest_twisted.ensureDeferred

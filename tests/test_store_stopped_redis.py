@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from pigeonpush.server.hub import PushHub
-from pigeonpush.server.protocol import ServerProtocol
+from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.store import StoreError, open_store
 from pigeonpush.store.address import DEFAULT_TIMEOUT, parse_redis_url
@@ -63,7 +63,7 @@ def redis(tmp_path: Path) -> Iterator[Stoppable]:
 async def _auth(hub: PushHub, client_id: str, token: str) -> tuple[object, float]:
     from twisted.internet import reactor
 
-    proto = ServerProtocol(hub)
+    proto = ServerProtocolFactory(hub, hub.settings, reactor).buildProtocol(None)
     transport = DeviceTransport()
     proto.makeConnection(transport)
     device = Device(proto, transport)
@@ -101,9 +101,9 @@ async def test_auth_is_unavailable_not_a_timeout_while_redis_is_stopped(
         answer, _ = await _auth(hub, "client-2", "token-2")
         assert isinstance(answer, AuthOk)
     finally:
-        for proto in list(hub.connections):
-            proto.transport.loseConnection()  # type: ignore[union-attr]
-            proto.connectionLost()
+        for session in list(hub.all_sessions):
+            session.channel.abort()
+            session.channel.connectionLost()  # type: ignore[attr-defined]
         redis.resume()
         await store.close()
 

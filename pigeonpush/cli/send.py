@@ -54,12 +54,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an extras pair (repeatable)",
     )
     parser.add_argument("--idempotency-key", help="makes a retried send return the first answer")
+    parser.add_argument(
+        "--collapse-key",
+        metavar="KEY",
+        help="a newer message with the same key replaces this one while it is still pending",
+    )
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
+        "--at",
+        metavar="TIME",
+        help="send it then: RFC 3339 with its offset, e.g. 2030-01-31T12:00:00Z "
+        "(pigeonpush cancel MESSAGE_ID cancels it until then)",
+    )
+    when.add_argument("--delay", type=int, metavar="SECONDS", help="send it SECONDS from now")
 
 
 def notification_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"to": args.to, "title": args.title, "text": args.text}
     if args.ttl is not None:
         body["ttl"] = args.ttl
+    if args.collapse_key is not None:
+        body["collapseKey"] = args.collapse_key
+    if args.at is not None:
+        body["sendAt"] = args.at
+    if args.delay is not None:
+        body["delay"] = args.delay
     if args.extra:
         extras = {}
         for pair in args.extra:

@@ -47,3 +47,11 @@ PULL_ERRORS = Counter(
     "pigeonpush_delivery_pull_errors",
     "Pull requests that failed because the store did not answer",
 )
+SCHEDULED_RELEASED = Counter(
+    "pigeonpush_delivery_scheduled_released",
+    "Scheduled messages released to their recipients and the queue at their send time",
+)
+SCHEDULE_ERRORS = Counter(
+    "pigeonpush_delivery_schedule_errors",
+    "Ticks of the due-time poller that failed (retried at the next tick)",
+)

@@ -87,8 +87,10 @@ class Router:
         """(clientId, entry) pairs to push, in queue order. An entry handed out
         before (a crashed worker's) goes only to recipients that have not ACKed
         it yet: one receipt read per such entry, which is rare, saves the
-        clients a duplicate."""
-        again = [e for e in entries if e.deliveries > 1]
+        clients a duplicate. So does an entry with a collapse key: a newer
+        message with the same key may have replaced it for some recipients
+        while it waited in the queue, and those must not get it after all."""
+        again = [e for e in entries if e.deliveries > 1 or e.notification.collapse_key]
         still: dict[str, frozenset[str]] = {}
         if again:
             receipts = await gatherResults(

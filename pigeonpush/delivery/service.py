@@ -28,6 +28,8 @@ from pigeonpush.delivery import metrics
 from pigeonpush.delivery.loop import ConsumeLoop
 from pigeonpush.delivery.pull import PendingMessages
 from pigeonpush.delivery.router import GatewayFor, Router
+from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_INTERVAL
+from pigeonpush.delivery.schedule import SchedulePoller
 from pigeonpush.discovery.interface import DELIVERY, Discovery
 from pigeonpush.discovery.interface import Registration as NodeRegistration
 from pigeonpush.rpcpool import PeerAddress
@@ -38,7 +40,8 @@ log = Logger()
 
 
 class DeliveryWorker(MultiService):
-    """The consume loop (a child service) and the pull source over ``store``."""
+    """The consume loop and the due-time poller (child services) and the pull
+    source over ``store``."""
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class DeliveryWorker(MultiService):
         block: float = 1.0,
         claim_idle: float = 30.0,
         stop_timeout: float = 10.0,
+        schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         super().__init__()
         self.router = Router(store, gateway_for, clock)
@@ -65,6 +69,9 @@ class DeliveryWorker(MultiService):
             stop_timeout=stop_timeout,
         )
         self.loop.setServiceParent(self)
+        #: sends scheduled messages (``sendAt``/``delay``) when they are due
+        self.schedule = SchedulePoller(store, clock, interval=schedule_interval)
+        self.schedule.setServiceParent(self)
         self.pull_source = PendingMessages(store, clock)
 
 

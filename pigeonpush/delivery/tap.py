@@ -14,6 +14,7 @@ from twisted.web.server import Request
 
 from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.delivery.rpc_server import PullServerFactory
+from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_INTERVAL
 from pigeonpush.delivery.service import (
     DeliveryWorker,
     LagGauge,
@@ -85,6 +86,13 @@ class Options(DaemonOptions):
         ["claim-idle", None, 30.0, "Reclaim entries another worker left this long.", _positive],
         ["push-timeout", None, 5.0, "Longest wait for a push server's answer.", _positive],
         [
+            "schedule-interval",
+            None,
+            DEFAULT_SCHEDULE_INTERVAL,
+            "Seconds between two looks for scheduled messages that are due.",
+            _positive,
+        ],
+        [
             "metrics",
             None,
             "tcp:7202:interface=127.0.0.1",
@@ -147,6 +155,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         block=config["block"],
         claim_idle=config["claim-idle"],
         stop_timeout=config["push-timeout"] + config["block"] + 1.0,
+        schedule_interval=config["schedule-interval"],
     )
     worker.setServiceParent(top)
     listener = Listener(

@@ -1,7 +1,8 @@
 """The notification HTTP API: twisted.web resources over ``Notifications``.
 
 ``POST /v1/notifications``, ``POST /v1/notifications/batch``,
-``GET /v1/notifications/<messageId>``, ``DELETE /v1/devices/<clientId>/session``,
+``GET /v1/notifications/<messageId>``, ``DELETE /v1/notifications/<messageId>``
+(cancel a scheduled one), ``DELETE /v1/devices/<clientId>/session``,
 ``GET /v1/uplinks`` and ``GET /v1/uplinks/dead`` (``uplinks``), plus
 ``GET /health`` and ``/metrics``.
 Every answer is JSON; every error has the project's shape (``error``,
@@ -37,7 +38,7 @@ from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
-from pigeonpush.store.model import Accepted, Receipt, RecipientState
+from pigeonpush.store.model import Accepted, CancelResult, Receipt, RecipientState
 
 #: Longest Idempotency-Key header value (visible ASCII).
 MAX_IDEMPOTENCY_KEY = 128
@@ -69,13 +70,15 @@ def iso8601(seconds: float) -> str:
 def receipt_body(receipt: Receipt) -> dict[str, Any]:
     """The receipt as the API reports it: ``pending`` and ``acked`` (a count)
     as before, then who ACKed, who it expired for and who it was dropped for,
-    with the reason."""
+    with the reason; who a newer message with its collapse key replaced it
+    for; for a scheduled message its send time, and who it waits for
+    (``scheduled``) or was cancelled for."""
     dropped = [
         {"clientId": client_id, "reason": state.value}
         for client_id, state in zip(receipt.recipients, receipt.states, strict=True)
         if state in DROPPED
     ]
-    return {
+    body: dict[str, Any] = {
         "messageId": receipt.message_id,
         "createdAt": iso8601(receipt.created_at),
         "expiresAt": iso8601(receipt.expires_at),
@@ -85,7 +88,13 @@ def receipt_body(receipt: Receipt) -> dict[str, Any]:
         "ackedBy": list(receipt.with_state(RecipientState.ACKED)),
         "expired": list(receipt.with_state(RecipientState.EXPIRED)),
         "dropped": dropped,
+        "replaced": list(receipt.with_state(RecipientState.REPLACED)),
     }
+    if receipt.send_at is not None:
+        body["sendAt"] = iso8601(receipt.send_at)
+        body["scheduled"] = list(receipt.with_state(RecipientState.SCHEDULED))
+        body["cancelled"] = list(receipt.with_state(RecipientState.CANCELLED))
+    return body
 
 
 #: States of a recipient the server gave up on (the receipt's ``dropped``).
@@ -185,6 +194,27 @@ class NotificationApi:
                 404, "not_found", "no such notification: unknown, or its receipt retention ended"
             )
         return JsonResponse(receipt_body(receipt))
+
+    async def cancel(self, request: Request, message_id: str) -> JsonResponse:
+        """Cancel a scheduled notification before its send time: 200; 409
+        once it was sent (or if it was never scheduled); 404 if unknown."""
+        self._authorize(request)
+        try:
+            result = await self._notifications.cancel(message_id)
+        except StoreError as e:
+            raise _unavailable(e) from None
+        if result is CancelResult.UNKNOWN:
+            raise ApiError(
+                404, "not_found", "no such notification: unknown, or its receipt retention ended"
+            )
+        if result is CancelResult.SENT:
+            raise ApiError(
+                409,
+                "already_sent",
+                "the notification was sent already (or was not scheduled): it cannot be "
+                "cancelled; its receipt says what became of it",
+            )
+        return JsonResponse({"messageId": message_id, "cancelled": True})
 
     async def kick(self, request: Request, client_id: str) -> JsonResponse:
         """Revoke the device's token and disconnect it; 200 either way, with
@@ -309,7 +339,10 @@ class _NotificationsTree(Resource):
         async def receipt(request: Request) -> JsonResponse:
             return await self._api.receipt(request, message_id)
 
-        return JsonResource({b"GET": _counting(receipt)})
+        async def cancel(request: Request) -> JsonResponse:
+            return await self._api.cancel(request, message_id)
+
+        return JsonResource({b"GET": _counting(receipt), b"DELETE": _counting(cancel)})
 
 
 class _DevicesTree(Resource):

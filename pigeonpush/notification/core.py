@@ -18,7 +18,7 @@ from pigeonpush.ids import MessageIdGenerator, is_message_id
 from pigeonpush.notification import metrics
 from pigeonpush.notification.validate import Draft, Invalid, Limits, validate
 from pigeonpush.store.interface import Store
-from pigeonpush.store.model import Accepted, Message, Notification, Receipt
+from pigeonpush.store.model import Accepted, CancelResult, Message, Notification, Receipt
 
 #: What one submitted item became: accepted (maybe replayed) or refused.
 Outcome = Accepted | list[Invalid]
@@ -57,7 +57,7 @@ class Notifications:
         notifications: list[Notification] = []
         now = self._clock.seconds()
         for item in items:
-            checked = validate(item.data, self.limits)
+            checked = validate(item.data, self.limits, now)
             if isinstance(checked, list):
                 outcomes.append(checked)
                 continue
@@ -85,15 +85,30 @@ class Notifications:
         return self.store.accept(notifications).addCallback(merge)
 
     def _notification(self, draft: Draft, idempotency_key: str | None, now: float) -> Notification:
+        send_at = draft.send_time(now)
         message = Message(
             message_id=self._new_id(),
             title=draft.title,
             text=draft.text,
             extras=draft.extras,
             created_at=now,
-            expires_at=now + draft.ttl,
+            # A scheduled message's TTL counts from its send time.
+            expires_at=(now if send_at is None else send_at) + draft.ttl,
         )
-        return Notification(message, draft.recipients, idempotency_key)
+        return Notification(
+            message,
+            draft.recipients,
+            idempotency_key,
+            collapse_key=draft.collapse_key,
+            send_at=send_at,
+        )
+
+    def cancel(self, message_id: str) -> Deferred[CancelResult]:
+        """Cancel a scheduled message not sent yet (``Store.cancel``); a
+        malformed id is unknown."""
+        if not is_message_id(message_id):
+            return succeed(CancelResult.UNKNOWN)
+        return self.store.cancel(message_id)
 
     def receipt(self, message_id: str) -> Deferred[Receipt | None]:
         """The receipt (kept for the store's receipt retention after the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 
 import attrs
 
@@ -22,7 +23,12 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
 #: The fields a notification may have; anything else is refused (a typo such
 #: as "tll" must not silently become the default TTL).
-FIELDS = frozenset({"to", "title", "text", "ttl", "extras"})
+FIELDS = frozenset({"to", "title", "text", "ttl", "extras", "collapseKey", "sendAt", "delay"})
+#: What a collapse key may be: the clientId alphabet, at most 64 characters.
+COLLAPSE_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,64}\Z")
+COLLAPSE_KEY_RULE = "a string of 1 to 64 letters, digits, '.', '_', ':' or '-'"
+#: An RFC 3339 date-time (with its offset: a time without one means nothing).
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 #: A messageId as the wire protocol carries it (ULID, 26 characters).
 MESSAGE_ID_LENGTH = 26
 
@@ -108,6 +114,19 @@ class Draft:
     text: str
     ttl: int
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    collapse_key: str | None = None
+    #: ``sendAt``: seconds since the epoch (None: see ``delay``)
+    send_at: float | None = None
+    #: ``delay``: seconds after acceptance (None: send now, or at ``send_at``)
+    delay: int | None = None
+
+    def send_time(self, now: float) -> float | None:
+        """When to send it: None for now (a ``sendAt`` already past is now)."""
+        if self.delay is not None:
+            return now + self.delay
+        if self.send_at is not None and self.send_at > now:
+            return self.send_at
+        return None
 
 
 @attrs.frozen(slots=True)
@@ -118,8 +137,9 @@ class Invalid:
     message: str
 
 
-def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
-    """Check one notification; a Draft, or every problem found (never empty)."""
+def validate(data: object, limits: Limits, now: float | None = None) -> Draft | list[Invalid]:
+    """Check one notification; a Draft, or every problem found (never empty).
+    ``now`` (seconds since the epoch) bounds ``sendAt`` to the maximum TTL ahead."""
     if not isinstance(data, dict):
         return [Invalid("", "a notification must be a JSON object")]
     problems: list[Invalid] = []
@@ -130,10 +150,59 @@ def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
     text = _text(data, "text", limits.max_text, problems)
     ttl = _ttl(data["ttl"], limits, problems) if "ttl" in data else limits.default_ttl
     extras = _extras(data.get("extras", {}), limits, problems)
+    collapse_key = _collapse_key(data["collapseKey"], problems) if "collapseKey" in data else None
+    send_at, delay = _send_time(data, limits, now, problems)
     if problems:
         return problems
     assert recipients is not None and title is not None and text is not None
-    return Draft(recipients, title, text, ttl, extras)
+    return Draft(recipients, title, text, ttl, extras, collapse_key, send_at, delay)
+
+
+def _collapse_key(value: object, problems: list[Invalid]) -> str | None:
+    if not isinstance(value, str) or not COLLAPSE_KEY.match(value):
+        problems.append(Invalid("collapseKey", f"collapseKey must be {COLLAPSE_KEY_RULE}"))
+        return None
+    return value
+
+
+def _send_time(
+    data: dict[str, object], limits: Limits, now: float | None, problems: list[Invalid]
+) -> tuple[float | None, int | None]:
+    """(``sendAt`` as seconds since the epoch, ``delay``): at most one of them."""
+    if "sendAt" in data and "delay" in data:
+        problems.append(Invalid("delay", "give sendAt or delay, not both"))
+        return None, None
+    if "delay" in data:
+        value = data["delay"]
+        rule = f"delay must be a whole number of seconds from 1 to {limits.max_ttl}"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not value.is_integer())
+            or not 1 <= value <= limits.max_ttl
+        ):
+            problems.append(Invalid("delay", rule))
+            return None, None
+        return None, int(value)
+    if "sendAt" not in data:
+        return None, None
+    value = data["sendAt"]
+    rule = "sendAt must be an RFC 3339 date-time with its offset, e.g. 2030-01-31T12:00:00Z"
+    if not isinstance(value, str) or not RFC3339.match(value):
+        problems.append(Invalid("sendAt", rule))
+        return None, None
+    try:
+        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:  # a 31st of February, an hour 25
+        problems.append(Invalid("sendAt", rule))
+        return None, None
+    send_at = moment.timestamp()
+    if now is not None and send_at - now > limits.max_ttl:
+        problems.append(
+            Invalid("sendAt", f"sendAt is more than the maximum TTL ({limits.max_ttl}s) ahead")
+        )
+        return None, None
+    return send_at, None
 
 
 def utf8_size(text: str) -> int | None:

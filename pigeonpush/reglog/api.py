@@ -94,6 +94,21 @@ def avoid_field(body: dict[str, Any]) -> frozenset[str]:
     return frozenset(value)
 
 
+#: ``transport`` of a route request: what the client can speak.
+TRANSPORTS = ("tcp", "websocket")
+
+
+def websocket_field(body: dict[str, Any]) -> bool:
+    """``transport``: ``websocket`` asks for a WebSocket address (browsers);
+    ``tcp`` or absent for the framed TCP port."""
+    value = body.get("transport")
+    if value is None:
+        return False
+    if value not in TRANSPORTS:
+        raise bad_request("transport must be 'tcp' or 'websocket'")
+    return bool(value == "websocket")
+
+
 def _seconds(value: float) -> float | int:
     """Whole seconds as a JSON integer, the way clients in any language expect."""
     return int(value) if float(value).is_integer() else value
@@ -155,8 +170,9 @@ class ReglogApi:
         client_id = required_client_id(body)
         secret = secret_field(body)
         avoid = avoid_field(body)
+        websocket = websocket_field(body)
         try:
-            grant = await self._router.route(client_id, secret, avoid)
+            grant = await self._router.route(client_id, secret, avoid, websocket=websocket)
         except SecretRequired:
             raise ApiError(
                 401,
@@ -171,14 +187,17 @@ class ReglogApi:
                 if error.live
                 else "no push server is alive; retry later"
             )
+            if websocket:
+                message = "no push server with a WebSocket listener has room; retry later"
             raise ApiError(503, "no_server", message) from None
         except StoreError as error:
             raise self._store_unavailable("issue a token", error) from None
+        server = grant.server
         return JsonResponse(
             {
                 "token": grant.token,
-                "server": grant.server.client,
-                "transport": grant.server.transport,
+                "server": server.address(websocket),
+                "transport": server.websocket_transport if websocket else server.transport,
                 "heartbeat": _seconds(grant.heartbeat),
             }
         )

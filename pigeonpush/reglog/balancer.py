@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from pigeonpush.discovery.interface import Node
 from pigeonpush.rpcpool import parse_peer_address
-from pigeonpush.tls import TCP
+from pigeonpush.tls import TCP, TLS
 
 log = Logger()
 
@@ -61,6 +61,17 @@ class PushServer:
     connections: int
     capacity: int
     transport: str = TCP  #: what devices speak there: ``tcp`` or ``tls``
+    #: ``host:port`` of its WebSocket listener (None: it has none)
+    websocket: str | None = None
+    #: ``ws`` or ``wss`` (what browsers open there)
+    websocket_transport: str = "ws"
+
+    def address(self, websocket: bool) -> str:
+        """The ``host:port`` a client of that transport connects to (``avoid`` names it)."""
+        if websocket:
+            assert self.websocket is not None
+            return self.websocket
+        return self.client
 
 
 def _count(data: Mapping[str, Any], name: str) -> int:
@@ -82,12 +93,25 @@ def parse_server(node: Node) -> PushServer:
         raise ValueError(
             f"'client' must be 'host:port' or 'tls:host:port', not {client!r}"
         ) from None
+    websocket = data.get("websocket")
+    websocket_address = None
+    if websocket is not None:
+        try:
+            if not isinstance(websocket, str):
+                raise ValueError
+            websocket_address = parse_peer_address(websocket)
+        except ValueError:
+            raise ValueError(
+                f"'websocket' must be 'host:port' or 'tls:host:port', not {websocket!r}"
+            ) from None
     return PushServer(
         node.node_id,
         address.host_port,
         _count(data, "connections"),
         _count(data, "capacity"),
         address.transport,
+        None if websocket_address is None else websocket_address.host_port,
+        "wss" if websocket_address is not None and websocket_address.transport == TLS else "ws",
     )
 
 
@@ -165,19 +189,23 @@ class Balancer:
 
     # -- the choice -------------------------------------------------------------
 
-    def choose(self, avoid: Collection[str] = ()) -> PushServer | None:
+    def choose(self, avoid: Collection[str] = (), *, websocket: bool = False) -> PushServer | None:
         """A server for one client (counted as pending there), or None if none has room.
 
-        Servers whose client address is in ``avoid`` are drawn only when no
-        other server has room. O(number of servers): a deployment has tens of
-        them, not thousands.
+        Servers whose client address (WebSocket address with ``websocket``)
+        is in ``avoid`` are drawn only when no other server has room; with
+        ``websocket``, only servers with a WebSocket listener are candidates.
+        O(number of servers): a deployment has tens of them, not thousands.
         """
         candidates: list[tuple[PushServer, int]] = []
         avoided: list[tuple[PushServer, int]] = []
         for node_id, server in self._servers.items():
+            if websocket and server.websocket is None:
+                continue
             free = self.free(node_id)
             if free > 0:
-                (avoided if server.client in avoid else candidates).append((server, free))
+                avoided_here = server.address(websocket) in avoid
+                (avoided if avoided_here else candidates).append((server, free))
         if not candidates:
             candidates = avoided
         total = sum(free for _, free in candidates)

@@ -77,10 +77,16 @@ class Router:
         return AuthMode.OPEN if self._devices is None else AuthMode.REGISTERED
 
     async def route(
-        self, client_id: str, secret: str | None = None, avoid: Collection[str] = ()
+        self,
+        client_id: str,
+        secret: str | None = None,
+        avoid: Collection[str] = (),
+        *,
+        websocket: bool = False,
     ) -> RouteGrant:
         """Grant ``client_id`` a token (stored in ``PIGEON:AUTH:<clientId>``) and a server,
-        one not in ``avoid`` (client addresses) if another has room.
+        one not in ``avoid`` (client addresses) if another has room; with
+        ``websocket``, a server with a WebSocket listener.
 
         SecretRequired / BadSecret in registered mode, NoServer, or the store's
         StoreError; nothing is written unless a grant is returned.
@@ -90,7 +96,7 @@ class Router:
                 raise SecretRequired()
             if not await self._devices.check(client_id, secret):
                 raise BadSecret()
-        server = self._balancer.choose(avoid)
+        server = self._balancer.choose(avoid, websocket=websocket)
         if server is None:
             raise NoServer(len(self._balancer.servers))
         token = new_token()

@@ -11,6 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from pigeonpush.cors import CorsResource, check_origin
 from pigeonpush.discovery import DiscoveryService, open_discovery
 from pigeonpush.discovery.interface import Discovery
 from pigeonpush.http import JsonSite
@@ -79,6 +80,26 @@ class Options(DaemonOptions):
         ["access-log", None, None, "Write an HTTP access log to this file (none by default)."],
         *HTTP_LIMIT_OPTIONS,
     ]
+    optFlags = [
+        [
+            "demo",
+            None,
+            "Serve the demo page at /demo/ (a browser client over WebSocket; see docs/reglog.rst).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["cors-origin"] = []
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin of a web page allowed to call this API from a browser, e.g.
+        https://app.example.com (repeatable; * for any); answers carry the
+        CORS headers for it and preflights are answered."""
+        try:
+            self["cors-origin"].append(check_origin("--cors-origin", origin))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
         self["token-ttl"] = seconds("--token-ttl", self["token-ttl"])
@@ -166,8 +187,13 @@ def build_reglog(
         admin_key=config["admin-key"],
         max_body=config["max-body"],
     )
+    root = api.resource()
+    if config["demo"]:
+        from pigeonpush.demo import demo_resource
+
+        root.putChild(b"demo", demo_resource())
     site = JsonSite(
-        api.resource(),
+        CorsResource(root, config["cors-origin"]) if config["cors-origin"] else root,
         max_body=config["max-body"],
         request_timeout=config["request-timeout"],
         max_connections=config["max-connections"],

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.server import metrics
+from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.store.interface import Store, StoreError
 
 
@@ -35,7 +35,9 @@ class AckBatcher:
         max_batch: int = 5000,
         retry_delay: float = 1.0,
         max_pending: int = 100_000,
+        metrics: MetricsSink = PROMETHEUS,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._clock = clock
         self._max_batch = max_batch
@@ -62,7 +64,7 @@ class AckBatcher:
     def _flush(self) -> None:
         self._call = None
         if self._arrived:
-            metrics.ACKS.inc(self._arrived)
+            self._metrics.acks_received(self._arrived)
             self._arrived = 0
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), self._max_batch):
@@ -79,7 +81,7 @@ class AckBatcher:
         sent.addBoth(done)
 
     def _failed(self, failure: Failure, batch: Sequence[tuple[str, str]]) -> None:
-        metrics.ACK_STORE_FAILURES.inc()
+        self._metrics.ack_store_failed()
         if not failure.check(StoreError):
             self.log.failure("Storing {count} ACKs failed", failure, count=len(batch))
         if self._stopped:

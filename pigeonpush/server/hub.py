@@ -1,13 +1,16 @@
-"""The push server's logic: the channel table and what happens to it.
+"""The push server's logic: the session table and what happens to it.
 
-``PushHub`` authenticates connections, keeps the channel table (clientId ->
-connection), writes PUSHes (it is the in-process ``PushGateway``), takes ACKs,
-pulls pending messages, kicks, and drains on a graceful stop. Time and the
-store are parameters, so all of it runs under a ``Clock`` with the memory store
-and ``StringTransport`` connections.
+``PushHub`` authenticates sessions, keeps the session table (clientId ->
+``Session``), writes PUSHes (it is the in-process ``PushGateway``), takes
+ACKs, pulls pending messages, kicks, and drains on a graceful stop. It meets
+its transports only through ``pigeonpush.server.session``: it implements
+``SessionEvents`` and writes to each session's ``Channel``, so nothing here
+knows TCP (or framing, or sockets). Time, the store and the metrics sink are
+parameters, so all of it runs under a ``Clock`` with the memory store and
+fake channels.
 
-Cleanup is conditional everywhere: a connection that is no longer the channel
-of its client (it was replaced) never touches the store, and the store's own
+Cleanup is conditional everywhere: a session that is no longer the one of its
+client (it was replaced) never touches the store, and the store's own
 ``end_session`` only deletes AUTH and ROUTE while they hold this session's
 token and this server.
 """
@@ -28,11 +31,11 @@ from twisted.python.failure import Failure
 
 from pigeonpush.logsafe import LogThrottle, untrusted
 from pigeonpush.rpc import PullSource, PushItem, PushStatus
-from pigeonpush.server import metrics
 from pigeonpush.server.acks import AckBatcher
-from pigeonpush.server.protocol import ServerProtocol, State
+from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.pull import PullBatcher
-from pigeonpush.server.settings import ServerSettings
+from pigeonpush.server.session import Channel, Session, State
+from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.server.uplink import UplinkReceiver, send_answer
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
@@ -88,11 +91,6 @@ RETRY_AFTER_MAX = 3600.0
 FAILURE_COUNT_TTL = 7 * 24 * 3600.0
 #: The retry time of a failed message while its failure count is being stored.
 _HELD = float("inf")
-#: Refused AUTHs, client ERRORs and protocol errors: at most LOG_BURST lines
-#: of each per LOG_INTERVAL seconds (the next line counts those left out;
-#: the metrics count all of them), whatever a peer sends.
-LOG_INTERVAL = 10.0
-LOG_BURST = 5
 
 _KICK_TEXT = {
     KickReason.REPLACED: "the same client logged in again",
@@ -102,7 +100,8 @@ _KICK_TEXT = {
 
 
 class PushHub:
-    """The channel table and everything that reads or changes it."""
+    """The session table and everything that reads or changes it
+    (``SessionEvents``)."""
 
     log = Logger()
 
@@ -115,24 +114,25 @@ class PushHub:
         server_address: str | None = None,
         pull_source: PullSource | None = None,
         acks: AckBatcher | None = None,
+        metrics: MetricsSink = PROMETHEUS,
         uplinks: UplinkReceiver | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.clock = clock
         self.settings = settings
         #: this server's RPC address: the value of ROUTE for its clients
         #: (set by the service once the RPC port listens, before clients connect)
         self.server_address = server_address
         self.pull_source = pull_source
-        self.acks = acks if acks is not None else AckBatcher(store, clock)
+        self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
         self.uplinks = uplinks if uplinks is not None else UplinkReceiver(store, clock)
-        #: clientId -> its live connection (ACTIVE, or CLOSING until connectionLost)
-        self.channels: dict[str, ServerProtocol] = {}
-        #: every open connection, authenticated or not
-        self.connections: set[ServerProtocol] = set()
+        #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
+        self.sessions: dict[str, Session] = {}
+        #: every session whose channel is open, authenticated or not
+        self.all_sessions: set[Session] = set()
         #: False once draining: new AUTHs are refused
         self.accepting = True
-        self.idle_timeout = settings.idle_timeout
         self._window = settings.ack_window
         self._auth_ok = encode(AuthOk(settings.heartbeat, settings.max_frame, settings.ack_window))
         self._cleanups: set[Deferred[bool]] = set()
@@ -143,36 +143,37 @@ class PushHub:
         self._pull_failure_logged_at = float("-inf")
         self._batcher: PullBatcher | None = None
         #: connections whose last pull brought nothing but said "more"
-        self._pulled_empty: set[ServerProtocol] = set()
+        self._pulled_empty: set[Session] = set()
         #: connections whose pull failed: pulled again together by one timer
-        self._pull_retry: set[ServerProtocol] = set()
+        self._pull_retry: set[Session] = set()
         self._pull_retry_timer: IDelayedCall | None = None
         self._pull_retry_delay = PULL_RETRY_MIN
         #: the one timer of ACK deadlines and redeliveries (None: nothing to watch)
         self._check_timer: IDelayedCall | None = None
         self._check_interval = min(DELIVERY_CHECK_INTERVAL, settings.ack_timeout / 4)
-        #: log throttles of what peers can repeat at will
+        #: the log throttle of refused AUTHs (peers can repeat them at will)
         self.refusals_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
-        self.client_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
-        self.protocol_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
 
     # --- connections -------------------------------------------------------------
 
-    def connected(self, proto: ServerProtocol) -> None:
-        self.connections.add(proto)
+    def connected(self, channel: Channel) -> Session:
+        """A transport connected: the channel's new session."""
+        session = Session(channel)
+        self.all_sessions.add(session)
+        return session
 
-    def disconnected(self, proto: ServerProtocol) -> None:
+    def disconnected(self, session: Session) -> None:
         """Every close, whatever its cause: the conditional cleanup."""
-        self.connections.discard(proto)
-        self._pulled_empty.discard(proto)
-        self._pull_retry.discard(proto)
-        client_id = proto.client_id
-        if client_id is not None and self.channels.get(client_id) is proto:
-            del self.channels[client_id]
-            metrics.CONNECTIONS.set(len(self.channels))
-            assert proto.token is not None
-            self._end_session(client_id, proto.token)
-        if not self.connections and self._all_closed:
+        self.all_sessions.discard(session)
+        self._pulled_empty.discard(session)
+        self._pull_retry.discard(session)
+        client_id = session.client_id
+        if client_id is not None and self.sessions.get(client_id) is session:
+            del self.sessions[client_id]
+            self.metrics.sessions(len(self.sessions))
+            assert session.token is not None
+            self._end_session(client_id, session.token)
+        if not self.all_sessions and self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for each in waiting:
                 each.callback(None)
@@ -201,42 +202,43 @@ class PushHub:
         cleanup.addErrback(failed)
         cleanup.addBoth(done)
 
-    def idle_timed_out(self, proto: ServerProtocol) -> None:
+    def idle_timed_out(self, session: Session) -> None:
         self.log.debug(
             "Closing the connection of {client_id}: silent for {idle} s",
-            client_id=proto.client_id,
-            idle=self.idle_timeout,
+            client_id=session.client_id,
+            idle=self.settings.idle_timeout,
         )
 
     # --- authentication ---------------------------------------------------------
 
-    def authenticate(self, proto: ServerProtocol, auth: Auth) -> None:
+    def authenticate(self, session: Session, auth: Auth) -> None:
         """Check AUTH (version, capacity, token in constant time), bind the
         session in the store, replace an older connection of the same client,
         and answer AUTH_OK or AUTH_FAIL."""
-        ensureDeferred(self._authenticate(proto, auth)).addErrback(self._auth_crashed, proto)
+        session.state = State.AUTHENTICATING
+        ensureDeferred(self._authenticate(session, auth)).addErrback(self._auth_crashed, session)
 
-    async def _authenticate(self, proto: ServerProtocol, auth: Auth) -> None:
+    async def _authenticate(self, session: Session, auth: Auth) -> None:
         if auth.version not in SUPPORTED_VERSIONS:
             supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
             self._refuse(
-                proto,
+                session,
                 auth,
                 AuthFailCode.VERSION,
                 f"protocol version {auth.version} is not supported; this server speaks {supported}",
             )
             return
         if not self.accepting:
-            self._refuse(proto, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down")
+            self._refuse(session, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down")
             return
         client_id, token = auth.client_id, auth.token
         if not client_id or not token:
             self._refuse(
-                proto, auth, AuthFailCode.BAD_TOKEN, "clientId and token must not be empty"
+                session, auth, AuthFailCode.BAD_TOKEN, "clientId and token must not be empty"
             )
             return
         if self._full(client_id):
-            self._refuse(proto, auth, AuthFailCode.FULL, "the server is at capacity")
+            self._refuse(session, auth, AuthFailCode.FULL, "the server is at capacity")
             return
         server = self.server_address
         assert server is not None, "the RPC address is set before clients are accepted"
@@ -244,13 +246,13 @@ class PushHub:
         # drop the ROUTE the login is writing.
         self._authenticating[client_id] = self._authenticating.get(client_id, 0) + 1
         try:
-            await self._check_and_bind(proto, auth, server)
+            await self._check_and_bind(session, auth, server)
         finally:
             count = self._authenticating.pop(client_id) - 1
             if count:
                 self._authenticating[client_id] = count
 
-    async def _check_and_bind(self, proto: ServerProtocol, auth: Auth, server: str) -> None:
+    async def _check_and_bind(self, session: Session, auth: Auth, server: str) -> None:
         client_id, token = auth.client_id, auth.token
         try:
             # Checks the token and binds in one store call (one round trip).
@@ -268,65 +270,70 @@ class PushHub:
                     skipped=skipped,
                 )
             self._refuse(
-                proto, auth, AuthFailCode.UNAVAILABLE, "the server cannot check tokens now"
+                session, auth, AuthFailCode.UNAVAILABLE, "the server cannot check tokens now"
             )
             return
         if not bound:
-            self._refuse(proto, auth, AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
+            self._refuse(session, auth, AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
             return
-        if proto.state != State.AUTHENTICATING or not self.accepting or self._full(client_id):
+        if session.state != State.AUTHENTICATING or not self.accepting or self._full(client_id):
             # Closed, draining or full while binding: undo the binding at once,
             # unless a live session of the client is here (it owns it now).
-            if client_id not in self.channels:
+            if client_id not in self.sessions:
                 self._end_session(client_id, token)
-            if proto.state == State.AUTHENTICATING:
+            if session.state == State.AUTHENTICATING:
                 if self.accepting:
-                    self._refuse(proto, auth, AuthFailCode.FULL, "the server is at capacity")
+                    self._refuse(session, auth, AuthFailCode.FULL, "the server is at capacity")
                 else:
                     self._refuse(
-                        proto, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down"
+                        session, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down"
                     )
             return
-        self._activate(proto, client_id, token, auth.version)
+        self._activate(session, client_id, token, auth.version)
 
     def _full(self, client_id: str) -> bool:
-        return len(self.channels) >= self.settings.capacity and client_id not in self.channels
+        return len(self.sessions) >= self.settings.capacity and client_id not in self.sessions
 
-    def _refuse(self, proto: ServerProtocol, auth: Auth, code: AuthFailCode, reason: str) -> None:
-        metrics.AUTHS.labels(result=code.name.lower()).inc()
+    def _refuse(self, session: Session, auth: Auth, code: AuthFailCode, reason: str) -> None:
+        self.metrics.refused(code)
         skipped = self.refusals_log.allow()
         if skipped is not None:
             self.log.info(
                 "AUTH of {client_id} from {peer} refused: {code} "
                 "({skipped} refusals not logged before this one)",
                 client_id=untrusted(auth.client_id),
-                peer=proto.peer,
+                peer=session.channel.peer,
                 code=code.name,
                 skipped=skipped,
             )
-        proto.closeWith(AuthFail(code, reason))
+        session.channel.close(AuthFail(code, reason))
 
-    def _auth_crashed(self, failure: Failure, proto: ServerProtocol) -> None:
+    def _auth_crashed(self, failure: Failure, session: Session) -> None:
         self.log.failure("Authenticating a connection failed", failure)
-        if proto.state == State.AUTHENTICATING:
-            metrics.AUTH_UNAVAILABLE.inc()
-            proto.closeWith(AuthFail(AuthFailCode.UNAVAILABLE, "internal error"))
+        if session.state == State.AUTHENTICATING:
+            self.metrics.refused(AuthFailCode.UNAVAILABLE)
+            session.channel.close(AuthFail(AuthFailCode.UNAVAILABLE, "internal error"))
 
-    def _activate(self, proto: ServerProtocol, client_id: str, token: str, version: int) -> None:
-        old = self.channels.get(client_id)
-        self.channels[client_id] = proto
+    def _activate(self, session: Session, client_id: str, token: str, version: int) -> None:
+        old = self.sessions.get(client_id)
+        self.sessions[client_id] = session
         if old is not None:
             # The old connection's cleanup finds the table pointing here and
             # leaves the store alone: the session is this one now.
             self._kick(old, KickReason.REPLACED)
         else:
-            metrics.CONNECTIONS.set(len(self.channels))
-        proto.activate(client_id, token, self._auth_ok, version)
+            self.metrics.sessions(len(self.sessions))
+        session.client_id = client_id
+        session.token = token
+        session.version = version
+        session.in_flight = {}
+        session.state = _ACTIVE
+        session.channel.activate(self._auth_ok)
         # No log line per login: twistd writes debug events too, and at
         # thousands of logins a second that is work on the connect path;
         # pigeonpush_server_auth_total{result="ok"} counts them.
-        metrics.AUTH_OK.inc()
-        self.pull(proto)
+        self.metrics.authenticated()
+        self.pull(session)
 
     # --- pushing (PushGateway) -----------------------------------------------------
 
@@ -343,30 +350,30 @@ class PushHub:
         statuses: list[PushStatus] = [_OFFLINE] * len(items)
         offline: set[str] = set()
         missing: list[int] = []
-        channels = self.channels
+        sessions = self.sessions
         window = self._window
         now = self.clock.seconds()
         for index, item in enumerate(items):
-            proto = channels.get(item.client_id)
-            if proto is None:
+            session = sessions.get(item.client_id)
+            if session is None:
                 if item.client_id not in self._authenticating:
                     offline.add(item.client_id)
                 continue
-            in_flight = proto.in_flight
-            if proto.state != _ACTIVE or in_flight is None:
+            in_flight = session.in_flight
+            if session.state != _ACTIVE or in_flight is None:
                 continue  # closing: its own cleanup clears the route
-            waiting = proto.waiting
+            waiting = session.waiting
             if item.message_id in in_flight or (waiting and item.message_id in waiting):
                 # In flight, or failed and waiting for its redelivery here.
                 statuses[index] = _WRITTEN
-            elif proto.write_paused or len(in_flight) >= window:
+            elif session.write_paused or len(in_flight) >= window:
                 statuses[index] = _WINDOW_FULL
-                proto.pull_more = True  # pulled once the window or socket drains
+                session.pull_more = True  # pulled once the window or socket drains
             elif not item.has_body:
                 missing.append(index)
             else:
                 statuses[index] = self._write(
-                    proto, in_flight, item.message_id, item.title, item.text, item.extras, now
+                    session, in_flight, item.message_id, item.title, item.text, item.extras, now
                 )
         answer: Deferred[list[PushStatus]]
         if missing:
@@ -392,29 +399,29 @@ class PushHub:
         now = self.clock.seconds()
         for index, body in zip(missing, bodies, strict=True):
             item = items[index]
-            proto = self.channels.get(item.client_id)
-            in_flight = proto.in_flight if proto is not None else None
-            if proto is None or proto.state != _ACTIVE or in_flight is None:
+            session = self.sessions.get(item.client_id)
+            in_flight = session.in_flight if session is not None else None
+            if session is None or session.state != _ACTIVE or in_flight is None:
                 statuses[index] = _OFFLINE  # gone while the bodies were read
             elif item.message_id in in_flight or (
-                proto.waiting and item.message_id in proto.waiting
+                session.waiting and item.message_id in session.waiting
             ):
                 statuses[index] = _WRITTEN
             elif body is None:
                 statuses[index] = _NO_BODY
-            elif proto.write_paused or len(in_flight) >= self._window:
+            elif session.write_paused or len(in_flight) >= self._window:
                 statuses[index] = _WINDOW_FULL
-                proto.pull_more = True
+                session.pull_more = True
             else:
                 statuses[index] = self._write(
-                    proto, in_flight, item.message_id, body.title, body.text, body.extras, now
+                    session, in_flight, item.message_id, body.title, body.text, body.extras, now
                 )
         self._count(statuses)
         return statuses
 
     def _write(
         self,
-        proto: ServerProtocol,
+        session: Session,
         in_flight: dict[str, float],
         message_id: str,
         title: str,
@@ -423,7 +430,7 @@ class PushHub:
         now: float,
     ) -> PushStatus:
         try:
-            proto.sendEncoded(encode_push(message_id, title, text, extras))
+            session.channel.send(encode_push(message_id, title, text, extras))
         except EncodeError as e:
             # It can never be written to this client: take it out of WAIT_ACK,
             # or it would come back first in every pull and block the rest.
@@ -431,11 +438,11 @@ class PushHub:
                 "Message {message_id} cannot be written to {client_id}: {why}; "
                 "dropped from its pending messages",
                 message_id=message_id,
-                client_id=proto.client_id,
+                client_id=session.client_id,
                 why=str(e),
             )
-            assert proto.client_id is not None
-            self._drop(proto.client_id, [message_id], DropReason.TOO_LARGE)
+            assert session.client_id is not None
+            self._drop(session.client_id, [message_id], DropReason.TOO_LARGE)
             return _TOO_LARGE
         in_flight[message_id] = now
         if self._check_timer is None:
@@ -444,7 +451,7 @@ class PushHub:
 
     def _count(self, statuses: list[PushStatus]) -> None:
         for status, count in Counter(statuses).items():
-            metrics.PUSHES.labels(status=status.name.lower()).inc(count)
+            self.metrics.pushed(status, count)
 
     def _drop_routes(self, client_ids: set[str]) -> Deferred[None]:
         """Delete ROUTE of clients that have no connection here, where it still
@@ -473,92 +480,92 @@ class PushHub:
         """End the client's session with KICK; False if it has none here.
         ValueError for a reason that is not a KickReason."""
         kick_reason = KickReason(reason)
-        proto = self.channels.get(client_id)
-        if proto is None or proto.state != _ACTIVE:
+        session = self.sessions.get(client_id)
+        if session is None or session.state != _ACTIVE:
             return succeed(False)
-        self._kick(proto, kick_reason)
+        self._kick(session, kick_reason)
         return succeed(True)
 
-    def _kick(self, proto: ServerProtocol, reason: KickReason) -> None:
-        metrics.KICKS.labels(reason=reason.name.lower()).inc()
-        proto.closeWith(Kick(reason, _KICK_TEXT[reason]))
+    def _kick(self, session: Session, reason: KickReason) -> None:
+        self.metrics.kicked(reason)
+        session.channel.close(Kick(reason, _KICK_TEXT[reason]))
 
     # --- ACK, PING, pull -----------------------------------------------------------
 
-    def acked(self, proto: ServerProtocol, message_id: str) -> None:
+    def acked(self, session: Session, message_id: str) -> None:
         """An ACK: the id leaves the window and (batched) WAIT_ACK. An id not in
         flight here is removed from WAIT_ACK too: it may be from an earlier
         connection."""
-        in_flight = proto.in_flight
-        assert in_flight is not None and proto.client_id is not None
+        in_flight = session.in_flight
+        assert in_flight is not None and session.client_id is not None
         written = in_flight.pop(message_id, None)
         if written is not None:
-            metrics.PUSH_TO_ACK.observe(self.clock.seconds() - written)
-        elif proto.waiting:
-            proto.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
-        self.acks.add(proto.client_id, message_id)
-        if proto.pull_more and not proto.pulling and len(in_flight) <= self._window // 2:
-            self.pull(proto)
+            self.metrics.acked(self.clock.seconds() - written)
+        elif session.waiting:
+            session.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
+        self.acks.add(session.client_id, message_id)
+        if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
+            self.pull(session)
 
-    def pinged(self, proto: ServerProtocol) -> None:
+    def pinged(self, session: Session) -> None:
         """A PING: the connection is idle; pull at most once per heartbeat."""
-        if self.clock.seconds() - proto.last_pull >= self.settings.heartbeat:
-            self.pull(proto)
+        if self.clock.seconds() - session.last_pull >= self.settings.heartbeat:
+            self.pull(session)
 
-    def writable(self, proto: ServerProtocol) -> None:
+    def writable(self, session: Session) -> None:
         """The connection's socket drained: continue a pull that had more."""
-        if proto.pull_more and not proto.pulling:
-            self.pull(proto)
+        if session.pull_more and not session.pulling:
+            self.pull(session)
 
-    def pull(self, proto: ServerProtocol) -> None:
+    def pull(self, session: Session) -> None:
         """Ask delivery for the client's pending messages and push them, oldest
         first, within the free part of the window. Pulls of many connections
         are batched (``PullBatcher``): one call to delivery per few ms."""
         source = self.pull_source
-        in_flight = proto.in_flight
-        if source is None or proto.pulling or proto.state != _ACTIVE or in_flight is None:
+        in_flight = session.in_flight
+        if source is None or session.pulling or session.state != _ACTIVE or in_flight is None:
             return
         free = self._window - len(in_flight)
-        if free <= 0 or proto.write_paused:
-            proto.pull_more = True  # continued when the window or socket drains
+        if free <= 0 or session.write_paused:
+            session.pull_more = True  # continued when the window or socket drains
             return
-        assert proto.client_id is not None
-        proto.pulling = True
-        proto.pull_more = False
-        proto.last_pull = self.clock.seconds()
+        assert session.client_id is not None
+        session.pulling = True
+        session.pull_more = False
+        session.last_pull = self.clock.seconds()
         batcher = self._batcher
         if batcher is None or batcher.source is not source:
             batcher = self._batcher = PullBatcher(source, self.clock)
-        skip = [*in_flight, *proto.waiting] if proto.waiting else list(in_flight)
-        pulling = batcher.pull(proto.client_id, free, skip)
+        skip = [*in_flight, *session.waiting] if session.waiting else list(in_flight)
+        pulling = batcher.pull(session.client_id, free, skip)
         pulling.addCallbacks(
-            self._pulled, self._pull_failed, callbackArgs=(proto,), errbackArgs=(proto,)
+            self._pulled, self._pull_failed, callbackArgs=(session,), errbackArgs=(session,)
         )
 
     def _pulled(
-        self, result: tuple[list[PushItem], bool], proto: ServerProtocol
+        self, result: tuple[list[PushItem], bool], session: Session
     ) -> Deferred[None] | None:
-        proto.pulling = False
+        session.pulling = False
         items, more = result
-        metrics.PULL_OK.inc()
         self._pull_retry_delay = PULL_RETRY_MIN  # the source answers again
-        if proto.state != _ACTIVE or self.channels.get(proto.client_id or "") is not proto:
+        if session.state != _ACTIVE or self.sessions.get(session.client_id or "") is not session:
+            self.metrics.pulled(0)
             return None
-        proto.pull_more = more
-        items = [item for item in items if item.client_id == proto.client_id]
+        session.pull_more = more
+        items = [item for item in items if item.client_id == session.client_id]
+        self.metrics.pulled(len(items))
         if not items:
             # Nothing came but more is pending: the batch's answer was full, or
             # only expired ids were read (and cleaned). Ask once more now
             # rather than at the next PING; a second empty answer in a row
             # waits for the next trigger, so a stuck store cannot spin us.
-            if more and proto not in self._pulled_empty:
-                self._pulled_empty.add(proto)
-                self.pull(proto)
+            if more and session not in self._pulled_empty:
+                self._pulled_empty.add(session)
+                self.pull(session)
             else:
-                self._pulled_empty.discard(proto)
+                self._pulled_empty.discard(session)
             return None
-        self._pulled_empty.discard(proto)
-        metrics.PULLED.inc(len(items))
+        self._pulled_empty.discard(session)
         pushing = self.push(items)
 
         def pushed(statuses: list[PushStatus]) -> None:
@@ -566,21 +573,21 @@ class PushHub:
             # were in flight, messages that cannot be written): pull again now
             # rather than wait for ACKs that will not come.
             if (
-                proto.pull_more
+                session.pull_more
                 and _WRITTEN in statuses
-                and proto.in_flight is not None
-                and len(proto.in_flight) <= self._window // 2
+                and session.in_flight is not None
+                and len(session.in_flight) <= self._window // 2
             ):
-                self.pull(proto)
+                self.pull(session)
 
-        return pushing.addCallbacks(pushed, self._pull_failed, errbackArgs=(proto,))
+        return pushing.addCallbacks(pushed, self._pull_failed, errbackArgs=(session,))
 
-    def _pull_failed(self, failure: Failure, proto: ServerProtocol) -> None:
+    def _pull_failed(self, failure: Failure, session: Session) -> None:
         """Keep the client for the next retry round (one timer for all)."""
-        proto.pulling = False
-        metrics.PULL_FAILED.inc()
-        if proto.state == _ACTIVE and self.channels.get(proto.client_id or "") is proto:
-            self._pull_retry.add(proto)
+        session.pulling = False
+        self.metrics.pull_failed()
+        if session.state == _ACTIVE and self.sessions.get(session.client_id or "") is session:
+            self._pull_retry.add(session)
             if self._pull_retry_timer is None and self.accepting:
                 self._pull_retry_timer = self.clock.callLater(
                     self._pull_retry_delay, self._retry_pulls
@@ -592,7 +599,7 @@ class PushHub:
         self.log.warn(
             "Pulling pending messages for {client_id} failed: {why} "
             "({failures} pull failures since the last report); retried in {delay} s",
-            client_id=proto.client_id,
+            client_id=session.client_id,
             why=failure.getErrorMessage(),
             failures=self._pull_failures,
             delay=self._pull_retry_delay,
@@ -607,10 +614,10 @@ class PushHub:
         self._pull_retry_timer = None
         self._pull_retry_delay = min(self._pull_retry_delay * 2, self.settings.heartbeat / 2)
         waiting, self._pull_retry = self._pull_retry, set()
-        for proto in waiting:
+        for session in waiting:
             # (A full window or socket sets pull_more: its ACKs or its drain
             # pull it then.)
-            self.pull(proto)
+            self.pull(session)
 
     def pull_source_ready(self) -> None:
         """The pull source can answer again (a delivery node appeared): retry
@@ -634,23 +641,23 @@ class PushHub:
 
     # --- failed deliveries: NACK, ACK timeout, redelivery ------------------------------
 
-    def nacked(self, proto: ServerProtocol, message_id: str, retry_after: float) -> None:
+    def nacked(self, session: Session, message_id: str, retry_after: float) -> None:
         """A NACK: the message failed on the device; it leaves the window and
         comes again after ``retry_after`` seconds (within bounds), or after
         the backoff when that is 0. A NACK of an id not in flight here is
         ignored."""
-        metrics.NACKS.inc()
-        in_flight = proto.in_flight
+        self.metrics.nacked()
+        in_flight = session.in_flight
         assert in_flight is not None
         if message_id in in_flight:
-            self._delivery_failed(proto, [message_id], retry_after)
+            self._delivery_failed(session, [message_id], retry_after)
 
-    def uplinked(self, proto: ServerProtocol, frame: Uplink) -> None:
+    def uplinked(self, session: Session, frame: Uplink) -> None:
         """An UPLINK: the receiver stores it; its answer (UPLINK_ACK, or ERROR
-        and the close) goes back if the connection is still open."""
-        assert proto.client_id is not None
-        answer = self.uplinks.receive(proto, proto.client_id, proto.version, frame)
-        answer.addCallback(send_answer, proto)
+        and the close) goes back if the session is still open."""
+        assert session.client_id is not None
+        answer = self.uplinks.receive(session, session.client_id, session.version, frame)
+        answer.addCallback(send_answer, session)
 
     def _check_deliveries(self) -> None:
         """The one timer for every connection: PUSHes not ACKed within
@@ -661,26 +668,26 @@ class PushHub:
         now = self.clock.seconds()
         deadline = now - self.settings.ack_timeout
         busy = False
-        for proto in list(self.channels.values()):
-            if proto.state != _ACTIVE:
+        for session in list(self.sessions.values()):
+            if session.state != _ACTIVE:
                 continue
-            in_flight = proto.in_flight
+            in_flight = session.in_flight
             if in_flight:
                 busy = True
                 # A client whose socket is full is not reading: its PUSHes
                 # may not even have reached it, so they do not time out.
-                if not proto.write_paused:
+                if not session.write_paused:
                     late = []
                     for message_id, written in in_flight.items():  # oldest first
                         if written > deadline:
                             break
                         late.append(message_id)
                     if late:
-                        metrics.ACK_TIMEOUTS.inc(len(late))
-                        self._delivery_failed(proto, late, 0.0)
-            if proto.waiting:
+                        self.metrics.ack_timed_out(len(late))
+                        self._delivery_failed(session, late, 0.0)
+            if session.waiting:
                 busy = True
-                self._release_due(proto, now)
+                self._release_due(session, now)
         if busy and self._check_timer is None:
             self._watch_deliveries()
 
@@ -690,17 +697,17 @@ class PushHub:
             self._check_timer = self.clock.callLater(self._check_interval, self._check_deliveries)
 
     def _delivery_failed(
-        self, proto: ServerProtocol, message_ids: list[str], retry_after: float
+        self, session: Session, message_ids: list[str], retry_after: float
     ) -> None:
         """Move the ids from the window to ``waiting`` (held until their
         failure counts are stored), count the failures in the store, and fill
         the window that just freed up."""
-        in_flight = proto.in_flight
-        client_id = proto.client_id
+        in_flight = session.in_flight
+        client_id = session.client_id
         assert in_flight is not None and client_id is not None
-        waiting = proto.waiting
+        waiting = session.waiting
         if waiting is None:
-            waiting = proto.waiting = {}
+            waiting = session.waiting = {}
         for message_id in message_ids:
             in_flight.pop(message_id, None)
             waiting[message_id] = _HELD
@@ -711,24 +718,24 @@ class PushHub:
         counting.addCallbacks(
             self._failures_counted,
             self._failures_not_counted,
-            callbackArgs=(proto, message_ids, failed_at, retry_after),
-            errbackArgs=(proto, message_ids, failed_at, retry_after),
+            callbackArgs=(session, message_ids, failed_at, retry_after),
+            errbackArgs=(session, message_ids, failed_at, retry_after),
         )
         if self._check_timer is None:
             self._watch_deliveries()
-        if proto.pull_more and not proto.pulling:
-            self.pull(proto)
+        if session.pull_more and not session.pulling:
+            self.pull(session)
 
     def _failures_counted(
         self,
         counts: list[int],
-        proto: ServerProtocol,
+        session: Session,
         message_ids: list[str],
         failed_at: float,
         retry_after: float,
     ) -> None:
-        waiting = proto.waiting
-        if proto.state != _ACTIVE or not waiting:
+        waiting = session.waiting
+        if session.state != _ACTIVE or not waiting:
             return  # gone: the counts are stored, the next connection goes on
         given_up = []
         for message_id, count in zip(message_ids, counts, strict=True):
@@ -739,12 +746,12 @@ class PushHub:
             else:
                 waiting[message_id] = failed_at + _redelivery_delay(count, retry_after)
         if given_up:
-            self._give_up(proto, given_up)
+            self._give_up(session, given_up)
 
     def _failures_not_counted(
         self,
         failure: Failure,
-        proto: ServerProtocol,
+        session: Session,
         message_ids: list[str],
         failed_at: float,
         retry_after: float,
@@ -754,28 +761,28 @@ class PushHub:
                 "Counting {count} failed deliveries to {client_id} failed: {why}; "
                 "they are retried without counting",
                 count=len(message_ids),
-                client_id=proto.client_id,
+                client_id=session.client_id,
                 why=failure.getErrorMessage(),
             )
         else:
             self.log.failure(
                 "Counting failed deliveries to {client_id} failed",
                 failure,
-                client_id=proto.client_id,
+                client_id=session.client_id,
             )
-        waiting = proto.waiting
+        waiting = session.waiting
         if waiting:
             for message_id in message_ids:
                 if message_id in waiting:
                     waiting[message_id] = failed_at + _redelivery_delay(1, retry_after)
 
-    def _give_up(self, proto: ServerProtocol, message_ids: list[str]) -> None:
+    def _give_up(self, session: Session, message_ids: list[str]) -> None:
         """Drop messages that failed ``--max-attempts`` times from the
         client's pending messages (their receipt says ``failed``); they stay
         out of the window and of pulls until the store has done it."""
-        client_id = proto.client_id
+        client_id = session.client_id
         assert client_id is not None
-        metrics.FAILED.inc(len(message_ids))
+        self.metrics.gave_up(len(message_ids))
         self.log.warn(
             "Giving up on {count} messages for {client_id} after {attempts} failed "
             "deliveries: {message_ids}",
@@ -787,7 +794,7 @@ class PushHub:
         dropping = self._drop(client_id, message_ids, DropReason.FAILED)
 
         def done(dropped: bool) -> None:
-            waiting = proto.waiting
+            waiting = session.waiting
             if not waiting:
                 return
             for message_id in message_ids:
@@ -823,20 +830,20 @@ class PushHub:
 
         return dropping.addCallbacks(lambda _: True, failed)
 
-    def _release_due(self, proto: ServerProtocol, now: float) -> None:
+    def _release_due(self, session: Session, now: float) -> None:
         """Failed messages whose retry time has come leave ``waiting``; a
         pull brings them back, oldest first, with the rest of the pending
         messages. Not while a pull is running (its answer skips them)."""
-        waiting = proto.waiting
-        if proto.pulling or not waiting:
+        waiting = session.waiting
+        if session.pulling or not waiting:
             return
         due = [message_id for message_id, at in waiting.items() if at <= now]
         if not due:
             return
         for message_id in due:
             del waiting[message_id]
-        metrics.REDELIVERIES.inc(len(due))
-        self.pull(proto)
+        self.metrics.redelivered(len(due))
+        self.pull(session)
 
     # --- periodic work -------------------------------------------------------------
 
@@ -846,7 +853,7 @@ class PushHub:
         return ensureDeferred(self._refresh_sessions())
 
     async def _refresh_sessions(self) -> None:
-        client_ids = list(self.channels)
+        client_ids = list(self.sessions)
         calls = [
             self.store.refresh_sessions(
                 client_ids[start : start + REFRESH_BATCH], self.settings.session_ttl
@@ -874,10 +881,10 @@ class PushHub:
     async def _drain(self, period: float) -> None:
         self.accepting = False
         self.stop_timers()
-        for proto in list(self.connections):
-            if proto.state == State.AWAITING_AUTH:
-                proto.closeWith(None)
-        victims = [proto for proto in self.channels.values() if proto.state == _ACTIVE]
+        for session in list(self.all_sessions):
+            if session.state == State.AWAITING_AUTH:
+                session.channel.close(None)
+        victims = [session for session in self.sessions.values() if session.state == _ACTIVE]
         self.log.info("Draining {count} clients over {period} s", count=len(victims), period=period)
         if victims:
             ticks = max(1, min(len(victims), math.ceil(period / DRAIN_TICK)))
@@ -885,14 +892,14 @@ class PushHub:
             interval = period / ticks
             batches = [victims[i : i + per_tick] for i in range(0, len(victims), per_tick)]
             for number, batch in enumerate(batches):
-                for proto in batch:
-                    if proto.state == _ACTIVE:
-                        self._kick(proto, KickReason.SHUTTING_DOWN)
+                for session in batch:
+                    if session.state == _ACTIVE:
+                        self._kick(session, KickReason.SHUTTING_DOWN)
                 if number + 1 < len(batches):
                     await deferLater(self.clock, interval, lambda: None)
         await self._closed(DRAIN_GRACE)
-        for proto in list(self.connections):
-            proto.transport.abortConnection()  # type: ignore[union-attr]
+        for session in list(self.all_sessions):
+            session.channel.abort()
         await self._closed(DRAIN_GRACE)
         if self._cleanups:
             waiting = DeferredList(list(self._cleanups), consumeErrors=True)
@@ -909,7 +916,7 @@ class PushHub:
 
     async def _closed(self, timeout: float) -> None:
         """Until every connection is closed, at most ``timeout`` seconds."""
-        if not self.connections:
+        if not self.all_sessions:
             return
         waiting: Deferred[None] = Deferred()
         self._all_closed.append(waiting)

@@ -1,12 +1,21 @@
-"""Prometheus metrics of the push server (served at /metrics).
+"""Metrics of the push server: the sink the logic reports to, and its
+Prometheus implementation (served at /metrics).
 
-Module-level, in the default registry. The hot paths use the pre-bound
-children below and add up a batch before touching a metric.
+The hub, its transports and the ACK batcher are given a ``MetricsSink`` and
+never touch a metric themselves; ``PrometheusMetrics`` (the default) bumps
+the module-level metrics below, in the default registry, and tests give a
+sink that counts. The hot paths use pre-bound children and add up a batch
+before reporting it.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from pigeonpush.rpc import PushStatus
+from pigeonpush.wire.frames import AuthFailCode, KickReason
 
 CONNECTIONS = Gauge(
     "pigeonpush_server_connections",
@@ -78,3 +87,126 @@ FAILED = Counter(
     "pigeonpush_server_failed_messages",
     "Messages dropped for a client after --max-attempts failed deliveries",
 )
+
+
+class MetricsSink(Protocol):
+    """What the server counts. Each method is one event (or a batch of
+    ``count`` of them)."""
+
+    def sessions(self, count: int) -> None:
+        """The session table holds ``count`` authenticated sessions now."""
+        ...
+
+    def authenticated(self) -> None:
+        """An AUTH was accepted."""
+        ...
+
+    def refused(self, code: AuthFailCode) -> None:
+        """An AUTH was refused with ``code``."""
+        ...
+
+    def pushed(self, status: PushStatus, count: int) -> None:
+        """``count`` messages handed to the server got ``status``."""
+        ...
+
+    def acked(self, seconds: float) -> None:
+        """A PUSH in flight was ACKed ``seconds`` after it was written."""
+        ...
+
+    def kicked(self, reason: KickReason) -> None:
+        """A session was ended with KICK."""
+        ...
+
+    def nacked(self) -> None:
+        """A NACK arrived."""
+        ...
+
+    def ack_timed_out(self, count: int) -> None:
+        """``count`` PUSHes were not ACKed within the ACK timeout."""
+        ...
+
+    def redelivered(self, count: int) -> None:
+        """``count`` failed messages were released for another delivery."""
+        ...
+
+    def gave_up(self, count: int) -> None:
+        """``count`` messages were dropped after their last failed attempt."""
+        ...
+
+    def pulled(self, count: int) -> None:
+        """A pull answered, with ``count`` messages."""
+        ...
+
+    def pull_failed(self) -> None:
+        """A pull failed."""
+        ...
+
+    def rate_limited(self, action: str) -> None:
+        """A connection over the frame rate: reading ``paused``, or ``closed``."""
+        ...
+
+    def acks_received(self, count: int) -> None:
+        """``count`` ACK frames were received (reported per batch)."""
+        ...
+
+    def ack_store_failed(self) -> None:
+        """The store refused a batch of ACKs."""
+        ...
+
+
+class PrometheusMetrics:
+    """The ``MetricsSink`` of a running server: the metrics above."""
+
+    __slots__ = ("acked",)
+
+    def __init__(self) -> None:
+        #: once per ACK: the histogram's own method, not a call more
+        self.acked = PUSH_TO_ACK.observe
+
+    def sessions(self, count: int) -> None:
+        CONNECTIONS.set(count)
+
+    def authenticated(self) -> None:
+        AUTH_OK.inc()
+
+    def refused(self, code: AuthFailCode) -> None:
+        AUTHS.labels(result=code.name.lower()).inc()
+
+    def pushed(self, status: PushStatus, count: int) -> None:
+        PUSHES.labels(status=status.name.lower()).inc(count)
+
+    def kicked(self, reason: KickReason) -> None:
+        KICKS.labels(reason=reason.name.lower()).inc()
+
+    def nacked(self) -> None:
+        NACKS.inc()
+
+    def ack_timed_out(self, count: int) -> None:
+        ACK_TIMEOUTS.inc(count)
+
+    def redelivered(self, count: int) -> None:
+        REDELIVERIES.inc(count)
+
+    def gave_up(self, count: int) -> None:
+        FAILED.inc(count)
+
+    def pulled(self, count: int) -> None:
+        PULL_OK.inc()
+        if count:
+            PULLED.inc(count)
+
+    def pull_failed(self) -> None:
+        PULL_FAILED.inc()
+
+    def rate_limited(self, action: str) -> None:
+        RATE_LIMITED.labels(action=action).inc()
+
+    def acks_received(self, count: int) -> None:
+        ACKS.inc(count)
+
+    def ack_store_failed(self) -> None:
+        ACK_STORE_FAILURES.inc()
+
+
+#: The sink every part of the server uses unless it is given another.
+PROMETHEUS = PrometheusMetrics()

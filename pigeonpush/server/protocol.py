@@ -1,9 +1,14 @@
-"""One device connection: a thin state machine over ``FrameProtocol``.
+"""The TCP transport of the push server: a device connection over
+``FrameProtocol``, and one ``Channel`` (``pigeonpush.server.session``).
 
-The connection keeps only what is its own (who it is, what it has in flight,
-whether its socket is full, its one timer); the decisions live in the hub.
+The connection keeps only what is its own: the frame grammar, its socket's
+producer state, the frame-rate bucket, and its one timer (the auth timeout,
+then the idle timeout). Everything else is the ``Session`` it gets from the
+hub when it connects, and the decisions live in the hub, which it reaches
+only through ``SessionEvents``. Its settings, clock, metrics sink and log
+throttles come from its factory.
 
-States::
+States (``session.State``)::
 
     AWAITING_AUTH --AUTH--> AUTHENTICATING --ok--> ACTIVE --> CLOSING --> CLOSED
           |                       |                   (KICK, ERROR, idle)
@@ -16,26 +21,28 @@ answer.
 Reading stops for two reasons, and resumes when neither holds: the client does
 not read (the transport paused the connection as its producer: answers would
 only pile up), and the client sends frames faster than ``frame_rate`` (a token
-bucket of ``frame_burst`` on the hub's clock; an ACK of a PUSH in flight is
+bucket of ``frame_burst`` on the factory's clock; an ACK of a PUSH in flight is
 free). Frames already received wait in the buffer meanwhile. A connection
 still over the rate after ``frame_abuse_time`` seconds gets ERROR RATE_LIMITED.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pigeonpush.logsafe import untrusted
-from pigeonpush.server import metrics
+from pigeonpush.logsafe import LogThrottle, untrusted
+from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
+from pigeonpush.server.session import Channel, Session, SessionEvents, State
+from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    UPLINK_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -54,17 +61,7 @@ from pigeonpush.wire.frames import (
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
-if TYPE_CHECKING:
-    from pigeonpush.server.hub import PushHub
-
-
-class State(enum.IntEnum):
-    AWAITING_AUTH = 0  #: connected, no AUTH yet (the auth timeout runs)
-    AUTHENTICATING = 1  #: AUTH received, the store is being asked
-    ACTIVE = 2  #: AUTH_OK sent: in the channel table (the idle timeout runs)
-    CLOSING = 3  #: the last frame (KICK, AUTH_FAIL, ERROR) is out; waiting for the close
-    CLOSED = 4  #: connectionLost ran
-
+__all__ = ["ServerProtocol", "ServerProtocolFactory", "State"]
 
 _ACTIVE = State.ACTIVE
 _AWAITING_AUTH = State.AWAITING_AUTH
@@ -72,57 +69,49 @@ _ACK_BYTE = bytes((FrameType.ACK,))
 _CLOSING = State.CLOSING
 #: Shortest pause of reading for the frame rate (fewer timers under a flood).
 MIN_THROTTLE = 0.05
+#: The session of a connection not made yet (CLOSED, so nothing changes it).
+_UNCONNECTED = Session(cast(Channel, None), State.CLOSED)
 
 
 @implementer(IPushProducer)
 class ServerProtocol(FrameProtocol):
-    """A device connection. The transport's producer signals land in
-    ``write_paused`` (``pauseProducing``/``resumeProducing``): a client whose
-    socket is full gets no more PUSHes, and is not read, until it drains."""
+    """A device connection, the TCP ``Channel`` of its session. The
+    transport's producer signals land in ``session.write_paused``
+    (``pauseProducing``/``resumeProducing``): a client whose socket is full
+    gets no more PUSHes, and is not read, until it drains."""
 
     __slots__ = (
-        "client_id",
         "hub",
-        "in_flight",
-        "last_pull",
-        "pull_more",
-        "pulling",
-        "state",
+        "idle_timeout",
+        "logs",
+        "metrics",
+        "session",
+        "settings",
         "throttle",
         "throttled_since",
         "timer",
-        "token",
         "tokens",
         "tokens_at",
-        "version",
-        "waiting",
-        "write_paused",
     )
 
-    def __init__(self, hub: PushHub) -> None:
-        super().__init__(hub.settings.max_frame, clock=hub.clock)
-        self.hub = hub
-        self.state = _AWAITING_AUTH
-        self.client_id: str | None = None
-        self.token: str | None = None
-        #: messageId -> when it was written, for the un-ACKed PUSHes (None until
-        #: ACTIVE), oldest first: the hub's ACK timeout checks the first
-        self.in_flight: dict[str, float] | None = None
-        #: messageId -> when it may be written again, for PUSHes that failed
-        #: (NACK, ACK timeout); out of the window, and pulls skip them (None: none)
-        self.waiting: dict[str, float] | None = None
-        #: the protocol version of the session (from AUTH)
-        self.version = 0
-        self.write_paused = False
-        self.pulling = False
-        #: the last pull said more messages are pending
-        self.pull_more = False
-        self.last_pull = float("-inf")
+    clock: IReactorTime
+
+    def __init__(self, factory: ServerProtocolFactory) -> None:
+        settings = factory.settings
+        super().__init__(settings.max_frame, clock=factory.clock)
+        self.factory = factory
+        self.hub = factory.hub
+        self.settings = settings
+        self.metrics = factory.metrics
+        self.logs = factory
+        self.idle_timeout = settings.idle_timeout
+        #: the hub's session of this connection (from connectionMade on)
+        self.session: Session = _UNCONNECTED
         #: the one timer: the auth timeout, then (once ACTIVE) the idle timeout
         self.timer: IDelayedCall | None = None
         #: the frame rate's token bucket: tokens left at ``tokens_at``
-        self.tokens = float(hub.settings.frame_burst)
-        self.tokens_at = hub.clock.seconds()
+        self.tokens = float(settings.frame_burst)
+        self.tokens_at = factory.clock.seconds()
         #: resumes reading once the bucket has a token again (None: not throttled)
         self.throttle: IDelayedCall | None = None
         #: since when every frame found the bucket empty (None: it did not)
@@ -135,9 +124,9 @@ class ServerProtocol(FrameProtocol):
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)  # Nagle + delayed ACKs would hold PUSHes back for ~40 ms
+        self.session = self.hub.connected(self)
         transport.registerProducer(self, True)
-        self.timer = self.hub.clock.callLater(self.hub.settings.auth_timeout, self._timed_out)
-        self.hub.connected(self)
+        self.timer = self.clock.callLater(self.settings.auth_timeout, self._timed_out)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -145,8 +134,11 @@ class ServerProtocol(FrameProtocol):
         if timer is not None and timer.active():
             timer.cancel()
         self._cancel_throttle()
-        self.state = State.CLOSED
-        self.hub.disconnected(self)
+        session = self.session
+        if session is _UNCONNECTED:
+            return
+        session.state = State.CLOSED
+        self.hub.disconnected(session)
 
     @property
     def peer(self) -> str:
@@ -155,40 +147,48 @@ class ServerProtocol(FrameProtocol):
 
     def _timed_out(self) -> None:
         self.timer = None
-        if self.state == _ACTIVE:
-            self.hub.idle_timed_out(self)
+        if self.session.state == _ACTIVE:
+            self.hub.idle_timed_out(self.session)
             self.closeWith(None)
         else:
             self.protocolError(
                 ErrorCode.TIMEOUT,
-                f"AUTH did not come within {self.hub.settings.auth_timeout:g} s",
+                f"AUTH did not come within {self.settings.auth_timeout:g} s",
             )
 
-    def activate(self, client_id: str, token: str, auth_ok: bytes, version: int) -> None:
-        """Enter ACTIVE: send the (pre-encoded) AUTH_OK and switch the timer
-        from the auth timeout to the idle timeout."""
-        self.client_id = client_id
-        self.token = token
-        self.version = version
-        self.in_flight = {}
-        self.state = _ACTIVE
-        self.sendEncoded(auth_ok)
-        self._restart_timer()
+    # --- Channel --------------------------------------------------------------------
 
-    def _restart_timer(self) -> None:
+    #: ``Channel.send``: write an encoded frame (the PUSH loop's one call)
+    send = FrameProtocol.sendEncoded
+
+    def activate(self, auth_ok: bytes) -> None:
+        """``Channel.activate``: send the (pre-encoded) AUTH_OK and switch the
+        timer from the auth timeout to the idle timeout."""
+        self.sendEncoded(auth_ok)
         timer = self.timer
         if timer is not None and timer.active():
-            timer.reset(self.hub.idle_timeout)
+            timer.reset(self.idle_timeout)
         else:
-            self.timer = self.hub.clock.callLater(self.hub.idle_timeout, self._timed_out)
+            self.timer = self.clock.callLater(self.idle_timeout, self._timed_out)
+
+    def close(self, frame: Frame | None = None) -> None:
+        """``Channel.close``."""
+        self.closeWith(frame)
+
+    def abort(self) -> None:
+        """``Channel.abort``: drop the TCP connection now."""
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
     def closeWith(self, frame: Frame | None = None) -> None:
         """Send ``frame`` last and close. The producer is unregistered first,
         since a transport does not close while a paused producer is registered;
         the auth or idle timer gives way to the base class's close grace."""
         if not self.closing:
-            if self.state < _CLOSING:
-                self.state = _CLOSING
+            session = self.session
+            if session.state < _CLOSING:
+                session.state = _CLOSING
             timer, self.timer = self.timer, None
             if timer is not None and timer.active():
                 timer.cancel()
@@ -205,13 +205,14 @@ class ServerProtocol(FrameProtocol):
         is read without building an ``Ack``; every other frame, and an ACK that
         is not well formed (decoded again to be explained), takes the general
         path."""
-        if self.state == _ACTIVE and string[:1] == _ACK_BYTE:
+        session = self.session
+        if session.state == _ACTIVE and string[:1] == _ACK_BYTE:
             try:
                 message_id = ack_message_id(string)
             except DecodeError:
                 pass
             else:
-                in_flight = self.in_flight
+                in_flight = session.in_flight
                 asked = in_flight is not None and message_id in in_flight
                 self.handle(self._acked, message_id, "Ack")
                 if not asked:
@@ -229,8 +230,8 @@ class ServerProtocol(FrameProtocol):
         ``frame_abuse_time``, close with ERROR RATE_LIMITED."""
         if self.closing:
             return
-        settings = self.hub.settings
-        now = self.hub.clock.seconds()
+        settings = self.settings
+        now = self.clock.seconds()
         tokens = self.tokens + (now - self.tokens_at) * settings.frame_rate
         if tokens > settings.frame_burst:
             tokens = settings.frame_burst
@@ -244,7 +245,7 @@ class ServerProtocol(FrameProtocol):
         if since is None:
             self.throttled_since = now
         elif now - since >= settings.frame_abuse_time:
-            metrics.RATE_LIMITED.labels(action="closed").inc()
+            self.metrics.rate_limited("closed")
             self.protocolError(
                 ErrorCode.RATE_LIMITED,
                 f"over {settings.frame_rate:g} frames per second for "
@@ -252,9 +253,9 @@ class ServerProtocol(FrameProtocol):
             )
             return
         if self.throttle is None:
-            metrics.RATE_LIMITED.labels(action="paused").inc()
+            self.metrics.rate_limited("paused")
             wait = max((1.0 - tokens) / settings.frame_rate, MIN_THROTTLE)
-            self.throttle = self.hub.clock.callLater(wait, self._unthrottle)
+            self.throttle = self.clock.callLater(wait, self._unthrottle)
             self._reading()
 
     def _unthrottle(self) -> None:
@@ -270,7 +271,7 @@ class ServerProtocol(FrameProtocol):
         """Read while the client reads its answers and keeps to the frame
         rate; else let the transport stop reading and leave what was
         received in the buffer. Resuming handles that first."""
-        stop = self.write_paused or self.throttle is not None
+        stop = self.session.write_paused or self.throttle is not None
         if stop == self.paused or self.closing:
             return
         self.paused = stop
@@ -284,43 +285,50 @@ class ServerProtocol(FrameProtocol):
     def _acked(self, message_id: str) -> None:
         timer = self.timer
         if timer is not None:
-            timer.reset(self.hub.idle_timeout)
-        self.hub.acked(self, message_id)
+            timer.reset(self.idle_timeout)
+        self.hub.acked(self.session, message_id)
 
     def frameReceived(self, frame: Frame) -> None:
         kind = type(frame)
-        if self.state == _ACTIVE:
+        session = self.session
+        state = session.state
+        if state == _ACTIVE:
             timer = self.timer
             if timer is not None:
-                timer.reset(self.hub.idle_timeout)
+                timer.reset(self.idle_timeout)
             # (ACKs never get here while ACTIVE: stringReceived reads them.)
             if kind is Ping:
                 self.sendEncoded(ENCODED_PONG)
-                self.hub.pinged(self)
+                self.hub.pinged(session)
                 return
             if kind is Nack:
-                if self.version < NACK_VERSION:
+                if session.version < NACK_VERSION:
                     self.protocolError(
                         ErrorCode.UNEXPECTED,
-                        f"NACK is not allowed in protocol version {self.version}",
+                        f"NACK is not allowed in protocol version {session.version}",
                     )
                     return
-                self.hub.nacked(self, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
+                self.hub.nacked(session, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
                 return
             if kind is Uplink:
-                self.hub.uplinked(self, frame)  # type: ignore[arg-type]
+                if session.version < UPLINK_VERSION:
+                    self.protocolError(
+                        ErrorCode.UNEXPECTED,
+                        f"UPLINK is not allowed in protocol version {session.version}",
+                    )
+                    return
+                self.hub.uplinked(session, frame)  # type: ignore[arg-type]
                 return
-        elif kind is Auth and self.state == _AWAITING_AUTH:
-            self.state = State.AUTHENTICATING
-            self.hub.authenticate(self, frame)  # type: ignore[arg-type]
+        elif kind is Auth and state == _AWAITING_AUTH:
+            self.hub.authenticate(session, frame)  # type: ignore[arg-type]
             return
         if kind is Error:
-            skipped = self.hub.client_errors_log.allow()
+            skipped = self.logs.client_errors_log.allow()
             if skipped is not None:
                 self.log.info(
                     "Client {client_id} at {peer} sent ERROR {code}: {text} "
                     "({skipped} client ERRORs not logged before this one)",
-                    client_id=self.client_id,
+                    client_id=session.client_id,
                     peer=self.peer,
                     code=frame.code,  # type: ignore[union-attr]
                     text=untrusted(frame.text),  # type: ignore[union-attr]
@@ -330,13 +338,13 @@ class ServerProtocol(FrameProtocol):
             return
         self.protocolError(
             ErrorCode.UNEXPECTED,
-            f"{_NAMES[kind]} is not allowed {_WHEN[self.state]}",
+            f"{_NAMES[kind]} is not allowed {_WHEN[state]}",
         )
 
     def logProtocolError(self, code: ErrorCode, text: str) -> None:
         """The base class's warning, throttled across the server's connections
         (whoever sends garbage decides how often this runs)."""
-        skipped = self.hub.protocol_errors_log.allow()
+        skipped = self.logs.protocol_errors_log.allow()
         if skipped is not None:
             self.log.warn(
                 "Closing connection from {peer} with ERROR {code.name}: {text} "
@@ -353,17 +361,18 @@ class ServerProtocol(FrameProtocol):
         # The client does not read: stop reading it too (the frames already
         # received included), so that its PINGs cannot pile up PONGs in the
         # buffer either.
-        self.write_paused = True
+        self.session.write_paused = True
         self._reading()
 
     def resumeProducing(self) -> None:
-        self.write_paused = False
-        if self.state == _ACTIVE:
-            self.hub.writable(self)
+        session = self.session
+        session.write_paused = False
+        if session.state == _ACTIVE:
+            self.hub.writable(session)
         self._reading()
 
     def stopProducing(self) -> None:
-        self.write_paused = True
+        self.session.write_paused = True
 
 
 _NAMES: dict[type, str] = {
@@ -390,10 +399,25 @@ _WHEN = {
 
 
 class ServerProtocolFactory(Factory):
-    """Builds a ``ServerProtocol`` per device connection of one hub."""
+    """Builds a ``ServerProtocol`` per device connection of one hub, and
+    holds what its connections share: the settings they enforce, the clock
+    of their timers, the metrics sink, and the log throttles of what peers
+    can repeat at will (client ERRORs, protocol errors)."""
 
-    def __init__(self, hub: PushHub) -> None:
+    def __init__(
+        self,
+        hub: SessionEvents,
+        settings: ServerSettings,
+        clock: IReactorTime,
+        *,
+        metrics: MetricsSink = PROMETHEUS,
+    ) -> None:
         self.hub = hub
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.client_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
+        self.protocol_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
 
     def buildProtocol(self, addr: Any) -> ServerProtocol:
-        return ServerProtocol(self.hub)
+        return ServerProtocol(self)

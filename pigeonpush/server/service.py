@@ -42,6 +42,7 @@ from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.rpc_server import ServerRpcFactory
+from pigeonpush.server.websocket import NO_BROWSERS, OriginPolicy, WebSocketFactory
 from pigeonpush.tls import TCP
 
 #: Seconds between two checks of the connection count published in discovery
@@ -97,6 +98,10 @@ class PushServerService(MultiService):
         node_id: str | None = None,
         load_report_interval: float = LOAD_REPORT_INTERVAL,
         on_start_failure: Callable[[Failure], None] | None = None,
+        websocket_endpoint: IStreamServerEndpoint | None = None,
+        websocket_advertise: str | None = None,
+        websocket_transport: str = TCP,
+        websocket_origins: OriginPolicy = NO_BROWSERS,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -112,6 +117,12 @@ class PushServerService(MultiService):
         self._rpc_transport = rpc_transport
         self.node_id = node_id
         self._on_start_failure = on_start_failure
+        self._websocket_endpoint = websocket_endpoint
+        #: ``[tls:]host:port`` of the WebSocket listener (None: none)
+        self.websocket_advertise = websocket_advertise
+        self._websocket_transport = websocket_transport
+        self._websocket_origins = websocket_origins
+        self.websocket_port: IListeningPort | None = None
         self.rpc_factory = ServerRpcFactory(hub)
         self.client_port: IListeningPort | None = None
         self.rpc_port: IListeningPort | None = None
@@ -162,12 +173,38 @@ class PushServerService(MultiService):
             self.rpc_advertise = _local_address(self.rpc_port, self._rpc_transport)
         self.hub.server_address = self.rpc_advertise
         try:
-            self.client_port = await self._client_endpoint.listen(ServerProtocolFactory(self.hub))
+            self.client_port = await self._client_endpoint.listen(
+                ServerProtocolFactory(
+                    self.hub, self.hub.settings, self.hub.clock, metrics=self.hub.metrics
+                )
+            )
         except Exception:
             # Not awaited: the failure must reach privilegedStartService at once.
             self._rpc_closing = _stop_listening(self.rpc_port)
             self.rpc_port = None
             raise
+        if self._websocket_endpoint is not None:
+            try:
+                self.websocket_port = await self._websocket_endpoint.listen(
+                    WebSocketFactory(
+                        self.hub,
+                        self.hub.settings,
+                        self.hub.clock,
+                        origins=self._websocket_origins,
+                        metrics=self.hub.metrics,
+                        reactor=self._reactor,
+                    )
+                )
+            except Exception:
+                self._rpc_closing = _stop_listening(self.rpc_port)
+                self.rpc_port = None
+                _stop_listening(self.client_port)
+                self.client_port = None
+                raise
+            if self.websocket_advertise is None:
+                self.websocket_advertise = _local_address(
+                    self.websocket_port, self._websocket_transport
+                )
         if self.advertise is None:
             self.advertise = _local_address(self.client_port, self._client_transport)
         if self.node_id is None:
@@ -202,9 +239,11 @@ class PushServerService(MultiService):
     def _started(self, result: None) -> None:
         self.phase = "serving"
         self.log.info(
-            "Push server {node_id} serving clients at {advertise}, delivery at {rpc}",
+            "Push server {node_id} serving clients at {advertise} (WebSocket: {websocket}), "
+            "delivery at {rpc}",
             node_id=self.node_id,
             advertise=self.advertise,
+            websocket=self.websocket_advertise or "off",
             rpc=self.rpc_advertise,
         )
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -224,12 +263,15 @@ class PushServerService(MultiService):
             self._on_start_failure(failure)
 
     def _node_data(self) -> dict[str, Any]:
-        return {
+        data = {
             "client": self.advertise,
             "rpc": self.rpc_advertise,
-            "connections": len(self.hub.channels),
+            "connections": len(self.hub.sessions),
             "capacity": self.hub.settings.capacity,
         }
+        if self.websocket_advertise is not None:
+            data["websocket"] = self.websocket_advertise
+        return data
 
     # --- periodic jobs (each logs its own failures, so its timer keeps running) -----
 
@@ -264,6 +306,8 @@ class PushServerService(MultiService):
             await self._bounded(self.registration.unregister(), "leaving discovery")
         if self.client_port is not None:
             await _stop_listening(self.client_port)
+        if self.websocket_port is not None:
+            await _stop_listening(self.websocket_port)
         await self.hub.drain(self.hub.settings.drain_period)
         if self.rpc_port is not None:
             await _stop_listening(self.rpc_port)

@@ -13,6 +13,11 @@ MAX_ACK_WINDOW = 65535
 MAX_ATTEMPTS = 1000
 #: Largest --max-frame: a frame is buffered whole before it is decoded.
 MAX_FRAME_LIMIT = 16 * 1024 * 1024
+#: Refused AUTHs, client ERRORs and protocol errors: at most LOG_BURST lines
+#: of each per LOG_INTERVAL seconds (the next line counts those left out;
+#: the metrics count all of them), whatever a peer sends.
+LOG_INTERVAL = 10.0
+LOG_BURST = 5
 
 
 @attrs.frozen(slots=True)

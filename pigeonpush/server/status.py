@@ -35,8 +35,8 @@ class HealthResource(Resource):
         body = {
             "status": phase,
             "node": self._service.node_id,
-            "connections": len(self._hub.channels),
-            "sockets": len(self._hub.connections),
+            "connections": len(self._hub.sessions),
+            "sockets": len(self._hub.all_sessions),
             "capacity": self._hub.settings.capacity,
         }
         return write_json(request, 200 if phase == "serving" else 503, body)

@@ -42,6 +42,7 @@ from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
 from pigeonpush.server.uplink import UplinkReceiver, UplinkSettings, parse_rate
+from pigeonpush.server.websocket import OriginPolicy, check_origin
 from pigeonpush.services import Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
 from pigeonpush.tls import listening_transport
@@ -216,6 +217,20 @@ class Options(DaemonOptions):
             "About how many uplinks the store keeps (older ones are trimmed).",
         ],
         [
+            "websocket",
+            None,
+            None,
+            "Endpoint for device connections over WebSocket (browsers; ssl:... for wss:) "
+            "[default: none]; see docs/server.rst.",
+        ],
+        [
+            "websocket-advertise",
+            None,
+            None,
+            "host:port browsers connect to over WebSocket (tls:host:port for wss:), "
+            "published in ZooKeeper [default: 127.0.0.1:<websocket port>].",
+        ],
+        [
             "metrics",
             None,
             "tcp:7102:interface=127.0.0.1",
@@ -225,6 +240,25 @@ class Options(DaemonOptions):
 
     settings: ServerSettings
     uplink_settings: UplinkSettings
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["websocket-origin"] = []
+        #: also allow pages from loopback hosts (pigeon-standalone's defaults)
+        self.websocket_loopback = False
+
+    def opt_websocket_origin(self, origin: str) -> None:
+        """Origin of a web page allowed to open a WebSocket, e.g.
+        https://app.example.com (repeatable; * for any). Without it, requests
+        from browsers (with an Origin header) are refused."""
+        try:
+            self["websocket-origin"].append(check_origin("--websocket-origin", origin))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    @property
+    def websocket_origins(self) -> OriginPolicy:
+        return OriginPolicy.of(self["websocket-origin"], loopback=self.websocket_loopback)
 
     def postOptions(self) -> None:
         try:
@@ -256,7 +290,11 @@ class Options(DaemonOptions):
             check_endpoint(f"--{name}", self[name])
         if self["metrics"] != "none":
             check_endpoint("--metrics", self["metrics"])
-        for name in ("advertise", "rpc-advertise"):
+        if self["websocket"] is not None:
+            check_endpoint("--websocket", self["websocket"])
+        elif self["websocket-advertise"] is not None or self["websocket-origin"]:
+            raise usage.UsageError("--websocket-advertise and --websocket-origin need --websocket")
+        for name in ("advertise", "rpc-advertise", "websocket-advertise"):
             if self[name] is not None:
                 check_address(f"--{name}", self[name])
         if self["node-id"] is not None:
@@ -352,6 +390,14 @@ def build_push_server(
         rpc_transport=listening_transport(config["rpc"]),
         node_id=config["node-id"],
         on_start_failure=start_failed,
+        websocket_endpoint=(
+            None
+            if config["websocket"] is None
+            else serverFromString(reactor, with_backlog(config["websocket"]))
+        ),
+        websocket_advertise=config["websocket-advertise"],
+        websocket_transport=listening_transport(config["websocket"] or "tcp:0"),
+        websocket_origins=config.websocket_origins,
     )
 
 

@@ -3,15 +3,15 @@
 ``UplinkReceiver.receive`` takes what a session knows (the clientId, its
 protocol version) and the frame, and answers a Deferred of the frame to send
 back: UPLINK_ACK once the uplink is durable in the store, or ERROR (the
-session closes with it) for an uplink the server refuses. The receiver knows
-nothing of transports: a TCP or a WebSocket session hands it frames the same
-way. The rules are in docs/protocol.rst (UPLINK) and docs/uplink.rst.
+session closes with it) for an uplink the server refuses; ``send_answer``
+sends it on the session's ``Channel``. Nothing here knows a transport: TCP
+and WebSocket sessions are the same to it. The rules are in docs/protocol.rst
+(UPLINK) and docs/uplink.rst.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
 
 import attrs
 from prometheus_client import Counter
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.logsafe import untrusted
+from pigeonpush.server.session import Session, State
 from pigeonpush.store.interface import (
     DEFAULT_UPLINK_DEDUP_WINDOW,
     DEFAULT_UPLINK_MAX_LEN,
@@ -29,12 +30,11 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.model import Uplink as StoredUplink
 from pigeonpush.store.model import UplinkStored
-from pigeonpush.wire.codec import uplink_problem
+from pigeonpush.wire.codec import encode, uplink_problem
 from pigeonpush.wire.frames import (
     UPLINK_VERSION,
     Error,
     ErrorCode,
-    Frame,
     Uplink,
     UplinkAck,
 )
@@ -51,26 +51,16 @@ UPLINKS = Counter(
 Answer = UplinkAck | Error
 
 
-class AnswerSink(Protocol):
-    """What ``send_answer`` needs of a session (a TCP or WebSocket connection)."""
-
-    @property
-    def closing(self) -> bool: ...
-
-    def sendFrame(self, frame: Frame) -> None: ...
-
-    def protocolError(self, code: ErrorCode, text: str) -> None: ...
-
-
-def send_answer(answer: Answer, session: AnswerSink) -> None:
-    """Send ``receive``'s answer: UPLINK_ACK, or ERROR and the close. Nothing
-    once the session is closing (the device resends what it got no answer for)."""
-    if session.closing:
+def send_answer(answer: Answer, session: Session) -> None:
+    """Send ``receive``'s answer on the session's channel: UPLINK_ACK, or
+    ERROR and the close. Nothing once the session is closing (the device
+    resends what it got no answer for)."""
+    if session.state >= State.CLOSING:
         return
     if isinstance(answer, UplinkAck):
-        session.sendFrame(answer)
+        session.channel.send(encode(answer))
     else:
-        session.protocolError(answer.code, answer.text)
+        session.channel.close(answer)
 
 
 @attrs.frozen(slots=True)

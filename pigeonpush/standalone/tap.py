@@ -69,6 +69,13 @@ class Options(DaemonOptions):
             "tcp:7101:interface=127.0.0.1",
             "The push server's AMP endpoint (its address is what ROUTE holds).",
         ],
+        [
+            "websocket",
+            None,
+            None,
+            "Endpoint browsers connect to over WebSocket, e.g. tcp:7103:interface=127.0.0.1 "
+            "[default: none]; the demo page (/demo/ on the route API) needs it.",
+        ],
         ["reglog", None, "tcp:8100:interface=127.0.0.1", "Endpoint of the route API."],
         ["api", None, "tcp:8200:interface=127.0.0.1", "Endpoint of the notification API."],
         [
@@ -104,7 +111,21 @@ class Options(DaemonOptions):
     def __init__(self) -> None:
         super().__init__()
         self["api-key"] = []
+        self["websocket-origin"] = []
+        self["cors-origin"] = []
         self.generated_key: str | None = None
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin of a web page allowed to call the route API from a browser
+        (repeatable; * for any); the demo page, served by the route API
+        itself, needs none."""
+        self["cors-origin"].append(origin)
+
+    def opt_websocket_origin(self, origin: str) -> None:
+        """Origin of a web page allowed to open a WebSocket (repeatable; * for
+        any). Without it, pages served from a loopback host (such as the demo
+        page) are allowed, other browser pages refused."""
+        self["websocket-origin"].append(origin)
 
     def opt_api_key(self, key: str) -> None:
         """An API key for 'Authorization: Bearer <key>' (repeatable; 16+ printable ASCII)."""
@@ -129,9 +150,15 @@ class Options(DaemonOptions):
         server += ["--metrics", "none", *common]
         if self["advertise"] is not None:
             server += ["--advertise", self["advertise"]]
+        if self["websocket"] is not None:
+            server += ["--websocket", self["websocket"]]
+        for origin in self["websocket-origin"]:
+            server += ["--websocket-origin", origin]
         reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
         reglog += ["--heartbeat", self["heartbeat"], "--token-ttl", self["token-ttl"]]
-        reglog += ["--auth-mode", self["auth-mode"]]
+        reglog += ["--auth-mode", self["auth-mode"], "--demo"]
+        for origin in self["cors-origin"]:
+            reglog += ["--cors-origin", origin]
         http_limits = ["--max-connections", str(self["max-connections"])]
         http_limits += ["--request-timeout", str(self["request-timeout"])]
         reglog += http_limits
@@ -147,6 +174,9 @@ class Options(DaemonOptions):
         if self["api-keys-file"] is not None:
             notification += ["--api-keys-file", self["api-keys-file"]]
         self.server = _part(server_tap.Options(), server)
+        # The all-in-one process runs on loopback: its own pages (the demo)
+        # may connect unless the origins are given.
+        self.server.websocket_loopback = not self["websocket-origin"]
         self.reglog = _part(reglog_tap.Options(), reglog)
         self.notification = _part(notification_tap.Options(), notification)
 
@@ -182,9 +212,11 @@ class Announcement(Service):
         super().startService()
         config = self._config
         log.info(
-            "PigeonPush standalone: devices connect to {listen}, the route API (reglog) "
-            "is at {reglog}, the notification API at {api}, on a {store} store",
+            "PigeonPush standalone: devices connect to {listen} (WebSocket: {websocket}), "
+            "the route API (reglog) is at {reglog} (demo page: /demo/), the notification "
+            "API at {api}, on a {store} store",
             listen=config["listen"],
+            websocket=config["websocket"] or "off",
             reglog=config["reglog"],
             api=config["api"],
             store="memory" if config["redis"].startswith("memory") else "Redis",

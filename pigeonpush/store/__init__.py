@@ -17,6 +17,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.model import (
     Accepted,
+    CancelResult,
     DeadUplink,
     DeviceRecord,
     DropReason,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_RECEIPT_RETENTION",
     "Accepted",
+    "CancelResult",
     "DeadUplink",
     "DeviceRecord",
     "DropReason",

@@ -7,6 +7,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import attrs
+
 from pigeonpush.store.keys import BOUND
 from pigeonpush.store.model import DROPPED_STATE, DropReason, Notification, RecipientState
 
@@ -88,8 +90,21 @@ def accepted_batch(
                 f"message {message.message_id} expired before it was stored "
                 f"(expiresAt {message.expires_at!r}, now {now!r})"
             )
+        send_at = notification.send_at
+        if send_at is not None and (
+            isinstance(send_at, bool)
+            or not isinstance(send_at, (int, float))
+            or not math.isfinite(send_at)
+            or send_at >= message.expires_at
+        ):
+            raise ValueError(
+                f"message {message.message_id}: sendAt must be a time before its expiresAt, "
+                f"not {send_at!r}"
+            )
+        if notification.collapse_key is not None and not notification.collapse_key:
+            raise ValueError(f"message {message.message_id}: an empty collapse key")
         if recipients != notification.recipients:
-            notification = Notification(message, recipients, notification.idempotency_key)
+            notification = attrs.evolve(notification, recipients=recipients)
         checked.append((notification, remaining))
     return checked
 

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from pigeonpush.store.model import (
     Accepted,
+    CancelResult,
     DeadUplink,
     DeviceRecord,
     Message,
@@ -113,7 +114,32 @@ class Store(Protocol):
         Repeated recipients count once.
 
         The whole batch is checked first (ValueError: nothing written); then
-        each notification is atomic on its own, not the batch as a whole."""
+        each notification is atomic on its own, not the batch as a whole.
+
+        ``collapse_key``: for each recipient, the message last accepted with
+        the same key (``PIGEON:COLLAPSE:<clientId>``) leaves its WAIT_ACK if it
+        is still there, its receipt saying ``replaced`` for that recipient;
+        this message becomes the key's latest. An ACKed one is left alone.
+
+        ``send_at`` in the future: only the body and the receipt (every
+        recipient ``scheduled``) are written, and the id joins
+        ``PIGEON:SCHEDULE``; ``release_due`` does the rest (WAIT_ACK, the
+        collapse, the queue) once the time came. A past ``send_at`` is now."""
+
+    def release_due(self, limit: int, lease: float) -> Deferred[int]:
+        """Send up to ``limit`` scheduled messages whose time came (oldest
+        first): each enters its recipients' WAIT_ACK (collapsing as
+        ``accept`` does) and the queue, once, however many workers call this
+        at the same time. A worker claims an entry for ``lease`` seconds; one
+        that dies holding it leaves it to the next claim after the lease,
+        which sends it unless it was sent already. Answers how many it sent
+        (cancelled, expired and already sent entries are only cleaned up)."""
+
+    def cancel(self, message_id: str) -> Deferred[CancelResult]:
+        """Cancel a scheduled message that was not sent yet: it never enters
+        any WAIT_ACK, its body is deleted and every recipient's state reads
+        ``cancelled``. Cancelling again answers CANCELLED; a message already
+        sent (or never scheduled) answers SENT, and one unknown UNKNOWN."""
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
         """Ids in ``PIGEON:WAIT_ACK:<clientId>``, oldest first, at most ``limit``.

@@ -18,6 +18,11 @@ RECEIPT = PREFIX + "RECEIPT:"
 DEVICE = PREFIX + "DEVICE:"  #: + clientId -> hash (secretHash, createdAt)
 IDEMPOTENCY = PREFIX + "IDEMPOTENCY:"  #: + key -> string: JSON of the first acceptance
 QUEUE = PREFIX + "QUEUE"  #: stream of accepted notifications
+#: sorted set: messageIds of scheduled messages, scored by their send time
+#: (seconds since the epoch; a worker that claims one pushes it a lease ahead)
+SCHEDULE = PREFIX + "SCHEDULE"
+#: + clientId -> hash: collapseKey -> the latest messageId sent with it
+COLLAPSE = PREFIX + "COLLAPSE:"
 GROUP = "delivery"  #: the consumer group of QUEUE
 
 #: MSG_BODY fields (the recipients are in RECEIPT: only the receipt needs them).
@@ -25,6 +30,12 @@ BODY_FIELDS = ("title", "text", "extras", "createdAt", "expiresAt")
 #: RECEIPT fields that are not outcomes; no clientId starts with ``#``, and
 #: outcomes are written with HSETNX, so an outcome never replaces one of these.
 RECEIPT_META = ("#recipients", "#createdAt", "#expiresAt")
+#: RECEIPT fields of a scheduled message: its send time and collapse key
+#: (kept), and the mark that it still waits for its send time (deleted when
+#: it is sent or cancelled: whoever deletes it decides the message's fate).
+RECEIPT_SEND_AT = "#sendAt"
+RECEIPT_COLLAPSE_KEY = "#collapseKey"
+RECEIPT_SCHEDULED = "#scheduled"
 DEVICE_FIELDS = ("secretHash", "createdAt")
 
 
@@ -58,6 +69,10 @@ def idempotency(key: str) -> str:
 
 def failed(client_id: str) -> str:
     return FAILED + client_id
+
+
+def collapse(client_id: str) -> str:
+    return COLLAPSE + client_id
 
 
 # -- uplinks (docs/uplink.rst). All uplink keys share the hash tag {UPLINK}: one

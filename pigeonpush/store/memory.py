@@ -29,6 +29,7 @@ from pigeonpush.store.memory_queue import MemoryQueue
 from pigeonpush.store.memory_uplink import MemoryUplinks
 from pigeonpush.store.model import (
     Accepted,
+    CancelResult,
     DeadUplink,
     DeviceRecord,
     Message,
@@ -53,6 +54,9 @@ class _ReceiptRecord:
     created_at: float
     expires_at: float
     outcomes: dict[str, str] = attrs.field(factory=dict)
+    send_at: float | None = None
+    #: still waiting for its send time (RECEIPT_SCHEDULED)
+    scheduled: bool = False
 
 
 class MemoryStore:
@@ -80,6 +84,10 @@ class MemoryStore:
         self._devices: dict[str, DeviceRecord] = {}
         #: clientId -> messageId -> failed deliveries (PIGEON:FAILED)
         self._failed: ExpiringTable[dict[str, int]] = ExpiringTable(self._expiries)
+        #: clientId -> collapseKey -> messageId (PIGEON:COLLAPSE)
+        self._collapse: ExpiringTable[dict[str, str]] = ExpiringTable(self._expiries)
+        #: messageId -> (send time, the notification) (PIGEON:SCHEDULE)
+        self._schedule: dict[str, tuple[float, Notification]] = {}
         self._queue = MemoryQueue(clock)
         self._uplinks = MemoryUplinks(clock, self._expiries)
         self._closed = False
@@ -109,10 +117,12 @@ class MemoryStore:
             self._receipts,
             self._idempotency,
             self._failed,
+            self._collapse,
         )
         live = sum(1 for table in tables for _ in table.keys(now))
         queue = 1 if len(self._queue) else 0
-        return live + len(self._devices) + queue + self._uplinks.keys(now)
+        scheduled = 1 if self._schedule else 0
+        return live + len(self._devices) + queue + scheduled + self._uplinks.keys(now)
 
     # -- sessions ------------------------------------------------------------
 
@@ -216,23 +226,27 @@ class MemoryStore:
                     continue
             message = notification.message
             message = attrs.evolve(message, extras=dict(message.extras))
+            notification = attrs.evolve(notification, message=message)
             expires_at = message.expires_at
+            send_at = notification.send_at
+            scheduled = send_at is not None and send_at > now
             self._bodies.set(message.message_id, message, expires_at)
             self._receipts.set(
                 message.message_id,
-                _ReceiptRecord(notification.recipients, message.created_at, expires_at),
+                _ReceiptRecord(
+                    notification.recipients,
+                    message.created_at,
+                    expires_at,
+                    send_at=send_at if scheduled else None,
+                    scheduled=scheduled,
+                ),
                 expires_at + self._receipt_retention,
             )
-            for client_id in notification.recipients:
-                pending = self._wait_ack.get(client_id, now)
-                if pending is None:
-                    self._wait_ack.set(client_id, {message.message_id}, expires_at)
-                    continue
-                pending.add(message.message_id)
-                current = self._wait_ack.expires_at(client_id, now)
-                if current is None or current < expires_at:
-                    self._wait_ack.expire(client_id, expires_at, now)
-            self._queue.add(Notification(message, notification.recipients, key))
+            if scheduled:
+                assert send_at is not None
+                self._schedule[message.message_id] = (send_at, notification)
+            else:
+                self._enter(notification, now)
             accepted = Accepted(message.message_id, len(notification.recipients))
             if key is not None:
                 self._idempotency.set(
@@ -241,6 +255,97 @@ class MemoryStore:
             answers.append(accepted)
         self._queue.wake()
         return answers
+
+    def _enter(self, notification: Notification, now: float) -> None:
+        """Add the message to its recipients' WAIT_ACK (collapsing) and queue it."""
+        message = notification.message
+        expires_at = message.expires_at
+        for client_id in notification.recipients:
+            pending = self._wait_ack.get(client_id, now)
+            if pending is None:
+                pending = set()
+                self._wait_ack.set(client_id, pending, expires_at)
+            if notification.collapse_key is not None:
+                self._collapse_into(client_id, notification.collapse_key, message, pending, now)
+            pending.add(message.message_id)
+            current = self._wait_ack.expires_at(client_id, now)
+            if current is None or current < expires_at:
+                self._wait_ack.expire(client_id, expires_at, now)
+        self._queue.add(
+            Notification(
+                message,
+                notification.recipients,
+                notification.idempotency_key,
+                collapse_key=notification.collapse_key,
+            )
+        )
+
+    def _collapse_into(
+        self, client_id: str, key: str, message: Message, pending: set[str], now: float
+    ) -> None:
+        """PIGEON:COLLAPSE: the message last sent to ``client_id`` with ``key``
+        is replaced if still pending; ``message`` becomes the latest."""
+        latest = self._collapse.get(client_id, now)
+        if latest is None:
+            latest = {}
+            self._collapse.set(client_id, latest, message.expires_at)
+        older = latest.get(key)
+        if older is not None and older != message.message_id and older in pending:
+            pending.discard(older)
+            record = self._receipts.get(older, now)
+            if record is not None:
+                record.outcomes.setdefault(client_id, RecipientState.REPLACED.value)
+        latest[key] = message.message_id
+        current = self._collapse.expires_at(client_id, now)
+        if current is None or current < message.expires_at:
+            self._collapse.expire(client_id, message.expires_at, now)
+
+    def release_due(self, limit: int, lease: float) -> Deferred[int]:
+        return self._run(self._release_due, limit, lease)
+
+    def _release_due(self, limit: int, lease: float) -> int:
+        checks.positive_count(limit, "limit")
+        checks.positive_seconds(lease, "lease")
+        now = self._clock.seconds()
+        due = sorted(
+            (send_at, message_id)
+            for message_id, (send_at, _) in self._schedule.items()
+            if send_at <= now
+        )[:limit]
+        sent = 0
+        for _, message_id in due:
+            _, notification = self._schedule.pop(message_id)
+            record = self._receipts.get(message_id, now)
+            if record is None or not record.scheduled:
+                continue  # cancelled, or its receipt is gone
+            record.scheduled = False
+            if self._bodies.get(message_id, now) is None:
+                continue  # expired while it waited: its receipt says so
+            self._enter(notification, now)
+            sent += 1
+        if sent:
+            self._queue.wake()
+        return sent
+
+    def cancel(self, message_id: str) -> Deferred[CancelResult]:
+        return self._run(self._cancel, message_id)
+
+    def _cancel(self, message_id: str) -> CancelResult:
+        now = self._clock.seconds()
+        record = self._receipts.get(message_id, now)
+        if record is None:
+            return CancelResult.UNKNOWN
+        if not record.scheduled:
+            cancelled = RecipientState.CANCELLED.value
+            if record.send_at is not None and cancelled in record.outcomes.values():
+                return CancelResult.CANCELLED
+            return CancelResult.SENT
+        record.scheduled = False
+        for client_id in record.recipients:
+            record.outcomes.setdefault(client_id, RecipientState.CANCELLED.value)
+        self._bodies.delete(message_id, now)
+        self._schedule.pop(message_id, None)
+        return CancelResult.CANCELLED
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
         return self._run(self._pending_ids, client_id, limit)
@@ -304,8 +409,17 @@ class MemoryStore:
         record = self._receipts.get(message_id, now)
         if record is None:
             return None
-        states = recipient_states(record.recipients, record.outcomes, record.expires_at <= now)
-        return Receipt(message_id, record.created_at, record.expires_at, record.recipients, states)
+        states = recipient_states(
+            record.recipients, record.outcomes, record.expires_at <= now, record.scheduled
+        )
+        return Receipt(
+            message_id,
+            record.created_at,
+            record.expires_at,
+            record.recipients,
+            states,
+            send_at=record.send_at,
+        )
 
     def add_failures(self, failures: Sequence[tuple[str, str]], ttl: float) -> Deferred[list[int]]:
         return self._run(self._add_failures, failures, ttl)

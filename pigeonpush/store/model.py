@@ -36,6 +36,11 @@ class Notification:
     recipients: tuple[str, ...]
     #: opaque key that makes a retried request a no-op (notification API)
     idempotency_key: str | None = None
+    #: a newer message with the same key to the same recipient replaces this
+    #: one while it is still pending for that recipient (``replaced``)
+    collapse_key: str | None = None
+    #: seconds since the epoch: held in PIGEON:SCHEDULE until then (None: now)
+    send_at: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -66,6 +71,10 @@ class RecipientState(str, enum.Enum):
     EXPIRED = "expired"  #: its TTL ran out before the device ACKed it
     TOO_LARGE = "too_large"  #: dropped: it cannot fit the connection's frame limit
     FAILED = "failed"  #: dropped: the device refused or never ACKed it after every attempt
+    #: a newer message with the same collapse key replaced it before the device ACKed it
+    REPLACED = "replaced"
+    SCHEDULED = "scheduled"  #: its send time has not come yet
+    CANCELLED = "cancelled"  #: cancelled before its send time
 
 
 #: The state a drop of each reason leaves.
@@ -90,6 +99,8 @@ class Receipt:
     recipients: tuple[str, ...]
     #: one per recipient, in the same order
     states: tuple[RecipientState, ...]
+    #: the send time of a scheduled message (None: sent when accepted)
+    send_at: float | None = None
 
     def with_state(self, state: RecipientState) -> tuple[str, ...]:
         """The recipients in ``state``, in recipient order."""
@@ -110,16 +121,30 @@ class Receipt:
 
 
 def recipient_states(
-    recipients: Sequence[str], outcomes: Mapping[str, str], expired: bool
+    recipients: Sequence[str], outcomes: Mapping[str, str], expired: bool, scheduled: bool = False
 ) -> tuple[RecipientState, ...]:
     """Each recipient's state from the outcomes the store recorded (clientId
-    to a state value): a recipient with none is pending, or expired once the
-    message's TTL ran out. ValueError for a recorded value that is no state."""
-    unresolved = RecipientState.EXPIRED if expired else RecipientState.PENDING
+    to a state value): a recipient with none is pending (scheduled while the
+    message waits for its send time), or expired once the message's TTL ran
+    out. ValueError for a recorded value that is no state."""
+    if expired:
+        unresolved = RecipientState.EXPIRED
+    elif scheduled:
+        unresolved = RecipientState.SCHEDULED
+    else:
+        unresolved = RecipientState.PENDING
     return tuple(
         RecipientState(outcomes[client_id]) if client_id in outcomes else unresolved
         for client_id in recipients
     )
+
+
+class CancelResult(str, enum.Enum):
+    """What ``Store.cancel`` did to a scheduled message."""
+
+    CANCELLED = "cancelled"  #: it was waiting for its send time; now it never goes out
+    SENT = "sent"  #: too late: its send time came (or it was never scheduled)
+    UNKNOWN = "unknown"  #: no such message (or its receipt retention ended)
 
 
 @attrs.frozen(slots=True)

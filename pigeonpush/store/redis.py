@@ -25,6 +25,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.model import (
     Accepted,
+    CancelResult,
     DeadUplink,
     DeviceRecord,
     Message,
@@ -44,6 +45,7 @@ from pigeonpush.store.redis_codec import (
     load_message,
     load_notification,
     load_receipt,
+    load_recipients,
     message_args,
 )
 from pigeonpush.store.redis_connection import (
@@ -214,17 +216,26 @@ class RedisStore:
         calls: list[tuple[Script, list[str], list[str]]] = []
         call_keys: list[str] = []
         call_args: list[str] = []
+        now = self._reactor.seconds()
         for notification, remaining in checked:
             message = notification.message
             key = notification.idempotency_key
             recipients = notification.recipients
-            if call_keys and len(call_keys) + 3 + len(recipients) > ACCEPT_KEYS_PER_CALL:
+            send_at = notification.send_at
+            scheduled = send_at is not None and send_at > now
+            collapse_key = notification.collapse_key or ""
+            more = 1 if scheduled else (len(recipients) if collapse_key else 0)
+            if call_keys and len(call_keys) + 3 + len(recipients) + more > ACCEPT_KEYS_PER_CALL:
                 calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
                 call_keys, call_args = [], []
             body = keys.msg_body(message.message_id)
             call_keys += (body, keys.idempotency(key) if key is not None else body)
             call_keys.append(keys.receipt(message.message_id))
             call_keys += [keys.wait_ack(client_id) for client_id in recipients]
+            if scheduled:
+                call_keys.append(keys.SCHEDULE)
+            elif collapse_key:
+                call_keys += [keys.collapse(client_id) for client_id in recipients]
             call_args.append(str(len(recipients)))
             call_args.append(message.message_id)
             call_args += message_args(message, recipients)
@@ -238,6 +249,8 @@ class RedisStore:
                 else accepted_record(Accepted(message.message_id, len(recipients))),
                 key or "",
                 str(checks.milliseconds(remaining + self._receipt_retention)),
+                collapse_key,
+                dump_time(send_at) if scheduled and send_at is not None else "",
             )
         if call_keys:
             calls.append((scripts.ACCEPT, [keys.QUEUE, *call_keys], call_args))
@@ -255,6 +268,72 @@ class RedisStore:
             else:
                 answers.append(load_accepted(reply[1]))
         return answers
+
+    # -- scheduled sends (PIGEON:SCHEDULE) -----------------------------------------
+
+    def release_due(self, limit: int, lease: float) -> Deferred[int]:
+        return self._call(self._release_due, limit, lease)
+
+    async def _release_due(self, limit: int, lease: float) -> int:
+        checks.positive_count(limit, "limit")
+        lease = checks.positive_seconds(lease, "lease")
+        now = self._reactor.seconds()
+        claimed = await self._script(
+            scripts.CLAIM_DUE, [keys.SCHEDULE], [dump_time(now), str(limit), dump_time(now + lease)]
+        )
+        if not claimed:
+            return 0
+        reads: list[Command] = []
+        for message_id in claimed:
+            reads.append(("HGETALL", keys.receipt(message_id)))
+            reads.append(("HMGET", keys.msg_body(message_id), *keys.BODY_FIELDS))
+        replies = await self._main.execute(reads)
+        calls: list[tuple[Script, list[str], list[str]]] = []
+        expired: list[Command] = []
+        for index, message_id in enumerate(claimed):
+            flat = _checked(replies[2 * index], "HGETALL")
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            message = _decoded(load_message, message_id, _checked(replies[2 * index + 1], "HMGET"))
+            if keys.RECEIPT_SCHEDULED not in fields:
+                continue  # cancelled, sent by another worker, or forgotten: only cleaned up
+            if message is None:
+                # Its TTL ran out while it waited: never sent, its receipt says expired.
+                expired.append(("HDEL", keys.receipt(message_id), keys.RECEIPT_SCHEDULED))
+                continue
+            recipients = _decoded(
+                lambda _, v: load_recipients(v), message_id, fields.get("#recipients")
+            )
+            collapse_key = fields.get(keys.RECEIPT_COLLAPSE_KEY, "")
+            release_keys = [keys.QUEUE, keys.receipt(message_id)]
+            release_keys += [keys.wait_ack(client_id) for client_id in recipients]
+            if collapse_key:
+                release_keys += [keys.collapse(client_id) for client_id in recipients]
+            args = [message_id, *message_args(message, recipients)]
+            args += (str(checks.milliseconds(message.expires_at - now)), collapse_key)
+            calls.append((scripts.RELEASE, release_keys, args))
+        sent = 0
+        for reply in await self._main.run_scripts(calls):
+            sent += int(_checked(reply, "release"))
+        for reply in await self._main.execute(expired) if expired else ():
+            _checked(reply, "HDEL")
+        # Every claimed entry is done with: sent now, by another worker, or never.
+        await self._one("ZREM", keys.SCHEDULE, *claimed)
+        return sent
+
+    def cancel(self, message_id: str) -> Deferred[CancelResult]:
+        return self._call(self._cancel, message_id)
+
+    async def _cancel(self, message_id: str) -> CancelResult:
+        answer = await self._script(
+            scripts.CANCEL, [keys.receipt(message_id), keys.msg_body(message_id)], []
+        )
+        if answer == -1:
+            return CancelResult.UNKNOWN
+        if answer == 0:
+            return CancelResult.SENT
+        if answer == 1:
+            await self._one("ZREM", keys.SCHEDULE, message_id)
+        return CancelResult.CANCELLED
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
         return self._call(self._pending_ids, client_id, limit)

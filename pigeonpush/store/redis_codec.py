@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from pigeonpush.store.keys import RECEIPT_META
+from pigeonpush.store.keys import RECEIPT_META, RECEIPT_SCHEDULED, RECEIPT_SEND_AT
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
@@ -96,10 +96,12 @@ def load_receipt(message_id: str, fields: Mapping[str, str], now: float) -> Rece
         recipients = load_recipients(fields[recipients_field])
         created_at = float(fields[created_field])
         expires_at = float(fields[expires_field])
-        states = recipient_states(recipients, fields, expires_at <= now)
+        scheduled = RECEIPT_SCHEDULED in fields
+        states = recipient_states(recipients, fields, expires_at <= now, scheduled)
+        send_at = float(fields[RECEIPT_SEND_AT]) if RECEIPT_SEND_AT in fields else None
     except (KeyError, ValueError, TypeError) as e:
         raise DecodeError(f"bad RECEIPT for {message_id}: {e}") from e
-    return Receipt(message_id, created_at, expires_at, recipients, states)
+    return Receipt(message_id, created_at, expires_at, recipients, states, send_at=send_at)
 
 
 def load_notification(flat_fields: Sequence[object]) -> Notification:
@@ -115,8 +117,12 @@ def load_notification(flat_fields: Sequence[object]) -> Notification:
     if message is None:
         raise DecodeError(f"queue entry {message_id} without title")
     key = fields.get("idempotencyKey")
+    collapse_key = fields.get("collapseKey")
     return Notification(
-        message, load_recipients(fields.get("recipients")), None if key is None else str(key)
+        message,
+        load_recipients(fields.get("recipients")),
+        None if key is None else str(key),
+        collapse_key=None if collapse_key is None else str(collapse_key),
     )
 
 

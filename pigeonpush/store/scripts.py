@@ -7,6 +7,7 @@ script checks everything that could fail before its first write.
 
 from __future__ import annotations
 
+from pigeonpush.store import keys
 from pigeonpush.store.redis_connection import Script
 
 #: KEYS: AUTH, ROUTE. ARGV: token, server, ttl in ms, the used mark (keys.BOUND).
@@ -61,37 +62,88 @@ return redis.call('DEL', KEYS[1])
 """,
 )
 
+#: The collapse step (PIGEON:COLLAPSE), shared by ACCEPT and RELEASE: a Lua
+#: function that, for one recipient, takes the message last sent with the
+#: same collapse key out of the recipient's WAIT_ACK if it is still there
+#: (recording ``replaced`` in that message's receipt) and makes ``id`` the
+#: key's latest. The older message's receipt is found from its id, so it is
+#: a key the script does not declare: on Redis Cluster that HSETNX becomes a
+#: second step on the message's slot, the WAIT_ACK and COLLAPSE keys sharing
+#: the client's hash tag.
+_RECEIPT_PREFIX, _RECEIPT_SUFFIX = keys.receipt("\0").split("\0")
+COLLAPSE_LUA = (
+    f"""
+local RECEIPT_PREFIX, RECEIPT_SUFFIX = '{_RECEIPT_PREFIX}', '{_RECEIPT_SUFFIX}'
+"""
+    """
+local function collapse(wait_key, collapse_key, client, field, id, ttl)
+  local older = redis.call('HGET', collapse_key, field)
+  if older and older ~= id and redis.call('SREM', wait_key, older) == 1 then
+    local receipt = RECEIPT_PREFIX .. older .. RECEIPT_SUFFIX
+    if redis.call('EXISTS', receipt) == 1 then
+      redis.call('HSETNX', receipt, client, 'replaced')
+    end
+  end
+  redis.call('HSET', collapse_key, field, id)
+  if redis.call('PTTL', collapse_key) < ttl then redis.call('PEXPIRE', collapse_key, ttl) end
+end
+
+local function check_type(key, wanted)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= wanted and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. wanted)
+  end
+end
+"""
+)
+
 #: Accept a run of notifications in one call.
 #: KEYS: QUEUE, then per notification: MSG_BODY, IDEMPOTENCY (or MSG_BODY
-#: again when there is no key), RECEIPT, one WAIT_ACK per recipient.
-#: ARGV, 14 values per notification: recipient count, messageId, title,
+#: again when there is no key), RECEIPT, one WAIT_ACK per recipient, then
+#: SCHEDULE for a scheduled one, or else one COLLAPSE per recipient for one
+#: with a collapse key (nothing more for the others).
+#: ARGV, 16 values per notification: recipient count, messageId, title,
 #: text, extras (JSON), createdAt, expiresAt, recipients (JSON), TTL in ms,
 #: has-idempotency-key ('1'/'0'), idempotency TTL in ms, idempotency record
-#: (JSON), idempotency key, receipt TTL in ms (the TTL plus the retention).
+#: (JSON), idempotency key, receipt TTL in ms (the TTL plus the retention),
+#: collapse key ('' for none), send time ('' to send now).
 #: Returns one answer per notification: 1 (written; an integer is the
 #: cheapest reply to parse), or {0, first record} for a key seen before
-#: (nothing written). Every WAIT_ACK key is checked before the first write,
+#: (nothing written). Every key is type-checked before the first write,
 #: so a call that finds a corrupt one writes nothing at all.
+#: A scheduled notification writes its body and its receipt (marked
+#: ``#scheduled``, with ``#sendAt`` and ``#collapseKey``) and joins SCHEDULE;
+#: RELEASE does the rest when its time comes.
 ACCEPT = Script(
     "accept",
-    """
-local n = #ARGV / 14
+    COLLAPSE_LUA
+    + """
+local W = 16
+local n = #ARGV / W
+local function span(m, k)
+  local a = m * W
+  local count = tonumber(ARGV[a + 1])
+  local last_wait = k + 2 + count
+  if ARGV[a + 16] ~= '' then return last_wait, last_wait + 1 end
+  if ARGV[a + 15] ~= '' then return last_wait, last_wait + count end
+  return last_wait, last_wait
+end
 local k = 2
 for m = 0, n - 1 do
-  local last = k + 2 + tonumber(ARGV[m * 14 + 1])
+  local last_wait, last = span(m, k)
   for i = k + 3, last do
-    local kind = redis.call('TYPE', KEYS[i])['ok']
-    if kind ~= 'set' and kind ~= 'none' then
-      return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
-    end
+    local wanted = 'set'
+    if i > last_wait then wanted = (ARGV[m * W + 16] ~= '' and 'zset') or 'hash' end
+    local refused = check_type(KEYS[i], wanted)
+    if refused then return refused end
   end
   k = last + 1
 end
 local answers = {}
 k = 2
 for m = 0, n - 1 do
-  local a = m * 14
-  local last = k + 2 + tonumber(ARGV[a + 1])
+  local a = m * W
+  local last_wait, last = span(m, k)
   local body, idempotency, receipt = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local has_key = ARGV[a + 10] == '1'
   local first = has_key and redis.call('GET', idempotency)
@@ -99,6 +151,7 @@ for m = 0, n - 1 do
     answers[m + 1] = {0, first}
   else
     local id, ttl = ARGV[a + 2], tonumber(ARGV[a + 9])
+    local collapse_key, send_at = ARGV[a + 15], ARGV[a + 16]
     redis.call('DEL', body, receipt)
     redis.call('HSET', body, 'title', ARGV[a + 3], 'text', ARGV[a + 4],
       'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6], 'expiresAt', ARGV[a + 7])
@@ -106,26 +159,115 @@ for m = 0, n - 1 do
     redis.call('HSET', receipt, '#recipients', ARGV[a + 8], '#createdAt', ARGV[a + 6],
       '#expiresAt', ARGV[a + 7])
     redis.call('PEXPIRE', receipt, ARGV[a + 14])
-    for i = k + 3, last do
-      redis.call('SADD', KEYS[i], id)
-      if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-    end
-    if has_key then
-      redis.call('XADD', KEYS[1], '*', 'messageId', id, 'title', ARGV[a + 3],
-        'text', ARGV[a + 4], 'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6],
-        'expiresAt', ARGV[a + 7], 'recipients', ARGV[a + 8],
-        'idempotencyKey', ARGV[a + 13])
-      redis.call('SET', idempotency, ARGV[a + 12], 'PX', ARGV[a + 11])
+    if send_at ~= '' then
+      redis.call('HSET', receipt, '#sendAt', send_at, '#scheduled', '1')
+      if collapse_key ~= '' then redis.call('HSET', receipt, '#collapseKey', collapse_key) end
+      redis.call('ZADD', KEYS[last], send_at, id)
     else
-      redis.call('XADD', KEYS[1], '*', 'messageId', id, 'title', ARGV[a + 3],
-        'text', ARGV[a + 4], 'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6],
-        'expiresAt', ARGV[a + 7], 'recipients', ARGV[a + 8])
+      local recipients = collapse_key ~= '' and cjson.decode(ARGV[a + 8])
+      local count = last_wait - k - 2
+      for i = k + 3, last_wait do
+        redis.call('SADD', KEYS[i], id)
+        if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+        if recipients then
+          collapse(KEYS[i], KEYS[i + count], recipients[i - k - 2], collapse_key, id, ttl)
+        end
+      end
+      local entry = {'messageId', id, 'title', ARGV[a + 3], 'text', ARGV[a + 4],
+        'extras', ARGV[a + 5], 'createdAt', ARGV[a + 6], 'expiresAt', ARGV[a + 7],
+        'recipients', ARGV[a + 8]}
+      if has_key then
+        entry[#entry + 1] = 'idempotencyKey'
+        entry[#entry + 1] = ARGV[a + 13]
+      end
+      if collapse_key ~= '' then
+        entry[#entry + 1] = 'collapseKey'
+        entry[#entry + 1] = collapse_key
+      end
+      redis.call('XADD', KEYS[1], '*', unpack(entry))
     end
+    if has_key then redis.call('SET', idempotency, ARGV[a + 12], 'PX', ARGV[a + 11]) end
     answers[m + 1] = 1
   end
   k = last + 1
 end
 return answers
+""",
+)
+
+#: Claim due scheduled messages. KEYS: SCHEDULE. ARGV: now, limit, lease end
+#: (all seconds since the epoch). The claimed ids are scored at the lease's
+#: end, so no other worker claims them before it ran out; answers them,
+#: oldest send time first.
+CLAIM_DUE = Script(
+    "claim_due",
+    """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id) end
+return ids
+""",
+)
+
+#: Send one claimed scheduled message, once. KEYS: QUEUE, RECEIPT, one
+#: WAIT_ACK per recipient, then one COLLAPSE per recipient if it has a
+#: collapse key. ARGV: messageId, title, text, extras, createdAt, expiresAt,
+#: recipients (JSON), TTL in ms, collapse key ('' for none).
+#: Only while the receipt still has ``#scheduled`` (not cancelled, not sent
+#: by another worker): deletes the mark, adds the id to every WAIT_ACK
+#: (collapsing) and appends it to the queue; 1 if sent, 0 if not.
+RELEASE = Script(
+    "release",
+    COLLAPSE_LUA
+    + """
+if redis.call('HEXISTS', KEYS[2], '#scheduled') == 0 then return 0 end
+local collapse_key = ARGV[9]
+local count = #KEYS - 2
+if collapse_key ~= '' then count = count / 2 end
+for i = 3, 2 + count do
+  local refused = check_type(KEYS[i], 'set') or
+    (collapse_key ~= '' and check_type(KEYS[i + count], 'hash'))
+  if refused then return refused end
+end
+redis.call('HDEL', KEYS[2], '#scheduled')
+local id, ttl = ARGV[1], tonumber(ARGV[8])
+local recipients = cjson.decode(ARGV[7])
+for i = 3, 2 + count do
+  redis.call('SADD', KEYS[i], id)
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  if collapse_key ~= '' then
+    collapse(KEYS[i], KEYS[i + count], recipients[i - 2], collapse_key, id, ttl)
+  end
+end
+local entry = {'messageId', id, 'title', ARGV[2], 'text', ARGV[3], 'extras', ARGV[4],
+  'createdAt', ARGV[5], 'expiresAt', ARGV[6], 'recipients', ARGV[7]}
+if collapse_key ~= '' then
+  entry[#entry + 1] = 'collapseKey'
+  entry[#entry + 1] = collapse_key
+end
+redis.call('XADD', KEYS[1], '*', unpack(entry))
+return 1
+""",
+)
+
+#: Cancel a scheduled message. KEYS: RECEIPT, MSG_BODY. Answers -1 (no
+#: receipt), 0 (sent already, or never scheduled), 1 (cancelled now), 2
+#: (cancelled before). Deleting ``#scheduled`` decides it: RELEASE sends
+#: nothing afterwards. The SCHEDULE entry is removed by the caller (a
+#: leftover one is only cleaned up by the next release).
+CANCEL = Script(
+    "cancel",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HDEL', KEYS[1], '#scheduled') == 0 then
+  if redis.call('HEXISTS', KEYS[1], '#cancelled') == 1 then return 2 end
+  return 0
+end
+for _, client in ipairs(cjson.decode(redis.call('HGET', KEYS[1], '#recipients'))) do
+  redis.call('HSETNX', KEYS[1], client, 'cancelled')
+end
+redis.call('HSET', KEYS[1], '#cancelled', '1')
+redis.call('DEL', KEYS[2])
+return 1
 """,
 )
 
@@ -271,6 +413,9 @@ ALL = (
     REVOKE_SESSION,
     DROP_ROUTE,
     ACCEPT,
+    CLAIM_DUE,
+    RELEASE,
+    CANCEL,
     SETTLE,
     REGISTER_DEVICE,
     ACKNOWLEDGE,

@@ -1,5 +1,9 @@
-"""The push server without sockets: a hub on a ``Clock`` and the memory store,
-device connections over ``StringTransport``.
+"""The push server without sockets: a hub on a ``Clock`` and the memory store.
+
+Devices connect over a fake channel (support/fake_channel.py: the hub's
+tests), or with ``tcp=True`` through the TCP transport over
+``StringTransport`` (the transport's tests). Both kinds of device answer the
+same calls. The hub reports to a ``RecordingMetrics`` (``harness.metrics``).
 
 The memory store answers at once; ``GatedStore`` holds chosen calls until the
 test opens the gate, to reach the states between a store call and its answer.
@@ -19,13 +23,15 @@ from twisted.python.failure import Failure
 
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.hub import PushHub
-from pigeonpush.server.protocol import ServerProtocol
+from pigeonpush.server.protocol import ServerProtocol, ServerProtocolFactory
+from pigeonpush.server.session import Session
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.wire.codec import decode, encode
 from pigeonpush.wire.frames import Auth, AuthOk, Frame
 from support.delivery_double import PendingMessages
+from support.fake_channel import FakeDevice, RecordingMetrics
 
 SERVER = "127.0.0.1:7101"
 OTHER_SERVER = "127.0.0.1:9101"
@@ -129,11 +135,22 @@ class DeviceTransport(StringTransport):
 
 
 class Device:
-    """One connection as its client sees it."""
+    """One TCP connection as its client sees it."""
 
     def __init__(self, proto: ServerProtocol, transport: DeviceTransport) -> None:
         self.proto = proto
         self.transport = transport
+
+    @property
+    def session(self) -> Session:
+        return self.proto.session
+
+    def pause(self) -> None:
+        """The client's socket is full (the transport pauses its producer)."""
+        self.proto.pauseProducing()
+
+    def resume(self) -> None:
+        self.proto.resumeProducing()
 
     def send(self, frame: Frame) -> None:
         self.proto.dataReceived(encode(frame))
@@ -165,21 +182,30 @@ class Device:
 class Harness:
     """A hub on a Clock and a (gated) memory store, with an in-process pull source."""
 
-    def __init__(self, *, pulls: bool = True, **settings: Any) -> None:
+    def __init__(self, *, pulls: bool = True, tcp: bool = False, **settings: Any) -> None:
         self.clock = Clock()
         self.store = GatedStore(self.clock)
         self.settings = ServerSettings(**settings).check()
         self.pulls = PendingMessages()
+        self.metrics = RecordingMetrics()
         self.hub = PushHub(
             self.store,
             self.clock,
             self.settings,
             server_address=SERVER,
             pull_source=self.pulls if pulls else None,
+            metrics=self.metrics,
+        )
+        self.tcp = tcp
+        self.factory = ServerProtocolFactory(
+            self.hub, self.settings, self.clock, metrics=self.metrics
         )
 
-    def connect(self) -> Device:
-        proto = ServerProtocol(self.hub)
+    def connect(self) -> Any:
+        """A new connection: a TCP ``Device`` with ``tcp=True``, else a ``FakeDevice``."""
+        if not self.tcp:
+            return FakeDevice(self.hub, self.settings.max_frame)
+        proto = self.factory.buildProtocol(None)
         transport = DeviceTransport()
         proto.makeConnection(transport)
         return Device(proto, transport)
@@ -189,14 +215,14 @@ class Harness:
         result_of(self.store.issue_token(client_id, token, ttl))
         return token
 
-    def login(self, client_id: str, token: str | None = None) -> Device:
+    def login(self, client_id: str, token: str | None = None) -> Any:
         """A connection that authenticated (AUTH_OK checked and consumed)."""
         token = self.issue(client_id, token)
         device = self.connect()
         device.send(Auth(client_id, token))
         frames = device.received()
         assert frames and isinstance(frames[0], AuthOk), frames
-        device.transport.clear()
+        device.received()
         return device
 
     def route(self, client_id: str) -> str | None:

@@ -83,6 +83,8 @@ class StoreCase:
         text: str = "A message",
         extras: dict[str, str] | None = None,
         message_id: str | None = None,
+        collapse_key: str | None = None,
+        send_at: float | None = None,
     ) -> Notification:
         now = self.now()
         message = Message(
@@ -93,7 +95,9 @@ class StoreCase:
             created_at=now,
             expires_at=now + (ttl if ttl is not None else 60 * self.ttl),
         )
-        return Notification(message, tuple(recipients), key)
+        return Notification(
+            message, tuple(recipients), key, collapse_key=collapse_key, send_at=send_at
+        )
 
 
 @pytest.fixture(params=BACKENDS)

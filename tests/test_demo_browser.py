@@ -1,0 +1,111 @@
+"""The demo page in a real headless Chromium (Debian's ``chromium`` and
+``chromium-driver``; selenium with the driver path given, nothing is
+downloaded): open ``/demo/`` on a running ``pigeon-standalone --websocket``,
+connect as a clientId, send a notification through the API, see it on the
+page, ACKed, and its receipt with nothing pending (WAIT_ACK empty).
+
+Selenium's calls block, so they run in a thread; the standalone is its own
+process."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_twisted
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from test_standalone_e2e import Spawner, receipt
+from twisted.internet.threads import deferToThread
+
+from support.servers import free_port
+from support.waiting import wait_for
+
+API_KEY = "browser-test-key-0123456789"
+CLIENT_ID = "browser-demo-1"
+_T = TypeVar("_T")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "install Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest_twisted.async_yield_fixture
+async def spawner(tmp_path: Path) -> AsyncIterator[Spawner]:
+    from twisted.internet import reactor
+
+    spawner = Spawner(reactor, tmp_path)
+    try:
+        yield spawner
+    finally:
+        await spawner.close()
+
+
+async def in_thread(call: Callable[[], _T]) -> _T:
+    result: _T = await deferToThread(call)
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_page_shows_a_message_and_acks_it(spawner: Spawner, browser: Any) -> None:
+    ports = {**spawner.ports(), "websocket": free_port()}
+    standalone = await spawner.start(f"--api-key={API_KEY}", ports=ports)
+    await in_thread(lambda: browser.get(standalone.reglog_url + "/demo/"))
+    await in_thread(lambda: browser.find_element(By.ID, "client-id").send_keys(CLIENT_ID))
+    await in_thread(lambda: browser.find_element(By.ID, "connect-button").click())
+
+    def status() -> str:
+        element = browser.find_element(By.ID, "status")
+        return f"{element.get_attribute('data-state')}: {element.text}"
+
+    async def online() -> bool:
+        return (await in_thread(status)).startswith("online:")
+
+    try:
+        await wait_for(online, timeout=20, interval=0.2, what="the page to be online")
+    except TimeoutError:
+        console = await in_thread(lambda: browser.get_log("browser"))
+        raise AssertionError(f"{await in_thread(status)}; console: {console}") from None
+    assert f"Online as {CLIENT_ID}" in await in_thread(status)
+
+    answer = await standalone.api.post(
+        "/v1/notifications",
+        {"to": [CLIENT_ID], "title": "Hello browser", "text": "from the API"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert answer.status == 202, answer.json
+    message_id = answer.json["messageId"]
+
+    def row_state() -> list[str] | None:
+        rows = browser.find_elements(By.CSS_SELECTOR, f'tr[data-message-id="{message_id}"] td')
+        return [cell.text for cell in rows] or None
+
+    async def acked_on_the_page() -> list[str] | None:
+        cells = await in_thread(row_state)
+        return cells if cells is not None and cells[-1] == "acked" else None
+
+    cells = await wait_for(acked_on_the_page, timeout=20, interval=0.2, what="the page to ACK")
+    assert cells[:3] == [message_id, "Hello browser", "from the API"]
+
+    async def receipt_acked() -> bool:
+        body = await receipt(standalone, API_KEY, message_id)
+        return bool(body["acked"] == 1 and body["pending"] == [])
+
+    await wait_for(receipt_acked, timeout=15, interval=0.2, what="the receipt to say acked")
+    await in_thread(lambda: browser.find_element(By.ID, "disconnect-button").click())
+    standalone.check_clean_log()
