@@ -33,7 +33,9 @@ async def spawner(tmp_path: Path) -> AsyncIterator[Spawner]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_js_client_receives_acks_and_sends_uplinks_over_websocket(spawner: Spawner) -> None:
+async def test_the_js_client_receives_acks_and_sends_uplinks_over_websocket(
+    spawner: Spawner,
+) -> None:
     from twisted.internet import reactor
 
     node = shutil.which("node")
