@@ -5,7 +5,6 @@ also checks the frame grammar; the hub alone in test_server_uplink_hub."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
 from pigeonpush.server.uplink import UplinkReceiver, UplinkSettings, parse_rate
 from pigeonpush.wire.frames import (
@@ -23,10 +22,6 @@ def stored(harness: Harness) -> list[tuple[str, str, dict[str, str]]]:
     return [
         (u.client_id, u.uplink_id, dict(u.data)) for u in result_of(harness.store.uplinks("0", 100))
     ]
-
-
-def metric(outcome: str) -> float:
-    return REGISTRY.get_sample_value("pigeonpush_server_uplinks_total", {"outcome": outcome}) or 0.0
 
 
 def test_an_uplink_is_acked_once_stored() -> None:
@@ -48,12 +43,12 @@ def test_an_uplink_is_acked_once_stored() -> None:
 def test_a_resent_uplink_is_acked_and_stored_once() -> None:
     harness = Harness(tcp=True)
     alice = harness.login("alice")
-    before = metric("duplicate")
     alice.send(Uplink("u-1", {"n": "1"}))
     alice.send(Uplink("u-1", {"n": "1"}))
     assert alice.received() == [UplinkAck("u-1"), UplinkAck("u-1")]
     assert stored(harness) == [("alice", "u-1", {"n": "1"})]
-    assert metric("duplicate") == before + 1
+    assert harness.metrics.counts["uplinks.duplicate"] == 1
+    assert harness.metrics.counts["uplinks.stored"] == 1
 
 
 def test_a_store_failure_is_error_internal_and_the_resend_is_stored() -> None:
@@ -146,7 +141,7 @@ def test_uplink_before_auth_and_uplink_ack_from_a_client_are_unexpected() -> Non
 def test_the_uplink_rate_is_per_connection_and_refills_with_time() -> None:
     harness = Harness(tcp=True)
     harness.hub.uplinks = UplinkReceiver(
-        harness.store, harness.clock, UplinkSettings(rate=2.0, burst=3)
+        harness.store, harness.clock, UplinkSettings(rate=2.0, burst=3), metrics=harness.metrics
     )
     alice, bob = harness.login("alice"), harness.login("bob")
     for n in range(3):
@@ -161,6 +156,7 @@ def test_the_uplink_rate_is_per_connection_and_refills_with_time() -> None:
     assert error.text == "over 2 uplinks per second (bursts of 3)"
     assert alice.closing
     assert bob.received() == [UplinkAck("b-0")]
+    assert harness.metrics.counts["uplinks.rate_limited"] == 1
     assert len(stored(harness)) == 5
 
 
@@ -177,3 +173,17 @@ def test_uplink_settings_are_checked() -> None:
         UplinkSettings(dedup_window=0).check()
     with pytest.raises(ValueError, match="--uplink-max-len"):
         UplinkSettings(max_len=0).check()
+
+
+def test_the_prometheus_sink_counts_uplinks_by_outcome() -> None:
+    from prometheus_client import REGISTRY
+
+    from pigeonpush.server.metrics import PROMETHEUS
+
+    def count(outcome: str) -> float:
+        value = REGISTRY.get_sample_value("pigeonpush_server_uplinks_total", {"outcome": outcome})
+        return value or 0.0
+
+    before = count("stored")
+    PROMETHEUS.uplinked("stored")
+    assert count("stored") == before + 1

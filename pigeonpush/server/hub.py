@@ -126,7 +126,9 @@ class PushHub:
         self.server_address = server_address
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
-        self.uplinks = uplinks if uplinks is not None else UplinkReceiver(store, clock)
+        self.uplinks = (
+            uplinks if uplinks is not None else UplinkReceiver(store, clock, metrics=metrics)
+        )
         #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not

@@ -369,7 +369,7 @@ def build_push_server(
 ) -> PushServerService:
     """The hub and its service over a given store and discovery; the
     all-in-one process passes an in-process ``pull_source`` and no pool."""
-    uplinks = UplinkReceiver(store, reactor, config.uplink_settings)
+    uplinks = UplinkReceiver(store, reactor, config.uplink_settings)  # metrics: Prometheus
     hub = PushHub(store, reactor, config.settings, pull_source=pull_source, uplinks=uplinks)
 
     def start_failed(failure: Failure) -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import weakref
 
 import attrs
-from prometheus_client import Counter
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.logsafe import untrusted
+from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.session import Session, State
 from pigeonpush.store.interface import (
     DEFAULT_UPLINK_DEDUP_WINDOW,
@@ -40,12 +40,6 @@ from pigeonpush.wire.frames import (
 )
 
 log = Logger()
-
-UPLINKS = Counter(
-    "pigeonpush_server_uplinks",
-    "UPLINK frames received, by outcome (stored, duplicate, refused, rate_limited, failed)",
-    ["outcome"],
-)
 
 #: The answers ``receive`` may give.
 Answer = UplinkAck | Error
@@ -118,11 +112,17 @@ class UplinkReceiver:
     """Stores the UPLINKs of a push server's sessions (one per hub)."""
 
     def __init__(
-        self, store: Store, clock: IReactorTime, settings: UplinkSettings | None = None
+        self,
+        store: Store,
+        clock: IReactorTime,
+        settings: UplinkSettings | None = None,
+        *,
+        metrics: MetricsSink = PROMETHEUS,
     ) -> None:
         self.store = store
         self.clock = clock
         self.settings = (settings or UplinkSettings()).check()
+        self.metrics = metrics
         #: session -> its token bucket; a session that is gone takes its bucket along
         self._buckets: weakref.WeakKeyDictionary[object, _Bucket] = weakref.WeakKeyDictionary()
 
@@ -134,16 +134,16 @@ class UplinkReceiver:
         fails: a store failure is ERROR INTERNAL, after which the device
         resends the uplink with the same id on its next connection."""
         if version < UPLINK_VERSION:
-            UPLINKS.labels(outcome="refused").inc()
+            self.metrics.uplinked("refused")
             return succeed(
                 Error(ErrorCode.UNEXPECTED, f"UPLINK is not allowed in protocol version {version}")
             )
         problem = uplink_problem(frame.uplink_id, frame.data)
         if problem is not None:
-            UPLINKS.labels(outcome="refused").inc()
+            self.metrics.uplinked("refused")
             return succeed(Error(problem.code, f"UPLINK: {problem}"))
         if not self._spend(session):
-            UPLINKS.labels(outcome="rate_limited").inc()
+            self.metrics.uplinked("rate_limited")
             settings = self.settings
             return succeed(
                 Error(
@@ -178,14 +178,12 @@ class UplinkReceiver:
         bucket.tokens -= 1.0
         return True
 
-    @staticmethod
-    def _stored(result: UplinkStored, uplink_id: str) -> Answer:
-        UPLINKS.labels(outcome="duplicate" if result.duplicate else "stored").inc()
+    def _stored(self, result: UplinkStored, uplink_id: str) -> Answer:
+        self.metrics.uplinked("duplicate" if result.duplicate else "stored")
         return UplinkAck(uplink_id)
 
-    @staticmethod
-    def _failed(failure: Failure, client_id: str, uplink_id: str) -> Answer:
-        UPLINKS.labels(outcome="failed").inc()
+    def _failed(self, failure: Failure, client_id: str, uplink_id: str) -> Answer:
+        self.metrics.uplinked("failed")
         if failure.check(StoreError):
             log.warn(
                 "Could not store uplink {uplink_id} of {client_id}: {error}",

@@ -193,6 +193,9 @@ class RecordingMetrics:
     def nacked(self) -> None:
         self.counts["nacks"] += 1
 
+    def uplinked(self, outcome: str) -> None:
+        self.counts[f"uplinks.{outcome}"] += 1
+
     def ack_timed_out(self, count: int) -> None:
         self.counts["ack_timeouts"] += count
 
