@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
         "--uplinks", type=int, default=3, help="uplinks each client sends, 0 for none (3)"
     )
     p.add_argument(
-        "--uplink-interval", type=_positive(float), default=5.0, help="seconds between them"
+        "--uplink-interval", type=_positive(float), default=20.0, help="seconds between them (20)"
     )
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--dir", type=Path, default=None, help="run directory (default: a temporary)")

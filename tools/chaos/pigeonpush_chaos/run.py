@@ -55,7 +55,7 @@ class Options:
     log_level: str = "warn"
     #: uplinks each client sends (kept across reconnections until acknowledged)
     uplinks: int = 3
-    uplink_interval: float = 5.0
+    uplink_interval: float = 20.0
 
     def settings(self) -> dict[str, Any]:
         """What the JSON report repeats of the run's settings."""
