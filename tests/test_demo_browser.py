@@ -2,7 +2,8 @@
 ``chromium-driver``; selenium with the driver path given, nothing is
 downloaded): open ``/demo/`` on a running ``pigeon-standalone --websocket``,
 connect as a clientId, send a notification through the API, see it on the
-page, ACKed, and its receipt with nothing pending (WAIT_ACK empty).
+page, ACKed, and its receipt with nothing pending (WAIT_ACK empty); then send
+an uplink from the page and read it through ``GET /v1/uplinks``.
 
 Selenium's calls block, so they run in a thread; the standalone is its own
 process."""
@@ -107,5 +108,25 @@ async def test_the_demo_page_shows_a_message_and_acks_it(spawner: Spawner, brows
         return bool(body["acked"] == 1 and body["pending"] == [])
 
     await wait_for(receipt_acked, timeout=15, interval=0.2, what="the receipt to say acked")
+
+    # The other way: an uplink typed on the page, stored, read through the API.
+    await in_thread(lambda: browser.find_element(By.ID, "uplink-text").send_keys("hi app"))
+    await in_thread(lambda: browser.find_element(By.ID, "uplink-button").click())
+
+    def uplink_status() -> str:
+        return str(browser.find_element(By.ID, "uplink-status").text)
+
+    async def uplink_stored() -> str | None:
+        text = await in_thread(uplink_status)
+        return text if text.startswith("stored as ") else None
+
+    stored = await wait_for(uplink_stored, timeout=20, interval=0.2, what="the uplink stored")
+    uplink_id = stored.removeprefix("stored as ")
+    answer = await standalone.api.get(
+        "/v1/uplinks?after=0", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert [(u["clientId"], u["uplinkId"], u["data"]) for u in answer.json["uplinks"]] == [
+        (CLIENT_ID, uplink_id, {"text": "hi app"})
+    ]
     await in_thread(lambda: browser.find_element(By.ID, "disconnect-button").click())
     standalone.check_clean_log()

@@ -33,7 +33,9 @@ async def spawner(tmp_path: Path) -> AsyncIterator[Spawner]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_js_client_receives_and_acks_over_websocket(spawner: Spawner) -> None:
+async def test_the_js_client_receives_acks_and_sends_uplinks_over_websocket(
+    spawner: Spawner,
+) -> None:
     from twisted.internet import reactor
 
     node = shutil.which("node")
@@ -63,5 +65,5 @@ async def test_the_js_client_receives_and_acks_over_websocket(spawner: Spawner) 
     running.addTimeout(NODE_TIMEOUT, reactor)
     out, err, code = await running
     assert code == 0, (out + err).decode(errors="replace") + standalone.daemon.report()
-    assert b"# pass 2" in out, out.decode(errors="replace")
+    assert b"# pass 3" in out, out.decode(errors="replace")
     standalone.check_clean_log()

@@ -16,12 +16,14 @@ from twisted.python import usage
 
 from pigeonpush.notification.tap import Options, default_max_body, makeService
 from pigeonpush.notification.validate import Limits
+from pigeonpush.notification.webhook import UplinkWebhook
 from pigeonpush.services import Closer, GcTuning, StopInOrder
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
 
 KEY = "tap-test-key-0123456789"
+SECRET = "webhook-secret-0123456789"
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 
 
@@ -73,11 +75,68 @@ def test_limits_from_options() -> None:
         (("--api-key", KEY, "--max-body", "10"), "--max-body"),
         (("--api-key", KEY, "--max-ttl", "x"), "'x' is not a whole number"),
         (("--api-key", KEY, "--receipt-retention", "-1"), "--receipt-retention must be 0"),
+        (
+            ("--api-key", KEY, "--uplink-webhook", "http://h/"),
+            "needs one of --uplink-webhook-secret",
+        ),
+        (
+            ("--api-key", KEY, "--uplink-webhook-secret", SECRET),
+            "--uplink-webhook-secret needs --uplink-webhook",
+        ),
+        (
+            ("--api-key", KEY, "--uplink-webhook", "ftp://h/", "--uplink-webhook-secret", SECRET),
+            "must be an http:// or https:// URL",
+        ),
+        (
+            ("--api-key", KEY, "--uplink-webhook", "http://h/", "--uplink-webhook-secret", "x"),
+            "at least 16 bytes",
+        ),
+        (
+            (
+                "--api-key",
+                KEY,
+                "--uplink-webhook",
+                "http://h/",
+                "--uplink-webhook-secret-file",
+                "/nonexistent/secret",
+            ),
+            "--uplink-webhook-secret-file: .*No such file",
+        ),
+        (
+            (
+                "--api-key",
+                KEY,
+                "--uplink-webhook",
+                "http://h/",
+                "--uplink-webhook-secret",
+                SECRET,
+                "--uplink-webhook-lease",
+                "60",
+            ),
+            "lease \\(60 s\\) must be longer",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors(args: tuple[str, ...], fragment: str) -> None:
     with pytest.raises(usage.UsageError, match=fragment):
         parse(*args)
+
+
+def test_webhook_options(tmp_path: Path) -> None:
+    assert parse("--api-key", KEY)["webhook"] is None
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    options = parse(
+        "--api-key", KEY, "--uplink-webhook", "https://app.example.org/uplinks",
+        "--uplink-webhook-secret-file", str(secret_file), "--uplink-webhook-attempts", "3",
+    )  # fmt: skip
+    settings = options["webhook"]
+    assert (settings.url, settings.secret, settings.attempts) == (
+        "https://app.example.org/uplinks",
+        SECRET.encode(),
+        3,
+    )
+    assert SECRET not in repr(settings)
 
 
 def test_an_empty_key_file_alone_is_refused(tmp_path: Path) -> None:
@@ -102,6 +161,27 @@ def test_the_service_tree() -> None:
     ]
     service.startService()
     assert [port for port, *_ in reactor.tcpServers] == [8200]
+    service.stopService()
+
+
+def test_the_service_tree_with_a_webhook() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    config = parse(
+        "--api-key", KEY, "--redis", "memory:", "--uplink-webhook", "http://127.0.0.1:9/hook",
+        "--uplink-webhook-secret", SECRET,
+    )  # fmt: skip
+    service = makeService(config, reactor)
+    children = list(service)  # type: ignore[call-overload]
+    assert [type(child) for child in children] == [
+        Closer,
+        StreamServerEndpointService,
+        StopInOrder,
+        GcTuning,
+    ]
+    assert [type(child) for child in children[2]] == [Closer, UplinkWebhook]
+    service.startService()
     service.stopService()
 
 

@@ -13,6 +13,7 @@ from twisted.python import usage
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.tap import Options, makeService
+from pigeonpush.server.uplink import UplinkSettings
 from pigeonpush.services import GcTuning
 
 
@@ -71,6 +72,9 @@ def test_every_option_is_documented_with_a_default() -> None:
         "frame-rate",
         "frame-burst",
         "frame-abuse-time",
+        "uplink-rate",
+        "uplink-dedup-window",
+        "uplink-max-len",
         "metrics",
         "log-format",
         "websocket",
@@ -78,7 +82,7 @@ def test_every_option_is_documented_with_a_default() -> None:
     ):
         assert f"--{name}=" in text
     assert "--websocket-origin=" in text
-    assert text.count("[default:") == 26
+    assert text.count("[default:") == 29
 
 
 def test_values_are_parsed() -> None:
@@ -101,8 +105,13 @@ def test_values_are_parsed() -> None:
         "--drain-period=0",
         "--session-ttl=600",
         "--metrics=none",
+        "--uplink-rate=10/2.5",
+        "--uplink-dedup-window=60",
+        "--uplink-max-len=500",
     )
     assert options.settings == ServerSettings(2.5, 40, 15, 4096, 8, 100, 600, 0, 20, 3)
+    assert options.uplink_settings == UplinkSettings(2.5, 10, 60, 500)
+    assert parse().uplink_settings == UplinkSettings(5.0, 20, 3600.0, 100_000)
     assert options["node-id"] == "push-1"
 
 
@@ -138,6 +147,10 @@ def test_values_are_parsed() -> None:
         (["--frame-rate=fast"], "--frame-rate must be a number, not 'fast'"),
         (["--frame-burst=0"], "--frame-burst must be at least 1, not 0"),
         (["--frame-abuse-time=0"], "--frame-abuse-time must be a positive number of seconds"),
+        (["--uplink-rate=lots"], "--uplink-rate must be BURST/RATE (e.g. 20/5) or RATE"),
+        (["--uplink-rate=0/5"], "--uplink-rate's burst must be at least 1, not 0"),
+        (["--uplink-dedup-window=0"], "--uplink-dedup-window must be a positive number"),
+        (["--uplink-max-len=0"], "--uplink-max-len must be at least 1, not 0"),
         (["--listen=tcp:notaport"], "--listen must be a server endpoint such as tcp:7100"),
         (["--rpc=carrier-pigeon:7101"], "--rpc must be a server endpoint"),
         (["--metrics=tcp"], "--metrics must be a server endpoint"),

@@ -117,6 +117,9 @@ def test_help_lists_every_option() -> None:
         "drain-period",
         "websocket",
         "websocket-origin",
+        "uplink-webhook",
+        "uplink-webhook-secret",
+        "uplink-webhook-secret-file",
     ):
         assert f"--{name}" in text, name
 
@@ -139,6 +142,15 @@ def test_websocket_allows_loopback_pages_unless_origins_are_given() -> None:
     assert not origins.allows("http://127.0.0.1:8100")
     with pytest.raises(usage.UsageError, match="--websocket-origin must be"):
         parse("--websocket=tcp:7103", "--websocket-origin=app.example")
+
+
+def test_the_webhook_options_reach_the_notification_part() -> None:
+    options = parse(
+        "--uplink-webhook", "http://127.0.0.1:9/hook",
+        "--uplink-webhook-secret", "webhook-secret-0123456789",
+    )  # fmt: skip
+    assert options.notification["webhook"].url == "http://127.0.0.1:9/hook"
+    assert parse().notification["webhook"] is None
 
 
 def test_a_key_is_generated_when_none_is_given() -> None:

@@ -23,8 +23,11 @@ from pigeonpush.wire.codec import (
     encode_ack,
     encode_nack,
     encode_push,
+    uplink_problem,
 )
 from pigeonpush.wire.frames import (
+    MAX_UPLINK_DATA_BYTES,
+    MAX_UPLINK_PAIRS,
     PING,
     PONG,
     PROTOCOL_VERSION,
@@ -40,6 +43,8 @@ from pigeonpush.wire.frames import (
     KickReason,
     Nack,
     Push,
+    Uplink,
+    UplinkAck,
 )
 from support.wire_strategies import frames, pushes, untimed
 
@@ -313,3 +318,34 @@ def test_encode_refuses_what_is_not_a_frame() -> None:
 def test_any_version_number_is_carried(version: int) -> None:
     assume(version not in SUPPORTED_VERSIONS)
     assert decode(payload_of(Auth("c", "t", version))) == Auth("", "", version)
+
+
+def test_uplink_round_trips_with_its_data() -> None:
+    frame = Uplink("u-7", {"temp": "21.5", "note": "café ☕"})
+    assert decode(encode(frame)[4:]) == frame
+    assert decode(encode(UplinkAck("u-7"))[4:]) == UplinkAck("u-7")
+
+
+def test_uplink_data_must_be_a_map_of_strings() -> None:
+    with pytest.raises(EncodeError, match="data must be a mapping"):
+        encode(Uplink("u-1", ["a"]))  # type: ignore[arg-type]
+    with pytest.raises(EncodeError, match="data value must be a str"):
+        encode(Uplink("u-1", {"a": b"raw"}))  # type: ignore[dict-item]
+
+
+def test_uplink_limits_are_explained() -> None:
+    def problem(uplink_id: str, data: dict[str, str]) -> tuple[str, str] | None:
+        error = uplink_problem(uplink_id, data)
+        return None if error is None else (error.code.name, str(error))
+
+    assert problem("u-1", {"k": "v" * 100}) is None
+    assert problem("", {}) == ("MALFORMED", "uplinkId must be 1 to 64 bytes of UTF-8, not 0")
+    assert problem("x" * 65, {}) == (
+        "MALFORMED",
+        "uplinkId must be 1 to 64 bytes of UTF-8, not 65",
+    )
+    pairs = {str(n): "" for n in range(MAX_UPLINK_PAIRS + 1)}
+    assert problem("u", pairs) == ("MALFORMED", "data has 65 pairs; the limit is 64")
+    assert problem("u", {"k": "v" * (MAX_UPLINK_DATA_BYTES - 1)}) is None
+    over = {"k": "é" * (MAX_UPLINK_DATA_BYTES // 2)}
+    assert problem("u", over) == ("TOO_LARGE", "data is 4097 bytes of UTF-8; the limit is 4096")

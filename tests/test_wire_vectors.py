@@ -27,6 +27,8 @@ from pigeonpush.wire.frames import (
     KickReason,
     Nack,
     Push,
+    Uplink,
+    UplinkAck,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -53,6 +55,10 @@ def frame_from(spec: dict[str, Any]) -> Frame:
         return Ack(spec["messageId"])
     if kind == "NACK":
         return Nack(spec["messageId"], spec["retryAfterMs"] / 1000)
+    if kind == "UPLINK":
+        return Uplink(spec["uplinkId"], spec["data"])
+    if kind == "UPLINK_ACK":
+        return UplinkAck(spec["uplinkId"])
     if kind == "KICK":
         return Kick(KickReason[spec["reason"]], spec["text"])
     if kind == "ERROR":

@@ -4,6 +4,10 @@
 
 export const PROTOCOL_VERSION: 2;
 export const NACK_VERSION: 2;
+export const UPLINK_VERSION: 2;
+export const MAX_UPLINK_ID_BYTES: 64;
+export const MAX_UPLINK_PAIRS: 64;
+export const MAX_UPLINK_DATA_BYTES: 4096;
 export const SUPPORTED_VERSIONS: readonly number[];
 export const DEFAULT_MAX_FRAME: 8192;
 export const MIN_MAX_FRAME: 1024;
@@ -22,6 +26,8 @@ export const FrameType: Readonly<{
   KICK: 8;
   ERROR: 9;
   NACK: 10;
+  UPLINK: 11;
+  UPLINK_ACK: 12;
 }>;
 export const AuthFailCode: Readonly<{ BAD_TOKEN: 1; VERSION: 2; UNAVAILABLE: 3; FULL: 4 }>;
 export const KickReason: Readonly<{ REPLACED: 1; SHUTTING_DOWN: 2; POLICY: 3 }>;
@@ -50,6 +56,8 @@ export type Frame =
   | { type: "PUSH"; messageId: string; title: string; text: string; extras: Extras }
   | { type: "ACK"; messageId: string }
   | { type: "NACK"; messageId: string; retryAfterMs: number }
+  | { type: "UPLINK"; uplinkId: string; data: Extras }
+  | { type: "UPLINK_ACK"; uplinkId: string }
   | { type: "KICK"; reason: KickReasonName; text: string }
   | { type: "ERROR"; code: ErrorCodeName; text: string };
 
@@ -66,6 +74,8 @@ export function encodePayload(frame: Frame): Uint8Array;
 export function encode(frame: Frame): Uint8Array;
 /** The frame in a WebSocket message (or the bytes after a length prefix). */
 export function decode(payload: Bytes): Frame;
+/** Why an uplink breaks the limits of docs/protocol.rst, or null. */
+export function uplinkProblem(uplinkId: string, data: Extras | Map<string, string>): string | null;
 export function checkLength(length: number, maxFrame: number): void;
 export class FrameReader {
   constructor(maxFrame?: number);
@@ -185,6 +195,11 @@ export class PushClient extends EventTarget {
   stop(): Promise<void>;
   close(): Promise<void>;
   whenOnline(): Promise<Online>;
+  /** Resolves with the uplinkId once the server stored it (UPLINK_ACK). */
+  sendUplink(
+    data: Extras | Map<string, string>,
+    options?: { uplinkId?: string | null; resendOnReconnect?: boolean },
+  ): Promise<string>;
   on<K extends keyof PushClientEventMap>(
     type: K,
     listener: (event: PushClientEvent<PushClientEventMap[K]>) => void,
@@ -223,6 +238,11 @@ export class SessionReplaced extends PushClientError {}
 export class RetryLater extends Error {
   constructor(retryAfter: number, reason?: string);
   retryAfter: number;
+}
+export class UplinkNotSent extends Error {
+  constructor(uplinkId: string, reason: string);
+  uplinkId: string;
+  reason: string;
 }
 
 // --- backoff, de-duplication, routes ----------------------------------------------

@@ -23,6 +23,7 @@ export {
   ProtocolVersionRefused,
   SessionReplaced,
   RetryLater,
+  UplinkNotSent,
 } from "./src/errors.js";
 export {
   ROUTE_PATH,

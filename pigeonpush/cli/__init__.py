@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "print a notification's delivery receipt"),
     "cancel": ("cancel", "cancel a scheduled notification before its send time"),
     "kick": ("kick", "disconnect a device and revoke its token"),
+    "uplinks": ("uplinks", "print what devices sent (UPLINK), one JSON line each"),
     "bench": ("bench", "measure the service against bare Twisted and Mosquitto baselines"),
 }
 

@@ -126,7 +126,7 @@ async def call_api(
 
 def run_command(
     args: argparse.Namespace,
-    command: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, str]],
+    command: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, str | None]],
 ) -> int:
     """Run ``command`` under ``react``; print its output, or the error on stderr."""
     if not args.key:
@@ -136,7 +136,9 @@ def run_command(
 
     async def main(reactor: Any) -> None:
         try:
-            print(await command(reactor, args))
+            result = await command(reactor, args)
+            if result is not None:
+                print(result)
             outcome.append(0)
         except ApiFailure as e:
             print(f"pigeonpush: {e}", file=sys.stderr)

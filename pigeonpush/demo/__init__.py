@@ -1,6 +1,6 @@
 """The demo page (``/demo/``): a person types a clientId, connects over
-WebSocket with the JavaScript client, and watches messages arrive with
-their ACK state.
+WebSocket with the JavaScript client, watches messages arrive with their ACK
+state, and sends uplinks.
 
 Served by reglog (``--demo``; pigeon-standalone turns it on) from reglog's
 own origin, so that the page's ``POST /v1/route`` needs no CORS, and the

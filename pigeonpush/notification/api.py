@@ -3,7 +3,8 @@
 ``POST /v1/notifications``, ``POST /v1/notifications/batch``,
 ``GET /v1/notifications/<messageId>``, ``DELETE /v1/notifications/<messageId>``
 (cancel a scheduled one), ``DELETE /v1/devices/<clientId>/session``,
-plus ``GET /health`` and ``/metrics``.
+``GET /v1/uplinks`` and ``GET /v1/uplinks/dead`` (``uplinks``), plus
+``GET /health`` and ``/metrics``.
 Every answer is JSON; every error has the project's shape (``error``,
 ``message``; ``field`` too when one field of a notification is wrong). A
 request that gets a 4xx writes nothing.
@@ -135,6 +136,10 @@ class NotificationApi:
         v1.putChild(b"notifications", _NotificationsTree(self))
         if self._sessions is not None:
             v1.putChild(b"devices", _DevicesTree(self))
+        from pigeonpush.notification.uplinks import UplinkApi  # it uses this module's helpers
+
+        uplinks = UplinkApi(self._notifications.store, self._authorize, _unavailable)
+        v1.putChild(b"uplinks", uplinks.resource())
         root.putChild(b"health", JsonResource({b"GET": self.health}))
         root.putChild(b"metrics", MetricsResource())
         return root

@@ -30,3 +30,8 @@ KICKS = Counter(
     "Device sessions ended through the API, by result (disconnected, no_session)",
     ["result"],
 )
+UPLINK_WEBHOOK = Counter(
+    "pigeonpush_notification_uplink_webhook",
+    "POSTs of uplinks to --uplink-webhook, by outcome (sent, failed: retried, dead)",
+    ["outcome"],
+)

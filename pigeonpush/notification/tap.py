@@ -16,6 +16,7 @@ from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, rea
 from pigeonpush.notification.core import Notifications
 from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
+from pigeonpush.notification.webhook import UplinkWebhook, WebhookSettings, treq_poster
 from pigeonpush.options import (
     HTTP_LIMIT_OPTIONS,
     RPC_CA_FILE_OPTION,
@@ -27,7 +28,7 @@ from pigeonpush.options import (
 )
 from pigeonpush.rpc import PushGateway
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
+from pigeonpush.services import Closer, Daemon, GcTuning, StopInOrder, listen_or_fail
 from pigeonpush.store.interface import Store
 
 #: Request body bytes per batch item when --max-body is not given: room for
@@ -56,7 +57,8 @@ class Options(DaemonOptions):
     synopsis = "[options]"
     longdesc = (
         "The HTTP API application servers send notifications to: POST /v1/notifications, "
-        "POST /v1/notifications/batch, GET /v1/notifications/<messageId> (Bearer API key). "
+        "POST /v1/notifications/batch, GET /v1/notifications/<messageId>, GET /v1/uplinks "
+        "(Bearer API key); optionally POSTs uplinks to --uplink-webhook. "
         "Sizes are UTF-8 bytes; times are seconds."
     )
     optParameters = [
@@ -88,6 +90,39 @@ class Options(DaemonOptions):
             None,
             86400,
             "Seconds a receipt stays readable after its message's TTL (1 day; 0: none).",
+            _whole,
+        ],
+        [
+            "uplink-webhook",
+            None,
+            None,
+            "URL to POST each uplink to, signed (see docs/uplink.rst) [default: none].",
+        ],
+        [
+            "uplink-webhook-secret",
+            None,
+            None,
+            "The webhook's HMAC-SHA256 key (16+ bytes); or --uplink-webhook-secret-file.",
+        ],
+        [
+            "uplink-webhook-secret-file",
+            None,
+            None,
+            "File whose first line is the webhook's HMAC-SHA256 key.",
+        ],
+        [
+            "uplink-webhook-attempts",
+            None,
+            8,
+            "POSTs of one uplink before it goes to the dead-letter list.",
+            _whole,
+        ],
+        ["uplink-webhook-timeout", None, 10, "Seconds one POST may take.", _whole],
+        [
+            "uplink-webhook-lease",
+            None,
+            600,
+            "Seconds after which another process takes over uplinks a crashed one held.",
             _whole,
         ],
         RPC_CA_FILE_OPTION,
@@ -144,6 +179,37 @@ class Options(DaemonOptions):
             self["max-body"] = default_max_body(limits, self["max-batch"])
         elif self["max-body"] < 1024:
             raise usage.UsageError("--max-body must be at least 1024 bytes")
+        self["webhook"] = self._webhook()
+
+    def _webhook(self) -> WebhookSettings | None:
+        url = self["uplink-webhook"]
+        secret = self["uplink-webhook-secret"]
+        secret_file = self["uplink-webhook-secret-file"]
+        if url is None:
+            if secret is not None or secret_file is not None:
+                raise usage.UsageError("--uplink-webhook-secret needs --uplink-webhook")
+            return None
+        if (secret is None) == (secret_file is None):
+            raise usage.UsageError(
+                "--uplink-webhook needs one of --uplink-webhook-secret "
+                "and --uplink-webhook-secret-file"
+            )
+        if secret_file is not None:
+            try:
+                with open(secret_file, encoding="utf-8") as lines:
+                    secret = lines.readline().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--uplink-webhook-secret-file: {e}") from None
+        try:
+            return WebhookSettings(
+                url,
+                secret.encode(),
+                attempts=self["uplink-webhook-attempts"],
+                timeout=self["uplink-webhook-timeout"],
+                lease=self["uplink-webhook-lease"],
+            ).check()
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -164,6 +230,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     top = Daemon("pigeon-notification")
     Closer(store.close, pool.close).setServiceParent(top)
     build_api(config, reactor, store, AmpGateways(pool)).setServiceParent(top)
+    webhook = build_webhook(config, reactor, store)
+    if webhook is not None:
+        webhook.setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)
     return top
 
@@ -188,3 +257,16 @@ def build_api(
         reactor=reactor,
     )
     return listen_or_fail(serverFromString(reactor, config["listen"]), site)
+
+
+def build_webhook(config: Options, reactor: Any, store: Store) -> IService | None:
+    """The uplink webhook sender (``--uplink-webhook``), or None without one.
+    It stops before its HTTP connection pool closes."""
+    settings: WebhookSettings | None = config["webhook"]
+    if settings is None:
+        return None
+    post, close = treq_poster(reactor, settings.timeout)
+    tree = StopInOrder()
+    Closer(close).setServiceParent(tree)
+    UplinkWebhook(store, reactor, settings, post).setServiceParent(tree)
+    return tree

@@ -14,6 +14,7 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    UplinkNotSent,
 )
 from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
 from pigeonpush.sdk.identity import mac_client_id
@@ -41,6 +42,7 @@ __all__ = [
     "RouteLookupFailed",
     "RouteSource",
     "SessionReplaced",
+    "UplinkNotSent",
     "check_client_id",
     "full_jitter",
     "mac_client_id",

@@ -35,10 +35,12 @@ with the same ingredients: an injected clock and a retry policy with jitter.
 from __future__ import annotations
 
 import enum
+import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -54,6 +56,7 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    UplinkNotSent,
 )
 from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
 from pigeonpush.sdk.identity import mac_client_id
@@ -61,7 +64,13 @@ from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
 from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
 from pigeonpush.tls import ClientTLS, client_endpoint
-from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME
+from pigeonpush.wire.codec import (
+    DEFAULT_MAX_FRAME,
+    MAX_MAX_FRAME,
+    MIN_MAX_FRAME,
+    EncodeError,
+    uplink_problem,
+)
 from pigeonpush.wire.frames import (
     PROTOCOL_VERSION,
     Auth,
@@ -244,6 +253,8 @@ class PushClient:
         self._in_flight: dict[str, list[ClientProtocol]] = {}
         # the protocol version sent in AUTH: 1 after a server refused 2
         self._version = PROTOCOL_VERSION
+        #: uplinkId -> the uplink not acknowledged yet, in the order sent
+        self._uplinks: dict[str, _PendingUplink] = {}
 
     def __repr__(self) -> str:
         return f"<PushClient {self.client_id!r} {self._state.value}>"
@@ -292,6 +303,7 @@ class PushClient:
             return waiter
         self._halt()
         self._fail_auth_waiters(CancelledError("the client was stopped"))
+        self._uplinks_lost(None, "the client was stopped", every=True)
         if self._session is None:  # nothing to close: stopped already
             self._finish_stopping()
         return waiter
@@ -316,6 +328,81 @@ class PushClient:
         waiter: Deferred[Authenticated] = Deferred(self._forget_auth_waiter)
         self._auth_waiters.append(waiter)
         return waiter
+
+    def send_uplink(
+        self,
+        data: Mapping[str, str],
+        *,
+        uplink_id: str | None = None,
+        resend_on_reconnect: bool = False,
+    ) -> Deferred[str]:
+        """Send ``data`` (strings to strings, at most 64 pairs and 4,096 bytes
+        of UTF-8) to the application servers; fires with the uplinkId once
+        the push server has stored it (UPLINK_ACK).
+
+        Fails with UplinkNotSent when the connection is down, or drops before
+        the UPLINK_ACK, or the client stops; with ``resend_on_reconnect`` the
+        uplink is kept instead and sent again, with the same id, on each next
+        session until acknowledged (the server stores it once), failing only
+        when the client stops or gives up. ``uplink_id`` defaults to a random
+        id. Raises ValueError for data over the limits or an id already
+        pending, TypeError for data that is not a map of strings.
+        """
+        if uplink_id is None:
+            uplink_id = secrets.token_urlsafe(12)
+        elif not isinstance(uplink_id, str):
+            raise TypeError(f"uplink_id must be a str, not {type(uplink_id).__name__}")
+        if not isinstance(data, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in data.items()
+        ):
+            raise TypeError("uplink data must be a mapping of str to str")
+        problem = uplink_problem(uplink_id, data)
+        if problem is not None:
+            raise ValueError(str(problem))
+        if uplink_id in self._uplinks:
+            raise ValueError(f"uplink {uplink_id!r} is already waiting for its UPLINK_ACK")
+
+        def cancel(_: Deferred[str]) -> None:
+            self._uplinks.pop(uplink_id, None)
+
+        pending = _PendingUplink(uplink_id, dict(data), resend_on_reconnect, Deferred(cancel))
+        self._uplinks[uplink_id] = pending
+        session = self._session
+        if session is not None and session.can_uplink:
+            self._write_uplink(session, pending)
+        elif not resend_on_reconnect:
+            online = session is not None and session.authenticated
+            reason = "the push server speaks protocol version 1" if online else "not connected"
+            self._uplink_failed(pending, reason)
+        return pending.deferred
+
+    def _write_uplink(self, session: ClientProtocol, pending: _PendingUplink) -> None:
+        try:
+            session.send_uplink(pending.uplink_id, pending.data)
+        except EncodeError as e:  # FrameTooLarge included
+            # Over this server's frame limit: no session would carry it.
+            self._uplinks.pop(pending.uplink_id, None)
+            pending.deferred.errback(Failure(ValueError(f"the uplink cannot be sent: {e}")))
+            return
+        pending.session = session
+
+    def _uplink_failed(self, pending: _PendingUplink, reason: str) -> None:
+        self._uplinks.pop(pending.uplink_id, None)
+        pending.deferred.errback(Failure(UplinkNotSent(pending.uplink_id, reason)))
+
+    def _uplinks_lost(self, session: ClientProtocol | None, reason: str, *, every: bool) -> None:
+        """The session that carried uplinks ended (or the client stops: ``every``):
+        fail those that are not to be resent; the rest wait for the next session."""
+        for pending in list(self._uplinks.values()):
+            if every or (pending.session is session and not pending.resend):
+                self._uplink_failed(pending, reason)
+            elif pending.session is session:
+                pending.session = None
+
+    def _uplink_acked(self, session: ClientProtocol, uplink_id: str) -> None:
+        pending = self._uplinks.pop(uplink_id, None)
+        if pending is not None:
+            pending.deferred.callback(uplink_id)
 
     def _forget_auth_waiter(self, waiter: Deferred[Authenticated]) -> None:
         if waiter in self._auth_waiters:
@@ -455,6 +542,7 @@ class PushClient:
         self._gave_up = error
         self._halt()
         self._fail_auth_waiters(error)
+        self._uplinks_lost(None, f"the client gave up: {error}", every=True)
         self._emit(GaveUp(error))
 
     def _finish_stopping(self) -> None:
@@ -510,6 +598,10 @@ class PushClient:
         self._emit(event)
         for waiter in waiters:
             waiter.callback(event)
+        # Uplinks kept from an earlier session go again, with their ids, in order.
+        for pending in list(self._uplinks.values()):
+            if pending.session is None and self._session is session and session.can_uplink:
+                self._write_uplink(session, pending)
 
     def _session_refused(self, session: ClientProtocol, frame: AuthFail) -> None:
         # The server is alive and answered: not one to avoid. The next attempt
@@ -560,6 +652,9 @@ class PushClient:
             return
         self._session = None
         self._online = None
+        self._uplinks_lost(
+            session, f"the connection ended before UPLINK_ACK ({reason})", every=False
+        )
         event = Disconnected(session.server, reason, session.authenticated)
         if self._state is ClientState.STOPPING:
             self._emit(event)
@@ -653,3 +748,13 @@ class PushClient:
             connectTimeout=self._connect_timeout,
             pool=pool,
         )
+
+
+@attrs.define(slots=True, eq=False)
+class _PendingUplink:
+    uplink_id: str
+    data: dict[str, str]
+    resend: bool
+    deferred: Deferred[str]
+    #: the session it was written on (None: not written, or to be written again)
+    session: ClientProtocol | None = None

@@ -47,3 +47,15 @@ class SessionReplaced(PushClientError):
     The client does not fight back (two processes with one clientId would
     take turns kicking each other out): give each its own clientId.
     """
+
+
+class UplinkNotSent(Exception):
+    """``send_uplink`` could not get the uplink to the store: the connection
+    dropped (or was not up) before UPLINK_ACK, or the client stopped. The
+    uplink may or may not be stored; sending it again with the same
+    ``uplink_id`` is safe (the server stores it once)."""
+
+    def __init__(self, uplink_id: str, reason: str) -> None:
+        super().__init__(f"uplink {uplink_id!r} not acknowledged: {reason}")
+        self.uplink_id = uplink_id
+        self.reason = reason

@@ -11,7 +11,7 @@ belong to the session's owner, a ``PushClient``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -30,6 +30,7 @@ from pigeonpush.wire.codec import (
 )
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    UPLINK_VERSION,
     Auth,
     AuthFail,
     AuthOk,
@@ -40,6 +41,8 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Uplink,
+    UplinkAck,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -62,6 +65,8 @@ class SessionOwner(Protocol):
     def _push_received(self, session: ClientProtocol, frame: Push) -> None: ...
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None: ...
+
+    def _uplink_acked(self, session: ClientProtocol, uplink_id: str) -> None: ...
 
 
 class ClientProtocol(FrameProtocol):
@@ -197,6 +202,8 @@ class ClientProtocol(FrameProtocol):
                 pass  # frameReceived already counted it
             case Ping():
                 self.sendEncoded(ENCODED_PONG)
+            case UplinkAck():
+                self._owner._uplink_acked(self, frame.uplink_id)
             case Kick():
                 self._kicked(frame)
             case Error():
@@ -256,6 +263,18 @@ class ClientProtocol(FrameProtocol):
             except EncodeError:  # a retry-after past the u32 milliseconds
                 frame = encode_nack(message_id, 0.0)
             self.sendEncoded(frame)
+
+    @property
+    def can_uplink(self) -> bool:
+        """Whether UPLINK can go out on this session now (version 2, online)."""
+        return self.authenticated and not self.closing and self._auth.version >= UPLINK_VERSION
+
+    def send_uplink(self, uplink_id: str, data: Mapping[str, str]) -> bool:
+        """Send UPLINK if this session can carry it; False if it cannot."""
+        if not self.can_uplink:
+            return False
+        self.sendFrame(Uplink(uplink_id, data))
+        return True
 
     # --- timers -------------------------------------------------------------------
 

@@ -36,10 +36,19 @@ from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.session import Channel, Session, State
 from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
+from pigeonpush.server.uplink import UplinkReceiver, send_answer
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
-from pigeonpush.wire.frames import Auth, AuthFail, AuthFailCode, AuthOk, Kick, KickReason
+from pigeonpush.wire.frames import (
+    Auth,
+    AuthFail,
+    AuthFailCode,
+    AuthOk,
+    Kick,
+    KickReason,
+    Uplink,
+)
 
 _T = TypeVar("_T")
 
@@ -106,6 +115,7 @@ class PushHub:
         pull_source: PullSource | None = None,
         acks: AckBatcher | None = None,
         metrics: MetricsSink = PROMETHEUS,
+        uplinks: UplinkReceiver | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -116,6 +126,9 @@ class PushHub:
         self.server_address = server_address
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
+        self.uplinks = (
+            uplinks if uplinks is not None else UplinkReceiver(store, clock, metrics=metrics)
+        )
         #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not
@@ -640,6 +653,13 @@ class PushHub:
         assert in_flight is not None
         if message_id in in_flight:
             self._delivery_failed(session, [message_id], retry_after)
+
+    def uplinked(self, session: Session, frame: Uplink) -> None:
+        """An UPLINK: the receiver stores it; its answer (UPLINK_ACK, or ERROR
+        and the close) goes back if the session is still open."""
+        assert session.client_id is not None
+        answer = self.uplinks.receive(session, session.client_id, session.version, frame)
+        answer.addCallback(send_answer, session)
 
     def _check_deliveries(self) -> None:
         """The one timer for every connection: PUSHes not ACKed within

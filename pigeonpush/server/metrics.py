@@ -64,6 +64,11 @@ PUSH_TO_ACK = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
+UPLINKS = Counter(
+    "pigeonpush_server_uplinks",
+    "UPLINK frames received, by outcome (stored, duplicate, refused, rate_limited, failed)",
+    ["outcome"],
+)
 AUTH_OK = AUTHS.labels(result="ok")
 AUTH_BAD_TOKEN = AUTHS.labels(result="bad_token")
 AUTH_VERSION = AUTHS.labels(result="version")
@@ -153,6 +158,11 @@ class MetricsSink(Protocol):
         """The store refused a batch of ACKs."""
         ...
 
+    def uplinked(self, outcome: str) -> None:
+        """An UPLINK was ``stored``, a ``duplicate``, ``refused``,
+        ``rate_limited`` or ``failed`` (the store failed)."""
+        ...
+
 
 class PrometheusMetrics:
     """The ``MetricsSink`` of a running server: the metrics above."""
@@ -206,6 +216,9 @@ class PrometheusMetrics:
 
     def ack_store_failed(self) -> None:
         ACK_STORE_FAILURES.inc()
+
+    def uplinked(self, outcome: str) -> None:
+        UPLINKS.labels(outcome=outcome).inc()
 
 
 #: The sink every part of the server uses unless it is given another.

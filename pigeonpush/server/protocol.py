@@ -42,6 +42,7 @@ from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    UPLINK_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -55,6 +56,8 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Uplink,
+    UplinkAck,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -307,6 +310,15 @@ class ServerProtocol(FrameProtocol):
                     return
                 self.hub.nacked(session, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
                 return
+            if kind is Uplink:
+                if session.version < UPLINK_VERSION:
+                    self.protocolError(
+                        ErrorCode.UNEXPECTED,
+                        f"UPLINK is not allowed in protocol version {session.version}",
+                    )
+                    return
+                self.hub.uplinked(session, frame)  # type: ignore[arg-type]
+                return
         elif kind is Auth and state == _AWAITING_AUTH:
             self.hub.authenticate(session, frame)  # type: ignore[arg-type]
             return
@@ -374,6 +386,8 @@ _NAMES: dict[type, str] = {
     Kick: "KICK",
     Error: "ERROR",
     Nack: "NACK",
+    Uplink: "UPLINK",
+    UplinkAck: "UPLINK_ACK",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

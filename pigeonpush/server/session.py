@@ -14,7 +14,7 @@ Three parts, as ``ClientProtocol`` and its ``SessionOwner`` in the SDK:
     one; a WebSocket transport is another.
 ``SessionEvents``
     What the hub offers a transport (``PushHub`` implements it): connected,
-    authenticate, acked, nacked, pinged, writable, idle timed out,
+    authenticate, acked, nacked, uplinked, pinged, writable, idle timed out,
     disconnected.
 
 Who writes what in a ``Session``: the hub moves ``state`` from AWAITING_AUTH
@@ -47,7 +47,7 @@ from typing import Protocol
 
 import attrs
 
-from pigeonpush.wire.frames import Auth, Frame
+from pigeonpush.wire.frames import Auth, Frame, Uplink
 
 
 class State(enum.IntEnum):
@@ -134,6 +134,12 @@ class SessionEvents(Protocol):
 
     def nacked(self, session: Session, message_id: str, retry_after: float) -> None:
         """A NACK on an ACTIVE session (protocol version 2 or later)."""
+        ...
+
+    def uplinked(self, session: Session, frame: Uplink) -> None:
+        """An UPLINK on an ACTIVE session (protocol version 2 or later): the
+        hub answers UPLINK_ACK through ``Channel.send`` once it is stored, or
+        closes with ERROR."""
         ...
 
     def pinged(self, session: Session) -> None:

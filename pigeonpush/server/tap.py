@@ -41,6 +41,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.status import status_site
+from pigeonpush.server.uplink import UplinkReceiver, UplinkSettings, parse_rate
 from pigeonpush.server.websocket import OriginPolicy, check_origin
 from pigeonpush.services import Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
@@ -56,6 +57,7 @@ then exits. See docs/server.rst.
 """
 
 _DEFAULTS = ServerSettings()
+_UPLINK_DEFAULTS = UplinkSettings()
 
 
 class Options(DaemonOptions):
@@ -196,6 +198,25 @@ class Options(DaemonOptions):
             "with ERROR RATE_LIMITED.",
         ],
         [
+            "uplink-rate",
+            None,
+            f"{_UPLINK_DEFAULTS.burst}/{_UPLINK_DEFAULTS.rate:g}",
+            "UPLINKs a connection may send: BURST/RATE (bursts of BURST, then RATE per "
+            "second) or RATE; over it the connection gets ERROR RATE_LIMITED.",
+        ],
+        [
+            "uplink-dedup-window",
+            None,
+            f"{_UPLINK_DEFAULTS.dedup_window:g}",
+            "Seconds within which a resent uplink (same clientId and uplinkId) is stored once.",
+        ],
+        [
+            "uplink-max-len",
+            None,
+            str(_UPLINK_DEFAULTS.max_len),
+            "About how many uplinks the store keeps (older ones are trimmed).",
+        ],
+        [
             "websocket",
             None,
             None,
@@ -218,6 +239,7 @@ class Options(DaemonOptions):
     ]
 
     settings: ServerSettings
+    uplink_settings: UplinkSettings
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,6 +276,13 @@ class Options(DaemonOptions):
                 frame_rate=self._number("frame-rate", float, "a number"),
                 frame_burst=self._number("frame-burst", int),
                 frame_abuse_time=self._number("frame-abuse-time", float),
+            ).check()
+            burst, rate = parse_rate(self["uplink-rate"])
+            self.uplink_settings = UplinkSettings(
+                rate=rate,
+                burst=burst,
+                dedup_window=self._number("uplink-dedup-window", float),
+                max_len=self._number("uplink-max-len", int),
             ).check()
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
@@ -340,7 +369,8 @@ def build_push_server(
 ) -> PushServerService:
     """The hub and its service over a given store and discovery; the
     all-in-one process passes an in-process ``pull_source`` and no pool."""
-    hub = PushHub(store, reactor, config.settings, pull_source=pull_source)
+    uplinks = UplinkReceiver(store, reactor, config.uplink_settings)  # metrics: Prometheus
+    hub = PushHub(store, reactor, config.settings, pull_source=pull_source, uplinks=uplinks)
 
     def start_failed(failure: Failure) -> None:
         # Nothing useful runs without the ports: end the process (twistd logs why).

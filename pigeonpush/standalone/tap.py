@@ -96,6 +96,9 @@ class Options(DaemonOptions):
         ["auth-mode", None, "open", "open (any clientId) or registered (devices with a secret)."],
         ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
         ["drain-period", None, "5", "Seconds over which a stop KICKs connected clients."],
+        ["uplink-webhook", None, None, "URL to POST each uplink to, signed [default: none]."],
+        ["uplink-webhook-secret", None, None, "The webhook's HMAC-SHA256 key (16+ bytes)."],
+        ["uplink-webhook-secret-file", None, None, "File whose first line is that key."],
         [
             "receipt-retention",
             None,
@@ -163,6 +166,9 @@ class Options(DaemonOptions):
             reglog += ["--admin-key", self["admin-key"]]
         notification = ["--listen", self["api"], *common, *http_limits]
         notification += ["--receipt-retention", self["receipt-retention"]]
+        for name in ("uplink-webhook", "uplink-webhook-secret", "uplink-webhook-secret-file"):
+            if self[name] is not None:
+                notification += [f"--{name}", self[name]]
         for key in self["api-key"]:
             notification += ["--api-key", key]
         if self["api-keys-file"] is not None:
@@ -259,6 +265,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         LagGauge(store, LAG_INTERVAL, reactor),
         Announcement(config),
     ]
+    webhook = notification_tap.build_webhook(config.notification, reactor, store)
+    if webhook is not None:
+        parts.append(webhook)
     for part in parts:
         part.setServiceParent(top)
     GcTuning(reactor).setServiceParent(top)

@@ -18,6 +18,7 @@ from pigeonpush.store.interface import (
 from pigeonpush.store.model import (
     Accepted,
     CancelResult,
+    DeadUplink,
     DeviceRecord,
     DropReason,
     Message,
@@ -25,6 +26,8 @@ from pigeonpush.store.model import (
     QueueEntry,
     Receipt,
     RecipientState,
+    Uplink,
+    UplinkStored,
 )
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "DEFAULT_RECEIPT_RETENTION",
     "Accepted",
     "CancelResult",
+    "DeadUplink",
     "DeviceRecord",
     "DropReason",
     "Message",
@@ -41,6 +45,8 @@ __all__ = [
     "RecipientState",
     "Store",
     "StoreError",
+    "Uplink",
+    "UplinkStored",
     "open_store",
 ]
 

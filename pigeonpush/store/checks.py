@@ -4,6 +4,7 @@ the same message (and before writing anything)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import attrs
@@ -120,3 +121,17 @@ def dropped(drops: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, Recip
             raise ValueError(f"a drop reason must be one of {known}, not {reason!r}") from None
         settled.append((client_id, message_id, state))
     return settled
+
+
+#: An entry id, complete (``<ms>-<seq>``) or not (``<ms>``), as XREAD takes it.
+_ENTRY_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """An entry id as a sortable pair; ValueError (what is wrong) for a bad one."""
+    if not isinstance(entry_id, str) or _ENTRY_ID.fullmatch(entry_id) is None:
+        raise ValueError(
+            f"a cursor must be a stream entry id such as 1700000000000-0 (or 0), not {entry_id!r}"
+        )
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -22,15 +22,25 @@ from twisted.internet.defer import Deferred
 from pigeonpush.store.model import (
     Accepted,
     CancelResult,
+    DeadUplink,
     DeviceRecord,
     Message,
     Notification,
     QueueEntry,
     Receipt,
+    Uplink,
+    UplinkStored,
 )
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
 DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
+#: How long (clientId, uplinkId) is remembered to drop a resent uplink (1 h).
+DEFAULT_UPLINK_DEDUP_WINDOW = 60 * 60.0
+#: About how many uplinks the stream keeps (older ones are trimmed).
+DEFAULT_UPLINK_MAX_LEN = 100_000
+#: How many dead uplinks (given up by a webhook) are kept.
+DEFAULT_DEAD_UPLINK_MAX = 10_000
+
 #: How long a receipt stays readable after its message's TTL ran out (1 day):
 #: time to learn who never got a message, without keeping its body.
 DEFAULT_RECEIPT_RETENTION = 24 * 60 * 60.0
@@ -199,6 +209,50 @@ class Store(Protocol):
 
     def queue_lag(self) -> Deferred[int]:
         """Entries accepted but not yet acknowledged (a gauge for operators)."""
+
+    # -- uplinks (stream PIGEON:{UPLINK}; docs/uplink.rst) ---------------------
+
+    def add_uplink(
+        self, uplink: Uplink, *, dedup_window: float, max_len: int
+    ) -> Deferred[UplinkStored]:
+        """Append ``uplink`` (its ``entry_id`` is ignored) unless the same
+        (clientId, uplinkId) was stored within ``dedup_window`` seconds, then
+        answer the first copy's entry (``duplicate=True``); atomically. The
+        stream keeps about ``max_len`` entries (the oldest are trimmed).
+        ValueError for a window that is not positive or a ``max_len`` below 1."""
+
+    def uplinks(self, after: str, count: int, block: float = 0.0) -> Deferred[list[Uplink]]:
+        """Up to ``count`` uplinks whose entry id is after the cursor ``after``
+        (an entry id, or ``"0"``: from the oldest kept), oldest first, waiting
+        up to ``block`` seconds for the first one if there is none yet. []
+        if none came. ValueError for a cursor that is not an entry id.
+        Cancelling the Deferred stops the wait."""
+
+    def last_uplink_id(self) -> Deferred[str]:
+        """The newest entry id (``"0"`` when the stream is empty): a cursor
+        that reads only what comes next."""
+
+    def claim_uplinks(self, consumer: str, count: int, block: float) -> Deferred[list[Uplink]]:
+        """Up to ``count`` uplinks no webhook sender was handed yet (consumer
+        group ``webhook``, created on first use at the oldest kept entry), for
+        ``consumer``; they stay pending with it until ``settle_uplinks``. Waits
+        up to ``block`` seconds for the first one."""
+
+    def reclaim_uplinks(self, consumer: str, min_idle: float, count: int) -> Deferred[list[Uplink]]:
+        """Take over up to ``count`` uplinks another sender was handed and did
+        not settle for ``min_idle`` seconds (it crashed)."""
+
+    def settle_uplinks(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        """The webhook is done with these entries (sent, or dead-lettered):
+        they leave the group's pending list. The stream keeps them for the
+        pull API. Unknown ids are ignored."""
+
+    def add_dead_uplink(self, dead: DeadUplink, max_len: int) -> Deferred[None]:
+        """Keep ``dead`` in ``PIGEON:{UPLINK}:DEAD``, newest first, at most
+        ``max_len`` of them."""
+
+    def dead_uplinks(self, count: int) -> Deferred[list[DeadUplink]]:
+        """The newest ``count`` dead uplinks, newest first."""
 
     # -- lifetime ------------------------------------------------------------
 

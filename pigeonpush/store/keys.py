@@ -73,3 +73,21 @@ def failed(client_id: str) -> str:
 
 def collapse(client_id: str) -> str:
     return COLLAPSE + client_id
+
+
+# -- uplinks (docs/uplink.rst). All uplink keys share the hash tag {UPLINK}: one
+# Redis Cluster slot, so the de-duplication and the XADD run in one script.
+UPLINK = PREFIX + "{UPLINK}"  #: stream of uplinks (fields: UPLINK_FIELDS)
+#: + <len(clientId)>:<clientId>:<uplinkId> -> string: the entry id of the first copy
+UPLINK_SEEN = UPLINK + ":SEEN:"
+#: list of JSON records of uplinks a webhook gave up on, newest first
+UPLINK_DEAD = UPLINK + ":DEAD"
+#: the consumer group of UPLINK that webhook senders share
+UPLINK_GROUP = "webhook"
+UPLINK_FIELDS = ("clientId", "uplinkId", "data", "receivedAt")
+
+
+def uplink_seen(client_id: str, uplink_id: str) -> str:
+    """The de-duplication key; the length prefix keeps ``a:b`` + ``c`` apart
+    from ``a`` + ``b:c`` (both ids may hold colons)."""
+    return f"{UPLINK_SEEN}{len(client_id)}:{client_id}:{uplink_id}"

@@ -26,15 +26,19 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.keys import BOUND
 from pigeonpush.store.memory_queue import MemoryQueue
+from pigeonpush.store.memory_uplink import MemoryUplinks
 from pigeonpush.store.model import (
     Accepted,
     CancelResult,
+    DeadUplink,
     DeviceRecord,
     Message,
     Notification,
     QueueEntry,
     Receipt,
     RecipientState,
+    Uplink,
+    UplinkStored,
     recipient_states,
 )
 
@@ -85,6 +89,7 @@ class MemoryStore:
         #: messageId -> (send time, the notification) (PIGEON:SCHEDULE)
         self._schedule: dict[str, tuple[float, Notification]] = {}
         self._queue = MemoryQueue(clock)
+        self._uplinks = MemoryUplinks(clock, self._expiries)
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------
@@ -115,8 +120,9 @@ class MemoryStore:
             self._collapse,
         )
         live = sum(1 for table in tables for _ in table.keys(now))
+        queue = 1 if len(self._queue) else 0
         scheduled = 1 if self._schedule else 0
-        return live + len(self._devices) + (1 if len(self._queue) else 0) + scheduled
+        return live + len(self._devices) + queue + scheduled + self._uplinks.keys(now)
 
     # -- sessions ------------------------------------------------------------
 
@@ -471,6 +477,44 @@ class MemoryStore:
     def queue_lag(self) -> Deferred[int]:
         return self._run(len, self._queue)
 
+    # -- uplinks ------------------------------------------------------------------
+
+    def add_uplink(
+        self, uplink: Uplink, *, dedup_window: float, max_len: int
+    ) -> Deferred[UplinkStored]:
+        return self._run(self._uplinks.add, uplink, dedup_window, max_len)
+
+    def uplinks(self, after: str, count: int, block: float = 0.0) -> Deferred[list[Uplink]]:
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        try:
+            return self._uplinks.wait(after, count, block)
+        except ValueError:
+            return fail()
+
+    def last_uplink_id(self) -> Deferred[str]:
+        return self._run(self._uplinks.last_id)
+
+    def claim_uplinks(self, consumer: str, count: int, block: float) -> Deferred[list[Uplink]]:
+        if self._closed:
+            return fail(StoreError("the store is closed"))
+        try:
+            return self._uplinks.claim(consumer, count, block)
+        except ValueError:
+            return fail()
+
+    def reclaim_uplinks(self, consumer: str, min_idle: float, count: int) -> Deferred[list[Uplink]]:
+        return self._run(self._uplinks.reclaim, consumer, min_idle, count)
+
+    def settle_uplinks(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        return self._run(self._uplinks.settle, entry_ids)
+
+    def add_dead_uplink(self, dead: DeadUplink, max_len: int) -> Deferred[None]:
+        return self._run(self._uplinks.add_dead, dead, max_len)
+
+    def dead_uplinks(self, count: int) -> Deferred[list[DeadUplink]]:
+        return self._run(self._uplinks.dead, count)
+
     # -- lifetime ------------------------------------------------------------------
 
     def ping(self) -> Deferred[None]:
@@ -480,4 +524,5 @@ class MemoryStore:
         if not self._closed:
             self._closed = True
             self._queue.close()
+            self._uplinks.close()
         return succeed(None)

@@ -154,3 +154,34 @@ class DeviceRecord:
     client_id: str
     secret_hash: str
     created_at: float
+
+
+@attrs.frozen(slots=True)
+class Uplink:
+    """Data a device sent (frame UPLINK), as stored in ``PIGEON:{UPLINK}``."""
+
+    client_id: str
+    uplink_id: str  #: the device's id: (client_id, uplink_id) is stored once per window
+    data: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    received_at: float = 0.0  #: seconds since the epoch, when the push server stored it
+    #: the stream entry id (``<ms>-<seq>``): the readers' cursor; "" before it is stored
+    entry_id: str = ""
+
+
+@attrs.frozen(slots=True)
+class UplinkStored:
+    """The store's answer to ``add_uplink``."""
+
+    entry_id: str  #: the entry holding the uplink (the first one's, for a duplicate)
+    #: True when (clientId, uplinkId) was stored within the de-duplication window
+    duplicate: bool = False
+
+
+@attrs.frozen(slots=True)
+class DeadUplink:
+    """An uplink a webhook gave up on (``PIGEON:{UPLINK}:DEAD``)."""
+
+    uplink: Uplink
+    attempts: int
+    error: str  #: the last failure, for operators
+    failed_at: float

@@ -26,12 +26,15 @@ from pigeonpush.store.interface import (
 from pigeonpush.store.model import (
     Accepted,
     CancelResult,
+    DeadUplink,
     DeviceRecord,
     Message,
     Notification,
     QueueEntry,
     Receipt,
     RecipientState,
+    Uplink,
+    UplinkStored,
 )
 from pigeonpush.store.redis_codec import (
     DecodeError,
@@ -53,6 +56,7 @@ from pigeonpush.store.redis_connection import (
     is_error,
     redis_endpoint,
 )
+from pigeonpush.store.redis_uplink import dump_dead, load_dead, load_uplink, uplink_args
 
 T = TypeVar("T")
 
@@ -549,6 +553,128 @@ class RedisStore:
 
     def queue_lag(self) -> Deferred[int]:
         return self._call(self._one, "XLEN", keys.QUEUE)
+
+    # -- uplinks ------------------------------------------------------------------------
+
+    def add_uplink(
+        self, uplink: Uplink, *, dedup_window: float, max_len: int
+    ) -> Deferred[UplinkStored]:
+        return self._call(self._add_uplink, uplink, dedup_window, max_len)
+
+    async def _add_uplink(self, uplink: Uplink, dedup_window: float, max_len: int) -> UplinkStored:
+        window_ms = checks.milliseconds(checks.positive_seconds(dedup_window, "dedup_window"))
+        checks.positive_count(max_len, "max_len")
+        script_keys = [keys.UPLINK, keys.uplink_seen(uplink.client_id, uplink.uplink_id)]
+        args = [*uplink_args(uplink), str(window_ms), str(max_len)]
+        written, entry_id = await self._script(scripts.ADD_UPLINK, script_keys, args)
+        return UplinkStored(str(entry_id), duplicate=int(written) == 0)
+
+    def uplinks(self, after: str, count: int, block: float = 0.0) -> Deferred[list[Uplink]]:
+        return self._call(self._uplinks, after, count, block)
+
+    async def _uplinks(self, after: str, count: int, block: float) -> list[Uplink]:
+        checks.entry_key(after)
+        checks.positive_count(count, "count")
+        block = checks.non_negative_seconds(block, "block")
+        command = ["XREAD", "COUNT", str(count), "STREAMS", keys.UPLINK, after]
+        reply = await self._one(*command)
+        if reply is None and block > 0:
+            command[3:3] = ["BLOCK", str(checks.milliseconds(block))]
+            reply = await self._read(command, block)
+        return self._stream_uplinks(reply)
+
+    def last_uplink_id(self) -> Deferred[str]:
+        return self._call(self._last_uplink_id)
+
+    async def _last_uplink_id(self) -> str:
+        reply = await self._one("XREVRANGE", keys.UPLINK, "+", "-", "COUNT", "1")
+        return str(reply[0][0]) if reply else "0"
+
+    def claim_uplinks(self, consumer: str, count: int, block: float) -> Deferred[list[Uplink]]:
+        return self._call(self._claim_uplinks, consumer, count, block)
+
+    async def _claim_uplinks(self, consumer: str, count: int, block: float) -> list[Uplink]:
+        checks.positive_count(count, "count")
+        block = checks.non_negative_seconds(block, "block")
+        command = ["XREADGROUP", "GROUP", keys.UPLINK_GROUP, consumer, "COUNT", str(count)]
+        command += ["STREAMS", keys.UPLINK, ">"]
+
+        async def read() -> Reply:
+            return _checked_group((await self._main.execute([command]))[0], "XREADGROUP")
+
+        reply = await self._with_uplink_group(read)
+        if reply is None and block > 0:
+            command[6:6] = ["BLOCK", str(checks.milliseconds(block))]
+            reply = await self._with_uplink_group(lambda: self._read(command, block))
+        return self._stream_uplinks(reply)
+
+    def reclaim_uplinks(self, consumer: str, min_idle: float, count: int) -> Deferred[list[Uplink]]:
+        return self._call(self._reclaim_uplinks, consumer, min_idle, count)
+
+    async def _reclaim_uplinks(self, consumer: str, min_idle: float, count: int) -> list[Uplink]:
+        idle_ms = round(checks.non_negative_seconds(min_idle, "min_idle") * 1000)
+        checks.positive_count(count, "count")
+        command = ["XAUTOCLAIM", keys.UPLINK, keys.UPLINK_GROUP, consumer, str(idle_ms)]
+        command += ["0-0", "COUNT", str(count)]
+
+        async def claim() -> Reply:
+            return _checked_group((await self._main.execute([command]))[0], "XAUTOCLAIM")
+
+        reply = await self._with_uplink_group(claim)
+        return [self._uplink(entry[0], entry[1]) for entry in reply[1] if entry[1] is not None]
+
+    def settle_uplinks(self, entry_ids: Sequence[str]) -> Deferred[None]:
+        return self._call(self._settle_uplinks, entry_ids)
+
+    async def _settle_uplinks(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._one("XACK", keys.UPLINK, keys.UPLINK_GROUP, *entry_ids)
+
+    def add_dead_uplink(self, dead: DeadUplink, max_len: int) -> Deferred[None]:
+        return self._call(self._add_dead_uplink, dead, max_len)
+
+    async def _add_dead_uplink(self, dead: DeadUplink, max_len: int) -> None:
+        checks.positive_count(max_len, "max_len")
+        await self._script(
+            scripts.ADD_DEAD_UPLINK, [keys.UPLINK_DEAD], [dump_dead(dead), str(max_len)]
+        )
+
+    def dead_uplinks(self, count: int) -> Deferred[list[DeadUplink]]:
+        return self._call(self._dead_uplinks, count)
+
+    async def _dead_uplinks(self, count: int) -> list[DeadUplink]:
+        checks.positive_count(count, "count")
+        raw = await self._one("LRANGE", keys.UPLINK_DEAD, "0", str(count - 1))
+        try:
+            return [load_dead(item) for item in raw]
+        except DecodeError as e:
+            raise StoreError(str(e)) from e
+
+    async def _with_uplink_group(self, operation: Callable[[], Awaitable[Reply]]) -> Reply:
+        """``_with_group`` for the uplink stream's ``webhook`` group, created at
+        the oldest kept entry: a new webhook sends what the stream still holds."""
+        try:
+            return await operation()
+        except _NoGroup:
+            reply = await self._main.execute(
+                [("XGROUP", "CREATE", keys.UPLINK, keys.UPLINK_GROUP, "0", "MKSTREAM")]
+            )
+            if not is_error(reply[0], "BUSYGROUP"):
+                _checked(reply[0], "XGROUP CREATE")
+            try:
+                return await operation()
+            except _NoGroup as e:
+                raise StoreError(str(e)) from None
+
+    def _stream_uplinks(self, reply: Reply) -> list[Uplink]:
+        """Uplinks from an XREAD(GROUP) reply ``[[stream, [[id, fields], ...]]]``."""
+        if not reply:
+            return []
+        return [self._uplink(entry[0], entry[1]) for entry in reply[0][1]]
+
+    @staticmethod
+    def _uplink(entry_id: str, fields: Any) -> Uplink:
+        return _decoded(load_uplink, entry_id, fields)
 
     # -- lifetime --------------------------------------------------------------------
 

@@ -381,6 +381,32 @@ return counts
 )
 
 
+#: KEYS: UPLINK (stream), the uplink's SEEN key (same hash tag, same slot).
+#: ARGV: clientId, uplinkId, data (JSON), receivedAt, window in ms, max length.
+#: Append unless SEEN holds the first copy's entry id: {1, new id} or {0, first id}.
+ADD_UPLINK = Script(
+    "add_uplink",
+    """
+local first = redis.call('GET', KEYS[2])
+if first then return {0, first} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 'clientId', ARGV[1],
+  'uplinkId', ARGV[2], 'data', ARGV[3], 'receivedAt', ARGV[4])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[5])
+return {1, id}
+""",
+)
+
+#: KEYS: UPLINK_DEAD. ARGV: record (JSON), max length. Newest first, bounded.
+ADD_DEAD_UPLINK = Script(
+    "add_dead_uplink",
+    """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
+""",
+)
+
+
 ALL = (
     BIND_SESSION,
     END_SESSION,
@@ -396,4 +422,6 @@ ALL = (
     RECLAIM,
     READ_PACKED,
     ADD_FAILURES,
+    ADD_UPLINK,
+    ADD_DEAD_UPLINK,
 )

@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping
 from typing import Final, NoReturn
 
 from pigeonpush.wire.frames import (
+    MAX_UPLINK_DATA_BYTES,
+    MAX_UPLINK_ID_BYTES,
+    MAX_UPLINK_PAIRS,
     PING,
     PONG,
     Ack,
@@ -37,6 +40,8 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Uplink,
+    UplinkAck,
 )
 
 #: Default limit of the length prefix value (type byte + body), in bytes.
@@ -115,6 +120,8 @@ _LAYOUTS: Final[dict[FrameType, tuple[tuple[str, str], ...]]] = {
     FrameType.KICK: (("reason", _U8_FIELD), ("text", _STRING)),
     FrameType.ERROR: (("code", _U8_FIELD), ("text", _STRING)),
     FrameType.NACK: (("messageId", _STRING), ("retryAfterMs", _U32_FIELD)),
+    FrameType.UPLINK: (("uplinkId", _STRING), ("data", _MAP)),
+    FrameType.UPLINK_ACK: (("uplinkId", _STRING),),
 }
 _FIXED_WIDTH = {_U8_FIELD: 1, _U16_FIELD: 2, _U32_FIELD: 4}
 
@@ -246,6 +253,27 @@ def _encode_nack(frame: Nack) -> bytes:
     return encode_nack(frame.message_id, frame.retry_after)
 
 
+def _encode_uplink(frame: Uplink) -> bytes:
+    u = _utf8(frame.uplink_id, "uplinkId")
+    data = frame.data
+    if not isinstance(data, Mapping):
+        raise EncodeError(f"data must be a mapping, not {type(data).__name__}")
+    if len(data) > MAX_EXTRAS:
+        raise EncodeError(f"data has {len(data)} pairs; the limit is {MAX_EXTRAS}")
+    parts = [_PREFIX_TYPE_U16.pack(0, FrameType.UPLINK, len(u)), u, _pack_u16(len(data))]
+    for key, value in data.items():
+        k = _utf8(key, "data key")
+        v = _utf8(value, "data value")
+        parts += (_pack_u16(len(k)), k, _pack_u16(len(v)), v)
+    frame_bytes = b"".join(parts)
+    return _U32.pack(len(frame_bytes) - PREFIX_BYTES) + frame_bytes[PREFIX_BYTES:]
+
+
+def _encode_uplink_ack(frame: UplinkAck) -> bytes:
+    u = _utf8(frame.uplink_id, "uplinkId")
+    return _PREFIX_TYPE_U16.pack(3 + len(u), FrameType.UPLINK_ACK, len(u)) + u
+
+
 def _encode_auth(frame: Auth) -> bytes:
     version = frame.version
     if not 0 <= version <= 0xFFFF:
@@ -325,6 +353,8 @@ _ENCODERS: Final[dict[type, Callable[[object], bytes]]] = {
     Kick: _encode_kick,  # type: ignore[dict-item]
     Error: _encode_error,  # type: ignore[dict-item]
     Nack: _encode_nack,  # type: ignore[dict-item]
+    Uplink: _encode_uplink,  # type: ignore[dict-item]
+    UplinkAck: _encode_uplink_ack,  # type: ignore[dict-item]
 }
 
 
@@ -339,6 +369,29 @@ def encode(frame: Frame) -> bytes:
     except KeyError:
         raise TypeError(f"not a frame: {frame!r}") from None
     return encoder(frame)
+
+
+def uplink_problem(uplink_id: str, data: Mapping[str, str]) -> DecodeError | None:
+    """What makes an UPLINK unacceptable beyond its encoding (the limits of
+    docs/protocol.rst), as the error to answer: MALFORMED for the id's length
+    or the number of pairs, TOO_LARGE for the data's size; None if nothing."""
+    size = len(uplink_id.encode())
+    if not 1 <= size <= MAX_UPLINK_ID_BYTES:
+        return DecodeError(
+            ErrorCode.MALFORMED,
+            f"uplinkId must be 1 to {MAX_UPLINK_ID_BYTES} bytes of UTF-8, not {size}",
+        )
+    if len(data) > MAX_UPLINK_PAIRS:
+        return DecodeError(
+            ErrorCode.MALFORMED, f"data has {len(data)} pairs; the limit is {MAX_UPLINK_PAIRS}"
+        )
+    total = sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+    if total > MAX_UPLINK_DATA_BYTES:
+        return DecodeError(
+            ErrorCode.TOO_LARGE,
+            f"data is {total} bytes of UTF-8; the limit is {MAX_UPLINK_DATA_BYTES}",
+        )
+    return None
 
 
 # --- decoding -----------------------------------------------------------------
@@ -403,6 +456,33 @@ def _decode_nack(data: bytes) -> Nack:
     if end + 4 != len(data):
         _explain(data)
     return Nack(message_id, retry_ms / 1000)
+
+
+def _decode_uplink(data: bytes) -> Uplink:
+    try:
+        end = 3 + (data[1] << 8 | data[2])
+        uplink_id = data[3:end].decode()
+        count = data[end] << 8 | data[end + 1]
+        end += 2
+        pairs: dict[str, str] = {}
+        for _ in range(count):
+            start = end + 2
+            end = start + (data[end] << 8 | data[end + 1])
+            key = data[start:end].decode()
+            start = end + 2
+            end = start + (data[end] << 8 | data[end + 1])
+            pairs[key] = data[start:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    if len(pairs) != count:
+        raise DecodeError(ErrorCode.MALFORMED, "UPLINK: data has a key more than once")
+    return Uplink(uplink_id, pairs)
+
+
+def _decode_uplink_ack(data: bytes) -> UplinkAck:
+    return UplinkAck(ack_message_id(data))
 
 
 def _decode_ping(data: bytes) -> Ping:
@@ -511,6 +591,8 @@ _DECODERS: Final[tuple[Callable[[bytes], Frame], ...]] = tuple(
         FrameType.KICK: _decode_kick,
         FrameType.ERROR: _decode_error,
         FrameType.NACK: _decode_nack,
+        FrameType.UPLINK: _decode_uplink,
+        FrameType.UPLINK_ACK: _decode_uplink_ack,
     }.get(type_byte, _unknown_type)  # type: ignore[call-overload]
     for type_byte in range(256)
 )

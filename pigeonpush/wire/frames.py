@@ -11,10 +11,21 @@ from collections.abc import Mapping
 import attrs
 
 #: The protocol version this implementation speaks (sent in AUTH). Version 2
-#: is version 1 plus NACK.
+#: is version 1 plus NACK, UPLINK and UPLINK_ACK.
 PROTOCOL_VERSION = 2
 #: The first version in which a client may send NACK.
 NACK_VERSION = 2
+#: The first version in which a client may send UPLINK.
+UPLINK_VERSION = 2
+#: Longest uplinkId, in bytes of UTF-8 (an id the device chose; 1 byte at least).
+MAX_UPLINK_ID_BYTES = 64
+#: Most bytes of UTF-8 in an UPLINK's data: the sum over its keys and values.
+#: Half the default frame limit (8192), so that an UPLINK at the limit fits in a
+#: default frame with room to spare; a server configured with a smaller
+#: ``--max-frame`` refuses larger frames first (ERROR TOO_LARGE).
+MAX_UPLINK_DATA_BYTES = 4096
+#: Most pairs in an UPLINK's data.
+MAX_UPLINK_PAIRS = 64
 
 
 class FrameType(enum.IntEnum):
@@ -30,6 +41,8 @@ class FrameType(enum.IntEnum):
     KICK = 0x08
     ERROR = 0x09
     NACK = 0x0A  #: protocol version 2 and later
+    UPLINK = 0x0B  #: protocol version 2 and later
+    UPLINK_ACK = 0x0C  #: protocol version 2 and later
 
 
 class AuthFailCode(enum.IntEnum):
@@ -115,6 +128,25 @@ class Nack:
 
 
 @attrs.frozen(slots=True)
+class Uplink:
+    """Data from the device for the application servers (client -> server).
+
+    The device chooses ``uplink_id``; sending the same id again (after a lost
+    UPLINK_ACK) stores the uplink once.
+    """
+
+    uplink_id: str
+    data: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen(slots=True)
+class UplinkAck:
+    """The uplink ``uplink_id`` is durable (server -> client)."""
+
+    uplink_id: str
+
+
+@attrs.frozen(slots=True)
 class Kick:
     reason: KickReason
     text: str = ""
@@ -126,7 +158,9 @@ class Error:
     text: str = ""
 
 
-Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack
+Frame = (
+    Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack | Uplink | UplinkAck
+)
 
 PING = Ping()
 PONG = Pong()

@@ -3,7 +3,7 @@ writes, a device that hands the hub its frames as a transport would, and a
 ``MetricsSink`` that counts.
 
 The device plays only the frames a transport passes on (AUTH before
-AUTH_OK; ACK, NACK, PING after it, answering PING with PONG as the TCP
+AUTH_OK; ACK, NACK, UPLINK, PING after it, answering PING with PONG as the TCP
 transport does); what a transport refuses on its own (a second AUTH, NACK in
 protocol version 1, garbage) is tested on the TCP transport in
 test_server_protocol.py, and the fake fails the test loudly instead.
@@ -19,6 +19,7 @@ from pigeonpush.server.session import Session, SessionEvents, State
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PONG, PREFIX_BYTES, decode, encode
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    UPLINK_VERSION,
     Ack,
     Auth,
     AuthFailCode,
@@ -26,6 +27,7 @@ from pigeonpush.wire.frames import (
     KickReason,
     Nack,
     Ping,
+    Uplink,
 )
 from pigeonpush.wire.protocol import FrameTooLarge
 
@@ -117,6 +119,9 @@ class FakeDevice:
             if isinstance(frame, Nack) and session.version >= NACK_VERSION:
                 self.hub.nacked(session, frame.message_id, frame.retry_after)
                 return
+            if isinstance(frame, Uplink) and session.version >= UPLINK_VERSION:
+                self.hub.uplinked(session, frame)
+                return
         elif isinstance(frame, Auth) and session.state == State.AWAITING_AUTH:
             self.hub.authenticate(session, frame)
             return
@@ -187,6 +192,9 @@ class RecordingMetrics:
 
     def nacked(self) -> None:
         self.counts["nacks"] += 1
+
+    def uplinked(self, outcome: str) -> None:
+        self.counts[f"uplinks.{outcome}"] += 1
 
     def ack_timed_out(self, count: int) -> None:
         self.counts["ack_timeouts"] += count

@@ -111,6 +111,14 @@ class GatedStore(MemoryStore):
             "add_failures", lambda: super(GatedStore, self).add_failures(failures, ttl)
         )
 
+    def add_uplink(self, uplink: Any, *, dedup_window: float, max_len: int) -> Deferred[Any]:
+        return self._gate(
+            "add_uplink",
+            lambda: super(GatedStore, self).add_uplink(
+                uplink, dedup_window=dedup_window, max_len=max_len
+            ),
+        )
+
     def drop_route(self, client_id: str, server: str) -> Deferred[bool]:
         return self._gate(
             "drop_route", lambda: super(GatedStore, self).drop_route(client_id, server)

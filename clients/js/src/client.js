@@ -22,6 +22,8 @@ import {
   MIN_MAX_FRAME,
   MAX_MAX_FRAME,
   encodePayload,
+  uplinkProblem,
+  EncodeError,
 } from "./codec.js";
 import { RecentIds, fullJitter } from "./backoff.js";
 import {
@@ -30,6 +32,7 @@ import {
   RetryLater,
   RouteLookupFailed,
   SessionReplaced,
+  UplinkNotSent,
 } from "./errors.js";
 import {
   MAX_AVOID,
@@ -192,6 +195,7 @@ export class PushClient extends EventTarget {
     this._stopWaiters = [];
     this._inFlight = new Map(); // messageId -> sessions whose PUSH awaits the callback
     this._version = PROTOCOL_VERSION;
+    this._uplinks = new Map(); // uplinkId -> the uplink not acknowledged yet, in the order sent
   }
 
   // --- public API ---------------------------------------------------------------
@@ -254,6 +258,7 @@ export class PushClient extends EventTarget {
     if (this._state === ClientState.STOPPING) return stopped;
     this._halt();
     this._failOnlineWaiters(abortError("the client was stopped"));
+    this._uplinksLost(null, "the client was stopped", true);
     if (this._session === null) this._finishStopping();
     return stopped;
   }
@@ -271,6 +276,89 @@ export class PushClient extends EventTarget {
   whenOnline() {
     if (this._online !== null) return Promise.resolve(this._online);
     return new Promise((resolve, reject) => this._onlineWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Send `data` (an object or Map of strings, at most 64 pairs and 4,096
+   * bytes of UTF-8) to the application servers. Resolves with the uplinkId
+   * once the push server has stored it (UPLINK_ACK). Rejects with
+   * UplinkNotSent when the connection is down, or drops before the
+   * UPLINK_ACK, or the client stops; with `resendOnReconnect` the uplink is
+   * kept instead and sent again, with the same id, on each next session until
+   * acknowledged (the server stores it once). `uplinkId` defaults to a random
+   * id. Throws RangeError for data over the limits or an id already pending,
+   * TypeError for data that is not a map of strings.
+   */
+  sendUplink(data, { uplinkId = null, resendOnReconnect = false } = {}) {
+    const id = uplinkId ?? randomId();
+    let problem;
+    try {
+      problem = uplinkProblem(id, data);
+    } catch (e) {
+      if (e instanceof EncodeError) throw new TypeError(e.message);
+      throw e;
+    }
+    if (problem !== null) {
+      if (problem.startsWith("data must map")) throw new TypeError(problem);
+      throw new RangeError(problem);
+    }
+    if (this._uplinks.has(id)) {
+      throw new RangeError(`uplink ${JSON.stringify(id)} is already waiting for its UPLINK_ACK`);
+    }
+    const pairs = data instanceof Map ? Object.fromEntries(data) : { ...data };
+    const pending = { uplinkId: id, data: pairs, resend: resendOnReconnect, session: null };
+    const promise = new Promise((resolve, reject) => {
+      pending.resolve = resolve;
+      pending.reject = reject;
+    });
+    this._uplinks.set(id, pending);
+    const session = this._session;
+    if (session !== null && session.canUplink) {
+      this._writeUplink(session, pending);
+    } else if (!resendOnReconnect) {
+      const online = session !== null && session.authenticated;
+      this._uplinkFailed(
+        pending,
+        online ? "the push server speaks protocol version 1" : "not connected",
+      );
+    }
+    return promise;
+  }
+
+  _writeUplink(session, pending) {
+    try {
+      session.sendUplink(pending.uplinkId, pending.data);
+    } catch (e) {
+      if (!(e instanceof EncodeError)) throw e;
+      // Over this server's frame limit: no session would carry it.
+      this._uplinks.delete(pending.uplinkId);
+      pending.reject(new RangeError(`the uplink cannot be sent: ${e.message}`));
+      return;
+    }
+    pending.session = session;
+  }
+
+  _uplinkFailed(pending, reason) {
+    this._uplinks.delete(pending.uplinkId);
+    pending.reject(new UplinkNotSent(pending.uplinkId, reason));
+  }
+
+  /** Fail the uplinks of `session` not to be resent (all of them when `every`). */
+  _uplinksLost(session, reason, every) {
+    for (const pending of [...this._uplinks.values()]) {
+      if (every || (pending.session === session && !pending.resend)) {
+        this._uplinkFailed(pending, reason);
+      } else if (pending.session === session) {
+        pending.session = null;
+      }
+    }
+  }
+
+  _uplinkAcked(session, uplinkId) {
+    const pending = this._uplinks.get(uplinkId);
+    if (pending === undefined) return;
+    this._uplinks.delete(uplinkId);
+    pending.resolve(uplinkId);
   }
 
   /** `addEventListener(type, listener)`, returning a function that removes it. */
@@ -450,6 +538,7 @@ export class PushClient extends EventTarget {
     this._gaveUp = error;
     this._halt();
     this._failOnlineWaiters(error);
+    this._uplinksLost(null, `the client gave up: ${error.message}`, true);
     this._reportError(error, true);
   }
 
@@ -514,6 +603,12 @@ export class PushClient extends EventTarget {
     this._onlineWaiters = [];
     this._emit("online", online);
     for (const { resolve } of waiters) resolve(online);
+    // Uplinks kept from an earlier session go again, with their ids, in order.
+    for (const pending of [...this._uplinks.values()]) {
+      if (pending.session === null && this._session === session && session.canUplink) {
+        this._writeUplink(session, pending);
+      }
+    }
   }
 
   _sessionRefused(session, frame) {
@@ -567,6 +662,7 @@ export class PushClient extends EventTarget {
     if (session !== this._session) return;
     this._session = null;
     this._online = null;
+    this._uplinksLost(session, `the connection ended before UPLINK_ACK (${reason})`, false);
     const detail = { server: session.server, reason, authenticated: session.authenticated };
     if (this._state === ClientState.STOPPING) {
       this._emit("offline", detail);
@@ -647,4 +743,17 @@ export class PushClient extends EventTarget {
     for (const session of sessions) sent = session.sendNack(messageId, retryAfter) || sent;
     this._emit("nacked", { messageId, retryAfter, error, sent });
   }
+}
+
+/**
+ * A random uplinkId: 16 URL-safe characters. It needs to be unique, not
+ * secret: Node 18 without the global Web Crypto falls back to Math.random.
+ */
+function randomId() {
+  const bytes = new Uint8Array(12);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text).replaceAll("+", "-").replaceAll("/", "_");
 }

@@ -11,6 +11,14 @@
 export const PROTOCOL_VERSION = 2;
 /** The first version with NACK. */
 export const NACK_VERSION = 2;
+/** The first version with UPLINK and UPLINK_ACK. */
+export const UPLINK_VERSION = 2;
+/** Longest uplinkId, in bytes of UTF-8. */
+export const MAX_UPLINK_ID_BYTES = 64;
+/** Most pairs in an UPLINK's data. */
+export const MAX_UPLINK_PAIRS = 64;
+/** Most bytes of UTF-8 over an UPLINK's data keys and values. */
+export const MAX_UPLINK_DATA_BYTES = 4096;
 /** The versions this codec speaks. */
 export const SUPPORTED_VERSIONS = Object.freeze([1, 2]);
 /** The frame limit (`length`: type + body) until AUTH_OK says otherwise. */
@@ -39,6 +47,8 @@ export const FrameType = Object.freeze({
   KICK: 0x08,
   ERROR: 0x09,
   NACK: 0x0a,
+  UPLINK: 0x0b,
+  UPLINK_ACK: 0x0c,
 });
 
 /** AUTH_FAIL code name -> code. */
@@ -235,6 +245,13 @@ export function encodePayload(frame) {
       w.string(frame.messageId, "messageId");
       w.u32(frame.retryAfterMs ?? 0, "retryAfterMs");
       break;
+    case "UPLINK":
+      w.string(frame.uplinkId, "uplinkId");
+      w.map(frame.data, "data");
+      break;
+    case "UPLINK_ACK":
+      w.string(frame.uplinkId, "uplinkId");
+      break;
     case "KICK":
       w.u8(code(KickReason, frame.reason, "reason"));
       w.string(frame.text ?? "", "text");
@@ -406,6 +423,12 @@ export function decode(payload) {
     case "NACK":
       frame = { type, messageId: r.string("messageId"), retryAfterMs: r.u32("retryAfterMs") };
       break;
+    case "UPLINK":
+      frame = { type, uplinkId: r.string("uplinkId"), data: r.map("data") };
+      break;
+    case "UPLINK_ACK":
+      frame = { type, uplinkId: r.string("uplinkId") };
+      break;
     case "KICK":
       frame = { type, reason: r.codeOf(KICK_NAMES, "reason"), text: r.string("text") };
       break;
@@ -415,6 +438,32 @@ export function decode(payload) {
   }
   r.end();
   return frame;
+}
+
+/**
+ * What makes an uplink unacceptable beyond its encoding (the limits of
+ * docs/protocol.rst), or null.
+ */
+export function uplinkProblem(uplinkId, data) {
+  const idBytes = utf8Encoder.encode(String(uplinkId)).length;
+  if (idBytes < 1 || idBytes > MAX_UPLINK_ID_BYTES) {
+    return `uplinkId must be 1 to ${MAX_UPLINK_ID_BYTES} bytes of UTF-8, not ${idBytes}`;
+  }
+  const pairs = extrasPairs(data, "data");
+  if (pairs.length > MAX_UPLINK_PAIRS) {
+    return `data has ${pairs.length} pairs; the limit is ${MAX_UPLINK_PAIRS}`;
+  }
+  let total = 0;
+  for (const [key, value] of pairs) {
+    if (typeof key !== "string" || typeof value !== "string") {
+      return "data must map strings to strings";
+    }
+    total += utf8Encoder.encode(key).length + utf8Encoder.encode(value).length;
+  }
+  if (total > MAX_UPLINK_DATA_BYTES) {
+    return `data is ${total} bytes of UTF-8; the limit is ${MAX_UPLINK_DATA_BYTES}`;
+  }
+  return null;
 }
 
 /** Throws DecodeError TOO_LARGE when a frame of `length` bytes is over `maxFrame`. */

@@ -53,3 +53,18 @@ export class RetryLater extends Error {
     this.retryAfter = retryAfter;
   }
 }
+
+/**
+ * `sendUplink` could not get the uplink to the store: the connection dropped
+ * (or was not up) before UPLINK_ACK, or the client stopped. The uplink may or
+ * may not be stored; sending it again with the same `uplinkId` is safe (the
+ * server stores it once).
+ */
+export class UplinkNotSent extends Error {
+  constructor(uplinkId, reason) {
+    super(`uplink ${JSON.stringify(uplinkId)} not acknowledged: ${reason}`);
+    this.name = "UplinkNotSent";
+    this.uplinkId = uplinkId;
+    this.reason = reason;
+  }
+}

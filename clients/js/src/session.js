@@ -10,6 +10,7 @@ import {
   EncodeError,
   NACK_VERSION,
   SUBPROTOCOL,
+  UPLINK_VERSION,
   checkLength,
   decode,
   encodePayload,
@@ -256,6 +257,9 @@ export class Session {
         break;
       case "PONG":
         break; // _received already counted it
+      case "UPLINK_ACK":
+        this._owner._uplinkAcked(this, frame.uplinkId);
+        break;
       case "KICK":
         this._kicked(frame);
         break;
@@ -325,6 +329,27 @@ export class Session {
       if (e instanceof EncodeError) return false;
       throw e;
     }
+    return true;
+  }
+
+  /** Whether UPLINK can go out on this session now (version 2, online). */
+  get canUplink() {
+    return this.authenticated && !this.closing && this.version >= UPLINK_VERSION;
+  }
+
+  /**
+   * Send UPLINK if this session can carry it; false if it cannot. Throws
+   * EncodeError for one over the server's frame limit.
+   */
+  sendUplink(uplinkId, data) {
+    if (!this.canUplink) return false;
+    const bytes = encodePayload({ type: "UPLINK", uplinkId, data });
+    if (bytes.length > this.maxFrame) {
+      throw new EncodeError(
+        `the UPLINK frame is ${bytes.length} bytes, over the server's limit of ${this.maxFrame}`,
+      );
+    }
+    this._send(bytes);
     return true;
   }
 

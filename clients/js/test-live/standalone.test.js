@@ -101,3 +101,28 @@ test("a NACKed message comes again and is ACKed the second time", async () => {
     await client.stop();
   }
 });
+
+test("an uplink from the client over WebSocket is stored and read through the pull API", async () => {
+  const client = new PushClient({
+    WebSocket: WebSocketClass,
+    reglogUrl: REGLOG_URL,
+    clientId: "node-live-3",
+  });
+  const online = new Promise((resolve) => client.addEventListener("online", resolve));
+  client.start();
+  try {
+    await online;
+    const uplinkId = await client.sendUplink({ temp: "21.5" }, { uplinkId: "node-reading-1" });
+    assert.equal(uplinkId, "node-reading-1");
+    const response = await fetch(`${API_URL}/v1/uplinks?after=0&wait=10`, { headers: HEADERS });
+    assert.equal(response.status, 200);
+    const { uplinks } = await response.json();
+    const mine = uplinks.filter((uplink) => uplink.clientId === "node-live-3");
+    assert.deepEqual(
+      mine.map((uplink) => [uplink.uplinkId, uplink.data]),
+      [["node-reading-1", { temp: "21.5" }]],
+    );
+  } finally {
+    await client.stop();
+  }
+});

@@ -90,6 +90,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive(float), default=900.0, help="bound of the run")
     p.add_argument("--connect-rate", type=_positive(float), default=200.0, help="client starts/s")
     p.add_argument("--log-level", default="warn", help="daemons' log level (warn)")
+    p.add_argument(
+        "--uplinks", type=int, default=3, help="uplinks each client sends, 0 for none (3)"
+    )
+    p.add_argument(
+        "--uplink-interval", type=_positive(float), default=20.0, help="seconds between them (20)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--dir", type=Path, default=None, help="run directory (default: a temporary)")
     p.add_argument(
@@ -109,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
 def options_from(arguments: argparse.Namespace) -> Options:
     if arguments.per_process > MAX_PER_PROCESS:
         raise SystemExit(f"pigeonpush-chaos: --per-process is at most {MAX_PER_PROCESS}")
+    if arguments.uplinks < 0:
+        raise SystemExit("pigeonpush-chaos: --uplinks must be 0 or more")
     return Options(
         clients=arguments.clients,
         messages=arguments.messages,
@@ -127,6 +135,8 @@ def options_from(arguments: argparse.Namespace) -> Options:
         timeout=arguments.timeout,
         connect_rate=arguments.connect_rate,
         log_level=arguments.log_level,
+        uplinks=arguments.uplinks,
+        uplink_interval=arguments.uplink_interval,
     )
 
 

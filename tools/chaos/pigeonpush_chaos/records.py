@@ -15,6 +15,8 @@ from the client process's clock at the moment the SDK told the application::
                                                     (no Connected event follows)
     R <time> <clientId> <outcome>                   a route lookup at reglog ended
                                                     (HTTP status, or the error)
+    U <time> <clientId> <uplinkId>                  an uplink was acknowledged
+                                                    (UPLINK_ACK: it is stored)
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ class Arrival:
 
 
 @attrs.frozen(slots=True)
+class UplinkAcked:
+    """``send_uplink`` fired: the server said the uplink is stored."""
+
+    time: float
+    client: str
+    uplink_id: str
+
+
+@attrs.frozen(slots=True)
 class Event:
     """One connection event of one client."""
 
@@ -64,6 +75,10 @@ def arrival_line(time: float, client: str, message_id: str) -> str:
     return f"M {time:.6f} {client} {message_id}\n"
 
 
+def uplink_line(time: float, client: str, uplink_id: str) -> str:
+    return f"U {time:.6f} {client} {uplink_id}\n"
+
+
 def event_line(event: Event) -> str:
     head = f"{event.kind.value} {event.time:.6f} {event.client}"
     if event.kind in (EventKind.GAVE_UP, EventKind.ROUTE_LOOKUP):
@@ -80,7 +95,7 @@ class BadRecord(ValueError):
     """A line that is not one of the record forms."""
 
 
-def parse_line(line: str) -> Arrival | Event:
+def parse_line(line: str) -> Arrival | Event | UplinkAcked:
     """One record; BadRecord (naming the line) if it is not one."""
     fields = line.rstrip("\n").split(" ", 5)
     try:
@@ -88,6 +103,8 @@ def parse_line(line: str) -> Arrival | Event:
         time = float(time_text)
         if tag == "M" and len(fields) == 4:
             return Arrival(time, client, fields[3])
+        if tag == "U" and len(fields) == 4:
+            return UplinkAcked(time, client, fields[3])
         if tag in ("C", "A") and len(fields) == 4:
             return Event(time, client, EventKind(tag), fields[3])
         if tag == "D" and len(fields) >= 5 and fields[4] in ("0", "1"):
@@ -116,6 +133,8 @@ class Journal:
     #: clientId -> server of its current session.
     server_of: dict[str, str] = attrs.field(factory=dict)
     received: set[tuple[str, str]] = attrs.field(factory=set)
+    #: (clientId, uplinkId) of every uplink the server acknowledged
+    uplinks_acked: set[tuple[str, str]] = attrs.field(factory=set)
     _gave_up: set[str] = attrs.field(factory=set, alias="_gave_up")
 
     def add_line(self, line: str) -> None:
@@ -126,7 +145,10 @@ class Journal:
             return
         self.add(record)
 
-    def add(self, record: Arrival | Event) -> None:
+    def add(self, record: Arrival | Event | UplinkAcked) -> None:
+        if isinstance(record, UplinkAcked):
+            self.uplinks_acked.add((record.client, record.uplink_id))
+            return
         if isinstance(record, Arrival):
             self.arrivals.append(record)
             self.received.add((record.client, record.message_id))

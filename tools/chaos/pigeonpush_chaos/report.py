@@ -134,6 +134,12 @@ class ChaosReport:
     bad_lines: int
     #: Daemons found not running after the drain (not stopped by a fault): exit codes.
     exited: dict[str, int] = attrs.field(factory=dict)
+    #: uplinks the server acknowledged (UPLINK_ACK) to the clients
+    uplinks_acked: int = 0
+    #: acknowledged uplinks missing from GET /v1/uplinks ("clientId uplinkId")
+    uplinks_lost: list[str] = attrs.field(factory=list)
+    #: uplinks stored more than once (a resend the de-duplication missed)
+    uplinks_duplicated: int = 0
     settings: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -168,6 +174,10 @@ class ChaosReport:
             found.append(f"{name} exited by itself (status {code})")
         if self.refused or self.unsent:
             found.append(f"{self.refused} notification(s) refused, {self.unsent} never accepted")
+        if self.uplinks_lost:
+            found.append(f"{len(self.uplinks_lost)} acknowledged uplink(s) lost")
+        if self.uplinks_duplicated:
+            found.append(f"{self.uplinks_duplicated} uplink(s) stored more than once")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -237,6 +247,12 @@ class ChaosReport:
             "tracebacks": self.tracebacks,
             "exited": self.exited,
             "badRecordLines": self.bad_lines,
+            "uplinks": {
+                "acked": self.uplinks_acked,
+                "lost": len(self.uplinks_lost),
+                "lostIds": self.uplinks_lost[:50],
+                "duplicated": self.uplinks_duplicated,
+            },
             "failures": self.failures(),
         }
 
@@ -264,8 +280,11 @@ def compute(
     tracebacks: Mapping[str, list[str]] | None = None,
     exited: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
+    uplinks_stored: Sequence[tuple[str, str]] = (),
 ) -> ChaosReport:
-    """The report of one run (``end``: when observation stopped)."""
+    """The report of one run (``end``: when observation stopped).
+    ``uplinks_stored``: (clientId, uplinkId) of every entry the pull API
+    gave at the end, repeats included."""
     faults = sorted(faults, key=lambda window: window.start)
     authenticated_at: dict[str, list[float]] = {}
     events_of: dict[str, list[Event]] = {}
@@ -390,6 +409,11 @@ def compute(
         bad_lines=journal.bad_lines,
         exited=dict(exited or {}),
         settings=dict(settings or {}),
+        uplinks_acked=len(journal.uplinks_acked),
+        uplinks_lost=sorted(
+            f"{client} {uplink}" for client, uplink in journal.uplinks_acked - set(uplinks_stored)
+        ),
+        uplinks_duplicated=sum(n - 1 for n in Counter(uplinks_stored).values() if n > 1),
     )
 
 
@@ -445,6 +469,8 @@ def format_table(report: ChaosReport) -> str:
         f"latency   p50 {_cell(lat['p50'])}  p99 {_cell(lat['p99'])}  max {_cell(lat['max'])}",
         f"delayed beyond {report.delay_bound:g}s: {len(report.delayed)}"
         + (f" (max {_cell(data['delayed']['max'])})" if report.delayed else ""),
+        f"uplinks   acknowledged {report.uplinks_acked}  lost {len(report.uplinks_lost)}"
+        f"  stored twice {report.uplinks_duplicated}",
         "",
         f"{'#':>2} {'fault':<26} {'target':<18} {'start':>7} {'recovered':>9} "
         f"{'disc.':>5} {'notback':>7} {'p50':>7} {'max':>7} {'allback':>7} {'delayed':>7}",

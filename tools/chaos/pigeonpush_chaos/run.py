@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import signal
@@ -52,6 +53,9 @@ class Options:
     connect_rate: float = 200.0
     ttl: int = 3600
     log_level: str = "warn"
+    #: uplinks each client sends (kept across reconnections until acknowledged)
+    uplinks: int = 3
+    uplink_interval: float = 20.0
 
     def settings(self) -> dict[str, Any]:
         """What the JSON report repeats of the run's settings."""
@@ -70,6 +74,8 @@ class Options:
             "drain": self.drain,
             "reconnectBound": self.reconnect_bound,
             "ttl": self.ttl,
+            "uplinks": self.uplinks,
+            "uplinkInterval": self.uplink_interval,
         }
 
 
@@ -168,6 +174,8 @@ class Chaos:
                 *("--first", str(first), "--count", str(size), "--out", str(out)),
                 *("--heartbeat", f"{options.heartbeat:g}"),
                 *("--connect-rate", f"{options.connect_rate / count:g}"),
+                *("--uplinks", str(options.uplinks)),
+                *("--uplink-interval", f"{options.uplink_interval:g}"),
             ]
             self.workers.append(self.processes.spawn(f"clients-{index}", argv))
             self.tails.append(Tail(out, self.journal))
@@ -226,6 +234,7 @@ class Chaos:
         )
         await self.stop_clients()
         self.read_records()
+        uplinks_stored = await self.stored_uplinks()
         return compute(
             clients=self.clients,
             messages=options.messages,
@@ -240,7 +249,27 @@ class Chaos:
             end=end,
             exited=exited,
             settings=options.settings(),
+            uplinks_stored=uplinks_stored,
         )
+
+    async def stored_uplinks(self) -> list[tuple[str, str]]:
+        """(clientId, uplinkId) of every uplink ``GET /v1/uplinks`` gives, from
+        the start of the stream, repeats included."""
+        base = self.cluster.notification.url("http") + "/v1/uplinks?limit=1000&after="
+        headers: dict[bytes | str, bytes | str] = {
+            "Authorization": f"Bearer {self.cluster.api_key}"
+        }
+        stored: list[tuple[str, str]] = []
+        cursor = "0"
+        while True:
+            response = await self.cluster.http.get(base + cursor, headers=headers, timeout=10)
+            body = json.loads(await response.content())
+            if response.code != 200:
+                raise RuntimeError(f"GET /v1/uplinks answered {response.code}: {body}")
+            stored.extend((u["clientId"], u["uplinkId"]) for u in body["uplinks"])
+            if not body["uplinks"]:
+                return stored
+            cursor = body["next"]
 
     async def inject_all(self, origin: float) -> None:
         previous: float | None = None

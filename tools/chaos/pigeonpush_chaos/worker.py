@@ -45,7 +45,7 @@ from pigeonpush.sdk import (
     PushClient,
 )
 from pigeonpush.sdk.route import parse_server
-from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line
+from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line, uplink_line
 
 FLUSH_INTERVAL = 0.2
 
@@ -174,9 +174,28 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             http_agent=RecordingAgent(agent, looked_up),
         )
         client.on_event(on_event)
-        reactor.callLater(offset / options.connect_rate, client.start)
+        started = offset / options.connect_rate
+        reactor.callLater(started, client.start)
+        for number in range(options.uplinks):
+            at = started + (number + 1) * options.uplink_interval
+            reactor.callLater(at, send_uplink, reactor, client, name, number, recorder)
         clients.append(client)
     return clients
+
+
+def send_uplink(
+    reactor: Any, client: PushClient, name: str, number: int, recorder: Recorder
+) -> None:
+    """Send uplink ``number`` of a client, kept across reconnections until
+    acknowledged; its ``U`` line is written once the server stored it."""
+    uplink_id = f"{name}-u{number}"
+
+    def acked(_: object) -> None:
+        recorder.add(uplink_line(reactor.seconds(), name, uplink_id))
+
+    sending = client.send_uplink({"n": str(number)}, uplink_id=uplink_id, resend_on_reconnect=True)
+    # Not acknowledged when the client stops (or gave up): nothing to record.
+    sending.addCallbacks(acked, lambda _: None)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -193,9 +212,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="give up after this many failed route lookups in a row (default: never)",
     )
     parser.add_argument("--connect-rate", type=float, default=200.0, help="client starts/s")
+    parser.add_argument("--uplinks", type=int, default=0, help="uplinks each client sends")
+    parser.add_argument(
+        "--uplink-interval", type=float, default=5.0, help="seconds between a client's uplinks"
+    )
     options = parser.parse_args(argv)
     if options.count < 1 or options.first < 0 or options.connect_rate <= 0:
         parser.error("--count must be at least 1, --first at least 0, --connect-rate positive")
+    if options.uplinks < 0 or options.uplink_interval <= 0:
+        parser.error("--uplinks must be 0 or more, --uplink-interval positive")
     return options
 
 

@@ -13,9 +13,11 @@ from pigeonpush_chaos.records import (
     EventKind,
     Journal,
     Tail,
+    UplinkAcked,
     arrival_line,
     event_line,
     parse_line,
+    uplink_line,
 )
 
 
@@ -84,3 +86,15 @@ def test_tail_reads_complete_lines_as_the_file_grows(tmp_path: Path) -> None:
     assert tail.read() == 1
     assert journal.received == {("a", "m1")}
     assert len(journal.arrivals) == 2
+
+
+def test_an_acknowledged_uplink_is_a_record_of_its_own() -> None:
+    line = uplink_line(1.5, "chaos-000001", "chaos-000001-u2")
+    assert parse_line(line) == UplinkAcked(1.5, "chaos-000001", "chaos-000001-u2")
+    journal = Journal()
+    journal.add_line(line)
+    journal.add_line(line)
+    assert journal.uplinks_acked == {("chaos-000001", "chaos-000001-u2")}
+    assert journal.arrivals == [] and journal.events == []
+    with pytest.raises(BadRecord):
+        parse_line("U 1 c")

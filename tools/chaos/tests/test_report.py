@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pigeonpush_chaos.records import Arrival, Event, EventKind, Journal
+from pigeonpush_chaos.records import Arrival, Event, EventKind, Journal, UplinkAcked
 from pigeonpush_chaos.report import (
     Accepted,
     ChaosReport,
@@ -272,3 +272,35 @@ def test_refused_and_unsent_notifications_fail_the_run() -> None:
         end=1.0,
     )
     assert report.failures() == ["1 notification(s) refused, 2 never accepted"]
+
+
+def test_an_acknowledged_uplink_missing_or_stored_twice_fails_the_run() -> None:
+    records = Journal()
+    for uplink in ("a-u0", "a-u1", "a-u2"):
+        records.add(UplinkAcked(2.0, "a", uplink))
+    stored = [("a", "a-u0"), ("a", "a-u1"), ("a", "a-u1"), ("b", "b-u0")]
+    report = compute(
+        clients=["a", "b"],
+        messages=0,
+        accepted={},
+        refused=0,
+        unsent=0,
+        journal=records,
+        faults=[],
+        heartbeat=HEARTBEAT,
+        reconnect_bound=10.0,
+        origin=0.0,
+        end=1.0,
+        uplinks_stored=stored,
+    )
+    assert report.failures() == [
+        "1 acknowledged uplink(s) lost",
+        "1 uplink(s) stored more than once",
+    ]
+    assert report.to_json()["uplinks"] == {
+        "acked": 3,
+        "lost": 1,
+        "lostIds": ["a a-u2"],
+        "duplicated": 1,
+    }
+    assert "uplinks   acknowledged 3  lost 1  stored twice 1" in format_table(report)
