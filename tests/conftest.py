@@ -10,11 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.logcheck import FailureCollector, collect_garbage
+from support.logcheck import FailureCollector, collect_garbage, freeze_what_is_loaded
 from support.servers import RedisServer, ZooKeeperServer
 
 # Fixture modules of the subsystems (store backends, discovery backends).
 pytest_plugins = ["support.stores", "support.discoveries"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    freeze_what_is_loaded()
 
 
 @pytest.fixture(autouse=True)

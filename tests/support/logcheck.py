@@ -49,10 +49,17 @@ class FailureCollector:
         return "\n".join(parts)
 
 
-def collect_garbage() -> None:
-    """Collect so a dropped Deferred's unhandled error is logged now, inside its
-    test. What survives is frozen (moved out of the collector's view), so the
-    next test's collection walks only what that test made: a full collection
-    of the whole session's heap per test would cost more than most tests."""
+def freeze_what_is_loaded() -> None:
+    """Move what collection loaded (modules, classes, functions, the test items,
+    alive for the whole session) out of the collector's view, once, so that
+    the collection after each test walks only what tests made since."""
     gc.collect()
     gc.freeze()
+
+
+def collect_garbage() -> None:
+    """Collect so a dropped Deferred's unhandled error is logged now, inside its
+    test. Everything made since collection is walked, so a cycle that outlived
+    an earlier test and became garbage during this one is reported here
+    (freezing the survivors of each test hid those for good)."""
+    gc.collect()
