@@ -49,17 +49,20 @@ class FailureCollector:
         return "\n".join(parts)
 
 
-def freeze_what_is_loaded() -> None:
-    """Move what collection loaded (modules, classes, functions, the test items,
-    alive for the whole session) out of the collector's view, once, so that
-    the collection after each test walks only what tests made since."""
+def collect_garbage() -> None:
+    """Collect so a dropped Deferred's unhandled error is logged now, inside its
+    test. What survives is frozen (moved out of the collector's view), so the
+    next test's collection walks only what that test made: a full collection
+    per test grows with the session's heap (the suite took 232 s instead of
+    89 s). :func:`collect_all_garbage` looks at the frozen objects again."""
     gc.collect()
     gc.freeze()
 
 
-def collect_garbage() -> None:
-    """Collect so a dropped Deferred's unhandled error is logged now, inside its
-    test. Everything made since collection is walked, so a cycle that outlived
-    an earlier test and became garbage during this one is reported here
-    (freezing the survivors of each test hid those for good)."""
+def collect_all_garbage() -> None:
+    """Unfreeze and collect everything (at the end of each test module): a cycle
+    that outlived its test, frozen then and dropped since, is collected now and
+    its unhandled error logged. Frozen again afterwards."""
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
