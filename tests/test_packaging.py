@@ -89,7 +89,13 @@ def test_the_blocker_blocks() -> None:
 
 @pytest.mark.parametrize(
     "tapname",
-    ["pigeon-server", "pigeon-reglog", "pigeon-delivery", "pigeon-notification"],
+    [
+        "pigeon-server",
+        "pigeon-reglog",
+        "pigeon-delivery",
+        "pigeon-notification",
+        "pigeon-standalone",
+    ],
 )
 def test_daemon_without_server_extra_says_what_to_install(tapname: str) -> None:
     result = run_without_server_dependencies(
