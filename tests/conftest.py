@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.logcheck import FailureCollector, collect_garbage
+from support.logcheck import FailureCollector, collect_all_garbage, collect_garbage
 from support.servers import RedisServer, ZooKeeperServer
 
 # Fixture modules of the subsystems (store backends, discovery backends).
@@ -29,6 +29,24 @@ def logged_failures() -> Iterator[FailureCollector]:
         collector.stop()
     if collector.events:
         pytest.fail("unhandled failures were logged:\n" + collector.report())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def late_logged_failures() -> Iterator[None]:
+    """Fail a module during which a Deferred that outlived an earlier test was
+    dropped with an unhandled error (reported at its last test's teardown)."""
+    yield
+    collector = FailureCollector()
+    collector.start()
+    try:
+        collect_all_garbage()
+    finally:
+        collector.stop()
+    if collector.events:
+        pytest.fail(
+            "unhandled failures were logged by objects that outlived their test:\n"
+            + collector.report()
+        )
 
 
 @pytest.fixture(scope="session")

@@ -131,6 +131,7 @@ def test_control_commands(line: bytes, answer: bytes) -> None:
     assert transport.value() == answer
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_real_baseline_serves_load_generator_clients(tmp_path: Path) -> None:
     from twisted.internet import reactor

@@ -127,6 +127,7 @@ def test_the_machine_is_described() -> None:
     assert connections_per_process() <= fd_limit() - 500
 
 
+@pytest.mark.slow
 def test_a_small_connections_run_end_to_end() -> None:
     """pigeon-server, reglog, delivery, Redis, ZooKeeper, the bare Twisted
     baseline and Mosquitto, each started, measured and stopped."""
@@ -178,6 +179,7 @@ def _check_small_run(result: subprocess.CompletedProcess[str], directory: Path) 
     assert marked_pids(directory) == []
 
 
+@pytest.mark.slow
 def test_a_small_push_run_end_to_end() -> None:
     """The write-path scenario: both systems get every frame, in bursts of
     the same length, and the report says so."""
@@ -211,6 +213,7 @@ def test_a_small_push_run_end_to_end() -> None:
     assert any("4 consecutive frames to each client" in note for note in report["notes"])
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_stops_everything_it_started() -> None:
     bench = subprocess.Popen(
         [

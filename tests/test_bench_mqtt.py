@@ -98,6 +98,7 @@ def test_acks_parse_and_refuse_wrong_sizes() -> None:
         mqtt.parse_suback(b"\x00\x01")
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_qos1_messages_reach_subscribers_through_mosquitto(tmp_path: Path) -> None:
     from twisted.internet import reactor

@@ -26,6 +26,9 @@ from pigeonpush.bench.processes import (
 from support.servers import pid_alive
 from support.waiting import wait_for
 
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
+
 
 def _reactor():  # type: ignore[no-untyped-def]
     from twisted.internet import reactor

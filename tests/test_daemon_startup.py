@@ -19,6 +19,9 @@ from support.cluster import twistd_command
 from support.servers import free_port
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 KEY = "startup-key-0123456789"
 #: Seconds a refused start may take (Python and Twisted's imports, two busy cores).
 EXIT_TIMEOUT = 60.0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.error import ConnectError
@@ -24,6 +25,9 @@ from pigeonpush.wire.protocol import FrameProtocol
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port
 from support.waiting import wait_for
+
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
 
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 KEY = "e2e-key-0123456789abcdef"

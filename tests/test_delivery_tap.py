@@ -150,6 +150,7 @@ async def accept(notifications: Notifications, to: list[str]) -> str:
     return accepted.message_id
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_twistd_registers_answers_pull_and_leaves_on_sigterm(
     tmp_path: Path, redis_url: str, zookeeper_hosts: str
@@ -202,6 +203,7 @@ async def test_twistd_registers_answers_pull_and_leaves_on_sigterm(
     assert not pid_alive(process.pid)
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_worker_killed_mid_batch_loses_nothing(
     tmp_path: Path, redis_url: str, zookeeper_hosts: str

@@ -26,6 +26,9 @@ from twisted.internet.threads import deferToThread
 from support.servers import free_port
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 API_KEY = "browser-test-key-0123456789"
 CLIENT_ID = "browser-demo-1"
 _T = TypeVar("_T")

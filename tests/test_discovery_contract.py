@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.task import Clock
+from zope.interface import implementer
 
-from pigeonpush.discovery.interface import DELIVERY, SERVERS, DiscoveryClosed
-from support.discoveries import TEST_UPDATE_INTERVAL, Discoveries, Recorder
+from pigeonpush.discovery.interface import DELIVERY, SERVERS, Discovery, DiscoveryClosed
+from pigeonpush.discovery.static import StaticDiscovery
+from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
+from support.discoveries import (
+    TEST_SESSION_TIMEOUT,
+    TEST_UPDATE_INTERVAL,
+    Discoveries,
+    Recorder,
+)
 from support.logcheck import FailureCollector
 
 SERVER_DATA = {
@@ -84,20 +95,74 @@ async def test_updates_are_coalesced_and_the_latest_wins(discoveries: Discoverie
     assert recorder.data_seen("s1") == [None, load(0), load(5)]
 
 
-@pytest_twisted.ensureDeferred
-async def test_updates_are_spaced_by_the_interval(discoveries: Discoveries) -> None:
-    from twisted.internet import reactor
+@implementer(IReactorTime, IReactorThreads)
+class ClockedReactor:
+    """The real reactor's threads with a Clock's time: timers wait for the test."""
 
+    def __init__(self, clock: Clock) -> None:
+        from twisted.internet import reactor
+
+        self._reactor = reactor
+        self._clock = clock
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self._clock.callLater(delay, f, *args, **kwargs)
+
+    def getDelayedCalls(self) -> Any:
+        return self._clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+async def check_updates_wait_for_the_interval(
+    owner: Discovery, observer: Discovery, clock: Clock
+) -> None:
+    """An update within the interval waits for it, on the owner's clock."""
     recorder = Recorder()
-    await discoveries.observer.watch(SERVERS, recorder)
-    # The interval counts from the first write, which happens after this
-    # moment (not from when register()'s answer reached the test, which a
-    # busy machine can delay past part of the interval).
-    before_register = reactor.seconds()
-    registration = await discoveries.owner.register(SERVERS, "s1", load(0))
+    watching = observer.watch(SERVERS, recorder)
+    clock.advance(0)  # the static backend publishes on its clock
+    await watching
+    registration = await owner.register(SERVERS, "s1", load(0))
+    clock.advance(0)
+    await recorder.wait_for_data("s1", load(0))
+
     registration.update(load(1))
+    clock.advance(TEST_UPDATE_INTERVAL * 0.99)
+    assert recorder.data_seen("s1")[-1] == load(0)
+    clock.advance(TEST_UPDATE_INTERVAL)
+    clock.advance(0)
     await recorder.wait_for_data("s1", load(1))
-    assert reactor.seconds() - before_register >= TEST_UPDATE_INTERVAL * 0.9
+
+
+@pytest_twisted.ensureDeferred
+async def test_updates_are_spaced_by_the_interval_static() -> None:
+    clock = Clock()
+    discovery = StaticDiscovery(clock=clock, min_update_interval=TEST_UPDATE_INTERVAL)
+    try:
+        await check_updates_wait_for_the_interval(discovery, discovery, clock)
+    finally:
+        await discovery.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_updates_are_spaced_by_the_interval_zookeeper(
+    zookeeper_hosts: str, make_zookeeper_discovery: Any
+) -> None:
+    clock = Clock()
+    owner = ZooKeeperDiscovery(
+        zookeeper_hosts,
+        ClockedReactor(clock),  # type: ignore[arg-type]
+        min_update_interval=TEST_UPDATE_INTERVAL,
+        session_timeout=TEST_SESSION_TIMEOUT,
+    )
+    try:
+        await check_updates_wait_for_the_interval(owner, make_zookeeper_discovery(), clock)
+    finally:
+        await owner.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -142,7 +142,10 @@ async def test_a_departed_node_leaves_no_watch_behind(
     baseline = len(observer._zk.state_listeners)
     registrations = [await owner.register(SERVERS, f"s{i}", SERVER_DATA) for i in range(3)]
     await recorder.wait_for_data("s2", SERVER_DATA)
-    assert len(observer._zk.state_listeners) == baseline + 3
+    # Each node's data watch is made on a kazoo thread: s2's data can arrive first.
+    await wait_for(
+        lambda: len(observer._zk.state_listeners) == baseline + 3, what="three data watches"
+    )
 
     for registration in registrations:
         await registration.unregister()

@@ -44,6 +44,9 @@ from support.cluster import CLEAN_EXITS, Cluster, Daemon, DaemonExited, ZooKeepe
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
+
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 CLIENTS = 300
 #: Room for every client on one server, with a margin for reglog's pending counts.

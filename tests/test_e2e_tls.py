@@ -49,6 +49,9 @@ from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import tls_redis_server
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 BACKOFF = full_jitter(initial=0.2, maximum=1.0)
 

@@ -9,11 +9,15 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from test_standalone_e2e import Spawner
 from twisted.internet.utils import getProcessOutputAndValue
 
 from support.servers import free_port
+
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent
 API_KEY = "live-test-key-0123456789"

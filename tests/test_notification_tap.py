@@ -196,6 +196,7 @@ def start_twistd(cwd: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_twistd_runs_the_plugin(tmp_path: Path, redis_url: str) -> None:
     from twisted.internet import reactor

@@ -19,6 +19,9 @@ from support.cluster import Cluster
 from support.logcheck import FailureCollector
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 CLIENT_ID = "redelivery-device"
 FAST = full_jitter(initial=0.1, maximum=0.5)
 

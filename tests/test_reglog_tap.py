@@ -224,6 +224,7 @@ def twistd_reglog(tmp_path: Path, redis_url: str, zookeeper_hosts: str) -> Itera
             process.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_twistd_pigeon_reglog_answers_and_stops_on_sigterm(
     twistd_reglog: Twistd, redis_url: str, zookeeper_hosts: str

@@ -24,6 +24,9 @@ from support.cluster import Cluster, Daemon
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 DOCS = Path(__file__).parent.parent / "docs" / "openapi"
 DOCUMENT = OpenAPIDocument.load(DOCS / "notification.json")
 REGLOG_DOCUMENT = OpenAPIDocument.load(DOCS / "reglog.json")

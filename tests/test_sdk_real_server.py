@@ -27,6 +27,9 @@ from support.cluster import CLEAN_EXITS, Cluster, Daemon
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
+
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 CLIENT_ID = "sdk-device-1"
 FAST = full_jitter(initial=0.1, maximum=0.5)

@@ -21,6 +21,9 @@ from pigeonpush.server.settings import ServerSettings
 from pigeonpush.wire.frames import Push as PushFrame
 from support.waiting import wait_for
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 FLOODERS = 20
 FLOOD_SECONDS = 4.0
 

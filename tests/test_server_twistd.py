@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -18,6 +19,9 @@ from pigeonpush.discovery.zookeeper import ZooKeeperDiscovery
 from pigeonpush.options import capacity_for, open_files_limit
 from support.servers import free_port
 from support.waiting import wait_for
+
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
 
 
 def twistd_command() -> list[str]:

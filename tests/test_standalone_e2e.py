@@ -37,6 +37,9 @@ from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
 
+# Starts daemons or many processes: tox runs it in fewer environments.
+pytestmark = pytest.mark.slow
+
 DOCS = Path(__file__).parent.parent / "docs"
 NOTIFICATION_API = OpenAPIDocument.load(DOCS / "openapi/notification.json")
 #: Seconds a standalone has to start serving (two cores shared with other runs).

@@ -21,6 +21,9 @@ from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 from support.webhook_receiver import WebhookReceiver
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 DOCUMENT = OpenAPIDocument.load(Path(__file__).parent.parent / "docs/openapi/notification.json")
 SECRET = "cluster-webhook-secret-0123456789"
 DEVICES = 20

@@ -16,6 +16,9 @@ from pigeonpush.notification.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, 
 from support.waiting import wait_for
 from support.webhook_receiver import WebhookReceiver
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 SECRET = "e2e-webhook-secret-0123456789"
 
 

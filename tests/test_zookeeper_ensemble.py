@@ -36,6 +36,9 @@ from support.openapi import CheckedClient, OpenAPIDocument
 from support.waiting import wait_for
 from support.zookeeper_ensemble import EnsembleNode, ZooKeeperEnsemble, running_ensemble
 
+#: Real daemons or processes: run where slow tests run (docs/development.rst).
+pytestmark = pytest.mark.slow
+
 #: Longer than a leader election on this loaded machine, so sessions outlive it.
 SESSION_TIMEOUT = 10.0
 #: Bound on a new leader being elected and serving.

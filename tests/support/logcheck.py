@@ -53,6 +53,16 @@ def collect_garbage() -> None:
     """Collect so a dropped Deferred's unhandled error is logged now, inside its
     test. What survives is frozen (moved out of the collector's view), so the
     next test's collection walks only what that test made: a full collection
-    of the whole session's heap per test would cost more than most tests."""
+    per test grows with the session's heap (the suite took 232 s instead of
+    89 s). :func:`collect_all_garbage` looks at the frozen objects again."""
+    gc.collect()
+    gc.freeze()
+
+
+def collect_all_garbage() -> None:
+    """Unfreeze and collect everything (at the end of each test module): a cycle
+    that outlived its test, frozen then and dropped since, is collected now and
+    its unhandled error logged. Frozen again afterwards."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()

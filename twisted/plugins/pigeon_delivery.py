@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from pigeonpush.plugin import DaemonMaker
 
-pigeon_delivery = ServiceMaker(
+pigeon_delivery = DaemonMaker(
     "pigeon-delivery",
     "pigeonpush.delivery.tap",
     "PigeonPush delivery worker: routes queued notifications to push servers, answers pulls",

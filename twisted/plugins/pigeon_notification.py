@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from pigeonpush.plugin import DaemonMaker
 
-pigeon_notification = ServiceMaker(
+pigeon_notification = DaemonMaker(
     "pigeon-notification",
     "pigeonpush.notification.tap",
     "PigeonPush notification API: application servers submit notifications over HTTP",

@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from pigeonpush.plugin import DaemonMaker
 
-pigeon_reglog = ServiceMaker(
+pigeon_reglog = DaemonMaker(
     "pigeon-reglog",
     "pigeonpush.reglog.tap",
     "PigeonPush route service: tokens and push server choice over HTTP",

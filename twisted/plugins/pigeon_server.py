@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from pigeonpush.plugin import DaemonMaker
 
-pigeon_server = ServiceMaker(
+pigeon_server = DaemonMaker(
     "pigeon-server",
     "pigeonpush.server.tap",
     "PigeonPush push server (device connections)",

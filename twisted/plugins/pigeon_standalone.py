@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from pigeonpush.plugin import DaemonMaker
 
-pigeon_standalone = ServiceMaker(
+pigeon_standalone = DaemonMaker(
     "pigeon-standalone",
     "pigeonpush.standalone.tap",
     "All of PigeonPush in one process (reglog, notification, delivery, one push server)",
