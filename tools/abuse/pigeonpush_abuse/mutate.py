@@ -29,7 +29,10 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Nack,
     Push,
+    Uplink,
+    UplinkAck,
 )
 
 Mutator = Callable[[random.Random, bytes], bytes]
@@ -70,6 +73,9 @@ def seed_frames(client_id: str = "abuse-0", token: str = "t" * 22) -> list[bytes
         AuthFail(AuthFailCode.BAD_TOKEN, "no"),
         Kick(KickReason.REPLACED, "again"),
         Error(ErrorCode.MALFORMED, "bad"),
+        Nack("01J8Z0000000000000000000AA", 2.0),
+        Uplink("up-1", {"k": "v"}),
+        UplinkAck("up-1"),
     ]
     return [encode(frame) for frame in frames]
 

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 from twisted.internet.defer import Deferred
 
 from support.cluster import Cluster
-from support.servers import RedisServer, ZooKeeperServer
+from support.servers import RedisServer, ZooKeeperServer, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCUMENTS = {
@@ -207,7 +207,11 @@ def apis(
     )
     client = redis.Redis(host=redis_server.host, port=redis_server.port)
     try:
-        server = cluster.server("push")
+        # A WebSocket listener too, so that routes asking for that transport
+        # can be answered (without one they get 503 no_server).
+        server = cluster.server(
+            "push", extra=["--websocket", f"tcp:{free_port()}:interface=127.0.0.1"]
+        )
         reglog = cluster.reglog()
         notification = cluster.notification()
         _block(cluster.wait_server_ready(server))
