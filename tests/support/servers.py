@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 from mirakuru import TCPExecutor
 
-from pigeonpush.bench import services as launch
+from pigeonpush_bench import services as launch
 
 REDIS_BINARY = "redis-server"
 JAVA_BINARY = "java"

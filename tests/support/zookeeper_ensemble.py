@@ -24,7 +24,7 @@ from pathlib import Path
 
 import attrs
 
-from pigeonpush.bench import services as launch
+from pigeonpush_bench import services as launch
 from support.servers import (
     JAVA_BINARY,
     ZOOKEEPER_JARS,

@@ -17,7 +17,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from pigeonpush.bench import FD_LIMIT, MAX_CONNECTIONS_PER_PROCESS
+from pigeonpush_bench import FD_LIMIT, MAX_CONNECTIONS_PER_PROCESS
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

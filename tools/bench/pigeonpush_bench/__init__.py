@@ -1,4 +1,4 @@
-"""``pigeonpush bench``: the numbers operators size a push service by.
+"""``pigeonpush-bench``: the numbers operators size a push service by.
 
 Everything measured runs as its own process on loopback: Redis, ZooKeeper,
 the pigeon daemons, the baselines (a bare Twisted framing server and
@@ -13,10 +13,16 @@ histograms), ``report`` (the human table and the JSON document), ``control``
 process), ``clients`` (its wire, framing and MQTT client protocols),
 ``mqtt`` (the MQTT 3.1.1 packets it needs), ``baseline`` (the bare framing
 server), ``cluster`` (the systems under test, started together) and
-``scenarios`` (what each ``pigeonpush bench SCENARIO`` does).
+``scenarios`` (what each ``pigeonpush-bench SCENARIO`` does) and ``cli``
+(the command line).
+
+A tool, not part of the runtime package: ``pip install tools/bench`` next to
+``pigeonpush``.
 """
 
 from __future__ import annotations
+
+__version__ = "0.1.0"
 
 #: Sockets one process can hold here: ``ulimit -n`` is 20,000 (soft and hard,
 #: and cannot be raised), less a margin for logs, pipes and listeners.

@@ -1,6 +1,6 @@
 """Start, watch and stop the processes of one benchmark run.
 
-Every child runs through ``pigeonpush.bench.launch``: its own session and
+Every child runs through ``pigeonpush_bench.launch``: its own session and
 process group, and a SIGKILL from the kernel if the benchmark itself dies. A
 ``ProcessSet`` owns the children of one run and stops them all (SIGTERM to each
 group, then SIGKILL after a bound) whatever happens: its caller's
@@ -205,7 +205,7 @@ class ProcessSet:
         log_path = self.directory / f"{name}.log"
         watcher = _ExitWatcher()
         handler: ProcessProtocol = watcher if protocol is None else _Chained(protocol, watcher)
-        command = [sys.executable, "-m", "pigeonpush.bench.launch", str(os.getpid()), *argv]
+        command = [sys.executable, "-m", "pigeonpush_bench.launch", str(os.getpid()), *argv]
         environment = dict(os.environ if env is None else env)
         # Marks every process of the run, so that one left behind can be found.
         environment[RUN_MARKER] = str(self.directory)

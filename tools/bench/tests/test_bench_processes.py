@@ -14,8 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from pigeonpush.bench import services
-from pigeonpush.bench.processes import (
+from pigeonpush_bench import services
+from pigeonpush_bench.processes import (
     ManagedProcess,
     ProcessSet,
     StartError,
@@ -137,7 +137,7 @@ def test_a_child_dies_with_the_benchmark() -> None:
             sys.executable,
             "-c",
             "import os, subprocess, sys, time\n"
-            "child = subprocess.Popen([sys.executable, '-m', 'pigeonpush.bench.launch',"
+            "child = subprocess.Popen([sys.executable, '-m', 'pigeonpush_bench.launch',"
             " str(os.getpid()), 'sleep', '60'])\n"
             "print(child.pid, flush=True)\n"
             "time.sleep(60)\n",
@@ -167,10 +167,10 @@ def test_a_child_dies_with_the_benchmark() -> None:
 
 def test_the_launcher_explains_its_usage() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pigeonpush.bench.launch"], capture_output=True, text=True
+        [sys.executable, "-m", "pigeonpush_bench.launch"], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert "usage: python -m pigeonpush.bench.launch PARENT_PID COMMAND" in result.stderr
+    assert "usage: python -m pigeonpush_bench.launch PARENT_PID COMMAND" in result.stderr
 
 
 @pytest_twisted.ensureDeferred
