@@ -3,11 +3,11 @@
 Everything measured runs as its own process on loopback: Redis, ZooKeeper,
 the pigeon daemons, the baselines (a bare Twisted framing server and
 Mosquitto) and the load generators, so that memory and CPU are read per
-process from /proc and nothing shares an interpreter with what it measures.
+process (psutil) and nothing shares an interpreter with what it measures.
 
 Modules, one job each: ``launch`` (the exec wrapper that gives every child its
 own session and a parent-death signal), ``processes`` (start, readiness,
-stop), ``measure`` (RSS and CPU from /proc), ``histogram`` (mergeable latency
+stop), ``measure`` (RSS and CPU, with psutil), ``histogram`` (mergeable latency
 histograms), ``report`` (the human table and the JSON document), ``control``
 (the parent's side of a load generator), ``loadgen`` (the load generator
 process), ``clients`` (its wire, framing and MQTT client protocols),

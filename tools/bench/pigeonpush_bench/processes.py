@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
@@ -65,16 +66,13 @@ RUN_MARKER = "PIGEONPUSH_BENCH_RUN"
 
 def marked_pids(directory: Path) -> list[int]:
     """Live processes whose environment marks them as started for ``directory``."""
-    needle = f"{RUN_MARKER}={directory}".encode() + b"\0"
+    wanted = str(directory)
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for process in psutil.process_iter():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if needle in environ.read() + b"\0":
-                    found.append(int(entry))
-        except OSError:
+            if process.environ().get(RUN_MARKER) == wanted:
+                found.append(process.pid)
+        except (psutil.Error, OSError):
             continue  # gone meanwhile, or not ours to read
     return found
 

@@ -94,7 +94,7 @@ def test_help_states_the_machine_limit(capsys: pytest.CaptureFixture[str]) -> No
         assert scenario in out
 
 
-def test_process_figures_come_from_proc() -> None:
+def test_process_figures_match_proc() -> None:
     me = os.getpid()
     status = Path(f"/proc/{me}/status").read_text()
     vmrss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
