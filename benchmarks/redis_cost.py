@@ -5,7 +5,7 @@ Run from the repository root, in the project's virtualenv::
     python benchmarks/redis_cost.py --devices 1000 --messages 2000 --offline 500
 
 Starts Redis, ZooKeeper, pigeon-delivery, one pigeon-server, pigeon-reglog and
-pigeon-notification on loopback (the ``pigeonpush bench`` launchers), then
+pigeon-notification on loopback (the ``pigeonpush-bench`` launchers), then
 measures Redis between phases: command calls and their time from
 ``INFO commandstats`` (commands that a Lua script runs count too, under their
 own name, next to the ``evalsha`` that ran them: "calls" is every command
@@ -44,10 +44,10 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.defer import gatherResults
 
-from pigeonpush.bench import services
-from pigeonpush.bench.measure import cpu_seconds
-from pigeonpush.bench.processes import ProcessSet
 from pigeonpush.sdk import PushClient
+from pigeonpush_bench import services
+from pigeonpush_bench.measure import cpu_seconds
+from pigeonpush_bench.processes import ProcessSet
 
 API_KEY = "redis-cost-key-0123456789abcdef"
 PENDING_PER_DEVICE = 10

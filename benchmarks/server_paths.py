@@ -16,7 +16,7 @@ best of several repetitions, the one least disturbed by other processes):
     consecutive items per client: window checks, encoding and the write.
 
 What this leaves out (socket reads and writes, the reactor, AMP, Redis) is
-what ``pigeonpush bench push`` measures; this script isolates the Python of
+what ``pigeonpush-bench push`` measures; this script isolates the Python of
 the hot paths, so that a change to them can be measured before and after in
 a way that the noise of a shared machine does not drown (run it on both trees).
 """

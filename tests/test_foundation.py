@@ -128,3 +128,12 @@ def test_cli_prints_version_and_help() -> None:
         timeout=60,
     )
     assert "usage: pigeonpush" in usage.stdout
+
+
+def test_cli_bench_says_where_the_benchmark_went(capsys: pytest.CaptureFixture[str]) -> None:
+    from pigeonpush.cli import main
+
+    assert main(["bench", "connections", "--n", "500"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("pigeonpush bench: ") and err.rstrip().endswith("run pigeonpush-bench")

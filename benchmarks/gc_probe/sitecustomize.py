@@ -3,7 +3,7 @@
 Put this directory on PYTHONPATH and every Python process of the run (the
 daemons, the load generators, the benchmark itself) imports it at start-up::
 
-    PYTHONPATH=benchmarks/gc_probe pigeonpush bench connections --n 75000 --servers 4
+    PYTHONPATH=benchmarks/gc_probe pigeonpush-bench connections --n 75000 --servers 4
     python benchmarks/gc_probe/report.py
 
 Each process adds up the CPU time of its collections per generation (from

@@ -23,7 +23,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("cancel", "cancel a scheduled notification before its send time"),
     "kick": ("kick", "disconnect a device and revoke its token"),
     "uplinks": ("uplinks", "print what devices sent (UPLINK), one JSON line each"),
-    "bench": ("bench", "measure the service against bare Twisted and Mosquitto baselines"),
+}
+
+#: Subcommands that became their own tools: name -> the one line that says where.
+MOVED: dict[str, str] = {
+    "bench": "the benchmark is its own tool now: install pigeonpush-bench "
+    "(tools/bench in the repository) and run pigeonpush-bench",
 }
 
 
@@ -51,6 +56,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((word for word in words if not word.startswith("-")), None)
+    if command in MOVED:
+        print(f"pigeonpush {command}: {MOVED[command]}", file=sys.stderr)
+        return 2
     # Only the subcommand being run is imported ("" imports none: help, version).
     parser = build_parser(command or "")
     args = parser.parse_args(words)

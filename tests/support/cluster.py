@@ -8,10 +8,12 @@ serves: its ``/health`` answer, the servers reglog counts, a line of its log.
 Stopping is SIGTERM, a bounded wait, then SIGKILL of the whole group.
 
 Nothing is left running: a ``Cluster`` stops every daemon it started whatever
-the test outcome and checks that no process of theirs remains; an atexit hook
-SIGKILLs any group still alive if the test process exits first; and a small
-launcher, which then execs twistd, asks the kernel to SIGKILL the daemon if
-the test process dies without a chance to do either.
+the test outcome and checks that no process of theirs remains; the daemons
+are started by the benchmark's launcher (``pigeonpush_bench.processes``,
+shared with the chaos suite and ``support.servers``), whose atexit hook
+SIGKILLs any group still alive if the test process exits first, and which asks
+the kernel to SIGKILL the daemon if the test process dies without a chance to
+do either.
 
 Exits are polled on the reactor's clock: nothing here blocks the reactor.
 
@@ -25,7 +27,6 @@ Exits are polled on the reactor's clock: nothing here blocks the reactor.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -37,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import ResponseFailed
 
+from pigeonpush_bench import processes
 from support.certs import ServerCertificate
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
@@ -68,30 +71,6 @@ def _endpoint(port: int, certificate: ServerCertificate | None) -> str:
     return f"tcp:{port}:{LOOPBACK}"
 
 
-# Process groups started here and not yet seen gone (for the atexit hook).
-_LIVE_GROUPS: set[int] = set()
-
-
-@atexit.register
-def _kill_leftover_groups() -> None:
-    for group in list(_LIVE_GROUPS):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-    _LIVE_GROUPS.clear()
-
-
-# Runs first, then becomes twistd (exec keeps the pid and the death signal):
-# the kernel SIGKILLs the daemon when the test process dies.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-PR_SET_PDEATHSIG = 1
-ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("the test process is gone already")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 def twistd_command() -> list[str]:
     """How to run twistd with the test's own interpreter."""
     twistd = Path(sys.executable).with_name("twistd")
@@ -112,17 +91,14 @@ def group_alive(group: int) -> bool:
 
 
 def _other_members(group: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == group:
+    for process in psutil.process_iter():
+        if process.pid == group:
             continue
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[-1].split()
-        except OSError:
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.Error, ProcessLookupError):
             continue
-        # fields: state, ppid, pgrp, ...
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
     return False
 
 
@@ -160,11 +136,8 @@ class Daemon:
 
     @property
     def command(self) -> list[str]:
+        """twistd's command line (the launcher runs it)."""
         return [
-            sys.executable,
-            "-c",
-            _LAUNCHER,
-            str(os.getpid()),
             *twistd_command(),
             "-n",
             "--pidfile=",
@@ -189,16 +162,7 @@ class Daemon:
         """Spawn it in a new session (its own process group); returns at once."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"{self.name} is running already")
-        with open(self.output_path, "ab") as output:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _LIVE_GROUPS.add(self.process.pid)
+        self.process = processes.popen(self.command, output=self.output_path, cwd=self.directory)
 
     @property
     def pid(self) -> int:
@@ -221,7 +185,14 @@ class Daemon:
         try:
             os.killpg(self.process.pid, signum)
         except ProcessLookupError:
-            return False
+            # In its first milliseconds the launcher may not have made its own
+            # group yet; it has forked nothing then.
+            if self.process.poll() is not None:
+                return False
+            try:
+                os.kill(self.process.pid, signum)
+            except ProcessLookupError:
+                return False
         return True
 
     def kill(self) -> None:
@@ -263,7 +234,7 @@ class Daemon:
             return True
         if self.process.poll() is None or group_alive(self.process.pid):
             return False
-        _LIVE_GROUPS.discard(self.process.pid)
+        processes.forget(self.process.pid)
         return True
 
     def log(self) -> str:

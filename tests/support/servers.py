@@ -1,10 +1,13 @@
 """Throwaway Redis and ZooKeeper servers for the test suite.
 
-The processes are run by mirakuru, which starts each one in its own process
-group, waits until its port answers and stops it by pid (SIGTERM, then SIGKILL)
-whatever the test outcome. kazoo's own testing harness is not used: it expects
-ZooKeeper's release tarball layout (Debian spreads the jars over
-/usr/share/java) and is built around unittest classes and fixed sleeps.
+The processes are started by the benchmark's launcher
+(``pigeonpush_bench.processes``, shared with the chaos suite and
+``support.cluster``): each in its own session, SIGKILLed by the kernel if the
+test process dies, waited for until its port answers and stopped by pid
+(SIGTERM to its group, then SIGKILL) whatever the test outcome. kazoo's own
+testing harness is not used: it expects ZooKeeper's release tarball layout
+(Debian spreads the jars over /usr/share/java) and is built around unittest
+classes and fixed sleeps.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
-from mirakuru import TCPExecutor
+import psutil
 
-from pigeonpush.bench import services as launch
+from pigeonpush_bench import processes
+from pigeonpush_bench import services as launch
 
 REDIS_BINARY = "redis-server"
 JAVA_BINARY = "java"
@@ -43,15 +47,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    # A zombie still has a pid; it is gone for every purpose here.
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for every purpose here.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -79,7 +78,8 @@ def tls_redis_server(
     """A redis-server that speaks only TLS (``--tls-port``), serving
     ``cert_file``; clients are not asked for certificates. Yields its port."""
     port = free_port()
-    executor = TCPExecutor(
+    output = directory / "redis-tls.out"
+    process = processes.popen(
         [
             _require(REDIS_BINARY, "redis-server"),
             "--port", "0",
@@ -94,16 +94,16 @@ def tls_redis_server(
             "--dir", str(directory),
             "--logfile", str(directory / "redis-tls.log"),
         ],
-        host="127.0.0.1",
-        port=port,
-        timeout=START_TIMEOUT,
-        stdout=subprocess.DEVNULL,
+        output=output,
     )  # fmt: skip
-    executor.start()
     try:
+        processes.wait_port(
+            process, "127.0.0.1", port, timeout=START_TIMEOUT, what="redis-server (TLS)",
+            output=directory / "redis-tls.log",
+        )  # fmt: skip
         yield port
     finally:
-        executor.stop()
+        processes.stop_popen(process)
 
 
 @attrs.define(slots=True)
@@ -113,7 +113,7 @@ class RedisServer:
     directory: Path
     host: str = "127.0.0.1"
     port: int = attrs.field(factory=free_port)
-    _executor: TCPExecutor | None = None
+    _process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -121,8 +121,8 @@ class RedisServer:
 
     @property
     def pid(self) -> int:
-        assert self._executor is not None and self._executor.process is not None
-        return int(self._executor.process.pid)
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     def start(self) -> None:
         binary = _require(REDIS_BINARY, "redis-server")
@@ -131,18 +131,23 @@ class RedisServer:
             *launch.redis_argv(binary, self.port, self.directory),
             *("--logfile", str(self.directory / "redis.log")),
         ]
-        self._executor = TCPExecutor(
-            command,
-            host=self.host,
-            port=self.port,
-            timeout=START_TIMEOUT,
-            stdout=subprocess.DEVNULL,
-        )
-        self._executor.start()
+        self._process = processes.popen(command, output=self.directory / "redis.out")
+        try:
+            processes.wait_port(
+                self._process,
+                self.host,
+                self.port,
+                timeout=START_TIMEOUT,
+                what="redis-server",
+                output=self.directory / "redis.log",
+            )
+        except processes.StartError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self._executor is not None:
-            self._executor.stop()
+        if self._process is not None:
+            processes.stop_popen(self._process)
 
     def restart(self) -> None:
         """Stop and start again on the same port (for reconnect tests)."""
@@ -170,7 +175,7 @@ class ZooKeeperServer:
     directory: Path
     host: str = "127.0.0.1"
     port: int = attrs.field(factory=free_port)
-    _executor: TCPExecutor | None = None
+    _process: subprocess.Popen[bytes] | None = None
 
     @property
     def hosts(self) -> str:
@@ -178,8 +183,8 @@ class ZooKeeperServer:
 
     @property
     def pid(self) -> int:
-        assert self._executor is not None and self._executor.process is not None
-        return int(self._executor.process.pid)
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     def start(self) -> None:
         java = _require(JAVA_BINARY, "default-jre-headless")
@@ -194,18 +199,21 @@ class ZooKeeperServer:
         config.write_text(launch.zookeeper_config(data, self.port))
         classpath = ":".join(jar for jar in ZOOKEEPER_JARS if os.path.exists(jar))
         command = launch.zookeeper_argv(java, classpath, self.directory, config)
-        self._executor = TCPExecutor(
-            command,
-            host=self.host,
-            port=self.port,
-            timeout=START_TIMEOUT,
-            stdout=open(self.directory / "zookeeper.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            # The JVM exits 128 + SIGTERM when stopped.
-            expected_returncode=143,
-        )
-        self._executor.start()
-        self._wait_ready()
+        log = self.directory / "zookeeper.log"
+        self._process = processes.popen(command, output=log)
+        try:
+            processes.wait_port(
+                self._process,
+                self.host,
+                self.port,
+                timeout=START_TIMEOUT,
+                what="ZooKeeper",
+                output=log,
+            )
+            self._wait_ready()
+        except (processes.StartError, RuntimeError):
+            self.stop()
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -220,5 +228,5 @@ class ZooKeeperServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._executor is not None:
-            self._executor.stop()
+        if self._process is not None:
+            processes.stop_popen(self._process)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import attrs
 
-from pigeonpush.bench import services as launch
+from pigeonpush_bench import processes
+from pigeonpush_bench import services as launch
 from support.servers import (
     JAVA_BINARY,
     ZOOKEEPER_JARS,
@@ -130,28 +131,17 @@ class EnsembleNode:
         argv = launch.zookeeper_argv(java, classpath, self.directory, config)
         main = argv.index("org.apache.zookeeper.server.ZooKeeperServerMain")
         argv[main] = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
-        with open(self.directory / "zookeeper.log", "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.process = processes.popen(argv, output=self.directory / "zookeeper.log")
 
     def kill(self) -> None:
         """Crash the node (SIGKILL) and reap it."""
         if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_TIMEOUT)
+            processes.stop_popen(self.process, STOP_TIMEOUT, signal.SIGKILL)
 
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            processes.stop_popen(self.process, STOP_TIMEOUT)
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.directory / "zookeeper.log"

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import react
 
-from pigeonpush.bench.processes import StartError
+from pigeonpush_bench.processes import StartError
 from pigeonpush_chaos.report import format_table
 from pigeonpush_chaos.run import Chaos, Options, RunTimeout
 from pigeonpush_chaos.schedule import DEFAULT_FAULTS, parse_faults

@@ -2,7 +2,7 @@
 2 pigeon-delivery, reglog and the notification API, on loopback.
 
 Process management, the launcher, ZooKeeper's command line and the readiness
-helpers come from the benchmark (``pigeonpush.bench``). What differs is that
+helpers come from the benchmark (``pigeonpush_bench``). What differs is that
 each daemon keeps its ports for life, so that it can be killed and started
 again where its clients and peers look for it: a push server comes back on
 the address its clients' routes name.
@@ -20,8 +20,9 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 
-from pigeonpush.bench import services
-from pigeonpush.bench.processes import (
+from pigeonpush.tokens import url_safe_token
+from pigeonpush_bench import services
+from pigeonpush_bench.processes import (
     ManagedProcess,
     ProcessSet,
     ask,
@@ -30,7 +31,6 @@ from pigeonpush.bench.processes import (
     port_open,
     wait_until,
 )
-from pigeonpush.tokens import url_safe_token
 
 HOST = services.HOST
 START_TIMEOUT = 60.0

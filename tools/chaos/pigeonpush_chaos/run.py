@@ -15,7 +15,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall, deferLater
 
-from pigeonpush.bench.processes import ManagedProcess, ProcessSet, StartError, wait_until
+from pigeonpush_bench.processes import ManagedProcess, ProcessSet, StartError, wait_until
 from pigeonpush_chaos import logscan
 from pigeonpush_chaos.cluster import Cluster, Daemon
 from pigeonpush_chaos.cluster import Settings as ClusterSettings

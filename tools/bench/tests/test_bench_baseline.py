@@ -12,11 +12,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from pigeonpush.bench import services
-from pigeonpush.bench.baseline import PONG_FRAME, Control, FramingServer, Hub, command
-from pigeonpush.bench.control import start_loadgen
-from pigeonpush.bench.processes import ProcessSet
 from pigeonpush.wire.frames import FrameType
+from pigeonpush_bench import services
+from pigeonpush_bench.baseline import PONG_FRAME, Control, FramingServer, Hub, command
+from pigeonpush_bench.control import start_loadgen
+from pigeonpush_bench.processes import ProcessSet
 from support.waiting import wait_for
 
 

@@ -1,6 +1,6 @@
 """The bare Twisted baseline: a server that does framing and nothing else.
 
-``python -m pigeonpush.bench.baseline --listen ENDPOINT --control ENDPOINT``
+``python -m pigeonpush_bench.baseline --listen ENDPOINT --control ENDPOINT``
 
 Clients speak Int32-prefixed frames as on the pigeon wire, but nothing is
 decoded, authenticated or stored: a frame whose first byte is PING is answered
@@ -208,7 +208,7 @@ async def command(reactor: Any, host: str, port: int, line: str, timeout: float 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pigeonpush.bench.baseline",
+        prog="python -m pigeonpush_bench.baseline",
         description="A bare Twisted Int32 framing server (the benchmark's baseline).",
     )
     parser.add_argument("--listen", default="tcp:7300", help="client endpoint (default tcp:7300)")

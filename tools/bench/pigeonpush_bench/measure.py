@@ -1,9 +1,9 @@
-"""What a process costs, read from /proc, and what the machine is.
+"""What a process costs, read with psutil, and what the machine is.
 
-RSS is ``VmRSS`` of /proc/<pid>/status; CPU is ``utime + stime`` of
-/proc/<pid>/stat in seconds. Both are procfs reads (kernel memory, no disk), so
-reading them on the reactor thread is cheap enough; a window of CPU use is two
-readings and the wall time between them.
+RSS is psutil's ``memory_info().rss``; CPU is ``user + system`` of its
+``cpu_times()`` in seconds. On Linux both are procfs reads (kernel memory, no
+disk), so reading them on the reactor thread is cheap enough; a window of CPU
+use is two readings and the wall time between them.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import resource
 from collections.abc import Mapping, Sequence
 
 import attrs
+import psutil
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from pigeonpush.bench import FD_LIMIT, MAX_CONNECTIONS_PER_PROCESS
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from pigeonpush_bench import FD_LIMIT, MAX_CONNECTIONS_PER_PROCESS
 
 
 class ProcessGone(RuntimeError):
@@ -29,25 +28,21 @@ class ProcessGone(RuntimeError):
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` in bytes."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            raise ProcessGone(f"process {pid} has exited (a zombie)")
+        return int(process.memory_info().rss)
+    except psutil.NoSuchProcess:
         raise ProcessGone(f"process {pid} has exited") from None
-    raise ProcessGone(f"process {pid} has no VmRSS (a zombie)")
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time ``pid`` has used, in seconds."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
         raise ProcessGone(f"process {pid} has exited") from None
-    # Fields after the command name start at field 3 (state); utime and stime
-    # are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return float(times.user + times.system)
 
 
 @attrs.frozen(slots=True)
@@ -108,15 +103,8 @@ def connections_per_process() -> int:
 
 def machine() -> dict[str, object]:
     """The facts a figure needs beside it to mean anything."""
-    memory = 0
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) * 1024
-                    break
-    except FileNotFoundError:
-        memory = 0
+    memory = psutil.virtual_memory().total
+    # psutil has no CPU model name; /proc/cpuinfo has it on Linux.
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:

@@ -1,6 +1,6 @@
 """The benchmark's side of a load generator process (see ``loadgen``).
 
-``start_loadgen`` spawns ``python -m pigeonpush.bench.loadgen`` through the
+``start_loadgen`` spawns ``python -m pigeonpush_bench.loadgen`` through the
 run's ProcessSet and returns a ``LoadGenerator`` whose ``call`` sends one
 command and fires with its result, or fails with ``LoadGenError`` (the
 generator's error message) or ``LoadGenDied`` (with the tail of its log).
@@ -19,7 +19,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.bench.processes import ManagedProcess, ProcessSet
+from pigeonpush_bench.processes import ManagedProcess, ProcessSet
 
 log = Logger()
 
@@ -119,7 +119,7 @@ async def start_loadgen(
 ) -> LoadGenerator:
     generator = LoadGenerator(name, on_progress)
     generator.process = processes.spawn(
-        name, [sys.executable, "-m", "pigeonpush.bench.loadgen"], protocol=generator
+        name, [sys.executable, "-m", "pigeonpush_bench.loadgen"], protocol=generator
     )
     generator.started.addTimeout(START_TIMEOUT, clock)
     await generator.started

@@ -19,7 +19,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
 
-from pigeonpush.bench.processes import (
+from pigeonpush_bench.processes import (
     ManagedProcess,
     ProcessSet,
     StartError,
@@ -276,7 +276,7 @@ async def start_baseline(processes: ProcessSet, reactor: Any, name: str = "basel
         [
             sys.executable,
             "-m",
-            "pigeonpush.bench.baseline",
+            "pigeonpush_bench.baseline",
             "--listen",
             listen_endpoint(port),
             "--control",

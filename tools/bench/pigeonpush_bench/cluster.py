@@ -18,15 +18,15 @@ from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
-from pigeonpush.bench import services
-from pigeonpush.bench.control import LoadGenerator, start_loadgen
-from pigeonpush.bench.histogram import LatencyHistogram
-from pigeonpush.bench.loadgen import http_client
-from pigeonpush.bench.measure import connections_per_process
-from pigeonpush.bench.processes import ManagedProcess, ProcessSet, gather, wait_until
-from pigeonpush.bench.report import Progress
-from pigeonpush.bench.sources import source_address
 from pigeonpush.tokens import url_safe_token
+from pigeonpush_bench import services
+from pigeonpush_bench.control import LoadGenerator, start_loadgen
+from pigeonpush_bench.histogram import LatencyHistogram
+from pigeonpush_bench.loadgen import http_client
+from pigeonpush_bench.measure import connections_per_process
+from pigeonpush_bench.processes import ManagedProcess, ProcessSet, gather, wait_until
+from pigeonpush_bench.report import Progress
+from pigeonpush_bench.sources import source_address
 
 
 class RunTimeout(RuntimeError):

@@ -1,6 +1,6 @@
 """Exec wrapper for every process the benchmark starts.
 
-``python -m pigeonpush.bench.launch PARENT_PID COMMAND [ARG...]`` makes the
+``python -m pigeonpush_bench.launch PARENT_PID COMMAND [ARG...]`` makes the
 process the leader of a new session (so a signal to its group reaches all it
 forks, and a Ctrl-C on the terminal reaches only the benchmark, which then
 stops its children in order), asks the kernel to SIGKILL it when the
@@ -31,7 +31,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or not argv[0].isdigit():
-        sys.stderr.write("usage: python -m pigeonpush.bench.launch PARENT_PID COMMAND [ARG...]\n")
+        sys.stderr.write("usage: python -m pigeonpush_bench.launch PARENT_PID COMMAND [ARG...]\n")
         sys.exit(2)
     parent = int(argv[0])
     os.setsid()

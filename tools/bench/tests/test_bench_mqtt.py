@@ -11,9 +11,9 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pigeonpush.bench import mqtt, services
-from pigeonpush.bench.control import start_loadgen
-from pigeonpush.bench.processes import ProcessSet
+from pigeonpush_bench import mqtt, services
+from pigeonpush_bench.control import start_loadgen
+from pigeonpush_bench.processes import ProcessSet
 from support.waiting import wait_for
 
 

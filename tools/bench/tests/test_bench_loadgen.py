@@ -12,25 +12,6 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from pigeonpush.bench import mqtt
-from pigeonpush.bench.clients import (
-    FRAME_ACK,
-    FramingClient,
-    HeartbeatWheel,
-    MqttClient,
-    PigeonClient,
-)
-from pigeonpush.bench.cluster import Stats, split
-from pigeonpush.bench.histogram import LatencyHistogram
-from pigeonpush.bench.loadgen import (
-    Controller,
-    Fleet,
-    Pacer,
-    Recorder,
-    payload_text,
-    sent_time,
-)
-from pigeonpush.bench.processes import free_port
 from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.wire.codec import ENCODED_PING, decode, encode
 from pigeonpush.wire.frames import (
@@ -44,6 +25,25 @@ from pigeonpush.wire.frames import (
     KickReason,
     Push,
 )
+from pigeonpush_bench import mqtt
+from pigeonpush_bench.clients import (
+    FRAME_ACK,
+    FramingClient,
+    HeartbeatWheel,
+    MqttClient,
+    PigeonClient,
+)
+from pigeonpush_bench.cluster import Stats, split
+from pigeonpush_bench.histogram import LatencyHistogram
+from pigeonpush_bench.loadgen import (
+    Controller,
+    Fleet,
+    Pacer,
+    Recorder,
+    payload_text,
+    sent_time,
+)
+from pigeonpush_bench.processes import free_port
 
 
 class TcpTransport(StringTransport):

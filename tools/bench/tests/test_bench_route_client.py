@@ -12,8 +12,8 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from pigeonpush.bench.processes import free_port
-from pigeonpush.bench.route_client import RouteClient, RouteFailed
+from pigeonpush_bench.processes import free_port
+from pigeonpush_bench.route_client import RouteClient, RouteFailed
 
 OK_BODY = b'{"token":"t-1","server":"127.0.0.1:7000"}'
 

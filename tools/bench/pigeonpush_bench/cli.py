@@ -1,4 +1,4 @@
-"""``pigeonpush bench SCENARIO``: measure the push service against its baselines.
+"""``pigeonpush-bench SCENARIO``: measure the push service against its baselines.
 
 The run starts everything it measures as processes on loopback (Redis,
 ZooKeeper, the pigeon daemons, a bare Twisted framing server, Mosquitto, the
@@ -19,17 +19,19 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 
-from pigeonpush.bench.cluster import Run, RunTimeout, Settings
-from pigeonpush.bench.control import LoadGenDied, LoadGenError
-from pigeonpush.bench.measure import connections_per_process, machine
-from pigeonpush.bench.processes import Interrupted, ProcessSet, StartError
-from pigeonpush.bench.report import Progress, Report, format_json, format_table
-from pigeonpush.bench.scenarios import (
+from pigeonpush_bench import __version__
+from pigeonpush_bench.cluster import Run, RunTimeout, Settings
+from pigeonpush_bench.control import LoadGenDied, LoadGenError
+from pigeonpush_bench.measure import connections_per_process, machine
+from pigeonpush_bench.processes import Interrupted, ProcessSet, StartError
+from pigeonpush_bench.report import Progress, Report, format_json, format_table
+from pigeonpush_bench.scenarios import (
     BASELINES,
     backlog,
     connections,
@@ -162,6 +164,20 @@ def _message_options(sub: argparse.ArgumentParser) -> None:
         help="batch requests in flight; Mosquitto's publisher gets batch x this "
         "many un-ACKed PUBLISHes (default 4)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``pigeonpush-bench``'s parser: one subcommand per scenario."""
+    parser = argparse.ArgumentParser(prog="pigeonpush-bench")
+    parser.add_argument("--version", action="version", version=f"pigeonpush-bench {__version__}")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``pigeonpush-bench`` console script."""
+    args = build_parser().parse_args(argv)
+    return run(args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -302,9 +318,8 @@ def batch_size(args: argparse.Namespace) -> int:
 
 
 def _bench_argv() -> list[str]:
-    """This run's words after ``bench`` (for the report's command line)."""
-    argv = sys.argv[1:]
-    return argv[argv.index("bench") + 1 :] if "bench" in argv else argv
+    """This run's words (for the report's command line)."""
+    return sys.argv[1:]
 
 
 async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Report:
@@ -319,7 +334,7 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
     )
     processes = ProcessSet(reactor, directory)
     run = Run(reactor, processes, progress, settings)
-    command = "pigeonpush bench " + " ".join(shlex.quote(word) for word in _bench_argv())
+    command = "pigeonpush-bench " + " ".join(shlex.quote(word) for word in _bench_argv())
     try:
         if args.scenario == "connections":
             report = await connections(
@@ -389,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
 
     problem = check(args)
     if problem is not None:
-        print(f"pigeonpush bench: {problem}", file=sys.stderr)
+        print(f"pigeonpush-bench: {problem}", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="pigeonpush-bench-"))
     outcome: list[int] = []
@@ -398,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = await bench(reactor, args, directory)
         except (StartError, RunTimeout, LoadGenDied, LoadGenError, Interrupted) as e:
-            print(f"pigeonpush bench: {e}", file=sys.stderr)
+            print(f"pigeonpush-bench: {e}", file=sys.stderr)
             outcome.append(1)
             return
         sys.stdout.write(format_json(report) if args.json else format_table(report))
@@ -412,11 +427,11 @@ def run(args: argparse.Namespace) -> int:
     if not outcome:
         # The reactor stopped before the run ended (Ctrl-C, SIGTERM while waiting).
         print(
-            "pigeonpush bench: interrupted; every process it started was stopped", file=sys.stderr
+            "pigeonpush-bench: interrupted; every process it started was stopped", file=sys.stderr
         )
     code = outcome[0] if outcome else 1
     if code == 0 and not args.keep:
         shutil.rmtree(directory, ignore_errors=True)
     else:
-        print(f"pigeonpush bench: logs and configs in {directory}", file=sys.stderr)
+        print(f"pigeonpush-bench: logs and configs in {directory}", file=sys.stderr)
     return code

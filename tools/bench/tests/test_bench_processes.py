@@ -14,13 +14,17 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from pigeonpush.bench import services
-from pigeonpush.bench.processes import (
+from pigeonpush_bench import services
+from pigeonpush_bench.processes import (
     ManagedProcess,
     ProcessSet,
     StartError,
+    free_port,
     marked_pids,
+    popen,
     port_open,
+    stop_popen,
+    wait_port,
     wait_until,
 )
 from support.servers import pid_alive
@@ -140,7 +144,7 @@ def test_a_child_dies_with_the_benchmark() -> None:
             sys.executable,
             "-c",
             "import os, subprocess, sys, time\n"
-            "child = subprocess.Popen([sys.executable, '-m', 'pigeonpush.bench.launch',"
+            "child = subprocess.Popen([sys.executable, '-m', 'pigeonpush_bench.launch',"
             " str(os.getpid()), 'sleep', '60'])\n"
             "print(child.pid, flush=True)\n"
             "time.sleep(60)\n",
@@ -170,10 +174,10 @@ def test_a_child_dies_with_the_benchmark() -> None:
 
 def test_the_launcher_explains_its_usage() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pigeonpush.bench.launch"], capture_output=True, text=True
+        [sys.executable, "-m", "pigeonpush_bench.launch"], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert "usage: python -m pigeonpush.bench.launch PARENT_PID COMMAND" in result.stderr
+    assert "usage: python -m pigeonpush_bench.launch PARENT_PID COMMAND" in result.stderr
 
 
 @pytest_twisted.ensureDeferred
@@ -223,3 +227,54 @@ def test_a_missing_program_names_its_package(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(services.MissingProgram, match="apt-get install -y mosquitto"):
         services.require("mosquitto", "mosquitto")
+
+
+# --- outside the reactor (the test suite's session fixtures) -------------------------
+
+_LISTENER = (
+    "import socket, subprocess, sys, time\n"
+    "grandchild = subprocess.Popen(['sleep', '60'])\n"
+    "print(grandchild.pid, flush=True)\n"
+    "server = socket.socket()\n"
+    "server.bind(('127.0.0.1', int(sys.argv[1])))\n"
+    "server.listen()\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_popen_waits_for_the_port_and_stops_the_whole_group(tmp_path: Path) -> None:
+    port = free_port()
+    output = tmp_path / "listener.out"
+    child = popen([sys.executable, "-c", _LISTENER, str(port)], output=output, cwd=tmp_path)
+    try:
+        wait_port(child, "127.0.0.1", port, timeout=30, what="the listener", output=output)
+        assert os.getpgid(child.pid) == child.pid
+        grandchild = int(output.read_text().split()[0])
+        assert os.getpgid(grandchild) == child.pid
+    finally:
+        code = stop_popen(child, timeout=10)
+    assert code == -signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild):
+        assert time.monotonic() < deadline, "the grandchild outlived the stop"
+        time.sleep(0.02)
+    # Stopped before: the status again, and no signal to a pid that may be reused.
+    assert stop_popen(child) == -signal.SIGTERM
+
+
+def test_wait_port_quotes_the_output_of_a_child_that_exits(tmp_path: Path) -> None:
+    output = tmp_path / "failing.out"
+    child = popen([sys.executable, "-c", "import sys; sys.exit('cannot bind port')"], output=output)
+    with pytest.raises(StartError, match="the server exited with 1 before listening") as caught:
+        wait_port(child, "127.0.0.1", free_port(), timeout=30, what="the server", output=output)
+    assert "cannot bind port" in str(caught.value)
+    assert stop_popen(child) == 1
+
+
+def test_wait_port_gives_up_at_the_bound(tmp_path: Path) -> None:
+    child = popen(["sleep", "60"], output=tmp_path / "sleep.out")
+    try:
+        with pytest.raises(StartError, match=r"did not listen on 127\.0\.0\.1:\d+ within 0\.3s"):
+            wait_port(child, "127.0.0.1", free_port(), timeout=0.3, what="sleep")
+    finally:
+        assert stop_popen(child) == -signal.SIGTERM

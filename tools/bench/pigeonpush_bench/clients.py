@@ -18,7 +18,6 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from pigeonpush.bench import mqtt
 from pigeonpush.ids import timestamp_ms
 from pigeonpush.wire.codec import ENCODED_PING, encode, encode_ack
 from pigeonpush.wire.frames import (
@@ -33,6 +32,7 @@ from pigeonpush.wire.frames import (
     Push,
 )
 from pigeonpush.wire.protocol import FrameProtocol
+from pigeonpush_bench import mqtt
 
 #: Frame payloads (after the length prefix) of the bare framing baseline.
 FRAME_PING = bytes((FrameType.PING,))

@@ -1,4 +1,4 @@
-"""``pigeonpush bench``: its options, its checks, what it measures with, and
+"""``pigeonpush-bench``: its options, its checks, what it measures with, and
 one small end-to-end run against the real daemons and baselines."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from pigeonpush.bench.measure import (
+from pigeonpush_bench.cli import batch_size, build_parser, check
+from pigeonpush_bench.measure import (
     ProcessGone,
     connections_per_process,
     cpu_seconds,
@@ -27,13 +28,11 @@ from pigeonpush.bench.measure import (
     sample,
     usage_between,
 )
-from pigeonpush.bench.processes import marked_pids
-from pigeonpush.cli import build_parser
-from pigeonpush.cli.bench import batch_size, check
+from pigeonpush_bench.processes import marked_pids
 
 
 def _parse(*words: str) -> argparse.Namespace:
-    return build_parser().parse_args(["bench", *words])
+    return build_parser().parse_args(words)
 
 
 def test_defaults_of_each_scenario() -> None:
@@ -95,7 +94,7 @@ def test_help_states_the_machine_limit(capsys: pytest.CaptureFixture[str]) -> No
         assert scenario in out
 
 
-def test_process_figures_come_from_proc() -> None:
+def test_process_figures_match_proc() -> None:
     me = os.getpid()
     status = Path(f"/proc/{me}/status").read_text()
     vmrss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
@@ -135,8 +134,7 @@ def test_a_small_connections_run_end_to_end() -> None:
         [
             sys.executable,
             "-m",
-            "pigeonpush.cli",
-            "bench",
+            "pigeonpush_bench",
             "connections",
             "--n",
             "20",
@@ -173,7 +171,7 @@ def _check_small_run(result: subprocess.CompletedProcess[str], directory: Path) 
     assert set(metrics["rss_per_connection"]["ratios"]) == {"twisted", "mosquitto"}
     assert metrics["heartbeats"]["values"]["pigeonpush"] > 0
     assert report["parameters"]["n"] == 20
-    assert report["command"].startswith("pigeonpush bench connections --n 20")
+    assert report["command"].startswith("pigeonpush-bench connections --n 20")
     logs = {path.name for path in directory.glob("*.log")}
     assert {"bench-server-0.log", "reglog.log", "delivery.log", "mosquitto-0.log"} <= logs
     assert marked_pids(directory) == []
@@ -187,8 +185,7 @@ def test_a_small_push_run_end_to_end() -> None:
         [
             sys.executable,
             "-m",
-            "pigeonpush.cli",
-            "bench",
+            "pigeonpush_bench",
             "push",
             "--clients",
             "10",
@@ -219,8 +216,7 @@ def test_an_interrupted_run_stops_everything_it_started() -> None:
         [
             sys.executable,
             "-m",
-            "pigeonpush.cli",
-            "bench",
+            "pigeonpush_bench",
             "connections",
             "--n",
             "10",

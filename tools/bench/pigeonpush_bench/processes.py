@@ -1,25 +1,34 @@
-"""Start, watch and stop the processes of one benchmark run.
+"""Start, watch and stop processes: the one launcher of the benchmark, the
+chaos suite and the test suite's fixtures.
 
-Every child runs through ``pigeonpush.bench.launch``: its own session and
-process group, and a SIGKILL from the kernel if the benchmark itself dies. A
-``ProcessSet`` owns the children of one run and stops them all (SIGTERM to each
-group, then SIGKILL after a bound) whatever happens: its caller's
-try/finally, a reactor shutdown (Ctrl-C, SIGTERM) and, as the last resort, an
-atexit hook that SIGKILLs any group still registered.
+Every child runs through ``pigeonpush_bench.launch``: its own session and
+process group, and a SIGKILL from the kernel if its parent dies. A
+``ProcessSet`` owns the children of one run on the reactor and stops them all
+(SIGTERM to each group, then SIGKILL after a bound) whatever happens: its
+caller's try/finally, a reactor shutdown (Ctrl-C, SIGTERM) and, as the last
+resort, an atexit hook that SIGKILLs any group still registered.
+
+Code that runs outside the reactor (session fixtures, scripts) starts a child
+with ``popen`` (the same launcher, the same atexit hook), waits for it with
+``wait_port`` and stops it with ``stop_popen``.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
@@ -65,16 +74,13 @@ RUN_MARKER = "PIGEONPUSH_BENCH_RUN"
 
 def marked_pids(directory: Path) -> list[int]:
     """Live processes whose environment marks them as started for ``directory``."""
-    needle = f"{RUN_MARKER}={directory}".encode() + b"\0"
+    wanted = str(directory)
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for process in psutil.process_iter():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if needle in environ.read() + b"\0":
-                    found.append(int(entry))
-        except OSError:
+            if process.environ().get(RUN_MARKER) == wanted:
+                found.append(process.pid)
+        except (psutil.Error, OSError):
             continue  # gone meanwhile, or not ours to read
     return found
 
@@ -107,6 +113,102 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def launched(argv: Sequence[str]) -> list[str]:
+    """``argv`` run through the launcher: its own session, SIGKILLed when this
+    process dies."""
+    return [sys.executable, "-m", "pigeonpush_bench.launch", str(os.getpid()), *argv]
+
+
+# --- outside the reactor ------------------------------------------------------------
+
+
+def popen(
+    argv: Sequence[str],
+    *,
+    output: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` through the launcher without a reactor; stdout and stderr
+    are appended to ``output``. Its group is SIGKILLed at exit if still there."""
+    _arm_atexit()
+    with open(output, "ab") as log_file:
+        process = subprocess.Popen(
+            launched(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    _LIVE_GROUPS.add(process.pid)
+    return process
+
+
+def forget(pid: int) -> None:
+    """The group ``pid`` leads is gone: the atexit hook can leave it alone."""
+    _LIVE_GROUPS.discard(pid)
+
+
+def stop_popen(
+    process: subprocess.Popen[bytes], timeout: float = 10.0, signum: int = signal.SIGTERM
+) -> int:
+    """Signal the child's group, wait up to ``timeout``, then SIGKILL; its exit
+    status. Blocks: for code outside the reactor only."""
+    if process.returncode is not None:
+        return process.returncode  # stopped and reaped before: its pid may be reused
+    code = process.poll()
+    if code is None:
+        if not _signal_group(process.pid, signum):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            code = process.wait(timeout)
+    # Anything the leader left behind in its group goes too.
+    _signal_group(process.pid, signal.SIGKILL)
+    forget(process.pid)
+    return code
+
+
+def wait_port(
+    process: subprocess.Popen[bytes],
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    what: str,
+    output: Path | None = None,
+) -> None:
+    """Block until ``host:port`` accepts a connection; StartError (quoting the
+    end of ``output``) if the child exits first or ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise StartError(f"{what} exited with {code} before listening{_tail(output)}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise StartError(f"{what} did not listen on {host}:{port} within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def _tail(output: Path | None, lines: int = 15) -> str:
+    if output is None:
+        return ""
+    try:
+        text = output.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return f"; {output} ends with:\n" + "\n".join(text.splitlines()[-lines:])
 
 
 class _ExitWatcher(ProcessProtocol):
@@ -205,7 +307,7 @@ class ProcessSet:
         log_path = self.directory / f"{name}.log"
         watcher = _ExitWatcher()
         handler: ProcessProtocol = watcher if protocol is None else _Chained(protocol, watcher)
-        command = [sys.executable, "-m", "pigeonpush.bench.launch", str(os.getpid()), *argv]
+        command = launched(argv)
         environment = dict(os.environ if env is None else env)
         # Marks every process of the run, so that one left behind can be found.
         environment[RUN_MARKER] = str(self.directory)

@@ -9,9 +9,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from pigeonpush.bench.cluster import RedisProbe, Run, RunTimeout, Settings
-from pigeonpush.bench.processes import ProcessSet
-from pigeonpush.bench.report import Progress
+from pigeonpush_bench.cluster import RedisProbe, Run, RunTimeout, Settings
+from pigeonpush_bench.processes import ProcessSet
+from pigeonpush_bench.report import Progress
 from support.servers import RedisServer
 
 

@@ -12,8 +12,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
-from pigeonpush.bench.cluster import connect_jobs
-from pigeonpush.bench.sources import IP_BIND_ADDRESS_NO_PORT, PortLateReactor, source_address
+from pigeonpush_bench.cluster import connect_jobs
+from pigeonpush_bench.sources import IP_BIND_ADDRESS_NO_PORT, PortLateReactor, source_address
 
 
 def _reactor() -> Any:

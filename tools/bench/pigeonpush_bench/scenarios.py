@@ -1,4 +1,4 @@
-"""What each ``pigeonpush bench SCENARIO`` does, phase by phase.
+"""What each ``pigeonpush-bench SCENARIO`` does, phase by phase.
 
 Every scenario measures the pigeon system first and then, in the same run,
 with the same load generator code on the same machine, the baselines the
@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from pigeonpush.bench import services
-from pigeonpush.bench.baseline import command as control
-from pigeonpush.bench.cluster import (
+from pigeonpush_bench import services
+from pigeonpush_bench.baseline import command as control
+from pigeonpush_bench.cluster import (
     Generators,
     PigeonCluster,
     RedisProbe,
@@ -25,7 +25,7 @@ from pigeonpush.bench.cluster import (
     Stats,
     start_pigeon,
 )
-from pigeonpush.bench.measure import (
+from pigeonpush_bench.measure import (
     ProcessGone,
     connections_per_process,
     cpu_seconds,
@@ -33,7 +33,7 @@ from pigeonpush.bench.measure import (
     rss_bytes,
     total_rss,
 )
-from pigeonpush.bench.report import SUBJECT, Report, Target
+from pigeonpush_bench.report import SUBJECT, Report, Target
 
 TWISTED = "twisted"
 MOSQUITTO = "mosquitto"

@@ -1,4 +1,4 @@
-"""The load generator: ``python -m pigeonpush.bench.loadgen``.
+"""The load generator: ``python -m pigeonpush_bench.loadgen``.
 
 The benchmark starts one or more of these and drives each over its stdin and
 stdout, one JSON object per line. A command is ``{"id": N, "cmd": NAME, ...}``
@@ -14,7 +14,7 @@ Commands:
     ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
     and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
     address to connect from, bound without a port: see
-    ``pigeonpush.bench.sources``),
+    ``pigeonpush_bench.sources``),
     ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
     ``reconnect`` (come back after a loss, through reglog again). Answers once
     every client is ready or has failed its attempts.
@@ -60,8 +60,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from pigeonpush.bench import mqtt
-from pigeonpush.bench.clients import (
+from pigeonpush.services import raise_young_threshold
+from pigeonpush_bench import mqtt
+from pigeonpush_bench.clients import (
     BenchClient,
     FramingClient,
     HeartbeatWheel,
@@ -69,11 +70,10 @@ from pigeonpush.bench.clients import (
     PigeonClient,
     mqtt_topic,
 )
-from pigeonpush.bench.histogram import LatencyHistogram
-from pigeonpush.bench.measure import cpu_seconds
-from pigeonpush.bench.route_client import RouteClient, RouteFailed
-from pigeonpush.bench.sources import PortLateReactor
-from pigeonpush.services import raise_young_threshold
+from pigeonpush_bench.histogram import LatencyHistogram
+from pigeonpush_bench.measure import cpu_seconds
+from pigeonpush_bench.route_client import RouteClient, RouteFailed
+from pigeonpush_bench.sources import PortLateReactor
 
 log = Logger()
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from pigeonpush.bench.histogram import LatencyHistogram, bucket_ceiling, bucket_floor
-from pigeonpush.bench.report import (
+from pigeonpush_bench.histogram import LatencyHistogram, bucket_ceiling, bucket_floor
+from pigeonpush_bench.report import (
     Progress,
     Report,
     Target,
@@ -98,7 +98,7 @@ def _report() -> Report:
         title="connections: 2,000 clients",
         parameters={"n": 2000},
         systems=["pigeonpush", "twisted", "mosquitto"],
-        command="pigeonpush bench connections --n 2000",
+        command="pigeonpush-bench connections --n 2000",
         machine={"cpus": 2, "memory_gib": 23.4, "fd_limit": 20000},
     )
     report.add(
@@ -134,7 +134,7 @@ def test_the_table_shows_values_ratios_and_targets() -> None:
     assert "  [met] RSS at most 2x bare Twisted (2.00x)" in lines
     assert "  [not measured] 75,000 connections" in lines
     assert "note: handshake: TCP only for bare Twisted" in lines
-    assert "command: pigeonpush bench connections --n 2000" in lines
+    assert "command: pigeonpush-bench connections --n 2000" in lines
 
 
 def test_the_json_document_carries_values_ratios_and_targets() -> None:
