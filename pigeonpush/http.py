@@ -10,8 +10,9 @@ Building blocks, each usable on its own:
     file. Hostile clients are bounded (see ``BoundedChannel``): a request must
     arrive whole within ``request_timeout`` seconds (else 408 and close), at
     most ``max_connections`` connections are open at once (more are closed as
-    they are accepted), and a client that does not read its answers is not
-    read from either.
+    they are accepted, or, on a port the site was told of with
+    ``listening_on``, wait in the listen backlog), and a client that does not
+    read its answers is not read from either.
 ``JsonResource({b"POST": handler, ...})``
     A leaf that maps HTTP methods to ``async`` handlers. A handler takes the
     request and returns a ``JsonResponse``; raising ``ApiError`` gives the
@@ -293,9 +294,13 @@ class JsonSite(Site):
             raise ValueError("max_connections must be at least 1")
         self.request_timeout = request_timeout
         self.max_connections = max_connections
-        #: Connections open now, and those closed at once over the cap.
+        #: Connections open now, those closed at once over the cap (no port
+        #: to pause), and how often accepting was paused at the cap.
         self.connections = 0
         self.refused = 0
+        self.paused = 0
+        self._ports: list[object] = []
+        self._accepting = True
 
         def make_request(*args: Any, **kwargs: Any) -> LimitedRequest:
             return LimitedRequest(*args, max_body=max_body, **kwargs)
@@ -309,8 +314,21 @@ class JsonSite(Site):
         self.max_body = max_body
         self._access_log = access_log is not None
 
+    def listening_on(self, port: object) -> None:
+        """The port this site accepts on. At the cap it stops accepting: the
+        next connections wait in the kernel's listen backlog, as a reconnect
+        storm's route lookups should, instead of being reset; below the cap it
+        accepts again."""
+        self._ports.append(port)
+        if not self._accepting:
+            _switch(port, accepting=False)
+
     def buildProtocol(self, addr: IAddress) -> BoundedChannel | None:  # type: ignore[override]
-        if self.connections >= self.max_connections:
+        # With its port paused at the cap, the only connections over it are
+        # those of the accept burst in hand (Twisted's port accepts a batch
+        # per read): served, since they already cost a file descriptor and
+        # each has the request deadline. Without a port to pause, refuse.
+        if self.connections >= self.max_connections and not self._ports:
             # None: the listening port closes the new socket at once.
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
@@ -324,16 +342,38 @@ class JsonSite(Site):
         channel: BoundedChannel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         self.connections += 1
+        if self.connections >= self.max_connections:
+            self._accept(False)
         return channel
 
     def connection_closed(self) -> None:
         self.connections -= 1
+        if self.connections < self.max_connections:
+            self._accept(True)
+
+    def _accept(self, accepting: bool) -> None:
+        if accepting == self._accepting:
+            return
+        self._accepting = accepting
+        if not accepting:
+            self.paused += 1
+        for port in self._ports:
+            _switch(port, accepting)
 
     def log(self, request: Any) -> None:
         # Twisted's default writes one line per request to the global log: on
         # a busy API that is noise on the hot path; a file is written on demand.
         if self._access_log:
             super().log(request)
+
+
+def _switch(port: object, accepting: bool) -> None:
+    """Start or stop accepting on ``port``: a listening port is a file
+    descriptor the reactor reads to accept (one that stopped listening is left
+    alone)."""
+    switch = getattr(port, "startReading" if accepting else "stopReading", None)
+    if switch is not None and getattr(port, "connected", True):
+        switch()
 
 
 def _is_json_type(content_type: bytes) -> bool:

@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
 log = Logger()
@@ -40,9 +40,24 @@ def listen_or_fail(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -
     """A listener whose port, if it cannot be bound, fails the start (and,
     under ``Daemon``, ends the process with one line) instead of being logged
     while the process runs on without it."""
-    service = StreamServerEndpointService(endpoint, factory)
+    service = _Listener(endpoint, factory)
     service._raiseSynchronously = True
     return service
+
+
+class _Listener(StreamServerEndpointService):
+    """Tells a factory that wants it (``listening_on``) which port it got."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        tell = getattr(self.factory, "listening_on", None)
+        if tell is not None and self._waitingForPort is not None:
+            self._waitingForPort.addCallback(_told, tell)
+
+
+def _told(port: IListeningPort, tell: Callable[[IListeningPort], object]) -> IListeningPort:
+    tell(port)
+    return port
 
 
 class Daemon(StopInOrder):

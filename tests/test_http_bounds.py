@@ -27,6 +27,7 @@ from pigeonpush.http import (
     JsonTree,
 )
 from pigeonpush.metrics import MetricsResource
+from pigeonpush.services import listen_or_fail
 from support.waiting import wait_for
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -161,6 +162,46 @@ def test_connections_over_the_cap_are_refused_until_one_closes() -> None:
     first.connectionLost(Failure(ConnectionError()))
     assert site.connections == 1
     assert site.buildProtocol(ADDRESS) is not None
+
+
+class _Port:
+    """Stands for a listening port: whether the reactor reads (accepts) on it."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+def test_at_the_cap_a_known_port_stops_accepting_until_one_closes() -> None:
+    site = JsonSite(tree(Counter()), reactor=MemoryReactorClock(), max_connections=2)
+    port = _Port()
+    site.listening_on(port)
+    first, _ = connect(site)
+    assert port.reading
+    connect(site)
+    assert not port.reading and site.paused == 1  # the next ones wait in the backlog
+    # One more of the accept burst in hand is served, not reset.
+    third, _ = connect(site)
+    assert (site.connections, site.refused) == (3, 0)
+    first.connectionLost(Failure(ConnectionError()))
+    assert not port.reading  # still at the cap
+    third.connectionLost(Failure(ConnectionError()))
+    assert port.reading and site.connections == 1
+
+
+def test_a_port_told_at_the_cap_stops_accepting_at_once() -> None:
+    site = JsonSite(tree(Counter()), reactor=MemoryReactorClock(), max_connections=1)
+    connect(site)
+    port = _Port()
+    site.listening_on(port)
+    assert not port.reading
 
 
 # -- pipelining without reading, over a real socket -------------------------------------
@@ -355,6 +396,39 @@ async def test_over_the_cap_a_connection_is_closed_at_once_and_a_trickler_is_cut
         assert protocol.transport is not None
         protocol.transport.loseConnection()
         await protocol.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_listen_or_fail_a_connection_over_the_cap_waits_for_a_slot() -> None:
+    """A daemon's listener (``listen_or_fail``): over the cap, a new connection
+    is neither reset nor served until a slot frees; then it is answered."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    counter = Counter()
+    site = JsonSite(tree(counter), reactor=reactor, max_connections=2, request_timeout=0.5)
+    service = listen_or_fail(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site)
+    service.privilegedStartService()
+    service.startService()
+    try:
+        port = await service._waitingForPort
+        number = port.getHost().port
+        trickler = await _open(number, b"GET /hea")
+        idle = await _open(number)
+        await wait_for(lambda: site.connections == 2, timeout=5, what="two connections")
+        waiting = await _open(number, GET)  # the kernel completes the handshake
+        await wait_for(lambda: site.paused == 1, timeout=5, what="accepting paused")
+        assert site.connections == 2 and not waiting.closed.called
+        # The trickler's deadline frees a slot: the waiting one is accepted and served.
+        await trickler.closed.addTimeout(5, reactor)
+        await wait_for(lambda: b"200 OK" in waiting.received, timeout=5, what="an answer")
+        assert site.refused == 0 and counter.handled == 1
+        for protocol in (idle, waiting):
+            assert protocol.transport is not None
+            protocol.transport.loseConnection()
+            await protocol.closed
+    finally:
+        await service.stopService()
 
 
 # -- /metrics ----------------------------------------------------------------------------
