@@ -239,6 +239,89 @@ return counts
 )
 
 
+# -- Redis Cluster: a multi-recipient accept spans slots ---------------------------
+# A cluster runs a script on one slot only. ``RedisStore`` then accepts a
+# notification in steps, each atomic on its slot, in this order (see
+# docs/data-model.rst): CLAIM the idempotency key -> WRITE_MESSAGE (body and
+# receipt) -> ADD_PENDING (WAIT_ACK, per client slot) -> XADD to a queue shard
+# -> the idempotency record (SET). A retry with the same key resumes with the
+# claimed messageId; every step is safe to run again.
+
+#: Claim prefix of an IDEMPOTENCY value whose acceptance is under way.
+CLAIM_MARK = "claim:"
+
+#: KEYS: IDEMPOTENCY. ARGV: claim (CLAIM_MARK .. messageId), TTL in ms.
+#: Answers the stored value (a claim under way or the first acceptance's
+#: record) or, having stored the claim, nil.
+CLAIM = Script(
+    "claim",
+    """
+local stored = redis.call('GET', KEYS[1])
+if stored then return stored end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+""",
+)
+
+#: KEYS: MSG_BODY, RECEIPT. ARGV: title, text, extras, createdAt, expiresAt,
+#: recipients (JSON), TTL in ms, receipt TTL in ms.
+#: Writes both unless the receipt exists already (a resumed accept: outcomes
+#: recorded since must stay); answers the clientIds that have an outcome.
+WRITE_MESSAGE = Script(
+    "write_message",
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local settled = {}
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 1) ~= '#' then settled[#settled + 1] = flat[i] end
+  end
+  return settled
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'title', ARGV[1], 'text', ARGV[2], 'extras', ARGV[3],
+  'createdAt', ARGV[4], 'expiresAt', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('HSET', KEYS[2], '#recipients', ARGV[6], '#createdAt', ARGV[4],
+  '#expiresAt', ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+return {}
+""",
+)
+
+#: KEYS: WAIT_ACK of clients of one slot. ARGV: messageId, TTL in ms.
+#: SADD to each (raising its expiry to the TTL); the types are checked first.
+ADD_PENDING = Script(
+    "add_pending",
+    """
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'set' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a set')
+  end
+end
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return #KEYS
+""",
+)
+
+#: KEYS: RECEIPT. ARGV: clientId, outcome. The second half of SETTLE on a
+#: cluster (after SREM removed the id from the client's WAIT_ACK).
+RECORD_OUTCOME = Script(
+    "record_outcome",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+""",
+)
+
+
 ALL = (
     BIND_SESSION,
     END_SESSION,
@@ -251,4 +334,8 @@ ALL = (
     RECLAIM,
     READ_PACKED,
     ADD_FAILURES,
+    CLAIM,
+    WRITE_MESSAGE,
+    ADD_PENDING,
+    RECORD_OUTCOME,
 )

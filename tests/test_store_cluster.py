@@ -1,0 +1,264 @@
+"""The Redis Cluster client: the slot function, cluster URLs, and the router
+against a real cluster (redirections while a slot migrates, a lost script
+cache, a master that crashes). The store contract runs on the cluster too
+(tests/test_store_contract.py)."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
+
+from pigeonpush.store import keys, open_store
+from pigeonpush.store.address import ClusterAddress, RedisAddress, parse_cluster_url
+from pigeonpush.store.redis import RedisStore
+from pigeonpush.store.redis_cluster import ClusterConnection, command_key, crc16, key_slot
+from support.servers import ClusterNode, RedisCluster
+from support.waiting import wait_for
+
+# -- the slot function ------------------------------------------------------------------
+
+
+def test_crc16_is_xmodem() -> None:
+    assert crc16(b"123456789") == 0x31C3
+    assert crc16(b"") == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "slot"),
+    [
+        # What CLUSTER KEYSLOT answers (see also the test against a live node).
+        ("foo", 12182),
+        ("bar", 5061),
+        ("", 0),
+        ("{user1000}.following", key_slot("user1000")),
+        ("foo{}{bar}", key_slot("foo{}{bar}")),  # an empty tag: the whole key
+        ("foo{{bar}}zap", key_slot("{bar")),  # up to the first } after the first {
+        ("foo{bar}{zap}", key_slot("bar")),
+    ],
+)
+def test_key_slot_known_values(key: str, slot: int) -> None:
+    assert key_slot(key) == slot
+
+
+def test_key_slot_agrees_with_cluster_keyslot(redis_cluster: RedisCluster) -> None:
+    node = redis_cluster.nodes[0]
+    samples = [
+        "foo",
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "{}",
+        "{",
+        "}{",
+        "é-unicode",
+        keys.auth("alice"),
+        keys.wait_ack("alice"),
+        keys.msg_body("01J0000000000000000000000"),
+        keys.idempotency("app:{odd}key"),
+        *(keys.queue(shard) for shard in range(8)),
+        *(f"k{i}" for i in range(50)),
+    ]
+    for key in samples:
+        reply = node.command("CLUSTER", "KEYSLOT", key)
+        assert int(reply[1:].split(b"\r\n")[0]) == key_slot(key), key
+
+
+def test_what_one_script_touches_shares_a_slot() -> None:
+    client_keys = {keys.auth("c"), keys.route("c"), keys.wait_ack("c"), keys.failed("c")}
+    assert {key_slot(key) for key in client_keys | {keys.device("c")}} == {key_slot("c")}
+    message = "01J0000000000000000000000"
+    assert key_slot(keys.msg_body(message)) == key_slot(keys.receipt(message))
+    assert len({key_slot(keys.queue(shard)) for shard in range(8)}) == 8
+
+
+def test_command_key_finds_the_routing_key() -> None:
+    assert command_key(("GET", "a")) == "a"
+    assert command_key(("EVALSHA", "sha", "2", "k1", "k2", "arg")) == "k1"
+    assert command_key(("EVALSHA", "sha", "0", "arg")) is None
+    assert command_key(("XGROUP", "CREATE", "q", "g", "0")) == "q"
+    assert command_key(("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "q", ">")) == "q"
+    assert command_key(("PING",)) is None
+
+
+# -- cluster URLs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "seeds"),
+    [
+        ("redis+cluster://h1:7000", (RedisAddress("h1", 7000),)),
+        (
+            "redis+cluster://h1:7000,h2:7001,[::1]:7002",
+            (RedisAddress("h1", 7000), RedisAddress("h2", 7001), RedisAddress("::1", 7002)),
+        ),
+        (
+            "redis+cluster://:s%40cret@h1:7000,h2/0?timeout=0.5",
+            (
+                RedisAddress("h1", 7000, password="s@cret", timeout=0.5),
+                RedisAddress("h2", password="s@cret", timeout=0.5),
+            ),
+        ),
+        (
+            "rediss+cluster://user:pw@h1:7000?ssl_ca_certs=/ca.pem&queue_shards=16",
+            (
+                RedisAddress(
+                    "h1", 7000, username="user", password="pw", tls=True,
+                    ca_certs="/ca.pem", queue_shards=16,
+                ),
+            ),
+        ),
+    ],
+)  # fmt: skip
+def test_cluster_urls(url: str, seeds: tuple[RedisAddress, ...]) -> None:
+    address = parse_cluster_url(url)
+    assert address == ClusterAddress(seeds)
+    assert address.node("10.0.0.9", 7005) == RedisAddress(
+        "10.0.0.9", 7005, 0, seeds[0].username, seeds[0].password, seeds[0].tls,
+        seeds[0].ca_certs, seeds[0].timeout, seeds[0].queue_shards,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("redis+cluster://", "an empty host in the node list"),
+        ("redis+cluster://h1:7000,,h2:7001", "an empty host in the node list"),
+        ("redis+cluster://h1:7000/1", "a Redis Cluster has database 0 only"),
+        ("redis+cluster://h1:port", "Port could not be cast"),
+        ("redis+cluster://h1:7000?ssl_ca_certs=/ca.pem", "ssl_ca_certs needs rediss://"),
+        ("redis+cluster://h1:7000?queue_shards=0", "queue_shards must be a whole number"),
+        ("redis+cluster://h1:7000?queue_shards=x", "queue_shards must be a whole number"),
+        ("redis+cluster://h1:7000?db=1", "unknown option 'db'"),
+        ("redis+sentinel://h1:7000", "expected memory: or redis://"),
+    ],
+)
+def test_bad_cluster_urls_say_what_is_wrong(url: str, error: str) -> None:
+    with pytest.raises(ValueError, match="bad store URL") as raised:
+        parse_cluster_url(url)
+    assert error in str(raised.value)
+
+
+def test_a_bad_cluster_url_is_quoted_without_its_password() -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_cluster_url("redis+cluster://admin:hunter2@h1:7000,h2:x")
+    assert "hunter2" not in str(raised.value)
+    address = parse_cluster_url("rediss+cluster://admin:hunter2@h1:7000,h2:7001")
+    assert "hunter2" not in repr(address) and "hunter2" not in str(address)
+    assert str(address) == "rediss+cluster://h1:7000,h2:7001"
+
+
+def test_open_store_cluster_does_not_connect_yet() -> None:
+    from twisted.internet import reactor
+
+    store = open_store("redis+cluster://127.0.0.1:9,127.0.0.1:10", reactor)
+    assert isinstance(store, RedisStore)
+    assert store.queue_shards == 8
+    single = open_store("redis://127.0.0.1:9/0", reactor)
+    assert isinstance(single, RedisStore)
+    assert single.queue_shards == 1
+    assert open_store("redis://127.0.0.1:9/0?queue_shards=4", reactor).queue_shards == 4
+
+
+# -- the router against a real cluster -----------------------------------------------------
+
+
+def _id(node: ClusterNode) -> str:
+    return node.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+
+
+def _ok(reply: bytes) -> None:
+    assert reply.startswith(b"+OK"), reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_ask_then_moved_while_a_slot_migrates(
+    redis_cluster: RedisCluster, redis_cluster_url: str
+) -> None:
+    from twisted.internet import reactor
+
+    store = open_store(redis_cluster_url, reactor)
+    assert isinstance(store, RedisStore)
+    router = store._main
+    assert isinstance(router, ClusterConnection)
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        slot = key_slot("alice")
+        source = redis_cluster.master_of(keys.auth("alice"))
+        target = next(n for n in redis_cluster.master_nodes() if n is not source)
+        before = router._slots[slot]
+        assert before == ("127.0.0.1", source.port)
+        _ok(target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", _id(source)))
+        _ok(source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", _id(target)))
+        _ok(source.command(
+            "MIGRATE", target.host, str(target.port), "", "0", "5000", "KEYS", keys.auth("alice")
+        ))  # fmt: skip
+        # The key moved, the slot not yet: the source answers ASK.
+        assert source.command("GET", keys.auth("alice")).startswith(b"-ASK")
+        assert await store.token("alice") == "token-1"
+        assert router._slots[slot] == before  # ASK leaves the map alone
+        # A new key of the migrating slot goes to the target too (ASK again).
+        assert await store.add_failures([("alice", "message-1")], 60) == [1]
+        # A script over AUTH (moved) and ROUTE (nowhere yet) meets TRYAGAIN
+        # while the slot is half moved: it is sent again until the move ends.
+        binding = store.bind_session("alice", "token-1", "server-a", 60)
+        await deferLater(reactor, 0.3, lambda: None)
+        assert not binding.called
+        for node in redis_cluster.master_nodes():
+            _ok(node.command("CLUSTER", "SETSLOT", str(slot), "NODE", _id(target)))
+        assert await binding is True
+        assert target.command("EXISTS", keys.failed("alice")) == b":1\r\n"
+        assert await store.route("alice") == "server-a"
+        # Now the source answers MOVED: followed, and the map corrected.
+        assert source.command("GET", keys.auth("alice")).startswith(b"-MOVED")
+        assert await store.token("alice") == "token-1"
+        assert router._slots[slot] == ("127.0.0.1", target.port)
+        assert await store.routes(["alice", "bob"]) == ["server-a", None]
+    finally:
+        await store.close()
+    redis_cluster.wait_ok()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_lost_its_scripts_gets_their_source(
+    redis_cluster: RedisCluster, redis_cluster_url: str
+) -> None:
+    from twisted.internet import reactor
+
+    store = open_store(redis_cluster_url, reactor)
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        assert await store.bind_session("alice", "token-1", "server-a", 60)
+        for node in redis_cluster.master_nodes():
+            _ok(node.command("SCRIPT", "FLUSH"))
+        assert await store.end_session("alice", "token-1", "server-a")
+        assert await store.route("alice") is None
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_master_is_replaced_by_its_replica(
+    redis_cluster: RedisCluster, redis_cluster_url: str
+) -> None:
+    from twisted.internet import reactor
+
+    store = open_store(redis_cluster_url, reactor)
+    try:
+        await store.issue_token("alice", "token-1", 60)
+        master = redis_cluster.master_of(keys.auth("alice"))
+        # The replica has it before the master goes (replication is async).
+        reply = master.command("WAIT", "1", "5000")
+        assert reply == b":1\r\n", reply
+        redis_cluster.crash_master(master)
+
+        async def served() -> bool:
+            try:
+                return await store.token("alice") == "token-1"
+            except Exception:  # StoreError until the map names the new master
+                return False
+
+        await wait_for(served, timeout=30, what="the promoted replica serves alice")
+        assert await store.bind_session("alice", "token-1", "server-b", 60)
+    finally:
+        await store.close()
+        redis_cluster.restart(master)
