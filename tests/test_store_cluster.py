@@ -5,11 +5,13 @@ cache, a master that crashes). The store contract runs on the cluster too
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 
-from pigeonpush.store import keys, open_store
+from pigeonpush.store import StoreError, keys, open_store
 from pigeonpush.store.address import ClusterAddress, RedisAddress, parse_cluster_url
 from pigeonpush.store.redis import RedisStore
 from pigeonpush.store.redis_cluster import ClusterConnection, command_key, crc16, key_slot
@@ -262,3 +264,120 @@ async def test_a_crashed_master_is_replaced_by_its_replica(
     finally:
         await store.close()
         redis_cluster.restart(master)
+
+
+# -- a multi-recipient accept across slots, stopped between any two steps ---------------
+
+#: The calls of one accept on a cluster, in order (RedisStore._accept_in_steps).
+ACCEPT_STEPS = ("claim", "body and receipt", "WAIT_ACK per slot", "queue append", "answer")
+
+
+class _StopsAt:
+    """The store's router, failing its ``step``-th call with StoreError as a
+    writer that dies there would: ``before`` the call reaches Redis, or
+    ``after`` Redis ran it (the answer is lost)."""
+
+    def __init__(self, router: ClusterConnection, step: int, when: str) -> None:
+        self._router = router
+        self._step = step
+        self._when = when
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._router, name)
+
+    async def _maybe_stop(self, call: object) -> object:
+        self.calls += 1
+        if self.calls != self._step:
+            return await call  # type: ignore[misc]
+        if self._when == "before":
+            call.close()  # type: ignore[attr-defined]
+            raise StoreError(f"stopped before step {self._step}")
+        await call  # type: ignore[misc]
+        raise StoreError(f"stopped after step {self._step}")
+
+    def run_scripts(self, calls: object) -> Deferred[object]:
+        return ensureDeferred(self._maybe_stop(self._router.run_scripts(calls)))  # type: ignore[arg-type]
+
+    def execute(self, commands: object, **kwargs: object) -> Deferred[object]:
+        return ensureDeferred(self._maybe_stop(self._router._execute(commands, None)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", range(1, len(ACCEPT_STEPS) + 1))
+@pytest_twisted.ensureDeferred
+async def test_an_accept_stopped_between_steps_loses_nothing_and_doubles_nothing(
+    redis_cluster_url: str, step: int, when: str
+) -> None:
+    from twisted.internet import reactor
+
+    from pigeonpush.ids import MessageIdGenerator
+    from pigeonpush.store import Message, Notification
+
+    recipients = tuple(f"device-{i}" for i in range(12))
+    assert len({key_slot(keys.wait_ack(c)) for c in recipients}) > 3
+    new_id = MessageIdGenerator(reactor)
+
+    def request() -> Notification:
+        now = reactor.seconds()
+        message = Message(new_id(), "Hello", "A message", {"k": "v"}, now, now + 600)
+        return Notification(message, recipients, "app-1:request-7")
+
+    first = request()
+    store = open_store(redis_cluster_url, reactor)
+    other = open_store(redis_cluster_url, reactor)
+    assert isinstance(store, RedisStore)
+    router = store._main
+    assert isinstance(router, ClusterConnection)
+    stopping = _StopsAt(router, step, when)
+    store._main = stopping  # type: ignore[assignment]
+    try:
+        with pytest.raises(StoreError, match=f"stopped {when} step {step}"):
+            await store.accept([first])
+        assert stopping.calls == step
+        # Half written: whatever references the message has its body.
+        referenced = {
+            message_id for ids in await other.pending_ids_many(recipients) for message_id in ids
+        }
+        entries = await other.consume("worker-1", 100, 0)
+        referenced |= {entry.notification.message.message_id for entry in entries}
+        assert referenced <= {first.message.message_id}
+        if referenced:
+            assert await other.bodies(sorted(referenced)) != [None]
+        # A device that got it early ACKs it before the retry.
+        acked = bool(await other.pending_ids(recipients[0]))
+        if acked:
+            await other.ack([(recipients[0], first.message.message_id)])
+
+        # The application retries the request with its Idempotency-Key.
+        retry = request()
+        (accepted,) = await other.accept([retry])
+        claimed = step > 1 or when == "after"
+        expected_id = first.message.message_id if claimed else retry.message.message_id
+        assert accepted.message_id == expected_id
+        assert accepted.recipients == len(recipients)
+        assert accepted.duplicate == (step == len(ACCEPT_STEPS) and when == "after")
+        # Nothing lost: one message, pending for every recipient but the one
+        # that ACKed it, its body and receipt there, and queued.
+        pending = await other.pending_ids_many(recipients)
+        assert pending[0] == ([] if acked else [expected_id])
+        assert pending[1:] == [[expected_id]] * (len(recipients) - 1)
+        (body,) = await other.bodies([expected_id])
+        assert body is not None and body.extras == {"k": "v"}
+        receipt = await other.receipt(expected_id)
+        assert receipt is not None and receipt.recipients == recipients
+        assert receipt.pending == (recipients[1:] if acked else recipients)
+        entries += await other.consume("worker-1", 100, 0)
+        # Nothing doubled: every reference names the same messageId. A second
+        # queue entry only when the writer stopped between the append and the
+        # answer; its second push carries the same messageId, which the SDK
+        # drops having handed it to the application once.
+        assert {entry.notification.message.message_id for entry in entries} == {expected_id}
+        appended_twice = (step, when) in ((4, "after"), (5, "before"))
+        assert len(entries) == (2 if appended_twice else 1)
+        # And a third attempt is a plain duplicate.
+        assert await other.accept([request()]) == [attrs.evolve(accepted, duplicate=True)]
+    finally:
+        store._main = router
+        await store.close()
+        await other.close()
