@@ -72,6 +72,11 @@ SETTLE_PAIRS_PER_CALL = 512
 #: Queue shards (streams) on a Redis Cluster unless the URL says
 #: ``?queue_shards=``: enough for the shards to spread over the masters.
 CLUSTER_QUEUE_SHARDS = 8
+#: On a cluster, an accept is answered once its writes reached this many
+#: replicas of each master, or after CLUSTER_REPLICA_WAIT seconds (a replica
+#: that is down delays accepts by that much; it does not stop them).
+CLUSTER_REPLICAS = 1
+CLUSTER_REPLICA_WAIT = 0.25
 #: Separates an entry id's shard from its stream id (``3/1700000000000-0``).
 SHARD_SEPARATOR = "/"
 
@@ -326,7 +331,8 @@ class RedisStore:
         2. WRITE_MESSAGE: body and receipt (left alone when resumed);
         3. ADD_PENDING: WAIT_ACK, one call per client slot (recipients with
            an outcome in the receipt are skipped when resumed);
-        4. XADD to the queue shard;
+        4. XADD to the queue shard, then WAIT until the replicas have it all
+           (a master that crashes now does not take the acceptance with it);
         5. the idempotency record replaces the claim.
 
         A reference to a message (WAIT_ACK, a queue entry) is written only
@@ -417,6 +423,8 @@ class RedisStore:
             appends.append(("XADD", queue, "*", *entry))
         for reply in await self._main.execute(appends):
             _checked(reply, "XADD")
+        if self._cluster is not None:
+            await self._cluster.wait_replicas(CLUSTER_REPLICAS, CLUSTER_REPLICA_WAIT)
         records: list[Command] = []
         for i in todo:
             notification, _ = items[i]

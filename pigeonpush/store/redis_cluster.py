@@ -134,6 +134,8 @@ class ClusterConnection:
         #: slot -> (host, port) of its master; empty until the first refresh
         self._slots: list[tuple[str, int] | None] = [None] * SLOTS
         self._replicas: set[tuple[str, int]] = set()
+        #: master -> how many working replicas CLUSTER SLOTS listed for it
+        self._replica_counts: dict[tuple[str, int], int] = {}
         self._nodes: dict[tuple[str, int], RedisConnection] = {}
         self._refresh_waiters: list[Deferred[None]] = []
         self._closed = False
@@ -223,13 +225,16 @@ class ClusterConnection:
                 continue
             slots: list[tuple[str, int] | None] = [None] * SLOTS
             replicas: set[tuple[str, int]] = set()
+            counts: dict[tuple[str, int], int] = {}
             for start, end, master, *others in reply:
                 owner = (str(master[0]) or node[0], int(master[1]))
                 for slot in range(int(start), int(end) + 1):
                     slots[slot] = owner
                 replicas.update((str(other[0]) or node[0], int(other[1])) for other in others)
+                counts[owner] = len(others)  # failed replicas are not listed
             self._slots = slots
             self._replicas = replicas
+            self._replica_counts = counts
             return
         raise StoreError(f"no node of {self._address} answered CLUSTER SLOTS: {'; '.join(errors)}")
 
@@ -343,6 +348,27 @@ class ClusterConnection:
         except StoreError:
             self.note_trouble()
             raise
+
+    async def wait_replicas(self, replicas: int, timeout: float) -> list[int]:
+        """``WAIT replicas ms`` on every master's shared connection: returns once
+        what this process wrote there reached ``replicas`` replicas (or after
+        ``timeout``), answering how many each master counted. Replication is
+        asynchronous: a master that dies with a write not yet copied loses it
+        on failover, so an acceptance is answered only after this."""
+        masters = sorted({node for node in self._slots if node is not None})
+        ms = str(max(1, round(timeout * 1000)))
+        # A master without a working replica (its replica is the one that
+        # took over from a dead master) is not waited on: nothing to wait for.
+        waits = [
+            self.connection(node).execute(
+                [("WAIT", str(min(replicas, self._replica_counts.get(node, 0))), ms)],
+                timeout=timeout + 1,
+            )
+            for node in masters
+            if self._replica_counts.get(node, 0) > 0
+        ]
+        results = await gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+        return [int(reply) if isinstance(reply, int) else 0 for (reply,) in results]
 
     async def run_scripts(
         self, calls: Sequence[tuple[Script, Sequence[str], Sequence[str]]]

@@ -281,6 +281,9 @@ class ClusterNode:
             # Failover tests kill a master: its replica takes over after this.
             *("--cluster-node-timeout", "1000"),
             *("--cluster-replica-validity-factor", "0"),
+            # Replicas sync at once (the default waits 5 s for more replicas):
+            # a master killed before its replica synced would lose everything.
+            *("--repl-diskless-sync-delay", "0"),
         ]
         self._executor = TCPExecutor(
             command, host=self.host, port=self.port, timeout=START_TIMEOUT,
@@ -356,15 +359,25 @@ class RedisCluster:
         return [node for node in self.nodes if node.running]
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
-        """Until every running node says ``cluster_state:ok`` and agrees on the
-        masters of all 16384 slots (a bounded wait)."""
+        """Until every running node says ``cluster_state:ok`` with all 16384
+        slots served, and every running replica is in sync with its master
+        (a bounded wait)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                states = [node.fields("CLUSTER", "INFO") for node in self.running_nodes()]
+                running = self.running_nodes()
+                states = [node.fields("CLUSTER", "INFO") for node in running]
+                replication = [node.fields("INFO", "replication") for node in running]
                 if all(
                     state.get("cluster_state") == "ok" and state.get("cluster_slots_ok") == "16384"
                     for state in states
+                ) and all(
+                    role.get("role") == "master"
+                    or (
+                        role.get("master_link_status") == "up"
+                        and role.get("master_sync_in_progress") == "0"
+                    )
+                    for role in replication
                 ):
                     return
             except OSError:
