@@ -381,3 +381,53 @@ async def test_an_accept_stopped_between_steps_loses_nothing_and_doubles_nothing
         store._main = router
         await store.close()
         await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sharded_queue_waits_on_every_shard_and_keeps_what_comes_meanwhile(
+    redis_cluster_url: str,
+) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.defer import CancelledError
+
+    from pigeonpush.ids import MessageIdGenerator
+    from pigeonpush.store import Message, Notification
+
+    new_id = MessageIdGenerator(reactor)
+
+    def note() -> Notification:
+        now = reactor.seconds()
+        return Notification(Message(new_id(), "t", "x", {}, now, now + 60), ("alice",))
+
+    url = redis_cluster_url + "?queue_shards=4"
+    reader, writer = open_store(url, reactor), open_store(url, reactor)
+    assert isinstance(reader, RedisStore)
+    try:
+        waiting = reader.consume("worker-1", 10, 30)
+        await wait_for(lambda: len(reader._reads) == 4, timeout=5, what="a read per shard")
+        first, second = note(), note()
+        await writer.accept([first])  # shard 0
+        (entry,) = await waiting.addTimeout(10, reactor)
+        assert entry.entry_id.startswith("0/")
+        assert entry.notification.message == first.message
+        # The other shards' reads go on, and one takes what comes meanwhile.
+        assert len(reader._reads) == 3
+        await writer.accept([second])  # shard 1
+        await wait_for(
+            lambda: bool(reader._stash.get("worker-1")), timeout=5, what="shard 1's read"
+        )
+        (kept,) = await reader.consume("worker-1", 10, 0)
+        assert kept.entry_id.startswith("1/")
+        assert kept.notification.message == second.message
+        # Waiting again starts reads only where none is under way.
+        waiting = reader.consume("worker-1", 10, 30)
+        await wait_for(lambda: len(reader._reads) == 4, timeout=5, what="a read per shard")
+        waiting.cancel()
+        with pytest.raises(CancelledError):
+            await waiting
+        assert await reader.queue_lag() == 2
+        await reader.acknowledge([entry.entry_id, kept.entry_id, "9/1-1", "1-1", "x/y"])
+        assert await reader.queue_lag() == 0
+    finally:
+        await reader.close()
+        await writer.close()
