@@ -15,7 +15,7 @@ from pigeonpush.store import StoreError, keys, open_store
 from pigeonpush.store.address import ClusterAddress, RedisAddress, parse_cluster_url
 from pigeonpush.store.redis import RedisStore
 from pigeonpush.store.redis_cluster import ClusterConnection, command_key, crc16, key_slot
-from support.servers import ClusterNode, RedisCluster
+from support.servers import RedisCluster
 from support.waiting import wait_for
 
 # -- the slot function ------------------------------------------------------------------
@@ -164,10 +164,6 @@ def test_open_store_cluster_does_not_connect_yet() -> None:
 # -- the router against a real cluster -----------------------------------------------------
 
 
-def _id(node: ClusterNode) -> str:
-    return node.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
-
-
 def _ok(reply: bytes) -> None:
     assert reply.startswith(b"+OK"), reply
 
@@ -189,8 +185,16 @@ async def test_ask_then_moved_while_a_slot_migrates(
         target = next(n for n in redis_cluster.master_nodes() if n is not source)
         before = router._slots[slot]
         assert before == ("127.0.0.1", source.port)
-        _ok(target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", _id(source)))
-        _ok(source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", _id(target)))
+        _ok(
+            target.command(
+                "CLUSTER", "SETSLOT", str(slot), "IMPORTING", redis_cluster.node_id(source)
+            )
+        )
+        _ok(
+            source.command(
+                "CLUSTER", "SETSLOT", str(slot), "MIGRATING", redis_cluster.node_id(target)
+            )
+        )
         _ok(source.command(
             "MIGRATE", target.host, str(target.port), "", "0", "5000", "KEYS", keys.auth("alice")
         ))  # fmt: skip
@@ -206,7 +210,9 @@ async def test_ask_then_moved_while_a_slot_migrates(
         await deferLater(reactor, 0.3, lambda: None)
         assert not binding.called
         for node in redis_cluster.master_nodes():
-            _ok(node.command("CLUSTER", "SETSLOT", str(slot), "NODE", _id(target)))
+            _ok(
+                node.command("CLUSTER", "SETSLOT", str(slot), "NODE", redis_cluster.node_id(target))
+            )
         assert await binding is True
         assert target.command("EXISTS", keys.failed("alice")) == b":1\r\n"
         assert await store.route("alice") == "server-a"

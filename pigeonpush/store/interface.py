@@ -154,7 +154,7 @@ class Store(Protocol):
     def device(self, client_id: str) -> Deferred[DeviceRecord | None]:
         """The registered device, or None."""
 
-    # -- the notification queue (stream PIGEON:QUEUE, group ``delivery``) ------
+    # -- the notification queue (streams PIGEON:QUEUE:{shard}, group ``delivery``) --
 
     def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
         """Up to ``count`` entries never handed out before, oldest first, for

@@ -32,7 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.store.address import ClusterAddress, RedisAddress
+from pigeonpush.store.address import ClusterAddress
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.redis_connection import (
     Command,
@@ -111,9 +111,10 @@ def _redirection(reply: Reply) -> tuple[str, int, str, int] | None:
 
 class ClusterConnection:
     """The router; the same calls as ``RedisConnection`` (``execute``,
-    ``run_scripts``, ``close``) plus ``slot`` and ``node_for``."""
-
-    cluster = True
+    ``run_scripts``, ``close``) plus ``node_for``, ``new_connection`` (for
+    blocking reads, which must not hold a shared connection) and
+    ``wait_replicas``. ``execute``'s ``abort_on_cancel`` is accepted and
+    ignored: blocking reads go through a node's own connection."""
 
     def __init__(
         self,
@@ -139,10 +140,6 @@ class ClusterConnection:
         self._nodes: dict[tuple[str, int], RedisConnection] = {}
         self._refresh_waiters: list[Deferred[None]] = []
         self._closed = False
-
-    @staticmethod
-    def slot(key: str) -> int:
-        return key_slot(key)
 
     def connection(self, node: tuple[str, int]) -> RedisConnection:
         """The shared connection to ``node`` (opened on first use)."""
@@ -175,9 +172,6 @@ class ClusterConnection:
             if node is None:
                 raise StoreError(f"no node of {self._address} serves slot {key_slot(key)}")
         return node
-
-    def address_of(self, node: tuple[str, int]) -> RedisAddress:
-        return self._address.node(*node)
 
     # -- the slot map --------------------------------------------------------------
 

@@ -390,10 +390,6 @@ class RedisCluster:
         """The running nodes that are masters now."""
         return [node for node in self.running_nodes() if node.is_master]
 
-    def node_for_port(self, port: int) -> ClusterNode:
-        (node,) = [node for node in self.nodes if node.port == port]
-        return node
-
     def node_id(self, node: ClusterNode) -> str:
         return node.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
 
