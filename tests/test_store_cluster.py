@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 
-from pigeonpush.store import StoreError, keys, open_store
+from pigeonpush.store import QueueEntry, StoreError, keys, open_store
 from pigeonpush.store.address import ClusterAddress, RedisAddress, parse_cluster_url
 from pigeonpush.store.redis import RedisStore
 from pigeonpush.store.redis_cluster import ClusterConnection, command_key, crc16, key_slot
@@ -434,6 +434,26 @@ async def test_a_sharded_queue_waits_on_every_shard_and_keeps_what_comes_meanwhi
         assert await reader.queue_lag() == 2
         await reader.acknowledge([entry.entry_id, kept.entry_id, "9/1-1", "1-1", "x/y"])
         assert await reader.queue_lag() == 0
+        # Queued entries: every shard is read in one go, for up to ``count``
+        # each; what is over comes with the next calls, none lost or doubled
+        # (the reads the cancelled call left take some too, for worker-1).
+        batches = [[note(), note()] for _ in range(3)]
+        for batch in batches:  # shards 2, 3 and 0
+            await writer.accept(batch)
+        got: list[QueueEntry] = []
+
+        async def all_came() -> bool:
+            more = await reader.consume("worker-1", 2, 0)
+            assert len(more) <= 2
+            got.extend(more)
+            return len(got) >= 6
+
+        await wait_for(all_came, timeout=5, what="the six entries")
+        assert sorted(e.notification.message.message_id for e in got) == sorted(
+            n.message.message_id for batch in batches for n in batch
+        )
+        assert {e.entry_id.split("/")[0] for e in got} == {"2", "3", "0"}
+        assert await reader.consume("worker-1", 2, 0) == []
     finally:
         await reader.close()
         await writer.close()

@@ -598,34 +598,56 @@ class RedisStore:
         # What is already queued comes as one JSON value (parsing a bulk
         # string per field costs more than Redis's work); only an empty queue
         # is waited on with a blocking read.
-        start = self._shard()
-        for turn in range(self._shards):
-            shard = (start + turn) % self._shards
-            entries += await self._read_packed(shard, consumer, count - len(entries))
-            if len(entries) >= count:
-                return entries
+        entries = await self._read_shards(consumer, count)
+        if len(entries) > count:
+            # Every shard was read at once, for up to ``count`` each: what is
+            # over is this consumer's (pending with it) and comes next time.
+            self._stash.setdefault(consumer, []).extend(entries[count:])
+            del entries[count:]
         if entries or block <= 0:
             return entries
         if self._shards == 1:
             return await self._read(0, consumer, count, block, abort_on_cancel=True)
         return await self._wait_any(consumer, count, block)
 
-    async def _read_packed(self, shard: int, consumer: str, count: int) -> list[QueueEntry]:
-        queue = keys.queue(shard)
+    async def _read_shards(self, consumer: str, count: int) -> list[QueueEntry]:
+        """Up to ``count`` entries of each shard, all shards in one pipeline
+        (one round trip per node), starting with the next shard in turn."""
+        start = self._shard()
+        shards = [(start + turn) % self._shards for turn in range(self._shards)]
         args = [keys.GROUP, consumer, str(count)]
-
-        async def packed() -> Reply:
-            (reply,) = await self._main.run_scripts([(scripts.READ_PACKED, [queue], args)])
-            return _checked_group(reply, "XREADGROUP")
-
-        value = await self._with_group(shard, packed)
-        if not value:
-            return []
-        try:
-            rows = json.loads(value)
-        except ValueError as e:
-            raise StoreError(f"the queue read did not decode: {e}") from e
-        return await self._entries([(_entry_id(shard, row[0]), row[1], 1) for row in rows])
+        replies = await self._main.run_scripts(
+            [(scripts.READ_PACKED, [keys.queue(shard)], args) for shard in shards]
+        )
+        missing = [i for i, reply in enumerate(replies) if is_error(reply, "NOGROUP")]
+        if missing:
+            # First use, or the stream was deleted: create the group (and the
+            # stream), then read those shards again.
+            created = await self._main.execute(
+                [
+                    ("XGROUP", "CREATE", keys.queue(shards[i]), keys.GROUP, "0", "MKSTREAM")
+                    for i in missing
+                ]
+            )
+            for reply in created:
+                if not is_error(reply, "BUSYGROUP"):
+                    _checked(reply, "XGROUP CREATE")
+            again = await self._main.run_scripts(
+                [(scripts.READ_PACKED, [keys.queue(shards[i])], args) for i in missing]
+            )
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        raw: list[tuple[str, Any, int]] = []
+        for shard, reply in zip(shards, replies, strict=True):
+            value = _checked(reply, "XREADGROUP")
+            if not value:
+                continue
+            try:
+                rows = json.loads(value)
+            except ValueError as e:
+                raise StoreError(f"the queue read did not decode: {e}") from e
+            raw += [(_entry_id(shard, row[0]), row[1], 1) for row in rows]
+        return await self._entries(raw)
 
     async def _read(
         self, shard: int, consumer: str, count: int, block: float, *, abort_on_cancel: bool
