@@ -103,7 +103,10 @@ class Store(Protocol):
         Repeated recipients count once.
 
         The whole batch is checked first (ValueError: nothing written); then
-        each notification is atomic on its own, not the batch as a whole."""
+        each notification is atomic on its own, not the batch as a whole. (On
+        a Redis Cluster a notification whose keys span slots is written in
+        ordered steps that a retry with its idempotency key resumes: see
+        docs/data-model.rst.)"""
 
     def pending_ids(self, client_id: str, limit: int | None = None) -> Deferred[list[str]]:
         """Ids in ``PIGEON:WAIT_ACK:<clientId>``, oldest first, at most ``limit``.
