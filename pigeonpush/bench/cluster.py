@@ -26,6 +26,7 @@ from pigeonpush.bench.measure import connections_per_process
 from pigeonpush.bench.processes import ManagedProcess, ProcessSet, gather, wait_until
 from pigeonpush.bench.report import Progress
 from pigeonpush.bench.sources import source_address
+from pigeonpush.store import keys
 from pigeonpush.tokens import url_safe_token
 
 
@@ -472,7 +473,9 @@ class RedisProbe:
 
     async def queue_state(self) -> tuple[int, int, int]:
         """(stream length, entries read by delivery, entries read and not yet handled)."""
-        length, read, pending = await self._connection.eval(_QUEUE_STATE, ["PIGEON:QUEUE"], [])
+        # One Redis: the store's default of one queue shard.
+        queue = [keys.queue(0)]
+        length, read, pending = await self._connection.eval(_QUEUE_STATE, queue, [])
         return int(length), int(read), int(pending)
 
     async def close(self) -> None:
