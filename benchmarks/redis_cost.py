@@ -45,6 +45,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import gatherResults
 
 from pigeonpush.sdk import PushClient
+from pigeonpush.store import keys as store_keys
 from pigeonpush_bench import services
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.processes import ProcessSet
@@ -95,7 +96,7 @@ class Redis:
 
     async def queue_done(self) -> bool:
         """Delivery read every queued entry and settled it (XINFO GROUPS)."""
-        groups = await self.connection.execute_command("XINFO", "GROUPS", "PIGEON:QUEUE")
+        groups = await self.connection.execute_command("XINFO", "GROUPS", store_keys.queue(0))
         for group in groups:
             fields = dict(zip(group[::2], group[1::2], strict=True))
             if fields["name"] == "delivery":
@@ -104,7 +105,7 @@ class Redis:
 
     async def none_waiting(self, client_ids: list[str]) -> bool:
         """No ``WAIT_ACK`` key left for these clients (TOUCH counts existing keys)."""
-        keys = [f"PIGEON:WAIT_ACK:{client_id}" for client_id in client_ids]
+        keys = [store_keys.wait_ack(client_id) for client_id in client_ids]
         return int(await self.connection.execute_command("TOUCH", *keys)) == 0
 
     async def census(self) -> dict[str, int]:
@@ -232,7 +233,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
         sample = devices[0].client_id
         report["MEMORY USAGE of one connected device's keys"] = {
             key: await cost.memory_usage(key)
-            for key in (f"PIGEON:AUTH:{sample}", f"PIGEON:ROUTE:{sample}")
+            for key in (store_keys.auth(sample), store_keys.route(sample))
         }
 
         # --- idle -----------------------------------------------------------------------
@@ -274,12 +275,12 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
         report["unicast accept -> delivery -> ACK, per message"] = delta(
             idle, unicast, options.messages
         )
-        sample_body = f"PIGEON:MSG_BODY:{sent[0]}"
+        sample_body = store_keys.msg_body(sent[0])
         report["after the ACKs"] = {
             "MEMORY USAGE of one message's body": await cost.memory_usage(sample_body),
             "PTTL of that body (ms)": await connection.execute_command("PTTL", sample_body),
             "keys": await cost.census(),
-            "queue stream length": await connection.execute_command("XLEN", "PIGEON:QUEUE"),
+            "queue stream length": await connection.execute_command("XLEN", store_keys.queue(0)),
         }
 
         # --- pending --------------------------------------------------------------------
@@ -298,9 +299,9 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
         )
         report[
             f"MEMORY USAGE of one offline device's WAIT_ACK ({PENDING_PER_DEVICE} ids)"
-        ] = await cost.memory_usage(f"PIGEON:WAIT_ACK:{offline[0]}")
+        ] = await cost.memory_usage(store_keys.wait_ack(offline[0]))
         report["SCARD of that WAIT_ACK"] = await connection.execute_command(
-            "SCARD", f"PIGEON:WAIT_ACK:{offline[0]}"
+            "SCARD", store_keys.wait_ack(offline[0])
         )
         await connection.disconnect()
         return report

@@ -22,7 +22,7 @@ from pigeonpush.discovery.spec import parse_spec
 from pigeonpush.http import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from pigeonpush.logformat import LOG_FORMATS, install_log_format
 from pigeonpush.rpcpool import PeerAddress, parse_peer_address
-from pigeonpush.store.address import parse_redis_url
+from pigeonpush.store.address import parse_store_address
 from pigeonpush.tls import ClientTLS
 
 MEMORY_STORE_URLS = ("memory:", "memory://")
@@ -166,11 +166,12 @@ def check_endpoint(option: str, description: str) -> None:
 
 
 def check_store_url(option: str, url: str) -> None:
-    """``memory:`` or a ``redis://`` / ``rediss://`` URL."""
+    """``memory:``, a ``redis://`` / ``rediss://`` URL or a Redis Cluster's
+    ``redis+cluster://`` / ``rediss+cluster://``."""
     if url in MEMORY_STORE_URLS:
         return
     try:
-        parse_redis_url(url)
+        parse_store_address(url)
     except ValueError as e:
         raise usage.UsageError(f"{option}: {e}") from None
 
@@ -182,7 +183,7 @@ def check_store_timeout(option: str, url: str, *, shorter_than: float, what: str
     than an unavailable store. Call after ``check_store_url``."""
     if url in MEMORY_STORE_URLS:
         return
-    timeout = parse_redis_url(url).timeout
+    timeout = parse_store_address(url).timeout
     if timeout >= shorter_than:
         raise usage.UsageError(
             f"{option}: the store timeout ({timeout:g} s, ?timeout=) must be shorter than "

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from support.logcheck import FailureCollector, collect_all_garbage, collect_garbage
-from support.servers import RedisServer, ZooKeeperServer
+from support.servers import RedisCluster, RedisServer, ZooKeeperServer
 
 # Fixture modules of the subsystems (store backends, discovery backends).
 pytest_plugins = ["support.stores", "support.discoveries"]
@@ -65,6 +65,26 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session's Redis, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One throwaway Redis Cluster for the session: 3 masters, 3 replicas."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session's Redis Cluster, every master emptied for this test (and
+    the cluster healthy again after a test that failed a master over)."""
+    redis_cluster.wait_ok()
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="session")

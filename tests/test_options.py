@@ -12,6 +12,7 @@ def test_good_values_pass() -> None:
     options.check_endpoint("--listen", "tcp:7100:interface=127.0.0.1")
     options.check_store_url("--redis", "memory:")
     options.check_store_url("--redis", "redis://:pw@127.0.0.1:6379/2")
+    options.check_store_url("--redis", "rediss+cluster://:pw@10.0.0.1:6379,10.0.0.2:6379")
     options.check_discovery_spec("--zookeeper", "127.0.0.1:2181,127.0.0.2:2181/chroot")
     options.check_discovery_spec("--zookeeper", "static:")
     options.check_address("--advertise", "[::1]:7100")
@@ -27,6 +28,16 @@ def test_good_values_pass() -> None:
     [
         (lambda: options.check_endpoint("--listen", "carrier-pigeon:1"), "--listen must be a"),
         (lambda: options.check_store_url("--redis", "mysql://db"), "--redis: bad store URL"),
+        (
+            lambda: options.check_store_url("--redis", "redis+cluster://h:1/2"),
+            "--redis: bad store URL 'redis+cluster://h:1/2': a Redis Cluster has database 0 only",
+        ),
+        (
+            lambda: options.check_store_timeout(
+                "--redis", "redis+cluster://h:1?timeout=20", shorter_than=10, what="x"
+            ),
+            "--redis: the store timeout (20 s, ?timeout=) must be shorter than x",
+        ),
         (lambda: options.check_discovery_spec("--zookeeper", ""), "--zookeeper: "),
         (lambda: options.check_address("--advertise", "nohost"), "must be host:port"),
         (lambda: options.check_node_id("--node-id", "a/b"), "--node-id: "),

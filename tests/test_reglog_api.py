@@ -189,12 +189,12 @@ async def test_a_route_gives_a_token_stored_with_its_expiry(
     assert answer.json["heartbeat"] == 30
     token = answer.json["token"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
-    assert await redis.get("PIGEON:AUTH:device-0001") == token
-    assert TOKEN_TTL - 5 < await redis.ttl("PIGEON:AUTH:device-0001") <= TOKEN_TTL
+    assert await redis.get("PIGEON:AUTH:{device-0001}") == token
+    assert TOKEN_TTL - 5 < await redis.ttl("PIGEON:AUTH:{device-0001}") <= TOKEN_TTL
 
     again = await reglog.route({"clientId": "device-0001"})
     assert again.json["token"] != token
-    assert await redis.get("PIGEON:AUTH:device-0001") == again.json["token"]
+    assert await redis.get("PIGEON:AUTH:{device-0001}") == again.json["token"]
 
 
 @pytest_twisted.ensureDeferred
@@ -207,7 +207,7 @@ async def test_unknown_fields_are_ignored_and_a_secret_is_not_needed_in_open_mod
     answer = await reglog.route({"clientId": "a:b.c_d-e", "secret": "whatever", "sdk": "1.2"})
     assert answer.status == 200
     assert answer.json["heartbeat"] == 12.5
-    assert await redis.get("PIGEON:AUTH:a:b.c_d-e") == answer.json["token"]
+    assert await redis.get("PIGEON:AUTH:{a:b.c_d-e}") == answer.json["token"]
     answer = await reglog.route({"clientId": "x" * 128, "secret": None})
     assert answer.status == 200
 
@@ -513,7 +513,7 @@ async def test_registration_mode_end_to_end(
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", generated.json["clientId"])
 
     # Only a salted hash is stored.
-    stored = await redis.hgetall("PIGEON:DEVICE:lamp-1")
+    stored = await redis.hgetall("PIGEON:DEVICE:{lamp-1}")
     assert secret not in json.dumps(stored)
     (secret_hash,) = [value for value in stored.values() if str(value).startswith("scrypt$")]
     assert verify_secret(secret, secret_hash)
@@ -521,7 +521,7 @@ async def test_registration_mode_end_to_end(
     # The id is taken now.
     again = await reglog.register({"clientId": "lamp-1"}, headers=ADMIN)
     assert error_of(again) == (409, "client_exists")
-    assert await redis.hgetall("PIGEON:DEVICE:lamp-1") == stored
+    assert await redis.hgetall("PIGEON:DEVICE:{lamp-1}") == stored
     assert error_of(await reglog.register({"clientId": "a b"}, headers=ADMIN)) == (
         400,
         "bad_request",
@@ -544,11 +544,11 @@ async def test_registration_mode_end_to_end(
             "message": "unknown clientId or wrong secret",
         }
     )
-    assert await redis.get("PIGEON:AUTH:lamp-1") is None
+    assert await redis.get("PIGEON:AUTH:{lamp-1}") is None
 
     answer = await reglog.route({"clientId": "lamp-1", "secret": secret})
     assert answer.status == 200
-    assert await redis.get("PIGEON:AUTH:lamp-1") == answer.json["token"]
+    assert await redis.get("PIGEON:AUTH:{lamp-1}") == answer.json["token"]
     answer = await reglog.route(
         {"clientId": generated.json["clientId"], "secret": generated.json["secret"]}
     )

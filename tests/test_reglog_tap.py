@@ -255,7 +255,7 @@ async def test_twistd_pigeon_reglog_answers_and_stops_on_sigterm(
         answer = await client.post("/v1/route", {"clientId": "subprocess-client"})
         assert answer.status == 200
         assert answer.json["server"] == "127.0.0.1:7100"
-        assert await redis_get(redis_url, "PIGEON:AUTH:subprocess-client") == answer.json["token"]
+        assert await redis_get(redis_url, "PIGEON:AUTH:{subprocess-client}") == answer.json["token"]
     finally:
         await client.close()
         await discovery.close()

@@ -570,20 +570,20 @@ async def test_on_redis_a_pending_message_survives_a_restart(
     late = Device.create(reactor, first.reglog_url, "late-device")
     try:
         await online(reactor, devices)
-        route = await redis.get("PIGEON:ROUTE:redis-0")
+        route = await redis.get("PIGEON:ROUTE:{redis-0}")
         assert route == first.daemon.address("rpc")
         batch = await send_batch(first, key, [d.client.client_id for d in devices], 3)
         await wait_received(devices, batch)
         await wait_acked(first, key, batch, len(devices))
         check_no_duplicates(devices)
         for message_id in batch:
-            body = await redis.hgetall(f"PIGEON:MSG_BODY:{message_id}")
+            body = await redis.hgetall(f"PIGEON:MSG_BODY:{{{message_id}}}")
             assert body["title"].startswith("batch "), body
         for device in devices:
-            assert not await redis.exists(f"PIGEON:WAIT_ACK:{device.client.client_id}")
+            assert not await redis.exists(f"PIGEON:WAIT_ACK:{{{device.client.client_id}}}")
 
         [for_late] = await send_batch(first, key, ["late-device"], 1)
-        assert await redis.smembers("PIGEON:WAIT_ACK:late-device") == {for_late}
+        assert await redis.smembers("PIGEON:WAIT_ACK:{late-device}") == {for_late}
         await stop_all(reactor, devices)
 
         # Restart on the same Redis: what was accepted is still there.
@@ -591,13 +591,13 @@ async def test_on_redis_a_pending_message_survives_a_restart(
         assert await first.daemon.wait_exit(DRAIN_PERIOD + EXIT_MARGIN) in (0, 143, -15)
         first.check_clean_log()
         second = await spawner.start(*options, ports=ports, name="second")
-        assert "PIGEON:QUEUE" in await redis.keys("PIGEON:*")
+        assert "PIGEON:QUEUE:{0}" in await redis.keys("PIGEON:*")
         await online(reactor, [late])
         await wait_received([late], [for_late])
         assert late.ids == [for_late]
         assert late.received[0].title == "batch 0"
         await wait_acked(second, key, [for_late], 1)
-        assert not await redis.exists("PIGEON:WAIT_ACK:late-device")
+        assert not await redis.exists("PIGEON:WAIT_ACK:{late-device}")
         second.check_clean_log()
     finally:
         await stop_all(reactor, [*devices, late])

@@ -112,15 +112,15 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
     await store.consume("worker-1", 10, 0)
 
     expected = {
-        "PIGEON:AUTH:alice": "string",
-        "PIGEON:ROUTE:alice": "string",
-        "PIGEON:WAIT_ACK:alice": "set",
-        "PIGEON:WAIT_ACK:bob": "set",
-        f"PIGEON:MSG_BODY:{message_id}": "hash",
-        f"PIGEON:RECEIPT:{message_id}": "hash",
-        "PIGEON:QUEUE": "stream",
-        "PIGEON:DEVICE:bob": "hash",
-        "PIGEON:IDEMPOTENCY:app:req-1": "string",
+        "PIGEON:AUTH:{alice}": "string",
+        "PIGEON:ROUTE:{alice}": "string",
+        "PIGEON:WAIT_ACK:{alice}": "set",
+        "PIGEON:WAIT_ACK:{bob}": "set",
+        f"PIGEON:MSG_BODY:{{{message_id}}}": "hash",
+        f"PIGEON:RECEIPT:{{{message_id}}}": "hash",
+        "PIGEON:QUEUE:{0}": "stream",
+        "PIGEON:DEVICE:{bob}": "hash",
+        "PIGEON:IDEMPOTENCY:{app:req-1}": "string",
     }
     assert sorted(await raw("KEYS", "*")) == sorted(expected)
     for key, kind in expected.items():
@@ -129,13 +129,13 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
     async def ttl(key: str) -> float:
         return int(await raw("PTTL", key)) / 1000
 
-    assert await raw("GET", "PIGEON:AUTH:alice") == "bound:token-1"  # used by a session
-    assert 590 < await ttl("PIGEON:AUTH:alice") <= 600  # the session TTL
-    assert await raw("GET", "PIGEON:ROUTE:alice") == "10.0.0.7:7101"
-    assert 590 < await ttl("PIGEON:ROUTE:alice") <= 600
-    assert await raw("SMEMBERS", "PIGEON:WAIT_ACK:bob") == [message_id]
-    assert 890 < await ttl("PIGEON:WAIT_ACK:bob") <= 900
-    body = await raw.hash(f"PIGEON:MSG_BODY:{message_id}")
+    assert await raw("GET", "PIGEON:AUTH:{alice}") == "bound:token-1"  # used by a session
+    assert 590 < await ttl("PIGEON:AUTH:{alice}") <= 600  # the session TTL
+    assert await raw("GET", "PIGEON:ROUTE:{alice}") == "10.0.0.7:7101"
+    assert 590 < await ttl("PIGEON:ROUTE:{alice}") <= 600
+    assert await raw("SMEMBERS", "PIGEON:WAIT_ACK:{bob}") == [message_id]
+    assert 890 < await ttl("PIGEON:WAIT_ACK:{bob}") <= 900
+    body = await raw.hash(f"PIGEON:MSG_BODY:{{{message_id}}}")
     assert body == {
         "title": "Hello",
         "text": "A message",
@@ -143,8 +143,8 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
         "createdAt": repr(note.message.created_at),
         "expiresAt": repr(note.message.expires_at),
     }
-    assert 890 < await ttl(f"PIGEON:MSG_BODY:{message_id}") <= 900
-    receipt_key = f"PIGEON:RECEIPT:{message_id}"
+    assert 890 < await ttl(f"PIGEON:MSG_BODY:{{{message_id}}}") <= 900
+    receipt_key = f"PIGEON:RECEIPT:{{{message_id}}}"
     assert await raw.hash(receipt_key) == {
         "#recipients": '["alice","bob"]',
         "#createdAt": repr(note.message.created_at),
@@ -155,24 +155,24 @@ async def test_keys_types_fields_and_expiries(redis_store: RedisStore, raw: Raw)
     await store.drop_pending([("bob", message_id, "too_large")])
     fields = await raw.hash(receipt_key)
     assert (fields["alice"], fields["bob"]) == ("acked", "too_large")
-    assert await raw.hash("PIGEON:DEVICE:bob") == {
+    assert await raw.hash("PIGEON:DEVICE:{bob}") == {
         "secretHash": "scrypt$salt$hash",
         "createdAt": "1700000000.25",
     }
-    assert await raw("PTTL", "PIGEON:DEVICE:bob") == -1  # a registration does not go stale
-    assert json.loads(await raw("GET", "PIGEON:IDEMPOTENCY:app:req-1")) == {
+    assert await raw("PTTL", "PIGEON:DEVICE:{bob}") == -1  # a registration does not go stale
+    assert json.loads(await raw("GET", "PIGEON:IDEMPOTENCY:{app:req-1}")) == {
         "messageId": message_id,
         "recipients": 2,
     }
-    assert 110 < await ttl("PIGEON:IDEMPOTENCY:app:req-1") <= 120
-    ((_, fields),) = await raw("XRANGE", "PIGEON:QUEUE", "-", "+")
+    assert 110 < await ttl("PIGEON:IDEMPOTENCY:{app:req-1}") <= 120
+    ((_, fields),) = await raw("XRANGE", "PIGEON:QUEUE:{0}", "-", "+")
     assert dict(zip(fields[::2], fields[1::2], strict=True)) == {
         "messageId": message_id,
         **body,
         "recipients": '["alice","bob"]',
         "idempotencyKey": "app:req-1",
     }
-    (group,) = await raw("XINFO", "GROUPS", "PIGEON:QUEUE")
+    (group,) = await raw("XINFO", "GROUPS", "PIGEON:QUEUE:{0}")
     assert dict(zip(group[::2], group[1::2], strict=True))["name"] == "delivery"
 
 
@@ -183,8 +183,8 @@ async def test_acknowledge_deletes_entries_from_the_stream(
     await redis_store.accept([_notification(["alice"]) for _ in range(3)])
     entries = await redis_store.consume("worker-1", 10, 0)
     await redis_store.acknowledge([e.entry_id for e in entries[:2]])
-    assert await raw("XLEN", "PIGEON:QUEUE") == 1
-    pending = await raw("XPENDING", "PIGEON:QUEUE", "delivery")
+    assert await raw("XLEN", "PIGEON:QUEUE:{0}") == 1
+    pending = await raw("XPENDING", "PIGEON:QUEUE:{0}", "delivery")
     assert pending[0] == 1
 
 
@@ -197,7 +197,7 @@ async def test_database_number_of_the_url(redis_server: RedisServer, raw: Raw) -
         await store.close()
     assert await raw("KEYS", "*") == []
     await raw("SELECT", "3")
-    assert await raw("GET", "PIGEON:AUTH:alice") == "token-1"
+    assert await raw("GET", "PIGEON:AUTH:{alice}") == "token-1"
     await raw("FLUSHDB")
     await raw("SELECT", "0")
 
@@ -209,35 +209,35 @@ async def test_database_number_of_the_url(redis_server: RedisServer, raw: Raw) -
 async def test_accept_writes_nothing_when_a_key_holds_the_wrong_type(
     redis_store: RedisStore, raw: Raw
 ) -> None:
-    await raw("SET", "PIGEON:WAIT_ACK:bob", "not a set")
+    await raw("SET", "PIGEON:WAIT_ACK:{bob}", "not a set")
     good = _notification(["carol"])
     bad = _notification(["alice", "bob"])
-    with pytest.raises(StoreError, match="PIGEON:WAIT_ACK:bob holds a string, not a set"):
+    with pytest.raises(StoreError, match=r"PIGEON:WAIT_ACK:\{bob\} holds a string, not a set"):
         await redis_store.accept([good, bad])
     # One script call checks every key before its first write: nothing went in.
     assert await redis_store.pending_ids("carol") == []
-    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{good.message.message_id}") == 0
-    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
-    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
-    assert await raw("XLEN", "PIGEON:QUEUE") == 0
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{{{good.message.message_id}}}") == 0
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{{{bad.message.message_id}}}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:{alice}") == 0
+    assert await raw("XLEN", "PIGEON:QUEUE:{0}") == 0
 
 
 @pytest_twisted.ensureDeferred
 async def test_collapse_and_schedule_keys_are_checked_before_the_first_write(
     redis_store: RedisStore, raw: Raw
 ) -> None:
-    await raw("SET", "PIGEON:COLLAPSE:bob", "not a hash")
+    await raw("SET", "PIGEON:COLLAPSE:{bob}", "not a hash")
     good = _notification(["carol"])
     bad = attrs.evolve(_notification(["alice", "bob"]), collapse_key="k")
-    with pytest.raises(StoreError, match="PIGEON:COLLAPSE:bob holds a string, not a hash"):
+    with pytest.raises(StoreError, match=r"PIGEON:COLLAPSE:\{bob\} holds a string, not a hash"):
         await redis_store.accept([good, bad])
-    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{good.message.message_id}") == 0
-    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
-    await raw("SET", "PIGEON:SCHEDULE", "not a sorted set")
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{{{good.message.message_id}}}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:{alice}") == 0
+    await raw("SET", "PIGEON:{SCHEDULE}", "not a sorted set")
     later = attrs.evolve(_notification(["carol"]), send_at=_reactor().seconds() + 30)
-    with pytest.raises(StoreError, match="PIGEON:SCHEDULE holds a string, not a zset"):
+    with pytest.raises(StoreError, match=r"PIGEON:\{SCHEDULE\} holds a string, not a zset"):
         await redis_store.accept([later])
-    assert await raw("EXISTS", f"PIGEON:RECEIPT:{later.message.message_id}") == 0
+    assert await raw("EXISTS", f"PIGEON:RECEIPT:{{{later.message.message_id}}}") == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -248,11 +248,11 @@ async def test_a_scheduled_message_that_expired_while_waiting_is_only_cleaned_up
     note = attrs.evolve(_notification(["alice"], ttl=30), send_at=now + 0.2)
     await redis_store.accept([note])
     message_id = note.message.message_id
-    await raw("DEL", f"PIGEON:MSG_BODY:{message_id}")  # as if its TTL ran out
-    await raw("ZADD", "PIGEON:SCHEDULE", "0", message_id)  # and it is due
+    await raw("DEL", f"PIGEON:MSG_BODY:{{{message_id}}}")  # as if its TTL ran out
+    await raw("ZADD", "PIGEON:{SCHEDULE}", "0", message_id)  # and it is due
     assert await redis_store.release_due(10, 30.0) == 0
-    assert await raw("EXISTS", "PIGEON:SCHEDULE") == 0
-    assert await raw("HEXISTS", f"PIGEON:RECEIPT:{message_id}", "#scheduled") == 0
+    assert await raw("EXISTS", "PIGEON:{SCHEDULE}") == 0
+    assert await raw("HEXISTS", f"PIGEON:RECEIPT:{{{message_id}}}", "#scheduled") == 0
     assert await redis_store.pending_ids("alice") == []
     assert await redis_store.cancel(message_id) is CancelResult.SENT
 
@@ -261,17 +261,17 @@ async def test_a_scheduled_message_that_expired_while_waiting_is_only_cleaned_up
 async def test_a_corrupt_key_spoils_only_its_own_call_of_a_large_batch(
     redis_store: RedisStore, raw: Raw
 ) -> None:
-    await raw("SET", "PIGEON:WAIT_ACK:bob", "not a set")
+    await raw("SET", "PIGEON:WAIT_ACK:{bob}", "not a set")
     crowd = [f"device-{i}" for i in range(ACCEPT_KEYS_PER_CALL)]
     first = _notification(crowd)  # more keys than one call takes: a call of its own
     bad = _notification(["alice", "bob"])
-    with pytest.raises(StoreError, match="PIGEON:WAIT_ACK:bob holds a string, not a set"):
+    with pytest.raises(StoreError, match=r"PIGEON:WAIT_ACK:\{bob\} holds a string, not a set"):
         await redis_store.accept([first, bad])
     # Each notification is atomic; the calls before the corrupt one went in.
     assert await redis_store.pending_ids(crowd[-1]) == [first.message.message_id]
-    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{bad.message.message_id}") == 0
-    assert await raw("EXISTS", "PIGEON:WAIT_ACK:alice") == 0
-    assert await raw("XLEN", "PIGEON:QUEUE") == 1
+    assert await raw("EXISTS", f"PIGEON:MSG_BODY:{{{bad.message.message_id}}}") == 0
+    assert await raw("EXISTS", "PIGEON:WAIT_ACK:{alice}") == 0
+    assert await raw("XLEN", "PIGEON:QUEUE:{0}") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -311,14 +311,14 @@ async def test_an_entry_that_does_not_decode_is_dropped_and_logged(
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        await raw("XADD", "PIGEON:QUEUE", "*", "junk", "1")
+        await raw("XADD", "PIGEON:QUEUE:{0}", "*", "junk", "1")
         note = _notification(["alice"])
         await redis_store.accept([note])
         entries = await redis_store.consume("worker-1", 10, 0)
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [e.notification.message for e in entries] == [note.message]
-    assert await raw("XLEN", "PIGEON:QUEUE") == 1
+    assert await raw("XLEN", "PIGEON:QUEUE:{0}") == 1
     assert any(
         "does not decode" in event.get("log_format", "") and event["log_level"].name == "error"
         for event in events
@@ -329,7 +329,7 @@ async def test_an_entry_that_does_not_decode_is_dropped_and_logged(
 async def test_queue_works_after_the_stream_was_deleted(redis_store: RedisStore, raw: Raw) -> None:
     await redis_store.accept([_notification(["alice"])])
     assert len(await redis_store.consume("worker-1", 10, 0)) == 1
-    await raw("DEL", "PIGEON:QUEUE")
+    await raw("DEL", "PIGEON:QUEUE:{0}")
     note = _notification(["alice"])
     await redis_store.accept([note])
     (entry,) = await redis_store.consume("worker-1", 10, 1)

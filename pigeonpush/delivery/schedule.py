@@ -1,7 +1,7 @@
 """The due-time poller: scheduled messages go out when their time comes.
 
 Accepting a notification with ``sendAt`` or ``delay`` stores it and adds its
-id to ``PIGEON:SCHEDULE`` (a sorted set by send time). Every delivery worker
+id to ``PIGEON:{SCHEDULE}`` (a sorted set by send time). Every delivery worker
 runs one ``SchedulePoller``: one timer on the injected clock that asks the
 store to release what is due, a bounded batch per tick (``Store.release_due``,
 which claims each entry atomically, so two workers never both send one). A

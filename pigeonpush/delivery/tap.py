@@ -76,7 +76,12 @@ class Options(DaemonOptions):
             "(default 127.0.0.1:<rpc port>, tls: when --rpc is ssl:).",
         ],
         RPC_CA_FILE_OPTION,
-        ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
+        [
+            "redis",
+            None,
+            "redis://127.0.0.1:6379/0",
+            "Store URL: redis://[:password@]host:port/db or redis+cluster://host:port,...",
+        ],
         ["zookeeper", None, "127.0.0.1:2181", "ZooKeeper hosts (or static: for no ZooKeeper)."],
         ZOOKEEPER_TIMEOUT_OPTION,
         ["node-id", None, None, "Name in discovery (default <hostname>-<rpc port>)."],

@@ -63,7 +63,12 @@ class Options(DaemonOptions):
     )
     optParameters = [
         ["listen", None, "tcp:8200", "Endpoint the HTTP API listens on."],
-        ["redis", None, "redis://127.0.0.1:6379/0", "Store URL: redis://[:password@]host:port/db"],
+        [
+            "redis",
+            None,
+            "redis://127.0.0.1:6379/0",
+            "Store URL: redis://[:password@]host:port/db or redis+cluster://host:port,...",
+        ],
         [
             "api-keys-file",
             None,

@@ -56,7 +56,8 @@ class Options(DaemonOptions):
             "redis",
             None,
             "redis://127.0.0.1:6379/0",
-            "Shared state: redis://[:password@]host:port/db, or memory: (this process only).",
+            "Shared state: redis://[:password@]host:port/db, redis+cluster://host:port,... "
+            "or memory: (this process only).",
         ],
         [
             "zookeeper",

@@ -60,23 +60,27 @@ def open_store(
 ) -> Store:
     """The store ``url`` names: ``memory:`` or
     ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS, with
-    ``?ssl_ca_certs=PATH`` to trust a private authority). The Redis store
+    ``?ssl_ca_certs=PATH`` to trust a private authority), or a Redis Cluster:
+    ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (seed
+    nodes; ``rediss+cluster://`` for TLS). The Redis store
     connects on first use. ValueError says what is wrong with a bad URL.
     ``receipt_retention``: how long a receipt stays readable after its
     message's TTL (the body is gone at the TTL; the states are kept)."""
     if not isinstance(url, str) or not url:
-        raise ValueError("a store URL is needed: memory: or redis://[:password@]host:port/db")
+        raise ValueError(
+            "a store URL is needed: memory:, redis://[:password@]host:port/db or redis+cluster://host:port,..."
+        )
     if url == "memory:" or url == "memory://":
         from pigeonpush.store.memory import MemoryStore
 
         return MemoryStore(
             reactor, idempotency_ttl=idempotency_ttl, receipt_retention=receipt_retention
         )
-    from pigeonpush.store.address import parse_redis_url
+    from pigeonpush.store.address import parse_store_address
     from pigeonpush.store.redis import RedisStore
 
     return RedisStore(
-        parse_redis_url(url),
+        parse_store_address(url),
         reactor,
         idempotency_ttl=idempotency_ttl,
         receipt_retention=receipt_retention,

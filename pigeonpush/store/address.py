@@ -1,5 +1,7 @@
-"""Store URLs: ``memory:`` or ``redis[s]://[[user]:password@]host[:port][/db]``,
-with ``?timeout=SECONDS`` and (``rediss://``) ``?ssl_ca_certs=PATH``."""
+"""Store URLs: ``memory:``, ``redis[s]://[[user]:password@]host[:port][/db]``
+or, for a Redis Cluster, ``redis[s]+cluster://[[user]:password@]host:port[,host:port...]``
+(seed nodes; the rest is learnt from CLUSTER SLOTS), with ``?timeout=SECONDS``
+and (TLS) ``?ssl_ca_certs=PATH``."""
 
 from __future__ import annotations
 
@@ -15,8 +17,14 @@ DEFAULT_REDIS_PORT = 6379
 #: answered as such (AUTH_FAIL UNAVAILABLE, 503) rather than as a timeout.
 DEFAULT_TIMEOUT = 3.0
 #: Query parameters a Redis URL may carry.
-_QUERY_OPTIONS = ("ssl_ca_certs", "timeout")
-_FORMS = "memory: or redis://[:password@]host:port/db (rediss:// for TLS)"
+_QUERY_OPTIONS = ("queue_shards", "ssl_ca_certs", "timeout")
+#: Most queue shards a URL may ask for (each is a stream, read in turn).
+MAX_QUEUE_SHARDS = 256
+_FORMS = (
+    "memory: or redis://[:password@]host:port/db (rediss:// for TLS; "
+    "redis+cluster://[:password@]host:port[,host:port...] for a Redis Cluster)"
+)
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 @attrs.frozen(slots=True)
@@ -33,6 +41,10 @@ class RedisAddress:
     ca_certs: str | None = None
     #: seconds a call waits for Redis (``?timeout=``)
     timeout: float = DEFAULT_TIMEOUT
+    #: streams the queue is sharded over (``?queue_shards=``; None: the
+    #: store's default, 1 on one Redis and 8 on a cluster). Every daemon
+    #: sharing the store must use the same URL, hence the same count.
+    queue_shards: int | None = None
 
     def __str__(self) -> str:
         """The URL without credentials, for logs and error messages."""
@@ -91,7 +103,17 @@ def parse_redis_url(url: str) -> RedisAddress:
                 f"bad store URL {_redacted(url)!r}: timeout must be a positive number "
                 f"of seconds, not {options['timeout']!r}"
             )
+    queue_shards = None
+    if "queue_shards" in options:
+        text = options["queue_shards"]
+        if not (text.isdigit() and text.isascii() and 1 <= int(text) <= MAX_QUEUE_SHARDS):
+            raise ValueError(
+                f"bad store URL {_redacted(url)!r}: queue_shards must be a whole number "
+                f"from 1 to {MAX_QUEUE_SHARDS}, not {text!r}"
+            )
+        queue_shards = int(text)
     return RedisAddress(
+        queue_shards=queue_shards,
         timeout=timeout,
         host=parts.hostname,
         port=DEFAULT_REDIS_PORT if port is None else port,
@@ -101,6 +123,68 @@ def parse_redis_url(url: str) -> RedisAddress:
         tls=parts.scheme == "rediss",
         ca_certs=ca_certs,
     )
+
+
+@attrs.frozen(slots=True)
+class ClusterAddress:
+    """A Redis Cluster: its seed nodes (each a RedisAddress with the shared
+    credentials, TLS and timeout settings); database 0, the only one a
+    cluster has."""
+
+    seeds: tuple[RedisAddress, ...]
+
+    @property
+    def timeout(self) -> float:
+        return self.seeds[0].timeout
+
+    @property
+    def queue_shards(self) -> int | None:
+        return self.seeds[0].queue_shards
+
+    def node(self, host: str, port: int) -> RedisAddress:
+        """The address of a node the cluster named, with the seeds' settings."""
+        return attrs.evolve(self.seeds[0], host=host, port=port)
+
+    def __str__(self) -> str:
+        scheme = "rediss+cluster" if self.seeds[0].tls else "redis+cluster"
+        nodes = ",".join(str(seed).split("://", 1)[1].rsplit("/", 1)[0] for seed in self.seeds)
+        return f"{scheme}://{nodes}"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """A ClusterAddress, or ValueError saying what is wrong with ``url``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"bad store URL {_redacted(url)!r}: expected {_FORMS}")
+    split = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+                default=len(rest))  # fmt: skip
+    location, tail = rest[:split], rest[split:]
+    credentials, at, hosts = location.rpartition("@")
+    seeds: list[RedisAddress] = []
+    for host in hosts.split(","):
+        if not host:
+            raise ValueError(f"bad store URL {_redacted(url)!r}: an empty host in the node list")
+        single = f"{CLUSTER_SCHEMES[scheme]}://{credentials}{at}{host}{tail}"
+        try:
+            seed = parse_redis_url(single)
+        except ValueError as e:
+            reason = str(e).split("': ", 1)[-1]
+            raise ValueError(f"bad store URL {_redacted(url)!r}: {reason}") from None
+        if seed.db != 0:
+            raise ValueError(
+                f"bad store URL {_redacted(url)!r}: a Redis Cluster has database 0 only"
+            )
+        seeds.append(seed)
+    return ClusterAddress(tuple(seeds))
+
+
+def parse_store_address(url: str) -> RedisAddress | ClusterAddress:
+    """A Redis URL (``redis[s]://``) or a Redis Cluster one (``redis[s]+cluster://``)."""
+    return parse_cluster_url(url) if is_cluster_url(url) else parse_redis_url(url)
 
 
 def _redacted(url: str) -> str:

@@ -114,16 +114,19 @@ class Store(Protocol):
         Repeated recipients count once.
 
         The whole batch is checked first (ValueError: nothing written); then
-        each notification is atomic on its own, not the batch as a whole.
+        each notification is atomic on its own, not the batch as a whole. (On
+        a Redis Cluster a notification whose keys span slots is written in
+        ordered steps that a retry with its idempotency key resumes: see
+        docs/data-model.rst.)
 
         ``collapse_key``: for each recipient, the message last accepted with
-        the same key (``PIGEON:COLLAPSE:<clientId>``) leaves its WAIT_ACK if it
+        the same key (``PIGEON:COLLAPSE:{clientId}``) leaves its WAIT_ACK if it
         is still there, its receipt saying ``replaced`` for that recipient;
         this message becomes the key's latest. An ACKed one is left alone.
 
         ``send_at`` in the future: only the body and the receipt (every
         recipient ``scheduled``) are written, and the id joins
-        ``PIGEON:SCHEDULE``; ``release_due`` does the rest (WAIT_ACK, the
+        ``PIGEON:{SCHEDULE}``; ``release_due`` does the rest (WAIT_ACK, the
         collapse, the queue) once the time came. A past ``send_at`` is now."""
 
     def release_due(self, limit: int, lease: float) -> Deferred[int]:
@@ -132,7 +135,8 @@ class Store(Protocol):
         ``accept`` does) and the queue, once, however many workers call this
         at the same time. A worker claims an entry for ``lease`` seconds; one
         that dies holding it leaves it to the next claim after the lease,
-        which sends it unless it was sent already. Answers how many it sent
+        which sends it unless it was sent already (on a Redis Cluster it resumes
+        the dead worker's steps). Answers how many it sent
         (cancelled, expired and already sent entries are only cleaned up)."""
 
     def cancel(self, message_id: str) -> Deferred[CancelResult]:
@@ -190,7 +194,7 @@ class Store(Protocol):
     def device(self, client_id: str) -> Deferred[DeviceRecord | None]:
         """The registered device, or None."""
 
-    # -- the notification queue (stream PIGEON:QUEUE, group ``delivery``) ------
+    # -- the notification queue (streams PIGEON:QUEUE:{shard}, group ``delivery``) --
 
     def consume(self, consumer: str, count: int, block: float) -> Deferred[list[QueueEntry]]:
         """Up to ``count`` entries never handed out before, oldest first, for

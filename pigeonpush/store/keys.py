@@ -1,5 +1,13 @@
 """The Redis key layout (docs/data-model.rst). The seed's four tables keep
-their exact names; the queue, device and idempotency keys are additions."""
+their names as the visible prefix; the queue, device and idempotency keys are
+additions.
+
+Every key carries a Redis Cluster hash tag (the part in braces decides the
+slot), so that what one script touches lives in one slot: a client's AUTH,
+ROUTE, WAIT_ACK, FAILED, DEVICE and COLLAPSE share ``{clientId}``; a
+message's MSG_BODY and RECEIPT share ``{messageId}``; each queue shard is a
+slot of its own, and so are SCHEDULE (``{SCHEDULE}``) and the uplink keys
+(``{UPLINK}``). The single Redis uses the same names."""
 
 from __future__ import annotations
 
@@ -17,13 +25,15 @@ FAILED = PREFIX + "FAILED:"  #: + clientId -> hash: messageId -> failed deliveri
 RECEIPT = PREFIX + "RECEIPT:"
 DEVICE = PREFIX + "DEVICE:"  #: + clientId -> hash (secretHash, createdAt)
 IDEMPOTENCY = PREFIX + "IDEMPOTENCY:"  #: + key -> string: JSON of the first acceptance
-QUEUE = PREFIX + "QUEUE"  #: stream of accepted notifications
+QUEUE = PREFIX + "QUEUE:"  #: + {shard} -> stream of accepted notifications
+GROUP = "delivery"  #: the consumer group of every QUEUE shard
 #: sorted set: messageIds of scheduled messages, scored by their send time
-#: (seconds since the epoch; a worker that claims one pushes it a lease ahead)
-SCHEDULE = PREFIX + "SCHEDULE"
-#: + clientId -> hash: collapseKey -> the latest messageId sent with it
+#: (seconds since the epoch; a worker that claims one pushes it a lease ahead).
+#: One key with a slot of its own (hash tag ``{SCHEDULE}``).
+SCHEDULE = PREFIX + "{SCHEDULE}"
+#: + {clientId} -> hash: collapseKey -> the latest messageId sent with it (the
+#: client's slot, next to its WAIT_ACK)
 COLLAPSE = PREFIX + "COLLAPSE:"
-GROUP = "delivery"  #: the consumer group of QUEUE
 
 #: MSG_BODY fields (the recipients are in RECEIPT: only the receipt needs them).
 BODY_FIELDS = ("title", "text", "extras", "createdAt", "expiresAt")
@@ -36,43 +46,57 @@ RECEIPT_META = ("#recipients", "#createdAt", "#expiresAt")
 RECEIPT_SEND_AT = "#sendAt"
 RECEIPT_COLLAPSE_KEY = "#collapseKey"
 RECEIPT_SCHEDULED = "#scheduled"
+#: On a Redis Cluster, set while a worker releases a scheduled message in
+#: steps (before its first one): a cancel then answers that it is sent.
+RECEIPT_RELEASING = "#releasing"
 DEVICE_FIELDS = ("secretHash", "createdAt")
 
 
+def tagged(prefix: str, tag: str) -> str:
+    """``prefix{tag}``: the slot is the tag's. Client ids and message ids hold
+    no braces; an idempotency key may, and is still one key of one slot."""
+    return f"{prefix}{{{tag}}}"
+
+
 def auth(client_id: str) -> str:
-    return AUTH + client_id
+    return tagged(AUTH, client_id)
 
 
 def route(client_id: str) -> str:
-    return ROUTE + client_id
+    return tagged(ROUTE, client_id)
 
 
 def wait_ack(client_id: str) -> str:
-    return WAIT_ACK + client_id
+    return tagged(WAIT_ACK, client_id)
 
 
 def msg_body(message_id: str) -> str:
-    return MSG_BODY + message_id
+    return tagged(MSG_BODY, message_id)
 
 
 def receipt(message_id: str) -> str:
-    return RECEIPT + message_id
+    return tagged(RECEIPT, message_id)
 
 
 def device(client_id: str) -> str:
-    return DEVICE + client_id
+    return tagged(DEVICE, client_id)
 
 
 def idempotency(key: str) -> str:
-    return IDEMPOTENCY + key
+    return tagged(IDEMPOTENCY, key)
 
 
 def failed(client_id: str) -> str:
-    return FAILED + client_id
+    return tagged(FAILED, client_id)
+
+
+def queue(shard: int) -> str:
+    """The stream of queue shard ``shard`` (0 .. shards - 1)."""
+    return tagged(QUEUE, str(shard))
 
 
 def collapse(client_id: str) -> str:
-    return COLLAPSE + client_id
+    return tagged(COLLAPSE, client_id)
 
 
 # -- uplinks (docs/uplink.rst). All uplink keys share the hash tag {UPLINK}: one

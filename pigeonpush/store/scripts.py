@@ -62,36 +62,48 @@ return redis.call('DEL', KEYS[1])
 """,
 )
 
-#: The collapse step (PIGEON:COLLAPSE), shared by ACCEPT and RELEASE: a Lua
-#: function that, for one recipient, takes the message last sent with the
-#: same collapse key out of the recipient's WAIT_ACK if it is still there
-#: (recording ``replaced`` in that message's receipt) and makes ``id`` the
-#: key's latest. The older message's receipt is found from its id, so it is
-#: a key the script does not declare: on Redis Cluster that HSETNX becomes a
-#: second step on the message's slot, the WAIT_ACK and COLLAPSE keys sharing
-#: the client's hash tag.
-_RECEIPT_PREFIX, _RECEIPT_SUFFIX = keys.receipt("\0").split("\0")
-COLLAPSE_LUA = (
-    f"""
-local RECEIPT_PREFIX, RECEIPT_SUFFIX = '{_RECEIPT_PREFIX}', '{_RECEIPT_SUFFIX}'
-"""
-    """
-local function collapse(wait_key, collapse_key, client, field, id, ttl)
+#: The collapse step (PIGEON:COLLAPSE), on the client's slot: a Lua function
+#: that, for one recipient, takes the message last sent with the same
+#: collapse key out of the recipient's WAIT_ACK if it is still there
+#: (answering that older id, or nil) and makes ``id`` the key's latest. The
+#: WAIT_ACK and COLLAPSE keys share the client's hash tag.
+_COLLAPSE_SLOT_LUA = """
+local function collapse_slot(wait_key, collapse_key, field, id, ttl)
   local older = redis.call('HGET', collapse_key, field)
-  if older and older ~= id and redis.call('SREM', wait_key, older) == 1 then
-    local receipt = RECEIPT_PREFIX .. older .. RECEIPT_SUFFIX
-    if redis.call('EXISTS', receipt) == 1 then
-      redis.call('HSETNX', receipt, client, 'replaced')
-    end
-  end
+  local removed = nil
+  if older and older ~= id and redis.call('SREM', wait_key, older) == 1 then removed = older end
   redis.call('HSET', collapse_key, field, id)
   if redis.call('PTTL', collapse_key) < ttl then redis.call('PEXPIRE', collapse_key, ttl) end
+  return removed
 end
 
 local function check_type(key, wanted)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= wanted and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. wanted)
+  end
+end
+"""
+
+#: The whole collapse step on a single Redis, shared by ACCEPT and RELEASE:
+#: ``collapse_slot`` then ``replaced`` in the older message's receipt. That
+#: receipt is found from its id, so it is a key the script does not declare:
+#: a Redis Cluster runs ADD_PENDING (``collapse_slot``) on the client's slot,
+#: then RECORD_OUTCOME on the older message's slot (docs/data-model.rst).
+_RECEIPT_PREFIX, _RECEIPT_SUFFIX = keys.receipt("\0").split("\0")
+COLLAPSE_LUA = (
+    f"""
+local RECEIPT_PREFIX, RECEIPT_SUFFIX = '{_RECEIPT_PREFIX}', '{_RECEIPT_SUFFIX}'
+"""
+    + _COLLAPSE_SLOT_LUA
+    + """
+local function collapse(wait_key, collapse_key, client, field, id, ttl)
+  local older = collapse_slot(wait_key, collapse_key, field, id, ttl)
+  if older then
+    local receipt = RECEIPT_PREFIX .. older .. RECEIPT_SUFFIX
+    if redis.call('EXISTS', receipt) == 1 then
+      redis.call('HSETNX', receipt, client, 'replaced')
+    end
   end
 end
 """
@@ -252,12 +264,14 @@ return 1
 #: Cancel a scheduled message. KEYS: RECEIPT, MSG_BODY. Answers -1 (no
 #: receipt), 0 (sent already, or never scheduled), 1 (cancelled now), 2
 #: (cancelled before). Deleting ``#scheduled`` decides it: RELEASE sends
-#: nothing afterwards. The SCHEDULE entry is removed by the caller (a
-#: leftover one is only cleaned up by the next release).
+#: nothing afterwards; a release in steps on a Redis Cluster that began
+#: (``#releasing``) is past cancelling. The SCHEDULE entry is removed by the
+#: caller (a leftover one is only cleaned up by the next release).
 CANCEL = Script(
     "cancel",
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], '#releasing') == 1 then return 0 end
 if redis.call('HDEL', KEYS[1], '#scheduled') == 0 then
   if redis.call('HEXISTS', KEYS[1], '#cancelled') == 1 then return 2 end
   return 0
@@ -407,6 +421,139 @@ return 1
 )
 
 
+# -- Redis Cluster: a multi-recipient accept spans slots ---------------------------
+# A cluster runs a script on one slot only. ``RedisStore`` then accepts a
+# notification in steps, each atomic on its slot, in this order (see
+# docs/data-model.rst): CLAIM the idempotency key -> WRITE_MESSAGE (body and
+# receipt) -> ADD_PENDING (WAIT_ACK and the collapse, per client slot) ->
+# RECORD_OUTCOME (``replaced``, on each older message's slot) -> XADD to a
+# queue shard (or, scheduled, ZADD to SCHEDULE) -> the idempotency record
+# (SET). A retry with the same key resumes with the claimed messageId; every
+# step is safe to run again. A release runs RELEASE_BEGIN -> ADD_PENDING ->
+# RECORD_OUTCOME -> XADD -> RELEASE_END, resumed by the next claim.
+
+#: Claim prefix of an IDEMPOTENCY value whose acceptance is under way.
+CLAIM_MARK = "claim:"
+
+#: KEYS: IDEMPOTENCY. ARGV: claim (CLAIM_MARK .. messageId), TTL in ms.
+#: Answers the stored value (a claim under way or the first acceptance's
+#: record) or, having stored the claim, nil.
+CLAIM = Script(
+    "claim",
+    """
+local stored = redis.call('GET', KEYS[1])
+if stored then return stored end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+""",
+)
+
+#: KEYS: MSG_BODY, RECEIPT. ARGV: title, text, extras, createdAt, expiresAt,
+#: recipients (JSON), TTL in ms, receipt TTL in ms, send time ('' to send
+#: now), collapse key ('' for none).
+#: Writes both unless the receipt exists already (a resumed accept: outcomes
+#: recorded since must stay); answers the clientIds that have an outcome.
+#: A scheduled message's receipt gets ``#sendAt``, ``#scheduled`` and its
+#: ``#collapseKey``, as ACCEPT writes them.
+WRITE_MESSAGE = Script(
+    "write_message",
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local settled = {}
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 1) ~= '#' then settled[#settled + 1] = flat[i] end
+  end
+  return settled
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'title', ARGV[1], 'text', ARGV[2], 'extras', ARGV[3],
+  'createdAt', ARGV[4], 'expiresAt', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('HSET', KEYS[2], '#recipients', ARGV[6], '#createdAt', ARGV[4],
+  '#expiresAt', ARGV[5])
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[2], '#sendAt', ARGV[9], '#scheduled', '1')
+  if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], '#collapseKey', ARGV[10]) end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+return {}
+""",
+)
+
+#: KEYS: WAIT_ACK of clients of one slot, then, with a collapse key, their
+#: COLLAPSE hashes. ARGV: messageId, TTL in ms, collapse key ('' for none),
+#: then (with a collapse key) the clientIds in the keys' order.
+#: SADD to each (raising its expiry to the TTL) and collapse as ACCEPT does,
+#: except for the older message's receipt: answers {clientId, older id, ...}
+#: for the caller's RECORD_OUTCOME. The types are checked first.
+ADD_PENDING = Script(
+    "add_pending",
+    _COLLAPSE_SLOT_LUA
+    + """
+local collapse_key = ARGV[3]
+local count = #KEYS
+if collapse_key ~= '' then count = count / 2 end
+for i = 1, count do
+  local refused = check_type(KEYS[i], 'set') or
+    (collapse_key ~= '' and check_type(KEYS[i + count], 'hash'))
+  if refused then return refused end
+end
+local ttl = tonumber(ARGV[2])
+local replaced = {}
+for i = 1, count do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  if collapse_key ~= '' then
+    local older = collapse_slot(KEYS[i], KEYS[i + count], collapse_key, ARGV[1], ttl)
+    if older then
+      replaced[#replaced + 1] = ARGV[3 + i]
+      replaced[#replaced + 1] = older
+    end
+  end
+end
+return replaced
+""",
+)
+
+#: KEYS: RECEIPT. The first step of a release in steps (a cluster): answers 0
+#: if the message is not scheduled any more (cancelled, or sent), else marks
+#: it ``#releasing`` (CANCEL then answers sent) and answers 1. A release that
+#: stopped after this is resumed by the next claim (the mark stays set).
+RELEASE_BEGIN = Script(
+    "release_begin",
+    """
+if redis.call('HEXISTS', KEYS[1], '#scheduled') == 0 then return 0 end
+redis.call('HSET', KEYS[1], '#releasing', '1')
+return 1
+""",
+)
+
+#: KEYS: RECEIPT. The last step of a release in steps, once the WAIT_ACKs and
+#: the queue have the message: it is sent. Answers 1, or 0 if another worker
+#: finished it first.
+RELEASE_END = Script(
+    "release_end",
+    """
+local done = redis.call('HDEL', KEYS[1], '#scheduled')
+redis.call('HDEL', KEYS[1], '#releasing')
+return done
+""",
+)
+
+#: KEYS: RECEIPT. ARGV: clientId, outcome. The second half of SETTLE on a
+#: cluster (after SREM removed the id from the client's WAIT_ACK).
+RECORD_OUTCOME = Script(
+    "record_outcome",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+""",
+)
+
+
 ALL = (
     BIND_SESSION,
     END_SESSION,
@@ -424,4 +571,10 @@ ALL = (
     ADD_FAILURES,
     ADD_UPLINK,
     ADD_DEAD_UPLINK,
+    CLAIM,
+    WRITE_MESSAGE,
+    ADD_PENDING,
+    RECORD_OUTCOME,
+    RELEASE_BEGIN,
+    RELEASE_END,
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -230,3 +231,215 @@ class ZooKeeperServer:
     def stop(self) -> None:
         if self._process is not None:
             processes.stop_popen(self._process)
+
+
+def cluster_port(host: str = "127.0.0.1") -> int:
+    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    for _ in range(1000):
+        port = free_port(host)
+        if port >= 55536:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) below 55536")
+
+
+def _resp(*words: str) -> bytes:
+    payload = f"*{len(words)}\r\n".encode()
+    for word in words:
+        raw = word.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return payload
+
+
+@attrs.define(slots=True)
+class ClusterNode:
+    """One redis-server of a RedisCluster (cluster mode, no persistence)."""
+
+    directory: Path
+    host: str = "127.0.0.1"
+    port: int = attrs.field(factory=cluster_port)
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        binary = _require(REDIS_BINARY, "redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            *launch.redis_argv(binary, self.port, self.directory),
+            *("--logfile", str(self.directory / "redis.log")),
+            *("--cluster-enabled", "yes"),
+            *("--cluster-config-file", str(self.directory / "nodes.conf")),
+            # Failover tests kill a master: its replica takes over after this.
+            *("--cluster-node-timeout", "1000"),
+            *("--cluster-replica-validity-factor", "0"),
+            # Replicas sync at once (the default waits 5 s for more replicas):
+            # a master killed before its replica synced would lose everything.
+            *("--repl-diskless-sync-delay", "0"),
+        ]
+        output = self.directory / "stdout.log"
+        self._process = processes.popen(command, output=output)
+        try:
+            processes.wait_port(
+                self._process,
+                self.host,
+                self.port,
+                timeout=START_TIMEOUT,
+                what="redis-server (cluster node)",
+                output=self.directory / "redis.log",
+            )
+        except processes.StartError:
+            self.stop()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): no chance to hand anything over."""
+        if self.running:
+            assert self._process is not None
+            processes.stop_popen(self._process, signum=signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            processes.stop_popen(self._process)
+
+    def command(self, *words: str) -> bytes:
+        """Run one command over a plain socket (fixture set-up, not tests)."""
+        return send_line(self.host, self.port, _resp(*words))
+
+    def fields(self, *command: str) -> dict[str, str]:
+        """An INFO-style reply (``name:value`` lines) as a dict."""
+        fields: dict[str, str] = {}
+        for line in self.command(*command).decode(errors="replace").splitlines():
+            name, sep, value = line.partition(":")
+            if sep:
+                fields[name.strip()] = value.strip()
+        return fields
+
+    @property
+    def is_master(self) -> bool:
+        return self.fields("INFO", "replication").get("role") == "master"
+
+
+@attrs.define(slots=True)
+class RedisCluster:
+    """A Redis Cluster on loopback: 3 masters and 3 replicas (one each),
+    created with ``redis-cli --cluster create``; ready once every node says
+    ``cluster_state:ok``."""
+
+    directory: Path
+    masters: int = 3
+    nodes: list[ClusterNode] = attrs.field(factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes[: self.masters])
+
+    def start(self) -> None:
+        cli = _require("redis-cli", "redis-tools")
+        self.nodes = [
+            ClusterNode(self.directory / f"node-{index}") for index in range(2 * self.masters)
+        ]
+        try:
+            for node in self.nodes:
+                node.start()
+            created = subprocess.run(
+                [cli, "--cluster", "create", *(node.address for node in self.nodes),
+                 "--cluster-replicas", "1"],
+                input=b"yes\n", capture_output=True, timeout=START_TIMEOUT, check=False,
+            )  # fmt: skip
+            if created.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed: {created.stdout[-2000:]!r} "
+                    f"{created.stderr[-2000:]!r}"
+                )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def running_nodes(self) -> list[ClusterNode]:
+        return [node for node in self.nodes if node.running]
+
+    def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
+        """Until every running node says ``cluster_state:ok`` with all 16384
+        slots served, and every running replica is in sync with its master
+        (a bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                running = self.running_nodes()
+                states = [node.fields("CLUSTER", "INFO") for node in running]
+                replication = [node.fields("INFO", "replication") for node in running]
+                if all(
+                    state.get("cluster_state") == "ok" and state.get("cluster_slots_ok") == "16384"
+                    for state in states
+                ) and all(
+                    role.get("role") == "master"
+                    or (
+                        role.get("master_link_status") == "up"
+                        and role.get("master_sync_in_progress") == "0"
+                    )
+                    for role in replication
+                ):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster in {self.directory} is not ok")
+            time.sleep(0.05)
+
+    def master_nodes(self) -> list[ClusterNode]:
+        """The running nodes that are masters now."""
+        return [node for node in self.running_nodes() if node.is_master]
+
+    def node_id(self, node: ClusterNode) -> str:
+        return node.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+
+    def master_of(self, key: str) -> ClusterNode:
+        """The master that serves ``key`` now (the others answer MOVED)."""
+        for node in self.master_nodes():
+            if not node.command("EXISTS", key).startswith(b"-MOVED"):
+                return node
+        raise RuntimeError(f"no master serves {key!r}")
+
+    def crash_master(self, node: ClusterNode, timeout: float = START_TIMEOUT) -> None:
+        """SIGKILL ``node`` (a master); once its replica took over, start it
+        again (it rejoins as a replica, empty, and syncs)."""
+        node.kill()
+        deadline = time.monotonic() + timeout
+        while node in self.master_nodes() or len(self.master_nodes()) < self.masters:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {node.address}")
+            time.sleep(0.05)
+        self.wait_ok(timeout)
+
+    def restart(self, node: ClusterNode, timeout: float = START_TIMEOUT) -> None:
+        """Start a stopped node again on its port and config (a replica now)."""
+        node.start()
+        self.wait_ok(timeout)
+
+    def flush(self) -> None:
+        for node in self.master_nodes():
+            reply = node.command("FLUSHALL")
+            if not reply.startswith(b"+OK"):
+                raise RuntimeError(f"FLUSHALL on {node.address} failed: {reply!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -1,4 +1,5 @@
-"""Store fixtures: every contract test runs once per backend.
+"""Store fixtures: every contract test runs once per backend (memory, one
+Redis, a Redis Cluster of 3 masters and 3 replicas).
 
 ``store_case`` gives a ``StoreCase``: the backend's name, a fresh store, and
 time. The memory store runs on a ``Clock`` that the test advances; the Redis
@@ -21,13 +22,15 @@ from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.store import Message, Notification, Store, open_store
 from support.waiting import wait_for
 
-BACKENDS = ("memory", "redis")
+BACKENDS = ("memory", "redis", "redis-cluster")
 
 #: Short TTLs: the memory clock jumps, so it can use realistic ones; Redis
 #: waits for real, so about a second.
-SHORT_TTL = {"memory": 30.0, "redis": 1.0}
+SHORT_TTL = {"memory": 30.0, "redis": 1.0, "redis-cluster": 1.0}
 #: How long a receipt outlives its message's TTL in the contract tests.
-RECEIPT_RETENTION = {"memory": 60.0, "redis": 2.0}
+RECEIPT_RETENTION = {"memory": 60.0, "redis": 2.0, "redis-cluster": 2.0}
+#: The URL fixture of each Redis backend.
+URL_FIXTURES = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}
 
 
 @attrs.define
@@ -114,7 +117,7 @@ def store_case(request: pytest.FixtureRequest) -> Iterator[StoreCase]:
         store = open_store("memory:", clock, idempotency_ttl=ttl, receipt_retention=retention)
         case = StoreCase(backend, store, ttl, reactor, clock, retention=retention)
     else:
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(URL_FIXTURES[backend])
         store = open_store(url, reactor, idempotency_ttl=ttl, receipt_retention=retention)
         case = StoreCase(backend, store, ttl, reactor, retention=retention)
     try:

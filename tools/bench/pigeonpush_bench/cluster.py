@@ -18,6 +18,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
+from pigeonpush.store import keys
 from pigeonpush.tokens import url_safe_token
 from pigeonpush_bench import services
 from pigeonpush_bench.control import LoadGenerator, start_loadgen
@@ -472,7 +473,9 @@ class RedisProbe:
 
     async def queue_state(self) -> tuple[int, int, int]:
         """(stream length, entries read by delivery, entries read and not yet handled)."""
-        length, read, pending = await self._connection.eval(_QUEUE_STATE, ["PIGEON:QUEUE"], [])
+        # One Redis: the store's default of one queue shard.
+        queue = [keys.queue(0)]
+        length, read, pending = await self._connection.eval(_QUEUE_STATE, queue, [])
         return int(length), int(read), int(pending)
 
     async def close(self) -> None:

@@ -39,14 +39,14 @@ async def test_the_probe_counts_what_waits_for_an_ack_and_what_the_queue_holds(
     try:
         assert await probe.wait_ack_total() == 0
         assert await probe.queue_state() == (0, 0, 0)
-        redis_server.command("SADD", "PIGEON:WAIT_ACK:a", "m1", "m2")
-        redis_server.command("SADD", "PIGEON:WAIT_ACK:b", "m3")
+        redis_server.command("SADD", "PIGEON:WAIT_ACK:{a}", "m1", "m2")
+        redis_server.command("SADD", "PIGEON:WAIT_ACK:{b}", "m3")
         redis_server.command("SADD", "PIGEON:OTHER:c", "m4")
         for index in range(3):
-            redis_server.command("XADD", "PIGEON:QUEUE", "*", "id", str(index))
-        redis_server.command("XGROUP", "CREATE", "PIGEON:QUEUE", "delivery", "0")
+            redis_server.command("XADD", "PIGEON:QUEUE:{0}", "*", "id", str(index))
+        redis_server.command("XGROUP", "CREATE", "PIGEON:QUEUE:{0}", "delivery", "0")
         redis_server.command(
-            "XREADGROUP", "GROUP", "delivery", "w", "COUNT", "2", "STREAMS", "PIGEON:QUEUE", ">"
+            "XREADGROUP", "GROUP", "delivery", "w", "COUNT", "2", "STREAMS", "PIGEON:QUEUE:{0}", ">"
         )
 
         assert await probe.wait_ack_total() == 3
