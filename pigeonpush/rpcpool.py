@@ -192,6 +192,10 @@ class AmpPool:
                 raise RpcUnavailable(f"{address} did not answer {command.__name__} in time")
             if failure.check(amp.ProtocolSwitched) or _is_connection_error(failure):
                 raise RpcUnavailable(f"connection to {address} lost: {failure.value}")
+            if _is_tls_error(failure):
+                # Some Twisted releases (25.5) complete the handshake and fail
+                # the first call when the certificate is then refused.
+                raise RpcUnavailable(f"connection to {address} lost: {describe_failure(failure)}")
             return failure
 
         answer.addErrback(on_error)
@@ -299,3 +303,11 @@ def _is_connection_error(failure: Failure) -> bool:
     from twisted.internet.error import ConnectionClosed, ConnectionLost
 
     return bool(failure.check(ConnectionClosed, ConnectionLost))
+
+
+def _is_tls_error(failure: Failure) -> bool:
+    """The peer's certificate was refused (untrusted, or for another name)."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    return bool(failure.check(VerificationError, SSL.Error))
