@@ -54,13 +54,14 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer_only
 
 from pigeonpush.logsafe import untrusted
 
@@ -267,6 +268,11 @@ class BoundedChannel(HTTPChannel):
         self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 
 
+# HTTP/1.1 only, so no ALPN: a factory that offers protocols has TLS set its
+# selection callback on the shared context at every connection, which
+# pyOpenSSL 25.1+ refuses once the context made one (Twisted 25.5's TLS then
+# fails every HTTPS connection after the first).
+@implementer_only(IProtocolFactory)
 class JsonSite(Site):
     """A Site for JSON APIs: bounded bodies, no form parsing, a sane idle
     timeout, a deadline per request and a cap on open connections."""
