@@ -26,6 +26,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.keys import BOUND
 from pigeonpush.store.memory_queue import MemoryQueue
+from pigeonpush.store.memory_topics import MemoryTopics
 from pigeonpush.store.model import (
     Accepted,
     DeviceRecord,
@@ -51,7 +52,7 @@ class _ReceiptRecord:
     outcomes: dict[str, str] = attrs.field(factory=dict)
 
 
-class MemoryStore:
+class MemoryStore(MemoryTopics):
     """All shared state in dictionaries, expiring on ``clock``."""
 
     def __init__(
@@ -77,6 +78,7 @@ class MemoryStore:
         #: clientId -> messageId -> failed deliveries (PIGEON:FAILED)
         self._failed: ExpiringTable[dict[str, int]] = ExpiringTable(self._expiries)
         self._queue = MemoryQueue(clock)
+        self._init_topics()
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Topics and broadcast in the Redis backend (mixed into ``RedisStore``).
+
+A call that spans a topic and its devices runs one script per slot (the
+topic's, then each device's) in as few round trips as it can; it is not
+atomic as a whole. The device's SUBSCRIPTIONS hash is what delivery reads;
+the topic's SUBSCRIBERS set is an index for counts and DELETE, written after
+the devices' hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from pigeonpush.store import checks, topic_checks, topic_keys, topic_scripts
+from pigeonpush.store.interface import StoreError
+from pigeonpush.store.model import Message
+from pigeonpush.store.redis_codec import DecodeError, dump_json, dump_time, load_message
+from pigeonpush.store.redis_connection import Command, RedisConnection, Reply, Script, is_error
+from pigeonpush.store.topic_model import (
+    START,
+    CatchUp,
+    SubscriptionChange,
+    TopicEntry,
+    TopicPosition,
+)
+from pigeonpush.topics import BROADCAST, check_topic
+
+T = TypeVar("T")
+
+#: Devices popped from a topic's subscriber set per round of ``delete_topic``.
+DELETE_BATCH = 1000
+
+
+class RedisTopics:
+    """Uses ``RedisStore``'s ``_call``, ``_one``, ``_script``, ``_main`` and ``_reactor``."""
+
+    _main: RedisConnection
+    _reactor: Any
+
+    if TYPE_CHECKING:
+
+        def _call(
+            self, operation: Callable[..., Coroutine[Any, Any, T]], *args: Any
+        ) -> Deferred[T]: ...
+
+        async def _one(self, *command: str) -> Reply: ...
+
+        async def _script(
+            self, script: Script, script_keys: list[str], args: list[str]
+        ) -> Reply: ...
+
+    async def _scripts(
+        self, calls: Sequence[tuple[Script, Sequence[str], Sequence[str]]]
+    ) -> list[Reply]:
+        return await self._main.run_scripts(calls)
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def subscribe(
+        self, topic: str, client_ids: Sequence[str], max_topics: int
+    ) -> Deferred[SubscriptionChange]:
+        return self._call(self._subscribe, topic, client_ids, max_topics)
+
+    async def _subscribe(
+        self, topic: str, client_ids: Sequence[str], max_topics: int
+    ) -> SubscriptionChange:
+        topic, ids = topic_checks.subscription(topic, client_ids)
+        checks.positive_count(max_topics, "max_topics")
+        epoch, offset = await self._script(
+            topic_scripts.TOPIC_TAIL,
+            [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
+            [topic_checks.new_epoch()],
+        )
+        start = TopicPosition(epoch, offset).dump()
+        replies = await self._scripts(
+            [
+                (
+                    topic_scripts.SUBSCRIBE_DEVICE,
+                    [topic_keys.subscriptions(client_id)],
+                    [topic, start, str(max_topics), BROADCAST],
+                )
+                for client_id in ids
+            ]
+        )
+        added = [c for c, reply in zip(ids, replies, strict=True) if _int(reply) == 1]
+        refused = tuple(c for c, reply in zip(ids, replies, strict=True) if _int(reply) == -1)
+        if added:
+            await self._one("SADD", topic_keys.subscribers(topic), *added)
+        return SubscriptionChange(len(added), refused)
+
+    def unsubscribe(self, topic: str, client_ids: Sequence[str]) -> Deferred[int]:
+        return self._call(self._unsubscribe, topic, client_ids)
+
+    async def _unsubscribe(self, topic: str, client_ids: Sequence[str]) -> int:
+        topic, ids = topic_checks.subscription(topic, client_ids)
+        if not ids:
+            return 0
+        commands: list[Command] = [
+            ("HDEL", topic_keys.subscriptions(client_id), topic) for client_id in ids
+        ]
+        commands.append(("SREM", topic_keys.subscribers(topic), *ids))
+        replies = await self._main.execute(commands)
+        return sum(_int(reply) for reply in replies[:-1])
+
+    def device_topics(self, client_id: str) -> Deferred[list[str]]:
+        return self._call(self._device_topics, client_id)
+
+    async def _device_topics(self, client_id: str) -> list[str]:
+        found = await self._one("HKEYS", topic_keys.subscriptions(client_id))
+        return sorted(str(topic) for topic in found if topic != BROADCAST)
+
+    def subscriber_count(self, topic: str) -> Deferred[int]:
+        return self._call(self._subscriber_count, topic)
+
+    async def _subscriber_count(self, topic: str) -> int:
+        return _int(await self._one("SCARD", topic_keys.subscribers(check_topic(topic))))
+
+    def delete_topic(self, topic: str) -> Deferred[int]:
+        return self._call(self._delete_topic, topic)
+
+    async def _delete_topic(self, topic: str) -> int:
+        topic = check_topic(topic)
+        removed = 0
+        while True:
+            popped = await self._one("SPOP", topic_keys.subscribers(topic), str(DELETE_BATCH))
+            if not popped:
+                break
+            removed += len(popped)
+            await self._main.execute(
+                [("HDEL", topic_keys.subscriptions(str(c)), topic) for c in popped]
+            )
+        await self._one("DEL", topic_keys.topic_meta(topic), topic_keys.topic_log(topic))
+        return removed
+
+    # -- the log -----------------------------------------------------------------------
+
+    def publish(self, topic: str, message: Message, max_length: int) -> Deferred[TopicEntry]:
+        return self._call(self._publish, topic, message, max_length)
+
+    async def _publish(self, topic: str, message: Message, max_length: int) -> TopicEntry:
+        now = float(self._reactor.seconds())
+        remaining = topic_checks.published(topic, message, max_length, now)
+        epoch, offset = await self._script(
+            topic_scripts.PUBLISH,
+            [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
+            [
+                topic_checks.new_epoch(),
+                str(max_length),
+                repr(now),
+                str(checks.milliseconds(remaining)),
+                message.message_id,
+                message.title,
+                message.text,
+                dump_json(dict(message.extras)),
+                dump_time(message.created_at),
+                dump_time(message.expires_at),
+            ],
+        )
+        stored = Message(
+            message.message_id,
+            message.title,
+            message.text,
+            dict(message.extras),
+            message.created_at,
+            message.expires_at,
+        )
+        return TopicEntry(topic, TopicPosition(str(epoch), str(offset)), stored)
+
+    def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
+        return self._call(self._catch_up, client_id, limit)
+
+    async def _catch_up(self, client_id: str, limit: int) -> list[CatchUp]:
+        checks.positive_count(limit, "limit")
+        key = topic_keys.subscriptions(client_id)
+        flat = await self._one("HGETALL", key)
+        held = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        topics = [BROADCAST, *sorted(t for t in held if t != BROADCAST)]
+        positions = {t: TopicPosition.load(held[t]) for t in topics if t in held}
+        now = repr(float(self._reactor.seconds()))
+        calls = []
+        for topic in topics:
+            position = positions.get(topic)
+            calls.append(
+                (
+                    topic_scripts.READ_AFTER,
+                    [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
+                    [
+                        topic_checks.new_epoch(),
+                        position.epoch if position else "",
+                        position.offset if position else START,
+                        str(limit),
+                        now,
+                    ],
+                )
+            )
+        replies = await self._scripts(calls)
+        found = []
+        resets: list[str] = [BROADCAST]
+        for topic, reply in zip(topics, replies, strict=True):
+            epoch, missed, trimmed, raw = _checked(reply, "topic_read_after")
+            entries = tuple(
+                TopicEntry(topic, TopicPosition(str(epoch), str(entry[0])), _entry(entry))
+                for entry in raw
+            )
+            if missed == 1:
+                reset = TopicPosition(str(epoch), str(trimmed) or START)
+                resets += [topic, reset.epoch, reset.offset, "1", held[topic]]
+            if entries or missed == 1:
+                found.append(CatchUp(topic, entries, missed == 1))
+        if len(resets) > 1:
+            await self._script(topic_scripts.ADVANCE, [key], resets)
+        return found
+
+    def advance(
+        self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
+    ) -> Deferred[None]:
+        return self._call(self._advance, client_id, positions)
+
+    async def _advance(
+        self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
+    ) -> None:
+        topic_checks.advances(positions)
+        if not positions:
+            return
+        args = [BROADCAST]
+        for topic, position in positions:
+            args += [topic, position.epoch, position.offset, "0", ""]
+        await self._script(topic_scripts.ADVANCE, [topic_keys.subscriptions(client_id)], args)
+
+
+def _int(reply: Reply) -> int:
+    if is_error(reply):
+        raise StoreError(f"Redis refused a topic command: {reply}")
+    return int(reply)
+
+
+def _checked(reply: Reply, what: str) -> Reply:
+    if is_error(reply):
+        raise StoreError(f"Redis refused {what}: {reply}")
+    return reply
+
+
+def _entry(entry: Sequence[Any]) -> Message:
+    fields = dict(zip(entry[1][::2], entry[1][1::2], strict=False))
+    message_id = str(fields.get("messageId", ""))
+    try:
+        message = load_message(
+            message_id, [fields.get(name) for name in topic_keys.TOPIC_FIELDS[1:]]
+        )
+    except DecodeError as e:
+        raise StoreError(str(e)) from e
+    if message is None:
+        raise StoreError(f"a topic log entry {entry[0]} without a title")
+    return message
