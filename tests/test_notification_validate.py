@@ -219,3 +219,42 @@ def test_ttl_null_is_refused_and_absent_ttl_is_the_default() -> None:
     assert problem.field == "ttl"
     draft = validate(base, Limits(default_ttl=77))
     assert isinstance(draft, Draft) and draft.ttl == 77
+
+
+# -- audiences: to, topic, broadcast ------------------------------------------------
+
+
+def test_a_topic_notification_has_no_recipients() -> None:
+    draft = ok({"topic": "news.sport-1_~", "title": "T", "text": "X"})
+    assert draft.topic == "news.sport-1_~" and draft.recipients == ()
+
+
+def test_a_broadcast_goes_to_the_broadcast_topic() -> None:
+    from pigeonpush.topics import BROADCAST
+
+    draft = ok({"broadcast": True, "title": "T", "text": "X"})
+    assert draft.topic == BROADCAST and draft.recipients == ()
+    # broadcast: false names no audience: "to" is then required.
+    assert ok({"broadcast": False, "to": ["a"], "title": "", "text": ""}).topic is None
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        ({"to": ["a"], "topic": "news"}, "topic", "exactly one audience"),
+        ({"topic": "news", "broadcast": True}, "broadcast", "exactly one audience"),
+        ({"to": ["a"], "broadcast": True}, "broadcast", "exactly one audience"),
+        ({"broadcast": "yes"}, "broadcast", "must be true"),
+        ({"broadcast": False}, "to", "required"),
+        ({"topic": "a b"}, "topic", "1 to 128 letters"),
+        ({"topic": "x" * 129}, "topic", "1 to 128"),
+        ({"topic": ""}, "topic", "1 to 128"),
+        ({"topic": "{slot}"}, "topic", "1 to 128"),
+        ({"topic": "*"}, "topic", "1 to 128"),
+        ({"topic": 5}, "topic", "1 to 128"),
+    ],
+)
+def test_audience_rules(data: dict[str, Any], field: str, fragment: str) -> None:
+    found = problems({"title": "", "text": "", **data})
+    assert found[0].field == field
+    assert fragment in found[0].message

@@ -218,3 +218,27 @@ def test_topic_keys_share_one_slot_per_topic_and_per_device() -> None:
     for key in (topic_meta("news"), topic_log("news"), subscribers("news")):
         assert key.endswith("{topic:news}")
     assert subscriptions("alice").endswith("{alice}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idempotency_key_makes_a_repeated_publish_a_no_op(store_case: StoreCase) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice"], 10)
+    first_message = store_case.notification(["-"], text="one").message
+    first = await store.publish("news", first_message, 100, "key-1")
+    assert not first.duplicate
+    retry = store_case.notification(["-"], text="one").message
+    again = await store.publish("news", retry, 100, "key-1")
+    assert again.duplicate
+    assert again.message.message_id == first_message.message_id
+    assert again.position == first.position
+    # The same key on another topic is another request.
+    other = await store.publish("sport", retry, 100, "key-1")
+    assert not other.duplicate
+    assert texts(await store.catch_up("alice", 10)) == {"news": ["one"]}
+
+    async def forgotten() -> bool:
+        later = store_case.notification(["-"], text="two").message
+        return not (await store.publish("news", later, 100, "key-1")).duplicate
+
+    await store_case.eventually(forgotten, within=store_case.ttl, what="key forgotten")

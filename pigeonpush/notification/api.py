@@ -31,12 +31,14 @@ from pigeonpush.http import (
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
-from pigeonpush.notification.core import Notifications, Outcome, Submission
+from pigeonpush.notification.core import Notifications, Outcome, Published, Submission
 from pigeonpush.notification.sessions import DeviceSessions
+from pigeonpush.notification.topics_api import TopicsApi, TopicsTree
 from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, Receipt, RecipientState
+from pigeonpush.topics import BROADCAST
 
 #: Longest Idempotency-Key header value (visible ASCII).
 MAX_IDEMPOTENCY_KEY = 128
@@ -91,7 +93,15 @@ def receipt_body(receipt: Receipt) -> dict[str, Any]:
 DROPPED = frozenset({RecipientState.TOO_LARGE, RecipientState.FAILED})
 
 
-def accepted_body(accepted: Accepted) -> dict[str, Any]:
+def accepted_body(accepted: Accepted | Published) -> dict[str, Any]:
+    if isinstance(accepted, Published):
+        if accepted.topic == BROADCAST:
+            return {"messageId": accepted.message_id, "broadcast": True}
+        return {
+            "messageId": accepted.message_id,
+            "topic": accepted.topic,
+            "subscribers": accepted.targeted,
+        }
     return {"messageId": accepted.message_id, "recipients": accepted.recipients}
 
 
@@ -116,16 +126,22 @@ class NotificationApi:
         self._notifications = notifications
         self._keys = keys
         self._settings = settings
-        #: Without it there is no ``/v1/devices`` (an API with no way to reach servers).
+        #: Without it there is no ``/v1/devices/<clientId>/session`` (an API
+        #: with no way to reach servers).
         self._sessions = sessions
+        self.topics = TopicsApi(notifications.store, max_topics=notifications.max_topics)
+
+    @property
+    def has_sessions(self) -> bool:
+        return self._sessions is not None
 
     def resource(self) -> Resource:
         root = JsonTree()
         v1 = JsonTree()
         root.putChild(b"v1", v1)
         v1.putChild(b"notifications", _NotificationsTree(self))
-        if self._sessions is not None:
-            v1.putChild(b"devices", _DevicesTree(self))
+        v1.putChild(b"devices", _DevicesTree(self))
+        v1.putChild(b"topics", TopicsTree(self.guarded, self.topics, self._settings.max_body))
         root.putChild(b"health", JsonResource({b"GET": self.health}))
         root.putChild(b"metrics", MetricsResource())
         return root
@@ -215,6 +231,19 @@ class NotificationApi:
         return JsonResponse({"status": "ok", "queueLag": lag})
 
     # -- helpers ---------------------------------------------------------------
+
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind the API key, with store failures answered 503
+        and every error counted."""
+
+        async def guarded(request: Request) -> JsonResponse:
+            self._authorize(request)
+            try:
+                return await handler(request)
+            except StoreError as e:
+                raise _unavailable(e) from None
+
+        return _counting(guarded)
 
     def _authorize(self, request: Request) -> str:
         scope = self._keys.check(request.getHeader(b"authorization"))
@@ -308,7 +337,7 @@ class _NotificationsTree(Resource):
 
 
 class _DevicesTree(Resource):
-    """``/v1/devices/<clientId>/session``."""
+    """``/v1/devices/<clientId>/session`` and ``/v1/devices/<clientId>/topics``."""
 
     def __init__(self, api: NotificationApi) -> None:
         super().__init__()
@@ -323,6 +352,11 @@ class _DevicesTree(Resource):
         async def kick(request: Request) -> JsonResponse:
             return await self._api.kick(request, client_id)
 
+        async def topics(request: Request) -> JsonResponse:
+            return await self._api.topics.device_topics(request, client_id)
+
         device = JsonTree()
-        device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        if self._api.has_sessions:
+            device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        device.putChild(b"topics", JsonResource({b"GET": self._api.guarded(topics)}))
         return device

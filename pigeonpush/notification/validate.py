@@ -16,13 +16,16 @@ from collections.abc import Mapping
 import attrs
 
 from pigeonpush.http import echo
+from pigeonpush.topics import BROADCAST, TOPIC_RULE, is_topic
 
 #: What a clientId may be (the same rule as reglog's).
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
 #: The fields a notification may have; anything else is refused (a typo such
 #: as "tll" must not silently become the default TTL).
-FIELDS = frozenset({"to", "title", "text", "ttl", "extras"})
+FIELDS = frozenset({"to", "topic", "broadcast", "title", "text", "ttl", "extras"})
+#: The error of a notification that names no audience, or more than one.
+AUDIENCE_RULE = 'a notification names exactly one audience: "to", "topic" or "broadcast": true'
 #: A messageId as the wire protocol carries it (ULID, 26 characters).
 MESSAGE_ID_LENGTH = 26
 
@@ -108,6 +111,9 @@ class Draft:
     text: str
     ttl: int
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: the topic it goes to (``topics.BROADCAST`` for every device); then
+    #: ``recipients`` is empty
+    topic: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -125,7 +131,11 @@ def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
     problems: list[Invalid] = []
     for name in sorted(set(data) - FIELDS):
         problems.append(Invalid(echo(name), f'unknown field "{echo(name)}"'))
-    recipients = _recipients(data.get("to"), limits, problems)
+    recipients: tuple[str, ...] | None = ()
+    before = len(problems)
+    topic = _audience(data, problems)
+    if topic is None and len(problems) == before:
+        recipients = _recipients(data.get("to"), limits, problems)
     title = _text(data, "title", limits.max_title, problems)
     text = _text(data, "text", limits.max_text, problems)
     ttl = _ttl(data["ttl"], limits, problems) if "ttl" in data else limits.default_ttl
@@ -133,7 +143,30 @@ def validate(data: object, limits: Limits) -> Draft | list[Invalid]:
     if problems:
         return problems
     assert recipients is not None and title is not None and text is not None
-    return Draft(recipients, title, text, ttl, extras)
+    return Draft(recipients, title, text, ttl, extras, topic)
+
+
+def _audience(data: dict[str, object], problems: list[Invalid]) -> str | None:
+    """The topic a notification goes to (BROADCAST for ``broadcast: true``),
+    or None when it goes ``to`` clientIds (or names none: "to is required");
+    a problem when it names more than one."""
+    broadcast = data.get("broadcast", False)
+    if not isinstance(broadcast, bool):
+        problems.append(Invalid("broadcast", "broadcast must be true (or absent)"))
+        return None
+    named = [name for name in ("to", "topic") if name in data] + (
+        ["broadcast"] if broadcast else []
+    )
+    if len(named) > 1:
+        problems.append(Invalid(named[1], AUDIENCE_RULE))
+        return None
+    if broadcast:
+        return BROADCAST
+    if "topic" in data:
+        if not is_topic(data["topic"]):
+            problems.append(Invalid("topic", f"topic must be {TOPIC_RULE}"))
+        return str(data["topic"])
+    return None
 
 
 def utf8_size(text: str) -> int | None:

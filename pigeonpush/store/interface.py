@@ -202,9 +202,17 @@ class Store(Protocol):
         """Unsubscribe every device and delete the log; how many were
         subscribed. The topic can be used again; its log then has a new epoch."""
 
-    def publish(self, topic: str, message: Message, max_length: int) -> Deferred[TopicEntry]:
+    def publish(
+        self,
+        topic: str,
+        message: Message,
+        max_length: int,
+        idempotency_key: str | None = None,
+    ) -> Deferred[TopicEntry]:
         """Append ``message`` to the topic's log (one write, whatever the
-        number of subscribers) and answer its position. The log keeps at most
+        number of subscribers) and answer its position. An
+        ``idempotency_key`` seen for this topic within the store's idempotency
+        TTL appends nothing and answers the first acceptance (``duplicate``). The log keeps at most
         ``max_length`` entries: a device whose position falls behind what
         was trimmed so has missed messages. Expired entries are dropped and
         the log expires with its longest-lived message."""

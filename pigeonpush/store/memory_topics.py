@@ -10,7 +10,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from pigeonpush.store import checks, topic_checks
+from pigeonpush.store import checks, topic_checks, topic_keys
+from pigeonpush.store.expiring import Expiries, ExpiringTable
 from pigeonpush.store.model import Message
 from pigeonpush.store.topic_model import (
     START,
@@ -53,6 +54,8 @@ class MemoryTopics:
     """Mixed into ``MemoryStore``: its ``_run`` and ``_clock`` are used."""
 
     _clock: IReactorTime
+    _expiries: Expiries
+    _idempotency_ttl: float
 
     if TYPE_CHECKING:
 
@@ -66,6 +69,8 @@ class MemoryTopics:
         #: topic -> subscribed clientIds (PIGEON:SUBSCRIBERS)
         self._members: dict[str, set[str]] = {}
         self._logs: dict[str, _Log] = {}
+        #: PIGEON:IDEMPOTENCY:{topic:name}<key> -> "<messageId> <epoch> <offset>"
+        self._topic_idempotency: ExpiringTable[str] = ExpiringTable(self._expiries)
 
     def _now(self) -> float:
         return float(self._clock.seconds())
@@ -155,12 +160,26 @@ class MemoryTopics:
 
     # -- the log -------------------------------------------------------------------
 
-    def publish(self, topic: str, message: Message, max_length: int) -> Deferred[TopicEntry]:
-        return self._run(self._publish, topic, message, max_length)
+    def publish(
+        self,
+        topic: str,
+        message: Message,
+        max_length: int,
+        idempotency_key: str | None = None,
+    ) -> Deferred[TopicEntry]:
+        return self._run(self._publish, topic, message, max_length, idempotency_key)
 
-    def _publish(self, topic: str, message: Message, max_length: int) -> TopicEntry:
+    def _publish(
+        self, topic: str, message: Message, max_length: int, idempotency_key: str | None
+    ) -> TopicEntry:
         now = self._now()
         topic_checks.published(topic, message, max_length, now)
+        if idempotency_key is not None:
+            first = self._topic_idempotency.get(
+                topic_keys.topic_idempotency(topic, idempotency_key), now
+            )
+            if first is not None:
+                return topic_checks.replayed(topic, message, first)
         log = self._log(topic)
         log.live(now)
         message = attrs.evolve(message, extras=dict(message.extras))
@@ -170,6 +189,12 @@ class MemoryTopics:
             over = len(log.entries) - max_length
             log.trimmed = log.entries[over - 1][0]
             del log.entries[:over]
+        if idempotency_key is not None:
+            self._topic_idempotency.set(
+                topic_keys.topic_idempotency(topic, idempotency_key),
+                f"{message.message_id} {log.epoch} {offset}",
+                now + self._idempotency_ttl,
+            )
         return TopicEntry(topic, TopicPosition(log.epoch, offset), message)
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:

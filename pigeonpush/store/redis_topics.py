@@ -39,6 +39,7 @@ class RedisTopics:
 
     _main: RedisConnection
     _reactor: Any
+    _idempotency_ms: int
 
     if TYPE_CHECKING:
 
@@ -137,15 +138,29 @@ class RedisTopics:
 
     # -- the log -----------------------------------------------------------------------
 
-    def publish(self, topic: str, message: Message, max_length: int) -> Deferred[TopicEntry]:
-        return self._call(self._publish, topic, message, max_length)
+    def publish(
+        self,
+        topic: str,
+        message: Message,
+        max_length: int,
+        idempotency_key: str | None = None,
+    ) -> Deferred[TopicEntry]:
+        return self._call(self._publish, topic, message, max_length, idempotency_key)
 
-    async def _publish(self, topic: str, message: Message, max_length: int) -> TopicEntry:
+    async def _publish(
+        self, topic: str, message: Message, max_length: int, idempotency_key: str | None
+    ) -> TopicEntry:
         now = float(self._reactor.seconds())
         remaining = topic_checks.published(topic, message, max_length, now)
-        epoch, offset = await self._script(
+        meta = topic_keys.topic_meta(topic)
+        key = (
+            meta
+            if idempotency_key is None
+            else topic_keys.topic_idempotency(topic, idempotency_key)
+        )
+        first, second = await self._script(
             topic_scripts.PUBLISH,
-            [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
+            [meta, topic_keys.topic_log(topic), key],
             [
                 topic_checks.new_epoch(),
                 str(max_length),
@@ -157,8 +172,13 @@ class RedisTopics:
                 dump_json(dict(message.extras)),
                 dump_time(message.created_at),
                 dump_time(message.expires_at),
+                "0" if idempotency_key is None else "1",
+                str(self._idempotency_ms),
             ],
         )
+        if first == 0:
+            return topic_checks.replayed(topic, message, str(second))
+        epoch, offset = first, second
         stored = Message(
             message.message_id,
             message.title,

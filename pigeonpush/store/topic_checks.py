@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pigeonpush.store import checks
 from pigeonpush.store.model import Message
-from pigeonpush.store.topic_model import TopicPosition, offset_key
+from pigeonpush.store.topic_model import TopicEntry, TopicPosition, offset_key
 from pigeonpush.topics import check_audience, check_topic
 
 #: The most devices one subscribe or unsubscribe call takes.
@@ -54,3 +54,18 @@ def advances(positions: Sequence[tuple[str, TopicPosition]]) -> None:
         if not position.epoch or " " in position.epoch:
             raise ValueError(f"not an epoch: {position.epoch!r}")
         offset_key(position.offset)
+
+
+def replayed(topic: str, message: Message, record: str) -> TopicEntry:
+    """The answer to a publish whose idempotency key was seen: the first
+    acceptance (its record is ``<messageId> <epoch> <offset>``)."""
+    message_id, epoch, offset = record.split(" ")
+    first = Message(
+        message_id,
+        message.title,
+        message.text,
+        dict(message.extras),
+        message.created_at,
+        message.expires_at,
+    )
+    return TopicEntry(topic, TopicPosition(epoch, offset), first, duplicate=True)

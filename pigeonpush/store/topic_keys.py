@@ -42,5 +42,11 @@ def subscribers(topic: str) -> str:
     return SUBSCRIBERS + _topic_tag(topic)
 
 
+def topic_idempotency(topic: str, key: str) -> str:
+    """``PIGEON:IDEMPOTENCY:{topic:name}<key>``: in the topic's slot, so that
+    ``publish`` checks and sets it in the script that appends."""
+    return PREFIX + "IDEMPOTENCY:" + _topic_tag(topic) + key
+
+
 def subscriptions(client_id: str) -> str:
     return SUBSCRIPTIONS + "{" + client_id + "}"

@@ -56,6 +56,9 @@ class TopicEntry:
     topic: str  #: the topic name, or ``topics.BROADCAST``
     position: TopicPosition
     message: Message
+    #: ``publish`` saw its idempotency key before: nothing was appended, and
+    #: ``position`` and the messageId are the first acceptance's
+    duplicate: bool = False
 
 
 @attrs.frozen(slots=True)

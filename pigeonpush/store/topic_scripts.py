@@ -44,14 +44,21 @@ return 1
 """,
 )
 
-#: KEYS: TOPIC, TOPIC_LOG. ARGV: fresh epoch, max length, now (seconds), TTL
-#: in ms, then the TOPIC_FIELDS values. Appends, trims the log to max length
+#: KEYS: TOPIC, TOPIC_LOG, IDEMPOTENCY (or TOPIC again without a key). ARGV:
+#: fresh epoch, max length, now (seconds), TTL in ms, then the TOPIC_FIELDS
+#: values, then has-key ('1'/'0') and the idempotency TTL in ms. With a key
+#: seen before: {0, "<messageId> <epoch> <offset>"}, nothing written. Else
+#: appends, trims the log to max length
 #: (recording the newest offset trimmed so: readers behind it missed
 #: messages), drops the expired head, and gives the log the longest TTL it
 #: holds. Answers {epoch, offset}.
 PUBLISH = Script(
     "topic_publish",
     """
+if ARGV[11] == '1' then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {0, first} end
+end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local id = redis.call('XADD', KEYS[2], '*', 'messageId', ARGV[5], 'title', ARGV[6],
@@ -72,6 +79,9 @@ for _, entry in ipairs(head) do
 end
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if ARGV[11] == '1' then
+  redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. epoch .. ' ' .. id, 'PX', ARGV[12])
 end
 return {epoch, id}
 """,
