@@ -36,6 +36,7 @@ from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.session import Channel, Session, State
 from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
+from pigeonpush.server.topics import TopicFeed
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
@@ -116,6 +117,8 @@ class PushHub:
         self.server_address = server_address
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
+        #: topic and broadcast messages: catch-up from the logs, positions by ACKs
+        self.topics = TopicFeed(store, clock, self.push)
         #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not
@@ -154,6 +157,7 @@ class PushHub:
     def disconnected(self, session: Session) -> None:
         """Every close, whatever its cause: the conditional cleanup."""
         self.all_sessions.discard(session)
+        self.topics.forget(session)
         self._pulled_empty.discard(session)
         self._pull_retry.discard(session)
         client_id = session.client_id
@@ -323,6 +327,7 @@ class PushHub:
         # pigeonpush_server_auth_total{result="ok"} counts them.
         self.metrics.authenticated()
         self.pull(session)
+        self.topics.catch_up(session)
 
     # --- pushing (PushGateway) -----------------------------------------------------
 
@@ -493,6 +498,7 @@ class PushHub:
         elif session.waiting:
             session.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
         self.acks.add(session.client_id, message_id)
+        self.topics.settled(session, (message_id,))
         if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
             self.pull(session)
 
@@ -500,6 +506,7 @@ class PushHub:
         """A PING: the connection is idle; pull at most once per heartbeat."""
         if self.clock.seconds() - session.last_pull >= self.settings.heartbeat:
             self.pull(session)
+            self.topics.catch_up(session)
 
     def writable(self, session: Session) -> None:
         """The connection's socket drained: continue a pull that had more."""
@@ -773,6 +780,7 @@ class PushHub:
             attempts=self.settings.max_attempts,
             message_ids=message_ids,
         )
+        self.topics.settled(session, message_ids)
         dropping = self._drop(client_id, message_ids, DropReason.FAILED)
 
         def done(dropped: bool) -> None:
