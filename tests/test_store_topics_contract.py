@@ -242,3 +242,49 @@ async def test_an_idempotency_key_makes_a_repeated_publish_a_no_op(store_case: S
         return not (await store.publish("news", later, 100, "key-1")).duplicate
 
     await store_case.eventually(forgotten, within=store_case.ttl, what="key forgotten")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_feed_gives_every_topic_message_once_from_now(store_case: StoreCase) -> None:
+    store = store_case.store
+    await publish(store_case, "news", "before")
+    start, entries = await store.topic_feed(None, 10, 0)
+    assert entries == []
+    one = await publish(store_case, "news", "one")
+    two = await publish(store_case, BROADCAST, "two")
+    after, entries = await store.topic_feed(start, 10, 0)
+    assert [(e.topic, e.message.text) for e in entries] == [("news", "one"), (BROADCAST, "two")]
+    assert [e.position for e in entries] == [one.position, two.position]
+    assert entries[0].message.message_id == one.message.message_id
+    assert await store.topic_feed(after, 10, 0) == (after, [])
+    first, entries = await store.topic_feed(start, 1, 0)
+    assert [e.message.text for e in entries] == ["one"]
+    _, entries = await store.topic_feed(first, 10, 0)
+    assert [e.message.text for e in entries] == ["two"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_feed_reader_waits_for_the_next_message(store_case: StoreCase) -> None:
+    store = store_case.store
+    start, _ = await store.topic_feed(None, 10, 0)
+    waiting = store.topic_feed(start, 10, 30)
+    assert not waiting.called
+    await publish(store_case, "news", "one")
+    if store_case.clock is not None:
+        store_case.clock.advance(0)
+    _, entries = await store_case.settle(waiting)
+    assert [e.message.text for e in entries] == ["one"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_feed_reader_gives_up_after_block_seconds(store_case: StoreCase) -> None:
+    store = store_case.store
+    start, _ = await store.topic_feed(None, 10, 0)
+    waiting = store.topic_feed(start, 10, 0.2)
+    if store_case.clock is not None:
+        store_case.clock.advance(0.2)
+    assert await store_case.settle(waiting) == (start, [])
+    with pytest.raises(ValueError):
+        await store.topic_feed("nope", 10, 0)
+    with pytest.raises(ValueError):
+        await store.topic_feed(start, 0, 0)

@@ -217,6 +217,18 @@ class Store(Protocol):
         was trimmed so has missed messages. Expired entries are dropped and
         the log expires with its longest-lived message."""
 
+    def topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+        """Every topic and broadcast message published after feed id
+        ``after``, oldest first, at most ``count``, waiting up to ``block``
+        seconds for the first (0: not at all), and the id to read after next
+        (each push server reads the feed for its live fan-out). ``after``
+        None answers the current end and no entries: a reader starts from
+        now. The feed keeps about ``topic_keys.FEED_LENGTH`` entries; a
+        reader further behind misses some (its devices catch up from the
+        logs). Cancelling the Deferred stops the wait."""
+
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         """For broadcast and every topic ``client_id`` is subscribed to (in
         that order, topics sorted), the first ``limit`` unexpired entries after

@@ -3,11 +3,12 @@ Redis scripts of ``redis_topics``, on the store's clock."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from pigeonpush.store import checks, topic_checks, topic_keys
@@ -69,6 +70,12 @@ class MemoryTopics:
         #: topic -> subscribed clientIds (PIGEON:SUBSCRIBERS)
         self._members: dict[str, set[str]] = {}
         self._logs: dict[str, _Log] = {}
+        #: PIGEON:TOPIC_FEED: (id, entry), and the readers waiting for the next
+        self._feed: collections.deque[tuple[str, TopicEntry]] = collections.deque(
+            maxlen=topic_keys.FEED_LENGTH
+        )
+        self._feed_log = _Log("")
+        self._feed_readers: list[tuple[Deferred[tuple[str, list[TopicEntry]]], str, int]] = []
         #: PIGEON:IDEMPOTENCY:{topic:name}<key> -> "<messageId> <epoch> <offset>"
         self._topic_idempotency: ExpiringTable[str] = ExpiringTable(self._expiries)
 
@@ -195,7 +202,61 @@ class MemoryTopics:
                 f"{message.message_id} {log.epoch} {offset}",
                 now + self._idempotency_ttl,
             )
-        return TopicEntry(topic, TopicPosition(log.epoch, offset), message)
+        entry = TopicEntry(topic, TopicPosition(log.epoch, offset), message)
+        self._feed.append((self._feed_log.next_offset(now), entry))
+        self._clock.callLater(0, self._wake_feed_readers)
+        return entry
+
+    def topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+        return ensureDeferred(self._topic_feed(after, count, block))
+
+    async def _topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> tuple[str, list[TopicEntry]]:
+        found = await self._run(self._topic_feed_now, after, count, block)
+        if after is None or found[1] or block <= 0:
+            return found
+        reader: Deferred[tuple[str, list[TopicEntry]]] = Deferred(self._forget_feed_reader)
+        self._feed_readers.append((reader, after, count))
+        timer = self._clock.callLater(block, self._feed_timed_out, reader, after)
+        try:
+            return await reader
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    def _topic_feed_now(
+        self, after: str | None, count: int, block: float
+    ) -> tuple[str, list[TopicEntry]]:
+        checks.positive_count(count, "count")
+        checks.non_negative_seconds(block, "block")
+        if after is None:
+            return (self._feed[-1][0] if self._feed else START, [])
+        return self._feed_after(after, count)
+
+    def _feed_after(self, after: str, count: int) -> tuple[str, list[TopicEntry]]:
+        key = offset_key(after)
+        found = [(i, e) for i, e in self._feed if offset_key(i) > key][:count]
+        return (found[-1][0] if found else after, [e for _, e in found])
+
+    def _wake_feed_readers(self) -> None:
+        readers, self._feed_readers = self._feed_readers, []
+        for reader, after, count in readers:
+            found = self._feed_after(after, count)
+            if found[1]:
+                reader.callback(found)
+            else:
+                self._feed_readers.append((reader, after, count))
+
+    def _feed_timed_out(self, reader: Deferred[tuple[str, list[TopicEntry]]], after: str) -> None:
+        self._forget_feed_reader(reader)
+        if not reader.called:
+            reader.callback((after, []))
+
+    def _forget_feed_reader(self, reader: Deferred[tuple[str, list[TopicEntry]]]) -> None:
+        self._feed_readers = [r for r in self._feed_readers if r[0] is not reader]
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         return self._run(self._catch_up, client_id, limit)

@@ -25,6 +25,7 @@ from pigeonpush.store.topic_model import (
     SubscriptionChange,
     TopicEntry,
     TopicPosition,
+    offset_key,
 )
 from pigeonpush.topics import BROADCAST, check_topic
 
@@ -52,6 +53,8 @@ class RedisTopics:
         async def _script(
             self, script: Script, script_keys: list[str], args: list[str]
         ) -> Reply: ...
+
+        async def _read(self, command: Sequence[str], block: float) -> Reply: ...
 
     async def _scripts(
         self, calls: Sequence[tuple[Script, Sequence[str], Sequence[str]]]
@@ -178,7 +181,15 @@ class RedisTopics:
         )
         if first == 0:
             return topic_checks.replayed(topic, message, str(second))
-        epoch, offset = first, second
+        epoch, offset = str(first), str(second)
+        # The live fan-out's copy: a second key (its own slot). If this write
+        # fails, the message is still in the log: devices get it at their
+        # next heartbeat's catch-up instead of now.
+        await self._one(
+            "XADD", topic_keys.TOPIC_FEED, "MAXLEN", "~", str(topic_keys.FEED_LENGTH), "*",
+            "topic", topic, "epoch", epoch, "offset", offset,
+            *_fields(message),
+        )  # fmt: skip
         stored = Message(
             message.message_id,
             message.title,
@@ -187,7 +198,40 @@ class RedisTopics:
             message.created_at,
             message.expires_at,
         )
-        return TopicEntry(topic, TopicPosition(str(epoch), str(offset)), stored)
+        return TopicEntry(topic, TopicPosition(epoch, offset), stored)
+
+    def topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+        return self._call(self._topic_feed, after, count, block)
+
+    async def _topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> tuple[str, list[TopicEntry]]:
+        checks.positive_count(count, "count")
+        block = checks.non_negative_seconds(block, "block")
+        if after is None:
+            last = await self._one("XREVRANGE", topic_keys.TOPIC_FEED, "+", "-", "COUNT", "1")
+            return (str(last[0][0]) if last else START, [])
+        offset_key(after)
+        command = ["XREAD", "COUNT", str(count)]
+        if block > 0:
+            command += ["BLOCK", str(checks.milliseconds(block))]
+        command += ["STREAMS", topic_keys.TOPIC_FEED, after]
+        if block > 0:
+            reply = await self._read(command, block)
+        else:
+            reply = await self._one(*command)
+        if not reply:
+            return (after, [])
+        raw = reply[0][1]
+        entries = []
+        for entry_id, flat in raw:
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))
+            position = TopicPosition(str(fields.get("epoch")), str(fields.get("offset")))
+            message = _entry((entry_id, flat))
+            entries.append(TopicEntry(str(fields.get("topic")), position, message))
+        return (str(raw[-1][0]), entries)
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         return self._call(self._catch_up, client_id, limit)
@@ -261,6 +305,19 @@ def _checked(reply: Reply, what: str) -> Reply:
     if is_error(reply):
         raise StoreError(f"Redis refused {what}: {reply}")
     return reply
+
+
+def _fields(message: Message) -> list[str]:
+    """TOPIC_FIELDS with their values, in order."""
+    values = (
+        message.message_id,
+        message.title,
+        message.text,
+        dump_json(dict(message.extras)),
+        dump_time(message.created_at),
+        dump_time(message.expires_at),
+    )
+    return [item for pair in zip(topic_keys.TOPIC_FIELDS, values, strict=True) for item in pair]
 
 
 def _entry(entry: Sequence[Any]) -> Message:

@@ -21,6 +21,13 @@ SUBSCRIBERS = PREFIX + "SUBSCRIBERS:"
 #: + {clientId} -> hash: topic (or ``*``, broadcast) -> position "<epoch> <offset>".
 SUBSCRIPTIONS = PREFIX + "SUBSCRIPTIONS:"
 
+#: stream: every topic and broadcast message once more, with its topic, epoch
+#: and offset, for the push servers' live fan-out (each server reads it with
+#: XREAD from its last id). Trimmed to about FEED_LENGTH entries: a server
+#: that falls further behind leaves its devices to the heartbeat's catch-up.
+TOPIC_FEED = PREFIX + "TOPIC_FEED"
+FEED_LENGTH = 10_000
+
 #: The fields of a log entry, in this order (the scripts read expiresAt at
 #: index 12 of the field/value list).
 TOPIC_FIELDS = ("messageId", "title", "text", "extras", "createdAt", "expiresAt")
