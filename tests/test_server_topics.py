@@ -102,3 +102,126 @@ def test_a_nacked_entry_comes_again_and_one_given_up_on_is_passed() -> None:
     harness.clock.advance(0)
     # One attempt only: b1 is given up on, and the position moves past both.
     assert result_of(harness.store.catch_up("alice", 10)) == []
+
+
+def entry_of(harness: Harness, topic: str, message_id: str) -> Any:
+    now = harness.clock.seconds()
+    message = Message(message_id, f"title {message_id}", "text", {}, now, now + 600)
+    return result_of(harness.store.publish(topic, message, 100))
+
+
+def test_a_live_entry_reaches_the_subscribed_sessions_encoded_once() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice", "bob"], 10))
+    alice, _ = login(harness, "alice")
+    bob, _ = login(harness, "bob")
+    carol, _ = login(harness, "carol")
+    news = entry_of(harness, "news", "n1")
+    everyone = entry_of(harness, BROADCAST, "b1")
+    harness.hub.topics.live([news, everyone])
+    assert pushed(alice) == ["n1", "b1"]
+    assert pushed(bob) == ["n1", "b1"]
+    assert pushed(carol) == ["b1"]
+    # Again (the feed re-read after a failure): in flight, not written twice.
+    harness.hub.topics.live([news])
+    assert pushed(alice) == []
+
+
+def test_acks_of_live_entries_move_the_position() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    first = entry_of(harness, "news", "n1")
+    second = entry_of(harness, "news", "n2")
+    harness.hub.topics.live([first, second])
+    assert pushed(alice) == ["n1", "n2"]
+    alice.send(Ack("n2"))
+    harness.clock.advance(0)
+    (caught,) = result_of(harness.store.catch_up("alice", 10))
+    assert [e.message.message_id for e in caught.entries] == ["n1", "n2"]
+    alice.send(Ack("n1"))
+    harness.clock.advance(0)
+    assert result_of(harness.store.catch_up("alice", 10)) == []
+
+
+def test_a_live_entry_after_an_incomplete_catch_up_does_not_move_the_position() -> None:
+    harness = Harness(pulls=False)
+    harness.hub.topics._limit = 2  # a catch-up that cannot read everything
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    for message_id in ("n1", "n2", "n3"):
+        entry_of(harness, "news", message_id)
+    alice, first = login(harness, "alice")
+    assert first == ["n1", "n2"]
+    live = entry_of(harness, "news", "n4")
+    harness.hub.topics.live([live])
+    for message_id in ("n1", "n2", "n4"):
+        alice.send(Ack(message_id))
+    harness.clock.advance(0)
+    # n3 was never written: the position stops before it.
+    (caught,) = result_of(harness.store.catch_up("alice", 10))
+    assert [e.message.message_id for e in caught.entries] == ["n3", "n4"]
+
+
+def test_a_session_is_indexed_by_its_topics_until_it_closes() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    # Subscribed while connected: the next heartbeat's catch-up indexes it.
+    result_of(harness.store.subscribe("sport", ["alice"], 10))
+    harness.hub.topics.live([entry_of(harness, "sport", "s1")])
+    assert pushed(alice) == []
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    assert pushed(alice) == ["s1"]
+    harness.hub.topics.live([entry_of(harness, "sport", "s2")])
+    assert pushed(alice) == ["s2"]
+    alice.lose()
+    harness.hub.topics.live([entry_of(harness, "sport", "s3")])
+    assert harness.hub.topics._subscribers == {}
+
+
+def test_the_feed_reader_hands_new_entries_to_the_hub() -> None:
+    from pigeonpush.server.topics import FeedReader
+
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    reader = FeedReader(harness.store, harness.clock, harness.hub.topics.live, block=5.0)
+    reader.startService()
+    entry_of(harness, "news", "n1")
+    harness.clock.advance(0)
+    assert pushed(alice) == ["n1"]
+    harness.clock.advance(5.0)  # a read that timed out is read again
+    entry_of(harness, "news", "n2")
+    harness.clock.advance(0)
+    assert pushed(alice) == ["n2"]
+    stopping = reader.stopService()
+    assert stopping is not None and stopping.called
+
+
+def test_the_feed_reader_retries_after_a_store_failure() -> None:
+    from pigeonpush.server.topics import FeedReader
+
+    harness = Harness(pulls=False)
+    delivered: list[Any] = []
+    reader = FeedReader(harness.store, harness.clock, delivered.extend, retry=1.0)
+    failing = [True]
+    real = harness.store.topic_feed
+
+    def topic_feed(after: Any, count: int, block: float) -> Any:
+        if failing[0]:
+            from twisted.internet.defer import fail
+
+            from pigeonpush.store.interface import StoreError
+
+            return fail(StoreError("Redis is away"))
+        return real(after, count, block)
+
+    harness.store.topic_feed = topic_feed  # type: ignore[method-assign]
+    reader.startService()
+    failing[0] = False
+    harness.clock.advance(1.0)
+    entry_of(harness, "news", "n1")
+    harness.clock.advance(0)
+    assert [e.message.message_id for e in delivered] == ["n1"]
+    reader.stopService()

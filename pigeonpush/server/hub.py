@@ -118,7 +118,7 @@ class PushHub:
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
         #: topic and broadcast messages: catch-up from the logs, positions by ACKs
-        self.topics = TopicFeed(store, clock, self.push)
+        self.topics = TopicFeed(store, clock, self.push, self.write_frame)
         #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not
@@ -412,6 +412,26 @@ class PushHub:
                 )
         self._count(statuses)
         return statuses
+
+    def write_frame(self, session: Session, message_id: str, frame: bytes) -> PushStatus:
+        """Write an encoded PUSH (one encoding shared by many sessions: a topic
+        message) to ``session``, within its window, as ``push`` writes an item;
+        WINDOW_FULL leaves it for the next catch-up."""
+        in_flight = session.in_flight
+        if session.state != _ACTIVE or in_flight is None:
+            status = _OFFLINE
+        elif message_id in in_flight or (session.waiting and message_id in session.waiting):
+            status = _WRITTEN
+        elif session.write_paused or len(in_flight) >= self._window:
+            status = _WINDOW_FULL
+        else:
+            session.channel.send(frame)
+            in_flight[message_id] = self.clock.seconds()
+            if self._check_timer is None:
+                self._watch_deliveries()
+            status = _WRITTEN
+        self.metrics.pushed(status, 1)
+        return status
 
     def _write(
         self,

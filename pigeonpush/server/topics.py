@@ -1,10 +1,19 @@
 """Topic and broadcast messages for a push server's devices: catch-up from
-the topic logs, and positions advanced by ACKs (docs/audiences.rst).
+the topic logs, the live fan-out from the topic feed, and positions advanced
+by ACKs (docs/audiences.rst).
 
 On AUTH_OK and on the heartbeat pull the hub asks ``TopicFeed.catch_up``:
 one ``store.catch_up`` reads what the device has not ACKed in broadcast and
 in each topic it is subscribed to, and the entries go through the hub's
 ``push`` like any pulled message (window, ACK timeout, redelivery).
+
+Live: ``FeedReader`` reads the store's topic feed (each server reads every
+topic message once) and hands the entries to ``TopicFeed.live``, which
+encodes each PUSH once and writes it to the local sessions subscribed to its
+topic (every caught-up session for broadcast): ``topic -> sessions`` is
+loaded from the store (``device_topics``) at each catch-up. A message the
+live path cannot write (window full, a session not caught up yet) is left to
+the next catch-up.
 
 A device's position in a topic moves only over a run of ACKs without a gap:
 ACKs can come out of order (a NACKed message comes again later), and moving
@@ -18,17 +27,22 @@ come again, and the SDK drops the repeats.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.session import Session
 from pigeonpush.store.interface import Store, StoreError
-from pigeonpush.store.topic_model import CatchUp, TopicPosition
+from pigeonpush.store.topic_model import CatchUp, TopicEntry, TopicPosition, offset_key
+from pigeonpush.topics import BROADCAST
+from pigeonpush.wire.codec import EncodeError, encode_push
 
 #: Entries read per topic per catch-up.
 CATCH_UP_LIMIT = 100
@@ -44,6 +58,11 @@ class _Track:
     order: dict[str, list[tuple[str, TopicPosition]]] = attrs.field(factory=dict)
     #: messageIds ACKed (or given up on) and not yet behind the position
     settled: set[str] = attrs.field(factory=set)
+    #: topics whose last catch-up read everything after the position: a live
+    #: entry may join their ``order`` (else it is read again)
+    complete: set[str] = attrs.field(factory=set)
+    #: the topics the device is subscribed to (broadcast not included)
+    topics: frozenset[str] = frozenset()
     reading: bool = False
 
 
@@ -55,14 +74,18 @@ class TopicFeed:
         store: Store,
         clock: IReactorTime,
         push: Callable[[Sequence[PushItem]], Deferred[list[PushStatus]]],
+        write_frame: Callable[[Session, str, bytes], PushStatus],
         *,
         limit: int = CATCH_UP_LIMIT,
     ) -> None:
         self._store = store
         self._clock = clock
         self._push = push
+        self._write_frame = write_frame
         self._limit = limit
         self._tracks: dict[Session, _Track] = {}
+        #: topic -> the local sessions subscribed to it
+        self._subscribers: dict[str, set[Session]] = {}
         #: clientId -> topic -> position to write at the end of this turn
         self._advances: dict[str, dict[str, TopicPosition]] = {}
         self._flush_call: IDelayedCall | None = None
@@ -74,21 +97,43 @@ class TopicFeed:
             return
         track.reading = True
         client_id = session.client_id
-        reading = self._store.catch_up(client_id, self._limit)
-        reading.addCallback(self._read, session, track)
+        reading = ensureDeferred(self._catch_up(session, client_id, track))
         reading.addErrback(self._failed, client_id)
-        reading.addBoth(self._done_reading, track)
 
-    def _done_reading(self, result: object, track: _Track) -> object:
-        track.reading = False
-        return result
-
-    def _read(self, found: list[CatchUp], session: Session, track: _Track) -> None:
+    async def _catch_up(self, session: Session, client_id: str, track: _Track) -> None:
+        try:
+            topics = await self._store.device_topics(client_id)
+            found = await self._store.catch_up(client_id, self._limit)
+        finally:
+            track.reading = False
         if self._tracks.get(session) is not track:
             return  # disconnected meanwhile
+        self._index(session, track, frozenset(topics))
+        self._read(found, session, track)
+
+    def _index(self, session: Session, track: _Track, topics: frozenset[str]) -> None:
+        for gone in track.topics - topics:
+            self._unindex(session, gone)
+        for topic in topics - track.topics:
+            self._subscribers.setdefault(topic, set()).add(session)
+        track.topics = topics
+
+    def _unindex(self, session: Session, topic: str) -> None:
+        sessions = self._subscribers.get(topic)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._subscribers[topic]
+
+    def _read(self, found: list[CatchUp], session: Session, track: _Track) -> None:
         client_id = session.client_id
         assert client_id is not None
         items: list[PushItem] = []
+        caught_topics = {caught.topic for caught in found}
+        for topic in (track.topics | {BROADCAST}) - caught_topics:
+            # Nothing after the position: live entries may follow on.
+            track.order[topic] = []
+            track.complete.add(topic)
         for caught in found:
             if caught.missed:
                 self.log.info(
@@ -112,9 +157,57 @@ class TopicFeed:
                         )
                     )
             track.order[caught.topic] = order
+            if len(caught.entries) < self._limit:
+                track.complete.add(caught.topic)
+            else:
+                track.complete.discard(caught.topic)
             self._advance_over_settled(client_id, track, caught.topic)
         if items:
             self._push(items).addErrback(self._failed, client_id)
+
+    def live(self, entries: Sequence[TopicEntry]) -> None:
+        """Entries from the topic feed: each written, encoded once, to the
+        local sessions subscribed to its topic (every caught-up one for broadcast)."""
+        for entry in entries:
+            if entry.topic == BROADCAST:
+                sessions: Sequence[Session] = list(self._tracks)
+            else:
+                sessions = list(self._subscribers.get(entry.topic, ()))
+            if not sessions:
+                continue
+            message = entry.message
+            try:
+                frame = encode_push(message.message_id, message.title, message.text, message.extras)
+            except EncodeError as e:
+                self.log.warn(
+                    "Topic message {message_id} cannot be encoded: {why}",
+                    message_id=message.message_id,
+                    why=str(e),
+                )
+                continue
+            for session in sessions:
+                track = self._tracks.get(session)
+                if track is None or message.message_id in track.settled:
+                    continue
+                if message.message_id not in track.topic_of:
+                    self._follow(track, entry)
+                self._write_frame(session, message.message_id, frame)
+
+    def _follow(self, track: _Track, entry: TopicEntry) -> None:
+        """Track a live entry for its ACK; it joins the topic's order only
+        where it follows on what the last catch-up read (else a later
+        catch-up reads it, and the position cannot skip what lies between)."""
+        track.topic_of[entry.message.message_id] = entry.topic
+        order = track.order.get(entry.topic)
+        if order is None or entry.topic not in track.complete:
+            return
+        if order:
+            last = order[-1][1]
+            if last.epoch != entry.position.epoch or offset_key(
+                entry.position.offset
+            ) <= offset_key(last.offset):
+                return
+        order.append((entry.message.message_id, entry.position))
 
     def settled(self, session: Session, message_ids: Sequence[str]) -> None:
         """The device ACKed these (or the hub gave up on them); ids of no
@@ -157,7 +250,10 @@ class TopicFeed:
 
     def forget(self, session: Session) -> None:
         """The session closed: its entries in flight come again on its next catch-up."""
-        self._tracks.pop(session, None)
+        track = self._tracks.pop(session, None)
+        if track is not None:
+            for topic in track.topics:
+                self._unindex(session, topic)
 
     def _failed(self, failure: Failure, client_id: str) -> None:
         if failure.check(StoreError):
@@ -169,3 +265,79 @@ class TopicFeed:
             )
         else:
             self.log.failure("Topic catch-up of {client_id} failed", failure, client_id=client_id)
+
+
+class FeedReader(Service):
+    """Reads the store's topic feed from now on and hands what comes to
+    ``deliver`` (``TopicFeed.live``); a store failure is logged and the read
+    retried after ``retry`` seconds."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        deliver: Callable[[Sequence[TopicEntry]], None],
+        *,
+        count: int = 500,
+        block: float = 5.0,
+        retry: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._deliver = deliver
+        self._count = count
+        self._block = block
+        self._retry = retry
+        self._current: Deferred[Any] | None = None
+        self._loop: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = ensureDeferred(self._run())
+
+    async def _await(self, deferred: Deferred[Any]) -> Any:
+        self._current = deferred
+        try:
+            return await deferred
+        finally:
+            self._current = None
+
+    async def _run(self) -> None:
+        after: str | None = None
+        while self.running:
+            try:
+                if after is None:
+                    after, _ = await self._await(self._store.topic_feed(None, 1, 0))
+                after, entries = await self._await(
+                    self._store.topic_feed(after, self._count, self._block)
+                )
+                if entries:
+                    self._deliver(entries)
+            except CancelledError:
+                return
+            except StoreError as e:
+                self.log.warn(
+                    "Reading the topic feed failed: {why}; retrying in {delay} s",
+                    why=str(e),
+                    delay=self._retry,
+                )
+            except Exception:
+                # Start again from the feed's end: the devices catch up what
+                # this skips at their next heartbeat.
+                self.log.failure("The topic feed's live fan-out failed")
+                after = None
+            else:
+                continue
+            try:
+                await self._await(deferLater(self._clock, self._retry, lambda: None))
+            except CancelledError:
+                return
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._current is not None:
+            self._current.cancel()
+        loop, self._loop = self._loop, None
+        return loop
