@@ -154,12 +154,32 @@ def test_a_live_entry_after_an_incomplete_catch_up_does_not_move_the_position() 
     assert first == ["n1", "n2"]
     live = entry_of(harness, "news", "n4")
     harness.hub.topics.live([live])
-    for message_id in ("n1", "n2", "n4"):
+    # Written now, n4 would overtake n3: it waits for a read.
+    assert pushed(alice) == []
+    for message_id in ("n1", "n2"):
         alice.send(Ack(message_id))
     harness.clock.advance(0)
-    # n3 was never written: the position stops before it.
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n3", "n4"]
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    assert pushed(alice) == ["n3", "n4"]
+
+
+def test_live_entries_wait_while_the_first_read_is_on_its_way() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    entry_of(harness, "news", "n1")
+    harness.store.gated.add("catch_up")
+    alice, first = login(harness, "alice")
+    assert first == []
+    # n2 comes live before the read of n1 has come back: it must not overtake it.
+    harness.hub.topics.live([entry_of(harness, "news", "n2")])
+    harness.hub.topics.live([entry_of(harness, BROADCAST, "b1")])
+    assert pushed(alice) == []
+    harness.store.open("catch_up")
+    # The read (made now) has all three, in log order, broadcast first.
+    assert pushed(alice) == ["b1", "n1", "n2"]
 
 
 def test_a_session_is_indexed_by_its_topics_until_it_closes() -> None:

@@ -64,6 +64,11 @@ class _Track:
     #: the topics the device is subscribed to (broadcast not included)
     topics: frozenset[str] = frozenset()
     reading: bool = False
+    #: a catch-up read has been handed out: live entries may follow on it
+    caught_up: bool = False
+    #: a live entry was held back (a read was on its way, or the last one was
+    #: not complete): read again once the current read is done
+    stale: bool = False
 
 
 class TopicFeed:
@@ -110,6 +115,11 @@ class TopicFeed:
             return  # disconnected meanwhile
         self._index(session, track, frozenset(topics))
         self._read(found, session, track)
+        track.caught_up = True
+        if track.stale:
+            # Live entries were held back meanwhile: read them in order now.
+            track.stale = False
+            self.catch_up(session)
 
     def _index(self, session: Session, track: _Track, topics: frozenset[str]) -> None:
         for gone in track.topics - topics:
@@ -187,27 +197,29 @@ class TopicFeed:
                 continue
             for session in sessions:
                 track = self._tracks.get(session)
-                if track is None or message.message_id in track.settled:
+                if track is None or message.message_id in track.topic_of:
+                    continue  # closed, or read (or written) already
+                if track.reading or not track.caught_up or entry.topic not in track.complete:
+                    # Written now, it could overtake entries not read yet:
+                    # the next read brings it in log order.
+                    track.stale = True
                     continue
-                if message.message_id not in track.topic_of:
-                    self._follow(track, entry)
+                self._follow(track, entry)
                 self._write_frame(session, message.message_id, frame)
 
     def _follow(self, track: _Track, entry: TopicEntry) -> None:
-        """Track a live entry for its ACK; it joins the topic's order only
-        where it follows on what the last catch-up read (else a later
-        catch-up reads it, and the position cannot skip what lies between)."""
+        """Track a live entry for its ACK, in log order among the entries of
+        its topic (two publishers may put entries of one topic in the feed
+        in the other order): the position never passes it unsettled."""
         track.topic_of[entry.message.message_id] = entry.topic
-        order = track.order.get(entry.topic)
-        if order is None or entry.topic not in track.complete:
-            return
-        if order:
-            last = order[-1][1]
-            if last.epoch != entry.position.epoch or offset_key(
-                entry.position.offset
-            ) <= offset_key(last.offset):
-                return
-        order.append((entry.message.message_id, entry.position))
+        order = track.order.setdefault(entry.topic, [])
+        if order and order[-1][1].epoch != entry.position.epoch:
+            return  # a new life of the log: the next catch-up tells
+        key = offset_key(entry.position.offset)
+        at = len(order)
+        while at and offset_key(order[at - 1][1].offset) > key:
+            at -= 1
+        order.insert(at, (entry.message.message_id, entry.position))
 
     def settled(self, session: Session, message_ids: Sequence[str]) -> None:
         """The device ACKed these (or the hub gave up on them); ids of no
