@@ -245,3 +245,18 @@ def test_the_feed_reader_retries_after_a_store_failure() -> None:
     harness.clock.advance(0)
     assert [e.message.message_id for e in delivered] == ["n1"]
     reader.stopService()
+
+
+def test_a_subscription_made_while_connected_takes_effect_at_its_notice() -> None:
+    from pigeonpush.store.topic_model import SubscriptionNotice
+
+    harness = Harness(pulls=False)
+    alice, _ = login(harness, "alice")
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    harness.hub.topics.live([SubscriptionNotice("news", ("alice", "nobody-here"))])
+    harness.hub.topics.live([entry_of(harness, "news", "n1")])
+    assert pushed(alice) == ["n1"]
+    result_of(harness.store.unsubscribe("news", ["alice"]))
+    harness.hub.topics.live([SubscriptionNotice("news", ("alice",))])
+    harness.hub.topics.live([entry_of(harness, "news", "n2")])
+    assert pushed(alice) == []

@@ -288,3 +288,19 @@ async def test_a_feed_reader_gives_up_after_block_seconds(store_case: StoreCase)
         await store.topic_feed("nope", 10, 0)
     with pytest.raises(ValueError):
         await store.topic_feed(start, 0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_feed_tells_of_changed_subscriptions(store_case: StoreCase) -> None:
+    from pigeonpush.store.topic_model import SubscriptionNotice
+
+    store = store_case.store
+    start, _ = await store.topic_feed(None, 10, 0)
+    await store.subscribe("news", ["alice", "bob"], 10)
+    await store.subscribe("news", ["alice"], 10)  # nothing added: no notice
+    await store.unsubscribe("news", ["bob"])
+    _, items = await store.topic_feed(start, 10, 0)
+    assert items == [
+        SubscriptionNotice("news", ("alice", "bob")),
+        SubscriptionNotice("news", ("bob",)),
+    ]

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "listen": ("listen", "receive pushed messages and print one JSON line each"),
     "send": ("send", "submit a notification to the notification API"),
     "status": ("status", "print a notification's delivery receipt"),
+    "topics": ("topics", "manage topic subscriptions (add, remove, list, delete)"),
     "kick": ("kick", "disconnect a device and revoke its token"),
     "bench": ("bench", "measure the service against bare Twisted and Mosquitto baselines"),
 }

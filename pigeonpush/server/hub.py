@@ -117,12 +117,12 @@ class PushHub:
         self.server_address = server_address
         self.pull_source = pull_source
         self.acks = acks if acks is not None else AckBatcher(store, clock, metrics=metrics)
-        #: topic and broadcast messages: catch-up from the logs, positions by ACKs
-        self.topics = TopicFeed(store, clock, self.push, self.write_frame)
         #: clientId -> its live session (ACTIVE, or CLOSING until disconnected)
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not
         self.all_sessions: set[Session] = set()
+        #: topic and broadcast messages: catch-up from the logs, positions by ACKs
+        self.topics = TopicFeed(store, clock, self.push, self.write_frame, self.sessions)
         #: False once draining: new AUTHs are refused
         self.accepting = True
         self._window = settings.ack_window

@@ -26,7 +26,7 @@ come again, and the SDK drops the repeats.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,7 +40,14 @@ from twisted.python.failure import Failure
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.session import Session
 from pigeonpush.store.interface import Store, StoreError
-from pigeonpush.store.topic_model import CatchUp, TopicEntry, TopicPosition, offset_key
+from pigeonpush.store.topic_model import (
+    CatchUp,
+    FeedItem,
+    SubscriptionNotice,
+    TopicEntry,
+    TopicPosition,
+    offset_key,
+)
 from pigeonpush.topics import BROADCAST
 from pigeonpush.wire.codec import EncodeError, encode_push
 
@@ -80,6 +87,7 @@ class TopicFeed:
         clock: IReactorTime,
         push: Callable[[Sequence[PushItem]], Deferred[list[PushStatus]]],
         write_frame: Callable[[Session, str, bytes], PushStatus],
+        sessions: Mapping[str, Session],
         *,
         limit: int = CATCH_UP_LIMIT,
     ) -> None:
@@ -87,6 +95,8 @@ class TopicFeed:
         self._clock = clock
         self._push = push
         self._write_frame = write_frame
+        #: clientId -> its live session (the hub's table)
+        self._sessions = sessions
         self._limit = limit
         self._tracks: dict[Session, _Track] = {}
         #: topic -> the local sessions subscribed to it
@@ -98,7 +108,10 @@ class TopicFeed:
     def catch_up(self, session: Session) -> None:
         """Read and push what ``session``'s device has not ACKed (one read at a time)."""
         track = self._tracks.setdefault(session, _Track())
-        if track.reading or session.client_id is None:
+        if session.client_id is None:
+            return
+        if track.reading:
+            track.stale = True  # read again once this read is done
             return
         track.reading = True
         client_id = session.client_id
@@ -175,10 +188,18 @@ class TopicFeed:
         if items:
             self._push(items).addErrback(self._failed, client_id)
 
-    def live(self, entries: Sequence[TopicEntry]) -> None:
+    def live(self, entries: Sequence[FeedItem]) -> None:
         """Entries from the topic feed: each written, encoded once, to the
-        local sessions subscribed to its topic (every caught-up one for broadcast)."""
+        local sessions subscribed to its topic (every caught-up one for
+        broadcast); a local device whose subscriptions changed reads its
+        topics again now."""
         for entry in entries:
+            if isinstance(entry, SubscriptionNotice):
+                for client_id in entry.client_ids:
+                    session = self._sessions.get(client_id)
+                    if session is not None and session in self._tracks:
+                        self.catch_up(session)
+                continue
             if entry.topic == BROADCAST:
                 sessions: Sequence[Session] = list(self._tracks)
             else:
@@ -290,7 +311,7 @@ class FeedReader(Service):
         self,
         store: Store,
         clock: IReactorTime,
-        deliver: Callable[[Sequence[TopicEntry]], None],
+        deliver: Callable[[Sequence[FeedItem]], None],
         *,
         count: int = 500,
         block: float = 5.0,

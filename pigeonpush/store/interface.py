@@ -27,7 +27,13 @@ from pigeonpush.store.model import (
     QueueEntry,
     Receipt,
 )
-from pigeonpush.store.topic_model import CatchUp, SubscriptionChange, TopicEntry, TopicPosition
+from pigeonpush.store.topic_model import (
+    CatchUp,
+    FeedItem,
+    SubscriptionChange,
+    TopicEntry,
+    TopicPosition,
+)
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
 DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
@@ -219,11 +225,13 @@ class Store(Protocol):
 
     def topic_feed(
         self, after: str | None, count: int, block: float
-    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+    ) -> Deferred[tuple[str, list[FeedItem]]]:
         """Every topic and broadcast message published after feed id
-        ``after``, oldest first, at most ``count``, waiting up to ``block``
-        seconds for the first (0: not at all), and the id to read after next
-        (each push server reads the feed for its live fan-out). ``after``
+        ``after`` (and a ``SubscriptionNotice`` per ``subscribe`` call that
+        added devices and per ``unsubscribe`` call), oldest first, at most
+        ``count``, waiting up to ``block`` seconds for the first (0: not at
+        all), and the id to read after next (each push server reads the feed
+        for its live fan-out). ``after``
         None answers the current end and no entries: a reader starts from
         now. The feed keeps about ``topic_keys.FEED_LENGTH`` entries; a
         reader further behind misses some (its devices catch up from the

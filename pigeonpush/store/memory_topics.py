@@ -17,7 +17,9 @@ from pigeonpush.store.model import Message
 from pigeonpush.store.topic_model import (
     START,
     CatchUp,
+    FeedItem,
     SubscriptionChange,
+    SubscriptionNotice,
     TopicEntry,
     TopicPosition,
     offset_key,
@@ -71,11 +73,11 @@ class MemoryTopics:
         self._members: dict[str, set[str]] = {}
         self._logs: dict[str, _Log] = {}
         #: PIGEON:TOPIC_FEED: (id, entry), and the readers waiting for the next
-        self._feed: collections.deque[tuple[str, TopicEntry]] = collections.deque(
+        self._feed: collections.deque[tuple[str, FeedItem]] = collections.deque(
             maxlen=topic_keys.FEED_LENGTH
         )
         self._feed_log = _Log("")
-        self._feed_readers: list[tuple[Deferred[tuple[str, list[TopicEntry]]], str, int]] = []
+        self._feed_readers: list[tuple[Deferred[tuple[str, list[FeedItem]]], str, int]] = []
         #: PIGEON:IDEMPOTENCY:{topic:name}<key> -> "<messageId> <epoch> <offset>"
         self._topic_idempotency: ExpiringTable[str] = ExpiringTable(self._expiries)
 
@@ -108,6 +110,7 @@ class MemoryTopics:
         tail = self._tail(topic).dump()
         added = 0
         refused = []
+        changed: list[str] = []
         for client_id in ids:
             held = self._subscriptions.setdefault(client_id, {})
             if topic in held:
@@ -118,7 +121,15 @@ class MemoryTopics:
             held[topic] = tail
             self._members.setdefault(topic, set()).add(client_id)
             added += 1
+            changed.append(client_id)
+        self._notify(topic, changed)
         return SubscriptionChange(added, tuple(refused))
+
+    def _notify(self, topic: str, client_ids: Sequence[str]) -> None:
+        if client_ids:
+            notice = SubscriptionNotice(topic, tuple(client_ids))
+            self._feed.append((self._feed_log.next_offset(self._now()), notice))
+            self._clock.callLater(0, self._wake_feed_readers)
 
     def unsubscribe(self, topic: str, client_ids: Sequence[str]) -> Deferred[int]:
         return self._run(self._unsubscribe, topic, client_ids)
@@ -136,6 +147,7 @@ class MemoryTopics:
             members.discard(client_id)
         if not members:
             self._members.pop(topic, None)
+        self._notify(topic, ids)
         return removed
 
     def device_topics(self, client_id: str) -> Deferred[list[str]]:
@@ -209,16 +221,16 @@ class MemoryTopics:
 
     def topic_feed(
         self, after: str | None, count: int, block: float
-    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+    ) -> Deferred[tuple[str, list[FeedItem]]]:
         return ensureDeferred(self._topic_feed(after, count, block))
 
     async def _topic_feed(
         self, after: str | None, count: int, block: float
-    ) -> tuple[str, list[TopicEntry]]:
+    ) -> tuple[str, list[FeedItem]]:
         found = await self._run(self._topic_feed_now, after, count, block)
         if after is None or found[1] or block <= 0:
             return found
-        reader: Deferred[tuple[str, list[TopicEntry]]] = Deferred(self._forget_feed_reader)
+        reader: Deferred[tuple[str, list[FeedItem]]] = Deferred(self._forget_feed_reader)
         self._feed_readers.append((reader, after, count))
         timer = self._clock.callLater(block, self._feed_timed_out, reader, after)
         try:
@@ -229,14 +241,14 @@ class MemoryTopics:
 
     def _topic_feed_now(
         self, after: str | None, count: int, block: float
-    ) -> tuple[str, list[TopicEntry]]:
+    ) -> tuple[str, list[FeedItem]]:
         checks.positive_count(count, "count")
         checks.non_negative_seconds(block, "block")
         if after is None:
             return (self._feed[-1][0] if self._feed else START, [])
         return self._feed_after(after, count)
 
-    def _feed_after(self, after: str, count: int) -> tuple[str, list[TopicEntry]]:
+    def _feed_after(self, after: str, count: int) -> tuple[str, list[FeedItem]]:
         key = offset_key(after)
         found = [(i, e) for i, e in self._feed if offset_key(i) > key][:count]
         return (found[-1][0] if found else after, [e for _, e in found])
@@ -250,12 +262,12 @@ class MemoryTopics:
             else:
                 self._feed_readers.append((reader, after, count))
 
-    def _feed_timed_out(self, reader: Deferred[tuple[str, list[TopicEntry]]], after: str) -> None:
+    def _feed_timed_out(self, reader: Deferred[tuple[str, list[FeedItem]]], after: str) -> None:
         self._forget_feed_reader(reader)
         if not reader.called:
             reader.callback((after, []))
 
-    def _forget_feed_reader(self, reader: Deferred[tuple[str, list[TopicEntry]]]) -> None:
+    def _forget_feed_reader(self, reader: Deferred[tuple[str, list[FeedItem]]]) -> None:
         self._feed_readers = [r for r in self._feed_readers if r[0] is not reader]
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:

@@ -9,6 +9,7 @@ the devices' hashes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,7 +23,9 @@ from pigeonpush.store.redis_connection import Command, RedisConnection, Reply, S
 from pigeonpush.store.topic_model import (
     START,
     CatchUp,
+    FeedItem,
     SubscriptionChange,
+    SubscriptionNotice,
     TopicEntry,
     TopicPosition,
     offset_key,
@@ -93,7 +96,15 @@ class RedisTopics:
         refused = tuple(c for c, reply in zip(ids, replies, strict=True) if _int(reply) == -1)
         if added:
             await self._one("SADD", topic_keys.subscribers(topic), *added)
+            await self._notify(topic, added)
         return SubscriptionChange(len(added), refused)
+
+    async def _notify(self, topic: str, client_ids: Sequence[str]) -> None:
+        """A SubscriptionNotice in the feed (one entry per call)."""
+        await self._one(
+            "XADD", topic_keys.TOPIC_FEED, "MAXLEN", "~", str(topic_keys.FEED_LENGTH), "*",
+            "topic", topic, "clientIds", dump_json(list(client_ids)),
+        )  # fmt: skip
 
     def unsubscribe(self, topic: str, client_ids: Sequence[str]) -> Deferred[int]:
         return self._call(self._unsubscribe, topic, client_ids)
@@ -107,6 +118,7 @@ class RedisTopics:
         ]
         commands.append(("SREM", topic_keys.subscribers(topic), *ids))
         replies = await self._main.execute(commands)
+        await self._notify(topic, ids)
         return sum(_int(reply) for reply in replies[:-1])
 
     def device_topics(self, client_id: str) -> Deferred[list[str]]:
@@ -202,12 +214,12 @@ class RedisTopics:
 
     def topic_feed(
         self, after: str | None, count: int, block: float
-    ) -> Deferred[tuple[str, list[TopicEntry]]]:
+    ) -> Deferred[tuple[str, list[FeedItem]]]:
         return self._call(self._topic_feed, after, count, block)
 
     async def _topic_feed(
         self, after: str | None, count: int, block: float
-    ) -> tuple[str, list[TopicEntry]]:
+    ) -> tuple[str, list[FeedItem]]:
         checks.positive_count(count, "count")
         block = checks.non_negative_seconds(block, "block")
         if after is None:
@@ -225,9 +237,12 @@ class RedisTopics:
         if not reply:
             return (after, [])
         raw = reply[0][1]
-        entries = []
+        entries: list[FeedItem] = []
         for entry_id, flat in raw:
             fields = dict(zip(flat[::2], flat[1::2], strict=False))
+            if "clientIds" in fields:
+                entries.append(_notice(fields))
+                continue
             position = TopicPosition(str(fields.get("epoch")), str(fields.get("offset")))
             message = _entry((entry_id, flat))
             entries.append(TopicEntry(str(fields.get("topic")), position, message))
@@ -332,3 +347,11 @@ def _entry(entry: Sequence[Any]) -> Message:
     if message is None:
         raise StoreError(f"a topic log entry {entry[0]} without a title")
     return message
+
+
+def _notice(fields: dict[Any, Any]) -> SubscriptionNotice:
+    try:
+        client_ids = json.loads(str(fields["clientIds"]))
+        return SubscriptionNotice(str(fields["topic"]), tuple(str(c) for c in client_ids))
+    except (KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"a topic feed notice does not decode: {e}") from e

@@ -80,3 +80,17 @@ class SubscriptionChange:
     added: int  #: devices newly subscribed
     #: devices left out: they already hold the most topics a device may
     refused: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class SubscriptionNotice:
+    """In the topic feed: these devices' subscriptions changed (``subscribe``
+    or ``unsubscribe``), so that the servers holding them read their topics
+    again now rather than at their next heartbeat."""
+
+    topic: str
+    client_ids: tuple[str, ...]
+
+
+#: What the topic feed carries.
+FeedItem = TopicEntry | SubscriptionNotice
