@@ -155,3 +155,23 @@ async def test_topic_endpoints_need_a_key_and_their_methods(api: Api) -> None:
     ]:
         answer = await api.client.request(method, path, headers=AUTH)
         assert answer.status == status, (method, path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_topic_receipt_gives_counts(api: Api) -> None:
+    await subscribers(api, "news", add=["alice", "bob", "carol"])
+    sent = await api.send(topic="news", ttl=600)
+    message_id = sent.json["messageId"]
+    await api.store.count_topic_acks([(message_id, 2)])
+    answer = await api.get(f"/v1/notifications/{message_id}")
+    assert answer.status == 200
+    body = answer.json
+    assert (body["topic"], body["targeted"], body["acked"], body["pending"]) == ("news", 3, 2, 1)
+    everyone = await api.send(broadcast=True)
+    answer = await api.get(f"/v1/notifications/{everyone.json['messageId']}")
+    assert answer.json["broadcast"] is True
+    assert (answer.json["targeted"], answer.json["acked"], answer.json["pending"]) == (
+        None,
+        0,
+        None,
+    )

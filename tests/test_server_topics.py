@@ -260,3 +260,18 @@ def test_a_subscription_made_while_connected_takes_effect_at_its_notice() -> Non
     harness.hub.topics.live([SubscriptionNotice("news", ("alice",))])
     harness.hub.topics.live([entry_of(harness, "news", "n2")])
     assert pushed(alice) == []
+
+
+def test_acks_are_counted_in_the_receipt_once_per_device() -> None:
+    harness = Harness(pulls=False, max_attempts=1)
+    result_of(harness.store.subscribe("news", ["alice", "bob"], 10))
+    entry = entry_of(harness, "news", "n1")
+    alice, first = login(harness, "alice")
+    bob, _ = login(harness, "bob")
+    assert first == ["n1"]
+    alice.send(Ack("n1"))
+    alice.send(Ack("n1"))  # a repeated ACK counts once
+    bob.send(Nack("n1"))  # given up on: not an ACK
+    harness.clock.advance(0)
+    receipt = result_of(harness.store.topic_receipt(entry.message.message_id))
+    assert (receipt.targeted, receipt.acked) == (2, 1)

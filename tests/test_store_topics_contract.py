@@ -304,3 +304,30 @@ async def test_the_feed_tells_of_changed_subscriptions(store_case: StoreCase) ->
         SubscriptionNotice("news", ("alice", "bob")),
         SubscriptionNotice("news", ("bob",)),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_topic_receipt_counts_targets_and_acks(store_case: StoreCase) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice", "bob"], 10)
+    entry = await publish(store_case, "news", "one", ttl=store_case.ttl)
+    everyone = await publish(store_case, BROADCAST, "all")
+    receipt = await store.topic_receipt(entry.message.message_id)
+    assert receipt is not None
+    assert (receipt.topic, receipt.targeted, receipt.acked) == ("news", 2, 0)
+    assert receipt.expires_at == entry.message.expires_at
+    await store.count_topic_acks([(entry.message.message_id, 1), (everyone.message.message_id, 3)])
+    await store.count_topic_acks([(entry.message.message_id, 1), ("unknown", 1)])
+    receipt = await store.topic_receipt(entry.message.message_id)
+    assert receipt is not None and receipt.acked == 2
+    broadcast = await store.topic_receipt(everyone.message.message_id)
+    assert broadcast is not None
+    assert (broadcast.topic, broadcast.targeted, broadcast.acked) == (BROADCAST, None, 3)
+    assert await store.topic_receipt("unknown") is None
+
+    async def gone() -> bool:
+        return await store.topic_receipt(entry.message.message_id) is None
+
+    await store_case.eventually(
+        gone, within=store_case.ttl + store_case.retention, what="receipt gone"
+    )

@@ -38,6 +38,7 @@ from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, Receipt, RecipientState
+from pigeonpush.store.topic_model import TopicReceipt
 from pigeonpush.topics import BROADCAST
 
 #: Longest Idempotency-Key header value (visible ASCII).
@@ -87,6 +88,24 @@ def receipt_body(receipt: Receipt) -> dict[str, Any]:
         "expired": list(receipt.with_state(RecipientState.EXPIRED)),
         "dropped": dropped,
     }
+
+
+def topic_receipt_body(receipt: TopicReceipt) -> dict[str, Any]:
+    """A topic or broadcast message's receipt: counts, never lists of devices.
+    ``pending`` is the targeted devices not counted as ACKed yet (None for
+    broadcast, whose audience is every device)."""
+    body: dict[str, Any] = {
+        "messageId": receipt.message_id,
+        "createdAt": iso8601(receipt.created_at),
+        "expiresAt": iso8601(receipt.expires_at),
+    }
+    if receipt.topic == BROADCAST:
+        body["broadcast"] = True
+    else:
+        body["topic"] = receipt.topic
+    pending = None if receipt.targeted is None else max(receipt.targeted - receipt.acked, 0)
+    body.update(targeted=receipt.targeted, acked=receipt.acked, pending=pending)
+    return body
 
 
 #: States of a recipient the server gave up on (the receipt's ``dropped``).
@@ -189,6 +208,10 @@ class NotificationApi:
         self._authorize(request)
         try:
             receipt = await self._notifications.receipt(message_id)
+            if receipt is None:
+                counted = await self._notifications.topic_receipt(message_id)
+                if counted is not None:
+                    return JsonResponse(topic_receipt_body(counted))
         except StoreError as e:
             raise _unavailable(e) from None
         if receipt is None:

@@ -19,6 +19,7 @@ from pigeonpush.notification import metrics
 from pigeonpush.notification.validate import Draft, Invalid, Limits, validate
 from pigeonpush.store.interface import Store
 from pigeonpush.store.model import Accepted, Message, Notification, Receipt
+from pigeonpush.store.topic_model import TopicReceipt
 from pigeonpush.topics import BROADCAST
 
 #: How many messages a topic's log keeps (``--topic-log-length``).
@@ -139,3 +140,9 @@ class Notifications:
         if not is_message_id(message_id):
             return succeed(None)
         return self.store.receipt(message_id)
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        """The counts of a topic or broadcast message, or None."""
+        if not is_message_id(message_id):
+            return succeed(None)
+        return self.store.topic_receipt(message_id)

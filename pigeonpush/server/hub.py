@@ -518,7 +518,7 @@ class PushHub:
         elif session.waiting:
             session.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
         self.acks.add(session.client_id, message_id)
-        self.topics.settled(session, (message_id,))
+        self.topics.settled(session, (message_id,), acked=True)
         if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
             self.pull(session)
 
@@ -800,7 +800,7 @@ class PushHub:
             attempts=self.settings.max_attempts,
             message_ids=message_ids,
         )
-        self.topics.settled(session, message_ids)
+        self.topics.settled(session, message_ids, acked=False)
         dropping = self._drop(client_id, message_ids, DropReason.FAILED)
 
         def done(dropped: bool) -> None:

@@ -104,6 +104,8 @@ class TopicFeed:
         #: clientId -> topic -> position to write at the end of this turn
         self._advances: dict[str, dict[str, TopicPosition]] = {}
         self._flush_call: IDelayedCall | None = None
+        #: messageId -> ACKs to count in its receipt at the end of this turn
+        self._acks: dict[str, int] = {}
 
     def catch_up(self, session: Session) -> None:
         """Read and push what ``session``'s device has not ACKed (one read at a time)."""
@@ -242,18 +244,21 @@ class TopicFeed:
             at -= 1
         order.insert(at, (entry.message.message_id, entry.position))
 
-    def settled(self, session: Session, message_ids: Sequence[str]) -> None:
-        """The device ACKed these (or the hub gave up on them); ids of no
-        topic entry are ignored."""
+    def settled(self, session: Session, message_ids: Sequence[str], *, acked: bool) -> None:
+        """The device ACKed these (``acked``: counted in their receipts) or
+        the hub gave up on them; ids of no topic entry are ignored."""
         track = self._tracks.get(session)
         client_id = session.client_id
         if track is None or client_id is None:
             return
         for message_id in message_ids:
             topic = track.topic_of.get(message_id)
-            if topic is None:
+            if topic is None or message_id in track.settled:
                 continue
             track.settled.add(message_id)
+            if acked:
+                self._acks[message_id] = self._acks.get(message_id, 0) + 1
+                self._flush_soon()
             self._advance_over_settled(client_id, track, topic)
 
     def _advance_over_settled(self, client_id: str, track: _Track, topic: str) -> None:
@@ -271,6 +276,9 @@ class TopicFeed:
             track.topic_of.pop(message_id, None)
         del order[:passed]
         self._advances.setdefault(client_id, {})[topic] = position
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
 
@@ -280,6 +288,10 @@ class TopicFeed:
         for client_id, positions in advances.items():
             writing = self._store.advance(client_id, list(positions.items()))
             writing.addErrback(self._failed, client_id)
+        acks, self._acks = self._acks, {}
+        if acks:
+            counting = self._store.count_topic_acks(list(acks.items()))
+            counting.addErrback(self._failed, "(receipts)")
 
     def forget(self, session: Session) -> None:
         """The session closed: its entries in flight come again on its next catch-up."""

@@ -33,6 +33,7 @@ from pigeonpush.store.topic_model import (
     SubscriptionChange,
     TopicEntry,
     TopicPosition,
+    TopicReceipt,
 )
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
@@ -236,6 +237,14 @@ class Store(Protocol):
         now. The feed keeps about ``topic_keys.FEED_LENGTH`` entries; a
         reader further behind misses some (its devices catch up from the
         logs). Cancelling the Deferred stops the wait."""
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        """The counts of a topic or broadcast message (``publish`` writes it,
+        with the topic's subscriber count as ``targeted``), kept for the
+        receipt retention after the message's TTL; None once gone or unknown."""
+
+    def count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> Deferred[None]:
+        """Add ``(messageId, ACKs)`` to the receipts still kept (one batch)."""
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         """For broadcast and every topic ``client_id`` is subscribed to (in

@@ -22,6 +22,7 @@ from pigeonpush.store.topic_model import (
     SubscriptionNotice,
     TopicEntry,
     TopicPosition,
+    TopicReceipt,
     offset_key,
 )
 from pigeonpush.topics import BROADCAST, check_audience, check_topic
@@ -59,6 +60,7 @@ class MemoryTopics:
     _clock: IReactorTime
     _expiries: Expiries
     _idempotency_ttl: float
+    _receipt_retention: float
 
     if TYPE_CHECKING:
 
@@ -78,6 +80,8 @@ class MemoryTopics:
         )
         self._feed_log = _Log("")
         self._feed_readers: list[tuple[Deferred[tuple[str, list[FeedItem]]], str, int]] = []
+        #: PIGEON:TOPIC_RECEIPT:{messageId}
+        self._topic_receipts: ExpiringTable[TopicReceipt] = ExpiringTable(self._expiries)
         #: PIGEON:IDEMPOTENCY:{topic:name}<key> -> "<messageId> <epoch> <offset>"
         self._topic_idempotency: ExpiringTable[str] = ExpiringTable(self._expiries)
 
@@ -214,6 +218,14 @@ class MemoryTopics:
                 f"{message.message_id} {log.epoch} {offset}",
                 now + self._idempotency_ttl,
             )
+        targeted = None if topic == BROADCAST else len(self._members.get(topic, ()))
+        self._topic_receipts.set(
+            message.message_id,
+            TopicReceipt(
+                message.message_id, topic, message.created_at, message.expires_at, targeted, 0
+            ),
+            message.expires_at + self._receipt_retention,
+        )
         entry = TopicEntry(topic, TopicPosition(log.epoch, offset), message)
         self._feed.append((self._feed_log.next_offset(now), entry))
         self._clock.callLater(0, self._wake_feed_readers)
@@ -269,6 +281,22 @@ class MemoryTopics:
 
     def _forget_feed_reader(self, reader: Deferred[tuple[str, list[FeedItem]]]) -> None:
         self._feed_readers = [r for r in self._feed_readers if r[0] is not reader]
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        return self._run(self._topic_receipts.get, message_id, self._now())
+
+    def count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> Deferred[None]:
+        return self._run(self._count_topic_acks, counts)
+
+    def _count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> None:
+        now = self._now()
+        for message_id, count in counts:
+            receipt = self._topic_receipts.get(message_id, now)
+            if receipt is not None:
+                expires_at = self._topic_receipts.expires_at(message_id, now)
+                self._topic_receipts.set(
+                    message_id, attrs.evolve(receipt, acked=receipt.acked + count), expires_at
+                )
 
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         return self._run(self._catch_up, client_id, limit)

@@ -28,6 +28,7 @@ from pigeonpush.store.topic_model import (
     SubscriptionNotice,
     TopicEntry,
     TopicPosition,
+    TopicReceipt,
     offset_key,
 )
 from pigeonpush.topics import BROADCAST, check_topic
@@ -44,6 +45,7 @@ class RedisTopics:
     _main: RedisConnection
     _reactor: Any
     _idempotency_ms: int
+    _receipt_retention: float
 
     if TYPE_CHECKING:
 
@@ -173,9 +175,9 @@ class RedisTopics:
             if idempotency_key is None
             else topic_keys.topic_idempotency(topic, idempotency_key)
         )
-        first, second = await self._script(
+        first, second, *count = await self._script(
             topic_scripts.PUBLISH,
-            [meta, topic_keys.topic_log(topic), key],
+            [meta, topic_keys.topic_log(topic), key, topic_keys.subscribers(topic)],
             [
                 topic_checks.new_epoch(),
                 str(max_length),
@@ -194,6 +196,21 @@ class RedisTopics:
         if first == 0:
             return topic_checks.replayed(topic, message, str(second))
         epoch, offset = str(first), str(second)
+        targeted = "" if topic == BROADCAST else str(count[0])
+        receipt = topic_keys.topic_receipt(message.message_id)
+        await self._main.execute(
+            [
+                (
+                    "HSET", receipt, "topic", topic, "targeted", targeted,
+                    "createdAt", dump_time(message.created_at),
+                    "expiresAt", dump_time(message.expires_at), "acked", "0",
+                ),
+                (
+                    "PEXPIRE", receipt,
+                    str(checks.milliseconds(remaining + self._receipt_retention)),
+                ),
+            ]
+        )  # fmt: skip
         # The live fan-out's copy: a second key (its own slot). If this write
         # fails, the message is still in the log: devices get it at their
         # next heartbeat's catch-up instead of now.
@@ -211,6 +228,38 @@ class RedisTopics:
             message.expires_at,
         )
         return TopicEntry(topic, TopicPosition(epoch, offset), stored)
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        return self._call(self._topic_receipt, message_id)
+
+    async def _topic_receipt(self, message_id: str) -> TopicReceipt | None:
+        flat = await self._one("HGETALL", topic_keys.topic_receipt(message_id))
+        fields = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        if not fields:
+            return None
+        try:
+            return TopicReceipt(
+                message_id,
+                fields["topic"],
+                float(fields["createdAt"]),
+                float(fields["expiresAt"]),
+                int(fields["targeted"]) if fields["targeted"] else None,
+                int(fields["acked"]),
+            )
+        except (KeyError, ValueError) as e:
+            raise StoreError(f"bad TOPIC_RECEIPT for {message_id}: {e}") from e
+
+    def count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> Deferred[None]:
+        return self._call(self._count_topic_acks, counts)
+
+    async def _count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> None:
+        if not counts:
+            return
+        replies = await self._scripts(
+            [(topic_scripts.COUNT_ACKS, [topic_keys.topic_receipt(m)], [str(n)]) for m, n in counts]
+        )
+        for reply in replies:
+            _checked(reply, "topic_count_acks")
 
     def topic_feed(
         self, after: str | None, count: int, block: float

@@ -33,6 +33,15 @@ FEED_LENGTH = 10_000
 TOPIC_FIELDS = ("messageId", "title", "text", "extras", "createdAt", "expiresAt")
 
 
+#: + {messageId} -> hash: topic, targeted ('' for broadcast), createdAt,
+#: expiresAt, acked; expires with the message's TTL plus the receipt retention.
+TOPIC_RECEIPT = PREFIX + "TOPIC_RECEIPT:"
+
+
+def topic_receipt(message_id: str) -> str:
+    return TOPIC_RECEIPT + "{" + message_id + "}"
+
+
 def _topic_tag(topic: str) -> str:
     return "{topic:" + topic + "}"
 

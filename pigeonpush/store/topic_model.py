@@ -94,3 +94,18 @@ class SubscriptionNotice:
 
 #: What the topic feed carries.
 FeedItem = TopicEntry | SubscriptionNotice
+
+
+@attrs.frozen(slots=True)
+class TopicReceipt:
+    """What became of a topic or broadcast message: counts, never lists."""
+
+    message_id: str
+    topic: str  #: the topic, or ``topics.BROADCAST``
+    created_at: float
+    expires_at: float
+    #: devices subscribed when it was accepted (None for broadcast)
+    targeted: int | None
+    #: ACKs counted by the push servers (a device that ACKs again after a
+    #: lost position write counts twice)
+    acked: int

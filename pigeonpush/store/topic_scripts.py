@@ -44,7 +44,8 @@ return 1
 """,
 )
 
-#: KEYS: TOPIC, TOPIC_LOG, IDEMPOTENCY (or TOPIC again without a key). ARGV:
+#: KEYS: TOPIC, TOPIC_LOG, IDEMPOTENCY (or TOPIC again without a key),
+#: SUBSCRIBERS (its count is the answer's third value). ARGV:
 #: fresh epoch, max length, now (seconds), TTL in ms, then the TOPIC_FIELDS
 #: values, then has-key ('1'/'0') and the idempotency TTL in ms. With a key
 #: seen before: {0, "<messageId> <epoch> <offset>"}, nothing written. Else
@@ -83,7 +84,7 @@ end
 if ARGV[11] == '1' then
   redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. epoch .. ' ' .. id, 'PX', ARGV[12])
 end
-return {epoch, id}
+return {epoch, id, redis.call('SCARD', KEYS[4])}
 """,
 )
 
@@ -149,4 +150,13 @@ return 1
 """,
 )
 
-ALL = (TOPIC_TAIL, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE)
+#: KEYS: TOPIC_RECEIPT. ARGV: ACKs to add. Only to a receipt still kept.
+COUNT_ACKS = Script(
+    "topic_count_acks",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'acked', ARGV[1])
+""",
+)
+
+ALL = (TOPIC_TAIL, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE, COUNT_ACKS)
