@@ -37,6 +37,7 @@ from pigeonpush.sdk.protocol import ClientProtocol
 from pigeonpush.wire.frames import (
     PING,
     PONG,
+    PROTOCOL_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -251,7 +252,7 @@ def test_auth_fail_version_falls_back_to_version_1_once_then_gives_up() -> None:
     h = Harness()
     waiting = h.client.when_authenticated()
     h.client.start()
-    assert h.sent() == [Auth(CLIENT_ID, "token-1", 2)]
+    assert h.sent() == [Auth(CLIENT_ID, "token-1", PROTOCOL_VERSION)]
     h.feed(AuthFail(AuthFailCode.VERSION, "supported versions: 1"))
     h.lose()
     assert not [e for e in h.events if isinstance(e, GaveUp)]

@@ -275,3 +275,24 @@ def test_acks_are_counted_in_the_receipt_once_per_device() -> None:
     harness.clock.advance(0)
     receipt = result_of(harness.store.topic_receipt(entry.message.message_id))
     assert (receipt.targeted, receipt.acked) == (2, 1)
+
+
+def test_a_push_says_its_topic_to_version_3_sessions_only() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["new", "old"], 10))
+    entry_of(harness, "news", "n1")
+    new, _ = login(harness, "new")
+    old = harness.connect()
+    old.send(Auth("old", harness.issue("old"), 2))
+    caught_up = [f for f in old.received() if isinstance(f, Push)]
+    assert [(p.message_id, p.topic) for p in caught_up] == [("n1", "")]
+    harness.hub.topics.live([entry_of(harness, "news", "n2"), entry_of(harness, BROADCAST, "b1")])
+    frames = [f for f in new.received() if isinstance(f, Push)]
+    assert [(p.message_id, p.topic) for p in frames] == [("n2", "news"), ("b1", BROADCAST)]
+    frames = [f for f in old.received() if isinstance(f, Push)]
+    assert [(p.message_id, p.topic) for p in frames] == [("n2", ""), ("b1", "")]
+    # The catch-up of a version 3 session says it too.
+    result_of(harness.store.subscribe("sport", ["late"], 10))
+    entry_of(harness, "sport", "s1")
+    _, first = login(harness, "late")
+    assert first == ["b1", "s1"]

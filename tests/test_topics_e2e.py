@@ -59,6 +59,9 @@ async def test_topic_and_broadcast_reach_their_audiences_once(spawner: Spawner) 
         await wait_received(readers, [news["messageId"], everyone["messageId"]])
         await wait_received(others, [everyone["messageId"]])
         assert all(news["messageId"] not in d.ids for d in others)
+        # The callback's message says which audience it came through.
+        topics = {(m.message_id, m.topic) for d in fleet for m in d.received}
+        assert topics == {(news["messageId"], "news"), (everyone["messageId"], "*")}
 
         # Later, within the TTL: the broadcast, not the topic it never joined.
         await online(reactor, [latecomer])

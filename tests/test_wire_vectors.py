@@ -48,7 +48,9 @@ def frame_from(spec: dict[str, Any]) -> Frame:
     if kind == "PONG":
         return PONG
     if kind == "PUSH":
-        return Push(spec["messageId"], spec["title"], spec["text"], spec["extras"])
+        return Push(
+            spec["messageId"], spec["title"], spec["text"], spec["extras"], spec.get("topic", "")
+        )
     if kind == "ACK":
         return Ack(spec["messageId"])
     if kind == "NACK":
@@ -76,7 +78,8 @@ def test_frame_vector_encodes_and_decodes(vector: dict[str, Any]) -> None:
     assert int.from_bytes(data[:4], "big") == len(data) - 4
     assert decode(data[4:]) == frame
     if isinstance(frame, Push):
-        assert encode_push(frame.message_id, frame.title, frame.text, frame.extras) == data
+        pushed = encode_push(frame.message_id, frame.title, frame.text, frame.extras, frame.topic)
+        assert pushed == data
 
 
 @pytest.mark.parametrize("vector", VECTORS["decodeOnly"], ids=names(VECTORS["decodeOnly"]))

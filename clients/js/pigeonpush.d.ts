@@ -2,7 +2,7 @@
 
 // --- the codec (docs/protocol.rst) ---------------------------------------------
 
-export const PROTOCOL_VERSION: 2;
+export const PROTOCOL_VERSION: 3;
 export const NACK_VERSION: 2;
 export const SUPPORTED_VERSIONS: readonly number[];
 export const DEFAULT_MAX_FRAME: 8192;
@@ -47,7 +47,15 @@ export type Frame =
   | { type: "AUTH_FAIL"; code: AuthFailCodeName; reason: string }
   | { type: "PING" }
   | { type: "PONG" }
-  | { type: "PUSH"; messageId: string; title: string; text: string; extras: Extras }
+  | {
+      type: "PUSH";
+      messageId: string;
+      title: string;
+      text: string;
+      extras: Extras;
+      /** Version 3: the topic it came through ("*": broadcast). */
+      topic?: string;
+    }
   | { type: "ACK"; messageId: string }
   | { type: "NACK"; messageId: string; retryAfterMs: number }
   | { type: "KICK"; reason: KickReasonName; text: string }
@@ -96,6 +104,8 @@ export interface Message {
   readonly title: string;
   readonly text: string;
   readonly extras: Readonly<Extras>;
+  /** The topic it came through ("*": broadcast), or null (sent to clientIds). */
+  readonly topic: string | null;
   readonly receivedAt: Date;
 }
 

@@ -1,10 +1,11 @@
 """``pigeonpush listen``: receive pushed messages, one JSON line each on stdout.
 
 Each message is printed as ``{"messageId", "title", "text", "extras",
-"receivedAt"}`` and flushed, then ACKed: the ACK waits until the line is
-written, so a message is never acknowledged without being shown. The line is
-written synchronously on purpose (a CLI's stdout is its product). Connection
-status goes to stderr. Ctrl-C closes the connection and exits 0. It reconnects for as long as
+"topic" (when it came through one), "receivedAt"}`` and flushed, then ACKed:
+the ACK waits until the line is written, so a message is never acknowledged
+without being shown. The line is written synchronously on purpose (a CLI's
+stdout is its product). Connection status goes to stderr. Ctrl-C closes the
+connection and exits 0. It reconnects for as long as
 it runs (a reglog or push server restart is waited out) unless
 ``--max-route-failures`` sets a limit; giving up (reglog refused, or failed
 that many times in a row; the clientId logged in elsewhere) exits 1.
@@ -131,16 +132,16 @@ def run(args: argparse.Namespace) -> int:
 def message_line(message: Message) -> str:
     """The JSON line printed for one message."""
     received = datetime.fromtimestamp(message.received_at, timezone.utc)
-    return json.dumps(
-        {
-            "messageId": message.message_id,
-            "title": message.title,
-            "text": message.text,
-            "extras": dict(message.extras),
-            "receivedAt": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        },
-        ensure_ascii=False,
-    )
+    line: dict[str, object] = {
+        "messageId": message.message_id,
+        "title": message.title,
+        "text": message.text,
+        "extras": dict(message.extras),
+    }
+    if message.topic is not None:
+        line["topic"] = message.topic  # "*": a broadcast
+    line["receivedAt"] = received.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps(line, ensure_ascii=False)
 
 
 def status_line(event: ClientEvent) -> str:

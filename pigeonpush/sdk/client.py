@@ -596,7 +596,12 @@ class PushClient:
             return
         self._in_flight[message_id] = [session]
         message = Message(
-            message_id, frame.title, frame.text, frame.extras, self._reactor.seconds()
+            message_id,
+            frame.title,
+            frame.text,
+            frame.extras,
+            self._reactor.seconds(),
+            frame.topic or None,
         )
         handling: Deferred[Any] = maybeDeferred(self._on_message, message)
         handling.addCallbacks(

@@ -36,11 +36,19 @@ from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.session import Channel, Session, State
 from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
-from pigeonpush.server.topics import TopicFeed
+from pigeonpush.server.topics import TopicFeed, TopicFrames
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
-from pigeonpush.wire.frames import Auth, AuthFail, AuthFailCode, AuthOk, Kick, KickReason
+from pigeonpush.wire.frames import (
+    TOPIC_VERSION,
+    Auth,
+    AuthFail,
+    AuthFailCode,
+    AuthOk,
+    Kick,
+    KickReason,
+)
 
 _T = TypeVar("_T")
 
@@ -367,7 +375,14 @@ class PushHub:
                 missing.append(index)
             else:
                 statuses[index] = self._write(
-                    session, in_flight, item.message_id, item.title, item.text, item.extras, now
+                    session,
+                    in_flight,
+                    item.message_id,
+                    item.title,
+                    item.text,
+                    item.extras,
+                    now,
+                    item.topic,
                 )
         answer: Deferred[list[PushStatus]]
         if missing:
@@ -413,7 +428,7 @@ class PushHub:
         self._count(statuses)
         return statuses
 
-    def write_frame(self, session: Session, message_id: str, frame: bytes) -> PushStatus:
+    def write_frame(self, session: Session, message_id: str, frames: TopicFrames) -> PushStatus:
         """Write an encoded PUSH (one encoding shared by many sessions: a topic
         message) to ``session``, within its window, as ``push`` writes an item;
         WINDOW_FULL leaves it for the next catch-up."""
@@ -425,7 +440,7 @@ class PushHub:
         elif session.write_paused or len(in_flight) >= self._window:
             status = _WINDOW_FULL
         else:
-            session.channel.send(frame)
+            session.channel.send(frames.for_version(session.version))
             in_flight[message_id] = self.clock.seconds()
             if self._check_timer is None:
                 self._watch_deliveries()
@@ -442,9 +457,12 @@ class PushHub:
         text: str,
         extras: Mapping[str, str],
         now: float,
+        topic: str = "",
     ) -> PushStatus:
+        if session.version < TOPIC_VERSION:
+            topic = ""  # an older client's PUSH has no topic
         try:
-            session.channel.send(encode_push(message_id, title, text, extras))
+            session.channel.send(encode_push(message_id, title, text, extras, topic))
         except EncodeError as e:
             # It can never be written to this client: take it out of WAIT_ACK,
             # or it would come back first in every pull and block the rest.

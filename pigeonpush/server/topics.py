@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.session import Session
 from pigeonpush.store.interface import Store, StoreError
+from pigeonpush.store.model import Message
 from pigeonpush.store.topic_model import (
     CatchUp,
     FeedItem,
@@ -50,9 +51,30 @@ from pigeonpush.store.topic_model import (
 )
 from pigeonpush.topics import BROADCAST
 from pigeonpush.wire.codec import EncodeError, encode_push
+from pigeonpush.wire.frames import TOPIC_VERSION
 
 #: Entries read per topic per catch-up.
 CATCH_UP_LIMIT = 100
+
+
+@attrs.frozen(slots=True)
+class TopicFrames:
+    """One topic message's PUSH, encoded once per protocol generation: with
+    its topic (version 3 and later) and without (older sessions)."""
+
+    with_topic: bytes
+    without_topic: bytes
+
+    @classmethod
+    def of(cls, message: Message, topic: str) -> TopicFrames:
+        plain = encode_push(message.message_id, message.title, message.text, message.extras)
+        return cls(
+            encode_push(message.message_id, message.title, message.text, message.extras, topic),
+            plain,
+        )
+
+    def for_version(self, version: int) -> bytes:
+        return self.with_topic if version >= TOPIC_VERSION else self.without_topic
 
 
 @attrs.define(slots=True, eq=False)
@@ -86,7 +108,7 @@ class TopicFeed:
         store: Store,
         clock: IReactorTime,
         push: Callable[[Sequence[PushItem]], Deferred[list[PushStatus]]],
-        write_frame: Callable[[Session, str, bytes], PushStatus],
+        write_frame: Callable[[Session, str, TopicFrames], PushStatus],
         sessions: Mapping[str, Session],
         *,
         limit: int = CATCH_UP_LIMIT,
@@ -179,6 +201,7 @@ class TopicFeed:
                             message.title,
                             message.text,
                             message.extras,
+                            topic=caught.topic,
                         )
                     )
             track.order[caught.topic] = order
@@ -210,7 +233,7 @@ class TopicFeed:
                 continue
             message = entry.message
             try:
-                frame = encode_push(message.message_id, message.title, message.text, message.extras)
+                frame = TopicFrames.of(message, entry.topic)
             except EncodeError as e:
                 self.log.warn(
                     "Topic message {message_id} cannot be encoded: {why}",

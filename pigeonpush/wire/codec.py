@@ -47,7 +47,7 @@ MIN_MAX_FRAME: Final = 1024
 MAX_MAX_FRAME: Final = 0xFFFFFFFF
 #: The protocol versions this implementation can speak (a server answers
 #: AUTH_FAIL VERSION to any other).
-SUPPORTED_VERSIONS: Final = frozenset({1, 2})
+SUPPORTED_VERSIONS: Final = frozenset({1, 2, 3})
 #: Longest string (in UTF-8 bytes): its length is a uint16.
 MAX_STRING_BYTES: Final = 0xFFFF
 #: Most extras pairs in one PUSH: their count is a uint16.
@@ -134,9 +134,15 @@ def _utf8(value: str, field: str) -> bytes:
     return raw
 
 
-def encode_push(message_id: str, title: str, text: str, extras: Mapping[str, str]) -> bytes:
+def encode_push(
+    message_id: str, title: str, text: str, extras: Mapping[str, str], topic: str = ""
+) -> bytes:
     """A whole PUSH frame, without building a ``Push`` first (the server's hot
-    path); the same bytes as ``encode(Push(message_id, title, text, extras))``."""
+    path); the same bytes as ``encode(Push(message_id, title, text, extras,
+    topic))``. A topic (version 3) is one more string after the extras; with
+    none the frame is the version 1 and 2 PUSH."""
+    if topic:
+        return _with_topic(encode_push(message_id, title, text, extras), topic)
     try:
         m = message_id.encode()
         t = title.encode()
@@ -163,6 +169,13 @@ def encode_push(message_id: str, title: str, text: str, extras: Mapping[str, str
     except (struct.error, UnicodeEncodeError, AttributeError):
         _check_push(message_id, title, text, extras)
         raise  # pragma: no cover  (_check_push raises for everything caught here)
+
+
+def _with_topic(frame: bytes, topic: str) -> bytes:
+    """``frame`` (a whole PUSH) with the topic string appended, its length prefix updated."""
+    raw = _utf8(topic, "topic")
+    body = frame[4:] + _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
 
 
 def _encode_long_push(message_id: str, title: str, text: str, extras: Mapping[str, str]) -> bytes:
@@ -205,7 +218,7 @@ def _check_push(message_id: str, title: str, text: str, extras: Mapping[str, str
 
 
 def _encode_push(frame: Push) -> bytes:
-    return encode_push(frame.message_id, frame.title, frame.text, frame.extras)
+    return encode_push(frame.message_id, frame.title, frame.text, frame.extras, frame.topic)
 
 
 def encode_ack(message_id: str) -> bytes:
@@ -366,13 +379,18 @@ def _decode_push(data: bytes) -> Push:
             start = end + 2
             end = start + (data[end] << 8 | data[end + 1])
             extras[key] = data[start:end].decode()
+        topic = ""
+        if end < len(data):  # version 3: the topic it came through
+            start = end + 2
+            end = start + (data[end] << 8 | data[end + 1])
+            topic = data[start:end].decode()
     except (IndexError, UnicodeDecodeError):
         _explain(data)
     if end != len(data):
         _explain(data)
     if len(extras) != count:
         raise DecodeError(ErrorCode.MALFORMED, "PUSH: extras has a key more than once")
-    return Push(message_id, title, text, extras)
+    return Push(message_id, title, text, extras, topic)
 
 
 def ack_message_id(payload: bytes) -> str:
@@ -551,6 +569,8 @@ def _explain(data: bytes) -> NoReturn:
             for index in range(count):
                 offset = _explain_string(data, offset, name, f"{field} key {index}")
                 offset = _explain_string(data, offset, name, f"{field} value {index}")
+    if frame_type is FrameType.PUSH and offset < end:  # version 3's topic
+        offset = _explain_string(data, offset, name, "topic")
     if offset != end:
         extra = end - offset
         raise DecodeError(

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 import attrs
 
 #: The protocol version this implementation speaks (sent in AUTH). Version 2
-#: is version 1 plus NACK.
-PROTOCOL_VERSION = 2
+#: is version 1 plus NACK; version 3 is version 2 plus the topic of a PUSH.
+PROTOCOL_VERSION = 3
 #: The first version in which a client may send NACK.
 NACK_VERSION = 2
+#: The first version whose PUSH may end with the topic it came through.
+TOPIC_VERSION = 3
 
 
 class FrameType(enum.IntEnum):
@@ -97,6 +99,9 @@ class Push:
     title: str
     text: str
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: the topic it came through (version 3; "" for none: to clientIds, or
+    #: a session of an older version); ``*`` for broadcast
+    topic: str = ""
 
 
 @attrs.frozen(slots=True)

@@ -609,6 +609,7 @@ export class PushClient extends EventTarget {
       title: frame.title,
       text: frame.text,
       extras: Object.freeze(frame.extras),
+      topic: frame.topic ?? null,
       receivedAt: new Date(this._clock.now()),
     });
     this._emit("message", { message });

@@ -1,4 +1,4 @@
-// The PigeonPush wire protocol (docs/protocol.rst), version 2: frames as
+// The PigeonPush wire protocol (docs/protocol.rst), version 3: frames as
 // plain objects with the field names of the specification, to and from bytes.
 //
 // A frame is `{type: "PUSH", messageId, title, text, extras}` and so on; codes
@@ -8,11 +8,11 @@
 // stream (TCP) each frame has its u32 length first (`encode` / `FrameReader`).
 
 /** The protocol version this client sends in AUTH. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The first version with NACK. */
 export const NACK_VERSION = 2;
 /** The versions this codec speaks. */
-export const SUPPORTED_VERSIONS = Object.freeze([1, 2]);
+export const SUPPORTED_VERSIONS = Object.freeze([1, 2, 3]);
 /** The frame limit (`length`: type + body) until AUTH_OK says otherwise. */
 export const DEFAULT_MAX_FRAME = 8192;
 /** The smallest `maxFrame` a server may announce. */
@@ -227,6 +227,9 @@ export function encodePayload(frame) {
       w.string(frame.title, "title");
       w.string(frame.text, "text");
       w.map(frame.extras, "extras");
+      if (frame.topic) {
+        w.string(frame.topic, "topic"); // version 3
+      }
       break;
     case "ACK":
       w.string(frame.messageId, "messageId");
@@ -399,6 +402,9 @@ export function decode(payload) {
         text: r.string("text"),
         extras: r.map("extras"),
       };
+      if (r.offset < r.bytes.length) {
+        frame.topic = r.string("topic"); // version 3: the topic it came through
+      }
       break;
     case "ACK":
       frame = { type, messageId: r.string("messageId") };

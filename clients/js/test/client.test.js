@@ -93,7 +93,7 @@ const push = (messageId, extras = {}) => ({
 });
 
 describe("connecting", () => {
-  test("route, WebSocket with the subprotocol, AUTH version 2 first, AUTH_OK: online", async (t) => {
+  test("route, WebSocket with the subprotocol, AUTH version 3 first, AUTH_OK: online", async (t) => {
     const h = harness(t);
     h.client.start();
     assert.equal(h.client.state, ClientState.ROUTING);
@@ -105,7 +105,7 @@ describe("connecting", () => {
     assert.equal(ws.binaryType, "arraybuffer");
     ws.accept();
     assert.equal(h.client.state, ClientState.AUTHENTICATING);
-    assert.deepEqual(ws.sent, [{ type: "AUTH", version: 2, clientId: "device-1", token: "tok-1" }]);
+    assert.deepEqual(ws.sent, [{ type: "AUTH", version: 3, clientId: "device-1", token: "tok-1" }]);
     const online = h.client.whenOnline();
     ws.authOk({ heartbeatMs: 20000, maxFrame: 4096, ackWindow: 8 });
     assert.equal(h.client.state, ClientState.ONLINE);
