@@ -869,3 +869,14 @@ def test_invalid_settings_are_refused_clearly() -> None:
         Harness(max_missed_pongs=0)
     with pytest.raises(ValueError, match="heartbeat must be a positive number"):
         Harness(heartbeat=0)
+
+
+def test_missed_becomes_an_event_for_the_application() -> None:
+    from pigeonpush.sdk import MessagesMissed
+    from pigeonpush.wire.frames import Missed
+
+    h = Harness()
+    h.online()
+    h.feed(Missed("news"))
+    assert MessagesMissed("news") in h.events
+    assert h.client.state is ClientState.ONLINE

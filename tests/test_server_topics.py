@@ -296,3 +296,22 @@ def test_a_push_says_its_topic_to_version_3_sessions_only() -> None:
     entry_of(harness, "sport", "s1")
     _, first = login(harness, "late")
     assert first == ["b1", "s1"]
+
+
+def test_a_version_3_session_is_told_once_what_it_missed() -> None:
+    from pigeonpush.wire.frames import Missed
+
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice", "old"], 10))
+    for n in range(4):
+        now = harness.clock.seconds()
+        message = Message(f"n{n}", "t", "x", {}, now, now + 600)
+        result_of(harness.store.publish("news", message, 2))  # the log keeps 2
+    device = harness.connect()
+    device.send(Auth("alice", harness.issue("alice")))
+    frames = device.received()
+    assert Missed("news") in frames
+    assert [f.message_id for f in frames if isinstance(f, Push)] == ["n2", "n3"]
+    old = harness.connect()
+    old.send(Auth("old", harness.issue("old"), 2))
+    assert not [f for f in old.received() if isinstance(f, Missed)]

@@ -25,6 +25,7 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Missed,
     Nack,
     Push,
 )
@@ -59,6 +60,8 @@ def frame_from(spec: dict[str, Any]) -> Frame:
         return Kick(KickReason[spec["reason"]], spec["text"])
     if kind == "ERROR":
         return Error(ErrorCode[spec["code"]], spec["text"])
+    if kind == "MISSED":
+        return Missed(spec["topic"])
     raise AssertionError(f"unknown type in a vector: {kind}")
 
 

@@ -22,6 +22,7 @@ export const FrameType: Readonly<{
   KICK: 8;
   ERROR: 9;
   NACK: 10;
+  MISSED: 16;
 }>;
 export const AuthFailCode: Readonly<{ BAD_TOKEN: 1; VERSION: 2; UNAVAILABLE: 3; FULL: 4 }>;
 export const KickReason: Readonly<{ REPLACED: 1; SHUTTING_DOWN: 2; POLICY: 3 }>;
@@ -59,7 +60,8 @@ export type Frame =
   | { type: "ACK"; messageId: string }
   | { type: "NACK"; messageId: string; retryAfterMs: number }
   | { type: "KICK"; reason: KickReasonName; text: string }
-  | { type: "ERROR"; code: ErrorCodeName; text: string };
+  | { type: "ERROR"; code: ErrorCodeName; text: string }
+  | { type: "MISSED"; topic: string };
 
 export type Bytes = Uint8Array | ArrayBuffer | ArrayBufferView;
 
@@ -173,6 +175,8 @@ export interface PushClientEventMap {
   kicked: { server: string; reason: KickReasonName; text: string };
   message: { message: Message };
   acked: { messageId: string; sent: boolean; duplicate: boolean };
+  /** Version 3: some messages of `topic` ("*": broadcast) will never come. */
+  missed: { topic: string };
   nacked: { messageId: string; retryAfter: number; error: unknown; sent: boolean };
   error: { error: Error; fatal: boolean };
 }

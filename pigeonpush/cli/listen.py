@@ -37,6 +37,7 @@ from pigeonpush.sdk import (
     Disconnected,
     GaveUp,
     Message,
+    MessagesMissed,
     PushClient,
     full_jitter,
 )
@@ -154,6 +155,8 @@ def status_line(event: ClientEvent) -> str:
             return f"disconnected from {event.server}: {event.reason}"
         case GaveUp():
             return f"gave up: {event.error}"
+        case MessagesMissed():
+            return f"messages of topic {event.topic} were missed: the server's log lost them"
 
 
 def _start_logging(verbose: bool) -> None:

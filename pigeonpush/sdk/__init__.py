@@ -15,7 +15,14 @@ from pigeonpush.sdk.errors import (
     RouteLookupFailed,
     SessionReplaced,
 )
-from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
+from pigeonpush.sdk.events import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    MessagesMissed,
+)
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.route import Route, RouteFetcher, RouteSource
@@ -31,6 +38,7 @@ __all__ = [
     "GaveUp",
     "Message",
     "MessageCallback",
+    "MessagesMissed",
     "ProtocolVersionRefused",
     "PushClient",
     "PushClientError",

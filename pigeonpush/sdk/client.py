@@ -55,7 +55,14 @@ from pigeonpush.sdk.errors import (
     RouteLookupFailed,
     SessionReplaced,
 )
-from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
+from pigeonpush.sdk.events import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    MessagesMissed,
+)
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
@@ -69,6 +76,7 @@ from pigeonpush.wire.frames import (
     AuthFailCode,
     Kick,
     KickReason,
+    Missed,
     Push,
 )
 
@@ -610,6 +618,13 @@ class PushClient:
             callbackArgs=(message_id,),
             errbackArgs=(message_id,),
         )
+
+    def _messages_missed(self, session: ClientProtocol, frame: Missed) -> None:
+        self.log.info(
+            "Some messages of topic {topic} will not come: the server's log lost them",
+            topic=frame.topic,
+        )
+        self._emit(MessagesMissed(frame.topic))
 
     def _handled(self, result: object, message_id: str) -> None:
         sessions = self._in_flight.pop(message_id, ())

@@ -37,6 +37,7 @@ from pigeonpush.wire.frames import (
     ErrorCode,
     Frame,
     Kick,
+    Missed,
     Ping,
     Pong,
     Push,
@@ -60,6 +61,8 @@ class SessionOwner(Protocol):
     def _session_kicked(self, session: ClientProtocol, frame: Kick) -> None: ...
 
     def _push_received(self, session: ClientProtocol, frame: Push) -> None: ...
+
+    def _messages_missed(self, session: ClientProtocol, frame: Missed) -> None: ...
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None: ...
 
@@ -193,6 +196,8 @@ class ClientProtocol(FrameProtocol):
         match frame:
             case Push():
                 self._owner._push_received(self, frame)
+            case Missed():
+                self._owner._messages_missed(self, frame)
             case Pong():
                 pass  # frameReceived already counted it
             case Ping():

@@ -51,6 +51,7 @@ from pigeonpush.wire.frames import (
     Frame,
     FrameType,
     Kick,
+    Missed,
     Nack,
     Ping,
     Pong,
@@ -374,6 +375,7 @@ _NAMES: dict[type, str] = {
     Kick: "KICK",
     Error: "ERROR",
     Nack: "NACK",
+    Missed: "MISSED",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

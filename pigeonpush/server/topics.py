@@ -50,8 +50,8 @@ from pigeonpush.store.topic_model import (
     offset_key,
 )
 from pigeonpush.topics import BROADCAST
-from pigeonpush.wire.codec import EncodeError, encode_push
-from pigeonpush.wire.frames import TOPIC_VERSION
+from pigeonpush.wire.codec import EncodeError, encode, encode_push
+from pigeonpush.wire.frames import TOPIC_VERSION, Missed
 
 #: Entries read per topic per catch-up.
 CATCH_UP_LIMIT = 100
@@ -188,6 +188,8 @@ class TopicFeed:
                     client_id=client_id,
                     topic=caught.topic,
                 )
+                if session.version >= TOPIC_VERSION:
+                    session.channel.send(encode(Missed(caught.topic)))
             order = []
             for entry in caught.entries:
                 message = entry.message

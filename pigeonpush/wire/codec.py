@@ -33,6 +33,7 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Missed,
     Nack,
     Ping,
     Pong,
@@ -115,6 +116,7 @@ _LAYOUTS: Final[dict[FrameType, tuple[tuple[str, str], ...]]] = {
     FrameType.KICK: (("reason", _U8_FIELD), ("text", _STRING)),
     FrameType.ERROR: (("code", _U8_FIELD), ("text", _STRING)),
     FrameType.NACK: (("messageId", _STRING), ("retryAfterMs", _U32_FIELD)),
+    FrameType.MISSED: (("topic", _STRING),),
 }
 _FIXED_WIDTH = {_U8_FIELD: 1, _U16_FIELD: 2, _U32_FIELD: 4}
 
@@ -236,6 +238,11 @@ def _encode_ack(frame: Ack) -> bytes:
     return encode_ack(frame.message_id)
 
 
+def _encode_missed(frame: Missed) -> bytes:
+    raw = _utf8(frame.topic, "topic")
+    return _PREFIX_TYPE_U16.pack(3 + len(raw), FrameType.MISSED, len(raw)) + raw
+
+
 def encode_nack(message_id: str, retry_after: float = 0.0) -> bytes:
     """A whole NACK frame; the same bytes as ``encode(Nack(message_id, retry_after))``."""
     retry_ms = retry_after_ms(retry_after)
@@ -338,6 +345,7 @@ _ENCODERS: Final[dict[type, Callable[[object], bytes]]] = {
     Kick: _encode_kick,  # type: ignore[dict-item]
     Error: _encode_error,  # type: ignore[dict-item]
     Nack: _encode_nack,  # type: ignore[dict-item]
+    Missed: _encode_missed,  # type: ignore[dict-item]
 }
 
 
@@ -409,6 +417,17 @@ def ack_message_id(payload: bytes) -> str:
 
 def _decode_ack(data: bytes) -> Ack:
     return Ack(ack_message_id(data))
+
+
+def _decode_missed(data: bytes) -> Missed:
+    try:
+        end = 3 + (data[1] << 8 | data[2])
+        topic = data[3:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    return Missed(topic)
 
 
 def _decode_nack(data: bytes) -> Nack:
@@ -529,6 +548,7 @@ _DECODERS: Final[tuple[Callable[[bytes], Frame], ...]] = tuple(
         FrameType.KICK: _decode_kick,
         FrameType.ERROR: _decode_error,
         FrameType.NACK: _decode_nack,
+        FrameType.MISSED: _decode_missed,
     }.get(type_byte, _unknown_type)  # type: ignore[call-overload]
     for type_byte in range(256)
 )

@@ -32,6 +32,9 @@ class FrameType(enum.IntEnum):
     KICK = 0x08
     ERROR = 0x09
     NACK = 0x0A  #: protocol version 2 and later
+    #: 0x0B, 0x0C: UPLINK, UPLINK_ACK; 0x0D-0x0F: SUBSCRIBE, UNSUBSCRIBE and
+    #: their answer (reserved)
+    MISSED = 0x10  #: protocol version 3 and later, server to client
 
 
 class AuthFailCode(enum.IntEnum):
@@ -131,7 +134,15 @@ class Error:
     text: str = ""
 
 
-Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack
+@attrs.frozen(slots=True)
+class Missed:
+    """The topic's log no longer holds everything the client has not ACKed
+    (trimmed, or lost by the store): some messages of it will never come."""
+
+    topic: str  #: the topic, or ``*`` for broadcast
+
+
+Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack | Missed
 
 PING = Ping()
 PONG = Pong()

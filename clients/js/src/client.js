@@ -587,6 +587,12 @@ export class PushClient extends EventTarget {
     this._emit("offline", detail);
   }
 
+  _messagesMissed(session, frame) {
+    // The server's log of the topic no longer holds everything this device
+    // had not received: some of its messages will never come.
+    this._emit("missed", { topic: frame.topic });
+  }
+
   _pushReceived(session, frame) {
     const { messageId } = frame;
     if (this._recent.has(messageId)) {

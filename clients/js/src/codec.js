@@ -39,6 +39,7 @@ export const FrameType = Object.freeze({
   KICK: 0x08,
   ERROR: 0x09,
   NACK: 0x0a,
+  MISSED: 0x10, // version 3, server to client
 });
 
 /** AUTH_FAIL code name -> code. */
@@ -234,6 +235,9 @@ export function encodePayload(frame) {
     case "ACK":
       w.string(frame.messageId, "messageId");
       break;
+    case "MISSED":
+      w.string(frame.topic, "topic");
+      break;
     case "NACK":
       w.string(frame.messageId, "messageId");
       w.u32(frame.retryAfterMs ?? 0, "retryAfterMs");
@@ -408,6 +412,9 @@ export function decode(payload) {
       break;
     case "ACK":
       frame = { type, messageId: r.string("messageId") };
+      break;
+    case "MISSED":
+      frame = { type, topic: r.string("topic") };
       break;
     case "NACK":
       frame = { type, messageId: r.string("messageId"), retryAfterMs: r.u32("retryAfterMs") };

@@ -254,6 +254,9 @@ export class Session {
       case "PUSH":
         this._owner._pushReceived(this, frame);
         break;
+      case "MISSED":
+        this._owner._messagesMissed(this, frame);
+        break;
       case "PONG":
         break; // _received already counted it
       case "KICK":
