@@ -73,9 +73,11 @@ def test_every_option_is_documented_with_a_default() -> None:
         "frame-abuse-time",
         "metrics",
         "log-format",
+        "device-topics",
+        "max-topics-per-device",
     ):
         assert f"--{name}=" in text
-    assert text.count("[default:") == 24
+    assert text.count("[default:") == 26
 
 
 def test_values_are_parsed() -> None:
@@ -292,3 +294,13 @@ def test_advertise_overrides_the_derived_transport() -> None:
     stopping = top.stopService()
     reactor.advance(2)
     assert stopping.called
+
+
+def test_device_topics_are_patterns_separated_by_commas() -> None:
+    options = Options()
+    options.parseOptions(["--device-topics", "public.*,news"])
+    assert options.settings.device_topics == ("public.*", "news")
+    assert options.settings.allows_device_topic("public.sport")
+    assert not options.settings.allows_device_topic("private")
+    with pytest.raises(usage.UsageError, match="max-topics-per-device"):
+        Options().parseOptions(["--max-topics-per-device", "0"])

@@ -315,3 +315,72 @@ def test_a_version_3_session_is_told_once_what_it_missed() -> None:
     old = harness.connect()
     old.send(Auth("old", harness.issue("old"), 2))
     assert not [f for f in old.received() if isinstance(f, Missed)]
+
+
+def test_devices_subscribe_themselves_only_to_allowed_topics() -> None:
+    from pigeonpush.wire.frames import Subscribe, Subscription, SubscriptionCode, Unsubscribe
+
+    harness = Harness(pulls=False, device_topics=("public.*",), max_topics_per_device=1)
+    alice, _ = login(harness, "alice")
+    alice.send(Subscribe(1, "private.admin"))
+    alice.send(Subscribe(2, "public.news"))
+    alice.send(Subscribe(3, "public.sport"))  # one topic at most
+    assert alice.received() == [
+        Subscription(
+            1, SubscriptionCode.NOT_ALLOWED, "devices may not choose this topic (--device-topics)"
+        ),
+        Subscription(2, SubscriptionCode.OK),
+        Subscription(3, SubscriptionCode.TOO_MANY, "at most 1 topics per device"),
+    ]
+    assert result_of(harness.store.device_topics("alice")) == ["public.news"]
+    # Indexed at once: the next live message of the topic comes now.
+    harness.hub.topics.live([entry_of(harness, "public.news", "p1")])
+    assert pushed(alice) == ["p1"]
+    alice.send(Unsubscribe(4, "public.news"))
+    assert alice.received() == [Subscription(4, SubscriptionCode.OK)]
+    assert result_of(harness.store.device_topics("alice")) == []
+
+
+def test_a_subscription_the_store_cannot_take_is_unavailable() -> None:
+    from pigeonpush.wire.frames import Subscribe, Subscription, SubscriptionCode
+
+    harness = Harness(pulls=False, device_topics=("*",))
+    alice, _ = login(harness, "alice")
+
+    def down(*args: Any) -> Any:
+        from twisted.internet.defer import fail
+
+        from pigeonpush.store.interface import StoreError
+
+        return fail(StoreError("Redis is away"))
+
+    harness.store.subscribe = down  # type: ignore[method-assign]
+    alice.send(Subscribe(9, "news"))
+    assert alice.received() == [Subscription(9, SubscriptionCode.UNAVAILABLE, "try again later")]
+
+
+def test_by_default_no_topic_is_open_to_devices() -> None:
+    from pigeonpush.wire.frames import Subscribe, Subscription, SubscriptionCode
+
+    harness = Harness(pulls=False)
+    alice, _ = login(harness, "alice")
+    alice.send(Subscribe(1, "news"))
+    (answer,) = alice.received()
+    assert isinstance(answer, Subscription) and answer.code is SubscriptionCode.NOT_ALLOWED
+
+
+def test_over_tcp_subscribe_needs_version_3() -> None:
+    from pigeonpush.wire.frames import Error, ErrorCode, Subscribe, Subscription
+
+    harness = Harness(pulls=False, tcp=True, device_topics=("*",))
+    new = harness.connect()
+    new.send(Auth("new", harness.issue("new")))
+    new.received()
+    new.send(Subscribe(1, "news"))
+    assert next(f for f in new.received() if isinstance(f, Subscription)).request_id == 1
+    old = harness.connect()
+    old.send(Auth("old", harness.issue("old"), 2))
+    old.received()
+    old.send(Subscribe(1, "news"))
+    (error,) = [f for f in old.received() if isinstance(f, Error)]
+    assert error.code is ErrorCode.UNEXPECTED

@@ -28,6 +28,10 @@ from pigeonpush.wire.frames import (
     Missed,
     Nack,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -62,6 +66,12 @@ def frame_from(spec: dict[str, Any]) -> Frame:
         return Error(ErrorCode[spec["code"]], spec["text"])
     if kind == "MISSED":
         return Missed(spec["topic"])
+    if kind == "SUBSCRIBE":
+        return Subscribe(spec["requestId"], spec["topic"])
+    if kind == "UNSUBSCRIBE":
+        return Unsubscribe(spec["requestId"], spec["topic"])
+    if kind == "SUBSCRIPTION":
+        return Subscription(spec["requestId"], SubscriptionCode[spec["code"]], spec["reason"])
     raise AssertionError(f"unknown type in a vector: {kind}")
 
 

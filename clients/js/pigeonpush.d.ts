@@ -22,6 +22,9 @@ export const FrameType: Readonly<{
   KICK: 8;
   ERROR: 9;
   NACK: 10;
+  SUBSCRIBE: 13;
+  UNSUBSCRIBE: 14;
+  SUBSCRIPTION: 15;
   MISSED: 16;
 }>;
 export const AuthFailCode: Readonly<{ BAD_TOKEN: 1; VERSION: 2; UNAVAILABLE: 3; FULL: 4 }>;
@@ -61,7 +64,14 @@ export type Frame =
   | { type: "NACK"; messageId: string; retryAfterMs: number }
   | { type: "KICK"; reason: KickReasonName; text: string }
   | { type: "ERROR"; code: ErrorCodeName; text: string }
-  | { type: "MISSED"; topic: string };
+  | { type: "MISSED"; topic: string }
+  | { type: "SUBSCRIBE" | "UNSUBSCRIBE"; requestId: number; topic: string }
+  | {
+      type: "SUBSCRIPTION";
+      requestId: number;
+      code: "OK" | "NOT_ALLOWED" | "TOO_MANY" | "UNAVAILABLE";
+      reason: string;
+    };
 
 export type Bytes = Uint8Array | ArrayBuffer | ArrayBufferView;
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
@@ -39,6 +39,7 @@ from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.server.topics import TopicFeed, TopicFrames
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
+from pigeonpush.store.topic_model import SubscriptionChange
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
 from pigeonpush.wire.frames import (
     TOPIC_VERSION,
@@ -48,6 +49,10 @@ from pigeonpush.wire.frames import (
     AuthOk,
     Kick,
     KickReason,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
 )
 
 _T = TypeVar("_T")
@@ -539,6 +544,55 @@ class PushHub:
         self.topics.settled(session, (message_id,), acked=True)
         if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
             self.pull(session)
+
+    def subscription_requested(self, session: Session, frame: Subscribe | Unsubscribe) -> None:
+        """SUBSCRIBE / UNSUBSCRIBE: only topics the operator allows
+        (``--device-topics``); answered with SUBSCRIPTION once the store has it."""
+        client_id = session.client_id
+        assert client_id is not None
+        request_id, topic = frame.request_id, frame.topic
+        if not self.settings.allows_device_topic(topic):
+            session.channel.send(
+                encode(
+                    Subscription(
+                        request_id,
+                        SubscriptionCode.NOT_ALLOWED,
+                        "devices may not choose this topic (--device-topics)",
+                    )
+                )
+            )
+            return
+        if isinstance(frame, Subscribe):
+            changing: Deferred[Any] = self.store.subscribe(
+                topic, [client_id], self.settings.max_topics_per_device
+            )
+        else:
+            changing = self.store.unsubscribe(topic, [client_id])
+
+        def done(result: object) -> None:
+            refused = isinstance(result, SubscriptionChange) and result.refused
+            if refused:
+                answer = Subscription(
+                    request_id,
+                    SubscriptionCode.TOO_MANY,
+                    f"at most {self.settings.max_topics_per_device} topics per device",
+                )
+            else:
+                answer = Subscription(request_id, SubscriptionCode.OK)
+            if session.state == _ACTIVE:
+                session.channel.send(encode(answer))
+                self.topics.catch_up(session)  # its topics changed: index them now
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(StoreError):
+                self.log.failure(
+                    "A subscription of {client_id} failed", failure, client_id=client_id
+                )
+            if session.state == _ACTIVE:
+                answer = Subscription(request_id, SubscriptionCode.UNAVAILABLE, "try again later")
+                session.channel.send(encode(answer))
+
+        changing.addCallbacks(done, failed)
 
     def pinged(self, session: Session) -> None:
         """A PING: the connection is idle; pull at most once per heartbeat."""

@@ -42,6 +42,7 @@ from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    TOPIC_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -56,6 +57,9 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
 )
 from pigeonpush.wire.protocol import FrameProtocol
 
@@ -308,6 +312,15 @@ class ServerProtocol(FrameProtocol):
                     return
                 self.hub.nacked(session, frame.message_id, frame.retry_after)  # type: ignore[union-attr]
                 return
+            if kind is Subscribe or kind is Unsubscribe:
+                if session.version < TOPIC_VERSION:
+                    self.protocolError(
+                        ErrorCode.UNEXPECTED,
+                        f"{_NAMES[kind]} is not allowed in protocol version {session.version}",
+                    )
+                    return
+                self.hub.subscription_requested(session, frame)  # type: ignore[arg-type]
+                return
         elif kind is Auth and state == _AWAITING_AUTH:
             self.hub.authenticate(session, frame)  # type: ignore[arg-type]
             return
@@ -376,6 +389,9 @@ _NAMES: dict[type, str] = {
     Error: "ERROR",
     Nack: "NACK",
     Missed: "MISSED",
+    Subscribe: "SUBSCRIBE",
+    Unsubscribe: "UNSUBSCRIBE",
+    Subscription: "SUBSCRIPTION",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

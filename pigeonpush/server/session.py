@@ -47,7 +47,7 @@ from typing import Protocol
 
 import attrs
 
-from pigeonpush.wire.frames import Auth, Frame
+from pigeonpush.wire.frames import Auth, Frame, Subscribe, Unsubscribe
 
 
 class State(enum.IntEnum):
@@ -134,6 +134,11 @@ class SessionEvents(Protocol):
 
     def nacked(self, session: Session, message_id: str, retry_after: float) -> None:
         """A NACK on an ACTIVE session (protocol version 2 or later)."""
+        ...
+
+    def subscription_requested(self, session: Session, frame: Subscribe | Unsubscribe) -> None:
+        """A SUBSCRIBE or UNSUBSCRIBE on an ACTIVE session of version 3 or
+        later; the hub answers with SUBSCRIPTION."""
         ...
 
     def pinged(self, session: Session) -> None:

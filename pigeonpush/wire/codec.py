@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Final, NoReturn
 
+from pigeonpush.topics import TOPIC_RULE, is_topic
 from pigeonpush.wire.frames import (
     PING,
     PONG,
@@ -38,6 +39,10 @@ from pigeonpush.wire.frames import (
     Ping,
     Pong,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
 )
 
 #: Default limit of the length prefix value (type byte + body), in bytes.
@@ -117,6 +122,13 @@ _LAYOUTS: Final[dict[FrameType, tuple[tuple[str, str], ...]]] = {
     FrameType.ERROR: (("code", _U8_FIELD), ("text", _STRING)),
     FrameType.NACK: (("messageId", _STRING), ("retryAfterMs", _U32_FIELD)),
     FrameType.MISSED: (("topic", _STRING),),
+    FrameType.SUBSCRIBE: (("requestId", _U32_FIELD), ("topic", _STRING)),
+    FrameType.UNSUBSCRIBE: (("requestId", _U32_FIELD), ("topic", _STRING)),
+    FrameType.SUBSCRIPTION: (
+        ("requestId", _U32_FIELD),
+        ("code", _U8_FIELD),
+        ("reason", _STRING),
+    ),
 }
 _FIXED_WIDTH = {_U8_FIELD: 1, _U16_FIELD: 2, _U32_FIELD: 4}
 
@@ -238,6 +250,25 @@ def _encode_ack(frame: Ack) -> bytes:
     return encode_ack(frame.message_id)
 
 
+def _encode_request(frame: Subscribe | Unsubscribe) -> bytes:
+    kind = FrameType.SUBSCRIBE if isinstance(frame, Subscribe) else FrameType.UNSUBSCRIBE
+    if not 0 <= frame.request_id <= 0xFFFFFFFF:
+        raise EncodeError(f"requestId must be 0 to 4294967295, not {frame.request_id}")
+    raw = _utf8(frame.topic, "topic")
+    body = bytes((kind,)) + _U32.pack(frame.request_id) + _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
+
+
+def _encode_subscription(frame: Subscription) -> bytes:
+    if not 0 <= frame.request_id <= 0xFFFFFFFF:
+        raise EncodeError(f"requestId must be 0 to 4294967295, not {frame.request_id}")
+    raw = _utf8(frame.reason, "reason")
+    code = SubscriptionCode(frame.code)
+    body = bytes((FrameType.SUBSCRIPTION,)) + _U32.pack(frame.request_id) + bytes((code,))
+    body += _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
+
+
 def _encode_missed(frame: Missed) -> bytes:
     raw = _utf8(frame.topic, "topic")
     return _PREFIX_TYPE_U16.pack(3 + len(raw), FrameType.MISSED, len(raw)) + raw
@@ -346,6 +377,9 @@ _ENCODERS: Final[dict[type, Callable[[object], bytes]]] = {
     Error: _encode_error,  # type: ignore[dict-item]
     Nack: _encode_nack,  # type: ignore[dict-item]
     Missed: _encode_missed,  # type: ignore[dict-item]
+    Subscribe: _encode_request,  # type: ignore[dict-item]
+    Unsubscribe: _encode_request,  # type: ignore[dict-item]
+    Subscription: _encode_subscription,  # type: ignore[dict-item]
 }
 
 
@@ -417,6 +451,39 @@ def ack_message_id(payload: bytes) -> str:
 
 def _decode_ack(data: bytes) -> Ack:
     return Ack(ack_message_id(data))
+
+
+def _decode_request(data: bytes) -> Subscribe | Unsubscribe:
+    try:
+        (request_id,) = _U32.unpack_from(data, 1)
+        end = 7 + (data[5] << 8 | data[6])
+        topic = data[7:end].decode()
+    except (IndexError, UnicodeDecodeError, struct.error):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    if not is_topic(topic):
+        name = FrameType(data[0]).name
+        raise DecodeError(ErrorCode.MALFORMED, f"{name}: the topic must be {TOPIC_RULE}")
+    if data[0] == FrameType.SUBSCRIBE:
+        return Subscribe(request_id, topic)
+    return Unsubscribe(request_id, topic)
+
+
+def _decode_subscription(data: bytes) -> Subscription:
+    try:
+        (request_id,) = _U32.unpack_from(data, 1)
+        code = data[5]
+        end = 8 + (data[6] << 8 | data[7])
+        reason = data[8:end].decode()
+    except (IndexError, UnicodeDecodeError, struct.error):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    try:
+        return Subscription(request_id, SubscriptionCode(code), reason)
+    except ValueError:
+        _unknown_code(FrameType.SUBSCRIPTION, code)
 
 
 def _decode_missed(data: bytes) -> Missed:
@@ -549,6 +616,9 @@ _DECODERS: Final[tuple[Callable[[bytes], Frame], ...]] = tuple(
         FrameType.ERROR: _decode_error,
         FrameType.NACK: _decode_nack,
         FrameType.MISSED: _decode_missed,
+        FrameType.SUBSCRIBE: _decode_request,
+        FrameType.UNSUBSCRIBE: _decode_request,
+        FrameType.SUBSCRIPTION: _decode_subscription,
     }.get(type_byte, _unknown_type)  # type: ignore[call-overload]
     for type_byte in range(256)
 )

@@ -32,8 +32,10 @@ class FrameType(enum.IntEnum):
     KICK = 0x08
     ERROR = 0x09
     NACK = 0x0A  #: protocol version 2 and later
-    #: 0x0B, 0x0C: UPLINK, UPLINK_ACK; 0x0D-0x0F: SUBSCRIBE, UNSUBSCRIBE and
-    #: their answer (reserved)
+    #: 0x0B, 0x0C: UPLINK, UPLINK_ACK (another part)
+    SUBSCRIBE = 0x0D  #: protocol version 3 and later, client to server
+    UNSUBSCRIBE = 0x0E  #: protocol version 3 and later, client to server
+    SUBSCRIPTION = 0x0F  #: the answer to either, server to client
     MISSED = 0x10  #: protocol version 3 and later, server to client
 
 
@@ -52,6 +54,15 @@ class KickReason(enum.IntEnum):
     REPLACED = 1  #: the same clientId logged in again
     SHUTTING_DOWN = 2  #: the server is draining; reconnect through reglog
     POLICY = 3  #: an operator or policy ended the session
+
+
+class SubscriptionCode(enum.IntEnum):
+    """The answer to SUBSCRIBE or UNSUBSCRIBE."""
+
+    OK = 0  #: done (also when nothing changed: it already was so)
+    NOT_ALLOWED = 1  #: the operator's --device-topics does not allow this topic
+    TOO_MANY = 2  #: the device already holds the most topics it may
+    UNAVAILABLE = 3  #: the server could not reach the store; try again later
 
 
 class ErrorCode(enum.IntEnum):
@@ -142,7 +153,47 @@ class Missed:
     topic: str  #: the topic, or ``*`` for broadcast
 
 
-Frame = Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack | Missed
+@attrs.frozen(slots=True)
+class Subscribe:
+    """Subscribe this device to ``topic`` (answered by SUBSCRIPTION)."""
+
+    request_id: int  #: chosen by the client, echoed in the answer
+    topic: str
+
+
+@attrs.frozen(slots=True)
+class Unsubscribe:
+    """Unsubscribe this device from ``topic`` (answered by SUBSCRIPTION)."""
+
+    request_id: int
+    topic: str
+
+
+@attrs.frozen(slots=True)
+class Subscription:
+    """The answer to SUBSCRIBE or UNSUBSCRIBE ``request_id``."""
+
+    request_id: int
+    code: SubscriptionCode
+    reason: str = ""
+
+
+Frame = (
+    Auth
+    | AuthOk
+    | AuthFail
+    | Ping
+    | Pong
+    | Push
+    | Ack
+    | Kick
+    | Error
+    | Nack
+    | Missed
+    | Subscribe
+    | Unsubscribe
+    | Subscription
+)
 
 PING = Ping()
 PONG = Pong()

@@ -19,6 +19,7 @@ from pigeonpush.server.session import Session, SessionEvents, State
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PONG, PREFIX_BYTES, decode, encode
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    TOPIC_VERSION,
     Ack,
     Auth,
     AuthFailCode,
@@ -26,6 +27,8 @@ from pigeonpush.wire.frames import (
     KickReason,
     Nack,
     Ping,
+    Subscribe,
+    Unsubscribe,
 )
 from pigeonpush.wire.protocol import FrameTooLarge
 
@@ -116,6 +119,9 @@ class FakeDevice:
                 return
             if isinstance(frame, Nack) and session.version >= NACK_VERSION:
                 self.hub.nacked(session, frame.message_id, frame.retry_after)
+                return
+            if isinstance(frame, Subscribe | Unsubscribe) and session.version >= TOPIC_VERSION:
+                self.hub.subscription_requested(session, frame)
                 return
         elif isinstance(frame, Auth) and session.state == State.AWAITING_AUTH:
             self.hub.authenticate(session, frame)

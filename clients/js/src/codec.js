@@ -39,6 +39,9 @@ export const FrameType = Object.freeze({
   KICK: 0x08,
   ERROR: 0x09,
   NACK: 0x0a,
+  SUBSCRIBE: 0x0d, // version 3, client to server
+  UNSUBSCRIBE: 0x0e, // version 3, client to server
+  SUBSCRIPTION: 0x0f, // version 3: the answer to either
   MISSED: 0x10, // version 3, server to client
 });
 
@@ -61,6 +64,10 @@ const TYPE_NAMES = invert(FrameType);
 const AUTH_FAIL_NAMES = invert(AuthFailCode);
 const KICK_NAMES = invert(KickReason);
 const ERROR_NAMES = invert(ErrorCode);
+/** SUBSCRIPTION code name -> code (version 3). */
+const SubscriptionCode = Object.freeze({ OK: 0, NOT_ALLOWED: 1, TOO_MANY: 2, UNAVAILABLE: 3 });
+const SUBSCRIPTION_NAMES = invert(SubscriptionCode);
+const TOPIC = /^[A-Za-z0-9._~-]{1,128}$/;
 
 function invert(table) {
   const names = new Map();
@@ -237,6 +244,16 @@ export function encodePayload(frame) {
       break;
     case "MISSED":
       w.string(frame.topic, "topic");
+      break;
+    case "SUBSCRIBE":
+    case "UNSUBSCRIBE":
+      w.u32(frame.requestId, "requestId");
+      w.string(frame.topic, "topic");
+      break;
+    case "SUBSCRIPTION":
+      w.u32(frame.requestId, "requestId");
+      w.u8(code(SubscriptionCode, frame.code, "code"));
+      w.string(frame.reason ?? "", "reason");
       break;
     case "NACK":
       w.string(frame.messageId, "messageId");
@@ -415,6 +432,21 @@ export function decode(payload) {
       break;
     case "MISSED":
       frame = { type, topic: r.string("topic") };
+      break;
+    case "SUBSCRIBE":
+    case "UNSUBSCRIBE":
+      frame = { type, requestId: r.u32("requestId"), topic: r.string("topic") };
+      if (!TOPIC.test(frame.topic)) {
+        throw new DecodeError("MALFORMED", `${type}: the topic breaks the topic grammar`);
+      }
+      break;
+    case "SUBSCRIPTION":
+      frame = {
+        type,
+        requestId: r.u32("requestId"),
+        code: r.codeOf(SUBSCRIPTION_NAMES, "code"),
+        reason: r.string("reason"),
+      };
       break;
     case "NACK":
       frame = { type, messageId: r.string("messageId"), retryAfterMs: r.u32("retryAfterMs") };
