@@ -880,3 +880,33 @@ def test_missed_becomes_an_event_for_the_application() -> None:
     h.feed(Missed("news"))
     assert MessagesMissed("news") in h.events
     assert h.client.state is ClientState.ONLINE
+
+
+def test_subscribe_and_unsubscribe_wait_for_the_servers_answer() -> None:
+    from pigeonpush.sdk import SubscriptionFailed
+    from pigeonpush.wire.frames import Subscribe, Subscription, SubscriptionCode, Unsubscribe
+
+    h = Harness()
+    offline: list[Failure] = []
+    h.client.subscribe("news").addErrback(offline.append)
+    assert offline[0].check(SubscriptionFailed) and offline[0].value.code == "OFFLINE"
+    h.online()
+    done: list[object] = []
+    h.client.subscribe("news").addCallback(done.append)
+    refused: list[Failure] = []
+    h.client.unsubscribe("sport").addErrback(refused.append)
+    subscribe, unsubscribe = h.sent()
+    assert isinstance(subscribe, Subscribe) and subscribe.topic == "news"
+    assert isinstance(unsubscribe, Unsubscribe) and unsubscribe.topic == "sport"
+    assert subscribe.request_id != unsubscribe.request_id
+    h.feed(Subscription(unsubscribe.request_id, SubscriptionCode.NOT_ALLOWED, "not for devices"))
+    h.feed(Subscription(subscribe.request_id, SubscriptionCode.OK))
+    assert done == [None]
+    assert refused[0].value.code == "NOT_ALLOWED" and "not for devices" in str(refused[0].value)
+    bad: list[Failure] = []
+    h.client.subscribe("no spaces").addErrback(bad.append)
+    assert bad[0].check(ValueError)
+    lost: list[Failure] = []
+    h.client.subscribe("news").addErrback(lost.append)
+    h.lose()
+    assert lost[0].value.code == "DISCONNECTED"

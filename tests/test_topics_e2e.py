@@ -83,3 +83,38 @@ async def test_topic_and_broadcast_reach_their_audiences_once(spawner: Spawner) 
         await stop_all(reactor, [again])
     finally:
         await stop_all(reactor, [*fleet[1:], latecomer])
+
+
+@pytest.mark.timeout(60)
+async def test_a_device_subscribes_itself_to_an_allowed_topic(spawner: Spawner) -> None:
+    from twisted.internet import reactor
+
+    from pigeonpush.sdk import SubscriptionFailed
+
+    standalone = await spawner.start("--heartbeat=120", "--device-topics=public.*")
+    key = standalone.generated_key()
+    assert key is not None
+    device = Device.create(reactor, standalone.reglog_url, "self-service")
+    try:
+        await online(reactor, [device])
+        await device.client.subscribe("public.news")
+        try:
+            await device.client.subscribe("private.admin")
+        except SubscriptionFailed as e:
+            assert e.code == "NOT_ALLOWED"
+        else:
+            raise AssertionError("a topic outside --device-topics was allowed")
+        sent = await post(
+            standalone, key, "/v1/notifications", {"topic": "public.news", "title": "", "text": ""}
+        )
+        assert sent["subscribers"] == 1
+        await wait_received([device], [sent["messageId"]])
+        assert device.received[-1].topic == "public.news"
+        listed = await standalone.api.get(
+            "/v1/devices/self-service/topics", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert listed.json["topics"] == ["public.news"]
+        await device.client.unsubscribe("public.news")
+        standalone.check_clean_log()
+    finally:
+        await stop_all(reactor, [device])

@@ -29,6 +29,7 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 
 from pigeonpush.sdk import (
     Authenticated,
@@ -41,6 +42,7 @@ from pigeonpush.sdk import (
     PushClient,
     full_jitter,
 )
+from pigeonpush.topics import check_topic
 
 SECRET_ENVIRONMENT = "PIGEONPUSH_SECRET"
 
@@ -98,6 +100,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="log the SDK's info messages to stderr"
     )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        type=_topic,
+        help="subscribe this device to TOPIC once connected (repeatable; the server must "
+        "allow it: --device-topics)",
+    )
+
+
+def _topic(text: str) -> str:
+    try:
+        return check_topic(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -176,10 +193,27 @@ async def listen(reactor: Any, args: argparse.Namespace) -> None:
         sys.stdout.write(message_line(message) + "\n")
         sys.stdout.flush()
 
+    def subscribed(_: object, topic: str) -> None:
+        print(f"pigeonpush listen: subscribed to {topic}", file=sys.stderr, flush=True)
+
+    def not_subscribed(failure: Failure, topic: str) -> None:
+        print(
+            f"pigeonpush listen: could not subscribe to {topic}: {failure.getErrorMessage()}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def report(event: ClientEvent) -> None:
         print(f"pigeonpush listen: {status_line(event)}", file=sys.stderr, flush=True)
         if isinstance(event, GaveUp) and not finished.called:
             finished.errback(SystemExit(1))
+        if isinstance(event, Authenticated):
+            # Subscriptions hold across connections; asking again is harmless.
+            for topic in args.topic:
+                asking = client.subscribe(topic)
+                asking.addCallbacks(
+                    subscribed, not_subscribed, callbackArgs=(topic,), errbackArgs=(topic,)
+                )
 
     if args.insecure:
         print(

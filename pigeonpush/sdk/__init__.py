@@ -14,6 +14,7 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    SubscriptionFailed,
 )
 from pigeonpush.sdk.events import (
     Authenticated,
@@ -49,6 +50,7 @@ __all__ = [
     "RouteLookupFailed",
     "RouteSource",
     "SessionReplaced",
+    "SubscriptionFailed",
     "check_client_id",
     "full_jitter",
     "mac_client_id",

@@ -35,11 +35,12 @@ with the same ingredients: an injected clock and a retry policy with jitter.
 from __future__ import annotations
 
 import enum
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +55,7 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    SubscriptionFailed,
 )
 from pigeonpush.sdk.events import (
     Authenticated,
@@ -68,6 +70,7 @@ from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
 from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
 from pigeonpush.tls import ClientTLS, client_endpoint
+from pigeonpush.topics import check_topic
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME
 from pigeonpush.wire.frames import (
     PROTOCOL_VERSION,
@@ -78,6 +81,10 @@ from pigeonpush.wire.frames import (
     KickReason,
     Missed,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
 )
 
 #: Longest clientId the services accept.
@@ -242,6 +249,9 @@ class PushClient:
         self._auth_refused = False  # the current session ended with AUTH_FAIL
         self._pending: IDelayedCall | Deferred[Any] | None = None  # cancelled by stop()
         self._session: ClientProtocol | None = None
+        #: SUBSCRIBE / UNSUBSCRIBE requests waiting for their answer, by requestId
+        self._requests: dict[int, tuple[ClientProtocol, Deferred[None]]] = {}
+        self._request_ids = itertools.count(1)
         self._online: Authenticated | None = None
         self._gave_up: PushClientError | None = None
         self._start_after_stop = False
@@ -564,6 +574,7 @@ class PushClient:
         )
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None:
+        self._fail_requests(session)
         if session is not self._session:
             return
         self._session = None
@@ -618,6 +629,49 @@ class PushClient:
             callbackArgs=(message_id,),
             errbackArgs=(message_id,),
         )
+
+    def subscribe(self, topic: str) -> Deferred[None]:
+        """Subscribe this device to ``topic`` (allowed only for topics the
+        operator opened to devices: ``--device-topics``). Fires once the
+        server has stored it; fails with ``SubscriptionFailed``, or
+        ValueError for a name outside the topic grammar. Needs a session
+        (``when_authenticated``) of protocol version 3."""
+        return self._request(Subscribe, topic)
+
+    def unsubscribe(self, topic: str) -> Deferred[None]:
+        """Leave ``topic``; as ``subscribe``."""
+        return self._request(Unsubscribe, topic)
+
+    def _request(self, kind: type[Subscribe] | type[Unsubscribe], topic: str) -> Deferred[None]:
+        try:
+            check_topic(topic)
+        except ValueError:
+            return fail()
+        session = self._session
+        request_id = next(self._request_ids) & 0xFFFFFFFF
+        if session is None or not session.send_request(kind(request_id, topic)):
+            return fail(SubscriptionFailed("OFFLINE", "no session of protocol version 3 now"))
+        waiting: Deferred[None] = Deferred()
+        self._requests[request_id] = (session, waiting)
+        return waiting
+
+    def _subscription_answered(self, session: ClientProtocol, frame: Subscription) -> None:
+        found = self._requests.pop(frame.request_id, None)
+        if found is None:
+            return  # an answer nobody waits for (a request of an ended session)
+        _, waiting = found
+        if frame.code is SubscriptionCode.OK:
+            waiting.callback(None)
+        else:
+            waiting.errback(SubscriptionFailed(frame.code.name, frame.reason))
+
+    def _fail_requests(self, session: ClientProtocol) -> None:
+        for request_id, (owner, waiting) in list(self._requests.items()):
+            if owner is session:
+                del self._requests[request_id]
+                waiting.errback(
+                    SubscriptionFailed("DISCONNECTED", "the session ended before the answer")
+                )
 
     def _messages_missed(self, session: ClientProtocol, frame: Missed) -> None:
         self.log.info(

@@ -47,3 +47,17 @@ class SessionReplaced(PushClientError):
     The client does not fight back (two processes with one clientId would
     take turns kicking each other out): give each its own clientId.
     """
+
+
+class SubscriptionFailed(Exception):
+    """A ``subscribe`` or ``unsubscribe`` did not happen: ``code`` is the
+    server's answer (``NOT_ALLOWED``: the operator's ``--device-topics`` does
+    not include the topic; ``TOO_MANY``; ``UNAVAILABLE``: try again), or
+    ``OFFLINE`` (no session, or one of an older protocol), or
+    ``DISCONNECTED`` (the session ended before the answer: whether it
+    happened is unknown; the call is idempotent, try again)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}" if reason else code)
+        self.code = code
+        self.reason = reason

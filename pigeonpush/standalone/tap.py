@@ -90,6 +90,13 @@ class Options(DaemonOptions):
         ["admin-key", None, None, "Bearer key required by POST /v1/devices (registered mode)."],
         ["drain-period", None, "5", "Seconds over which a stop KICKs connected clients."],
         [
+            "device-topics",
+            None,
+            "",
+            "Comma-separated patterns of the topics devices may subscribe themselves to "
+            "(e.g. 'public.*'); none by default.",
+        ],
+        [
             "receipt-retention",
             None,
             "86400",
@@ -123,7 +130,7 @@ class Options(DaemonOptions):
         server = ["--listen", self["listen"], "--rpc", self["rpc"], "--zookeeper", "static:"]
         server += ["--heartbeat", self["heartbeat"], "--drain-period", self["drain-period"]]
         server += ["--idle-timeout", repr(heartbeat * IDLE_HEARTBEATS)]
-        server += ["--metrics", "none", *common]
+        server += ["--metrics", "none", "--device-topics", self["device-topics"], *common]
         if self["advertise"] is not None:
             server += ["--advertise", self["advertise"]]
         reglog = ["--listen", self["reglog"], "--zookeeper", "static:", *common]
