@@ -384,3 +384,15 @@ def test_over_tcp_subscribe_needs_version_3() -> None:
     old.send(Subscribe(1, "news"))
     (error,) = [f for f in old.received() if isinstance(f, Error)]
     assert error.code is ErrorCode.UNEXPECTED
+
+
+def test_an_ack_of_a_topic_entry_costs_no_wait_ack_write() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    entry_of(harness, "news", "n1")
+    alice, first = login(harness, "alice")
+    assert first == ["n1"]
+    alice.send(Ack("n1"))
+    alice.send(Ack("unicast-id"))  # not a topic entry: WAIT_ACK as always
+    harness.clock.advance(0)
+    assert harness.store.acked == [[("alice", "unicast-id")]]

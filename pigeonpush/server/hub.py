@@ -540,8 +540,10 @@ class PushHub:
             self.metrics.acked(self.clock.seconds() - written)
         elif session.waiting:
             session.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
-        self.acks.add(session.client_id, message_id)
-        self.topics.settled(session, (message_id,), acked=True)
+        if not self.topics.settled(session, (message_id,), acked=True):
+            # A message to the clientId (or a topic entry of an earlier
+            # session): WAIT_ACK and its receipt, batched per turn.
+            self.acks.add(session.client_id, message_id)
         if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
             self.pull(session)
 

@@ -269,22 +269,28 @@ class TopicFeed:
             at -= 1
         order.insert(at, (entry.message.message_id, entry.position))
 
-    def settled(self, session: Session, message_ids: Sequence[str], *, acked: bool) -> None:
+    def settled(self, session: Session, message_ids: Sequence[str], *, acked: bool) -> bool:
         """The device ACKed these (``acked``: counted in their receipts) or
-        the hub gave up on them; ids of no topic entry are ignored."""
+        the hub gave up on them; ids of no topic entry are ignored. True when
+        every id was one of this session's topic entries (no WAIT_ACK to clean)."""
         track = self._tracks.get(session)
         client_id = session.client_id
         if track is None or client_id is None:
-            return
+            return False
+        all_topic = True
         for message_id in message_ids:
             topic = track.topic_of.get(message_id)
-            if topic is None or message_id in track.settled:
+            if topic is None:
+                all_topic = False
+                continue
+            if message_id in track.settled:
                 continue
             track.settled.add(message_id)
             if acked:
                 self._acks[message_id] = self._acks.get(message_id, 0) + 1
                 self._flush_soon()
             self._advance_over_settled(client_id, track, topic)
+        return all_topic
 
     def _advance_over_settled(self, client_id: str, track: _Track, topic: str) -> None:
         order = track.order.get(topic)
