@@ -209,6 +209,9 @@ export class PushClient extends EventTarget {
   stop(): Promise<void>;
   close(): Promise<void>;
   whenOnline(): Promise<Online>;
+  /** Protocol version 3: subscribe this device to a topic the operator opened to devices. */
+  subscribe(topic: string): Promise<void>;
+  unsubscribe(topic: string): Promise<void>;
   on<K extends keyof PushClientEventMap>(
     type: K,
     listener: (event: PushClientEvent<PushClientEventMap[K]>) => void,
@@ -244,6 +247,11 @@ export class RouteLookupFailed extends PushClientError {
 }
 export class ProtocolVersionRefused extends PushClientError {}
 export class SessionReplaced extends PushClientError {}
+export class SubscriptionFailed extends Error {
+  constructor(code: string, reason?: string);
+  code: "NOT_ALLOWED" | "TOO_MANY" | "UNAVAILABLE" | "OFFLINE" | "DISCONNECTED" | string;
+  reason: string;
+}
 export class RetryLater extends Error {
   constructor(retryAfter: number, reason?: string);
   retryAfter: number;

@@ -22,6 +22,7 @@ export {
   RouteLookupFailed,
   ProtocolVersionRefused,
   SessionReplaced,
+  SubscriptionFailed,
   RetryLater,
 } from "./src/errors.js";
 export {

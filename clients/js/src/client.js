@@ -30,6 +30,7 @@ import {
   RetryLater,
   RouteLookupFailed,
   SessionReplaced,
+  SubscriptionFailed,
 } from "./errors.js";
 import {
   MAX_AVOID,
@@ -564,6 +565,7 @@ export class PushClient extends EventTarget {
   }
 
   _sessionEnded(session, reason) {
+    this._failRequests(session);
     if (session !== this._session) return;
     this._session = null;
     this._online = null;
@@ -585,6 +587,48 @@ export class PushClient extends EventTarget {
       this._attemptFailed();
     }
     this._emit("offline", detail);
+  }
+
+  /** Subscribe this device to `topic` (protocol version 3; --device-topics). */
+  subscribe(topic) {
+    return this._request("SUBSCRIBE", topic);
+  }
+
+  /** Leave `topic`; as `subscribe`. */
+  unsubscribe(topic) {
+    return this._request("UNSUBSCRIBE", topic);
+  }
+
+  _request(type, topic) {
+    if (typeof topic !== "string" || !/^[A-Za-z0-9._~-]{1,128}$/.test(topic)) {
+      return Promise.reject(new TypeError(`not a topic name: ${JSON.stringify(topic)}`));
+    }
+    this._requests ??= new Map();
+    this._nextRequest = ((this._nextRequest ?? 0) % 0xffffffff) + 1;
+    const requestId = this._nextRequest;
+    const session = this._session;
+    if (session === null || !session.sendRequest(type, requestId, topic)) {
+      return Promise.reject(new SubscriptionFailed("OFFLINE", "no session of protocol version 3"));
+    }
+    return new Promise((resolve, reject) => {
+      this._requests.set(requestId, { session, resolve, reject });
+    });
+  }
+
+  _subscriptionAnswered(session, frame) {
+    const waiting = this._requests?.get(frame.requestId);
+    if (waiting === undefined) return;
+    this._requests.delete(frame.requestId);
+    if (frame.code === "OK") waiting.resolve();
+    else waiting.reject(new SubscriptionFailed(frame.code, frame.reason));
+  }
+
+  _failRequests(session) {
+    for (const [requestId, waiting] of this._requests ?? []) {
+      if (waiting.session !== session) continue;
+      this._requests.delete(requestId);
+      waiting.reject(new SubscriptionFailed("DISCONNECTED", "the session ended before the answer"));
+    }
   }
 
   _messagesMissed(session, frame) {

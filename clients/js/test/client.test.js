@@ -1140,3 +1140,44 @@ describe("route answers", () => {
     assert.throws(() => websocketUrl(parseRoute({ ...good, transport: "tls" })), /needs ws or wss/);
   });
 });
+
+describe("topics (protocol version 3)", () => {
+  test("a PUSH through a topic says it; subscribe waits for the answer", async (t) => {
+    const seen = [];
+    const missed = [];
+    const h = harness(t, { onMessage: (message) => seen.push(message) });
+    h.client.on("missed", (event) => missed.push(event.detail.topic));
+    await assert.rejects(h.client.subscribe("news"), (e) => e.code === "OFFLINE");
+    const ws = await h.online();
+    ws.receive({ ...push("m1"), topic: "news" });
+    ws.receive(push("m2"));
+    ws.receive({ type: "MISSED", topic: "news" });
+    await flush();
+    assert.deepEqual(
+      seen.map((m) => [m.messageId, m.topic]),
+      [
+        ["m1", "news"],
+        ["m2", null],
+      ],
+    );
+    assert.deepEqual(missed, ["news"]);
+
+    const subscribing = h.client.subscribe("public.news");
+    const leaving = h.client.unsubscribe("private");
+    const [subscribe, unsubscribe] = ws.sent.filter((f) => f.type.endsWith("SUBSCRIBE"));
+    assert.equal(subscribe.topic, "public.news");
+    ws.receive({ type: "SUBSCRIPTION", requestId: subscribe.requestId, code: "OK", reason: "" });
+    ws.receive({
+      type: "SUBSCRIPTION",
+      requestId: unsubscribe.requestId,
+      code: "NOT_ALLOWED",
+      reason: "not for devices",
+    });
+    await subscribing;
+    await assert.rejects(leaving, (e) => e.code === "NOT_ALLOWED");
+    await assert.rejects(h.client.subscribe("no spaces"), TypeError);
+    const cut = h.client.subscribe("news");
+    ws.closed(1006);
+    await assert.rejects(cut, (e) => e.code === "DISCONNECTED");
+  });
+});
