@@ -125,6 +125,8 @@ def test_a_live_entry_reaches_the_subscribed_sessions_encoded_once() -> None:
     # Again (the feed re-read after a failure): in flight, not written twice.
     harness.hub.topics.live([news])
     assert pushed(alice) == []
+    # Counted once per entry, as writes.
+    assert harness.metrics.counts["pushes.written"] == 5
 
 
 def test_acks_of_live_entries_move_the_position() -> None:

@@ -135,7 +135,9 @@ class PushHub:
         #: every session whose channel is open, authenticated or not
         self.all_sessions: set[Session] = set()
         #: topic and broadcast messages: catch-up from the logs, positions by ACKs
-        self.topics = TopicFeed(store, clock, self.push, self.write_frame, self.sessions)
+        self.topics = TopicFeed(
+            store, clock, self.push, self.write_frame, self.sessions, count=self.count_pushes
+        )
         #: False once draining: new AUTHs are refused
         self.accepting = True
         self._window = settings.ack_window
@@ -450,8 +452,7 @@ class PushHub:
             if self._check_timer is None:
                 self._watch_deliveries()
             status = _WRITTEN
-        self.metrics.pushed(status, 1)
-        return status
+        return status  # counted by the caller, once per topic entry (``count_pushes``)
 
     def _write(
         self,
@@ -485,6 +486,10 @@ class PushHub:
         if self._check_timer is None:
             self._watch_deliveries()
         return _WRITTEN
+
+    def count_pushes(self, statuses: list[PushStatus]) -> None:
+        """The metrics of writes made with ``write_frame``."""
+        self._count(statuses)
 
     def _count(self, statuses: list[PushStatus]) -> None:
         for status, count in Counter(statuses).items():

@@ -84,7 +84,8 @@ class _Track:
     #: messageId -> its topic
     topic_of: dict[str, str] = attrs.field(factory=dict)
     #: topic -> [(messageId, position)] after the stored position, oldest first
-    order: dict[str, list[tuple[str, TopicPosition]]] = attrs.field(factory=dict)
+    #: (the offset as a sortable pair rides along: parsed once per entry)
+    order: dict[str, list[tuple[str, TopicPosition, tuple[int, int]]]] = attrs.field(factory=dict)
     #: messageIds ACKed (or given up on) and not yet behind the position
     settled: set[str] = attrs.field(factory=set)
     #: topics whose last catch-up read everything after the position: a live
@@ -111,12 +112,14 @@ class TopicFeed:
         write_frame: Callable[[Session, str, TopicFrames], PushStatus],
         sessions: Mapping[str, Session],
         *,
+        count: Callable[[list[PushStatus]], None] = lambda statuses: None,
         limit: int = CATCH_UP_LIMIT,
     ) -> None:
         self._store = store
         self._clock = clock
         self._push = push
         self._write_frame = write_frame
+        self._count = count
         #: clientId -> its live session (the hub's table)
         self._sessions = sessions
         self._limit = limit
@@ -190,10 +193,12 @@ class TopicFeed:
                 )
                 if session.version >= TOPIC_VERSION:
                     session.channel.send(encode(Missed(caught.topic)))
-            order = []
+            order: list[tuple[str, TopicPosition, tuple[int, int]]] = []
             for entry in caught.entries:
                 message = entry.message
-                order.append((message.message_id, entry.position))
+                order.append(
+                    (message.message_id, entry.position, offset_key(entry.position.offset))
+                )
                 track.topic_of[message.message_id] = caught.topic
                 if message.message_id not in track.settled:
                     items.append(
@@ -234,6 +239,7 @@ class TopicFeed:
             if not sessions:
                 continue
             message = entry.message
+            key = offset_key(entry.position.offset)
             try:
                 frame = TopicFrames.of(message, entry.topic)
             except EncodeError as e:
@@ -243,6 +249,7 @@ class TopicFeed:
                     why=str(e),
                 )
                 continue
+            statuses: list[PushStatus] = []
             for session in sessions:
                 track = self._tracks.get(session)
                 if track is None or message.message_id in track.topic_of:
@@ -252,10 +259,11 @@ class TopicFeed:
                     # the next read brings it in log order.
                     track.stale = True
                     continue
-                self._follow(track, entry)
-                self._write_frame(session, message.message_id, frame)
+                self._follow(track, entry, key)
+                statuses.append(self._write_frame(session, message.message_id, frame))
+            self._count(statuses)
 
-    def _follow(self, track: _Track, entry: TopicEntry) -> None:
+    def _follow(self, track: _Track, entry: TopicEntry, key: tuple[int, int]) -> None:
         """Track a live entry for its ACK, in log order among the entries of
         its topic (two publishers may put entries of one topic in the feed
         in the other order): the position never passes it unsettled."""
@@ -263,11 +271,10 @@ class TopicFeed:
         order = track.order.setdefault(entry.topic, [])
         if order and order[-1][1].epoch != entry.position.epoch:
             return  # a new life of the log: the next catch-up tells
-        key = offset_key(entry.position.offset)
         at = len(order)
-        while at and offset_key(order[at - 1][1].offset) > key:
+        while at and order[at - 1][2] > key:
             at -= 1
-        order.insert(at, (entry.message.message_id, entry.position))
+        order.insert(at, (entry.message.message_id, entry.position, key))
 
     def settled(self, session: Session, message_ids: Sequence[str], *, acked: bool) -> bool:
         """The device ACKed these (``acked``: counted in their receipts) or
@@ -302,7 +309,7 @@ class TopicFeed:
         if not passed:
             return
         position = order[passed - 1][1]
-        for message_id, _ in order[:passed]:
+        for message_id, _, _ in order[:passed]:
             track.settled.discard(message_id)
             track.topic_of.pop(message_id, None)
         del order[:passed]
