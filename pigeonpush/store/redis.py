@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
 from twisted.logger import Logger
 
-from pigeonpush.store import checks, keys, scripts
+from pigeonpush.store import checks, keys, scripts, topic_scripts
 from pigeonpush.store.address import RedisAddress
 from pigeonpush.store.interface import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -56,6 +56,7 @@ from pigeonpush.store.redis_connection import (
     is_error,
     redis_endpoint,
 )
+from pigeonpush.store.redis_topics import RedisTopics
 from pigeonpush.store.redis_uplink import dump_dead, load_dead, load_uplink, uplink_args
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ SETTLE_PAIRS_PER_CALL = 512
 log = Logger()
 
 
-class RedisStore:
+class RedisStore(RedisTopics):
     """The store on Redis. Connects on first use; ``close`` releases everything.
 
     ``reply_timeout`` bounds each call's wait for Redis, a (re)connection
@@ -105,7 +106,7 @@ class RedisStore:
         )
         self._connect_timeout = checks.positive_seconds(connect_timeout, "connect_timeout")
         self._endpoint = redis_endpoint(reactor, address, self._connect_timeout)
-        self._main = self._connection(scripts.ALL)
+        self._main = self._connection(scripts.ALL + topic_scripts.ALL)
         self._idle_blocking: list[RedisConnection] = []
         self._busy_blocking: set[RedisConnection] = set()
         self._closed = False
