@@ -46,6 +46,9 @@ class PushItem:
     text: str = ""
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     has_body: bool = True
+    #: the topic it came through (in process only: a topic catch-up; AMP
+    #: pushes carry messages to clientIds)
+    topic: str = ""
 
 
 def _item_json(item: PushItem) -> bytes:

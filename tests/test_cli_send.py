@@ -221,3 +221,43 @@ async def test_kick_failures_exit_1_with_the_reason(
     assert run.code == 1
     assert run.out == ""
     assert message in run.err
+
+
+# -- topics and broadcast ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_topics_and_a_topic_send_from_the_command_line(api: Api) -> None:
+    common = ("--api", api.url, "--key", KEY)
+    added = await api.run("topics", *common, "add", "news", "alice", "bob")
+    assert added.code == 0, added.err
+    assert json.loads(added.out) == {"topic": "news", "added": 2, "removed": 0, "refused": []}
+    await api.run("topics", *common, "add", "sport", "alice")
+    listed = await api.run("topics", *common, "list", "alice")
+    assert listed.out.splitlines() == ["news", "sport"]
+    removed = await api.run("topics", *common, "remove", "news", "bob")
+    assert json.loads(removed.out)["removed"] == 1
+
+    sent = await api.run("send", *common, "--topic", "news", "--title", "T", "--text", "x")
+    assert sent.code == 0, sent.err
+    (caught,) = await api.store.catch_up("alice", 10)
+    assert (caught.topic, caught.entries[0].message.message_id) == ("news", sent.out.strip())
+    everyone = await api.run("send", *common, "--broadcast", "--title", "B", "--text", "")
+    assert everyone.code == 0, everyone.err
+    assert is_message_id(everyone.out.strip())
+
+    deleted = await api.run("topics", *common, "delete", "news")
+    assert json.loads(deleted.out) == {"topic": "news", "unsubscribed": 1}
+    bad = await api.run("topics", *common, "add", "bad topic", "alice")
+    assert bad.code == 1 and "invalid: topic must be" in bad.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_names_exactly_one_audience(api: Api) -> None:
+    both = await api.run(
+        "send", "--api", api.url, "--key", KEY, "--to", "a", "--topic", "t",
+        "--title", "", "--text", "",
+    )  # fmt: skip
+    assert both.code == 2 and "not allowed with argument" in both.err
+    none = await api.run("send", "--api", api.url, "--key", KEY, "--title", "", "--text", "")
+    assert none.code == 2 and "one of the arguments --to --topic --broadcast" in none.err

@@ -281,3 +281,55 @@ def test_collapse_keys_follow_one_grammar() -> None:
     for bad in ("", "k" * 65, "a b", "ü", 7, None):
         (problem,) = problems({**BASE, "collapseKey": bad})
         assert problem.field == "collapseKey"
+
+
+# -- audiences: to, topic, broadcast ------------------------------------------------
+
+
+def test_a_topic_notification_has_no_recipients() -> None:
+    draft = ok({"topic": "news.sport-1_~", "title": "T", "text": "X"})
+    assert draft.topic == "news.sport-1_~" and draft.recipients == ()
+
+
+def test_a_broadcast_goes_to_the_broadcast_topic() -> None:
+    from pigeonpush.topics import BROADCAST
+
+    draft = ok({"broadcast": True, "title": "T", "text": "X"})
+    assert draft.topic == BROADCAST and draft.recipients == ()
+    # broadcast: false names no audience: "to" is then required.
+    assert ok({"broadcast": False, "to": ["a"], "title": "", "text": ""}).topic is None
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        ({"to": ["a"], "topic": "news"}, "topic", "exactly one audience"),
+        ({"topic": "news", "broadcast": True}, "broadcast", "exactly one audience"),
+        ({"to": ["a"], "broadcast": True}, "broadcast", "exactly one audience"),
+        ({"broadcast": "yes"}, "broadcast", "must be true"),
+        ({"broadcast": False}, "to", "required"),
+        ({"topic": "a b"}, "topic", "1 to 128 letters"),
+        ({"topic": "x" * 129}, "topic", "1 to 128"),
+        ({"topic": ""}, "topic", "1 to 128"),
+        ({"topic": "{slot}"}, "topic", "1 to 128"),
+        ({"topic": "*"}, "topic", "1 to 128"),
+        ({"topic": 5}, "topic", "1 to 128"),
+    ],
+)
+def test_audience_rules(data: dict[str, Any], field: str, fragment: str) -> None:
+    found = problems({"title": "", "text": "", **data})
+    assert found[0].field == field
+    assert fragment in found[0].message
+
+
+@pytest.mark.parametrize("field", ["collapseKey", "sendAt", "delay"])
+@pytest.mark.parametrize("audience", [{"topic": "news"}, {"broadcast": True}])
+def test_topic_and_broadcast_messages_refuse_collapse_keys_and_send_times(
+    field: str, audience: dict[str, Any]
+) -> None:
+    value = {"collapseKey": "score", "sendAt": "2030-01-31T12:00:00Z", "delay": 30}[field]
+    (problem,) = problems({"title": "", "text": "", **audience, field: value})
+    assert problem.field == field
+    assert problem.message == (
+        f"{field} applies only to a notification to clientIds, not to a topic or broadcast"
+    )

@@ -33,10 +33,12 @@ from pigeonpush.sdk import (
     SessionReplaced,
     full_jitter,
 )
+from pigeonpush.sdk.client import fallback_version
 from pigeonpush.sdk.protocol import ClientProtocol
 from pigeonpush.wire.frames import (
     PING,
     PONG,
+    PROTOCOL_VERSION,
     Ack,
     Auth,
     AuthFail,
@@ -251,7 +253,7 @@ def test_auth_fail_version_falls_back_to_version_1_once_then_gives_up() -> None:
     h = Harness()
     waiting = h.client.when_authenticated()
     h.client.start()
-    assert h.sent() == [Auth(CLIENT_ID, "token-1", 2)]
+    assert h.sent() == [Auth(CLIENT_ID, "token-1", PROTOCOL_VERSION)]
     h.feed(AuthFail(AuthFailCode.VERSION, "supported versions: 1"))
     h.lose()
     assert not [e for e in h.events if isinstance(e, GaveUp)]
@@ -269,6 +271,32 @@ def test_auth_fail_version_falls_back_to_version_1_once_then_gives_up() -> None:
     assert h.client.state is ClientState.STOPPED
     h.clock.advance(3600)
     assert h.routes.calls == 2 and len(h.network.attempts) == 2
+
+
+def test_auth_fail_version_falls_back_to_the_newest_version_the_server_lists() -> None:
+    """A version 2 server (uplinks, no topics) gets a version 2 session, not 1."""
+    h = Harness()
+    h.client.start()
+    h.feed(AuthFail(AuthFailCode.VERSION, "version 3 is not supported; this server speaks 1, 2"))
+    h.lose()
+    h.clock.advance(max(h.pending_delays()))
+    assert h.sent() == [Auth(CLIENT_ID, "token-2", 2)]
+    assert not [e for e in h.events if isinstance(e, GaveUp)]
+
+
+@pytest.mark.parametrize(
+    ("refused", "reason", "version"),
+    [
+        (3, "protocol version 3 is not supported; this server speaks 1, 2", 2),
+        (3, "this server speaks 1", 1),
+        (3, "supported versions: 1", 1),
+        (3, "supported versions: 3", 1),
+        (3, "no reason", 1),
+        (2, "this server speaks 1, 3", 1),
+    ],
+)
+def test_fallback_version(refused: int, reason: str, version: int) -> None:
+    assert fallback_version(refused, reason) == version
 
 
 # --- heartbeat ------------------------------------------------------------------
@@ -868,3 +896,44 @@ def test_invalid_settings_are_refused_clearly() -> None:
         Harness(max_missed_pongs=0)
     with pytest.raises(ValueError, match="heartbeat must be a positive number"):
         Harness(heartbeat=0)
+
+
+def test_missed_becomes_an_event_for_the_application() -> None:
+    from pigeonpush.sdk import MessagesMissed
+    from pigeonpush.wire.frames import Missed
+
+    h = Harness()
+    h.online()
+    h.feed(Missed("news"))
+    assert MessagesMissed("news") in h.events
+    assert h.client.state is ClientState.ONLINE
+
+
+def test_subscribe_and_unsubscribe_wait_for_the_servers_answer() -> None:
+    from pigeonpush.sdk import SubscriptionFailed
+    from pigeonpush.wire.frames import Subscribe, Subscription, SubscriptionCode, Unsubscribe
+
+    h = Harness()
+    offline: list[Failure] = []
+    h.client.subscribe("news").addErrback(offline.append)
+    assert offline[0].check(SubscriptionFailed) and offline[0].value.code == "OFFLINE"
+    h.online()
+    done: list[object] = []
+    h.client.subscribe("news").addCallback(done.append)
+    refused: list[Failure] = []
+    h.client.unsubscribe("sport").addErrback(refused.append)
+    subscribe, unsubscribe = h.sent()
+    assert isinstance(subscribe, Subscribe) and subscribe.topic == "news"
+    assert isinstance(unsubscribe, Unsubscribe) and unsubscribe.topic == "sport"
+    assert subscribe.request_id != unsubscribe.request_id
+    h.feed(Subscription(unsubscribe.request_id, SubscriptionCode.NOT_ALLOWED, "not for devices"))
+    h.feed(Subscription(subscribe.request_id, SubscriptionCode.OK))
+    assert done == [None]
+    assert refused[0].value.code == "NOT_ALLOWED" and "not for devices" in str(refused[0].value)
+    bad: list[Failure] = []
+    h.client.subscribe("no spaces").addErrback(bad.append)
+    assert bad[0].check(ValueError)
+    lost: list[Failure] = []
+    h.client.subscribe("news").addErrback(lost.append)
+    h.lose()
+    assert lost[0].value.code == "DISCONNECTED"

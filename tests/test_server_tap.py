@@ -79,10 +79,12 @@ def test_every_option_is_documented_with_a_default() -> None:
         "log-format",
         "websocket",
         "websocket-advertise",
+        "device-topics",
+        "max-topics-per-device",
     ):
         assert f"--{name}=" in text
     assert "--websocket-origin=" in text
-    assert text.count("[default:") == 29
+    assert text.count("[default:") == 31
 
 
 def test_values_are_parsed() -> None:
@@ -356,3 +358,13 @@ def test_websocket_listens_and_is_published(tmp_path: Path) -> None:
         reactor.advance(2)
         assert stopping.called
         assert server.websocket_port is not None
+
+
+def test_device_topics_are_patterns_separated_by_commas() -> None:
+    options = Options()
+    options.parseOptions(["--device-topics", "public.*,news"])
+    assert options.settings.device_topics == ("public.*", "news")
+    assert options.settings.allows_device_topic("public.sport")
+    assert not options.settings.allows_device_topic("private")
+    with pytest.raises(usage.UsageError, match="max-topics-per-device"):
+        Options().parseOptions(["--max-topics-per-device", "0"])

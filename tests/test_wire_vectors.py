@@ -25,8 +25,13 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Missed,
     Nack,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
     Uplink,
     UplinkAck,
 )
@@ -50,7 +55,9 @@ def frame_from(spec: dict[str, Any]) -> Frame:
     if kind == "PONG":
         return PONG
     if kind == "PUSH":
-        return Push(spec["messageId"], spec["title"], spec["text"], spec["extras"])
+        return Push(
+            spec["messageId"], spec["title"], spec["text"], spec["extras"], spec.get("topic", "")
+        )
     if kind == "ACK":
         return Ack(spec["messageId"])
     if kind == "NACK":
@@ -63,6 +70,14 @@ def frame_from(spec: dict[str, Any]) -> Frame:
         return Kick(KickReason[spec["reason"]], spec["text"])
     if kind == "ERROR":
         return Error(ErrorCode[spec["code"]], spec["text"])
+    if kind == "MISSED":
+        return Missed(spec["topic"])
+    if kind == "SUBSCRIBE":
+        return Subscribe(spec["requestId"], spec["topic"])
+    if kind == "UNSUBSCRIBE":
+        return Unsubscribe(spec["requestId"], spec["topic"])
+    if kind == "SUBSCRIPTION":
+        return Subscription(spec["requestId"], SubscriptionCode[spec["code"]], spec["reason"])
     raise AssertionError(f"unknown type in a vector: {kind}")
 
 
@@ -82,7 +97,8 @@ def test_frame_vector_encodes_and_decodes(vector: dict[str, Any]) -> None:
     assert int.from_bytes(data[:4], "big") == len(data) - 4
     assert decode(data[4:]) == frame
     if isinstance(frame, Push):
-        assert encode_push(frame.message_id, frame.title, frame.text, frame.extras) == data
+        pushed = encode_push(frame.message_id, frame.title, frame.text, frame.extras, frame.topic)
+        assert pushed == data
 
 
 @pytest.mark.parametrize("vector", VECTORS["decodeOnly"], ids=names(VECTORS["decodeOnly"]))

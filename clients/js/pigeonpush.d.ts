@@ -2,7 +2,7 @@
 
 // --- the codec (docs/protocol.rst) ---------------------------------------------
 
-export const PROTOCOL_VERSION: 2;
+export const PROTOCOL_VERSION: 3;
 export const NACK_VERSION: 2;
 export const UPLINK_VERSION: 2;
 export const MAX_UPLINK_ID_BYTES: 64;
@@ -28,6 +28,10 @@ export const FrameType: Readonly<{
   NACK: 10;
   UPLINK: 11;
   UPLINK_ACK: 12;
+  SUBSCRIBE: 13;
+  UNSUBSCRIBE: 14;
+  SUBSCRIPTION: 15;
+  MISSED: 16;
 }>;
 export const AuthFailCode: Readonly<{ BAD_TOKEN: 1; VERSION: 2; UNAVAILABLE: 3; FULL: 4 }>;
 export const KickReason: Readonly<{ REPLACED: 1; SHUTTING_DOWN: 2; POLICY: 3 }>;
@@ -53,13 +57,29 @@ export type Frame =
   | { type: "AUTH_FAIL"; code: AuthFailCodeName; reason: string }
   | { type: "PING" }
   | { type: "PONG" }
-  | { type: "PUSH"; messageId: string; title: string; text: string; extras: Extras }
+  | {
+      type: "PUSH";
+      messageId: string;
+      title: string;
+      text: string;
+      extras: Extras;
+      /** Version 3: the topic it came through ("*": broadcast). */
+      topic?: string;
+    }
   | { type: "ACK"; messageId: string }
   | { type: "NACK"; messageId: string; retryAfterMs: number }
   | { type: "UPLINK"; uplinkId: string; data: Extras }
   | { type: "UPLINK_ACK"; uplinkId: string }
   | { type: "KICK"; reason: KickReasonName; text: string }
-  | { type: "ERROR"; code: ErrorCodeName; text: string };
+  | { type: "ERROR"; code: ErrorCodeName; text: string }
+  | { type: "MISSED"; topic: string }
+  | { type: "SUBSCRIBE" | "UNSUBSCRIBE"; requestId: number; topic: string }
+  | {
+      type: "SUBSCRIPTION";
+      requestId: number;
+      code: "OK" | "NOT_ALLOWED" | "TOO_MANY" | "UNAVAILABLE";
+      reason: string;
+    };
 
 export type Bytes = Uint8Array | ArrayBuffer | ArrayBufferView;
 
@@ -106,6 +126,8 @@ export interface Message {
   readonly title: string;
   readonly text: string;
   readonly extras: Readonly<Extras>;
+  /** The topic it came through ("*": broadcast), or null (sent to clientIds). */
+  readonly topic: string | null;
   readonly receivedAt: Date;
 }
 
@@ -173,6 +195,8 @@ export interface PushClientEventMap {
   kicked: { server: string; reason: KickReasonName; text: string };
   message: { message: Message };
   acked: { messageId: string; sent: boolean; duplicate: boolean };
+  /** Version 3: some messages of `topic` ("*": broadcast) will never come. */
+  missed: { topic: string };
   nacked: { messageId: string; retryAfter: number; error: unknown; sent: boolean };
   error: { error: Error; fatal: boolean };
 }
@@ -200,6 +224,9 @@ export class PushClient extends EventTarget {
     data: Extras | Map<string, string>,
     options?: { uplinkId?: string | null; resendOnReconnect?: boolean },
   ): Promise<string>;
+  /** Protocol version 3: subscribe this device to a topic the operator opened to devices. */
+  subscribe(topic: string): Promise<void>;
+  unsubscribe(topic: string): Promise<void>;
   on<K extends keyof PushClientEventMap>(
     type: K,
     listener: (event: PushClientEvent<PushClientEventMap[K]>) => void,
@@ -235,6 +262,11 @@ export class RouteLookupFailed extends PushClientError {
 }
 export class ProtocolVersionRefused extends PushClientError {}
 export class SessionReplaced extends PushClientError {}
+export class SubscriptionFailed extends Error {
+  constructor(code: string, reason?: string);
+  code: "NOT_ALLOWED" | "TOO_MANY" | "UNAVAILABLE" | "OFFLINE" | "DISCONNECTED" | string;
+  reason: string;
+}
 export class RetryLater extends Error {
   constructor(retryAfter: number, reason?: string);
   retryAfter: number;

@@ -22,6 +22,7 @@ export {
   RouteLookupFailed,
   ProtocolVersionRefused,
   SessionReplaced,
+  SubscriptionFailed,
   RetryLater,
   UplinkNotSent,
 } from "./src/errors.js";

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "send": ("send", "submit a notification to the notification API"),
     "status": ("status", "print a notification's delivery receipt"),
     "cancel": ("cancel", "cancel a scheduled notification before its send time"),
+    "topics": ("topics", "manage topic subscriptions (add, remove, list, delete)"),
     "kick": ("kick", "disconnect a device and revoke its token"),
     "uplinks": ("uplinks", "print what devices sent (UPLINK), one JSON line each"),
 }

@@ -1,10 +1,11 @@
 """``pigeonpush listen``: receive pushed messages, one JSON line each on stdout.
 
 Each message is printed as ``{"messageId", "title", "text", "extras",
-"receivedAt"}`` and flushed, then ACKed: the ACK waits until the line is
-written, so a message is never acknowledged without being shown. The line is
-written synchronously on purpose (a CLI's stdout is its product). Connection
-status goes to stderr. Ctrl-C closes the connection and exits 0. It reconnects for as long as
+"topic" (when it came through one), "receivedAt"}`` and flushed, then ACKed:
+the ACK waits until the line is written, so a message is never acknowledged
+without being shown. The line is written synchronously on purpose (a CLI's
+stdout is its product). Connection status goes to stderr. Ctrl-C closes the
+connection and exits 0. It reconnects for as long as
 it runs (a reglog or push server restart is waited out) unless
 ``--max-route-failures`` sets a limit; giving up (reglog refused, or failed
 that many times in a row; the clientId logged in elsewhere) exits 1.
@@ -28,6 +29,7 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 
 from pigeonpush.sdk import (
     Authenticated,
@@ -36,9 +38,11 @@ from pigeonpush.sdk import (
     Disconnected,
     GaveUp,
     Message,
+    MessagesMissed,
     PushClient,
     full_jitter,
 )
+from pigeonpush.topics import check_topic
 
 SECRET_ENVIRONMENT = "PIGEONPUSH_SECRET"
 
@@ -96,6 +100,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="log the SDK's info messages to stderr"
     )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        type=_topic,
+        help="subscribe this device to TOPIC once connected (repeatable; the server must "
+        "allow it: --device-topics)",
+    )
+
+
+def _topic(text: str) -> str:
+    try:
+        return check_topic(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -131,16 +150,16 @@ def run(args: argparse.Namespace) -> int:
 def message_line(message: Message) -> str:
     """The JSON line printed for one message."""
     received = datetime.fromtimestamp(message.received_at, timezone.utc)
-    return json.dumps(
-        {
-            "messageId": message.message_id,
-            "title": message.title,
-            "text": message.text,
-            "extras": dict(message.extras),
-            "receivedAt": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        },
-        ensure_ascii=False,
-    )
+    line: dict[str, object] = {
+        "messageId": message.message_id,
+        "title": message.title,
+        "text": message.text,
+        "extras": dict(message.extras),
+    }
+    if message.topic is not None:
+        line["topic"] = message.topic  # "*": a broadcast
+    line["receivedAt"] = received.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps(line, ensure_ascii=False)
 
 
 def status_line(event: ClientEvent) -> str:
@@ -153,6 +172,8 @@ def status_line(event: ClientEvent) -> str:
             return f"disconnected from {event.server}: {event.reason}"
         case GaveUp():
             return f"gave up: {event.error}"
+        case MessagesMissed():
+            return f"messages of topic {event.topic} were missed: the server's log lost them"
 
 
 def _start_logging(verbose: bool) -> None:
@@ -172,10 +193,27 @@ async def listen(reactor: Any, args: argparse.Namespace) -> None:
         sys.stdout.write(message_line(message) + "\n")
         sys.stdout.flush()
 
+    def subscribed(_: object, topic: str) -> None:
+        print(f"pigeonpush listen: subscribed to {topic}", file=sys.stderr, flush=True)
+
+    def not_subscribed(failure: Failure, topic: str) -> None:
+        print(
+            f"pigeonpush listen: could not subscribe to {topic}: {failure.getErrorMessage()}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def report(event: ClientEvent) -> None:
         print(f"pigeonpush listen: {status_line(event)}", file=sys.stderr, flush=True)
         if isinstance(event, GaveUp) and not finished.called:
             finished.errback(SystemExit(1))
+        if isinstance(event, Authenticated):
+            # Subscriptions hold across connections; asking again is harmless.
+            for topic in args.topic:
+                asking = client.subscribe(topic)
+                asking.addCallbacks(
+                    subscribed, not_subscribed, callbackArgs=(topic,), errbackArgs=(topic,)
+                )
 
     if args.insecure:
         print(

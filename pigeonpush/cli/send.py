@@ -1,4 +1,5 @@
-"""``pigeonpush send``: submit one notification to the notification API.
+"""``pigeonpush send``: submit one notification to the notification API,
+to clientIds (``--to``), a topic (``--topic``) or every device (``--broadcast``).
 
 Prints the messageId on success (exit 0); prints the API's error message on
 stderr otherwise (exit 1). The key can come from ``PIGEONPUSH_API_KEY``
@@ -40,8 +41,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument(
-        "--to", action="append", required=True, metavar="CLIENT_ID", help="recipient (repeatable)"
+    audience = parser.add_mutually_exclusive_group(required=True)
+    audience.add_argument(
+        "--to", action="append", metavar="CLIENT_ID", help="recipient (repeatable)"
+    )
+    audience.add_argument("--topic", help="every device subscribed to this topic")
+    audience.add_argument(
+        "--broadcast", action="store_true", help="every device, also those connecting later"
     )
     parser.add_argument("--title", required=True)
     parser.add_argument("--text", required=True)
@@ -70,7 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def notification_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"to": args.to, "title": args.title, "text": args.text}
+    body: dict[str, Any] = {"title": args.title, "text": args.text}
+    if args.topic is not None:
+        body["topic"] = args.topic
+    elif args.broadcast:
+        body["broadcast"] = True
+    else:
+        body["to"] = args.to
     if args.ttl is not None:
         body["ttl"] = args.ttl
     if args.collapse_key is not None:

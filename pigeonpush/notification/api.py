@@ -33,12 +33,15 @@ from pigeonpush.http import (
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
-from pigeonpush.notification.core import Notifications, Outcome, Submission
+from pigeonpush.notification.core import Notifications, Outcome, Published, Submission
 from pigeonpush.notification.sessions import DeviceSessions
+from pigeonpush.notification.topics_api import TopicsApi, TopicsTree
 from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, CancelResult, Receipt, RecipientState
+from pigeonpush.store.topic_model import TopicReceipt
+from pigeonpush.topics import BROADCAST
 
 #: Longest Idempotency-Key header value (visible ASCII).
 MAX_IDEMPOTENCY_KEY = 128
@@ -97,11 +100,37 @@ def receipt_body(receipt: Receipt) -> dict[str, Any]:
     return body
 
 
+def topic_receipt_body(receipt: TopicReceipt) -> dict[str, Any]:
+    """A topic or broadcast message's receipt: counts, never lists of devices.
+    ``pending`` is the targeted devices not counted as ACKed yet (None for
+    broadcast, whose audience is every device)."""
+    body: dict[str, Any] = {
+        "messageId": receipt.message_id,
+        "createdAt": iso8601(receipt.created_at),
+        "expiresAt": iso8601(receipt.expires_at),
+    }
+    if receipt.topic == BROADCAST:
+        body["broadcast"] = True
+    else:
+        body["topic"] = receipt.topic
+    pending = None if receipt.targeted is None else max(receipt.targeted - receipt.acked, 0)
+    body.update(targeted=receipt.targeted, acked=receipt.acked, pending=pending)
+    return body
+
+
 #: States of a recipient the server gave up on (the receipt's ``dropped``).
 DROPPED = frozenset({RecipientState.TOO_LARGE, RecipientState.FAILED})
 
 
-def accepted_body(accepted: Accepted) -> dict[str, Any]:
+def accepted_body(accepted: Accepted | Published) -> dict[str, Any]:
+    if isinstance(accepted, Published):
+        if accepted.topic == BROADCAST:
+            return {"messageId": accepted.message_id, "broadcast": True}
+        return {
+            "messageId": accepted.message_id,
+            "topic": accepted.topic,
+            "subscribers": accepted.targeted,
+        }
     return {"messageId": accepted.message_id, "recipients": accepted.recipients}
 
 
@@ -126,20 +155,26 @@ class NotificationApi:
         self._notifications = notifications
         self._keys = keys
         self._settings = settings
-        #: Without it there is no ``/v1/devices`` (an API with no way to reach servers).
+        #: Without it there is no ``/v1/devices/<clientId>/session`` (an API
+        #: with no way to reach servers).
         self._sessions = sessions
+        self.topics = TopicsApi(notifications.store, max_topics=notifications.max_topics)
+
+    @property
+    def has_sessions(self) -> bool:
+        return self._sessions is not None
 
     def resource(self) -> Resource:
         root = JsonTree()
         v1 = JsonTree()
         root.putChild(b"v1", v1)
         v1.putChild(b"notifications", _NotificationsTree(self))
-        if self._sessions is not None:
-            v1.putChild(b"devices", _DevicesTree(self))
         from pigeonpush.notification.uplinks import UplinkApi  # it uses this module's helpers
 
         uplinks = UplinkApi(self._notifications.store, self._authorize, _unavailable)
         v1.putChild(b"uplinks", uplinks.resource())
+        v1.putChild(b"devices", _DevicesTree(self))
+        v1.putChild(b"topics", TopicsTree(self.guarded, self.topics, self._settings.max_body))
         root.putChild(b"health", JsonResource({b"GET": self.health}))
         root.putChild(b"metrics", MetricsResource())
         return root
@@ -187,6 +222,10 @@ class NotificationApi:
         self._authorize(request)
         try:
             receipt = await self._notifications.receipt(message_id)
+            if receipt is None:
+                counted = await self._notifications.topic_receipt(message_id)
+                if counted is not None:
+                    return JsonResponse(topic_receipt_body(counted))
         except StoreError as e:
             raise _unavailable(e) from None
         if receipt is None:
@@ -250,6 +289,19 @@ class NotificationApi:
         return JsonResponse({"status": "ok", "queueLag": lag})
 
     # -- helpers ---------------------------------------------------------------
+
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind the API key, with store failures answered 503
+        and every error counted."""
+
+        async def guarded(request: Request) -> JsonResponse:
+            self._authorize(request)
+            try:
+                return await handler(request)
+            except StoreError as e:
+                raise _unavailable(e) from None
+
+        return _counting(guarded)
 
     def _authorize(self, request: Request) -> str:
         scope = self._keys.check(request.getHeader(b"authorization"))
@@ -346,7 +398,7 @@ class _NotificationsTree(Resource):
 
 
 class _DevicesTree(Resource):
-    """``/v1/devices/<clientId>/session``."""
+    """``/v1/devices/<clientId>/session`` and ``/v1/devices/<clientId>/topics``."""
 
     def __init__(self, api: NotificationApi) -> None:
         super().__init__()
@@ -361,6 +413,11 @@ class _DevicesTree(Resource):
         async def kick(request: Request) -> JsonResponse:
             return await self._api.kick(request, client_id)
 
+        async def topics(request: Request) -> JsonResponse:
+            return await self._api.topics.device_topics(request, client_id)
+
         device = JsonTree()
-        device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        if self._api.has_sessions:
+            device.putChild(b"session", JsonResource({b"DELETE": _counting(kick)}))
+        device.putChild(b"topics", JsonResource({b"GET": self._api.guarded(topics)}))
         return device

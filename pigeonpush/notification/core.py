@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pigeonpush.ids import MessageIdGenerator, is_message_id
@@ -19,9 +19,30 @@ from pigeonpush.notification import metrics
 from pigeonpush.notification.validate import Draft, Invalid, Limits, validate
 from pigeonpush.store.interface import Store
 from pigeonpush.store.model import Accepted, CancelResult, Message, Notification, Receipt
+from pigeonpush.store.topic_model import TopicReceipt
+from pigeonpush.topics import BROADCAST
 
-#: What one submitted item became: accepted (maybe replayed) or refused.
-Outcome = Accepted | list[Invalid]
+#: How many messages a topic's log keeps (``--topic-log-length``).
+DEFAULT_LOG_LENGTH = 10_000
+#: The most topics one device may be subscribed to (``--max-topics-per-device``).
+DEFAULT_MAX_TOPICS = 100
+
+
+@attrs.frozen(slots=True)
+class Published:
+    """A notification accepted for a topic or for broadcast: stored once in
+    the topic's log, whatever the number of subscribers."""
+
+    message_id: str
+    topic: str  #: the topic, or ``topics.BROADCAST``
+    #: devices subscribed when it was accepted (None for broadcast: every device)
+    targeted: int | None
+    #: its idempotency key was seen before: this is the first acceptance's id
+    duplicate: bool = False
+
+
+#: What one submitted item became: accepted (maybe replayed), published, or refused.
+Outcome = Accepted | Published | list[Invalid]
 
 
 @attrs.frozen(slots=True)
@@ -41,48 +62,66 @@ class Notifications:
         clock: IReactorTime,
         limits: Limits,
         new_id: Callable[[], str] | None = None,
+        *,
+        log_length: int = DEFAULT_LOG_LENGTH,
+        max_topics: int = DEFAULT_MAX_TOPICS,
     ) -> None:
         self.store = store
         self.limits = limits
+        self.log_length = log_length
+        self.max_topics = max_topics
         self._clock = clock
         self._new_id = new_id if new_id is not None else MessageIdGenerator(clock)
 
     def submit(self, items: Sequence[Submission]) -> Deferred[list[Outcome]]:
-        """Accept every valid item in one store call; outcomes in item order.
+        """Accept every valid item; outcomes in item order. The ``to`` items
+        go to one ``store.accept`` call; each topic or broadcast item is one
+        ``store.publish`` (one write, whatever its audience's size).
 
         A store failure fails the whole Deferred (StoreError): the caller
         answers 503, and a retry with the same idempotency keys is safe.
         """
+        return ensureDeferred(self._submit(items))
+
+    async def _submit(self, items: Sequence[Submission]) -> list[Outcome]:
         outcomes: list[Outcome | None] = []
         notifications: list[Notification] = []
+        published: list[tuple[int, Notification, str]] = []
         now = self._clock.seconds()
         for item in items:
             checked = validate(item.data, self.limits, now)
             if isinstance(checked, list):
                 outcomes.append(checked)
                 continue
-            notifications.append(self._notification(checked, item.idempotency_key, now))
+            notification = self._notification(checked, item.idempotency_key, now)
+            if checked.topic is not None:
+                published.append((len(outcomes), notification, checked.topic))
+            else:
+                notifications.append(notification)
             outcomes.append(None)
-        if not notifications:
-            return succeed([outcome for outcome in outcomes if outcome is not None])
-
-        def merge(accepted: list[Accepted]) -> list[Outcome]:
-            answers = iter(accepted)
-            merged: list[Outcome] = []
-            for outcome in outcomes:
-                if outcome is None:
-                    answer = next(answers)
-                    if answer.duplicate:
-                        metrics.REPLAYED.inc()
-                    else:
-                        metrics.ACCEPTED.inc()
-                        metrics.RECIPIENTS.inc(answer.recipients)
-                    merged.append(answer)
+        accepted = iter(await self.store.accept(notifications) if notifications else [])
+        for index, notification, topic in published:
+            entry = await self.store.publish(
+                topic, notification.message, self.log_length, notification.idempotency_key
+            )
+            targeted = None if topic == BROADCAST else await self.store.subscriber_count(topic)
+            outcomes[index] = Published(
+                entry.message.message_id, topic, targeted, duplicate=entry.duplicate
+            )
+            (metrics.REPLAYED if entry.duplicate else metrics.ACCEPTED).inc()
+        merged: list[Outcome] = []
+        for outcome in outcomes:
+            if outcome is None:
+                answer = next(accepted)
+                if answer.duplicate:
+                    metrics.REPLAYED.inc()
                 else:
-                    merged.append(outcome)
-            return merged
-
-        return self.store.accept(notifications).addCallback(merge)
+                    metrics.ACCEPTED.inc()
+                    metrics.RECIPIENTS.inc(answer.recipients)
+                merged.append(answer)
+            else:
+                merged.append(outcome)
+        return merged
 
     def _notification(self, draft: Draft, idempotency_key: str | None, now: float) -> Notification:
         send_at = draft.send_time(now)
@@ -116,3 +155,9 @@ class Notifications:
         if not is_message_id(message_id):
             return succeed(None)
         return self.store.receipt(message_id)
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        """The counts of a topic or broadcast message, or None."""
+        if not is_message_id(message_id):
+            return succeed(None)
+        return self.store.topic_receipt(message_id)

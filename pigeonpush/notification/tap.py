@@ -13,7 +13,7 @@ from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
-from pigeonpush.notification.core import Notifications
+from pigeonpush.notification.core import DEFAULT_LOG_LENGTH, DEFAULT_MAX_TOPICS, Notifications
 from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.validate import Limits
 from pigeonpush.notification.webhook import UplinkWebhook, WebhookSettings, treq_poster
@@ -130,6 +130,20 @@ class Options(DaemonOptions):
             "Seconds after which another process takes over uplinks a crashed one held.",
             _whole,
         ],
+        [
+            "topic-log-length",
+            None,
+            DEFAULT_LOG_LENGTH,
+            "Most messages a topic's log keeps for devices offline (older ones are missed).",
+            _whole,
+        ],
+        [
+            "max-topics-per-device",
+            None,
+            DEFAULT_MAX_TOPICS,
+            "Most topics one device may be subscribed to.",
+            _whole,
+        ],
         RPC_CA_FILE_OPTION,
         *HTTP_LIMIT_OPTIONS,
     ]
@@ -163,7 +177,7 @@ class Options(DaemonOptions):
             if problem is not None:
                 raise usage.UsageError(f"{option}: {problem}")
         self["keys"] = [key for _option, key in keys]
-        for name in ("max-batch", "idempotency-ttl"):
+        for name in ("max-batch", "idempotency-ttl", "topic-log-length", "max-topics-per-device"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["receipt-retention"] < 0:
@@ -247,7 +261,13 @@ def build_api(
 ) -> IService:
     """The HTTP API over a given store (the all-in-one process shares its
     own); ``gateway_for`` reaches the push server at an RPC address (kicks)."""
-    notifications = Notifications(store, reactor, config["limits"])
+    notifications = Notifications(
+        store,
+        reactor,
+        config["limits"],
+        log_length=config["topic-log-length"],
+        max_topics=config["max-topics-per-device"],
+    )
     api = NotificationApi(
         notifications,
         ApiKeys(config["keys"]),

@@ -17,13 +17,16 @@ from datetime import datetime, timedelta, timezone
 import attrs
 
 from pigeonpush.http import echo
+from pigeonpush.topics import BROADCAST, TOPIC_RULE, is_topic
 
 #: What a clientId may be (the same rule as reglog's).
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
 #: The fields a notification may have; anything else is refused (a typo such
 #: as "tll" must not silently become the default TTL).
-FIELDS = frozenset({"to", "title", "text", "ttl", "extras", "collapseKey", "sendAt", "delay"})
+FIELDS = frozenset(
+    {"to", "topic", "broadcast", "title", "text", "ttl", "extras", "collapseKey", "sendAt", "delay"}
+)
 #: What a collapse key may be: the clientId alphabet, at most 64 characters.
 COLLAPSE_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,64}\Z")
 COLLAPSE_KEY_RULE = "a string of 1 to 64 letters, digits, '.', '_', ':' or '-'"
@@ -32,6 +35,11 @@ RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z"
 )
+#: The error of a notification that names no audience, or more than one.
+AUDIENCE_RULE = 'a notification names exactly one audience: "to", "topic" or "broadcast": true'
+#: Fields only a notification ``to`` clientIds may have: a topic or broadcast
+#: message is published to its log at once and never replaces another.
+TO_ONLY_FIELDS = ("collapseKey", "sendAt", "delay")
 #: A messageId as the wire protocol carries it (ULID, 26 characters).
 MESSAGE_ID_LENGTH = 26
 
@@ -122,6 +130,9 @@ class Draft:
     send_at: float | None = None
     #: ``delay``: seconds after acceptance (None: send now, or at ``send_at``)
     delay: int | None = None
+    #: the topic it goes to (``topics.BROADCAST`` for every device); then
+    #: ``recipients`` is empty
+    topic: str | None = None
 
     def send_time(self, now: float) -> float | None:
         """When to send it: None for now (a ``sendAt`` already past is now)."""
@@ -148,17 +159,31 @@ def validate(data: object, limits: Limits, now: float | None = None) -> Draft | 
     problems: list[Invalid] = []
     for name in sorted(set(data) - FIELDS):
         problems.append(Invalid(echo(name), f'unknown field "{echo(name)}"'))
-    recipients = _recipients(data.get("to"), limits, problems)
+    recipients: tuple[str, ...] | None = ()
+    before = len(problems)
+    topic = _audience(data, problems)
+    if topic is None and len(problems) == before:
+        recipients = _recipients(data.get("to"), limits, problems)
     title = _text(data, "title", limits.max_title, problems)
     text = _text(data, "text", limits.max_text, problems)
     ttl = _ttl(data["ttl"], limits, problems) if "ttl" in data else limits.default_ttl
     extras = _extras(data.get("extras", {}), limits, problems)
     collapse_key = _collapse_key(data["collapseKey"], problems) if "collapseKey" in data else None
     send_at, delay = _send_time(data, limits, now, problems)
+    if topic is not None:
+        for name in TO_ONLY_FIELDS:
+            if name in data:
+                problems.append(
+                    Invalid(
+                        name,
+                        f"{name} applies only to a notification to clientIds, "
+                        "not to a topic or broadcast",
+                    )
+                )
     if problems:
         return problems
     assert recipients is not None and title is not None and text is not None
-    return Draft(recipients, title, text, ttl, extras, collapse_key, send_at, delay)
+    return Draft(recipients, title, text, ttl, extras, collapse_key, send_at, delay, topic)
 
 
 def _collapse_key(value: object, problems: list[Invalid]) -> str | None:
@@ -214,6 +239,29 @@ def _send_time(
         )
         return None, None
     return send_at, None
+
+
+def _audience(data: dict[str, object], problems: list[Invalid]) -> str | None:
+    """The topic a notification goes to (BROADCAST for ``broadcast: true``),
+    or None when it goes ``to`` clientIds (or names none: "to is required");
+    a problem when it names more than one."""
+    broadcast = data.get("broadcast", False)
+    if not isinstance(broadcast, bool):
+        problems.append(Invalid("broadcast", "broadcast must be true (or absent)"))
+        return None
+    named = [name for name in ("to", "topic") if name in data] + (
+        ["broadcast"] if broadcast else []
+    )
+    if len(named) > 1:
+        problems.append(Invalid(named[1], AUDIENCE_RULE))
+        return None
+    if broadcast:
+        return BROADCAST
+    if "topic" in data:
+        if not is_topic(data["topic"]):
+            problems.append(Invalid("topic", f"topic must be {TOPIC_RULE}"))
+        return str(data["topic"])
+    return None
 
 
 def utf8_size(text: str) -> int | None:

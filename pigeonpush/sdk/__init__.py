@@ -14,9 +14,17 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    SubscriptionFailed,
     UplinkNotSent,
 )
-from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
+from pigeonpush.sdk.events import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    MessagesMissed,
+)
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.route import Route, RouteFetcher, RouteSource
@@ -32,6 +40,7 @@ __all__ = [
     "GaveUp",
     "Message",
     "MessageCallback",
+    "MessagesMissed",
     "ProtocolVersionRefused",
     "PushClient",
     "PushClientError",
@@ -42,6 +51,7 @@ __all__ = [
     "RouteLookupFailed",
     "RouteSource",
     "SessionReplaced",
+    "SubscriptionFailed",
     "UplinkNotSent",
     "check_client_id",
     "full_jitter",

@@ -35,13 +35,15 @@ with the same ingredients: an injected clock and a retry policy with jitter.
 from __future__ import annotations
 
 import enum
+import itertools
+import re
 import secrets
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,14 +58,23 @@ from pigeonpush.sdk.errors import (
     PushClientError,
     RouteLookupFailed,
     SessionReplaced,
+    SubscriptionFailed,
     UplinkNotSent,
 )
-from pigeonpush.sdk.events import Authenticated, ClientEvent, Connected, Disconnected, GaveUp
+from pigeonpush.sdk.events import (
+    Authenticated,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    GaveUp,
+    MessagesMissed,
+)
 from pigeonpush.sdk.identity import mac_client_id
 from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
 from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
 from pigeonpush.tls import ClientTLS, client_endpoint
+from pigeonpush.topics import check_topic
 from pigeonpush.wire.codec import (
     DEFAULT_MAX_FRAME,
     MAX_MAX_FRAME,
@@ -78,7 +89,12 @@ from pigeonpush.wire.frames import (
     AuthFailCode,
     Kick,
     KickReason,
+    Missed,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
 )
 
 #: Longest clientId the services accept.
@@ -87,6 +103,16 @@ MAX_CLIENT_ID_LENGTH = 128
 AVOID_SECONDS = 60.0
 
 EventObserver = Callable[[ClientEvent], object]
+
+
+def fallback_version(refused: int, reason: str) -> int:
+    """The version to try after a server refused ``refused``: the newest
+    older one among the numbers its AUTH_FAIL reason lists ("this server
+    speaks 1, 2", or after a colon), else version 1, which every server speaks."""
+    listed = re.split(r"speaks|:", reason)[-1] if re.search(r"speaks|:", reason) else ""
+    named = [int(word) for word in re.findall(r"\d+", listed)]
+    older = [version for version in named if 1 <= version < refused]
+    return max(older) if older else 1
 
 
 class ClientState(enum.Enum):
@@ -243,6 +269,9 @@ class PushClient:
         self._auth_refused = False  # the current session ended with AUTH_FAIL
         self._pending: IDelayedCall | Deferred[Any] | None = None  # cancelled by stop()
         self._session: ClientProtocol | None = None
+        #: SUBSCRIBE / UNSUBSCRIBE requests waiting for their answer, by requestId
+        self._requests: dict[int, tuple[ClientProtocol, Deferred[None]]] = {}
+        self._request_ids = itertools.count(1)
         self._online: Authenticated | None = None
         self._gave_up: PushClientError | None = None
         self._start_after_stop = False
@@ -251,7 +280,7 @@ class PushClient:
         self._stop_waiters: list[Deferred[None]] = []
         # messageId -> sessions whose PUSH of it awaits the callback's outcome
         self._in_flight: dict[str, list[ClientProtocol]] = {}
-        # the protocol version sent in AUTH: 1 after a server refused 2
+        # the protocol version sent in AUTH: lower after a server refused it
         self._version = PROTOCOL_VERSION
         #: uplinkId -> the uplink not acknowledged yet, in the order sent
         self._uplinks: dict[str, _PendingUplink] = {}
@@ -608,15 +637,17 @@ class PushClient:
         # asks reglog for a fresh token (this one was spent by _session_started).
         self._auth_refused = True
         if frame.code is AuthFailCode.VERSION and self._version > 1:
-            # A server older than NACK (a rolling upgrade): speak version 1
-            # from now on.
+            # An older server (a rolling upgrade): speak the newest version it
+            # names below ours (version 2: no topics; 1: no NACK nor uplinks).
+            older = fallback_version(self._version, frame.reason)
             self.log.info(
                 "Push server {server} does not speak protocol version {version}; "
-                "using version 1 (failed callbacks are not NACKed)",
+                "using version {older}",
                 server=session.server,
                 version=self._version,
+                older=older,
             )
-            self._version = 1
+            self._version = older
             return
         if frame.code is AuthFailCode.VERSION:
             self._give_up(
@@ -648,6 +679,7 @@ class PushClient:
         )
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None:
+        self._fail_requests(session)
         if session is not self._session:
             return
         self._session = None
@@ -691,7 +723,12 @@ class PushClient:
             return
         self._in_flight[message_id] = [session]
         message = Message(
-            message_id, frame.title, frame.text, frame.extras, self._reactor.seconds()
+            message_id,
+            frame.title,
+            frame.text,
+            frame.extras,
+            self._reactor.seconds(),
+            frame.topic or None,
         )
         handling: Deferred[Any] = maybeDeferred(self._on_message, message)
         handling.addCallbacks(
@@ -700,6 +737,56 @@ class PushClient:
             callbackArgs=(message_id,),
             errbackArgs=(message_id,),
         )
+
+    def subscribe(self, topic: str) -> Deferred[None]:
+        """Subscribe this device to ``topic`` (allowed only for topics the
+        operator opened to devices: ``--device-topics``). Fires once the
+        server has stored it; fails with ``SubscriptionFailed``, or
+        ValueError for a name outside the topic grammar. Needs a session
+        (``when_authenticated``) of protocol version 3."""
+        return self._request(Subscribe, topic)
+
+    def unsubscribe(self, topic: str) -> Deferred[None]:
+        """Leave ``topic``; as ``subscribe``."""
+        return self._request(Unsubscribe, topic)
+
+    def _request(self, kind: type[Subscribe] | type[Unsubscribe], topic: str) -> Deferred[None]:
+        try:
+            check_topic(topic)
+        except ValueError:
+            return fail()
+        session = self._session
+        request_id = next(self._request_ids) & 0xFFFFFFFF
+        if session is None or not session.send_request(kind(request_id, topic)):
+            return fail(SubscriptionFailed("OFFLINE", "no session of protocol version 3 now"))
+        waiting: Deferred[None] = Deferred()
+        self._requests[request_id] = (session, waiting)
+        return waiting
+
+    def _subscription_answered(self, session: ClientProtocol, frame: Subscription) -> None:
+        found = self._requests.pop(frame.request_id, None)
+        if found is None:
+            return  # an answer nobody waits for (a request of an ended session)
+        _, waiting = found
+        if frame.code is SubscriptionCode.OK:
+            waiting.callback(None)
+        else:
+            waiting.errback(SubscriptionFailed(frame.code.name, frame.reason))
+
+    def _fail_requests(self, session: ClientProtocol) -> None:
+        for request_id, (owner, waiting) in list(self._requests.items()):
+            if owner is session:
+                del self._requests[request_id]
+                waiting.errback(
+                    SubscriptionFailed("DISCONNECTED", "the session ended before the answer")
+                )
+
+    def _messages_missed(self, session: ClientProtocol, frame: Missed) -> None:
+        self.log.info(
+            "Some messages of topic {topic} will not come: the server's log lost them",
+            topic=frame.topic,
+        )
+        self._emit(MessagesMissed(frame.topic))
 
     def _handled(self, result: object, message_id: str) -> None:
         sessions = self._in_flight.pop(message_id, ())

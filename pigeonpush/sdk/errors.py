@@ -59,3 +59,17 @@ class UplinkNotSent(Exception):
         super().__init__(f"uplink {uplink_id!r} not acknowledged: {reason}")
         self.uplink_id = uplink_id
         self.reason = reason
+
+
+class SubscriptionFailed(Exception):
+    """A ``subscribe`` or ``unsubscribe`` did not happen: ``code`` is the
+    server's answer (``NOT_ALLOWED``: the operator's ``--device-topics`` does
+    not include the topic; ``TOO_MANY``; ``UNAVAILABLE``: try again), or
+    ``OFFLINE`` (no session, or one of an older protocol), or
+    ``DISCONNECTED`` (the session ended before the answer: whether it
+    happened is unknown; the call is idempotent, try again)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}" if reason else code)
+        self.code = code
+        self.reason = reason

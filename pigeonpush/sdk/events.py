@@ -42,4 +42,15 @@ class GaveUp:
     error: PushClientError
 
 
-ClientEvent = Connected | Authenticated | Disconnected | GaveUp
+@attrs.frozen(slots=True)
+class MessagesMissed:
+    """Some messages of ``topic`` (``"*"``: broadcast) will never come: the
+    server's log of it no longer holds everything this device had not
+    received (it was offline while more were sent than the log keeps, or the
+    store lost the log). The application may resynchronise from its own
+    server. Told once per loss (protocol version 3)."""
+
+    topic: str
+
+
+ClientEvent = Connected | Authenticated | Disconnected | GaveUp | MessagesMissed

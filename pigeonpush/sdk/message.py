@@ -14,7 +14,8 @@ class Message:
     """One pushed notification.
 
     ``received_at`` is the client clock's time (seconds since the epoch) when
-    the PUSH arrived.
+    the PUSH arrived. ``topic`` is the topic it came through (``"*"`` for a
+    broadcast), or None for a message sent to the device's clientId.
     """
 
     message_id: str
@@ -22,6 +23,7 @@ class Message:
     text: str
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     received_at: float = 0.0
+    topic: str | None = None
 
 
 class RetryLater(Exception):

@@ -25,11 +25,13 @@ from pigeonpush.wire.codec import (
     ENCODED_PING,
     ENCODED_PONG,
     EncodeError,
+    encode,
     encode_ack,
     encode_nack,
 )
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    TOPIC_VERSION,
     UPLINK_VERSION,
     Auth,
     AuthFail,
@@ -38,9 +40,13 @@ from pigeonpush.wire.frames import (
     ErrorCode,
     Frame,
     Kick,
+    Missed,
     Ping,
     Pong,
     Push,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
     Uplink,
     UplinkAck,
 )
@@ -63,6 +69,10 @@ class SessionOwner(Protocol):
     def _session_kicked(self, session: ClientProtocol, frame: Kick) -> None: ...
 
     def _push_received(self, session: ClientProtocol, frame: Push) -> None: ...
+
+    def _messages_missed(self, session: ClientProtocol, frame: Missed) -> None: ...
+
+    def _subscription_answered(self, session: ClientProtocol, frame: Subscription) -> None: ...
 
     def _session_ended(self, session: ClientProtocol, reason: str) -> None: ...
 
@@ -198,6 +208,10 @@ class ClientProtocol(FrameProtocol):
         match frame:
             case Push():
                 self._owner._push_received(self, frame)
+            case Missed():
+                self._owner._messages_missed(self, frame)
+            case Subscription():
+                self._owner._subscription_answered(self, frame)
             case Pong():
                 pass  # frameReceived already counted it
             case Ping():
@@ -247,6 +261,13 @@ class ClientProtocol(FrameProtocol):
     def sendEncoded(self, data: bytes) -> None:
         super().sendEncoded(data)
         self._last_sent = self._clock.seconds()
+
+    def send_request(self, frame: Subscribe | Unsubscribe) -> bool:
+        """Send SUBSCRIBE or UNSUBSCRIBE if this session can carry it (version 3)."""
+        if self.authenticated and not self.closing and self._auth.version >= TOPIC_VERSION:
+            self.sendEncoded(encode(frame))
+            return True
+        return False
 
     def send_ack(self, message_id: str) -> None:
         """ACK a message, if this session can still carry it."""

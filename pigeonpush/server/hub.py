@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
@@ -36,17 +36,24 @@ from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.pull import PullBatcher
 from pigeonpush.server.session import Channel, Session, State
 from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
+from pigeonpush.server.topics import TopicFeed, TopicFrames
 from pigeonpush.server.uplink import UplinkReceiver, send_answer
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
+from pigeonpush.store.topic_model import SubscriptionChange
 from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
 from pigeonpush.wire.frames import (
+    TOPIC_VERSION,
     Auth,
     AuthFail,
     AuthFailCode,
     AuthOk,
     Kick,
     KickReason,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
     Uplink,
 )
 
@@ -133,6 +140,10 @@ class PushHub:
         self.sessions: dict[str, Session] = {}
         #: every session whose channel is open, authenticated or not
         self.all_sessions: set[Session] = set()
+        #: topic and broadcast messages: catch-up from the logs, positions by ACKs
+        self.topics = TopicFeed(
+            store, clock, self.push, self.write_frame, self.sessions, count=self.count_pushes
+        )
         #: False once draining: new AUTHs are refused
         self.accepting = True
         self._window = settings.ack_window
@@ -167,6 +178,7 @@ class PushHub:
     def disconnected(self, session: Session) -> None:
         """Every close, whatever its cause: the conditional cleanup."""
         self.all_sessions.discard(session)
+        self.topics.forget(session)
         self._pulled_empty.discard(session)
         self._pull_retry.discard(session)
         client_id = session.client_id
@@ -336,6 +348,7 @@ class PushHub:
         # pigeonpush_server_auth_total{result="ok"} counts them.
         self.metrics.authenticated()
         self.pull(session)
+        self.topics.catch_up(session)
 
     # --- pushing (PushGateway) -----------------------------------------------------
 
@@ -375,7 +388,14 @@ class PushHub:
                 missing.append(index)
             else:
                 statuses[index] = self._write(
-                    session, in_flight, item.message_id, item.title, item.text, item.extras, now
+                    session,
+                    in_flight,
+                    item.message_id,
+                    item.title,
+                    item.text,
+                    item.extras,
+                    now,
+                    item.topic,
                 )
         answer: Deferred[list[PushStatus]]
         if missing:
@@ -421,6 +441,25 @@ class PushHub:
         self._count(statuses)
         return statuses
 
+    def write_frame(self, session: Session, message_id: str, frames: TopicFrames) -> PushStatus:
+        """Write an encoded PUSH (one encoding shared by many sessions: a topic
+        message) to ``session``, within its window, as ``push`` writes an item;
+        WINDOW_FULL leaves it for the next catch-up."""
+        in_flight = session.in_flight
+        if session.state != _ACTIVE or in_flight is None:
+            status = _OFFLINE
+        elif message_id in in_flight or (session.waiting and message_id in session.waiting):
+            status = _WRITTEN
+        elif session.write_paused or len(in_flight) >= self._window:
+            status = _WINDOW_FULL
+        else:
+            session.channel.send(frames.for_version(session.version))
+            in_flight[message_id] = self.clock.seconds()
+            if self._check_timer is None:
+                self._watch_deliveries()
+            status = _WRITTEN
+        return status  # counted by the caller, once per topic entry (``count_pushes``)
+
     def _write(
         self,
         session: Session,
@@ -430,9 +469,12 @@ class PushHub:
         text: str,
         extras: Mapping[str, str],
         now: float,
+        topic: str = "",
     ) -> PushStatus:
+        if session.version < TOPIC_VERSION:
+            topic = ""  # an older client's PUSH has no topic
         try:
-            session.channel.send(encode_push(message_id, title, text, extras))
+            session.channel.send(encode_push(message_id, title, text, extras, topic))
         except EncodeError as e:
             # It can never be written to this client: take it out of WAIT_ACK,
             # or it would come back first in every pull and block the rest.
@@ -450,6 +492,10 @@ class PushHub:
         if self._check_timer is None:
             self._watch_deliveries()
         return _WRITTEN
+
+    def count_pushes(self, statuses: list[PushStatus]) -> None:
+        """The metrics of writes made with ``write_frame``."""
+        self._count(statuses)
 
     def _count(self, statuses: list[PushStatus]) -> None:
         for status, count in Counter(statuses).items():
@@ -505,14 +551,67 @@ class PushHub:
             self.metrics.acked(self.clock.seconds() - written)
         elif session.waiting:
             session.waiting.pop(message_id, None)  # a late ACK of a failed PUSH
-        self.acks.add(session.client_id, message_id)
+        if not self.topics.settled(session, (message_id,), acked=True):
+            # A message to the clientId (or a topic entry of an earlier
+            # session): WAIT_ACK and its receipt, batched per turn.
+            self.acks.add(session.client_id, message_id)
         if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
             self.pull(session)
+
+    def subscription_requested(self, session: Session, frame: Subscribe | Unsubscribe) -> None:
+        """SUBSCRIBE / UNSUBSCRIBE: only topics the operator allows
+        (``--device-topics``); answered with SUBSCRIPTION once the store has it."""
+        client_id = session.client_id
+        assert client_id is not None
+        request_id, topic = frame.request_id, frame.topic
+        if not self.settings.allows_device_topic(topic):
+            session.channel.send(
+                encode(
+                    Subscription(
+                        request_id,
+                        SubscriptionCode.NOT_ALLOWED,
+                        "devices may not choose this topic (--device-topics)",
+                    )
+                )
+            )
+            return
+        if isinstance(frame, Subscribe):
+            changing: Deferred[Any] = self.store.subscribe(
+                topic, [client_id], self.settings.max_topics_per_device
+            )
+        else:
+            changing = self.store.unsubscribe(topic, [client_id])
+
+        def done(result: object) -> None:
+            refused = isinstance(result, SubscriptionChange) and result.refused
+            if refused:
+                answer = Subscription(
+                    request_id,
+                    SubscriptionCode.TOO_MANY,
+                    f"at most {self.settings.max_topics_per_device} topics per device",
+                )
+            else:
+                answer = Subscription(request_id, SubscriptionCode.OK)
+            if session.state == _ACTIVE:
+                session.channel.send(encode(answer))
+                self.topics.catch_up(session)  # its topics changed: index them now
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(StoreError):
+                self.log.failure(
+                    "A subscription of {client_id} failed", failure, client_id=client_id
+                )
+            if session.state == _ACTIVE:
+                answer = Subscription(request_id, SubscriptionCode.UNAVAILABLE, "try again later")
+                session.channel.send(encode(answer))
+
+        changing.addCallbacks(done, failed)
 
     def pinged(self, session: Session) -> None:
         """A PING: the connection is idle; pull at most once per heartbeat."""
         if self.clock.seconds() - session.last_pull >= self.settings.heartbeat:
             self.pull(session)
+            self.topics.catch_up(session)
 
     def writable(self, session: Session) -> None:
         """The connection's socket drained: continue a pull that had more."""
@@ -793,6 +892,7 @@ class PushHub:
             attempts=self.settings.max_attempts,
             message_ids=message_ids,
         )
+        self.topics.settled(session, message_ids, acked=False)
         dropping = self._drop(client_id, message_ids, DropReason.FAILED)
 
         def done(dropped: bool) -> None:

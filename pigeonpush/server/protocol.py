@@ -42,6 +42,7 @@ from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
 from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    TOPIC_VERSION,
     UPLINK_VERSION,
     Ack,
     Auth,
@@ -52,10 +53,14 @@ from pigeonpush.wire.frames import (
     Frame,
     FrameType,
     Kick,
+    Missed,
     Nack,
     Ping,
     Pong,
     Push,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
     Uplink,
     UplinkAck,
 )
@@ -319,6 +324,15 @@ class ServerProtocol(FrameProtocol):
                     return
                 self.hub.uplinked(session, frame)  # type: ignore[arg-type]
                 return
+            if kind is Subscribe or kind is Unsubscribe:
+                if session.version < TOPIC_VERSION:
+                    self.protocolError(
+                        ErrorCode.UNEXPECTED,
+                        f"{_NAMES[kind]} is not allowed in protocol version {session.version}",
+                    )
+                    return
+                self.hub.subscription_requested(session, frame)  # type: ignore[arg-type]
+                return
         elif kind is Auth and state == _AWAITING_AUTH:
             self.hub.authenticate(session, frame)  # type: ignore[arg-type]
             return
@@ -388,6 +402,10 @@ _NAMES: dict[type, str] = {
     Nack: "NACK",
     Uplink: "UPLINK",
     UplinkAck: "UPLINK_ACK",
+    Missed: "MISSED",
+    Subscribe: "SUBSCRIBE",
+    Unsubscribe: "UNSUBSCRIBE",
+    Subscription: "SUBSCRIPTION",
 }
 _WHEN = {
     State.AWAITING_AUTH: "before AUTH",

@@ -42,6 +42,7 @@ from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.rpc_server import ServerRpcFactory
+from pigeonpush.server.topics import FeedReader
 from pigeonpush.server.websocket import NO_BROWSERS, OriginPolicy, WebSocketFactory
 from pigeonpush.tls import TCP
 
@@ -137,6 +138,8 @@ class PushServerService(MultiService):
         self._ready_waiters: list[Deferred[None]] = []
         #: "starting", "serving", "draining" or "stopped" (for /health)
         self.phase = "starting"
+        #: the live fan-out of topic messages: stopped with the timers, first
+        FeedReader(hub.store, reactor, hub.topics.live).setServiceParent(self)
         for interval, job in (
             (load_report_interval, self._report_load),
             (hub.settings.session_ttl / 3, self._refresh_sessions),

@@ -47,7 +47,7 @@ from typing import Protocol
 
 import attrs
 
-from pigeonpush.wire.frames import Auth, Frame, Uplink
+from pigeonpush.wire.frames import Auth, Frame, Subscribe, Unsubscribe, Uplink
 
 
 class State(enum.IntEnum):
@@ -140,6 +140,11 @@ class SessionEvents(Protocol):
         """An UPLINK on an ACTIVE session (protocol version 2 or later): the
         hub answers UPLINK_ACK through ``Channel.send`` once it is stored, or
         closes with ERROR."""
+        ...
+
+    def subscription_requested(self, session: Session, frame: Subscribe | Unsubscribe) -> None:
+        """A SUBSCRIBE or UNSUBSCRIBE on an ACTIVE session of version 3 or
+        later; the hub answers with SUBSCRIPTION."""
         ...
 
     def pinged(self, session: Session) -> None:

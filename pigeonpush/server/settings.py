@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import attrs
 
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, MIN_MAX_FRAME
@@ -59,6 +61,15 @@ class ServerSettings:
     #: a connection that keeps the server from reading it (always over the
     #: limit) for this many seconds is closed with ERROR RATE_LIMITED
     frame_abuse_time: float = 10.0
+    #: the topics devices may subscribe themselves to (SUBSCRIBE), as
+    #: shell-style patterns (``public.*``); none by default
+    device_topics: tuple[str, ...] = ()
+    #: the most topics one device may be subscribed to
+    max_topics_per_device: int = 100
+
+    def allows_device_topic(self, topic: str) -> bool:
+        """Whether a device may subscribe itself to ``topic`` (``--device-topics``)."""
+        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.device_topics)
 
     def check(self) -> ServerSettings:
         """``self`` if every value is usable, else ValueError saying which is not."""
@@ -98,6 +109,13 @@ class ServerSettings:
             raise ValueError(f"--frame-burst must be at least 1, not {self.frame_burst}")
         if not 0 <= self.drain_period < float("inf"):
             raise ValueError("--drain-period must be zero or a positive number of seconds")
+        if self.max_topics_per_device < 1:
+            raise ValueError(
+                f"--max-topics-per-device must be at least 1, not {self.max_topics_per_device}"
+            )
+        for pattern in self.device_topics:
+            if not pattern.strip() or pattern != pattern.strip():
+                raise ValueError(f"--device-topics: an empty or padded pattern {pattern!r}")
         return self
 
 

@@ -236,6 +236,19 @@ class Options(DaemonOptions):
             "tcp:7102:interface=127.0.0.1",
             "HTTP endpoint for /metrics and /health, or none.",
         ],
+        [
+            "device-topics",
+            None,
+            "",
+            "Comma-separated shell-style patterns of the topics devices may subscribe "
+            "themselves to with SUBSCRIBE (e.g. 'public.*'); none by default.",
+        ],
+        [
+            "max-topics-per-device",
+            None,
+            str(_DEFAULTS.max_topics_per_device),
+            "Most topics one device may be subscribed to.",
+        ],
     ]
 
     settings: ServerSettings
@@ -276,6 +289,8 @@ class Options(DaemonOptions):
                 frame_rate=self._number("frame-rate", float, "a number"),
                 frame_burst=self._number("frame-burst", int),
                 frame_abuse_time=self._number("frame-abuse-time", float),
+                device_topics=tuple(p for p in self["device-topics"].split(",") if p),
+                max_topics_per_device=self._number("max-topics-per-device", int),
             ).check()
             burst, rate = parse_rate(self["uplink-rate"])
             self.uplink_settings = UplinkSettings(

@@ -100,6 +100,13 @@ class Options(DaemonOptions):
         ["uplink-webhook-secret", None, None, "The webhook's HMAC-SHA256 key (16+ bytes)."],
         ["uplink-webhook-secret-file", None, None, "File whose first line is that key."],
         [
+            "device-topics",
+            None,
+            "",
+            "Comma-separated patterns of the topics devices may subscribe themselves to "
+            "(e.g. 'public.*'); none by default.",
+        ],
+        [
             "receipt-retention",
             None,
             "86400",
@@ -147,7 +154,7 @@ class Options(DaemonOptions):
         server = ["--listen", self["listen"], "--rpc", self["rpc"], "--zookeeper", "static:"]
         server += ["--heartbeat", self["heartbeat"], "--drain-period", self["drain-period"]]
         server += ["--idle-timeout", repr(heartbeat * IDLE_HEARTBEATS)]
-        server += ["--metrics", "none", *common]
+        server += ["--metrics", "none", "--device-topics", self["device-topics"], *common]
         if self["advertise"] is not None:
             server += ["--advertise", self["advertise"]]
         if self["websocket"] is not None:

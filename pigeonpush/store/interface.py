@@ -31,6 +31,14 @@ from pigeonpush.store.model import (
     Uplink,
     UplinkStored,
 )
+from pigeonpush.store.topic_model import (
+    CatchUp,
+    FeedItem,
+    SubscriptionChange,
+    TopicEntry,
+    TopicPosition,
+    TopicReceipt,
+)
 
 #: How long an idempotency key is remembered unless the store is told otherwise (24 h).
 DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60.0
@@ -257,6 +265,87 @@ class Store(Protocol):
 
     def dead_uplinks(self, count: int) -> Deferred[list[DeadUplink]]:
         """The newest ``count`` dead uplinks, newest first."""
+
+    # -- topics and broadcast (docs/audiences.rst) ------------------------------
+    # A topic name follows ``pigeonpush.topics`` (ValueError otherwise); the
+    # log calls also take ``topics.BROADCAST``, the topic every device is
+    # subscribed to without asking.
+
+    def subscribe(
+        self, topic: str, client_ids: Sequence[str], max_topics: int
+    ) -> Deferred[SubscriptionChange]:
+        """Subscribe each device to ``topic`` from the end of its log: it gets
+        what is published from now on, not what was before. A device already
+        subscribed keeps its position; one that already holds ``max_topics``
+        topics is refused (named in the answer). At most
+        ``topic_checks.MAX_BATCH`` devices per call."""
+
+    def unsubscribe(self, topic: str, client_ids: Sequence[str]) -> Deferred[int]:
+        """Unsubscribe each device (its position is forgotten); how many were subscribed."""
+
+    def device_topics(self, client_id: str) -> Deferred[list[str]]:
+        """The topics ``client_id`` is subscribed to, sorted (broadcast is not listed)."""
+
+    def subscriber_count(self, topic: str) -> Deferred[int]:
+        """How many devices are subscribed to ``topic``."""
+
+    def delete_topic(self, topic: str) -> Deferred[int]:
+        """Unsubscribe every device and delete the log; how many were
+        subscribed. The topic can be used again; its log then has a new epoch."""
+
+    def publish(
+        self,
+        topic: str,
+        message: Message,
+        max_length: int,
+        idempotency_key: str | None = None,
+    ) -> Deferred[TopicEntry]:
+        """Append ``message`` to the topic's log (one write, whatever the
+        number of subscribers) and answer its position. An
+        ``idempotency_key`` seen for this topic within the store's idempotency
+        TTL appends nothing and answers the first acceptance (``duplicate``). The log keeps at most
+        ``max_length`` entries: a device whose position falls behind what
+        was trimmed so has missed messages. Expired entries are dropped and
+        the log expires with its longest-lived message."""
+
+    def topic_feed(
+        self, after: str | None, count: int, block: float
+    ) -> Deferred[tuple[str, list[FeedItem]]]:
+        """Every topic and broadcast message published after feed id
+        ``after`` (and a ``SubscriptionNotice`` per ``subscribe`` call that
+        added devices and per ``unsubscribe`` call), oldest first, at most
+        ``count``, waiting up to ``block`` seconds for the first (0: not at
+        all), and the id to read after next (each push server reads the feed
+        for its live fan-out). ``after``
+        None answers the current end and no entries: a reader starts from
+        now. The feed keeps about ``topic_keys.FEED_LENGTH`` entries; a
+        reader further behind misses some (its devices catch up from the
+        logs). Cancelling the Deferred stops the wait."""
+
+    def topic_receipt(self, message_id: str) -> Deferred[TopicReceipt | None]:
+        """The counts of a topic or broadcast message (``publish`` writes it,
+        with the topic's subscriber count as ``targeted``), kept for the
+        receipt retention after the message's TTL; None once gone or unknown."""
+
+    def count_topic_acks(self, counts: Sequence[tuple[str, int]]) -> Deferred[None]:
+        """Add ``(messageId, ACKs)`` to the receipts still kept (one batch)."""
+
+    def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
+        """For broadcast and every topic ``client_id`` is subscribed to (in
+        that order, topics sorted), the first ``limit`` unexpired entries after
+        its position, oldest first; topics with nothing to tell are left out.
+        A device with no broadcast position yet reads the whole broadcast log.
+        Where the log no longer holds everything after the position (trimmed
+        by length, or a new epoch: Redis lost it, the topic was deleted), the
+        answer says ``missed``, reads from the log's start, and moves the
+        position past the loss, so that it is said once."""
+
+    def advance(
+        self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
+    ) -> Deferred[None]:
+        """Record that the device ACKed up to each ``(topic, position)``.
+        Within an epoch a position only moves forward; a topic the device is
+        no longer subscribed to is ignored (broadcast always counts)."""
 
     # -- lifetime ------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from pigeonpush.store.interface import (
 )
 from pigeonpush.store.keys import BOUND
 from pigeonpush.store.memory_queue import MemoryQueue
+from pigeonpush.store.memory_topics import MemoryTopics
 from pigeonpush.store.memory_uplink import MemoryUplinks
 from pigeonpush.store.model import (
     Accepted,
@@ -59,7 +60,7 @@ class _ReceiptRecord:
     scheduled: bool = False
 
 
-class MemoryStore:
+class MemoryStore(MemoryTopics):
     """All shared state in dictionaries, expiring on ``clock``."""
 
     def __init__(
@@ -90,6 +91,7 @@ class MemoryStore:
         self._schedule: dict[str, tuple[float, Notification]] = {}
         self._queue = MemoryQueue(clock)
         self._uplinks = MemoryUplinks(clock, self._expiries)
+        self._init_topics()
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------

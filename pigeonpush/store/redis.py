@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.store import checks, keys, scripts
+from pigeonpush.store import checks, keys, scripts, topic_scripts
 from pigeonpush.store.address import ClusterAddress, RedisAddress
 from pigeonpush.store.interface import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -59,6 +59,7 @@ from pigeonpush.store.redis_connection import (
     is_error,
     redis_endpoint,
 )
+from pigeonpush.store.redis_topics import RedisTopics
 from pigeonpush.store.redis_uplink import dump_dead, load_dead, load_uplink, uplink_args
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ SHARD_SEPARATOR = "/"
 log = Logger()
 
 
-class RedisStore:
+class RedisStore(RedisTopics):
     """The store on Redis. Connects on first use; ``close`` releases everything.
 
     ``reply_timeout`` bounds each call's wait for Redis, a (re)connection
@@ -127,13 +128,13 @@ class RedisStore:
                 address,
                 reply_timeout=self._reply_timeout,
                 connect_timeout=self._connect_timeout,
-                scripts=scripts.ALL,
+                scripts=scripts.ALL + topic_scripts.ALL,
             )
             self._shards = address.queue_shards or CLUSTER_QUEUE_SHARDS
         else:
             self._single = address
             self._endpoint = redis_endpoint(reactor, address, self._connect_timeout)
-            self._main = self._connection(scripts.ALL)
+            self._main = self._connection(scripts.ALL + topic_scripts.ALL)
             self._shards = address.queue_shards or 1
         self._next_shard = 0
         #: blocking-read connections by node (None: the single Redis)

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Final, NoReturn
 
+from pigeonpush.topics import TOPIC_RULE, is_topic
 from pigeonpush.wire.frames import (
     MAX_UPLINK_DATA_BYTES,
     MAX_UPLINK_ID_BYTES,
@@ -36,10 +37,15 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Missed,
     Nack,
     Ping,
     Pong,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
     Uplink,
     UplinkAck,
 )
@@ -52,7 +58,7 @@ MIN_MAX_FRAME: Final = 1024
 MAX_MAX_FRAME: Final = 0xFFFFFFFF
 #: The protocol versions this implementation can speak (a server answers
 #: AUTH_FAIL VERSION to any other).
-SUPPORTED_VERSIONS: Final = frozenset({1, 2})
+SUPPORTED_VERSIONS: Final = frozenset({1, 2, 3})
 #: Longest string (in UTF-8 bytes): its length is a uint16.
 MAX_STRING_BYTES: Final = 0xFFFF
 #: Most extras pairs in one PUSH: their count is a uint16.
@@ -122,6 +128,14 @@ _LAYOUTS: Final[dict[FrameType, tuple[tuple[str, str], ...]]] = {
     FrameType.NACK: (("messageId", _STRING), ("retryAfterMs", _U32_FIELD)),
     FrameType.UPLINK: (("uplinkId", _STRING), ("data", _MAP)),
     FrameType.UPLINK_ACK: (("uplinkId", _STRING),),
+    FrameType.MISSED: (("topic", _STRING),),
+    FrameType.SUBSCRIBE: (("requestId", _U32_FIELD), ("topic", _STRING)),
+    FrameType.UNSUBSCRIBE: (("requestId", _U32_FIELD), ("topic", _STRING)),
+    FrameType.SUBSCRIPTION: (
+        ("requestId", _U32_FIELD),
+        ("code", _U8_FIELD),
+        ("reason", _STRING),
+    ),
 }
 _FIXED_WIDTH = {_U8_FIELD: 1, _U16_FIELD: 2, _U32_FIELD: 4}
 
@@ -141,9 +155,15 @@ def _utf8(value: str, field: str) -> bytes:
     return raw
 
 
-def encode_push(message_id: str, title: str, text: str, extras: Mapping[str, str]) -> bytes:
+def encode_push(
+    message_id: str, title: str, text: str, extras: Mapping[str, str], topic: str = ""
+) -> bytes:
     """A whole PUSH frame, without building a ``Push`` first (the server's hot
-    path); the same bytes as ``encode(Push(message_id, title, text, extras))``."""
+    path); the same bytes as ``encode(Push(message_id, title, text, extras,
+    topic))``. A topic (version 3) is one more string after the extras; with
+    none the frame is the version 1 and 2 PUSH."""
+    if topic:
+        return _with_topic(encode_push(message_id, title, text, extras), topic)
     try:
         m = message_id.encode()
         t = title.encode()
@@ -170,6 +190,13 @@ def encode_push(message_id: str, title: str, text: str, extras: Mapping[str, str
     except (struct.error, UnicodeEncodeError, AttributeError):
         _check_push(message_id, title, text, extras)
         raise  # pragma: no cover  (_check_push raises for everything caught here)
+
+
+def _with_topic(frame: bytes, topic: str) -> bytes:
+    """``frame`` (a whole PUSH) with the topic string appended, its length prefix updated."""
+    raw = _utf8(topic, "topic")
+    body = frame[4:] + _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
 
 
 def _encode_long_push(message_id: str, title: str, text: str, extras: Mapping[str, str]) -> bytes:
@@ -212,7 +239,7 @@ def _check_push(message_id: str, title: str, text: str, extras: Mapping[str, str
 
 
 def _encode_push(frame: Push) -> bytes:
-    return encode_push(frame.message_id, frame.title, frame.text, frame.extras)
+    return encode_push(frame.message_id, frame.title, frame.text, frame.extras, frame.topic)
 
 
 def encode_ack(message_id: str) -> bytes:
@@ -228,6 +255,30 @@ def encode_ack(message_id: str) -> bytes:
 
 def _encode_ack(frame: Ack) -> bytes:
     return encode_ack(frame.message_id)
+
+
+def _encode_request(frame: Subscribe | Unsubscribe) -> bytes:
+    kind = FrameType.SUBSCRIBE if isinstance(frame, Subscribe) else FrameType.UNSUBSCRIBE
+    if not 0 <= frame.request_id <= 0xFFFFFFFF:
+        raise EncodeError(f"requestId must be 0 to 4294967295, not {frame.request_id}")
+    raw = _utf8(frame.topic, "topic")
+    body = bytes((kind,)) + _U32.pack(frame.request_id) + _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
+
+
+def _encode_subscription(frame: Subscription) -> bytes:
+    if not 0 <= frame.request_id <= 0xFFFFFFFF:
+        raise EncodeError(f"requestId must be 0 to 4294967295, not {frame.request_id}")
+    raw = _utf8(frame.reason, "reason")
+    code = SubscriptionCode(frame.code)
+    body = bytes((FrameType.SUBSCRIPTION,)) + _U32.pack(frame.request_id) + bytes((code,))
+    body += _pack_u16(len(raw)) + raw
+    return _U32.pack(len(body)) + body
+
+
+def _encode_missed(frame: Missed) -> bytes:
+    raw = _utf8(frame.topic, "topic")
+    return _PREFIX_TYPE_U16.pack(3 + len(raw), FrameType.MISSED, len(raw)) + raw
 
 
 def encode_nack(message_id: str, retry_after: float = 0.0) -> bytes:
@@ -355,6 +406,10 @@ _ENCODERS: Final[dict[type, Callable[[object], bytes]]] = {
     Nack: _encode_nack,  # type: ignore[dict-item]
     Uplink: _encode_uplink,  # type: ignore[dict-item]
     UplinkAck: _encode_uplink_ack,  # type: ignore[dict-item]
+    Missed: _encode_missed,  # type: ignore[dict-item]
+    Subscribe: _encode_request,  # type: ignore[dict-item]
+    Unsubscribe: _encode_request,  # type: ignore[dict-item]
+    Subscription: _encode_subscription,  # type: ignore[dict-item]
 }
 
 
@@ -419,13 +474,18 @@ def _decode_push(data: bytes) -> Push:
             start = end + 2
             end = start + (data[end] << 8 | data[end + 1])
             extras[key] = data[start:end].decode()
+        topic = ""
+        if end < len(data):  # version 3: the topic it came through
+            start = end + 2
+            end = start + (data[end] << 8 | data[end + 1])
+            topic = data[start:end].decode()
     except (IndexError, UnicodeDecodeError):
         _explain(data)
     if end != len(data):
         _explain(data)
     if len(extras) != count:
         raise DecodeError(ErrorCode.MALFORMED, "PUSH: extras has a key more than once")
-    return Push(message_id, title, text, extras)
+    return Push(message_id, title, text, extras, topic)
 
 
 def ack_message_id(payload: bytes) -> str:
@@ -444,6 +504,50 @@ def ack_message_id(payload: bytes) -> str:
 
 def _decode_ack(data: bytes) -> Ack:
     return Ack(ack_message_id(data))
+
+
+def _decode_request(data: bytes) -> Subscribe | Unsubscribe:
+    try:
+        (request_id,) = _U32.unpack_from(data, 1)
+        end = 7 + (data[5] << 8 | data[6])
+        topic = data[7:end].decode()
+    except (IndexError, UnicodeDecodeError, struct.error):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    if not is_topic(topic):
+        name = FrameType(data[0]).name
+        raise DecodeError(ErrorCode.MALFORMED, f"{name}: the topic must be {TOPIC_RULE}")
+    if data[0] == FrameType.SUBSCRIBE:
+        return Subscribe(request_id, topic)
+    return Unsubscribe(request_id, topic)
+
+
+def _decode_subscription(data: bytes) -> Subscription:
+    try:
+        (request_id,) = _U32.unpack_from(data, 1)
+        code = data[5]
+        end = 8 + (data[6] << 8 | data[7])
+        reason = data[8:end].decode()
+    except (IndexError, UnicodeDecodeError, struct.error):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    try:
+        return Subscription(request_id, SubscriptionCode(code), reason)
+    except ValueError:
+        _unknown_code(FrameType.SUBSCRIPTION, code)
+
+
+def _decode_missed(data: bytes) -> Missed:
+    try:
+        end = 3 + (data[1] << 8 | data[2])
+        topic = data[3:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        _explain(data)
+    if end != len(data):
+        _explain(data)
+    return Missed(topic)
 
 
 def _decode_nack(data: bytes) -> Nack:
@@ -593,6 +697,10 @@ _DECODERS: Final[tuple[Callable[[bytes], Frame], ...]] = tuple(
         FrameType.NACK: _decode_nack,
         FrameType.UPLINK: _decode_uplink,
         FrameType.UPLINK_ACK: _decode_uplink_ack,
+        FrameType.MISSED: _decode_missed,
+        FrameType.SUBSCRIBE: _decode_request,
+        FrameType.UNSUBSCRIBE: _decode_request,
+        FrameType.SUBSCRIPTION: _decode_subscription,
     }.get(type_byte, _unknown_type)  # type: ignore[call-overload]
     for type_byte in range(256)
 )
@@ -633,6 +741,8 @@ def _explain(data: bytes) -> NoReturn:
             for index in range(count):
                 offset = _explain_string(data, offset, name, f"{field} key {index}")
                 offset = _explain_string(data, offset, name, f"{field} value {index}")
+    if frame_type is FrameType.PUSH and offset < end:  # version 3's topic
+        offset = _explain_string(data, offset, name, "topic")
     if offset != end:
         extra = end - offset
         raise DecodeError(

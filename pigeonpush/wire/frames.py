@@ -11,12 +11,15 @@ from collections.abc import Mapping
 import attrs
 
 #: The protocol version this implementation speaks (sent in AUTH). Version 2
-#: is version 1 plus NACK, UPLINK and UPLINK_ACK.
-PROTOCOL_VERSION = 2
+#: is version 1 plus NACK, UPLINK and UPLINK_ACK; version 3 is version 2 plus
+#: the topic of a PUSH, SUBSCRIBE, UNSUBSCRIBE, SUBSCRIPTION and MISSED.
+PROTOCOL_VERSION = 3
 #: The first version in which a client may send NACK.
 NACK_VERSION = 2
 #: The first version in which a client may send UPLINK.
 UPLINK_VERSION = 2
+#: The first version whose PUSH may end with the topic it came through.
+TOPIC_VERSION = 3
 #: Longest uplinkId, in bytes of UTF-8 (an id the device chose; 1 byte at least).
 MAX_UPLINK_ID_BYTES = 64
 #: Most bytes of UTF-8 in an UPLINK's data: the sum over its keys and values.
@@ -43,6 +46,10 @@ class FrameType(enum.IntEnum):
     NACK = 0x0A  #: protocol version 2 and later
     UPLINK = 0x0B  #: protocol version 2 and later
     UPLINK_ACK = 0x0C  #: protocol version 2 and later
+    SUBSCRIBE = 0x0D  #: protocol version 3 and later, client to server
+    UNSUBSCRIBE = 0x0E  #: protocol version 3 and later, client to server
+    SUBSCRIPTION = 0x0F  #: the answer to either, server to client
+    MISSED = 0x10  #: protocol version 3 and later, server to client
 
 
 class AuthFailCode(enum.IntEnum):
@@ -60,6 +67,15 @@ class KickReason(enum.IntEnum):
     REPLACED = 1  #: the same clientId logged in again
     SHUTTING_DOWN = 2  #: the server is draining; reconnect through reglog
     POLICY = 3  #: an operator or policy ended the session
+
+
+class SubscriptionCode(enum.IntEnum):
+    """The answer to SUBSCRIBE or UNSUBSCRIBE."""
+
+    OK = 0  #: done (also when nothing changed: it already was so)
+    NOT_ALLOWED = 1  #: the operator's --device-topics does not allow this topic
+    TOO_MANY = 2  #: the device already holds the most topics it may
+    UNAVAILABLE = 3  #: the server could not reach the store; try again later
 
 
 class ErrorCode(enum.IntEnum):
@@ -110,6 +126,9 @@ class Push:
     title: str
     text: str
     extras: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: the topic it came through (version 3; "" for none: to clientIds, or
+    #: a session of an older version); ``*`` for broadcast
+    topic: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -158,8 +177,56 @@ class Error:
     text: str = ""
 
 
+@attrs.frozen(slots=True)
+class Missed:
+    """The topic's log no longer holds everything the client has not ACKed
+    (trimmed, or lost by the store): some messages of it will never come."""
+
+    topic: str  #: the topic, or ``*`` for broadcast
+
+
+@attrs.frozen(slots=True)
+class Subscribe:
+    """Subscribe this device to ``topic`` (answered by SUBSCRIPTION)."""
+
+    request_id: int  #: chosen by the client, echoed in the answer
+    topic: str
+
+
+@attrs.frozen(slots=True)
+class Unsubscribe:
+    """Unsubscribe this device from ``topic`` (answered by SUBSCRIPTION)."""
+
+    request_id: int
+    topic: str
+
+
+@attrs.frozen(slots=True)
+class Subscription:
+    """The answer to SUBSCRIBE or UNSUBSCRIBE ``request_id``."""
+
+    request_id: int
+    code: SubscriptionCode
+    reason: str = ""
+
+
 Frame = (
-    Auth | AuthOk | AuthFail | Ping | Pong | Push | Ack | Kick | Error | Nack | Uplink | UplinkAck
+    Auth
+    | AuthOk
+    | AuthFail
+    | Ping
+    | Pong
+    | Push
+    | Ack
+    | Kick
+    | Error
+    | Nack
+    | Uplink
+    | UplinkAck
+    | Missed
+    | Subscribe
+    | Unsubscribe
+    | Subscription
 )
 
 PING = Ping()

@@ -19,6 +19,7 @@ from pigeonpush.server.session import Session, SessionEvents, State
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PONG, PREFIX_BYTES, decode, encode
 from pigeonpush.wire.frames import (
     NACK_VERSION,
+    TOPIC_VERSION,
     UPLINK_VERSION,
     Ack,
     Auth,
@@ -27,6 +28,8 @@ from pigeonpush.wire.frames import (
     KickReason,
     Nack,
     Ping,
+    Subscribe,
+    Unsubscribe,
     Uplink,
 )
 from pigeonpush.wire.protocol import FrameTooLarge
@@ -121,6 +124,9 @@ class FakeDevice:
                 return
             if isinstance(frame, Uplink) and session.version >= UPLINK_VERSION:
                 self.hub.uplinked(session, frame)
+                return
+            if isinstance(frame, Subscribe | Unsubscribe) and session.version >= TOPIC_VERSION:
+                self.hub.subscription_requested(session, frame)
                 return
         elif isinstance(frame, Auth) and session.state == State.AWAITING_AUTH:
             self.hub.authenticate(session, frame)

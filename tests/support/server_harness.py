@@ -95,6 +95,9 @@ class GatedStore(MemoryStore):
             "end_session", lambda: super(GatedStore, self).end_session(client_id, token, server)
         )
 
+    def catch_up(self, client_id: str, limit: int) -> Deferred[Any]:
+        return self._gate("catch_up", lambda: super(GatedStore, self).catch_up(client_id, limit))
+
     def bodies(self, message_ids: Any) -> Deferred[Any]:
         return self._gate("bodies", lambda: super(GatedStore, self).bodies(message_ids))
 

@@ -32,6 +32,7 @@ import {
   RetryLater,
   RouteLookupFailed,
   SessionReplaced,
+  SubscriptionFailed,
   UplinkNotSent,
 } from "./errors.js";
 import {
@@ -60,6 +61,18 @@ export const ClientState = Object.freeze({
 export const AVOID_SECONDS = 60;
 /** clientId grammar, as reglog checks it. */
 export const CLIENT_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * The version to try after a server refused `refused`: the newest older one
+ * among the numbers its AUTH_FAIL reason lists ("this server speaks 1, 2", or
+ * after a colon), else version 1, which every server speaks.
+ */
+export function fallbackVersion(refused, reason) {
+  const match = /(?:speaks|:)(?!.*(?:speaks|:))(.*)$/s.exec(reason);
+  const named = match ? (match[1].match(/\d+/g) || []).map(Number) : [];
+  const older = named.filter((version) => version >= 1 && version < refused);
+  return older.length ? Math.max(...older) : 1;
+}
 
 /** The events a PushClient dispatches; `event.detail` carries the fields. */
 export class PushClientEvent extends Event {
@@ -215,7 +228,7 @@ export class PushClient extends EventTarget {
     return this._gaveUp;
   }
 
-  /** The protocol version the next AUTH carries (1 after a server refused 2). */
+  /** The protocol version the next AUTH carries (lower after a server refused it). */
   get protocolVersion() {
     return this._version;
   }
@@ -616,11 +629,15 @@ export class PushClient extends EventTarget {
     // asks reglog for a fresh token.
     this._authRefused = true;
     if (frame.code === "VERSION" && this._version > 1) {
-      // A server older than NACK (a rolling upgrade): speak version 1 from now on.
-      this._log.info("The server does not speak protocol version 2; using version 1", {
+      // An older server (a rolling upgrade): speak the newest version it names
+      // below ours (version 2: no topics; 1: no NACK nor uplinks).
+      const older = fallbackVersion(this._version, frame.reason || "");
+      this._log.info("The server does not speak this protocol version; using an older one", {
         server: session.server,
+        version: this._version,
+        older,
       });
-      this._version = 1;
+      this._version = older;
       return;
     }
     if (frame.code === "VERSION") {
@@ -659,6 +676,7 @@ export class PushClient extends EventTarget {
   }
 
   _sessionEnded(session, reason) {
+    this._failRequests(session);
     if (session !== this._session) return;
     this._session = null;
     this._online = null;
@@ -683,6 +701,54 @@ export class PushClient extends EventTarget {
     this._emit("offline", detail);
   }
 
+  /** Subscribe this device to `topic` (protocol version 3; --device-topics). */
+  subscribe(topic) {
+    return this._request("SUBSCRIBE", topic);
+  }
+
+  /** Leave `topic`; as `subscribe`. */
+  unsubscribe(topic) {
+    return this._request("UNSUBSCRIBE", topic);
+  }
+
+  _request(type, topic) {
+    if (typeof topic !== "string" || !/^[A-Za-z0-9._~-]{1,128}$/.test(topic)) {
+      return Promise.reject(new TypeError(`not a topic name: ${JSON.stringify(topic)}`));
+    }
+    this._requests ??= new Map();
+    this._nextRequest = ((this._nextRequest ?? 0) % 0xffffffff) + 1;
+    const requestId = this._nextRequest;
+    const session = this._session;
+    if (session === null || !session.sendRequest(type, requestId, topic)) {
+      return Promise.reject(new SubscriptionFailed("OFFLINE", "no session of protocol version 3"));
+    }
+    return new Promise((resolve, reject) => {
+      this._requests.set(requestId, { session, resolve, reject });
+    });
+  }
+
+  _subscriptionAnswered(session, frame) {
+    const waiting = this._requests?.get(frame.requestId);
+    if (waiting === undefined) return;
+    this._requests.delete(frame.requestId);
+    if (frame.code === "OK") waiting.resolve();
+    else waiting.reject(new SubscriptionFailed(frame.code, frame.reason));
+  }
+
+  _failRequests(session) {
+    for (const [requestId, waiting] of this._requests ?? []) {
+      if (waiting.session !== session) continue;
+      this._requests.delete(requestId);
+      waiting.reject(new SubscriptionFailed("DISCONNECTED", "the session ended before the answer"));
+    }
+  }
+
+  _messagesMissed(session, frame) {
+    // The server's log of the topic no longer holds everything this device
+    // had not received: some of its messages will never come.
+    this._emit("missed", { topic: frame.topic });
+  }
+
   _pushReceived(session, frame) {
     const { messageId } = frame;
     if (this._recent.has(messageId)) {
@@ -705,6 +771,7 @@ export class PushClient extends EventTarget {
       title: frame.title,
       text: frame.text,
       extras: Object.freeze(frame.extras),
+      topic: frame.topic ?? null,
       receivedAt: new Date(this._clock.now()),
     });
     this._emit("message", { message });

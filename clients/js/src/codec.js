@@ -1,4 +1,4 @@
-// The PigeonPush wire protocol (docs/protocol.rst), version 2: frames as
+// The PigeonPush wire protocol (docs/protocol.rst), version 3: frames as
 // plain objects with the field names of the specification, to and from bytes.
 //
 // A frame is `{type: "PUSH", messageId, title, text, extras}` and so on; codes
@@ -8,7 +8,7 @@
 // stream (TCP) each frame has its u32 length first (`encode` / `FrameReader`).
 
 /** The protocol version this client sends in AUTH. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The first version with NACK. */
 export const NACK_VERSION = 2;
 /** The first version with UPLINK and UPLINK_ACK. */
@@ -20,7 +20,7 @@ export const MAX_UPLINK_PAIRS = 64;
 /** Most bytes of UTF-8 over an UPLINK's data keys and values. */
 export const MAX_UPLINK_DATA_BYTES = 4096;
 /** The versions this codec speaks. */
-export const SUPPORTED_VERSIONS = Object.freeze([1, 2]);
+export const SUPPORTED_VERSIONS = Object.freeze([1, 2, 3]);
 /** The frame limit (`length`: type + body) until AUTH_OK says otherwise. */
 export const DEFAULT_MAX_FRAME = 8192;
 /** The smallest `maxFrame` a server may announce. */
@@ -49,6 +49,10 @@ export const FrameType = Object.freeze({
   NACK: 0x0a,
   UPLINK: 0x0b,
   UPLINK_ACK: 0x0c,
+  SUBSCRIBE: 0x0d, // version 3, client to server
+  UNSUBSCRIBE: 0x0e, // version 3, client to server
+  SUBSCRIPTION: 0x0f, // version 3: the answer to either
+  MISSED: 0x10, // version 3, server to client
 });
 
 /** AUTH_FAIL code name -> code. */
@@ -70,6 +74,10 @@ const TYPE_NAMES = invert(FrameType);
 const AUTH_FAIL_NAMES = invert(AuthFailCode);
 const KICK_NAMES = invert(KickReason);
 const ERROR_NAMES = invert(ErrorCode);
+/** SUBSCRIPTION code name -> code (version 3). */
+const SubscriptionCode = Object.freeze({ OK: 0, NOT_ALLOWED: 1, TOO_MANY: 2, UNAVAILABLE: 3 });
+const SUBSCRIPTION_NAMES = invert(SubscriptionCode);
+const TOPIC = /^[A-Za-z0-9._~-]{1,128}$/;
 
 function invert(table) {
   const names = new Map();
@@ -237,9 +245,25 @@ export function encodePayload(frame) {
       w.string(frame.title, "title");
       w.string(frame.text, "text");
       w.map(frame.extras, "extras");
+      if (frame.topic) {
+        w.string(frame.topic, "topic"); // version 3
+      }
       break;
     case "ACK":
       w.string(frame.messageId, "messageId");
+      break;
+    case "MISSED":
+      w.string(frame.topic, "topic");
+      break;
+    case "SUBSCRIBE":
+    case "UNSUBSCRIBE":
+      w.u32(frame.requestId, "requestId");
+      w.string(frame.topic, "topic");
+      break;
+    case "SUBSCRIPTION":
+      w.u32(frame.requestId, "requestId");
+      w.u8(code(SubscriptionCode, frame.code, "code"));
+      w.string(frame.reason ?? "", "reason");
       break;
     case "NACK":
       w.string(frame.messageId, "messageId");
@@ -416,9 +440,30 @@ export function decode(payload) {
         text: r.string("text"),
         extras: r.map("extras"),
       };
+      if (r.offset < r.bytes.length) {
+        frame.topic = r.string("topic"); // version 3: the topic it came through
+      }
       break;
     case "ACK":
       frame = { type, messageId: r.string("messageId") };
+      break;
+    case "MISSED":
+      frame = { type, topic: r.string("topic") };
+      break;
+    case "SUBSCRIBE":
+    case "UNSUBSCRIBE":
+      frame = { type, requestId: r.u32("requestId"), topic: r.string("topic") };
+      if (!TOPIC.test(frame.topic)) {
+        throw new DecodeError("MALFORMED", `${type}: the topic breaks the topic grammar`);
+      }
+      break;
+    case "SUBSCRIPTION":
+      frame = {
+        type,
+        requestId: r.u32("requestId"),
+        code: r.codeOf(SUBSCRIPTION_NAMES, "code"),
+        reason: r.string("reason"),
+      };
       break;
     case "NACK":
       frame = { type, messageId: r.string("messageId"), retryAfterMs: r.u32("retryAfterMs") };

@@ -39,6 +39,21 @@ export class ProtocolVersionRefused extends PushClientError {}
 export class SessionReplaced extends PushClientError {}
 
 /**
+ * A `subscribe` or `unsubscribe` did not happen: `code` is the server's answer
+ * (`NOT_ALLOWED`: not in the operator's --device-topics; `TOO_MANY`;
+ * `UNAVAILABLE`: try again), `OFFLINE` (no session of protocol version 3
+ * now) or `DISCONNECTED` (the session ended before the answer; try again).
+ */
+export class SubscriptionFailed extends Error {
+  constructor(code, reason = "") {
+    super(reason ? `${code}: ${reason}` : code);
+    this.name = "SubscriptionFailed";
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/**
  * Throw it (or reject with it) from the message callback to ask for the
  * message again after `retryAfter` seconds; any other error leaves the delay
  * to the server's backoff.

@@ -255,6 +255,12 @@ export class Session {
       case "PUSH":
         this._owner._pushReceived(this, frame);
         break;
+      case "MISSED":
+        this._owner._messagesMissed(this, frame);
+        break;
+      case "SUBSCRIPTION":
+        this._owner._subscriptionAnswered(this, frame);
+        break;
       case "PONG":
         break; // _received already counted it
       case "UPLINK_ACK":
@@ -319,6 +325,13 @@ export class Session {
    * version 1 session cannot, and the server's ACK timeout brings the message
    * back instead. True if sent.
    */
+  /** SUBSCRIBE or UNSUBSCRIBE, if this session can carry it (version 3). True if sent. */
+  sendRequest(type, requestId, topic) {
+    if (!this.authenticated || this.closing || this.version < 3) return false;
+    this._send(encodePayload({ type, requestId, topic }));
+    return true;
+  }
+
   sendNack(messageId, retryAfter = 0) {
     if (!this.authenticated || this.closing || this.version < NACK_VERSION) return false;
     let retryAfterMs = Math.round(retryAfter * 1000);

@@ -19,6 +19,7 @@ import {
   parseRoute,
   websocketUrl,
 } from "../pigeonpush.js";
+import { fallbackVersion } from "../src/client.js";
 import { avoidList } from "../src/route.js";
 import { FakeClock, FakeWebSocket, flush, scriptedFetch } from "./fakes.js";
 
@@ -93,7 +94,7 @@ const push = (messageId, extras = {}) => ({
 });
 
 describe("connecting", () => {
-  test("route, WebSocket with the subprotocol, AUTH version 2 first, AUTH_OK: online", async (t) => {
+  test("route, WebSocket with the subprotocol, AUTH version 3 first, AUTH_OK: online", async (t) => {
     const h = harness(t);
     h.client.start();
     assert.equal(h.client.state, ClientState.ROUTING);
@@ -105,7 +106,7 @@ describe("connecting", () => {
     assert.equal(ws.binaryType, "arraybuffer");
     ws.accept();
     assert.equal(h.client.state, ClientState.AUTHENTICATING);
-    assert.deepEqual(ws.sent, [{ type: "AUTH", version: 2, clientId: "device-1", token: "tok-1" }]);
+    assert.deepEqual(ws.sent, [{ type: "AUTH", version: 3, clientId: "device-1", token: "tok-1" }]);
     const online = h.client.whenOnline();
     ws.authOk({ heartbeatMs: 20000, maxFrame: 4096, ackWindow: 8 });
     assert.equal(h.client.state, ClientState.ONLINE);
@@ -767,6 +768,32 @@ describe("AUTH_FAIL", () => {
     assert.equal(h.events.at(-1).sent, false);
   });
 
+  test("VERSION: the next session speaks the newest version the server lists", async (t) => {
+    const h = harness(t);
+    h.client.start();
+    await flush();
+    h.last().accept();
+    h.last().receive({
+      type: "AUTH_FAIL",
+      code: "VERSION",
+      reason: "protocol version 3 is not supported; this server speaks 1, 2",
+    });
+    h.last().closed();
+    await h.tick(1);
+    const ws = h.last();
+    ws.accept();
+    assert.equal(ws.sent[0].version, 2);
+    assert.equal(h.client.protocolVersion, 2);
+  });
+
+  test("fallbackVersion reads the versions after 'speaks' or a colon, else 1", () => {
+    assert.equal(fallbackVersion(3, "this server speaks 1, 2"), 2);
+    assert.equal(fallbackVersion(3, "supported versions: 1"), 1);
+    assert.equal(fallbackVersion(3, "supported versions: 3"), 1);
+    assert.equal(fallbackVersion(3, "no reason"), 1);
+    assert.equal(fallbackVersion(2, "this server speaks 1, 3"), 1);
+  });
+
   test("VERSION to version 1 too: gives up with ProtocolVersionRefused", async (t) => {
     const h = harness(t);
     h.client.start();
@@ -1138,5 +1165,46 @@ describe("route answers", () => {
   });
   test("websocketUrl refuses tcp and tls with a sentence", () => {
     assert.throws(() => websocketUrl(parseRoute({ ...good, transport: "tls" })), /needs ws or wss/);
+  });
+});
+
+describe("topics (protocol version 3)", () => {
+  test("a PUSH through a topic says it; subscribe waits for the answer", async (t) => {
+    const seen = [];
+    const missed = [];
+    const h = harness(t, { onMessage: (message) => seen.push(message) });
+    h.client.on("missed", (event) => missed.push(event.detail.topic));
+    await assert.rejects(h.client.subscribe("news"), (e) => e.code === "OFFLINE");
+    const ws = await h.online();
+    ws.receive({ ...push("m1"), topic: "news" });
+    ws.receive(push("m2"));
+    ws.receive({ type: "MISSED", topic: "news" });
+    await flush();
+    assert.deepEqual(
+      seen.map((m) => [m.messageId, m.topic]),
+      [
+        ["m1", "news"],
+        ["m2", null],
+      ],
+    );
+    assert.deepEqual(missed, ["news"]);
+
+    const subscribing = h.client.subscribe("public.news");
+    const leaving = h.client.unsubscribe("private");
+    const [subscribe, unsubscribe] = ws.sent.filter((f) => f.type.endsWith("SUBSCRIBE"));
+    assert.equal(subscribe.topic, "public.news");
+    ws.receive({ type: "SUBSCRIPTION", requestId: subscribe.requestId, code: "OK", reason: "" });
+    ws.receive({
+      type: "SUBSCRIPTION",
+      requestId: unsubscribe.requestId,
+      code: "NOT_ALLOWED",
+      reason: "not for devices",
+    });
+    await subscribing;
+    await assert.rejects(leaving, (e) => e.code === "NOT_ALLOWED");
+    await assert.rejects(h.client.subscribe("no spaces"), TypeError);
+    const cut = h.client.subscribe("news");
+    ws.closed(1006);
+    await assert.rejects(cut, (e) => e.code === "DISCONNECTED");
   });
 });

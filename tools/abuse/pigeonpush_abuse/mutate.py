@@ -29,8 +29,13 @@ from pigeonpush.wire.frames import (
     FrameType,
     Kick,
     KickReason,
+    Missed,
     Nack,
     Push,
+    Subscribe,
+    Subscription,
+    SubscriptionCode,
+    Unsubscribe,
     Uplink,
     UplinkAck,
 )
@@ -76,6 +81,10 @@ def seed_frames(client_id: str = "abuse-0", token: str = "t" * 22) -> list[bytes
         Nack("01J8Z0000000000000000000AA", 2.0),
         Uplink("up-1", {"k": "v"}),
         UplinkAck("up-1"),
+        Subscribe(1, "public.news"),
+        Unsubscribe(2, "public.news"),
+        Subscription(1, SubscriptionCode.OK),
+        Missed("public.news"),
     ]
     return [encode(frame) for frame in frames]
 

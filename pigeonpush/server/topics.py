@@ -1,0 +1,426 @@
+"""Topic and broadcast messages for a push server's devices: catch-up from
+the topic logs, the live fan-out from the topic feed, and positions advanced
+by ACKs (docs/audiences.rst).
+
+On AUTH_OK and on the heartbeat pull the hub asks ``TopicFeed.catch_up``:
+one ``store.catch_up`` reads what the device has not ACKed in broadcast and
+in each topic it is subscribed to, and the entries go through the hub's
+``push`` like any pulled message (window, ACK timeout, redelivery).
+
+Live: ``FeedReader`` reads the store's topic feed (each server reads every
+topic message once) and hands the entries to ``TopicFeed.live``, which
+encodes each PUSH once and writes it to the local sessions subscribed to its
+topic (every caught-up session for broadcast): ``topic -> sessions`` is
+loaded from the store (``device_topics``) at each catch-up. A message the
+live path cannot write (window full, a session not caught up yet) is left to
+the next catch-up.
+
+A device's position in a topic moves only over a run of ACKs without a gap:
+ACKs can come out of order (a NACKed message comes again later), and moving
+past an entry that is not ACKed would lose it for the next catch-up. A
+message the hub gives up on (``--max-attempts``) counts as settled, as its
+unicast twin leaves WAIT_ACK. Positions are written once per reactor turn
+per device (``store.advance``); a failed write is only logged: the entries
+come again, and the SDK drops the repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pigeonpush.rpc import PushItem, PushStatus
+from pigeonpush.server.session import Session
+from pigeonpush.store.interface import Store, StoreError
+from pigeonpush.store.model import Message
+from pigeonpush.store.topic_model import (
+    CatchUp,
+    FeedItem,
+    SubscriptionNotice,
+    TopicEntry,
+    TopicPosition,
+    offset_key,
+)
+from pigeonpush.topics import BROADCAST
+from pigeonpush.wire.codec import EncodeError, encode, encode_push
+from pigeonpush.wire.frames import TOPIC_VERSION, Missed
+
+#: Entries read per topic per catch-up.
+CATCH_UP_LIMIT = 100
+
+
+@attrs.frozen(slots=True)
+class TopicFrames:
+    """One topic message's PUSH, encoded once per protocol generation: with
+    its topic (version 3 and later) and without (older sessions)."""
+
+    with_topic: bytes
+    without_topic: bytes
+
+    @classmethod
+    def of(cls, message: Message, topic: str) -> TopicFrames:
+        plain = encode_push(message.message_id, message.title, message.text, message.extras)
+        return cls(
+            encode_push(message.message_id, message.title, message.text, message.extras, topic),
+            plain,
+        )
+
+    def for_version(self, version: int) -> bytes:
+        return self.with_topic if version >= TOPIC_VERSION else self.without_topic
+
+
+@attrs.define(slots=True, eq=False)
+class _Track:
+    """One session's topic entries in flight, per topic in log order."""
+
+    #: messageId -> its topic
+    topic_of: dict[str, str] = attrs.field(factory=dict)
+    #: topic -> [(messageId, position)] after the stored position, oldest first
+    #: (the offset as a sortable pair rides along: parsed once per entry)
+    order: dict[str, list[tuple[str, TopicPosition, tuple[int, int]]]] = attrs.field(factory=dict)
+    #: messageIds ACKed (or given up on) and not yet behind the position
+    settled: set[str] = attrs.field(factory=set)
+    #: topics whose last catch-up read everything after the position: a live
+    #: entry may join their ``order`` (else it is read again)
+    complete: set[str] = attrs.field(factory=set)
+    #: the topics the device is subscribed to (broadcast not included)
+    topics: frozenset[str] = frozenset()
+    reading: bool = False
+    #: a catch-up read has been handed out: live entries may follow on it
+    caught_up: bool = False
+    #: a live entry was held back (a read was on its way, or the last one was
+    #: not complete): read again once the current read is done
+    stale: bool = False
+
+
+class TopicFeed:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        push: Callable[[Sequence[PushItem]], Deferred[list[PushStatus]]],
+        write_frame: Callable[[Session, str, TopicFrames], PushStatus],
+        sessions: Mapping[str, Session],
+        *,
+        count: Callable[[list[PushStatus]], None] = lambda statuses: None,
+        limit: int = CATCH_UP_LIMIT,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._push = push
+        self._write_frame = write_frame
+        self._count = count
+        #: clientId -> its live session (the hub's table)
+        self._sessions = sessions
+        self._limit = limit
+        self._tracks: dict[Session, _Track] = {}
+        #: topic -> the local sessions subscribed to it
+        self._subscribers: dict[str, set[Session]] = {}
+        #: clientId -> topic -> position to write at the end of this turn
+        self._advances: dict[str, dict[str, TopicPosition]] = {}
+        self._flush_call: IDelayedCall | None = None
+        #: messageId -> ACKs to count in its receipt at the end of this turn
+        self._acks: dict[str, int] = {}
+
+    def catch_up(self, session: Session) -> None:
+        """Read and push what ``session``'s device has not ACKed (one read at a time)."""
+        track = self._tracks.setdefault(session, _Track())
+        if session.client_id is None:
+            return
+        if track.reading:
+            track.stale = True  # read again once this read is done
+            return
+        track.reading = True
+        client_id = session.client_id
+        reading = ensureDeferred(self._catch_up(session, client_id, track))
+        reading.addErrback(self._failed, client_id)
+
+    async def _catch_up(self, session: Session, client_id: str, track: _Track) -> None:
+        try:
+            topics = await self._store.device_topics(client_id)
+            found = await self._store.catch_up(client_id, self._limit)
+        finally:
+            track.reading = False
+        if self._tracks.get(session) is not track:
+            return  # disconnected meanwhile
+        self._index(session, track, frozenset(topics))
+        self._read(found, session, track)
+        track.caught_up = True
+        if track.stale:
+            # Live entries were held back meanwhile: read them in order now.
+            track.stale = False
+            self.catch_up(session)
+
+    def _index(self, session: Session, track: _Track, topics: frozenset[str]) -> None:
+        for gone in track.topics - topics:
+            self._unindex(session, gone)
+        for topic in topics - track.topics:
+            self._subscribers.setdefault(topic, set()).add(session)
+        track.topics = topics
+
+    def _unindex(self, session: Session, topic: str) -> None:
+        sessions = self._subscribers.get(topic)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._subscribers[topic]
+
+    def _read(self, found: list[CatchUp], session: Session, track: _Track) -> None:
+        client_id = session.client_id
+        assert client_id is not None
+        items: list[PushItem] = []
+        caught_topics = {caught.topic for caught in found}
+        for topic in (track.topics | {BROADCAST}) - caught_topics:
+            # Nothing after the position: live entries may follow on.
+            track.order[topic] = []
+            track.complete.add(topic)
+        for caught in found:
+            if caught.missed:
+                self.log.info(
+                    "{client_id} missed messages of topic {topic}: its log no longer holds them",
+                    client_id=client_id,
+                    topic=caught.topic,
+                )
+                if session.version >= TOPIC_VERSION:
+                    session.channel.send(encode(Missed(caught.topic)))
+            order: list[tuple[str, TopicPosition, tuple[int, int]]] = []
+            for entry in caught.entries:
+                message = entry.message
+                order.append(
+                    (message.message_id, entry.position, offset_key(entry.position.offset))
+                )
+                track.topic_of[message.message_id] = caught.topic
+                if message.message_id not in track.settled:
+                    items.append(
+                        PushItem(
+                            client_id,
+                            message.message_id,
+                            message.title,
+                            message.text,
+                            message.extras,
+                            topic=caught.topic,
+                        )
+                    )
+            track.order[caught.topic] = order
+            if len(caught.entries) < self._limit:
+                track.complete.add(caught.topic)
+            else:
+                track.complete.discard(caught.topic)
+            self._advance_over_settled(client_id, track, caught.topic)
+        if items:
+            self._push(items).addErrback(self._failed, client_id)
+
+    def live(self, entries: Sequence[FeedItem]) -> None:
+        """Entries from the topic feed: each written, encoded once, to the
+        local sessions subscribed to its topic (every caught-up one for
+        broadcast); a local device whose subscriptions changed reads its
+        topics again now."""
+        for entry in entries:
+            if isinstance(entry, SubscriptionNotice):
+                for client_id in entry.client_ids:
+                    session = self._sessions.get(client_id)
+                    if session is not None and session in self._tracks:
+                        self.catch_up(session)
+                continue
+            if entry.topic == BROADCAST:
+                sessions: Sequence[Session] = list(self._tracks)
+            else:
+                sessions = list(self._subscribers.get(entry.topic, ()))
+            if not sessions:
+                continue
+            message = entry.message
+            key = offset_key(entry.position.offset)
+            try:
+                frame = TopicFrames.of(message, entry.topic)
+            except EncodeError as e:
+                self.log.warn(
+                    "Topic message {message_id} cannot be encoded: {why}",
+                    message_id=message.message_id,
+                    why=str(e),
+                )
+                continue
+            statuses: list[PushStatus] = []
+            for session in sessions:
+                track = self._tracks.get(session)
+                if track is None or message.message_id in track.topic_of:
+                    continue  # closed, or read (or written) already
+                if track.reading or not track.caught_up or entry.topic not in track.complete:
+                    # Written now, it could overtake entries not read yet:
+                    # the next read brings it in log order.
+                    track.stale = True
+                    continue
+                self._follow(track, entry, key)
+                statuses.append(self._write_frame(session, message.message_id, frame))
+            self._count(statuses)
+
+    def _follow(self, track: _Track, entry: TopicEntry, key: tuple[int, int]) -> None:
+        """Track a live entry for its ACK, in log order among the entries of
+        its topic (two publishers may put entries of one topic in the feed
+        in the other order): the position never passes it unsettled."""
+        track.topic_of[entry.message.message_id] = entry.topic
+        order = track.order.setdefault(entry.topic, [])
+        if order and order[-1][1].epoch != entry.position.epoch:
+            return  # a new life of the log: the next catch-up tells
+        at = len(order)
+        while at and order[at - 1][2] > key:
+            at -= 1
+        order.insert(at, (entry.message.message_id, entry.position, key))
+
+    def settled(self, session: Session, message_ids: Sequence[str], *, acked: bool) -> bool:
+        """The device ACKed these (``acked``: counted in their receipts) or
+        the hub gave up on them; ids of no topic entry are ignored. True when
+        every id was one of this session's topic entries (no WAIT_ACK to clean)."""
+        track = self._tracks.get(session)
+        client_id = session.client_id
+        if track is None or client_id is None:
+            return False
+        all_topic = True
+        for message_id in message_ids:
+            topic = track.topic_of.get(message_id)
+            if topic is None:
+                all_topic = False
+                continue
+            if message_id in track.settled:
+                continue
+            track.settled.add(message_id)
+            if acked:
+                self._acks[message_id] = self._acks.get(message_id, 0) + 1
+                self._flush_soon()
+            self._advance_over_settled(client_id, track, topic)
+        return all_topic
+
+    def _advance_over_settled(self, client_id: str, track: _Track, topic: str) -> None:
+        order = track.order.get(topic)
+        if not order:
+            return
+        passed = 0
+        while passed < len(order) and order[passed][0] in track.settled:
+            passed += 1
+        if not passed:
+            return
+        position = order[passed - 1][1]
+        for message_id, _, _ in order[:passed]:
+            track.settled.discard(message_id)
+            track.topic_of.pop(message_id, None)
+        del order[:passed]
+        self._advances.setdefault(client_id, {})[topic] = position
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        advances, self._advances = self._advances, {}
+        for client_id, positions in advances.items():
+            writing = self._store.advance(client_id, list(positions.items()))
+            writing.addErrback(self._failed, client_id)
+        acks, self._acks = self._acks, {}
+        if acks:
+            counting = self._store.count_topic_acks(list(acks.items()))
+            counting.addErrback(self._failed, "(receipts)")
+
+    def forget(self, session: Session) -> None:
+        """The session closed: its entries in flight come again on its next catch-up."""
+        track = self._tracks.pop(session, None)
+        if track is not None:
+            for topic in track.topics:
+                self._unindex(session, topic)
+
+    def _failed(self, failure: Failure, client_id: str) -> None:
+        if failure.check(StoreError):
+            self.log.warn(
+                "Topic catch-up of {client_id} failed: {why}; it is read again on the "
+                "next heartbeat",
+                client_id=client_id,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure("Topic catch-up of {client_id} failed", failure, client_id=client_id)
+
+
+class FeedReader(Service):
+    """Reads the store's topic feed from now on and hands what comes to
+    ``deliver`` (``TopicFeed.live``); a store failure is logged and the read
+    retried after ``retry`` seconds."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        deliver: Callable[[Sequence[FeedItem]], None],
+        *,
+        count: int = 500,
+        block: float = 5.0,
+        retry: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._deliver = deliver
+        self._count = count
+        self._block = block
+        self._retry = retry
+        self._current: Deferred[Any] | None = None
+        self._loop: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = ensureDeferred(self._run())
+
+    async def _await(self, deferred: Deferred[Any]) -> Any:
+        self._current = deferred
+        try:
+            return await deferred
+        finally:
+            self._current = None
+
+    async def _run(self) -> None:
+        after: str | None = None
+        while self.running:
+            try:
+                if after is None:
+                    after, _ = await self._await(self._store.topic_feed(None, 1, 0))
+                after, entries = await self._await(
+                    self._store.topic_feed(after, self._count, self._block)
+                )
+                if entries:
+                    self._deliver(entries)
+            except CancelledError:
+                return
+            except StoreError as e:
+                self.log.warn(
+                    "Reading the topic feed failed: {why}; retrying in {delay} s",
+                    why=str(e),
+                    delay=self._retry,
+                )
+            except Exception:
+                # Start again from the feed's end: the devices catch up what
+                # this skips at their next heartbeat.
+                self.log.failure("The topic feed's live fan-out failed")
+                after = None
+            else:
+                continue
+            try:
+                await self._await(deferLater(self._clock, self._retry, lambda: None))
+            except CancelledError:
+                return
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._current is not None:
+            self._current.cancel()
+        loop, self._loop = self._loop, None
+        return loop
