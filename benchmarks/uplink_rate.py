@@ -26,15 +26,15 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from pigeonpush.bench import services
-from pigeonpush.bench.histogram import LatencyHistogram
-from pigeonpush.bench.measure import cpu_seconds
-from pigeonpush.bench.processes import ProcessSet, free_port
 from pigeonpush.store import open_store
 from pigeonpush.store.keys import UPLINK
 from pigeonpush.wire.codec import encode
 from pigeonpush.wire.frames import Auth, AuthOk, Frame, Uplink, UplinkAck
 from pigeonpush.wire.protocol import FrameProtocol
+from pigeonpush_bench import services
+from pigeonpush_bench.histogram import LatencyHistogram
+from pigeonpush_bench.measure import cpu_seconds
+from pigeonpush_bench.processes import ProcessSet, free_port
 
 DATA = {"reading": "x" * 57}  # 64 bytes of keys and values
 
