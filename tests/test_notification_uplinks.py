@@ -116,6 +116,8 @@ async def test_a_client_that_leaves_ends_its_wait(api: Api) -> None:  # noqa: F8
         ("limit=0", "limit must be a whole number from 1 to 1000"),
         ("limit=1001", "limit must be a whole number from 1 to 1000"),
         ("limit=2.5", "limit must be a whole number from 1 to 1000"),
+        ("wiat=20", "unknown query parameter 'wiat'"),
+        ("after=0&\x1b=1", "unknown query parameter"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -124,6 +126,13 @@ async def test_bad_queries_are_400(api: Api, query: str, message: str) -> None: 
     assert answer.status == 400
     assert answer.json["error"] == "bad_request"
     assert answer.json["message"].startswith(message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_uplinks_take_only_a_limit(api: Api) -> None:  # noqa: F811
+    answer = await api.get("/v1/uplinks/dead?after=0")
+    assert answer.status == 400
+    assert answer.json["message"] == "unknown query parameter 'after'"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, bad_request
+from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, bad_request, echo
 from pigeonpush.notification.api import iso8601
 from pigeonpush.store.checks import entry_key
 from pigeonpush.store.interface import Store, StoreError
@@ -71,6 +71,7 @@ class UplinkApi:
 
     async def read(self, request: Request) -> JsonResponse:
         self._authorize(request)
+        _only(request, (b"after", b"wait", b"limit"))
         after = _text(request, b"after", "0")
         try:
             entry_key(after)
@@ -96,6 +97,7 @@ class UplinkApi:
 
     async def dead(self, request: Request) -> JsonResponse:
         self._authorize(request)
+        _only(request, (b"limit",))
         limit = int(_number(request, b"limit", DEFAULT_LIMIT, 1, MAX_LIMIT, int))
         try:
             dead = await self._store.dead_uplinks(limit)
@@ -118,6 +120,15 @@ class _UplinksTree(JsonTree):
         if path == b"":
             return self._own
         return super().getChild(path, request)
+
+
+def _only(request: Request, names: tuple[bytes, ...]) -> None:
+    """400 for a query parameter this endpoint does not take: a misspelt
+    ``wiat`` must not silently mean "do not wait"."""
+    unknown = sorted(set(request.args or {}) - set(names))
+    if unknown:
+        name = unknown[0].decode("utf-8", "replace")
+        raise bad_request(f"unknown query parameter {echo(name)!r}")
 
 
 def _text(request: Request, name: bytes, default: str) -> str:

@@ -238,6 +238,7 @@ def check_case(apis: Apis, api: str, case: Any) -> None:
     """Send ``case``; AssertionError (or schemathesis' failure) if it failed."""
     if apis.redis.dbsize() > MAX_KEYS:
         apis.redis.flushdb()  # accepted notifications pile up; keep snapshots quick
+    _short_polls(case)
     before = snapshot(apis.redis)
     headers = {"Authorization": f"Bearer {apis.api_key}"}
     response = case.call(base_url=apis.urls[api], headers=headers, timeout=TIMEOUT)
@@ -258,6 +259,28 @@ def check_case(apis: Apis, api: str, case: Any) -> None:
 def _describe(api: str, case: Any, mode: str, error: BaseException) -> str:
     request = f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r:.300}"
     return f"{api} {case.operation.label} ({mode}): {_brief(error)} -- {request}"
+
+
+#: Longest long poll a fuzzed request may ask for (``wait`` of
+#: ``GET /v1/uplinks`` goes up to 30 s: hundreds of those would take hours).
+MAX_POLL_WAIT = 0.2
+
+
+def _short_polls(case: Any) -> None:
+    """A valid ``wait`` is kept short; an invalid one is left to be refused."""
+    query = case.query if isinstance(case.query, dict) else None
+    wait = query.get("wait") if query is not None else None
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 30:
+        assert query is not None
+        query["wait"] = min(wait, MAX_POLL_WAIT)
+    elif isinstance(wait, str):
+        try:
+            number = float(wait)
+        except ValueError:
+            return
+        if 0 < number <= 30:
+            assert query is not None
+            query["wait"] = str(MAX_POLL_WAIT)
 
 
 def cover_operation(apis: Apis, api: str, schema: Any, operation: Any) -> list[str]:
