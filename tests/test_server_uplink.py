@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from pigeonpush.server.uplink import UplinkReceiver, UplinkSettings, parse_rate
+from pigeonpush.server.uplink import (
+    STORE_RETRY_DELAYS,
+    UplinkReceiver,
+    UplinkSettings,
+    parse_rate,
+)
 from pigeonpush.wire.frames import (
     Auth,
     AuthOk,
@@ -51,11 +56,31 @@ def test_a_resent_uplink_is_acked_and_stored_once() -> None:
     assert harness.metrics.counts["uplinks.stored"] == 1
 
 
+def test_a_store_that_comes_back_within_the_retries_gets_the_uplink_acked() -> None:
+    harness = Harness(tcp=True)
+    alice = harness.login("alice")
+    harness.store.failing.add("add_uplink")
+    alice.send(Uplink("u-1"))
+    for delay in STORE_RETRY_DELAYS[:3]:
+        harness.clock.advance(delay)
+    assert alice.received() == [] and not alice.closing  # still trying
+    harness.store.failing.clear()
+    harness.clock.advance(STORE_RETRY_DELAYS[3])
+    assert alice.received() == [UplinkAck("u-1")]
+    assert stored(harness) == [("alice", "u-1", {})]
+
+
 def test_a_store_failure_is_error_internal_and_the_resend_is_stored() -> None:
     harness = Harness(tcp=True)
     alice = harness.login("alice")
     harness.store.failing.add("add_uplink")
     alice.send(Uplink("u-1"))
+    *first, last = STORE_RETRY_DELAYS
+    for delay in first:
+        harness.clock.advance(delay)
+    harness.clock.advance(last - 0.01)
+    assert alice.received() == []
+    harness.clock.advance(0.01)
     (error,) = alice.received()
     assert isinstance(error, Error) and error.code is ErrorCode.INTERNAL
     assert alice.closing

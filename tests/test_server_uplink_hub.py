@@ -3,6 +3,7 @@ writes on a session's channel, on a Clock with the memory store."""
 
 from __future__ import annotations
 
+from pigeonpush.server.uplink import STORE_RETRY_DELAYS
 from pigeonpush.wire.frames import Error, ErrorCode, Uplink, UplinkAck
 from support.server_harness import Harness, result_of
 
@@ -24,6 +25,8 @@ def test_a_refusal_closes_the_channel_with_error() -> None:
     alice = harness.login("alice")
     harness.store.failing.add("add_uplink")
     alice.send(Uplink("u-1"))
+    for delay in STORE_RETRY_DELAYS:  # the store never comes back
+        harness.clock.advance(delay)
     (error,) = alice.received()
     assert isinstance(error, Error) and error.code is ErrorCode.INTERNAL
     assert alice.closing

@@ -14,8 +14,9 @@ from __future__ import annotations
 import weakref
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,6 +41,11 @@ from pigeonpush.wire.frames import (
 )
 
 log = Logger()
+
+#: Seconds between tries of an uplink's store write while the store fails:
+#: about 8 s in all, longer than a Redis restart, shorter than a session's
+#: patience; then ERROR INTERNAL, and the device resends on its next session.
+STORE_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 #: The answers ``receive`` may give.
 Answer = UplinkAck | Error
@@ -131,8 +137,9 @@ class UplinkReceiver:
     ) -> Deferred[Answer]:
         """The answer to ``frame`` from ``session`` (any object that lives as
         long as the connection: the rate limit is kept per session). Never
-        fails: a store failure is ERROR INTERNAL, after which the device
-        resends the uplink with the same id on its next connection."""
+        fails: a store that keeps failing for ``STORE_RETRY_DELAYS`` is ERROR
+        INTERNAL, after which the device resends the uplink with the same id
+        on its next connection."""
         if version < UPLINK_VERSION:
             self.metrics.uplinked("refused")
             return succeed(
@@ -152,15 +159,29 @@ class UplinkReceiver:
                 )
             )
         uplink = StoredUplink(client_id, frame.uplink_id, frame.data, self.clock.seconds())
-        stored = self.store.add_uplink(
-            uplink, dedup_window=self.settings.dedup_window, max_len=self.settings.max_len
-        )
+        stored = ensureDeferred(self._store(session, uplink))
         return stored.addCallbacks(
             self._stored,
             self._failed,
             callbackArgs=(frame.uplink_id,),
             errbackArgs=(client_id, frame.uplink_id),
         )
+
+    async def _store(self, session: object, uplink: StoredUplink) -> UplinkStored:
+        """Store ``uplink``, trying again over a few seconds while the store
+        fails (a Redis restart) and the session lasts: a store blip must not
+        close every device that sent an uplink meanwhile. Retrying is safe:
+        the store de-duplicates by (clientId, uplinkId)."""
+        for delay in (*STORE_RETRY_DELAYS, None):
+            try:
+                return await self.store.add_uplink(
+                    uplink, dedup_window=self.settings.dedup_window, max_len=self.settings.max_len
+                )
+            except StoreError:
+                if delay is None or getattr(session, "state", State.ACTIVE) >= State.CLOSING:
+                    raise
+            await deferLater(self.clock, delay, lambda: None)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _spend(self, session: object) -> bool:
         """Take a token from the session's bucket; False when it has none."""
