@@ -424,6 +424,24 @@ BAD_ROUTE_REQUESTS: list[tuple[str, dict[str, Any], tuple[int, str], str]] = [
         "not '127.0.0.1:0'",
     ),
     (
+        "avoid with a line break in the host",
+        {"json_body": {"clientId": "a", "avoid": ["push\n1:7100"]}},
+        (400, "bad_request"),
+        "host:port strings, not",
+    ),
+    (
+        "avoid with a port in other digits",
+        {"json_body": {"clientId": "a", "avoid": ["push1:\u0667\u0661\u0660\u0660"]}},
+        (400, "bad_request"),
+        "host:port strings, not",
+    ),
+    (
+        "avoid with a signed port",
+        {"json_body": {"clientId": "a", "avoid": ["push1:+7100"]}},
+        (400, "bad_request"),
+        "host:port strings, not",
+    ),
+    (
         "too large",
         {"json_body": {"clientId": "a", "pad": "x" * 5000}},
         (413, "body_too_large"),

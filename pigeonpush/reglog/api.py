@@ -24,6 +24,7 @@ from pigeonpush.http import (
     JsonTree,
     bad_request,
     bearer_token,
+    echo,
     read_json_object,
 )
 from pigeonpush.metrics import MetricsResource
@@ -87,10 +88,17 @@ def avoid_field(body: dict[str, Any]) -> frozenset[str]:
     for address in value:
         if not isinstance(address, str) or not 1 <= len(address) <= MAX_ADDRESS:
             raise bad_request(f"{rule} of at most {MAX_ADDRESS} characters")
+        port = address.rpartition(":")[2]
+        # No host holds a space or a control character, and a port is ASCII
+        # digits (int() would take " 80", "+80" or other scripts' digits).
+        if not (port.isascii() and port.isdigit()) or not all(
+            char.isprintable() and not char.isspace() for char in address
+        ):
+            raise bad_request(f"{rule}, not {echo(address)!r}")
         try:
             split_address(address)
         except ValueError:
-            raise bad_request(f"{rule}, not {address[:64]!r}") from None
+            raise bad_request(f"{rule}, not {echo(address)!r}") from None
     return frozenset(value)
 
 
