@@ -110,6 +110,7 @@ async def test_a_client_that_leaves_ends_its_wait(api: Api) -> None:  # noqa: F8
         ("after=x", "after: a cursor must be a stream entry id"),
         ("after=1-2-3", "after: a cursor must be a stream entry id"),
         ("after=0&after=1", "after is given more than once"),
+        ("after=1-74583767560210649390", "after: a cursor's parts must be below 2**64"),
         ("wait=31", "wait must be a number from 0 to 30"),
         ("wait=-1", "wait must be a number from 0 to 30"),
         ("wait=soon", "wait must be a number from 0 to 30"),

@@ -134,4 +134,7 @@ def entry_key(entry_id: str) -> tuple[int, int]:
             f"a cursor must be a stream entry id such as 1700000000000-0 (or 0), not {entry_id!r}"
         )
     ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    key = int(ms), int(seq or 0)
+    if max(key) >= 1 << 64:  # Redis refuses a stream id past 64 bits
+        raise ValueError(f"a cursor's parts must be below 2**64, not {entry_id!r}")
+    return key
