@@ -1,6 +1,7 @@
 """End to end with real processes: ``twistd -n pigeon-notification``,
 ``pigeon-delivery`` and ``pigeon-server`` on real Redis and ZooKeeper; this test
-is the application server (HTTP) and the devices (raw wire clients)."""
+is the application server (HTTP) and the devices (raw wire clients). Every test
+runs twice: on one Redis and on a Redis Cluster (3 masters, 3 replicas)."""
 
 from __future__ import annotations
 
@@ -181,10 +182,14 @@ class Cluster:
         await self.store.close()
 
 
-@pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path, redis_url: str, zookeeper_hosts: str) -> AsyncIterator[Cluster]:
+@pytest_twisted.async_yield_fixture(params=["redis", "redis-cluster"])
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, zookeeper_hosts: str
+) -> AsyncIterator[Cluster]:
+    """The daemons on one Redis, then on the session's Redis Cluster."""
     from twisted.internet import reactor
 
+    redis_url = str(request.getfixturevalue(request.param.replace("-", "_") + "_url"))
     built = Cluster(reactor, tmp_path, redis_url, zookeeper_hosts, open_store(redis_url, reactor))
     try:
         await built.start()
@@ -320,3 +325,59 @@ async def test_an_offline_device_gets_only_the_newest_of_a_collapse_key(cluster:
     assert stale not in [f.message_id for f in device.frames if isinstance(f, Push)]
     receipt = (await cluster.receipt(stale)).json
     assert (receipt["replaced"], receipt["pending"]) == (["olive"], [])
+
+
+async def post(cluster: Cluster, path: str, body: Any) -> Any:
+    assert cluster.api is not None
+    answer = await cluster.api.post(path, body, headers=AUTH)
+    assert answer.status in (200, 202), answer.json
+    return answer.json
+
+
+@pytest_twisted.ensureDeferred
+async def test_topic_and_broadcast_reach_online_and_later_devices_once(cluster: Cluster) -> None:
+    from twisted.internet import reactor
+
+    subscribed = await post(cluster, "/v1/topics/scores/subscribers", {"add": ["tom", "tia"]})
+    assert subscribed["added"] == 2
+    tom = await cluster.connect("tom")
+    topic = await post(cluster, "/v1/notifications", {"topic": "scores", "title": "t", "text": "1"})
+    everyone = await post(
+        cluster, "/v1/notifications", {"broadcast": True, "title": "b", "text": "all"}
+    )
+    assert topic["subscribers"] == 2
+    live = [await tom.next_push(reactor) for _ in range(2)]
+    assert {(p.message_id, p.topic) for p in live} == {
+        (topic["messageId"], "scores"),
+        (everyone["messageId"], "*"),
+    }
+    for push in live:
+        tom.sendFrame(Ack(push.message_id))
+
+    # Offline when they were sent: caught up from the logs on connect.
+    tia = await cluster.connect("tia")
+    caught_up = [await tia.next_push(reactor) for _ in range(2)]
+    assert {p.message_id for p in caught_up} == {topic["messageId"], everyone["messageId"]}
+    # Not subscribed to the topic: only the broadcast.
+    ned = await cluster.connect("ned")
+    assert (await ned.next_push(reactor)).message_id == everyone["messageId"]
+    for push in caught_up:
+        tia.sendFrame(Ack(push.message_id))
+
+    async def counted() -> bool:
+        assert cluster.api is not None
+        answer = await cluster.api.get(f"/v1/notifications/{topic['messageId']}", headers=AUTH)
+        return bool(answer.json["acked"] == 2 and answer.json["pending"] == 0)
+
+    await wait_for(counted, timeout=10, interval=0.1, what="the topic receipt's counts")
+    # Reconnecting brings nothing again: the ACKs moved the positions.
+    tom.transport.loseConnection()
+    await tom.closed.addTimeout(10, reactor)
+    # (A fresh token: tokens are single-use.)
+    await cluster.store.issue_token("tom", "second-token-tom", 60)
+    again = await cluster.attempt("tom", "second-token-tom")
+    await again.authenticated.addTimeout(10, reactor)
+    again.sendFrame(Ping())
+    later = await post(cluster, "/v1/notifications", {"topic": "scores", "title": "t", "text": "2"})
+    assert (await again.next_push(reactor)).message_id == later["messageId"]
+    assert not [f for f in ned.frames if isinstance(f, Push) and f.topic == "scores"]
