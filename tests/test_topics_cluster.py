@@ -2,13 +2,16 @@
 reglog, delivery, notification, real Redis and ZooKeeper), with one server
 SIGKILLed while broadcasts are being sent: every broadcast reaches every
 device's callback exactly once, the ones on the killed server included (they
-reconnect to the other and catch up from their positions)."""
+reconnect to the other and catch up from their positions). On one Redis and
+on a Redis Cluster."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 import pytest_twisted
-import test_e2e_cluster as cluster_e2e
 from test_e2e_cluster import BACKOFF, DOCUMENT, Api, Device, Fleet
 from twisted.internet.defer import gatherResults
 
@@ -24,8 +27,21 @@ CLIENTS = 120
 HEARTBEAT = 5.0
 ROUNDS = 8
 
-#: The cluster of test_e2e_cluster (real processes, real Redis and ZooKeeper).
-cluster = cluster_e2e.cluster
+
+@pytest_twisted.async_yield_fixture(params=["redis", "redis-cluster"])
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, zookeeper_hosts: str
+) -> AsyncIterator[Cluster]:
+    """The processes of test_e2e_cluster on one Redis, then on the session's
+    Redis Cluster."""
+    from twisted.internet import reactor
+
+    redis_url = str(request.getfixturevalue(request.param.replace("-", "_") + "_url"))
+    built = Cluster(reactor, tmp_path, redis_url, zookeeper_hosts)
+    try:
+        yield built
+    finally:
+        await built.close()
 
 
 async def broadcast(api: Api, text: str) -> str:
