@@ -48,7 +48,7 @@ a short snake_case code that clients can branch on and one human sentence.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -151,12 +151,30 @@ class LimitedRequest(Request):
         self.body_size = 0
         self.body_too_large = False
         self._kept = BytesIO()
+        self._content_type: Sequence[bytes] | None = None
 
     def gotLength(self, length: int | None) -> None:
         self._kept = BytesIO()
         self.content = self._kept
         if length is not None and length > self.max_body:
             self.body_too_large = True
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Hides the Content-Type from Twisted's form parsing (which would
+        read a form-encoded or multipart POST into ``args``, and answer a
+        malformed multipart body with its own bare 400) until ``process``: the
+        JSON APIs parse bodies themselves and refuse other types with a 415.
+        (Twisted 25.5 has ``Site(parsePOSTFormSubmission=False)`` for this;
+        the header dance works on every version.)"""
+        headers = self.requestHeaders
+        self._content_type = headers.getRawHeaders(b"content-type")
+        headers.removeHeader(b"content-type")
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._content_type is not None:
+            self.requestHeaders.setRawHeaders(b"content-type", self._content_type)
+        super().process()
 
     def handleContentChunk(self, data: bytes) -> None:
         self.body_size += len(data)
@@ -314,9 +332,7 @@ class JsonSite(Site):
         kwargs: dict[str, Any] = {"timeout": timeout, "logPath": access_log}
         if reactor is not None:
             kwargs["reactor"] = reactor
-        super().__init__(
-            resource, requestFactory=make_request, parsePOSTFormSubmission=False, **kwargs
-        )
+        super().__init__(resource, requestFactory=make_request, **kwargs)
         self.max_body = max_body
         self._access_log = access_log is not None
 

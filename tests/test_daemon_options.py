@@ -9,7 +9,6 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -21,6 +20,7 @@ from pigeonpush.notification import tap as notification_tap
 from pigeonpush.reglog import tap as reglog_tap
 from pigeonpush.server import tap as server_tap
 from pigeonpush.standalone import tap as standalone_tap
+from support.reactors import MemoryReactorClock
 
 KEY = "a-key-of-16-chars-or-more"
 PLUGINS: dict[str, tuple[type[usage.Options], list[str]]] = {
@@ -102,10 +102,17 @@ def test_a_logger_or_syslog_of_twistds_own_is_kept() -> None:
     assert twistd["logger"] is None
 
 
+class Opaque:
+    """A field value JSON cannot hold."""
+
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
 def test_an_event_is_one_line_of_json_with_its_fields() -> None:
     out = StringIO()
     log = Logger(namespace="pigeonpush.test", observer=logformat.json_file_observer(out))
-    log.info("Client {client} said {what}", client="a\nb\x1b", what=object)
+    log.info("Client {client} said {what}", client="a\nb\x1b", what=Opaque())
     try:
         raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
@@ -115,8 +122,8 @@ def test_an_event_is_one_line_of_json_with_its_fields() -> None:
     first, second = (json.loads(line) for line in lines)
     assert first["time"].endswith("+00:00")
     assert (first["level"], first["namespace"]) == ("info", "pigeonpush.test")
-    assert first["text"] == "Client a\nb\x1b said <class 'object'>"
-    assert first["fields"] == {"client": "a\nb\x1b", "what": "<class 'object'>"}
+    assert first["text"] == "Client a\nb\x1b said <opaque>"
+    assert first["fields"] == {"client": "a\nb\x1b", "what": "<opaque>"}
     assert "traceback" not in first
     assert (second["level"], second["text"]) == ("critical", "It broke at here")
     assert "ZeroDivisionError" in second["traceback"]

@@ -83,7 +83,7 @@ def test_bad_options_are_usage_errors(args: tuple[str, ...], fragment: str) -> N
 
 
 def test_the_service_tree_and_its_stop_order() -> None:
-    from twisted.internet.testing import MemoryReactorClock
+    from support.reactors import MemoryReactorClock
 
     reactor = MemoryReactorClock()
     config = parse(
@@ -106,9 +106,8 @@ def test_the_service_tree_and_its_stop_order() -> None:
 
 
 def test_stopping_finishes_the_loop_before_closing_the_store() -> None:
-    from twisted.internet.testing import MemoryReactorClock
-
     from pigeonpush.store.interface import StoreError
+    from support.reactors import MemoryReactorClock
 
     reactor = MemoryReactorClock()
     config = parse("--redis", "memory:", "--zookeeper", "static:", "--metrics", "none")
@@ -266,7 +265,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
 
 
 def test_the_schedule_interval_reaches_the_due_time_poller() -> None:
-    from twisted.internet.testing import MemoryReactorClock
+    from support.reactors import MemoryReactorClock
 
     config = parse(
         "--redis", "memory:", "--zookeeper", "static:", "--rpc", "tcp:7301",

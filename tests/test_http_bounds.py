@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
@@ -28,6 +28,7 @@ from pigeonpush.http import (
 )
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.services import listen_or_fail
+from support.reactors import MemoryReactorClock
 from support.waiting import wait_for
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)

@@ -151,7 +151,7 @@ def test_an_empty_key_file_alone_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_service_tree() -> None:
-    from twisted.internet.testing import MemoryReactorClock
+    from support.reactors import MemoryReactorClock
 
     reactor = MemoryReactorClock()
     service = makeService(parse("--api-key", KEY, "--redis", "memory:"), reactor)
@@ -168,7 +168,7 @@ def test_the_service_tree() -> None:
 
 
 def test_the_service_tree_with_a_webhook() -> None:
-    from twisted.internet.testing import MemoryReactorClock
+    from support.reactors import MemoryReactorClock
 
     reactor = MemoryReactorClock()
     config = parse(

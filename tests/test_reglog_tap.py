@@ -16,7 +16,6 @@ import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
 from twisted.internet.error import ConnectError
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from pigeonpush.discovery import DiscoveryService
@@ -25,6 +24,7 @@ from pigeonpush.reglog.routing import AuthMode
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.reglog.tap import Options, makeService
 from support.openapi import CheckedClient, OpenAPIDocument
+from support.reactors import MemoryReactorClock
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
 
@@ -275,7 +275,8 @@ def test_a_busy_port_fails_the_start(capfd: pytest.CaptureFixture[str]) -> None:
     """twistd then exits 1 with one line on stderr, instead of running on
     without the route API."""
     from twisted.internet.error import CannotListenError
-    from twisted.internet.testing import MemoryReactorClock
+
+    from support.reactors import MemoryReactorClock
 
     class BusyReactor(MemoryReactorClock):
         def listenTCP(self, port: int, *args: object, **kwargs: object) -> object:

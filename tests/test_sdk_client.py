@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -52,6 +52,7 @@ from pigeonpush.wire.frames import (
     Nack,
     Push,
 )
+from support.reactors import MemoryReactorClock
 from support.wire_server import encode, frames_in
 
 CLIENT_ID = "device-1"

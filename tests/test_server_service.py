@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from pigeonpush.discovery.static import StaticDiscovery
@@ -19,6 +18,7 @@ from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.store.memory import MemoryStore
 from support.logcheck import FailureCollector
+from support.reactors import MemoryReactorClock
 from support.server_harness import DeviceTransport, result_of
 from support.servers import free_port
 from support.waiting import wait_for

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from pigeonpush.server.service import PushServerService
@@ -15,6 +14,7 @@ from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.tap import Options, makeService
 from pigeonpush.server.uplink import UplinkSettings
 from pigeonpush.services import GcTuning
+from support.reactors import MemoryReactorClock
 
 
 def parse(*argv: str) -> Options:

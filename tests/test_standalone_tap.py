@@ -18,7 +18,7 @@ from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python import usage
 
@@ -34,6 +34,7 @@ from pigeonpush.standalone.tap import Announcement, Options, makeService
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.redis import RedisStore
 from pigeonpush.wire.frames import Ack, Auth, AuthFail, AuthOk, Kick, KickReason, Push
+from support.reactors import MemoryReactorClock
 from support.server_harness import Device, DeviceTransport
 
 KEY = "application-key-0123456789"

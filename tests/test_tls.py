@@ -341,10 +341,10 @@ def _client_on(reactor: Any, route: Any, **options: Any) -> Any:
 
 
 def test_the_sdk_connects_with_tls_when_reglog_says_so(tmp_path: Path) -> None:
-    from twisted.internet.testing import MemoryReactorClock
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from pigeonpush.sdk import Route
+    from support.reactors import MemoryReactorClock
 
     authority = CertificateAuthority.create(tmp_path)
     for transport, wrapped in ((TLS, True), (TCP, False)):
@@ -372,10 +372,10 @@ def test_the_sdk_checks_its_tls_options_at_once(tmp_path: Path) -> None:
 
 
 def test_insecure_says_so_loudly() -> None:
-    from twisted.internet.testing import MemoryReactorClock
     from twisted.logger import LogLevel, globalLogPublisher
 
     from pigeonpush.sdk import Route
+    from support.reactors import MemoryReactorClock
 
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
