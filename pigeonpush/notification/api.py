@@ -30,21 +30,20 @@ from pigeonpush.http import (
     echo,
     read_json_object,
 )
+from pigeonpush.identifiers import CLIENT_ID, IDEMPOTENCY_KEY
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications, Outcome, Published, Submission
 from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.topics_api import TopicsApi, TopicsTree
-from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
+from pigeonpush.notification.validate import Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, CancelResult, Receipt, RecipientState
 from pigeonpush.store.topic_model import TopicReceipt
 from pigeonpush.topics import BROADCAST
 
-#: Longest Idempotency-Key header value (visible ASCII).
-MAX_IDEMPOTENCY_KEY = 128
 log = Logger()
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="pigeonpush"'}
 
@@ -259,8 +258,8 @@ class NotificationApi:
         """Revoke the device's token and disconnect it; 200 either way, with
         ``disconnected`` saying whether a connection was closed."""
         self._authorize(request)
-        if not CLIENT_ID.match(client_id):
-            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID_RULE}"))
+        if not CLIENT_ID.matches(client_id):
+            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID.text}"))
         assert self._sessions is not None
         try:
             kicked = await self._sessions.kick(client_id)
@@ -325,14 +324,12 @@ def _idempotency_key(request: Request) -> str | None:
     raw = request.getHeader(b"idempotency-key")
     if raw is None:
         return None
-    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all(0x21 <= c <= 0x7E for c in raw):
+    key = raw.decode("latin-1")
+    if not IDEMPOTENCY_KEY.matches(key):
         raise InvalidNotification(
-            Invalid(
-                "Idempotency-Key",
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
-            )
+            Invalid("Idempotency-Key", f"Idempotency-Key must be {IDEMPOTENCY_KEY.text}")
         )
-    return raw.decode("ascii")
+    return key
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:

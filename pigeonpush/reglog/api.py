@@ -9,7 +9,6 @@ optional field means absent.
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +26,7 @@ from pigeonpush.http import (
     echo,
     read_json_object,
 )
+from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.reglog import metrics
 from pigeonpush.reglog.balancer import Balancer
@@ -37,27 +37,23 @@ from pigeonpush.store.interface import StoreError
 
 log = Logger()
 
-MAX_CLIENT_ID = 128
 MAX_SECRET = 256
 #: At most this many servers in a route request's ``avoid``...
 MAX_AVOID = 16
 #: ... each a ``host:port`` of at most this many characters (a DNS name and a port).
 MAX_ADDRESS = 262
-_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _REALM = 'Bearer realm="pigeonpush-reglog"'
 #: While the store is down every request fails the same way: warn once per interval.
 STORE_WARNING_INTERVAL = 10.0
 
 
 def optional_client_id(body: dict[str, Any]) -> str | None:
-    """``clientId`` if present: 1 to 128 of letters, digits and ``- _ . :``."""
+    """``clientId`` if present (the rule of ``pigeonpush.identifiers``)."""
     value = body.get("clientId")
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_ID:
-        raise bad_request(f"clientId must be a string of 1 to {MAX_CLIENT_ID} characters")
-    if not value.isascii() or _CLIENT_ID.fullmatch(value) is None:
-        raise bad_request("clientId may contain only letters, digits and - _ . :")
+    if not CLIENT_ID.matches(value):
+        raise bad_request(f"clientId must be {CLIENT_ID.text}")
     return value
 
 
