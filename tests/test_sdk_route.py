@@ -149,10 +149,10 @@ def test_bad_input_is_reported_at_once_without_retrying() -> None:
     assert result.check(RouteLookupFailed)
     error = result.value
     assert len(reglog.route.requests) == 1
-    assert not error.retryable and error.status == 400 and error.error == "bad_request"
+    assert not error.retryable and error.status == 400 and error.error == "invalid"
     assert str(error) == (
         "route lookup at http://reglog.test:8100/v1/route was refused: "
-        f"HTTP 400 bad_request: clientId must be {CLIENT_ID.text}"
+        f"HTTP 400 invalid: clientId must be {CLIENT_ID.text}"
     )
 
 

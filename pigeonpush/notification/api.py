@@ -26,8 +26,10 @@ from pigeonpush.http import (
     JsonResource,
     JsonResponse,
     JsonTree,
-    bad_request,
+    checked_identifier,
     echo,
+    error_body,
+    invalid,
     read_json_object,
 )
 from pigeonpush.identifiers import CLIENT_ID, IDEMPOTENCY_KEY
@@ -48,19 +50,9 @@ log = Logger()
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="pigeonpush"'}
 
 
-class InvalidNotification(ApiError):
-    """400 ``invalid``: a field of a notification is wrong; the body names it."""
-
-    def __init__(self, problem: Invalid) -> None:
-        super().__init__(400, "invalid", problem.message)
-        self.field = problem.field
-
-    def body(self) -> dict[str, str]:
-        return invalid_body(self.field, self.message)
-
-
-def invalid_body(field: str, message: str) -> dict[str, str]:
-    return {"error": "invalid", "message": message, "field": field}
+def refused(problem: Invalid) -> ApiError:
+    """400 ``invalid`` naming the field that is wrong."""
+    return invalid(problem.message, problem.field)
 
 
 def iso8601(seconds: float) -> str:
@@ -187,7 +179,7 @@ class NotificationApi:
         item = Submission(data, None if key is None else f"{scope}:1:{key}")
         (outcome,) = await self._accept([item])
         if isinstance(outcome, list):
-            raise InvalidNotification(outcome[0])
+            raise refused(outcome[0])
         headers = {"Location": f"/v1/notifications/{outcome.message_id}"}
         if outcome.duplicate:
             headers["Idempotent-Replayed"] = "true"
@@ -199,13 +191,16 @@ class NotificationApi:
         data = read_json_object(request, self._settings.max_body)
         unknown = sorted(set(data) - {"notifications"})
         if unknown:
-            raise bad_request(
-                f'unknown field "{echo(unknown[0])}": send {{"notifications": [...]}}'
+            raise invalid(
+                f'unknown field "{echo(unknown[0])}": send {{"notifications": [...]}}',
+                echo(unknown[0]),
             )
         entries = data.get("notifications")
         limit = self._settings.max_batch
         if not isinstance(entries, list) or not 1 <= len(entries) <= limit:
-            raise bad_request(f"notifications must be a list of 1 to {limit} notifications")
+            raise invalid(
+                f"notifications must be a list of 1 to {limit} notifications", "notifications"
+            )
         items = [
             Submission(entry, None if key is None else f"{scope}:b{index}:{key}")
             for index, entry in enumerate(entries)
@@ -258,8 +253,7 @@ class NotificationApi:
         """Revoke the device's token and disconnect it; 200 either way, with
         ``disconnected`` saying whether a connection was closed."""
         self._authorize(request)
-        if not CLIENT_ID.matches(client_id):
-            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID.text}"))
+        checked_identifier(CLIENT_ID, client_id)
         assert self._sessions is not None
         try:
             kicked = await self._sessions.kick(client_id)
@@ -326,15 +320,13 @@ def _idempotency_key(request: Request) -> str | None:
         return None
     key = raw.decode("latin-1")
     if not IDEMPOTENCY_KEY.matches(key):
-        raise InvalidNotification(
-            Invalid("Idempotency-Key", f"Idempotency-Key must be {IDEMPOTENCY_KEY.text}")
-        )
+        raise invalid(f"Idempotency-Key must be {IDEMPOTENCY_KEY.text}", "Idempotency-Key")
     return key
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, list):
-        return invalid_body(outcome[0].field, outcome[0].message)
+        return error_body("invalid", outcome[0].message, outcome[0].field)
     return accepted_body(outcome)
 
 

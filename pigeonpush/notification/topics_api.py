@@ -15,8 +15,16 @@ import attrs
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, echo, read_json_object
-from pigeonpush.identifiers import CLIENT_ID, TOPIC, is_client_id, is_topic
+from pigeonpush.http import (
+    JsonResource,
+    JsonResponse,
+    JsonTree,
+    checked_identifier,
+    echo,
+    invalid,
+    read_json_object,
+)
+from pigeonpush.identifiers import CLIENT_ID, TOPIC, is_client_id
 from pigeonpush.notification.validate import Invalid
 from pigeonpush.store.interface import Store
 
@@ -78,7 +86,7 @@ class TopicsApi:
         _check_topic(topic)
         changes = subscriber_changes(read_json_object(request, max_body), self._max_changes)
         if isinstance(changes, Invalid):
-            raise _invalid(changes)
+            raise invalid(changes.message, changes.field)
         added, removed = 0, 0
         refused: tuple[str, ...] = ()
         if changes.remove:
@@ -95,21 +103,13 @@ class TopicsApi:
         return JsonResponse({"topic": topic, "unsubscribed": unsubscribed})
 
     async def device_topics(self, request: Request, client_id: str) -> JsonResponse:
-        if not is_client_id(client_id):
-            raise _invalid(Invalid("clientId", f"clientId must be {CLIENT_ID.text}"))
+        checked_identifier(CLIENT_ID, client_id)
         topics = await self._store.device_topics(client_id)
         return JsonResponse({"clientId": client_id, "topics": topics})
 
 
 def _check_topic(topic: str) -> None:
-    if not is_topic(topic):
-        raise _invalid(Invalid("topic", f"topic must be {TOPIC.text}"))
-
-
-def _invalid(problem: Invalid) -> ApiError:
-    from pigeonpush.notification.api import InvalidNotification
-
-    return InvalidNotification(problem)
+    checked_identifier(TOPIC, topic)
 
 
 class TopicsTree(Resource):

@@ -210,7 +210,11 @@ class ReglogRoute(Resource):
             return self._answer(
                 request,
                 400,
-                {"error": "bad_request", "message": f"clientId must be {CLIENT_ID.text}"},
+                {
+                    "error": "invalid",
+                    "message": f"clientId must be {CLIENT_ID.text}",
+                    "field": "clientId",
+                },
             )
         if self.secret is not None and body.get("secret") != self.secret:
             return self._answer(
