@@ -1,7 +1,8 @@
 """The identifier rules (pigeonpush.identifiers), and every part that takes a
 clientId or a topic applying them alike: the SDK, delivery's AMP responder,
-the JavaScript client. (reglog and the notification API: their own test
-modules, over HTTP; the push server's AUTH: test_server_protocol.py.)"""
+the wire codec (topics), the JavaScript client, the OpenAPI documents.
+(reglog and the notification API: their own test modules, over HTTP; the
+push server's AUTH: test_server_protocol.py.)"""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from pigeonpush.rpc import BadRequest
 from pigeonpush.sdk import PushClient
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.topics import BROADCAST, check_audience
+from pigeonpush.wire.codec import DecodeError, decode, encode
+from pigeonpush.wire.frames import Subscribe, Unsubscribe
 from support.identifier_cases import BAD_CLIENT_IDS, BAD_TOPICS, GOOD_CLIENT_IDS, GOOD_TOPICS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +146,19 @@ def test_delivery_refuses_a_negative_limit() -> None:
     responder = PullResponder(PendingMessages(MemoryStore(clock), clock))
     with pytest.raises(BadRequest, match="limit must be at least 0, not -1"):
         responder.pull("a", -1, [])
+
+
+@pytest.mark.parametrize("topic", [*GOOD_TOPICS, *BAD_TOPICS])
+@pytest.mark.parametrize("kind", [Subscribe, Unsubscribe])
+def test_the_wire_codec_takes_exactly_the_topics_of_the_rule(
+    kind: type[Subscribe | Unsubscribe], topic: str
+) -> None:
+    payload = encode(kind(7, topic))[4:]
+    if is_topic(topic):
+        assert decode(payload) == kind(7, topic)
+    else:
+        with pytest.raises(DecodeError, match="the topic must be a string of 1 to 128 ASCII"):
+            decode(payload)
 
 
 def test_the_javascript_client_applies_the_same_rules() -> None:
