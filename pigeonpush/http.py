@@ -28,7 +28,7 @@ Building blocks, each usable on its own:
     ``unsupported_media_type`` (a ``Content-Type`` that is not JSON; a missing
     one is accepted), 400 ``bad_json`` (not UTF-8/16/32 JSON, NaN or
     Infinity, nesting too deep) and, for ``read_json_object``, 400
-    ``bad_request`` when the document is not an object.
+    ``invalid`` when the document is not an object.
 ``write_json(request, status, body)`` / ``write_error(request, error)``
     Set status and headers and return the encoded body (compact UTF-8 JSON,
     ``Content-Type: application/json``, ``Cache-Control: no-store``).
@@ -40,9 +40,13 @@ Building blocks, each usable on its own:
 
 Every error body has the project's shape::
 
-    {"error": "bad_request", "message": "clientId must be a string of 1 to 128 characters"}
+    {"error": "invalid", "message": "clientId must be a string of ...", "field": "clientId"}
 
-a short snake_case code that clients can branch on and one human sentence.
+a short snake_case code that clients can branch on, one human sentence and,
+for ``invalid`` when one part of the request is to blame, that part
+(``field``). Both APIs (reglog and notification) speak one vocabulary,
+``ERROR_CODES``, each code with its one status; the OpenAPI documents list it
+(``components/schemas/Error``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer_only
 
+from pigeonpush.identifiers import Rule
 from pigeonpush.logsafe import untrusted
 
 log = Logger()
@@ -88,8 +93,41 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 512
 
 
+#: Every error code of the HTTP APIs, with its status. Clients branch on the
+#: code; a code means the same thing wherever it appears.
+ERROR_CODES: Mapping[str, int] = {
+    # The request's content (body field, query parameter, header, path
+    # segment) is not what the API takes; ``field`` names the part when one is
+    # to blame.
+    "invalid": 400,
+    # The body is not JSON (empty, not UTF-8, NaN or Infinity, nested too deeply).
+    "bad_json": 400,
+    "unauthorized": 401,  # notification: no API key, or a wrong one
+    "secret_required": 401,  # reglog, registered mode: no device secret
+    "bad_secret": 401,  # reglog, registered mode: unknown clientId or wrong secret
+    "bad_admin_key": 401,  # reglog: registration without the admin key
+    "origin_not_allowed": 403,  # a browser's Origin that is not allowed
+    "not_found": 404,  # no such path, or no such resource
+    "registration_disabled": 404,  # reglog in open mode: no /v1/devices
+    "method_not_allowed": 405,  # with Allow
+    "request_timeout": 408,  # the request did not arrive whole in time
+    "already_sent": 409,  # notification: too late to cancel
+    "client_exists": 409,  # reglog: that clientId is registered already
+    "body_too_large": 413,
+    "unsupported_media_type": 415,
+    "internal_error": 500,
+    "no_server": 503,  # reglog: no push server alive with room
+    "server_unavailable": 503,  # notification: a push server did not answer
+    "store_unavailable": 503,  # the shared store did not answer
+}
+
+
 class ApiError(Exception):
-    """An answer in the project's error format: raise it from a handler."""
+    """An answer in the project's error format: raise it from a handler.
+
+    ``code`` is one of ``ERROR_CODES`` and ``status`` its status: a new code
+    goes there first, and into both OpenAPI documents.
+    """
 
     def __init__(
         self,
@@ -97,28 +135,46 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: Mapping[str, str] | None = None,
+        *,
+        field: str | None = None,
     ) -> None:
+        if ERROR_CODES.get(code) != status:
+            raise ValueError(f"{code!r} is not an error code of status {status} (ERROR_CODES)")
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.field = field
         self.headers: Mapping[str, str] = headers or {}
 
     def body(self) -> dict[str, str]:
-        return error_body(self.code, self.message)
+        return error_body(self.code, self.message, self.field)
 
     def __repr__(self) -> str:
         return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
 
 
-def error_body(code: str, message: str) -> dict[str, str]:
-    """The project's error document."""
-    return {"error": code, "message": message}
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, str]:
+    """The project's error document (``field`` only when given)."""
+    if field is None:
+        return {"error": code, "message": message}
+    return {"error": code, "message": message, "field": field}
 
 
-def bad_request(message: str) -> ApiError:
-    """400 ``bad_request``: the request is well-formed JSON but not what the API takes."""
-    return ApiError(400, "bad_request", message)
+def invalid(message: str, field: str | None = None) -> ApiError:
+    """400 ``invalid``: the request is well-formed but not what the API takes;
+    ``field`` names the part to blame (a body field such as ``to[3]``, a query
+    parameter, a header, a path segment such as ``clientId``)."""
+    return ApiError(400, "invalid", message, field=field)
+
+
+def checked_identifier(rule: Rule, value: object, field: str | None = None) -> str:
+    """``value`` if it follows ``rule``, else 400 ``invalid`` naming the field
+    (the identifier's own name unless told) and the rule, without quoting the
+    value."""
+    if not rule.matches(value):
+        raise invalid(f"{rule.name} must be {rule.text}", rule.name if field is None else field)
+    return value
 
 
 @attrs.frozen(slots=True)
@@ -473,7 +529,7 @@ def read_json_object(
     if value is None and allow_empty:
         return {}
     if not isinstance(value, dict):
-        raise bad_request("request body must be a JSON object")
+        raise invalid("request body must be a JSON object")
     return value
 
 

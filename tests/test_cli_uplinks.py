@@ -38,7 +38,7 @@ async def test_uplinks_prints_one_line_each_and_the_cursor(api: Api) -> None:  #
 async def test_a_bad_cursor_or_key_exits_1(api: Api) -> None:  # noqa: F811
     run = await api.run("uplinks", "--api", api.url, "--key", KEY, "--after", "nope")
     assert run.code == 1
-    assert "bad_request: after: a cursor must be a stream entry id" in run.err
+    assert "invalid: after: a cursor must be a stream entry id" in run.err
     run = await api.run("uplinks", "--api", api.url, "--key", "wrong-key-0123456789")
     assert run.code == 1
     assert "unauthorized" in run.err

@@ -25,6 +25,7 @@ from pigeonpush.http import (
     JsonTree,
     LimitedRequest,
     bearer_token,
+    invalid,
     read_json,
     read_json_object,
 )
@@ -54,7 +55,7 @@ class Handlers:
         return JsonResponse({"token": bearer_token(request)})
 
     async def teapot(self, request: Request) -> JsonResponse:
-        raise ApiError(418, "teapot", "this is a teapot", {"X-Kettle": "no"})
+        raise ApiError(503, "no_server", "no push server is alive", {"Retry-After": "1"})
 
     async def created(self, request: Request) -> JsonResponse:
         return JsonResponse({"id": "é"}, status=201, headers={"Location": "/things/1"})
@@ -251,10 +252,10 @@ async def test_bad_json_is_400_bad_json(served: Served, body: bytes, fragment: s
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"3", b"null", b"true"])
 @pytest_twisted.ensureDeferred
-async def test_json_that_is_not_an_object_is_400_bad_request(served: Served, body: bytes) -> None:
+async def test_json_that_is_not_an_object_is_400_invalid(served: Served, body: bytes) -> None:
     reply = await call(served, "POST", "/api/echo", body, JSON)
     assert reply.status == 400
-    assert reply.json == {"error": "bad_request", "message": "request body must be a JSON object"}
+    assert reply.json == {"error": "invalid", "message": "request body must be a JSON object"}
 
 
 @pytest_twisted.ensureDeferred
@@ -270,7 +271,7 @@ async def test_an_optional_body_may_be_empty(served: Served) -> None:
     reply = await call(served, "POST", "/api/optional", b'{"k": "v"}', JSON)
     assert reply.json == {"got": {"k": "v"}}
     reply = await call(served, "POST", "/api/optional", b"[]", JSON)
-    assert reply.json["error"] == "bad_request"
+    assert reply.json["error"] == "invalid"
 
 
 @pytest.mark.parametrize(
@@ -366,10 +367,30 @@ async def test_a_handler_sets_status_and_headers(served: Served) -> None:
 @pytest_twisted.ensureDeferred
 async def test_an_api_error_is_answered_in_the_project_format(served: Served) -> None:
     reply = await call(served, "POST", "/api/teapot", b"{}", JSON)
-    assert reply.status == 418
-    assert reply.headers["x-kettle"] == "no"
+    assert reply.status == 503
+    assert reply.headers["retry-after"] == "1"
     assert reply.headers["content-type"] == "application/json"
-    assert reply.json == {"error": "teapot", "message": "this is a teapot"}
+    assert reply.json == {"error": "no_server", "message": "no push server is alive"}
+
+
+def test_an_error_code_outside_the_vocabulary_or_its_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="'teapot' is not an error code of status 418"):
+        ApiError(418, "teapot", "this is a teapot")
+    with pytest.raises(ValueError, match="'invalid' is not an error code of status 422"):
+        ApiError(422, "invalid", "a status of its own")
+
+
+def test_invalid_names_the_field_when_one_is_to_blame() -> None:
+    assert invalid("ttl must be a number", "ttl").body() == {
+        "error": "invalid",
+        "message": "ttl must be a number",
+        "field": "ttl",
+    }
+    assert invalid("request body must be a JSON object").body() == {
+        "error": "invalid",
+        "message": "request body must be a JSON object",
+    }
+    assert invalid("x").status == 400
 
 
 @pytest_twisted.ensureDeferred

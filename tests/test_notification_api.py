@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import pytest
@@ -18,6 +19,7 @@ from twisted.internet.defer import ensureDeferred
 
 from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
+from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.ids import is_message_id
 from pigeonpush.notification.api import ApiSettings, NotificationApi, iso8601
 from pigeonpush.notification.auth import ApiKeys
@@ -27,6 +29,7 @@ from pigeonpush.notification.validate import Limits
 from pigeonpush.rpcpool import AmpPool
 from pigeonpush.store import DropReason, Store, open_store
 from pigeonpush.wire.frames import KickReason
+from support.identifier_cases import BAD_CLIENT_IDS
 from support.openapi import Answer, CheckedClient, OpenAPIDocument
 from support.server_double import ServerDouble
 from support.servers import free_port
@@ -455,7 +458,7 @@ REFUSALS = {
     "empty body": Refusal("/v1/notifications", None, 400, "bad_json", raw=b""),
     "nan": Refusal("/v1/notifications", None, 400, "bad_json",
                    raw=b'{"to": ["a"], "title": "", "text": "", "ttl": NaN}'),
-    "array body": Refusal("/v1/notifications", [1, 2], 400, "bad_request"),
+    "array body": Refusal("/v1/notifications", [1, 2], 400, "invalid"),
     "no recipients": Refusal("/v1/notifications", {"to": [], "title": "", "text": ""}, 400,
                              "invalid", field="to"),
     "too many recipients": Refusal(
@@ -490,13 +493,13 @@ REFUSALS = {
     "batch no key": Refusal("/v1/notifications/batch", {"notifications": []}, 401,
                             "unauthorized", headers={}),
     "batch not a list": Refusal("/v1/notifications/batch", {"notifications": {}}, 400,
-                                "bad_request"),
-    "batch empty": Refusal("/v1/notifications/batch", {"notifications": []}, 400, "bad_request"),
+                                "invalid"),
+    "batch empty": Refusal("/v1/notifications/batch", {"notifications": []}, 400, "invalid"),
     "batch too long": Refusal(
         "/v1/notifications/batch",
-        {"notifications": [{"to": ["a"], "title": "", "text": ""}] * 4}, 400, "bad_request"),
+        {"notifications": [{"to": ["a"], "title": "", "text": ""}] * 4}, 400, "invalid"),
     "batch unknown field": Refusal("/v1/notifications/batch", {"notifications": [], "x": 1}, 400,
-                                   "bad_request"),
+                                   "invalid"),
     "lone surrogate field name": Refusal(
         "/v1/notifications", {"to": ["a"], "title": "", "text": "", "\ud800": 1}, 400,
         "invalid", field="\\ud800"),
@@ -539,7 +542,7 @@ REFUSALS = {
         400, "invalid", field="delay"),
     "batch lone surrogate field name": Refusal("/v1/notifications/batch",
                                                {"notifications": [], "\ud800": 1}, 400,
-                                               "bad_request"),
+                                               "invalid"),
     "batch too large": Refusal("/v1/notifications/batch",
                                {"notifications": [{"to": ["a"], "title": "", "text": BIG}]},
                                413, "body_too_large"),
@@ -669,6 +672,30 @@ async def test_a_kick_of_a_malformed_client_id_is_400_and_writes_nothing(
     answer = await kick(api, client_id)
     assert answer.status == 400
     assert (answer.json["error"], answer.json["field"]) == ("invalid", "clientId")
+    assert await api.snapshot() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_api_refuses_the_client_ids_reglog_refuses(api: Api) -> None:
+    before = await api.snapshot()
+    for client_id in BAD_CLIENT_IDS:
+        answer = await api.client.post(
+            "/v1/notifications", {"to": ["a", client_id], "title": "", "text": ""}, headers=AUTH
+        )
+        assert answer.status == 400, client_id
+        assert answer.json == {
+            "error": "invalid",
+            "message": f"each clientId must be {CLIENT_ID.text}",
+            "field": "to[1]",
+        }
+        if client_id:  # (an empty path segment is another path)
+            answer = await kick(api, quote(client_id, safe=""))
+            assert answer.status == 400, client_id
+            assert answer.json == {
+                "error": "invalid",
+                "message": f"clientId must be {CLIENT_ID.text}",
+                "field": "clientId",
+            }
     assert await api.snapshot() == before
 
 

@@ -125,7 +125,7 @@ async def test_a_client_that_leaves_ends_its_wait(api: Api) -> None:  # noqa: F8
 async def test_bad_queries_are_400(api: Api, query: str, message: str) -> None:  # noqa: F811
     answer = await api.get(f"/v1/uplinks?{query}")
     assert answer.status == 400
-    assert answer.json["error"] == "bad_request"
+    assert answer.json["error"] == "invalid"
     assert answer.json["message"].startswith(message)
 
 

@@ -308,7 +308,7 @@ def test_a_broadcast_goes_to_the_broadcast_topic() -> None:
         ({"to": ["a"], "broadcast": True}, "broadcast", "exactly one audience"),
         ({"broadcast": "yes"}, "broadcast", "must be true"),
         ({"broadcast": False}, "to", "required"),
-        ({"topic": "a b"}, "topic", "1 to 128 letters"),
+        ({"topic": "a b"}, "topic", "1 to 128 ASCII letters"),
         ({"topic": "x" * 129}, "topic", "1 to 128"),
         ({"topic": ""}, "topic", "1 to 128"),
         ({"topic": "{slot}"}, "topic", "1 to 128"),

@@ -891,7 +891,7 @@ def test_start_during_stop_restarts_once_closed() -> None:
 
 
 def test_invalid_settings_are_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="clientId must be a string of 1 to 128"):
+    with pytest.raises(ValueError, match="clientId must be a string of 1 to 128 ASCII"):
         Harness(client_id="x" * 129)
     with pytest.raises(ValueError, match="max_missed_pongs must be an integer of at least 1"):
         Harness(max_missed_pongs=0)

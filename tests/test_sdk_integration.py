@@ -309,7 +309,7 @@ async def test_cli_listen_refuses_a_bad_client_id_with_exit_2(servers: Servers) 
     )
     try:
         assert await child.ended.addTimeout(30, reactor) == 2
-        assert "clientId must be a string of 1 to 128 characters" in child.err.decode()
+        assert "clientId must be a string of 1 to 128 ASCII" in child.err.decode()
         assert servers.reglog.requests == []
     finally:
         await child.kill()

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.sdk import ClientState, GaveUp, PushClient, Route, RouteFetcher, RouteLookupFailed
 from pigeonpush.sdk.route import parse_route, parse_server
 from support.wire_server import ReglogRoute, WireServer, reglog_root
@@ -148,10 +149,10 @@ def test_bad_input_is_reported_at_once_without_retrying() -> None:
     assert result.check(RouteLookupFailed)
     error = result.value
     assert len(reglog.route.requests) == 1
-    assert not error.retryable and error.status == 400 and error.error == "bad_request"
+    assert not error.retryable and error.status == 400 and error.error == "invalid"
     assert str(error) == (
         "route lookup at http://reglog.test:8100/v1/route was refused: "
-        "HTTP 400 bad_request: clientId must be a string of 1 to 128 characters"
+        f"HTTP 400 invalid: clientId must be {CLIENT_ID.text}"
     )
 
 

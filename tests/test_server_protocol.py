@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
+from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.server.hub import DRAIN_GRACE
 from pigeonpush.server.session import State
@@ -28,6 +29,7 @@ from pigeonpush.wire.frames import (
     KickReason,
     Push,
 )
+from support.identifier_cases import BAD_CLIENT_IDS
 from support.logcheck import FailureCollector
 from support.server_harness import (
     OTHER_SERVER,
@@ -80,14 +82,30 @@ def test_a_wrong_or_missing_token_gets_auth_fail_and_a_close(
     assert harness.token("alice") == planted  # a failed attempt does not burn the token
 
 
-def test_an_empty_client_id_or_token_is_a_bad_token() -> None:
+#: The AUTH_FAIL reason of a clientId outside the rule or an empty token.
+BAD_AUTH = f"clientId must be {CLIENT_ID.text}, and token must not be empty"
+
+
+@pytest.mark.parametrize("client_id", BAD_CLIENT_IDS)
+def test_a_client_id_reglog_refuses_is_a_bad_token_without_a_store_call(client_id: str) -> None:
     harness = Harness(tcp=True)
-    for client_id, token in (("", "t"), ("alice", "")):
-        device = harness.connect()
-        device.send(Auth(client_id, token))
-        [frame] = device.received()
-        assert frame == AuthFail(AuthFailCode.BAD_TOKEN, "clientId and token must not be empty")
-        assert device.closing
+    # Even with a token in the store for it (no reglog would issue one).
+    token = harness.issue(client_id) if client_id else "token"
+    device = harness.connect()
+    device.send(Auth(client_id, token))
+    [frame] = device.received()
+    assert frame == AuthFail(AuthFailCode.BAD_TOKEN, BAD_AUTH)
+    assert device.closing
+    assert harness.hub.sessions == {}
+
+
+def test_an_empty_token_is_a_bad_token() -> None:
+    harness = Harness(tcp=True)
+    device = harness.connect()
+    device.send(Auth("alice", ""))
+    [frame] = device.received()
+    assert frame == AuthFail(AuthFailCode.BAD_TOKEN, BAD_AUTH)
+    assert device.closing
 
 
 def test_an_unsupported_protocol_version_gets_auth_fail_version() -> None:
@@ -464,9 +482,7 @@ def test_refused_auths_log_a_short_escaped_client_id_a_few_times_per_interval() 
         for _ in range(100):
             device = harness.connect()
             device.send(Auth(client_id, "no-such-token"))
-            assert device.received() == [
-                AuthFail(AuthFailCode.BAD_TOKEN, "the token is wrong or expired")
-            ]
+            assert device.received() == [AuthFail(AuthFailCode.BAD_TOKEN, BAD_AUTH)]
             device.lose()
     refusals = [event for event in events if "refused" in event["log_format"]]
     assert len(refusals) == LOG_BURST

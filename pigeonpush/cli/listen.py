@@ -31,6 +31,7 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
+from pigeonpush.identifiers import check_topic
 from pigeonpush.sdk import (
     Authenticated,
     ClientEvent,
@@ -42,7 +43,6 @@ from pigeonpush.sdk import (
     PushClient,
     full_jitter,
 )
-from pigeonpush.topics import check_topic
 
 SECRET_ENVIRONMENT = "PIGEONPUSH_SECRET"
 

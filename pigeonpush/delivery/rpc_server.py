@@ -21,6 +21,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from pigeonpush.delivery import metrics
+from pigeonpush.identifiers import CLIENT_ID, is_client_id
 from pigeonpush.rpc import (
     BadRequest,
     BatchPullSource,
@@ -36,10 +37,16 @@ from pigeonpush.rpc import (
 )
 from pigeonpush.store.interface import StoreError
 
-#: Longest clientId accepted in a Pull (the API's limit).
-MAX_CLIENT_ID = 128
 #: Most clients one PullMany may ask for.
 MAX_PULL_MANY = 1000
+
+
+def _check_request(client_id: str, limit: int) -> None:
+    """BadRequest for a clientId no reglog would route, or a negative limit."""
+    if not is_client_id(client_id):
+        raise BadRequest(f"clientId must be {CLIENT_ID.text}")
+    if limit < 0:
+        raise BadRequest(f"limit must be at least 0, not {limit}")
 
 
 class PullResponder(amp.AMP):
@@ -57,8 +64,7 @@ class PullResponder(amp.AMP):
 
     @Pull.responder
     def pull(self, clientId: str, limit: int, inFlight: Sequence[str]) -> Any:
-        if not 0 < len(clientId) <= MAX_CLIENT_ID or limit < 0:
-            raise BadRequest("clientId must be 1 to 128 characters and limit at least 0")
+        _check_request(clientId, limit)
         return self._source.pull(clientId, limit, inFlight).addCallbacks(
             _fit, self._failed, errbackArgs=(clientId,)
         )
@@ -72,8 +78,7 @@ class PullResponder(amp.AMP):
         if len(asked) > MAX_PULL_MANY:
             raise BadRequest(f"at most {MAX_PULL_MANY} clients per PullMany, not {len(asked)}")
         for request in asked:
-            if not 0 < len(request.client_id) <= MAX_CLIENT_ID or request.limit < 0:
-                raise BadRequest("clientId must be 1 to 128 characters and limit at least 0")
+            _check_request(request.client_id, request.limit)
         many = getattr(self._source, "pull_many", None)
         answering: Deferred[list[PullAnswer]]
         if many is not None:

@@ -26,42 +26,33 @@ from pigeonpush.http import (
     JsonResource,
     JsonResponse,
     JsonTree,
-    bad_request,
+    checked_identifier,
     echo,
+    error_body,
+    invalid,
     read_json_object,
 )
+from pigeonpush.identifiers import CLIENT_ID, IDEMPOTENCY_KEY
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.notification import metrics
 from pigeonpush.notification.auth import ApiKeys
 from pigeonpush.notification.core import Notifications, Outcome, Published, Submission
 from pigeonpush.notification.sessions import DeviceSessions
 from pigeonpush.notification.topics_api import TopicsApi, TopicsTree
-from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
+from pigeonpush.notification.validate import Invalid
 from pigeonpush.rpcpool import RpcUnavailable
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Accepted, CancelResult, Receipt, RecipientState
 from pigeonpush.store.topic_model import TopicReceipt
 from pigeonpush.topics import BROADCAST
 
-#: Longest Idempotency-Key header value (visible ASCII).
-MAX_IDEMPOTENCY_KEY = 128
 log = Logger()
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="pigeonpush"'}
 
 
-class InvalidNotification(ApiError):
-    """400 ``invalid``: a field of a notification is wrong; the body names it."""
-
-    def __init__(self, problem: Invalid) -> None:
-        super().__init__(400, "invalid", problem.message)
-        self.field = problem.field
-
-    def body(self) -> dict[str, str]:
-        return invalid_body(self.field, self.message)
-
-
-def invalid_body(field: str, message: str) -> dict[str, str]:
-    return {"error": "invalid", "message": message, "field": field}
+def refused(problem: Invalid) -> ApiError:
+    """400 ``invalid`` naming the field that is wrong."""
+    return invalid(problem.message, problem.field)
 
 
 def iso8601(seconds: float) -> str:
@@ -188,7 +179,7 @@ class NotificationApi:
         item = Submission(data, None if key is None else f"{scope}:1:{key}")
         (outcome,) = await self._accept([item])
         if isinstance(outcome, list):
-            raise InvalidNotification(outcome[0])
+            raise refused(outcome[0])
         headers = {"Location": f"/v1/notifications/{outcome.message_id}"}
         if outcome.duplicate:
             headers["Idempotent-Replayed"] = "true"
@@ -200,13 +191,16 @@ class NotificationApi:
         data = read_json_object(request, self._settings.max_body)
         unknown = sorted(set(data) - {"notifications"})
         if unknown:
-            raise bad_request(
-                f'unknown field "{echo(unknown[0])}": send {{"notifications": [...]}}'
+            raise invalid(
+                f'unknown field "{echo(unknown[0])}": send {{"notifications": [...]}}',
+                echo(unknown[0]),
             )
         entries = data.get("notifications")
         limit = self._settings.max_batch
         if not isinstance(entries, list) or not 1 <= len(entries) <= limit:
-            raise bad_request(f"notifications must be a list of 1 to {limit} notifications")
+            raise invalid(
+                f"notifications must be a list of 1 to {limit} notifications", "notifications"
+            )
         items = [
             Submission(entry, None if key is None else f"{scope}:b{index}:{key}")
             for index, entry in enumerate(entries)
@@ -259,8 +253,7 @@ class NotificationApi:
         """Revoke the device's token and disconnect it; 200 either way, with
         ``disconnected`` saying whether a connection was closed."""
         self._authorize(request)
-        if not CLIENT_ID.match(client_id):
-            raise InvalidNotification(Invalid("clientId", f"clientId must be {CLIENT_ID_RULE}"))
+        checked_identifier(CLIENT_ID, client_id)
         assert self._sessions is not None
         try:
             kicked = await self._sessions.kick(client_id)
@@ -325,19 +318,15 @@ def _idempotency_key(request: Request) -> str | None:
     raw = request.getHeader(b"idempotency-key")
     if raw is None:
         return None
-    if not 1 <= len(raw) <= MAX_IDEMPOTENCY_KEY or not all(0x21 <= c <= 0x7E for c in raw):
-        raise InvalidNotification(
-            Invalid(
-                "Idempotency-Key",
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
-            )
-        )
-    return raw.decode("ascii")
+    key = raw.decode("latin-1")
+    if not IDEMPOTENCY_KEY.matches(key):
+        raise invalid(f"Idempotency-Key must be {IDEMPOTENCY_KEY.text}", "Idempotency-Key")
+    return key
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, list):
-        return invalid_body(outcome[0].field, outcome[0].message)
+        return error_body("invalid", outcome[0].message, outcome[0].field)
     return accepted_body(outcome)
 
 

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from pigeonpush.delivery.gateway import AmpGateways
 from pigeonpush.http import JsonSite
+from pigeonpush.identifiers import MAX_CLIENT_ID
 from pigeonpush.notification.api import ApiSettings, NotificationApi
 from pigeonpush.notification.auth import ApiKeys, KeyFileError, key_problem, read_key_file
 from pigeonpush.notification.core import DEFAULT_LOG_LENGTH, DEFAULT_MAX_TOPICS, Notifications
@@ -41,7 +42,7 @@ def default_max_body(limits: Limits, max_batch: int) -> int:
     + max_text + max_extras + 512)``, and never less than one notification with
     every recipient at its longest clientId."""
     per_item = limits.max_title + limits.max_text + limits.max_extras + BODY_BYTES_PER_ITEM_MARGIN
-    one_full = 2 * per_item + limits.max_recipients * (128 + 3)
+    one_full = 2 * per_item + limits.max_recipients * (MAX_CLIENT_ID + 3)
     return max(2 * max_batch * per_item, one_full)
 
 

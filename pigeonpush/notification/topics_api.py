@@ -2,9 +2,8 @@
 
 ``POST /v1/topics/{topic}/subscribers`` with ``{"add": [...], "remove":
 [...]}``, ``DELETE /v1/topics/{topic}`` and ``GET
-/v1/devices/{clientId}/topics``. Topic names follow ``pigeonpush.topics``;
-clientIds the API's rule (``validate.CLIENT_ID``). A request that gets a 4xx
-writes nothing.
+/v1/devices/{clientId}/topics``. Topic names and clientIds follow
+``pigeonpush.identifiers``. A request that gets a 4xx writes nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +15,18 @@ import attrs
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, echo, read_json_object
-from pigeonpush.notification.validate import CLIENT_ID, CLIENT_ID_RULE, Invalid
+from pigeonpush.http import (
+    JsonResource,
+    JsonResponse,
+    JsonTree,
+    checked_identifier,
+    echo,
+    invalid,
+    read_json_object,
+)
+from pigeonpush.identifiers import CLIENT_ID, TOPIC, is_client_id
+from pigeonpush.notification.validate import Invalid
 from pigeonpush.store.interface import Store
-from pigeonpush.topics import TOPIC_RULE, is_topic
 
 #: The most clientIds one subscribers request adds and removes together.
 DEFAULT_MAX_CHANGES = 1000
@@ -43,8 +50,8 @@ def subscriber_changes(data: dict[str, Any], limit: int) -> SubscriberChanges | 
         if not isinstance(value, list):
             return Invalid(name, f"{name} must be a list of clientIds")
         for index, client_id in enumerate(value):
-            if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
-                return Invalid(f"{name}[{index}]", f"each clientId must be {CLIENT_ID_RULE}")
+            if not is_client_id(client_id):
+                return Invalid(f"{name}[{index}]", f"each clientId must be {CLIENT_ID.text}")
         lists[name] = tuple(dict.fromkeys(value))
     total = len(lists["add"]) + len(lists["remove"])
     if total == 0:
@@ -79,7 +86,7 @@ class TopicsApi:
         _check_topic(topic)
         changes = subscriber_changes(read_json_object(request, max_body), self._max_changes)
         if isinstance(changes, Invalid):
-            raise _invalid(changes)
+            raise invalid(changes.message, changes.field)
         added, removed = 0, 0
         refused: tuple[str, ...] = ()
         if changes.remove:
@@ -96,21 +103,13 @@ class TopicsApi:
         return JsonResponse({"topic": topic, "unsubscribed": unsubscribed})
 
     async def device_topics(self, request: Request, client_id: str) -> JsonResponse:
-        if not CLIENT_ID.match(client_id):
-            raise _invalid(Invalid("clientId", f"clientId must be {CLIENT_ID_RULE}"))
+        checked_identifier(CLIENT_ID, client_id)
         topics = await self._store.device_topics(client_id)
         return JsonResponse({"clientId": client_id, "topics": topics})
 
 
 def _check_topic(topic: str) -> None:
-    if not is_topic(topic):
-        raise _invalid(Invalid("topic", f"topic must be {TOPIC_RULE}"))
-
-
-def _invalid(problem: Invalid) -> ApiError:
-    from pigeonpush.notification.api import InvalidNotification
-
-    return InvalidNotification(problem)
+    checked_identifier(TOPIC, topic)
 
 
 class TopicsTree(Resource):

@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, bad_request, echo
+from pigeonpush.http import ApiError, JsonResource, JsonResponse, JsonTree, echo, invalid
 from pigeonpush.notification.api import iso8601
 from pigeonpush.store.checks import entry_key
 from pigeonpush.store.interface import Store, StoreError
@@ -76,7 +76,7 @@ class UplinkApi:
         try:
             entry_key(after)
         except ValueError as e:
-            raise bad_request(f"after: {e}") from None
+            raise invalid(f"after: {e}", "after") from None
         wait = _number(request, b"wait", 0.0, 0.0, MAX_WAIT, float)
         limit = int(_number(request, b"limit", DEFAULT_LIMIT, 1, MAX_LIMIT, int))
         reading = self._store.uplinks(after, limit, wait)
@@ -128,7 +128,7 @@ def _only(request: Request, names: tuple[bytes, ...]) -> None:
     unknown = sorted(set(request.args or {}) - set(names))
     if unknown:
         name = unknown[0].decode("utf-8", "replace")
-        raise bad_request(f"unknown query parameter {echo(name)!r}")
+        raise invalid(f"unknown query parameter {echo(name)!r}", echo(name))
 
 
 def _text(request: Request, name: bytes, default: str) -> str:
@@ -136,11 +136,11 @@ def _text(request: Request, name: bytes, default: str) -> str:
     if not values:
         return default
     if len(values) > 1:
-        raise bad_request(f"{name.decode()} is given more than once")
+        raise invalid(f"{name.decode()} is given more than once", name.decode())
     try:
         return str(values[0].decode("ascii"))
     except UnicodeDecodeError:
-        raise bad_request(f"{name.decode()} must be ASCII") from None
+        raise invalid(f"{name.decode()} must be ASCII", name.decode()) from None
 
 
 def _number(
@@ -160,5 +160,5 @@ def _number(
     except ValueError:
         value = None
     if value is None or not low <= value <= high:
-        raise bad_request(f"{name.decode()} must be {what} from {low:g} to {high:g}")
+        raise invalid(f"{name.decode()} must be {what} from {low:g} to {high:g}", name.decode())
     return value

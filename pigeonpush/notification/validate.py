@@ -17,19 +17,14 @@ from datetime import datetime, timedelta, timezone
 import attrs
 
 from pigeonpush.http import echo
-from pigeonpush.topics import BROADCAST, TOPIC_RULE, is_topic
+from pigeonpush.identifiers import CLIENT_ID, COLLAPSE_KEY, TOPIC, is_client_id, is_topic
+from pigeonpush.topics import BROADCAST
 
-#: What a clientId may be (the same rule as reglog's).
-CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
-CLIENT_ID_RULE = "a string of 1 to 128 letters, digits, '.', '_', ':' or '-'"
 #: The fields a notification may have; anything else is refused (a typo such
 #: as "tll" must not silently become the default TTL).
 FIELDS = frozenset(
     {"to", "topic", "broadcast", "title", "text", "ttl", "extras", "collapseKey", "sendAt", "delay"}
 )
-#: What a collapse key may be: the clientId alphabet, at most 64 characters.
-COLLAPSE_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,64}\Z")
-COLLAPSE_KEY_RULE = "a string of 1 to 64 letters, digits, '.', '_', ':' or '-'"
 #: An RFC 3339 date-time (with its offset: a time without one means nothing).
 RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -187,8 +182,8 @@ def validate(data: object, limits: Limits, now: float | None = None) -> Draft | 
 
 
 def _collapse_key(value: object, problems: list[Invalid]) -> str | None:
-    if not isinstance(value, str) or not COLLAPSE_KEY.match(value):
-        problems.append(Invalid("collapseKey", f"collapseKey must be {COLLAPSE_KEY_RULE}"))
+    if not COLLAPSE_KEY.matches(value):
+        problems.append(Invalid("collapseKey", f"collapseKey must be {COLLAPSE_KEY.text}"))
         return None
     return value
 
@@ -259,7 +254,7 @@ def _audience(data: dict[str, object], problems: list[Invalid]) -> str | None:
         return BROADCAST
     if "topic" in data:
         if not is_topic(data["topic"]):
-            problems.append(Invalid("topic", f"topic must be {TOPIC_RULE}"))
+            problems.append(Invalid("topic", f"topic must be {TOPIC.text}"))
         return str(data["topic"])
     return None
 
@@ -289,8 +284,8 @@ def _recipients(value: object, limits: Limits, problems: list[Invalid]) -> tuple
         )
         return None
     for index, client_id in enumerate(value):
-        if not isinstance(client_id, str) or not CLIENT_ID.match(client_id):
-            problems.append(Invalid(f"to[{index}]", f"each clientId must be {CLIENT_ID_RULE}"))
+        if not is_client_id(client_id):
+            problems.append(Invalid(f"to[{index}]", f"each clientId must be {CLIENT_ID.text}"))
             return None
     # dict keeps the first occurrence's place: duplicates are dropped in order.
     return tuple(dict.fromkeys(value))

@@ -9,7 +9,6 @@ optional field means absent.
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -22,11 +21,13 @@ from pigeonpush.http import (
     JsonResource,
     JsonResponse,
     JsonTree,
-    bad_request,
     bearer_token,
+    checked_identifier,
     echo,
+    invalid,
     read_json_object,
 )
+from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.metrics import MetricsResource
 from pigeonpush.reglog import metrics
 from pigeonpush.reglog.balancer import Balancer
@@ -37,34 +38,28 @@ from pigeonpush.store.interface import StoreError
 
 log = Logger()
 
-MAX_CLIENT_ID = 128
 MAX_SECRET = 256
 #: At most this many servers in a route request's ``avoid``...
 MAX_AVOID = 16
 #: ... each a ``host:port`` of at most this many characters (a DNS name and a port).
 MAX_ADDRESS = 262
-_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _REALM = 'Bearer realm="pigeonpush-reglog"'
 #: While the store is down every request fails the same way: warn once per interval.
 STORE_WARNING_INTERVAL = 10.0
 
 
 def optional_client_id(body: dict[str, Any]) -> str | None:
-    """``clientId`` if present: 1 to 128 of letters, digits and ``- _ . :``."""
+    """``clientId`` if present (the rule of ``pigeonpush.identifiers``)."""
     value = body.get("clientId")
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_ID:
-        raise bad_request(f"clientId must be a string of 1 to {MAX_CLIENT_ID} characters")
-    if not value.isascii() or _CLIENT_ID.fullmatch(value) is None:
-        raise bad_request("clientId may contain only letters, digits and - _ . :")
-    return value
+    return checked_identifier(CLIENT_ID, value)
 
 
 def required_client_id(body: dict[str, Any]) -> str:
     client_id = optional_client_id(body)
     if client_id is None:
-        raise bad_request("clientId is required")
+        raise invalid("clientId is required", "clientId")
     return client_id
 
 
@@ -73,7 +68,7 @@ def secret_field(body: dict[str, Any]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_SECRET:
-        raise bad_request(f"secret must be a string of 1 to {MAX_SECRET} characters")
+        raise invalid(f"secret must be a string of 1 to {MAX_SECRET} characters", "secret")
     return value
 
 
@@ -84,21 +79,21 @@ def avoid_field(body: dict[str, Any]) -> frozenset[str]:
         return frozenset()
     rule = f"avoid must be a list of at most {MAX_AVOID} host:port strings"
     if not isinstance(value, list) or len(value) > MAX_AVOID:
-        raise bad_request(rule)
+        raise invalid(rule, "avoid")
     for address in value:
         if not isinstance(address, str) or not 1 <= len(address) <= MAX_ADDRESS:
-            raise bad_request(f"{rule} of at most {MAX_ADDRESS} characters")
+            raise invalid(f"{rule} of at most {MAX_ADDRESS} characters", "avoid")
         port = address.rpartition(":")[2]
         # No host holds a space or a control character, and a port is ASCII
         # digits (int() would take " 80", "+80" or other scripts' digits).
         if not (port.isascii() and port.isdigit()) or not all(
             char.isprintable() and not char.isspace() for char in address
         ):
-            raise bad_request(f"{rule}, not {echo(address)!r}")
+            raise invalid(f"{rule}, not {echo(address)!r}", "avoid")
         try:
             split_address(address)
         except ValueError:
-            raise bad_request(f"{rule}, not {echo(address)!r}") from None
+            raise invalid(f"{rule}, not {echo(address)!r}", "avoid") from None
     return frozenset(value)
 
 
@@ -113,7 +108,7 @@ def websocket_field(body: dict[str, Any]) -> bool:
     if value is None:
         return False
     if value not in TRANSPORTS:
-        raise bad_request("transport must be 'tcp' or 'websocket'")
+        raise invalid("transport must be 'tcp' or 'websocket'", "transport")
     return bool(value == "websocket")
 
 

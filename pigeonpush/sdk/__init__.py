@@ -7,8 +7,9 @@ See docs/sdk.rst for the callback contract, the events and the delivery
 guarantee (at least once, duplicates filtered).
 """
 
+from pigeonpush.identifiers import check_client_id
 from pigeonpush.sdk.backoff import BackoffPolicy, full_jitter
-from pigeonpush.sdk.client import ClientState, PushClient, check_client_id
+from pigeonpush.sdk.client import ClientState, PushClient
 from pigeonpush.sdk.errors import (
     ProtocolVersionRefused,
     PushClientError,

@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 
+from pigeonpush.identifiers import check_client_id, check_topic
 from pigeonpush.rpcpool import parse_peer_address
 from pigeonpush.sdk.backoff import BackoffPolicy, full_jitter
 from pigeonpush.sdk.dedup import RecentIds
@@ -74,7 +75,6 @@ from pigeonpush.sdk.message import Message, MessageCallback, RetryLater
 from pigeonpush.sdk.protocol import ClientProtocol, SessionFactory
 from pigeonpush.sdk.route import MAX_AVOID, Route, RouteFetcher, RouteSource
 from pigeonpush.tls import ClientTLS, client_endpoint
-from pigeonpush.topics import check_topic
 from pigeonpush.wire.codec import (
     DEFAULT_MAX_FRAME,
     MAX_MAX_FRAME,
@@ -97,8 +97,6 @@ from pigeonpush.wire.frames import (
     Unsubscribe,
 )
 
-#: Longest clientId the services accept.
-MAX_CLIENT_ID_LENGTH = 128
 #: Seconds a server the client failed to reach stays on its ``avoid`` list.
 AVOID_SECONDS = 60.0
 
@@ -135,16 +133,6 @@ def _at_least_one(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer of at least 1, not {value!r}")
     return value
-
-
-def check_client_id(client_id: object) -> str:
-    """The clientId if valid; ValueError with the rule otherwise."""
-    if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID_LENGTH:
-        raise ValueError(
-            f"clientId must be a string of 1 to {MAX_CLIENT_ID_LENGTH} characters, "
-            f"not {client_id!r}"
-        )
-    return client_id
 
 
 class PushClient:

@@ -29,6 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.identifiers import CLIENT_ID, is_client_id
 from pigeonpush.logsafe import LogThrottle, untrusted
 from pigeonpush.rpc import PullSource, PushItem, PushStatus
 from pigeonpush.server.acks import AckBatcher
@@ -246,9 +247,14 @@ class PushHub:
             self._refuse(session, auth, AuthFailCode.UNAVAILABLE, "the server is shutting down")
             return
         client_id, token = auth.client_id, auth.token
-        if not client_id or not token:
+        # No token is ever issued for a clientId outside the rule: refused
+        # without asking the store.
+        if not is_client_id(client_id) or not token:
             self._refuse(
-                session, auth, AuthFailCode.BAD_TOKEN, "clientId and token must not be empty"
+                session,
+                auth,
+                AuthFailCode.BAD_TOKEN,
+                f"clientId must be {CLIENT_ID.text}, and token must not be empty",
             )
             return
         if self._full(client_id):

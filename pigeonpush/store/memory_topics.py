@@ -11,6 +11,7 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
+from pigeonpush.identifiers import check_topic
 from pigeonpush.store import checks, topic_checks, topic_keys
 from pigeonpush.store.expiring import Expiries, ExpiringTable
 from pigeonpush.store.model import Message
@@ -25,7 +26,7 @@ from pigeonpush.store.topic_model import (
     TopicReceipt,
     offset_key,
 )
-from pigeonpush.topics import BROADCAST, check_audience, check_topic
+from pigeonpush.topics import BROADCAST, check_audience
 
 P = ParamSpec("P")
 T = TypeVar("T")

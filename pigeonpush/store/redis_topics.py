@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from pigeonpush.identifiers import check_topic
 from pigeonpush.store import checks, topic_checks, topic_keys, topic_scripts
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.model import Message
@@ -31,7 +32,7 @@ from pigeonpush.store.topic_model import (
     TopicReceipt,
     offset_key,
 )
-from pigeonpush.topics import BROADCAST, check_topic
+from pigeonpush.topics import BROADCAST
 
 if TYPE_CHECKING:
     from pigeonpush.store.redis_cluster import ClusterConnection

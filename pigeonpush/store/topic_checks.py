@@ -7,10 +7,11 @@ import math
 import secrets
 from collections.abc import Sequence
 
+from pigeonpush.identifiers import check_topic
 from pigeonpush.store import checks
 from pigeonpush.store.model import Message
 from pigeonpush.store.topic_model import TopicEntry, TopicPosition, offset_key
-from pigeonpush.topics import check_audience, check_topic
+from pigeonpush.topics import check_audience
 
 #: The most devices one subscribe or unsubscribe call takes.
 MAX_BATCH = 10_000

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Final, NoReturn
 
-from pigeonpush.topics import TOPIC_RULE, is_topic
+from pigeonpush.identifiers import TOPIC, is_topic
 from pigeonpush.wire.frames import (
     MAX_UPLINK_DATA_BYTES,
     MAX_UPLINK_ID_BYTES,
@@ -517,7 +517,7 @@ def _decode_request(data: bytes) -> Subscribe | Unsubscribe:
         _explain(data)
     if not is_topic(topic):
         name = FrameType(data[0]).name
-        raise DecodeError(ErrorCode.MALFORMED, f"{name}: the topic must be {TOPIC_RULE}")
+        raise DecodeError(ErrorCode.MALFORMED, f"{name}: the topic must be {TOPIC.text}")
     if data[0] == FrameType.SUBSCRIBE:
         return Subscribe(request_id, topic)
     return Unsubscribe(request_id, topic)

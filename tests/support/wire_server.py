@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from pigeonpush.identifiers import CLIENT_ID, is_client_id
 from pigeonpush.wire.codec import DEFAULT_MAX_FRAME, ENCODED_PONG, decode, encode
 from pigeonpush.wire.frames import (
     Ack,
@@ -205,13 +206,14 @@ class ReglogRoute(Resource):
             status, scripted = self.script.pop(0)
             return self._answer(request, status, scripted)
         client_id = body.get("clientId") if isinstance(body, dict) else None
-        if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
+        if not is_client_id(client_id):
             return self._answer(
                 request,
                 400,
                 {
-                    "error": "bad_request",
-                    "message": "clientId must be a string of 1 to 128 characters",
+                    "error": "invalid",
+                    "message": f"clientId must be {CLIENT_ID.text}",
+                    "field": "clientId",
                 },
             )
         if self.secret is not None and body.get("secret") != self.secret:

@@ -43,6 +43,7 @@ import {
   serverAddress,
   websocketUrl,
 } from "./route.js";
+import { CLIENT_ID, CLIENT_ID_RULE, isClientId, isTopic } from "./identifiers.js";
 import { Session } from "./session.js";
 import { SYSTEM_CLOCK } from "./clock.js";
 
@@ -59,8 +60,7 @@ export const ClientState = Object.freeze({
 
 /** Seconds a server the client failed to reach stays on its `avoid` list. */
 export const AVOID_SECONDS = 60;
-/** clientId grammar, as reglog checks it. */
-export const CLIENT_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+export { CLIENT_ID };
 
 /**
  * The version to try after a server refused `refused`: the newest older one
@@ -98,11 +98,8 @@ function atLeastOne(name, value) {
 
 /** The clientId if valid; RangeError with the rule otherwise. */
 export function checkClientId(clientId) {
-  if (typeof clientId !== "string" || !CLIENT_ID.test(clientId)) {
-    throw new RangeError(
-      "clientId must be 1 to 128 characters from A-Z a-z 0-9 - _ . :, " +
-        `not ${JSON.stringify(clientId)}`,
-    );
+  if (!isClientId(clientId)) {
+    throw new RangeError(`clientId must be ${CLIENT_ID_RULE}, not ${JSON.stringify(clientId)}`);
   }
   return clientId;
 }
@@ -712,7 +709,7 @@ export class PushClient extends EventTarget {
   }
 
   _request(type, topic) {
-    if (typeof topic !== "string" || !/^[A-Za-z0-9._~-]{1,128}$/.test(topic)) {
+    if (!isTopic(topic)) {
       return Promise.reject(new TypeError(`not a topic name: ${JSON.stringify(topic)}`));
     }
     this._requests ??= new Map();

@@ -7,6 +7,8 @@
 // frame without the length prefix (`encodePayload` / `decode`); over a byte
 // stream (TCP) each frame has its u32 length first (`encode` / `FrameReader`).
 
+import { TOPIC } from "./identifiers.js";
+
 /** The protocol version this client sends in AUTH. */
 export const PROTOCOL_VERSION = 3;
 /** The first version with NACK. */
@@ -77,7 +79,6 @@ const ERROR_NAMES = invert(ErrorCode);
 /** SUBSCRIPTION code name -> code (version 3). */
 const SubscriptionCode = Object.freeze({ OK: 0, NOT_ALLOWED: 1, TOO_MANY: 2, UNAVAILABLE: 3 });
 const SUBSCRIPTION_NAMES = invert(SubscriptionCode);
-const TOPIC = /^[A-Za-z0-9._~-]{1,128}$/;
 
 function invert(table) {
   const names = new Map();

@@ -109,7 +109,7 @@ def test_a_refusal_is_not_retried_and_refused_items_are_counted() -> None:
     http = FakeHttp(
         clock,
         [
-            (400, {"error": "bad_request"}),
+            (400, {"error": "invalid"}),
             (200, {"results": [{"messageId": MessageIdGenerator(clock)()}, {"error": "invalid"}]}),
         ],
     )
