@@ -117,6 +117,13 @@ async def test_a_client_that_leaves_ends_its_wait(api: Api) -> None:  # noqa: F8
         ("limit=0", "limit must be a whole number from 1 to 1000"),
         ("limit=1001", "limit must be a whole number from 1 to 1000"),
         ("limit=2.5", "limit must be a whole number from 1 to 1000"),
+        ("limit=", "limit must be a whole number from 1 to 1000"),
+        ("limit=%2B5", "limit must be a whole number from 1 to 1000"),
+        ("limit=5_0", "limit must be a whole number from 1 to 1000"),
+        ("limit=%205", "limit must be a whole number from 1 to 1000"),
+        ("wait=", "wait must be a number from 0 to 30"),
+        ("wait=nan", "wait must be a number from 0 to 30"),
+        ("wait=1e1", "wait must be a number from 0 to 30"),
         ("wiat=20", "unknown query parameter 'wiat'"),
         ("after=0&\x1b=1", "unknown query parameter"),
     ],
@@ -134,6 +141,10 @@ async def test_dead_uplinks_take_only_a_limit(api: Api) -> None:  # noqa: F811
     answer = await api.get("/v1/uplinks/dead?after=0")
     assert answer.status == 400
     assert answer.json["message"] == "unknown query parameter 'after'"
+    answer = await api.get("/v1/uplinks/dead?limit=")
+    assert answer.status == 400
+    assert answer.json["message"] == "limit must be a whole number from 1 to 1000"
+    assert (await api.get("/v1/uplinks/dead?limit=3")).status == 200
 
 
 @pytest_twisted.ensureDeferred

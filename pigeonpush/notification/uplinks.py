@@ -12,6 +12,7 @@ or empty after ``wait`` seconds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -143,6 +144,10 @@ def _text(request: Request, name: bytes, default: str) -> str:
         raise invalid(f"{name.decode()} must be ASCII", name.decode()) from None
 
 
+_WHOLE = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
+
+
 def _number(
     request: Request,
     name: bytes,
@@ -151,14 +156,15 @@ def _number(
     high: float,
     kind: type[float] | type[int],
 ) -> float:
-    text = _text(request, name, "")
-    if not text:
+    if name not in (request.args or {}):
         return default
+    text = _text(request, name, "")
     what = "a whole number" if kind is int else "a number"
-    try:
+    # Plain decimal only: int() and float() would also take "", " 5", "5_0",
+    # "+5", "1e3", "nan" and digits of other scripts.
+    value: float | None = None
+    if (_WHOLE if kind is int else _DECIMAL).fullmatch(text):
         value = kind(text)
-    except ValueError:
-        value = None
     if value is None or not low <= value <= high:
         raise invalid(f"{name.decode()} must be {what} from {low:g} to {high:g}", name.decode())
     return value
