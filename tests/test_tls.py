@@ -19,13 +19,8 @@ from twisted.python import usage
 
 from pigeonpush import options
 from pigeonpush.delivery import tap as delivery_tap
-from pigeonpush.rpcpool import (
-    AmpPool,
-    PeerAddress,
-    RpcUnavailable,
-    parse_peer_address,
-    split_address,
-)
+from pigeonpush.hostport import PeerAddress, parse_peer_address, split_address
+from pigeonpush.rpcpool import AmpPool, RpcUnavailable
 from pigeonpush.server import tap as server_tap
 from pigeonpush.tls import TCP, TLS, ClientTLS, listening_transport, load_trust_root
 from support.certs import CertificateAuthority, ServerCertificate

@@ -32,7 +32,7 @@ from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_IN
 from pigeonpush.delivery.schedule import SchedulePoller
 from pigeonpush.discovery.interface import DELIVERY, Discovery
 from pigeonpush.discovery.interface import Registration as NodeRegistration
-from pigeonpush.rpcpool import PeerAddress
+from pigeonpush.hostport import PeerAddress
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.tls import TCP
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from pigeonpush.hostport import split_address
 from pigeonpush.http import (
     ApiError,
     JsonResource,
@@ -32,7 +33,6 @@ from pigeonpush.reglog import metrics
 from pigeonpush.reglog.balancer import Balancer
 from pigeonpush.reglog.devices import ClientExists, DeviceRegistry
 from pigeonpush.reglog.routing import BadSecret, NoServer, Router, SecretRequired
-from pigeonpush.rpcpool import split_address
 from pigeonpush.store.interface import StoreError
 
 log = Logger()
@@ -88,15 +88,8 @@ def avoid_field(body: dict[str, Any]) -> frozenset[str]:
     for address in value:
         if not isinstance(address, str) or not 1 <= len(address) <= MAX_ADDRESS:
             raise bad_request(f"{rule} of at most {MAX_ADDRESS} characters")
-        port = address.rpartition(":")[2]
-        # No host holds a space or a control character, and a port is ASCII
-        # digits (int() would take " 80", "+80" or other scripts' digits).
-        if not (port.isascii() and port.isdigit()) or not all(
-            char.isprintable() and not char.isspace() for char in address
-        ):
-            raise bad_request(f"{rule}, not {echo(address)!r}")
         try:
-            split_address(address)
+            split_address(address)  # the one host:port rule (pigeonpush.hostport)
         except ValueError:
             raise bad_request(f"{rule}, not {echo(address)!r}") from None
     return frozenset(value)

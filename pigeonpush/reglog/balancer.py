@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pigeonpush.discovery.interface import Node
-from pigeonpush.rpcpool import parse_peer_address
+from pigeonpush.hostport import parse_peer_address
 from pigeonpush.tls import TCP, TLS
 
 log = Logger()

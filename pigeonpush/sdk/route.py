@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from pigeonpush.rpcpool import PeerAddress, split_address
+from pigeonpush.hostport import PeerAddress, split_address
 from pigeonpush.sdk.backoff import BackoffPolicy
 from pigeonpush.sdk.errors import RouteLookupFailed
 from pigeonpush.tls import TCP, TRANSPORTS

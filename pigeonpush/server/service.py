@@ -37,7 +37,8 @@ from pigeonpush.discovery.interface import (
     Registration,
     Watch,
 )
-from pigeonpush.rpcpool import AmpPool, PeerAddress, parse_peer_address
+from pigeonpush.hostport import PeerAddress, parse_peer_address
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
