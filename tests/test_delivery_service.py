@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from pigeonpush.delivery import metrics
 from pigeonpush.delivery.loop import ConsumeLoop
 from pigeonpush.delivery.router import BatchReport
-from pigeonpush.delivery.service import LagGauge, Listener, Registration
+from pigeonpush.delivery.service import LagGauge, Registration
 from pigeonpush.discovery import Node, StaticDiscovery
 from pigeonpush.discovery.interface import Registration as NodeRegistration
-from pigeonpush.services import StopInOrder
+from pigeonpush.services import Listener, StopInOrder
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.model import Message, Notification, QueueEntry
 from support.logcheck import FailureCollector

@@ -16,14 +16,14 @@ import pytest
 import pytest_twisted
 from twisted.python import usage
 
-from pigeonpush.delivery.service import DeliveryWorker, LagGauge, Listener, Registration
+from pigeonpush.delivery.service import DeliveryWorker, LagGauge, Registration
 from pigeonpush.delivery.tap import Options, default_node_id, makeService
 from pigeonpush.discovery import DiscoveryService, Node, open_discovery
 from pigeonpush.notification.core import Notifications, Submission
 from pigeonpush.notification.validate import Limits
 from pigeonpush.rpc import Pull, decode_batch
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, GcTuning
+from pigeonpush.services import Closer, GcTuning, Listener
 from pigeonpush.store import open_store
 from pigeonpush.store.model import Accepted
 from support.server_double import ServerDouble

@@ -19,8 +19,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,6 +32,7 @@ from pigeonpush.delivery.schedule import SchedulePoller
 from pigeonpush.discovery.interface import DELIVERY, Discovery
 from pigeonpush.discovery.interface import Registration as NodeRegistration
 from pigeonpush.hostport import PeerAddress
+from pigeonpush.services import Listener
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.tls import TCP
 
@@ -73,46 +73,6 @@ class DeliveryWorker(MultiService):
         self.schedule = SchedulePoller(store, clock, interval=schedule_interval)
         self.schedule.setServiceParent(self)
         self.pull_source = PendingMessages(store, clock)
-
-
-class Listener(Service):
-    """Listens on an endpoint while running. A failure to listen raises from
-    ``startService`` when the endpoint fails at once (a port in use), so
-    twistd exits with the error instead of running deaf."""
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
-        self._endpoint = endpoint
-        self._factory = factory
-        self._port: IListeningPort | None = None
-        self._waiting: list[Deferred[IListeningPort]] = []
-
-    def startService(self) -> None:
-        super().startService()
-        failures: list[Failure] = []
-        self._endpoint.listen(self._factory).addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(port)
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        if self._port is not None:
-            return succeed(self._port)
-        waiter: Deferred[IListeningPort] = Deferred()
-        self._waiting.append(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self._port = self._port, None
-        if port is None:
-            return None
-        stopped: Deferred[None] | None = port.stopListening()
-        return stopped
 
 
 class Registration(Service):

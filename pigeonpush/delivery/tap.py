@@ -18,7 +18,6 @@ from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_IN
 from pigeonpush.delivery.service import (
     DeliveryWorker,
     LagGauge,
-    Listener,
     Registration,
 )
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
@@ -163,7 +162,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         schedule_interval=config["schedule-interval"],
     )
     worker.setServiceParent(top)
-    listener = Listener(
+    listener = listen_or_fail(
         serverFromString(reactor, config["rpc"]), PullServerFactory(worker.pull_source)
     )
     listener.setServiceParent(top)

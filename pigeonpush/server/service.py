@@ -45,6 +45,7 @@ from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.rpc_server import ServerRpcFactory
 from pigeonpush.server.topics import FeedReader
 from pigeonpush.server.websocket import NO_BROWSERS, OriginPolicy, WebSocketFactory
+from pigeonpush.services import fail_now
 from pigeonpush.tls import TCP
 
 #: Seconds between two checks of the connection count published in discovery
@@ -156,12 +157,11 @@ class PushServerService(MultiService):
         bound fails the start at once (twistd reports it and exits 1)."""
         super().privilegedStartService()
         self._listening = ensureDeferred(self._listen())
-        if self._listening.called:
-            refused: list[Failure] = []
-            self._listening.addErrback(refused.append)
-            if refused:
-                self._start_failure = refused[0]
-                refused[0].raiseException()
+        try:
+            fail_now(self._listening)
+        except Exception:
+            self._start_failure = Failure()
+            raise
 
     def startService(self) -> None:
         super().startService()
