@@ -2,8 +2,8 @@
 
 ``DeliveryWorker`` is the part every deployment needs (the consume loop and the
 pull source over one store); the all-in-one process uses it with an
-in-process gateway. ``Listener``, ``Registration`` and ``LagGauge`` are the
-networked worker's extras.
+in-process gateway. ``RegistrationService`` and ``LagGauge`` are the
+networked worker's extras (with a ``services.Listener`` for Pull).
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from twisted.python.failure import Failure
 from pigeonpush.delivery import metrics
 from pigeonpush.delivery.loop import ConsumeLoop
 from pigeonpush.delivery.pull import PendingMessages
-from pigeonpush.delivery.router import GatewayFor, Router
+from pigeonpush.delivery.router import GatewayFor, MessageRouter
 from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_INTERVAL
 from pigeonpush.delivery.schedule import SchedulePoller
-from pigeonpush.discovery.interface import DELIVERY, Discovery
-from pigeonpush.discovery.interface import Registration as NodeRegistration
+from pigeonpush.discovery.interface import DELIVERY, Discovery, NodeRegistration
 from pigeonpush.hostport import PeerAddress
 from pigeonpush.services import Listener
 from pigeonpush.store.interface import Store, StoreError
@@ -57,7 +56,7 @@ class DeliveryWorker(MultiService):
         schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         super().__init__()
-        self.router = Router(store, gateway_for, clock)
+        self.router = MessageRouter(store, gateway_for, clock)
         self.loop = ConsumeLoop(
             store,
             self.router,
@@ -75,7 +74,7 @@ class DeliveryWorker(MultiService):
         self.pull_source = PendingMessages(store, clock)
 
 
-class Registration(Service):
+class RegistrationService(Service):
     """This worker's node under ``/pigeonpush/delivery/`` while it runs, so that
     push servers find its Pull endpoint. ``advertise`` None means
     ``127.0.0.1:<listening port>``, prefixed ``tls:`` when ``transport`` is

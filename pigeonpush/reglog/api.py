@@ -1,4 +1,4 @@
-"""The reglog HTTP API: input checks and HTTP answers; the work is the Router's.
+"""The reglog HTTP API: input checks and HTTP answers; the work is the RouteIssuer's.
 
 ``POST /v1/route``, ``POST /v1/devices``, ``GET /health`` and ``/metrics``;
 documented in docs/reglog.rst and docs/openapi/reglog.json. Unknown fields of a
@@ -32,7 +32,7 @@ from pigeonpush.metrics import MetricsResource
 from pigeonpush.reglog import metrics
 from pigeonpush.reglog.balancer import Balancer
 from pigeonpush.reglog.devices import ClientExists, DeviceRegistry
-from pigeonpush.reglog.routing import BadSecret, NoServer, Router, SecretRequired
+from pigeonpush.reglog.routing import BadSecret, NoServer, RouteIssuer, SecretRequired
 from pigeonpush.store.interface import StoreError
 
 log = Logger()
@@ -120,7 +120,7 @@ class ReglogApi:
 
     def __init__(
         self,
-        router: Router,
+        issuer: RouteIssuer,
         balancer: Balancer,
         clock: IReactorTime,
         *,
@@ -128,7 +128,7 @@ class ReglogApi:
         admin_key: str | None = None,
         max_body: int,
     ) -> None:
-        self._router = router
+        self._issuer = issuer
         self._balancer = balancer
         self._clock = clock
         self._devices = devices
@@ -173,7 +173,7 @@ class ReglogApi:
         avoid = avoid_field(body)
         websocket = websocket_field(body)
         try:
-            grant = await self._router.route(client_id, secret, avoid, websocket=websocket)
+            grant = await self._issuer.route(client_id, secret, avoid, websocket=websocket)
         except SecretRequired:
             raise ApiError(
                 401,

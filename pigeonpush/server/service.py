@@ -34,7 +34,7 @@ from pigeonpush.discovery.interface import (
     SERVERS,
     Discovery,
     Node,
-    Registration,
+    NodeRegistration,
     Watch,
 )
 from pigeonpush.hostport import PeerAddress, parse_peer_address
@@ -56,7 +56,7 @@ LOAD_REPORT_INTERVAL = 1.0
 STOP_STEP_TIMEOUT = 5.0
 
 
-def default_node_id(advertise: str) -> str:
+def server_node_id(advertise: str) -> str:
     """The node id derived from the client address: its ``host:port``
     (a valid znode name), whatever the transport."""
     return parse_peer_address(advertise).host_port
@@ -129,7 +129,7 @@ class PushServerService(MultiService):
         self.rpc_factory = ServerRpcFactory(hub)
         self.client_port: IListeningPort | None = None
         self.rpc_port: IListeningPort | None = None
-        self.registration: Registration | None = None
+        self.registration: NodeRegistration | None = None
         self._watch: Watch | None = None
         self._published: dict[str, Any] | None = None
         self._listening: Deferred[None] | None = None
@@ -212,7 +212,7 @@ class PushServerService(MultiService):
         if self.advertise is None:
             self.advertise = _local_address(self.client_port, self._client_transport)
         if self.node_id is None:
-            self.node_id = default_node_id(self.advertise)
+            self.node_id = server_node_id(self.advertise)
 
     async def _start(self, listening: Deferred[None]) -> None:
         await listening
