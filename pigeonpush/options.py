@@ -19,9 +19,9 @@ from twisted.python import usage
 
 from pigeonpush.discovery.naming import check_node_id as _check_node_id
 from pigeonpush.discovery.spec import parse_spec
+from pigeonpush.hostport import PeerAddress, parse_peer_address
 from pigeonpush.http import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
 from pigeonpush.logformat import LOG_FORMATS, install_log_format
-from pigeonpush.rpcpool import PeerAddress, parse_peer_address
 from pigeonpush.store.address import parse_store_address
 from pigeonpush.tls import ClientTLS
 

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application.service import ServiceMaker
 
 #: The top-level modules of setup.cfg's ``server`` extra (keep them in step).
-SERVER_DEPENDENCIES = frozenset({"txredisapi", "kazoo", "prometheus_client", "autobahn"})
+SERVER_DEPENDENCIES = frozenset({"txredisapi", "hiredis", "kazoo", "prometheus_client", "autobahn"})
 
 INSTALL_HINT = "pip install 'pigeonpush[server]'"
 

@@ -8,8 +8,7 @@ and made again by the next call; a call that takes longer than
 a peer that stopped answering is usually a half-open socket.
 
 Addresses are ``host:port`` for TCP and ``tls:host:port`` for TLS (IPv6 as
-``[v6]:port``); ``parse_peer_address`` is the one parser. The same strings are
-published in discovery (``client``, ``rpc``) and stored in ``ROUTE``. A pool
+``[v6]:port``), read by ``pigeonpush.hostport.parse_peer_address``. A pool
 connects to a ``tls:`` address with TLS, verifying the peer per its
 ``tls`` settings (``pigeonpush.tls.ClientTLS``; the system's authorities by
 default).
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -34,72 +32,12 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pigeonpush.tls import TCP, TLS, ClientTLS, client_endpoint, describe_failure
-
-#: The prefix of a TLS address; a plain ``host:port`` is TCP.
-TLS_PREFIX = "tls:"
+from pigeonpush.hostport import parse_peer_address
+from pigeonpush.tls import ClientTLS, client_endpoint, describe_failure
 
 
 class RpcUnavailable(Exception):
     """The peer could not be reached or did not answer in time."""
-
-
-@attrs.frozen(slots=True)
-class PeerAddress:
-    """Where a peer listens and what it speaks there. ``str()`` gives the
-    address back in its one written form (``[tls:]host:port``)."""
-
-    host: str
-    port: int
-    transport: str = TCP
-
-    @property
-    def tls(self) -> bool:
-        return self.transport == TLS
-
-    @property
-    def host_port(self) -> str:
-        """``host:port`` (``[v6]:port``), without the transport."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return (TLS_PREFIX if self.tls else "") + self.host_port
-
-
-def parse_peer_address(address: str) -> PeerAddress:
-    """``host:port`` (TCP) or ``tls:host:port`` (TLS), IPv6 as ``[v6]:port``;
-    ValueError when malformed."""
-    if not isinstance(address, str):
-        raise ValueError(f"address {address!r} is not a string")
-    transport = TCP
-    text = address
-    if text.startswith(TLS_PREFIX):
-        transport, text = TLS, text[len(TLS_PREFIX) :]
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError(f"address {address!r} is not host:port or tls:host:port")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"address {address!r} has no valid port")
-    if host.startswith("[") and host.endswith("]") and ":" in host:
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(
-            f"address {address!r}: write IPv6 hosts as [v6]:port, TLS as tls:host:port"
-        )
-    if not host or any(c in host for c in "[]/@ \t"):
-        raise ValueError(f"address {address!r} has no valid host")
-    return PeerAddress(host, port, transport)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) -> (host, port); ValueError when
-    malformed or when it names TLS (use ``parse_peer_address`` for those)."""
-    peer = parse_peer_address(address)
-    if peer.tls:
-        raise ValueError(f"address {address!r} is a TLS address, not host:port")
-    return peer.host, peer.port
 
 
 @implementer(IHandshakeListener)

@@ -1,5 +1,5 @@
-"""Service-tree glue the plugins share: ordered stops, closing resources, and
-the garbage collector's set-up."""
+"""Service-tree glue the plugins share: listening ports that fail the start,
+ordered stops, closing resources, and the garbage collector's set-up."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 
 class StopInOrder(MultiService):
@@ -36,28 +45,94 @@ class StopInOrder(MultiService):
                 log.failure("Stopping {service} failed", service=child)
 
 
-def listen_or_fail(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+def fail_now(deferred: Deferred[_T]) -> Deferred[_T]:
+    """``deferred``, unless it has already failed: then its error is raised here
+    (and ``deferred`` is left holding None).
+
+    The one way the plugins make a listening port that cannot be bound fail
+    the start: every stream endpoint (TCP, SSL, UNIX) binds inside
+    ``listen``, so a port in use is a Deferred that failed at once, which
+    raised from ``privilegedStartService``/``startService`` makes twistd (or
+    ``Daemon``) exit instead of running on without the port."""
+    outcome: list[object] = []
+    deferred.addBoth(_note, outcome)
+    if outcome and isinstance(outcome[0], Failure):
+        deferred.addErrback(lambda _: None)
+        outcome[0].raiseException()
+    return deferred
+
+
+def _note(result: _T, outcome: list[object]) -> _T:
+    outcome.append(result)
+    return result
+
+
+def listen_or_fail(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> Listener:
     """A listener whose port, if it cannot be bound, fails the start (and,
     under ``Daemon``, ends the process with one line) instead of being logged
     while the process runs on without it."""
-    service = _Listener(endpoint, factory)
-    service._raiseSynchronously = True
-    return service
+    return Listener(endpoint, factory)
 
 
-class _Listener(StreamServerEndpointService):
-    """Tells a factory that wants it (``listening_on``) which port it got."""
+class Listener(Service):
+    """Listens on ``endpoint`` with ``factory`` while running (from
+    ``privilegedStartService``, before twistd drops privileges). A port that
+    cannot be bound raises from the start (``fail_now``); a later failure is
+    logged. A factory that wants it (``listening_on``) is told which port it
+    got; ``when_listening`` tells anyone else."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        #: the port once listening (None before and after)
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[None] | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:  # started without the privileged step
+            self._listen()
+
+    def _listen(self) -> None:
+        listening = self.endpoint.listen(self.factory)
+        self._listening = fail_now(listening).addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
         tell = getattr(self.factory, "listening_on", None)
-        if tell is not None and self._waitingForPort is not None:
-            self._waitingForPort.addCallback(_told, tell)
+        if tell is not None:
+            tell(port)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
 
+    def _failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            log.failure("Cannot listen on {endpoint}", failure, endpoint=self.endpoint)
 
-def _told(port: IListeningPort, tell: Callable[[IListeningPort], object]) -> IListeningPort:
-    tell(port)
-    return port
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port once listening (never if listening fails)."""
+        if self.port is not None:
+            return succeed(self.port)
+        waiter: Deferred[IListeningPort] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        port, self.port = self.port, None
+        if port is not None:
+            stopped: Deferred[None] | None = port.stopListening()
+            return stopped
+        if listening is not None:
+            listening.cancel()  # an endpoint still binding
+        return None
 
 
 class Daemon(StopInOrder):

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-#: The two transports an address can name (see ``rpcpool.PeerAddress``).
+#: The two transports an address can name (see ``hostport.PeerAddress``).
 TCP = "tcp"
 TLS = "tls"
 TRANSPORTS = (TCP, TLS)

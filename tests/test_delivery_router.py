@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
 from pigeonpush.delivery.loop import ConsumeLoop
-from pigeonpush.delivery.router import BatchReport, Router
+from pigeonpush.delivery.router import BatchReport, MessageRouter
 from pigeonpush.ids import MessageIdGenerator
 from pigeonpush.rpc import PushGateway, PushItem, PushStatus
 from pigeonpush.rpcpool import RpcUnavailable
@@ -30,7 +30,7 @@ class Harness:
         self.store = make_store(self.clock)
         self.new_id = MessageIdGenerator(self.clock)
         self.servers = {S1: ServerDouble(), S2: ServerDouble()}
-        self.router = Router(self.store, self.gateway_for, self.clock)
+        self.router = MessageRouter(self.store, self.gateway_for, self.clock)
 
     def gateway_for(self, address: str) -> PushGateway:
         return self.servers[address]
@@ -140,7 +140,7 @@ def test_a_server_that_fails_only_affects_its_own_recipients() -> None:
     h.connect("a", S1)
     h.connect("c", S2)
     failing = FailingGateway()
-    h.router = Router(
+    h.router = MessageRouter(
         h.store, lambda address: failing if address == S1 else h.servers[address], h.clock
     )
     m1 = h.accept(["a", "c"])

@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from pigeonpush.delivery import metrics
 from pigeonpush.delivery.loop import ConsumeLoop
 from pigeonpush.delivery.router import BatchReport
-from pigeonpush.delivery.service import LagGauge, Listener, Registration
+from pigeonpush.delivery.service import LagGauge, RegistrationService
 from pigeonpush.discovery import Node, StaticDiscovery
-from pigeonpush.discovery.interface import Registration as NodeRegistration
-from pigeonpush.services import StopInOrder
+from pigeonpush.discovery.interface import NodeRegistration
+from pigeonpush.services import Listener, StopInOrder
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.model import Message, Notification, QueueEntry
 from support.logcheck import FailureCollector
@@ -54,7 +54,7 @@ async def test_registration_publishes_the_listening_port_and_leaves_on_stop() ->
     seen: list[Mapping[str, Node]] = []
     await discovery.watch("delivery", seen.append)
     rpc = listener(reactor)
-    registration = Registration(discovery, "worker-1", rpc, advertise=None)
+    registration = RegistrationService(discovery, "worker-1", rpc, advertise=None)
     rpc.startService()
     registration.startService()
     port = (await rpc.when_listening()).getHost().port  # type: ignore[attr-defined]
@@ -74,7 +74,7 @@ async def test_an_advertised_address_wins() -> None:
     seen: list[Mapping[str, Node]] = []
     await discovery.watch("delivery", seen.append)
     rpc = listener(reactor)
-    registration = Registration(discovery, "worker-1", rpc, advertise="10.1.2.3:7201")
+    registration = RegistrationService(discovery, "worker-1", rpc, advertise="10.1.2.3:7201")
     rpc.startService()
     registration.startService()
     await wait_for(lambda: seen and "worker-1" in seen[-1], timeout=5, what="the node")
@@ -108,7 +108,7 @@ async def test_a_failed_registration_is_logged_and_stop_still_works(
     from twisted.internet import reactor
 
     rpc = listener(reactor)
-    registration = Registration(RefusingDiscovery(), "worker-1", rpc, None)  # type: ignore[arg-type]
+    registration = RegistrationService(RefusingDiscovery(), "worker-1", rpc, None)  # type: ignore[arg-type]
     rpc.startService()
     registration.startService()
     await rpc.when_listening()
@@ -123,7 +123,7 @@ async def test_a_registration_that_never_completes_does_not_hold_up_stop() -> No
 
     discovery = SilentDiscovery()
     rpc = listener(reactor)
-    registration = Registration(discovery, "worker-1", rpc, None)  # type: ignore[arg-type]
+    registration = RegistrationService(discovery, "worker-1", rpc, None)  # type: ignore[arg-type]
     rpc.startService()
     registration.startService()
     await rpc.when_listening()
@@ -141,7 +141,7 @@ def test_stop_before_the_port_listens() -> None:
             return never
 
     rpc = Listener(Unbound(), Factory())  # type: ignore[arg-type]
-    registration = Registration(SilentDiscovery(), "w", rpc, None)  # type: ignore[arg-type]
+    registration = RegistrationService(SilentDiscovery(), "w", rpc, None)  # type: ignore[arg-type]
     rpc.startService()
     registration.startService()
     assert registration.stopService().called

@@ -16,14 +16,14 @@ import pytest
 import pytest_twisted
 from twisted.python import usage
 
-from pigeonpush.delivery.service import DeliveryWorker, LagGauge, Listener, Registration
-from pigeonpush.delivery.tap import Options, default_node_id, makeService
+from pigeonpush.delivery.service import DeliveryWorker, LagGauge, RegistrationService
+from pigeonpush.delivery.tap import Options, delivery_node_id, makeService
 from pigeonpush.discovery import DiscoveryService, Node, open_discovery
 from pigeonpush.notification.core import Notifications, Submission
 from pigeonpush.notification.validate import Limits
 from pigeonpush.rpc import Pull, decode_batch
 from pigeonpush.rpcpool import AmpPool
-from pigeonpush.services import Closer, GcTuning
+from pigeonpush.services import Closer, GcTuning, Listener
 from pigeonpush.store import open_store
 from pigeonpush.store.model import Accepted
 from support.server_double import ServerDouble
@@ -43,7 +43,7 @@ def test_defaults() -> None:
     assert options["rpc-advertise"] is None
     assert options["redis"] == "redis://127.0.0.1:6379/0"
     assert options["zookeeper"] == "127.0.0.1:2181"
-    assert options["node-id"] == default_node_id("tcp:7201")
+    assert options["node-id"] == delivery_node_id("tcp:7201")
     assert options["node-id"].endswith("-7201")
     assert options["consumer"] == options["node-id"]
     assert (options["batch"], options["block"], options["claim-idle"]) == (100, 1.0, 30.0)
@@ -55,10 +55,10 @@ def test_defaults() -> None:
 def test_a_node_id_without_a_port_uses_the_pid() -> None:
     import os
 
-    assert default_node_id("tcp:0").endswith(f"-{os.getpid()}")
-    assert default_node_id("unix:/tmp/sock").endswith(f"-{os.getpid()}")
-    assert default_node_id("tcp:port=7301:interface=127.0.0.1").endswith("-7301")
-    assert socket.gethostname()[:3] in default_node_id("tcp:7201")
+    assert delivery_node_id("tcp:0").endswith(f"-{os.getpid()}")
+    assert delivery_node_id("unix:/tmp/sock").endswith(f"-{os.getpid()}")
+    assert delivery_node_id("tcp:port=7301:interface=127.0.0.1").endswith("-7301")
+    assert socket.gethostname()[:3] in delivery_node_id("tcp:7201")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_the_service_tree_and_its_stop_order() -> None:
         DiscoveryService,
         DeliveryWorker,
         Listener,
-        Registration,
+        RegistrationService,
         LagGauge,
         GcTuning,
     ]

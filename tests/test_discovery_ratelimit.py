@@ -1,4 +1,4 @@
-"""The rate-limited writer behind ``Registration.update``, on a Clock."""
+"""The rate-limited writer behind ``NodeRegistration.update``, on a Clock."""
 
 from __future__ import annotations
 

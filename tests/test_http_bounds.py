@@ -412,7 +412,7 @@ async def test_through_listen_or_fail_a_connection_over_the_cap_waits_for_a_slot
     service.privilegedStartService()
     service.startService()
     try:
-        port = await service._waitingForPort
+        port = await service.when_listening()
         number = port.getHost().port
         trickler = await _open(number, b"GET /hea")
         idle = await _open(number)

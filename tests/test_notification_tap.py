@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
 from twisted.internet.error import ConnectError
 from twisted.python import usage
@@ -17,7 +16,7 @@ from twisted.python import usage
 from pigeonpush.notification.tap import Options, default_max_body, makeService
 from pigeonpush.notification.validate import Limits
 from pigeonpush.notification.webhook import UplinkWebhook
-from pigeonpush.services import Closer, GcTuning, StopInOrder
+from pigeonpush.services import Closer, GcTuning, Listener, StopInOrder
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.servers import free_port, pid_alive
 from support.waiting import wait_for
@@ -158,8 +157,8 @@ def test_the_service_tree() -> None:
     assert IServiceCollection.providedBy(service)
     assert isinstance(service, StopInOrder)
     children = list(service)  # type: ignore[call-overload]
-    # The listener is a StreamServerEndpointService that pauses at its cap.
-    assert isinstance(children[1], StreamServerEndpointService)
+    # The listener is a Listener that pauses at its cap.
+    assert isinstance(children[1], Listener)
     assert len(children) == 3
     assert [type(child) for child in children[::2]] == [Closer, GcTuning]
     service.startService()
@@ -177,7 +176,7 @@ def test_the_service_tree_with_a_webhook() -> None:
     )  # fmt: skip
     service = makeService(config, reactor)
     children = list(service)  # type: ignore[call-overload]
-    assert isinstance(children[1], StreamServerEndpointService)
+    assert isinstance(children[1], Listener)
     assert [type(child) for child in children[:1] + children[2:]] == [
         Closer,
         StopInOrder,

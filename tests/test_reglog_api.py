@@ -16,7 +16,7 @@ from twisted.application.service import IService
 from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
 from twisted.logger import LogEvent, globalLogPublisher
 
-from pigeonpush.discovery.interface import SERVERS, Registration
+from pigeonpush.discovery.interface import SERVERS, NodeRegistration
 from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.reglog.devices import verify_secret
 from pigeonpush.reglog.tap import Options, makeService
@@ -104,7 +104,7 @@ class PushServers:
     """Push servers faked by registering them in ZooKeeper, as a real one would."""
 
     discovery: Any
-    registrations: dict[str, Registration] = attrs.Factory(dict)
+    registrations: dict[str, NodeRegistration] = attrs.Factory(dict)
 
     @staticmethod
     def address(node_id: str) -> str:
@@ -514,7 +514,7 @@ async def test_registration_mode_end_to_end(
     reglog = await reglog_zk("--auth-mode", "registered", "--admin-key-file", str(key_file))
     await reglog.sees(1)
 
-    # Registration needs the admin key.
+    # NodeRegistration needs the admin key.
     answer = await reglog.register({"clientId": "lamp-1"})
     assert error_of(answer) == (401, "bad_admin_key")
     assert answer.header("WWW-Authenticate") == 'Bearer realm="pigeonpush-reglog"'

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from pigeonpush.discovery.interface import SERVERS, Node
-from pigeonpush.reglog.balancer import Balancer, PushServer, parse_server
+from pigeonpush.reglog.balancer import Balancer, PushServer, push_server_from_node
 
 
 def node(node_id: str, connections: int, capacity: int, **extra: Any) -> Node:
@@ -175,11 +175,11 @@ def test_a_server_that_left_is_never_chosen_again() -> None:
 )
 def test_node_data_that_is_unusable_is_refused(data: dict[str, Any], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        parse_server(Node(SERVERS, "x", data))
+        push_server_from_node(Node(SERVERS, "x", data))
 
 
 def test_ipv6_client_addresses_are_usable() -> None:
-    server = parse_server(
+    server = push_server_from_node(
         Node(SERVERS, "v6", {"client": "[::1]:7100", "connections": 0, "capacity": 1})
     )
     assert server.client == "[::1]:7100"

@@ -13,7 +13,6 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
 from twisted.internet.error import ConnectError
 from twisted.python import usage
@@ -23,6 +22,7 @@ from pigeonpush.discovery.interface import SERVERS
 from pigeonpush.reglog.routing import AuthMode
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.reglog.tap import Options, makeService
+from pigeonpush.services import Listener
 from support.openapi import CheckedClient, OpenAPIDocument
 from support.reactors import MemoryReactorClock
 from support.servers import free_port, pid_alive
@@ -135,7 +135,7 @@ def test_the_service_tree() -> None:
     assert isinstance(children[1], DiscoveryService)
     assert isinstance(children[2], ServerWatchService)
     http = children[3]
-    assert isinstance(http, StreamServerEndpointService)
+    assert isinstance(http, Listener)
     http.startService()
     ((port, site, _backlog, interface),) = reactor.tcpServers
     assert (port, interface) == (8100, "")

@@ -12,7 +12,8 @@ from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from pigeonpush.rpcpool import AmpPool, RpcUnavailable, split_address
+from pigeonpush.hostport import split_address
+from pigeonpush.rpcpool import AmpPool, RpcUnavailable
 from support.servers import free_port
 from support.waiting import wait_for
 

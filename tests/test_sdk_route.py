@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from pigeonpush.identifiers import CLIENT_ID
 from pigeonpush.sdk import ClientState, GaveUp, PushClient, Route, RouteFetcher, RouteLookupFailed
-from pigeonpush.sdk.route import parse_route, parse_server
+from pigeonpush.sdk.route import parse_route, parse_server_address
 from support.wire_server import ReglogRoute, WireServer, reglog_root
 
 URL = "http://reglog.test:8100"
@@ -209,13 +209,13 @@ def test_cancelling_stops_the_retries() -> None:
     [("push1.example:7100", ("push1.example", 7100)), ("[::1]:7100", ("::1", 7100))],
 )
 def test_server_addresses_parse(text: str, parsed: tuple[str, int]) -> None:
-    assert parse_server(text) == parsed
+    assert parse_server_address(text) == parsed
 
 
 @pytest.mark.parametrize("text", ["push1.example", ":7100", "h:0", "h:65536", "h:port", ""])
 def test_bad_server_addresses_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="server address must be host:port"):
-        parse_server(text)
+        parse_server_address(text)
 
 
 @pytest.mark.parametrize(

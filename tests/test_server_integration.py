@@ -445,7 +445,8 @@ async def test_health_and_metrics_are_served(running: Running) -> None:
 
     await running.login("alice")
     [_server, metrics_service, _freeze] = list(running.top)
-    port = metrics_service._waitingForPort.result.getHost().port
+    assert metrics_service.port is not None
+    port = metrics_service.port.getHost().port
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))
     base = f"http://127.0.0.1:{port}"

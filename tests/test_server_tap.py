@@ -6,14 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.internet import StreamServerEndpointService
 from twisted.python import usage
 
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
 from pigeonpush.server.tap import Options, makeService
 from pigeonpush.server.uplink import UplinkSettings
-from pigeonpush.services import GcTuning
+from pigeonpush.services import GcTuning, Listener
 from support.reactors import MemoryReactorClock
 
 
@@ -181,7 +180,7 @@ def test_make_service_wires_the_server_and_the_status_endpoint() -> None:
     top = makeService(parse("--redis=memory:", "--zookeeper=static:"), reactor)
     services = list(top)
     assert isinstance(services[0], PushServerService)
-    assert isinstance(services[1], StreamServerEndpointService)
+    assert isinstance(services[1], Listener)
     server = services[0]
     assert server.hub.settings == ServerSettings()
     assert server.pull_source is not None and server.hub.pull_source is server.pull_source

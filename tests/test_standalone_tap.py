@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
@@ -29,7 +28,7 @@ from pigeonpush.reglog.routing import AuthMode
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.server.service import PushServerService
 from pigeonpush.server.settings import ServerSettings
-from pigeonpush.services import GcTuning
+from pigeonpush.services import GcTuning, Listener
 from pigeonpush.standalone.tap import Announcement, Options, makeService
 from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.redis import RedisStore
@@ -272,18 +271,15 @@ def test_the_service_tree_holds_every_part_in_start_order() -> None:
     reactor = MemoryReactorClock()
     top = makeService(on_ports(), reactor)
     parts = list(top)
-    # The HTTP listeners are StreamServerEndpointServices that pause at their cap.
-    kinds = [
-        StreamServerEndpointService if isinstance(part, StreamServerEndpointService) else type(part)
-        for part in parts
-    ]
+    # The HTTP listeners are Listeners that pause at their cap.
+    kinds = [Listener if isinstance(part, Listener) else type(part) for part in parts]
     assert kinds == [
         DiscoveryService,
         PushServerService,
         DeliveryWorker,
         ServerWatchService,
-        StreamServerEndpointService,
-        StreamServerEndpointService,
+        Listener,
+        Listener,
         LagGauge,
         Announcement,
         GcTuning,

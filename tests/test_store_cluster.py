@@ -14,7 +14,14 @@ from twisted.internet.task import deferLater
 from pigeonpush.store import QueueEntry, StoreError, keys, open_store
 from pigeonpush.store.address import ClusterAddress, RedisAddress, parse_cluster_url
 from pigeonpush.store.redis import RedisStore
-from pigeonpush.store.redis_cluster import ClusterConnection, command_key, crc16, key_slot
+from pigeonpush.store.redis_cluster import (
+    ClusterConnection,
+    command_key,
+    crc16,
+    key_slot,
+    redirection,
+)
+from pigeonpush.store.redis_connection import ResponseError
 from support.servers import RedisCluster
 from support.waiting import wait_for
 
@@ -88,6 +95,29 @@ def test_command_key_finds_the_routing_key() -> None:
     assert command_key(("XREAD", "COUNT", "5", "STREAMS", "s", "0")) == "s"
     assert command_key(("XREAD", "COUNT", "5", "BLOCK", "10", "STREAMS", "s", "0")) == "s"
     assert command_key(("PING",)) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("MOVED 3999 127.0.0.1:7001", ("MOVED", 3999, "127.0.0.1", 7001)),
+        ("ASK 3999 redis-2.internal:7001", ("ASK", 3999, "redis-2.internal", 7001)),
+        # IPv6 unbracketed, as Redis writes it
+        ("MOVED 1 ::1:7001", ("MOVED", 1, "::1", 7001)),
+        # cluster-preferred-endpoint-type unknown-endpoint: the sender's host
+        ("MOVED 1 :7002", ("MOVED", 1, "10.0.0.9", 7002)),
+    ],
+)
+def test_redirections_name_the_node(reply: str, expected: tuple[str, int, str, int]) -> None:
+    assert redirection(ResponseError(reply), "10.0.0.9") == expected
+    assert redirection(ResponseError("ERR no"), "10.0.0.9") is None
+    assert redirection(b"MOVED 1 h:1", "10.0.0.9") is None  # a value, not an error
+
+
+@pytest.mark.parametrize("reply", ["MOVED 1 ?:7001", "MOVED 1 h:0", "ASK 1 h:port"])
+def test_a_redirection_to_no_usable_node_is_a_store_error(reply: str) -> None:
+    with pytest.raises(StoreError, match="redirected a command to no usable node"):
+        redirection(ResponseError(reply), "10.0.0.9")
 
 
 # -- cluster URLs -------------------------------------------------------------------------

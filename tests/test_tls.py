@@ -19,13 +19,8 @@ from twisted.python import usage
 
 from pigeonpush import options
 from pigeonpush.delivery import tap as delivery_tap
-from pigeonpush.rpcpool import (
-    AmpPool,
-    PeerAddress,
-    RpcUnavailable,
-    parse_peer_address,
-    split_address,
-)
+from pigeonpush.hostport import PeerAddress, parse_peer_address, split_address
+from pigeonpush.rpcpool import AmpPool, RpcUnavailable
 from pigeonpush.server import tap as server_tap
 from pigeonpush.tls import TCP, TLS, ClientTLS, listening_transport, load_trust_root
 from support.certs import CertificateAuthority, ServerCertificate
@@ -289,12 +284,12 @@ async def test_closing_the_pool_ends_a_handshake_under_way() -> None:
 
 def test_reglog_reads_the_transport_from_the_client_address() -> None:
     from pigeonpush.discovery.interface import SERVERS, Node
-    from pigeonpush.reglog.balancer import parse_server
+    from pigeonpush.reglog.balancer import push_server_from_node
 
     data = {"client": "tls:push.example:7100", "connections": 0, "capacity": 1}
-    server = parse_server(Node(SERVERS, "n1", data))
+    server = push_server_from_node(Node(SERVERS, "n1", data))
     assert (server.client, server.transport) == ("push.example:7100", TLS)
-    plain = parse_server(Node(SERVERS, "n2", {**data, "client": "push.example:7100"}))
+    plain = push_server_from_node(Node(SERVERS, "n2", {**data, "client": "push.example:7100"}))
     assert (plain.client, plain.transport) == ("push.example:7100", TCP)
 
 

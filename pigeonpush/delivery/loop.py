@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from pigeonpush.delivery import metrics
-from pigeonpush.delivery.router import Router
+from pigeonpush.delivery.router import MessageRouter
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import QueueEntry
 
@@ -39,7 +39,7 @@ class ConsumeLoop(Service):
     def __init__(
         self,
         store: Store,
-        router: Router,
+        router: MessageRouter,
         clock: IReactorTime,
         *,
         consumer: str,

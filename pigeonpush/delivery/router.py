@@ -1,6 +1,6 @@
 """Routing one batch of queue entries to the push servers holding the recipients.
 
-``Router.route(entries)``: drop expired messages, look up every recipient's
+``MessageRouter.route(entries)``: drop expired messages, look up every recipient's
 ROUTE in one round trip, group the recipients by server (keeping queue order
 within each server's batch, which keeps per-client order on the live path)
 and push each server its batch concurrently through a ``PushGateway``.
@@ -47,7 +47,7 @@ class BatchReport:
         self.results[result] = self.results.get(result, 0) + count
 
 
-class Router:
+class MessageRouter:
     log = Logger()
 
     def __init__(self, store: Store, gateway_for: GatewayFor, clock: IReactorTime) -> None:

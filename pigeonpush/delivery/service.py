@@ -2,8 +2,8 @@
 
 ``DeliveryWorker`` is the part every deployment needs (the consume loop and the
 pull source over one store); the all-in-one process uses it with an
-in-process gateway. ``Listener``, ``Registration`` and ``LagGauge`` are the
-networked worker's extras.
+in-process gateway. ``RegistrationService`` and ``LagGauge`` are the
+networked worker's extras (with a ``services.Listener`` for Pull).
 """
 
 from __future__ import annotations
@@ -19,20 +19,19 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pigeonpush.delivery import metrics
 from pigeonpush.delivery.loop import ConsumeLoop
 from pigeonpush.delivery.pull import PendingMessages
-from pigeonpush.delivery.router import GatewayFor, Router
+from pigeonpush.delivery.router import GatewayFor, MessageRouter
 from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_INTERVAL
 from pigeonpush.delivery.schedule import SchedulePoller
-from pigeonpush.discovery.interface import DELIVERY, Discovery
-from pigeonpush.discovery.interface import Registration as NodeRegistration
-from pigeonpush.rpcpool import PeerAddress
+from pigeonpush.discovery.interface import DELIVERY, Discovery, NodeRegistration
+from pigeonpush.hostport import PeerAddress
+from pigeonpush.services import Listener
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.tls import TCP
 
@@ -57,7 +56,7 @@ class DeliveryWorker(MultiService):
         schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         super().__init__()
-        self.router = Router(store, gateway_for, clock)
+        self.router = MessageRouter(store, gateway_for, clock)
         self.loop = ConsumeLoop(
             store,
             self.router,
@@ -75,47 +74,7 @@ class DeliveryWorker(MultiService):
         self.pull_source = PendingMessages(store, clock)
 
 
-class Listener(Service):
-    """Listens on an endpoint while running. A failure to listen raises from
-    ``startService`` when the endpoint fails at once (a port in use), so
-    twistd exits with the error instead of running deaf."""
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
-        self._endpoint = endpoint
-        self._factory = factory
-        self._port: IListeningPort | None = None
-        self._waiting: list[Deferred[IListeningPort]] = []
-
-    def startService(self) -> None:
-        super().startService()
-        failures: list[Failure] = []
-        self._endpoint.listen(self._factory).addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(port)
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        if self._port is not None:
-            return succeed(self._port)
-        waiter: Deferred[IListeningPort] = Deferred()
-        self._waiting.append(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self._port = self._port, None
-        if port is None:
-            return None
-        stopped: Deferred[None] | None = port.stopListening()
-        return stopped
-
-
-class Registration(Service):
+class RegistrationService(Service):
     """This worker's node under ``/pigeonpush/delivery/`` while it runs, so that
     push servers find its Pull endpoint. ``advertise`` None means
     ``127.0.0.1:<listening port>``, prefixed ``tls:`` when ``transport`` is

@@ -18,8 +18,7 @@ from pigeonpush.delivery.schedule import DEFAULT_INTERVAL as DEFAULT_SCHEDULE_IN
 from pigeonpush.delivery.service import (
     DeliveryWorker,
     LagGauge,
-    Listener,
-    Registration,
+    RegistrationService,
 )
 from pigeonpush.http import JsonResource, JsonResponse, JsonSite, JsonTree
 from pigeonpush.metrics import MetricsResource
@@ -50,7 +49,7 @@ def _positive(value: str) -> float:
     return number
 
 
-def default_node_id(rpc: str) -> str:
+def delivery_node_id(rpc: str) -> str:
     """``<hostname>-<rpc port>`` when the port is in the endpoint string, else
     ``<hostname>-<pid>``: unique per worker on a host either way."""
     match = re.match(r"(?:tcp6?:|ssl:)(?:port=)?(\d+)", rpc)
@@ -119,7 +118,7 @@ class Options(DaemonOptions):
         if self["block"] >= self["claim-idle"]:
             raise usage.UsageError("--block must be shorter than --claim-idle")
         if self["node-id"] is None:
-            self["node-id"] = default_node_id(self["rpc"])
+            self["node-id"] = delivery_node_id(self["rpc"])
         if not _NODE_ID.match(self["node-id"]):
             raise usage.UsageError(
                 "--node-id must be 1 to 128 letters, digits, '.', '_', ':' or '-'"
@@ -163,11 +162,11 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         schedule_interval=config["schedule-interval"],
     )
     worker.setServiceParent(top)
-    listener = Listener(
+    listener = listen_or_fail(
         serverFromString(reactor, config["rpc"]), PullServerFactory(worker.pull_source)
     )
     listener.setServiceParent(top)
-    Registration(
+    RegistrationService(
         discovery,
         config["node-id"],
         listener,

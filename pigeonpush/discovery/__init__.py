@@ -15,7 +15,7 @@ from pigeonpush.discovery.interface import (
     Discovery,
     DiscoveryClosed,
     Node,
-    Registration,
+    NodeRegistration,
     Watch,
     WatchCallback,
 )
@@ -31,7 +31,7 @@ __all__ = [
     "DiscoveryClosed",
     "DiscoveryService",
     "Node",
-    "Registration",
+    "NodeRegistration",
     "StaticDiscovery",
     "Watch",
     "WatchCallback",

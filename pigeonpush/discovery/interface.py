@@ -43,7 +43,7 @@ class Node:
 WatchCallback = Callable[[Mapping[str, Node]], None]
 
 
-class Registration(Protocol):
+class NodeRegistration(Protocol):
     """This process's own node; kept alive (and re-created after a lost session)
     until ``unregister``."""
 
@@ -65,7 +65,9 @@ class Discovery(Protocol):
     def start(self) -> Deferred[None]:
         """Connect (idempotent); ``register`` and ``watch`` call it themselves."""
 
-    def register(self, kind: str, node_id: str, data: Mapping[str, Any]) -> Deferred[Registration]:
+    def register(
+        self, kind: str, node_id: str, data: Mapping[str, Any]
+    ) -> Deferred[NodeRegistration]:
         """Create this process's node; fires once it exists. A second registration of
         the same kind and node id in one process raises ValueError."""
 

@@ -9,14 +9,13 @@
     ``static:servers=node1@10.0.0.5:7100|10.0.0.5:7101;delivery=d1@10.0.0.6:7201``.
 
 Addresses are ``host:port`` (``[v6-address]:port`` for IPv6), and
-``tls:host:port`` for a port that speaks TLS (``rpcpool.parse_peer_address``).
+``tls:host:port`` for a port that speaks TLS, as ``pigeonpush.hostport`` reads them.
 A fixed push server publishes ``connections`` 0 and its ``capacity``
 (STATIC_DEFAULT_CAPACITY unless given), so reglog can weigh it like any other.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ import attrs
 
 from pigeonpush.discovery.interface import DELIVERY, SERVERS, Node
 from pigeonpush.discovery.naming import check_kind, check_node_id
-from pigeonpush.rpcpool import parse_peer_address
+from pigeonpush.hostport import parse_host_port, parse_peer_address
 
 STATIC_PREFIX = "static:"
 DEFAULT_ZOOKEEPER_PORT = 2181
@@ -32,9 +31,6 @@ DEFAULT_ZOOKEEPER_PORT = 2181
 STATIC_DEFAULT_CAPACITY = 10_000
 
 ZOOKEEPER_FORMAT = "host[:port][,host[:port]...][/chroot]"
-_ADDRESS = re.compile(
-    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+))(?::(?P<port>[0-9]+))?"
-)
 
 
 @attrs.frozen(slots=True)
@@ -80,28 +76,12 @@ def check_zookeeper_hosts(hosts: str) -> str:
             raise ValueError(f"bad chroot '/{chroot}' in ZooKeeper hosts {hosts!r}")
     for server in servers.split(","):
         try:
-            parse_address(server, default_port=DEFAULT_ZOOKEEPER_PORT)
+            parse_host_port(server, default_port=DEFAULT_ZOOKEEPER_PORT)
         except ValueError as e:
             raise ValueError(
                 f"bad ZooKeeper host {server!r} in {hosts!r} ({e}); expected {ZOOKEEPER_FORMAT}"
             ) from None
     return hosts
-
-
-def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """``(host, port)`` of ``host:port`` or ``[v6]:port``; ValueError otherwise."""
-    match = _ADDRESS.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not host:port")
-    host = match["v6"] or match["host"]
-    if match["port"] is None:
-        if default_port is None:
-            raise ValueError(f"{text!r} has no port")
-        return host, default_port
-    port = int(match["port"])
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} of {text!r} is out of range")
-    return host, port
 
 
 def _parse_static(body: str) -> dict[str, tuple[Node, ...]]:

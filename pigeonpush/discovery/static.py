@@ -24,7 +24,7 @@ from pigeonpush.discovery.interface import (
     KINDS,
     DiscoveryClosed,
     Node,
-    Registration,
+    NodeRegistration,
     Watch,
     WatchCallback,
 )
@@ -125,7 +125,9 @@ class StaticDiscovery:
             return fail(DiscoveryClosed("discovery is closed"))
         return succeed(None)
 
-    def register(self, kind: str, node_id: str, data: Mapping[str, Any]) -> Deferred[Registration]:
+    def register(
+        self, kind: str, node_id: str, data: Mapping[str, Any]
+    ) -> Deferred[NodeRegistration]:
         check_kind(kind)
         check_node_id(node_id)
         encoded = encode_data(data)
@@ -138,7 +140,7 @@ class StaticDiscovery:
         registration = _StaticRegistration(self, kind, node_id)
         self._registrations[(kind, node_id)] = registration
         registration.begin(encoded)
-        registered: Deferred[Registration] = succeed(registration)
+        registered: Deferred[NodeRegistration] = succeed(registration)
         return registered
 
     def watch(self, kind: str, callback: WatchCallback) -> Deferred[Watch]:

@@ -44,7 +44,7 @@ from pigeonpush.discovery.interface import (
     KINDS,
     DiscoveryClosed,
     Node,
-    Registration,
+    NodeRegistration,
     Watch,
     WatchCallback,
 )
@@ -159,7 +159,9 @@ class ZooKeeperDiscovery:
             Deferred.fromCoroutine(self._start()).addBoth(self._start_finished)
         return self._started.when_fired()
 
-    def register(self, kind: str, node_id: str, data: Mapping[str, Any]) -> Deferred[Registration]:
+    def register(
+        self, kind: str, node_id: str, data: Mapping[str, Any]
+    ) -> Deferred[NodeRegistration]:
         check_kind(kind)
         check_node_id(node_id)
         encoded = encode_data(data)
@@ -391,7 +393,7 @@ class _ZooKeeperRegistration:
             retry_delay=max(MIN_RETRY_DELAY, owner._min_update_interval),
         )
         #: fires with this registration once the node first exists
-        self.created: OneShot[Registration] = OneShot()
+        self.created: OneShot[NodeRegistration] = OneShot()
         self._unregistering: OneShot[None] | None = None
 
     def begin(self, encoded: bytes) -> None:

@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pigeonpush.discovery.interface import Node
-from pigeonpush.rpcpool import parse_peer_address
+from pigeonpush.hostport import parse_peer_address
 from pigeonpush.tls import TCP, TLS
 
 log = Logger()
@@ -81,7 +81,7 @@ def _count(data: Mapping[str, Any], name: str) -> int:
     return value
 
 
-def parse_server(node: Node) -> PushServer:
+def push_server_from_node(node: Node) -> PushServer:
     """The server a discovery node describes; ValueError says what is wrong with its data."""
     data = node.data
     client = data.get("client")
@@ -150,7 +150,7 @@ class Balancer:
             # clients sent so far.
             self._pending.pop(node_id, None)
             try:
-                servers[node_id] = parse_server(node)
+                servers[node_id] = push_server_from_node(node)
             except ValueError as error:
                 log.warn(
                     "Ignoring push server {node_id}: {reason}",

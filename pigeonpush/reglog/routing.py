@@ -52,7 +52,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-class Router:
+class RouteIssuer:
     """Grants routes: ``devices`` is the registry in registered mode, None in open mode."""
 
     __slots__ = ("_balancer", "_devices", "_heartbeat", "_store", "_token_ttl")

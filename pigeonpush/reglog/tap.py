@@ -30,7 +30,7 @@ from pigeonpush.options import (
 from pigeonpush.reglog.api import ReglogApi
 from pigeonpush.reglog.balancer import DEFAULT_PENDING_TTL, Balancer
 from pigeonpush.reglog.devices import DeviceRegistry, in_thread_pool
-from pigeonpush.reglog.routing import AuthMode, Router
+from pigeonpush.reglog.routing import AuthMode, RouteIssuer
 from pigeonpush.reglog.service import ServerWatchService
 from pigeonpush.services import Closer, Daemon, GcTuning, listen_or_fail
 from pigeonpush.store import Store, open_store
@@ -173,7 +173,7 @@ def build_reglog(
             log.warn("Device registration is open to anyone: set --admin-key to restrict it")
     elif config["admin-key"] is not None:
         log.warn("--admin-key has no effect in open mode")
-    router = Router(
+    issuer = RouteIssuer(
         store,
         balancer,
         token_ttl=config["token-ttl"],
@@ -181,7 +181,7 @@ def build_reglog(
         devices=devices,
     )
     api = ReglogApi(
-        router,
+        issuer,
         balancer,
         reactor,
         devices=devices,

@@ -50,8 +50,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 
+from pigeonpush.hostport import parse_peer_address
 from pigeonpush.identifiers import check_client_id, check_topic
-from pigeonpush.rpcpool import parse_peer_address
 from pigeonpush.sdk.backoff import BackoffPolicy, full_jitter
 from pigeonpush.sdk.dedup import RecentIds
 from pigeonpush.sdk.errors import (

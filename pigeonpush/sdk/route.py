@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from pigeonpush.rpcpool import PeerAddress, split_address
+from pigeonpush.hostport import PeerAddress, split_address
 from pigeonpush.sdk.backoff import BackoffPolicy
 from pigeonpush.sdk.errors import RouteLookupFailed
 from pigeonpush.tls import TCP, TRANSPORTS
@@ -83,7 +83,7 @@ class _Refused(Exception):
         self.error = error
 
 
-def parse_server(server: str) -> tuple[str, int]:
+def parse_server_address(server: str) -> tuple[str, int]:
     """``"host:port"`` (IPv6 as ``"[::1]:7100"``) -> (host, port); ValueError if malformed."""
     try:
         return split_address(server)
@@ -100,7 +100,7 @@ def avoid_list(servers: Collection[str]) -> list[str]:
 
 def _is_address(server: str) -> bool:
     try:
-        parse_server(server)
+        parse_server_address(server)
     except ValueError:
         return False
     return True
@@ -124,7 +124,7 @@ def parse_route(body: Any) -> Route:
     server = body.get("server")
     if not isinstance(server, str):
         raise ValueError("server must be a string host:port")
-    parse_server(server)
+    parse_server_address(server)
     transport = body.get("transport", TCP)  # older reglogs do not say: TCP
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")

@@ -25,6 +25,7 @@ from twisted.protocols.amp import UnhandledCommand
 from twisted.python.failure import Failure
 
 from pigeonpush.discovery.interface import Node
+from pigeonpush.hostport import parse_peer_address
 from pigeonpush.rpc import (
     BatchPullSource,
     Pull,
@@ -36,7 +37,7 @@ from pigeonpush.rpc import (
     decode_batch,
     encode_pull_requests,
 )
-from pigeonpush.rpcpool import AmpPool, RpcUnavailable, parse_peer_address
+from pigeonpush.rpcpool import AmpPool, RpcUnavailable
 
 #: Seconds a pull waits for others to share its call to delivery.
 BATCH_DELAY = 0.01

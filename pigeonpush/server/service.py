@@ -34,16 +34,18 @@ from pigeonpush.discovery.interface import (
     SERVERS,
     Discovery,
     Node,
-    Registration,
+    NodeRegistration,
     Watch,
 )
-from pigeonpush.rpcpool import AmpPool, PeerAddress, parse_peer_address
+from pigeonpush.hostport import PeerAddress, parse_peer_address
+from pigeonpush.rpcpool import AmpPool
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
 from pigeonpush.server.rpc_server import ServerRpcFactory
 from pigeonpush.server.topics import FeedReader
 from pigeonpush.server.websocket import NO_BROWSERS, OriginPolicy, WebSocketFactory
+from pigeonpush.services import fail_now
 from pigeonpush.tls import TCP
 
 #: Seconds between two checks of the connection count published in discovery
@@ -54,7 +56,7 @@ LOAD_REPORT_INTERVAL = 1.0
 STOP_STEP_TIMEOUT = 5.0
 
 
-def default_node_id(advertise: str) -> str:
+def server_node_id(advertise: str) -> str:
     """The node id derived from the client address: its ``host:port``
     (a valid znode name), whatever the transport."""
     return parse_peer_address(advertise).host_port
@@ -127,7 +129,7 @@ class PushServerService(MultiService):
         self.rpc_factory = ServerRpcFactory(hub)
         self.client_port: IListeningPort | None = None
         self.rpc_port: IListeningPort | None = None
-        self.registration: Registration | None = None
+        self.registration: NodeRegistration | None = None
         self._watch: Watch | None = None
         self._published: dict[str, Any] | None = None
         self._listening: Deferred[None] | None = None
@@ -155,12 +157,11 @@ class PushServerService(MultiService):
         bound fails the start at once (twistd reports it and exits 1)."""
         super().privilegedStartService()
         self._listening = ensureDeferred(self._listen())
-        if self._listening.called:
-            refused: list[Failure] = []
-            self._listening.addErrback(refused.append)
-            if refused:
-                self._start_failure = refused[0]
-                refused[0].raiseException()
+        try:
+            fail_now(self._listening)
+        except Exception:
+            self._start_failure = Failure()
+            raise
 
     def startService(self) -> None:
         super().startService()
@@ -211,7 +212,7 @@ class PushServerService(MultiService):
         if self.advertise is None:
             self.advertise = _local_address(self.client_port, self._client_transport)
         if self.node_id is None:
-            self.node_id = default_node_id(self.advertise)
+            self.node_id = server_node_id(self.advertise)
 
     async def _start(self, listening: Deferred[None]) -> None:
         await listening

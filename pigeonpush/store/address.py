@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
+from pigeonpush.hostport import check_host, format_host_port
+
 DEFAULT_REDIS_PORT = 6379
 #: Seconds a store call waits for Redis (connecting included) before it fails
 #: with StoreError. Well below what wraps store calls (the push server's auth
@@ -49,8 +51,7 @@ class RedisAddress:
     def __str__(self) -> str:
         """The URL without credentials, for logs and error messages."""
         scheme = "rediss" if self.tls else "redis"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}/{self.db}"
+        return f"{scheme}://{format_host_port(self.host, self.port)}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -64,6 +65,10 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ValueError(f"bad store URL {_redacted(url)!r}: expected {_FORMS}")
     if not parts.hostname:
         raise ValueError(f"bad store URL {_redacted(url)!r}: no host")
+    try:
+        check_host(parts.hostname)
+    except ValueError as e:
+        raise ValueError(f"bad store URL {_redacted(url)!r}: {e}") from None
     if parts.fragment:
         raise ValueError(f"bad store URL {_redacted(url)!r}: unexpected #{parts.fragment}")
     if port == 0:

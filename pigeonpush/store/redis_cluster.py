@@ -32,6 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pigeonpush.hostport import parse_host_port
 from pigeonpush.store.address import ClusterAddress
 from pigeonpush.store.interface import StoreError
 from pigeonpush.store.redis_connection import (
@@ -100,13 +101,21 @@ def command_key(command: Command) -> str | None:
     return command[1] if len(command) > 1 else None
 
 
-def _redirection(reply: Reply) -> tuple[str, int, str, int] | None:
-    """(kind, slot, host, port) of a MOVED or ASK reply, else None."""
+def redirection(reply: Reply, sender: str) -> tuple[str, int, str, int] | None:
+    """(kind, slot, host, port) of a MOVED or ASK reply from the node at host
+    ``sender``, else None; StoreError if the reply names no usable address."""
     if not (is_error(reply, "MOVED") or is_error(reply, "ASK")):
         return None
     kind, slot, where = str(reply).split()[:3]
-    host, _, port = where.rpartition(":")
-    return kind, int(slot), host, int(port)
+    if where.startswith(":") and where.count(":") == 1:
+        # cluster-preferred-endpoint-type unknown-endpoint: the sender's host
+        where = sender + where
+    # Redis writes ``host:port`` with an IPv6 host unbracketed.
+    try:
+        host, port = parse_host_port(where, bare_ipv6=True)
+    except ValueError as e:
+        raise StoreError(f"Redis Cluster redirected a command to no usable node: {e}") from None
+    return kind, int(slot), host, port
 
 
 class ClusterConnection:
@@ -265,10 +274,9 @@ class ClusterConnection:
             sent, todo = todo, {}
             pause = False
             for index, reply in answered.items():
-                moved = _redirection(reply)
+                moved = redirection(reply, sent[index][0][0])
                 if moved is not None:
                     kind, slot, host, port = moved
-                    host = host or sent[index][0][0]
                     if kind == "MOVED":
                         self._slots[slot] = (host, port)
                         self.note_trouble()

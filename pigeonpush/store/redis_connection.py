@@ -1,6 +1,7 @@
 """One connection to Redis: txredisapi's protocol on an endpoint of our own.
 
-txredisapi parses replies and encodes commands. Its connection factory is not
+txredisapi's ``HiredisProtocol`` parses replies (with hiredis); commands are
+encoded here (``encode_commands``). txredisapi's connection factory is not
 used: it reconnects on the global reactor and keeps a call made while Redis is
 away waiting, without bound, for the next connection. Here instead:
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+import hiredis  # noqa: F401  (txredisapi's HiredisProtocol needs it)
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -90,53 +92,25 @@ class _Batch:
     replies: list[Reply] = attrs.Factory(list)
 
 
-class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
-    """txredisapi's reply reader, answering whole batches in order."""
+class BatchReplies:
+    """What a connection does with the replies its parser reads: answer whole
+    batches in order. Mixed in before a txredisapi protocol class, whose
+    ``replyReceived`` it overrides (see ``RedisProtocol``)."""
 
-    def __init__(self, reactor: IReactorTime) -> None:
-        super().__init__(charset="utf-8", convertNumbers=False)
-        self._reactor = reactor
+    transport: Any
+    connected: int
+
+    def _init_batches(self) -> None:
         self._batches: deque[_Batch] = deque()
-        self._soon: deque[tuple[Callable[..., object], tuple[object, ...]]] = deque()
-        self._draining = False
         self._aborted = False
         self._closing: str | None = None
         self._on_lost: list[Callable[[], None]] = []
 
-    # txredisapi's reader hands the rest of a chunk back to itself with
-    # ``callLater(0, ...)`` (pausing the transport meanwhile) after every bulk
-    # string: a reactor turn per element of a large reply. Those calls run
-    # instead right after the current chunk, in order, on this reactor.
-    def callLater(self, delay: float, f: Callable[..., object], *args: object) -> object:
-        if delay > 0:
-            return self._reactor.callLater(delay, f, *args)
-        self._soon.append((f, args))
-        return None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.dataReceived(b"")
-
-    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        super().dataReceived(data, unpause)
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._soon and self.usable:
-                f, args = self._soon.popleft()
-                f(*args)
-        finally:
-            self._draining = False
-            self._soon.clear()
-
     def connectionMade(self) -> None:
-        """RedisConnection sends AUTH and SELECT itself. Batches go out as one
-        write each and wait for their answer, so Nagle's algorithm would only
-        hold a small write back (tens of milliseconds with delayed ACKs)."""
+        """RedisConnection sends AUTH and SELECT itself (txredisapi's would,
+        through its own factory). Batches go out as one write each and wait
+        for their answer, so Nagle's algorithm would only hold a small write
+        back (tens of milliseconds with delayed ACKs)."""
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
@@ -194,7 +168,7 @@ class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
         self._on_lost.append(callback)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[misc]
         why = self._closing or f"the connection to Redis was lost: {reason.getErrorMessage()}"
         batches, self._batches = self._batches, deque()
         for batch in batches:
@@ -205,12 +179,27 @@ class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
             callback()
 
 
-class _RedisFactory(Factory):
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
+class RedisProtocol(BatchReplies, txredisapi.HiredisProtocol):  # type: ignore[misc]
+    """hiredis's reply reader (txredisapi's ``HiredisProtocol``), answering
+    whole batches in order.
 
+    The only txredisapi internal this relies on is ``replyReceived(reply)``,
+    called once per complete reply, decoded by ``tryConvertData`` (UTF-8 text
+    to str, the rest left as bytes; no number conversion). It is checked
+    against the pinned txredisapi versions by tests/test_store_redis_client.py.
+    hiredis parses in C, whole chunks at a time: the pure-Python reader it
+    replaced took a reactor turn per bulk string of a large reply and was 22 %
+    of the notification API's profile (docs/data-model.rst, "The Redis
+    client", has the figures)."""
+
+    def __init__(self) -> None:
+        txredisapi.HiredisProtocol.__init__(self, charset="utf-8", convertNumbers=False)
+        self._init_batches()
+
+
+class _RedisFactory(Factory):
     def buildProtocol(self, addr: object) -> RedisProtocol:
-        protocol = RedisProtocol(self._reactor)
+        protocol = RedisProtocol()
         protocol.factory = self
         return protocol
 
@@ -376,7 +365,7 @@ class RedisConnection:
 
     async def _connect(self) -> RedisProtocol:
         try:
-            protocol = await self._endpoint.connect(_RedisFactory(self._reactor))
+            protocol = await self._endpoint.connect(_RedisFactory())
         except CancelledError:
             raise
         except Exception as e:

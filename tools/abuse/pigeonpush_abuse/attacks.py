@@ -15,6 +15,7 @@ import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList
@@ -25,6 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pigeonpush.hostport import parse_host_port
 from pigeonpush.wire.codec import PREFIX_BYTES, DecodeError, decode, encode
 from pigeonpush.wire.frames import (
     PING,
@@ -45,6 +47,14 @@ from pigeonpush_abuse import mutate
 _MAX_BUFFER = 1 << 20
 
 
+def url_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` an http(s) URL connects to; ValueError if it names none."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return parse_host_port(parts.netloc, default_port=443 if parts.scheme == "https" else 80)
+
+
 @attrs.frozen(slots=True)
 class Target:
     """Where the daemon listens (loopback only)."""
@@ -54,18 +64,13 @@ class Target:
     api: str  #: base URL of the notification API
     api_key: str
 
-    @staticmethod
-    def _host_port(url: str) -> tuple[str, int]:
-        host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
-        return host, int(port)
-
     @property
     def reglog_address(self) -> tuple[str, int]:
-        return self._host_port(self.reglog)
+        return url_address(self.reglog)
 
     @property
     def api_address(self) -> tuple[str, int]:
-        return self._host_port(self.api)
+        return url_address(self.api)
 
 
 @attrs.define(slots=True)
@@ -233,8 +238,7 @@ async def route(context: Context, client_id: str) -> tuple[str, tuple[str, int]]
     body = await response.json()
     if response.code != 200:
         raise RuntimeError(f"reglog answered {response.code}: {body}")
-    host, _, port = body["server"].rpartition(":")
-    return body["token"], (host, int(port))
+    return body["token"], parse_host_port(body["server"])
 
 
 async def connect(

@@ -24,8 +24,9 @@ from typing import Any, NoReturn
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
+from pigeonpush.hostport import parse_host_port
 from pigeonpush_abuse import report
-from pigeonpush_abuse.attacks import ATTACKS, Target, describe, run_attack
+from pigeonpush_abuse.attacks import ATTACKS, Target, describe, run_attack, url_address
 
 #: Default seconds per attack.
 DEFAULT_DURATION = 20.0
@@ -43,10 +44,10 @@ class UsageError(ValueError):
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {e}") from None
 
 
 def _bounded(kind: type, low: float, high: float) -> Any:
@@ -62,9 +63,11 @@ def _bounded(kind: type, low: float, high: float) -> Any:
     return parse
 
 
-def _url_host(url: str) -> str:
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    return rest.rpartition(":")[0].strip("[]") or rest
+def _url_host(flag: str, url: str) -> str:
+    try:
+        return url_address(url)[0]
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,8 +182,8 @@ def given_target(options: argparse.Namespace) -> Target | None:
 
     hosts = {
         "--device": options.device[0],
-        "--reglog": _url_host(options.reglog),
-        "--api": _url_host(options.api),
+        "--reglog": _url_host("--reglog", options.reglog),
+        "--api": _url_host("--api", options.api),
     }
     for flag, host in hosts.items():
         if not loopback(host):

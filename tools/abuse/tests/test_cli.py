@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pigeonpush_abuse.attacks import ATTACKS, Target
+from pigeonpush_abuse.attacks import ATTACKS, Target, url_address
 from pigeonpush_abuse.cli import UsageError, given_target, main, parser
 from pigeonpush_abuse.runner import loopback
 
@@ -81,6 +81,25 @@ def test_bounds_and_names_are_checked(arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as exit:
         parser().parse_args(arguments)
     assert exit.value.code == 2
+
+
+def test_addresses_are_read_by_the_one_host_port_rule() -> None:
+    ipv6 = ["--device", "[::1]:7100", "--reglog", "http://[::1]/", *GIVEN[4:]]
+    target = given_target(parser().parse_args(ipv6))
+    assert target is not None and target.device == ("::1", 7100)
+    assert target.reglog_address == ("::1", 80)
+    assert url_address("https://localhost") == ("localhost", 443)
+    with pytest.raises(UsageError, match="--api: 'ftp://h/' is not an http"):
+        given_target(parser().parse_args([*GIVEN[:4], "--api", "ftp://h/", *GIVEN[6:]]))
+    with pytest.raises(UsageError, match="--reglog: address 'h:0' has no valid port"):
+        given_target(parser().parse_args([*GIVEN[:2], "--reglog", "http://h:0", *GIVEN[4:]]))
+
+
+@pytest.mark.parametrize("device", ["::1:7100", "127.0.0.1:+7100", "a b:7100"])
+def test_bad_device_addresses_are_refused(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--device", device])
+    assert "expected HOST:PORT: address" in capsys.readouterr().err
 
 
 def test_loopback() -> None:

@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
+from pigeonpush.hostport import parse_host_port
 from pigeonpush.services import raise_young_threshold
 from pigeonpush_bench import mqtt
 from pigeonpush_bench.clients import (
@@ -89,13 +90,6 @@ BACKOFF_CAP = 2.0
 
 class AttemptFailed(Exception):
     """One connection attempt failed; ``str()`` is a short snake_case reason."""
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"not a host:port address: {address!r}")
-    return host, int(port)
 
 
 def payload_text(size: int, sent_at: float) -> str:
@@ -341,7 +335,7 @@ class Fleet:
             assert self.server is not None
             address = self.server
             protocol = FramingClient(self, index)
-        host, port = split_address(address)
+        host, port = parse_host_port(address)
         waiting: defer.Deferred[None] = defer.Deferred()
         self._waiting[index] = waiting
         endpoint = TCP4ClientEndpoint(
@@ -603,7 +597,7 @@ class MqttPublisher(Protocol):
 
 async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Publish ``messages`` QoS 1 messages, each to one random client's topic."""
-    host, port = split_address(str(settings["server"]))
+    host, port = parse_host_port(str(settings["server"]))
     prefix = str(settings.get("prefix", "bench-"))
     clients = int(settings["clients"])
     messages = int(settings["messages"])
@@ -648,7 +642,7 @@ async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
     from pigeonpush.ids import MessageIdGenerator
     from pigeonpush.rpc import Push, PushItem, PushStatus, encode_batches
 
-    host, port = split_address(str(settings["rpc"]))
+    host, port = parse_host_port(str(settings["rpc"]))
     prefix = str(settings.get("prefix", "bench-"))
     clients = int(settings["clients"])
     messages = int(settings["messages"])

@@ -44,7 +44,7 @@ from pigeonpush.sdk import (
     Message,
     PushClient,
 )
-from pigeonpush.sdk.route import parse_server
+from pigeonpush.sdk.route import parse_server_address
 from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line, uplink_line
 
 FLUSH_INTERVAL = 0.2
@@ -148,7 +148,7 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             recorder.add(event_line(event_record(reactor.seconds(), name, event)))
 
         def endpoint(server: str, name: str = name) -> IStreamClientEndpoint:
-            host, port = parse_server(server)
+            host, port = parse_server_address(server)
 
             def failed(reason: str) -> None:
                 failure = Event(reactor.seconds(), name, EventKind.CONNECT_FAILED, server)
