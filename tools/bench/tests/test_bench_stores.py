@@ -91,7 +91,9 @@ def test_a_cost_separates_masters_from_replicas_by_their_role_at_the_end() -> No
     assert cost.replica_cpu == pytest.approx(1.0)
 
 
-def _figures(delivered: int, cost: RedisCost | None, accepted: int | None = None) -> DeliveryFigures:
+def _figures(
+    delivered: int, cost: RedisCost | None, accepted: int | None = None
+) -> DeliveryFigures:
     stats = Stats(unique=delivered)
     return DeliveryFigures(
         accepted=delivered if accepted is None else accepted,
@@ -132,9 +134,7 @@ def test_redis_figures_are_per_message_with_no_replica_shown_as_none() -> None:
         MOSQUITTO: None,
     }
     assert report.metric("redis_cpu_per_message").values[SINGLE] == pytest.approx(500.0)
-    assert report.metric("redis_replica_cpu_per_message").values[ON_CLUSTER] == pytest.approx(
-        300.0
-    )
+    assert report.metric("redis_replica_cpu_per_message").values[ON_CLUSTER] == pytest.approx(300.0)
     total = report.metric("redis_total_cpu_per_message")
     assert total.values[ON_CLUSTER] == pytest.approx(1200.0)
     assert total.ratio(SINGLE, ON_CLUSTER) == pytest.approx(2.4)
