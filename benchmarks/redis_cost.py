@@ -74,6 +74,8 @@ class Snapshot:
         self.calls: Counter[str] = Counter()
         self.cpu = self.memory = 0.0
         self.replica_cpu = self.replica_memory = 0.0
+        #: CPU seconds of each master, by its port
+        self.master_cpu: dict[str, float] = {}
         for info in infos:
             cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
             if info.get("role") != "master":
@@ -86,6 +88,7 @@ class Snapshot:
                     name = key[len("cmdstat_") :]
                     self.calls[name] += int(fields["calls"])
             self.cpu += cpu
+            self.master_cpu[info.get("tcp_port", "?")] = cpu
             self.memory += int(info["used_memory"])
         #: CPU seconds of each pigeon daemon (filled by Redis.snapshot)
         self.daemon_cpu: dict[str, float] = {}
@@ -339,6 +342,10 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
                 c: round(n * scale, 2) for c, n in per_device["by command"].items()
             },
             "redis cpu, % of a core": round(every_second["redis cpu usec"] / options.idle / 1e4, 2),
+            "redis cpu of each master, % of a core": [
+                round((idle.master_cpu[port] - connected.master_cpu[port]) / options.idle * 100, 2)
+                for port in sorted(idle.master_cpu)
+            ],
             "daemon cpu, % of a core": {
                 name: round(usec / options.idle / 1e4, 2)
                 for name, usec in every_second["daemon cpu usec"].items()
