@@ -365,6 +365,8 @@ async def start_pigeon(
 ) -> PigeonCluster:
     """The pigeon system on one Redis (``store`` REDIS) or on a Redis Cluster
     of 3 masters and 3 replicas (CLUSTER)."""
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(STORES)}, not {store!r}")
     reactor, processes, settings = run.reactor, run.processes, run.settings
     what = "Redis" if store == REDIS else "a Redis Cluster (3 masters, 3 replicas)"
     run.progress.phase(

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from pigeonpush_bench.cli import build_parser
-from pigeonpush_bench.cluster import CLUSTER, REDIS, Stats
+from pigeonpush_bench.cluster import CLUSTER, REDIS, Run, Settings, Stats, start_pigeon
 from pigeonpush_bench.processes import ProcessSet
 from pigeonpush_bench.rediscluster import (
     NodeReading,
@@ -22,11 +27,12 @@ from pigeonpush_bench.rediscluster import (
     query,
     start_redis_cluster,
 )
-from pigeonpush_bench.report import Report, format_json, format_table
+from pigeonpush_bench.report import Progress, Report, format_json, format_table
 from pigeonpush_bench.scenarios import (
     MOSQUITTO,
     DeliveryFigures,
     redis_metrics,
+    unicast,
     unicast_comparisons,
     unicast_systems,
     unicast_targets,
@@ -54,6 +60,39 @@ def test_an_unknown_store_is_refused_with_the_choices(
     assert "unknown store 'memcached': choose from redis, cluster or both" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("stores", [[], ["memcached"], [REDIS, "memory"]])
+def test_a_scenario_refuses_an_unknown_store_before_starting_anything(
+    tmp_path: Path, stores: list[str]
+) -> None:
+    clock = Clock()
+    run = Run(
+        clock,
+        ProcessSet(clock, tmp_path),
+        Progress(io.StringIO(), clock, enabled=False),
+        Settings(),
+    )
+    arguments: dict[str, Any] = {"clients": 1, "messages": 1, "size": 100, "rate": 0.0}
+    arguments |= {"servers": 1, "batch": 1, "concurrency": 1, "baselines": [], "command": ""}
+    failure = failureResultOf(ensureDeferred(unicast(run, **arguments, stores=stores)))
+    assert failure.check(ValueError)
+    assert "stores must be some of redis, cluster" in str(failure.value)
+    if stores:
+        failure = failureResultOf(
+            ensureDeferred(start_pigeon(run, servers=1, capacity=1, store=stores[-1]))
+        )
+        assert failure.check(ValueError)
+        assert "store must be one of redis, cluster" in str(failure.value)
+    assert run.processes.processes == []
+
+
+def failureResultOf(deferred: Deferred[Any]) -> Failure:
+    """The Failure ``deferred`` has already failed with."""
+    found: list[Failure] = []
+    deferred.addErrback(found.append)
+    assert found, "the Deferred has not failed"
+    return found[0]
 
 
 def test_the_columns_and_ratios_follow_the_stores() -> None:
