@@ -255,3 +255,33 @@ async def test_the_cluster_starts_with_three_masters_and_three_replicas(tmp_path
     finally:
         await processes.stop_all()
     assert not any(process.running for process in processes.processes)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_small_unicast_run_on_both_stores_end_to_end() -> None:
+    """Every daemon on one Redis, then on the cluster: both deliver every
+    message, and Redis's figures and the cluster/redis ratios are there."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pigeonpush_bench", "unicast",
+            "--clients", "10", "--messages", "200", "--store", "both",
+            "--baselines", "none", "--json", "--no-progress", "--timeout", "240",
+        ],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["systems"] == [SINGLE, ON_CLUSTER]
+    assert report["parameters"]["store"] == "both"
+    metrics = {metric["key"]: metric for metric in report["metrics"]}
+    assert metrics["delivered"]["values"] == {SINGLE: 200, ON_CLUSTER: 200}
+    assert metrics["lost"]["values"] == {SINGLE: 0, ON_CLUSTER: 0}
+    commands = metrics["redis_commands_per_message"]
+    assert commands["values"][SINGLE] > 0 and commands["values"][ON_CLUSTER] > 0
+    assert set(commands["ratios"]) == {"pigeonpush-cluster/pigeonpush"}
+    replicas = metrics["redis_replica_commands_per_message"]["values"]
+    assert replicas[SINGLE] is None and replicas[ON_CLUSTER] > 0
