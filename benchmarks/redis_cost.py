@@ -3,9 +3,12 @@
 Run from the repository root, in the project's virtualenv::
 
     python benchmarks/redis_cost.py --devices 1000 --messages 2000 --offline 500
+    python benchmarks/redis_cost.py --store cluster ...
 
-Starts Redis, ZooKeeper, pigeon-delivery, one pigeon-server, pigeon-reglog and
-pigeon-notification on loopback (the ``pigeonpush-bench`` launchers), then
+Starts Redis (``--store cluster``: a Redis Cluster of 3 masters and 3
+replicas, the daemons on its ``redis+cluster://`` URL), ZooKeeper,
+pigeon-delivery, one pigeon-server, pigeon-reglog and pigeon-notification on
+loopback (the ``pigeonpush-bench`` launchers), then
 measures Redis between phases: command calls and their time from
 ``INFO commandstats`` (commands that a Lua script runs count too, under their
 own name, next to the ``evalsha`` that ran them: "calls" is every command
@@ -27,7 +30,8 @@ pending
     ``WAIT_ACK`` and ``MSG_BODY`` for their device).
 
 The report gives each phase's calls and bytes per device or per message, and
-the calls by command.
+the calls by command. On a cluster, calls, CPU and memory are summed over the
+masters; the replicas' CPU and memory are given apart.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import json
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +50,13 @@ from twisted.internet.defer import gatherResults
 
 from pigeonpush.sdk import PushClient
 from pigeonpush.store import keys as store_keys
+from pigeonpush.store.address import parse_cluster_url
+from pigeonpush.store.redis import CLUSTER_QUEUE_SHARDS
+from pigeonpush.store.redis_cluster import ClusterConnection
 from pigeonpush_bench import services
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.processes import ProcessSet
+from pigeonpush_bench.rediscluster import start_redis_cluster
 
 API_KEY = "redis-cost-key-0123456789abcdef"
 PENDING_PER_DEVICE = 10
@@ -59,17 +67,29 @@ MEASURING = ("info", "memory|usage", "touch", "xinfo|groups", "scan")
 
 
 class Snapshot:
-    """Redis's counters at one moment."""
+    """Redis's counters at one moment, summed over the masters (the replicas'
+    CPU and memory apart)."""
 
-    def __init__(self, info: Mapping[str, str]) -> None:
+    def __init__(self, infos: list[Mapping[str, str]]) -> None:
         self.calls: Counter[str] = Counter()
-        for key, value in info.items():
-            if key.startswith("cmdstat_"):
-                fields = dict(part.split("=") for part in value.split(","))
-                name = key[len("cmdstat_") :]
-                self.calls[name] = int(fields["calls"])
-        self.cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-        self.memory = int(info["used_memory"])
+        self.cpu = self.memory = 0.0
+        self.replica_cpu = self.replica_memory = 0.0
+        #: CPU seconds of each master, by its port
+        self.master_cpu: dict[str, float] = {}
+        for info in infos:
+            cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            if info.get("role") != "master":
+                self.replica_cpu += cpu
+                self.replica_memory += int(info["used_memory"])
+                continue
+            for key, value in info.items():
+                if key.startswith("cmdstat_"):
+                    fields = dict(part.split("=") for part in value.split(","))
+                    name = key[len("cmdstat_") :]
+                    self.calls[name] += int(fields["calls"])
+            self.cpu += cpu
+            self.master_cpu[info.get("tcp_port", "?")] = cpu
+            self.memory += int(info["used_memory"])
         #: CPU seconds of each pigeon daemon (filled by Redis.snapshot)
         self.daemon_cpu: dict[str, float] = {}
 
@@ -84,43 +104,85 @@ def parse_info(text: str) -> dict[str, str]:
 
 
 class Redis:
-    def __init__(self, connection: Any, daemons: Mapping[str, int]) -> None:
-        self.connection = connection
+    """The store's redis-servers: ``nodes`` (one connection to each, for INFO
+    and SCAN), and ``keyed`` for a command about one key (sent to the node
+    that serves it)."""
+
+    def __init__(
+        self,
+        nodes: list[Any],
+        keyed: Callable[..., Awaitable[Any]],
+        daemons: Mapping[str, int],
+        shards: int,
+    ) -> None:
+        self.nodes = nodes
+        self.keyed = keyed
         self.daemons = daemons
+        self.shards = shards
 
     async def snapshot(self) -> Snapshot:
-        text = await self.connection.execute_command("INFO", "everything")
-        snapshot = Snapshot(parse_info(text))
+        infos = [
+            parse_info(await node.execute_command("INFO", "everything")) for node in self.nodes
+        ]
+        snapshot = Snapshot(infos)
         snapshot.daemon_cpu = {name: cpu_seconds(pid) for name, pid in self.daemons.items()}
         return snapshot
 
     async def queue_done(self) -> bool:
-        """Delivery read every queued entry and settled it (XINFO GROUPS)."""
-        groups = await self.connection.execute_command("XINFO", "GROUPS", store_keys.queue(0))
-        for group in groups:
-            fields = dict(zip(group[::2], group[1::2], strict=True))
-            if fields["name"] == "delivery":
-                return int(fields["pending"]) == 0 and int(fields["lag"] or 0) == 0
-        return False
+        """Delivery read every queued entry of every shard and settled it (XINFO GROUPS)."""
+        for shard in range(self.shards):
+            groups = await self.keyed("XINFO", "GROUPS", store_keys.queue(shard))
+            done = False
+            for group in groups:
+                fields = dict(zip(group[::2], group[1::2], strict=True))
+                if fields["name"] == "delivery":
+                    done = int(fields["pending"]) == 0 and int(fields["lag"] or 0) == 0
+            if not done:
+                return False
+        return True
 
     async def none_waiting(self, client_ids: list[str]) -> bool:
         """No ``WAIT_ACK`` key left for these clients (TOUCH counts existing keys)."""
-        keys = [store_keys.wait_ack(client_id) for client_id in client_ids]
-        return int(await self.connection.execute_command("TOUCH", *keys)) == 0
+        for client_id in client_ids:
+            if int(await self.keyed("TOUCH", store_keys.wait_ack(client_id))):
+                return False
+        return True
 
     async def census(self) -> dict[str, int]:
-        """How many keys of each kind (``PIGEON:<KIND>:...``) there are."""
+        """How many keys of each kind (``PIGEON:<KIND>:...``) the masters hold."""
         kinds: Counter[str] = Counter()
-        cursor = "0"
-        while True:
-            cursor, found = await self.connection.execute_command("SCAN", cursor, "COUNT", "1000")
-            kinds.update(":".join(key.split(":")[:2]) for key in found)
-            if str(cursor) == "0":
-                return dict(sorted(kinds.items()))
+        for node in self.nodes:
+            if parse_info(await node.execute_command("INFO", "replication"))["role"] != "master":
+                continue
+            cursor = "0"
+            while True:
+                cursor, found = await node.execute_command("SCAN", cursor, "COUNT", "1000")
+                kinds.update(":".join(key.split(":")[:2]) for key in found)
+                if str(cursor) == "0":
+                    break
+        return dict(sorted(kinds.items()))
 
     async def memory_usage(self, key: str) -> int:
-        value = await self.connection.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+        value = await self.keyed("MEMORY", "USAGE", key, "SAMPLES", "0")
         return int(value or 0)
+
+
+def cluster_keyed(reactor: Any, url: str) -> tuple[ClusterConnection, Callable[..., Any]]:
+    """The store's slot router, and a ``keyed`` that sends a command to the
+    master of its key (the key is the word after the command's name(s))."""
+    router = ClusterConnection(
+        reactor, parse_cluster_url(url), reply_timeout=10.0, connect_timeout=10.0
+    )
+
+    async def keyed(*words: str) -> Any:
+        key = words[2] if words[0] in ("MEMORY", "XINFO") else words[1]
+        node = await router.node_for(key)
+        (reply,) = await router.connection(node).execute([words])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    return router, keyed
 
 
 def delta(before: Snapshot, after: Snapshot, per: int) -> dict[str, Any]:
@@ -135,6 +197,16 @@ def delta(before: Snapshot, after: Snapshot, per: int) -> dict[str, Any]:
         "script calls": round(scripts / per, 2),
         "redis cpu usec": round((after.cpu - before.cpu) * 1e6 / per, 1),
         "memory bytes": round((after.memory - before.memory) / per, 1),
+        **(
+            {
+                "replica cpu usec": round((after.replica_cpu - before.replica_cpu) * 1e6 / per, 1),
+                "replica memory bytes": round(
+                    (after.replica_memory - before.replica_memory) / per, 1
+                ),
+            }
+            if after.replica_memory
+            else {}
+        ),
         "by command": {c: round(n / per, 3) for c, n in sorted(calls.items()) if n},
         "daemon cpu usec": {
             name: round((after.daemon_cpu[name] - before.daemon_cpu[name]) * 1e6 / per, 1)
@@ -176,10 +248,21 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
     pool = HTTPConnectionPool(reactor, persistent=True)
     http = HTTPClient(Agent(reactor, pool=pool))
     devices: list[PushClient] = []
+    router: ClusterConnection | None = None
     try:
-        redis = await services.start_redis(processes, reactor)
+        if options.store == "cluster":
+            cluster = await start_redis_cluster(
+                processes,
+                reactor,
+                binary=services.require("redis-server", "redis-server"),
+                cli=services.require("redis-cli", "redis-tools"),
+            )
+            url, ports = cluster.url, [node.port for node in cluster.nodes]
+        else:
+            redis = await services.start_redis(processes, reactor)
+            url, ports = redis.url, [redis.port]
         zookeeper = await services.start_zookeeper(processes, reactor)
-        common = {"redis_url": redis.url, "zookeeper": zookeeper.hosts, "log_level": "warn"}
+        common = {"redis_url": url, "zookeeper": zookeeper.hosts, "log_level": "warn"}
         delivery = await services.start_delivery(processes, reactor, **common)
         server = await services.start_pigeon_server(
             processes, reactor, index=0, heartbeat=options.heartbeat,
@@ -189,7 +272,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
             processes, reactor, heartbeat=options.heartbeat, **common
         )
         api = await services.start_notification(
-            processes, reactor, redis_url=redis.url, api_key=API_KEY, log_level="warn"
+            processes, reactor, redis_url=url, api_key=API_KEY, log_level="warn"
         )
 
         async def reglog_sees_server() -> bool:
@@ -200,18 +283,24 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
             return bool(body.get("servers") == 1)
 
         await wait(reactor, reglog_sees_server, "reglog seeing the push server", 60)
-        connection = await txredisapi.Connection(
-            services.HOST, redis.port, reconnect=False, convertNumbers=False
-        )
+        nodes = [
+            await txredisapi.Connection(services.HOST, port, reconnect=False, convertNumbers=False)
+            for port in ports
+        ]
+        if options.store == "cluster":
+            router, keyed = cluster_keyed(reactor, url)
+            shards = CLUSTER_QUEUE_SHARDS
+        else:
+            keyed, shards = nodes[0].execute_command, 1
         daemons = {
             "server": server.process.pid,
             "delivery": delivery.process.pid,
             "reglog": reglog.process.pid,
             "notification": api.process.pid,
         }
-        cost = Redis(connection, daemons)
+        cost = Redis(nodes, keyed, daemons, shards)
         received: Counter[str] = Counter()
-        report: dict[str, Any] = {"devices": options.devices}
+        report: dict[str, Any] = {"devices": options.devices, "store": options.store}
 
         # --- connect ----------------------------------------------------------------
         start = await cost.snapshot()
@@ -253,6 +342,10 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
                 c: round(n * scale, 2) for c, n in per_device["by command"].items()
             },
             "redis cpu, % of a core": round(every_second["redis cpu usec"] / options.idle / 1e4, 2),
+            "redis cpu of each master, % of a core": [
+                round((idle.master_cpu[port] - connected.master_cpu[port]) / options.idle * 100, 2)
+                for port in sorted(idle.master_cpu)
+            ],
             "daemon cpu, % of a core": {
                 name: round(usec / options.idle / 1e4, 2)
                 for name, usec in every_second["daemon cpu usec"].items()
@@ -278,9 +371,11 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
         sample_body = store_keys.msg_body(sent[0])
         report["after the ACKs"] = {
             "MEMORY USAGE of one message's body": await cost.memory_usage(sample_body),
-            "PTTL of that body (ms)": await connection.execute_command("PTTL", sample_body),
+            "PTTL of that body (ms)": await keyed("PTTL", sample_body),
             "keys": await cost.census(),
-            "queue stream length": await connection.execute_command("XLEN", store_keys.queue(0)),
+            "queue stream length": sum(
+                [int(await keyed("XLEN", store_keys.queue(shard))) for shard in range(shards)]
+            ),
         }
 
         # --- pending --------------------------------------------------------------------
@@ -300,10 +395,11 @@ async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
         report[
             f"MEMORY USAGE of one offline device's WAIT_ACK ({PENDING_PER_DEVICE} ids)"
         ] = await cost.memory_usage(store_keys.wait_ack(offline[0]))
-        report["SCARD of that WAIT_ACK"] = await connection.execute_command(
-            "SCARD", store_keys.wait_ack(offline[0])
-        )
-        await connection.disconnect()
+        report["SCARD of that WAIT_ACK"] = await keyed("SCARD", store_keys.wait_ack(offline[0]))
+        for node in nodes:
+            await node.disconnect()
+        if router is not None:
+            await router.close()
         return report
     finally:
         await defer.DeferredList([d.stop() for d in devices], consumeErrors=True)
@@ -318,6 +414,12 @@ def main() -> None:
     parser.add_argument("--offline", type=int, default=500)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle window")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="servers' --heartbeat")
+    parser.add_argument(
+        "--store",
+        choices=["redis", "cluster"],
+        default="redis",
+        help="one Redis, or a Redis Cluster of 3 masters and 3 replicas (default redis)",
+    )
     options = parser.parse_args()
 
     async def go(reactor: Any) -> None:

@@ -1,13 +1,22 @@
 """The store contract for topics and broadcast: every test runs against the
-memory and the Redis backend (``store_case``)."""
+memory, the Redis and the Redis Cluster backend (``store_case``, 3 masters and
+3 replicas), so every script of a topic or a device touches one slot."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 
+from pigeonpush.store import keys
+from pigeonpush.store.redis_cluster import key_slot
 from pigeonpush.store.topic_checks import MAX_BATCH
-from pigeonpush.store.topic_keys import subscribers, subscriptions, topic_log, topic_meta
+from pigeonpush.store.topic_keys import (
+    subscribers,
+    subscriptions,
+    topic_idempotency,
+    topic_log,
+    topic_meta,
+)
 from pigeonpush.store.topic_model import CatchUp, TopicPosition
 from pigeonpush.topics import BROADCAST
 from support.stores import StoreCase
@@ -218,6 +227,20 @@ def test_topic_keys_share_one_slot_per_topic_and_per_device() -> None:
     for key in (topic_meta("news"), topic_log("news"), subscribers("news")):
         assert key.endswith("{topic:news}")
     assert subscriptions("alice").endswith("{alice}")
+    # What one PUBLISH script touches: the idempotency key (whatever braces
+    # the caller's key holds) lands in the topic's slot too.
+    for idempotency_key in ("key-1", "{other}", "}{"):
+        published = (
+            topic_meta("news"),
+            topic_log("news"),
+            topic_idempotency("news", idempotency_key),
+            subscribers("news"),
+        )
+        assert {key_slot(key) for key in published} == {key_slot(topic_meta("news"))}
+    # A device's subscriptions share the slot of its session keys.
+    assert key_slot(subscriptions("alice")) == key_slot(keys.auth("alice"))
+    # Topics are spread: not every topic in one slot.
+    assert len({key_slot(topic_log(f"t{n}")) for n in range(20)}) > 1
 
 
 @pytest_twisted.ensureDeferred

@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import psutil
 
-from pigeonpush_bench import processes
+from pigeonpush_bench import processes, rediscluster
 from pigeonpush_bench import services as launch
 
 REDIS_BINARY = "redis-server"
@@ -235,17 +235,7 @@ class ZooKeeperServer:
 
 def cluster_port(host: str = "127.0.0.1") -> int:
     """A free port below 55536 whose cluster bus port (+10000) is free too."""
-    for _ in range(1000):
-        port = free_port(host)
-        if port >= 55536:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair (port, port + 10000) below 55536")
+    return rediscluster.cluster_port(host)
 
 
 def _resp(*words: str) -> bytes:
@@ -281,18 +271,9 @@ class ClusterNode:
     def start(self) -> None:
         binary = _require(REDIS_BINARY, "redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [
-            *launch.redis_argv(binary, self.port, self.directory),
-            *("--logfile", str(self.directory / "redis.log")),
-            *("--cluster-enabled", "yes"),
-            *("--cluster-config-file", str(self.directory / "nodes.conf")),
-            # Failover tests kill a master: its replica takes over after this.
-            *("--cluster-node-timeout", "1000"),
-            *("--cluster-replica-validity-factor", "0"),
-            # Replicas sync at once (the default waits 5 s for more replicas):
-            # a master killed before its replica synced would lose everything.
-            *("--repl-diskless-sync-delay", "0"),
-        ]
+        # The benchmark's cluster nodes: failover within a second, replicas
+        # in sync at once.
+        command = rediscluster.cluster_node_argv(binary, self.port, self.directory)
         output = self.directory / "stdout.log"
         self._process = processes.popen(command, output=output)
         try:

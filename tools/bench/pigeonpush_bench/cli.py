@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 
 from pigeonpush_bench import __version__
-from pigeonpush_bench.cluster import Run, RunTimeout, Settings
+from pigeonpush_bench.cluster import REDIS, STORES, Run, RunTimeout, Settings
 from pigeonpush_bench.control import LoadGenDied, LoadGenError
 from pigeonpush_bench.measure import connections_per_process, machine
 from pigeonpush_bench.processes import Interrupted, ProcessSet, StartError
@@ -92,6 +92,17 @@ def _baselines(text: str) -> list[str]:
             f"unknown baseline {unknown[0]!r}: choose from {', '.join(BASELINES)} or none"
         )
     return names
+
+
+def _stores(text: str) -> list[str]:
+    """--store: redis, cluster or both (in that order)."""
+    if text == "both":
+        return list(STORES)
+    if text not in STORES:
+        raise argparse.ArgumentTypeError(
+            f"unknown store {text!r}: choose from {', '.join(STORES)} or both"
+        )
+    return [text]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +246,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[BASELINES[1]],
         help="mosquitto or none (default mosquitto)",
     )
+    sub.add_argument(
+        "--store",
+        type=_stores,
+        default=[REDIS],
+        help="what the daemons keep their state in: redis (one redis-server), cluster "
+        "(a Redis Cluster of 3 masters and 3 replicas, redis+cluster:// on every daemon) "
+        "or both, one after the other, with Redis commands and CPU per message and the "
+        "ratios cluster/redis (default redis)",
+    )
     _common(sub)
 
     sub = scenarios.add_parser(
@@ -352,6 +372,7 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
                 concurrency=args.api_concurrency,
                 baselines=args.baselines,
                 command=command,
+                stores=args.store,
             )
         elif args.scenario == "push":
             report = await push(

@@ -26,8 +26,15 @@ from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.loadgen import http_client
 from pigeonpush_bench.measure import connections_per_process
 from pigeonpush_bench.processes import ManagedProcess, ProcessSet, gather, wait_until
+from pigeonpush_bench.rediscluster import RedisCluster, RedisNodes, start_redis_cluster
 from pigeonpush_bench.report import Progress
 from pigeonpush_bench.sources import source_address
+
+#: What ``start_pigeon`` puts the shared state in: one Redis, or a Redis
+#: Cluster of 3 masters and 3 replicas.
+REDIS = "redis"
+CLUSTER = "cluster"
+STORES = (REDIS, CLUSTER)
 
 
 class RunTimeout(RuntimeError):
@@ -294,13 +301,31 @@ async def _call(member: LoadGenerator, command: str, args: Mapping[str, Any]) ->
 
 @attrs.define(slots=True)
 class PigeonCluster:
-    redis: services.Redis
+    #: the single Redis; None when the daemons use ``redis_cluster``
+    redis: services.Redis | None
     zookeeper: services.ZooKeeper
     servers: list[services.PigeonServer]
     delivery: services.Listener
     reglog: services.Listener
     notification: services.Listener | None
     api_key: str
+    redis_cluster: RedisCluster | None = None
+
+    @property
+    def redis_url(self) -> str:
+        """What every daemon was given as ``--redis``."""
+        if self.redis_cluster is not None:
+            return self.redis_cluster.url
+        assert self.redis is not None
+        return self.redis.url
+
+    @property
+    def redis_nodes(self) -> RedisNodes:
+        """Every redis-server of the store (one, or the cluster's nodes)."""
+        if self.redis_cluster is not None:
+            return RedisNodes([(node.process, node.port) for node in self.redis_cluster.nodes])
+        assert self.redis is not None
+        return RedisNodes([(self.redis.process, self.redis.port)])
 
     @property
     def server_pids(self) -> dict[str, int]:
@@ -310,7 +335,11 @@ class PigeonCluster:
     def system_pids(self) -> dict[str, int]:
         """Every process of the pigeon system but ZooKeeper (idle in steady state)."""
         pids = dict(self.server_pids)
-        pids["redis"] = self.redis.process.pid
+        if self.redis is not None:
+            pids["redis"] = self.redis.process.pid
+        if self.redis_cluster is not None:
+            for node in self.redis_cluster.nodes:
+                pids[f"redis-{node.port}"] = node.process.pid
         pids["delivery"] = self.delivery.process.pid
         pids["reglog"] = self.reglog.process.pid
         if self.notification is not None:
@@ -320,7 +349,10 @@ class PigeonCluster:
     @property
     def processes(self) -> list[ManagedProcess]:
         """In start order (stores first), for Run.stop."""
-        found = [self.redis.process, self.zookeeper.process, self.delivery.process]
+        found = [] if self.redis is None else [self.redis.process]
+        if self.redis_cluster is not None:
+            found += self.redis_cluster.processes
+        found += [self.zookeeper.process, self.delivery.process]
         found += [server.process for server in self.servers]
         found.append(self.reglog.process)
         if self.notification is not None:
@@ -329,30 +361,44 @@ class PigeonCluster:
 
 
 async def start_pigeon(
-    run: Run, *, servers: int, capacity: int, notification: bool = True
+    run: Run, *, servers: int, capacity: int, notification: bool = True, store: str = REDIS
 ) -> PigeonCluster:
+    """The pigeon system on one Redis (``store`` REDIS) or on a Redis Cluster
+    of 3 masters and 3 replicas (CLUSTER)."""
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(STORES)}, not {store!r}")
     reactor, processes, settings = run.reactor, run.processes, run.settings
+    what = "Redis" if store == REDIS else "a Redis Cluster (3 masters, 3 replicas)"
     run.progress.phase(
-        f"starting pigeonpush: Redis, ZooKeeper, {servers} pigeon-server, delivery, reglog"
+        f"starting pigeonpush: {what}, ZooKeeper, {servers} pigeon-server, delivery, reglog"
         + (", notification" if notification else "")
     )
-    stores = await _together(
-        services.start_redis(processes, reactor),
-        services.start_zookeeper(processes, reactor),
-    )
-    redis, zookeeper = stores
-    assert isinstance(redis, services.Redis) and isinstance(zookeeper, services.ZooKeeper)
+    if store == REDIS:
+        first = services.start_redis(processes, reactor)
+    else:
+        first = start_redis_cluster(
+            processes,
+            reactor,
+            binary=services.require("redis-server", "redis-server"),
+            cli=services.require("redis-cli", "redis-tools"),
+        )
+    stores = await _together(first, services.start_zookeeper(processes, reactor))
+    found, zookeeper = stores
+    assert isinstance(zookeeper, services.ZooKeeper)
+    redis = found if isinstance(found, services.Redis) else None
+    redis_cluster = found if isinstance(found, RedisCluster) else None
+    redis_url = found.url
     level = settings.log_level
     started = await _together(
         services.start_delivery(
-            processes, reactor, redis_url=redis.url, zookeeper=zookeeper.hosts, log_level=level
+            processes, reactor, redis_url=redis_url, zookeeper=zookeeper.hosts, log_level=level
         ),
         *(
             services.start_pigeon_server(
                 processes,
                 reactor,
                 index=index,
-                redis_url=redis.url,
+                redis_url=redis_url,
                 zookeeper=zookeeper.hosts,
                 heartbeat=settings.heartbeat,
                 capacity=capacity,
@@ -363,7 +409,7 @@ async def start_pigeon(
         services.start_reglog(
             processes,
             reactor,
-            redis_url=redis.url,
+            redis_url=redis_url,
             zookeeper=zookeeper.hosts,
             heartbeat=settings.heartbeat,
             log_level=level,
@@ -374,9 +420,10 @@ async def start_pigeon(
     api = None
     if notification:
         api = await services.start_notification(
-            processes, reactor, redis_url=redis.url, api_key=api_key, log_level=level
+            processes, reactor, redis_url=redis_url, api_key=api_key, log_level=level
         )
     cluster = PigeonCluster(
+        redis_cluster=redis_cluster,
         redis=redis,
         zookeeper=zookeeper,
         servers=list(pigeon_servers),

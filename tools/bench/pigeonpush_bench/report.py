@@ -59,6 +59,9 @@ class Report:
     machine: dict[str, Any] = attrs.field(factory=dict)
     command: str = ""
     ok: bool = True
+    #: (numerator, denominator) of each ratio column; None: the subject over
+    #: each baseline
+    comparisons: list[tuple[str, str]] | None = None
 
     def metric(self, key: str) -> Metric:
         for metric in self.metrics:
@@ -83,6 +86,13 @@ class Report:
     def baselines(self) -> list[str]:
         return [system for system in self.systems if system != SUBJECT]
 
+    @property
+    def ratio_pairs(self) -> list[tuple[str, str]]:
+        """The ratio columns: ``comparisons``, or the subject over each baseline."""
+        if self.comparisons is not None:
+            return self.comparisons
+        return [(SUBJECT, baseline) for baseline in self.baselines]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
@@ -100,9 +110,11 @@ class Report:
                     "higher_is_better": metric.higher_is_better,
                     "values": {system: _json_number(v) for system, v in metric.values.items()},
                     "ratios": {
-                        baseline: _json_number(metric.ratio(baseline))
-                        for baseline in self.baselines
-                        if metric.ratio(baseline) is not None
+                        _ratio_name(subject, baseline): _json_number(
+                            metric.ratio(baseline, subject)
+                        )
+                        for subject, baseline in self.ratio_pairs
+                        if metric.ratio(baseline, subject) is not None
                     },
                 }
                 for metric in self.metrics
@@ -113,6 +125,12 @@ class Report:
             ],
             "notes": self.notes,
         }
+
+
+def _ratio_name(subject: str, baseline: str) -> str:
+    """A ratio's JSON key: the baseline's name for the subject's ratios, else
+    ``subject/baseline``."""
+    return baseline if subject == SUBJECT else f"{subject}/{baseline}"
 
 
 def _json_number(value: Number) -> Number:
@@ -150,13 +168,13 @@ def format_ratio(value: float | None) -> str:
 def format_table(report: Report) -> str:
     """The human table: one row per metric, a column per system, then ratios."""
     header = ["metric", *report.systems]
-    header += [f"{SUBJECT}/{baseline}" for baseline in report.baselines]
+    header += [f"{subject}/{baseline}" for subject, baseline in report.ratio_pairs]
     rows: list[list[str]] = []
     for metric in report.metrics:
         label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
         row = [label]
         row += [format_number(metric.values.get(system)) for system in report.systems]
-        row += [format_ratio(metric.ratio(baseline)) for baseline in report.baselines]
+        row += [format_ratio(metric.ratio(b, subject)) for subject, b in report.ratio_pairs]
         rows.append(row)
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
 

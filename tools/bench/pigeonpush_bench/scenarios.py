@@ -17,6 +17,8 @@ import attrs
 from pigeonpush_bench import services
 from pigeonpush_bench.baseline import command as control
 from pigeonpush_bench.cluster import (
+    CLUSTER,
+    REDIS,
     Generators,
     PigeonCluster,
     RedisProbe,
@@ -33,11 +35,14 @@ from pigeonpush_bench.measure import (
     rss_bytes,
     total_rss,
 )
+from pigeonpush_bench.rediscluster import RedisCost
 from pigeonpush_bench.report import SUBJECT, Report, Target
 
 TWISTED = "twisted"
 MOSQUITTO = "mosquitto"
 BASELINES = (TWISTED, MOSQUITTO)
+#: The name of the pigeon system in a report, by the store it ran on.
+PIGEON_SYSTEMS = {REDIS: SUBJECT, CLUSTER: f"{SUBJECT}-cluster"}
 #: Seconds without a new delivery after which a wait for the rest gives up.
 STALL = 30.0
 #: Mosquitto's window of un-ACKed QoS 1 messages per client, as the server's --ack-window.
@@ -320,6 +325,8 @@ class DeliveryFigures:
     wait_ack_left: int | None = None
     publish_seconds: float = 0.0
     cpu_by_process: dict[str, float] = attrs.field(factory=dict)
+    #: what the store's redis-servers spent while the messages went through
+    redis_cost: RedisCost | None = None
 
     @property
     def lost(self) -> int:
@@ -415,19 +422,22 @@ async def _pigeon_deliveries(
     servers: int,
     batch: int,
     concurrency: int,
+    store: str = REDIS,
 ) -> DeliveryFigures:
-    cluster = await start_pigeon(run, servers=servers, capacity=connections_per_process())
+    label = PIGEON_SYSTEMS[store]
+    cluster = await start_pigeon(
+        run, servers=servers, capacity=connections_per_process(), store=store
+    )
     try:
-        generators = await run.generators(generator_count(run, clients), "pigeon")
-        run.progress.phase(f"pigeonpush: connecting {clients:,} clients through reglog")
-        await generators.connect(
-            "pigeon", clients, [{"reglog": cluster.reglog.url}], label="pigeonpush"
-        )
-        publisher = await run.generators(1, "api-publisher")
+        generators = await run.generators(generator_count(run, clients), label)
+        run.progress.phase(f"{label}: connecting {clients:,} clients through reglog")
+        await generators.connect("pigeon", clients, [{"reglog": cluster.reglog.url}], label=label)
+        publisher = await run.generators(1, f"api-publisher-{label}")
         assert cluster.notification is not None
+        redis_before = await cluster.redis_nodes.read()
         figures = await _publish_and_wait(
             run,
-            label="pigeonpush",
+            label=label,
             generators=generators,
             publisher=publisher,
             command="publish_api",
@@ -443,6 +453,7 @@ async def _pigeon_deliveries(
             },
             server_pids=cluster.system_pids,
         )
+        figures.redis_cost = RedisCost.between(redis_before, await cluster.redis_nodes.read())
         figures.wait_ack_left = await _wait_ack_left(run, cluster)
         await publisher.finish()
         await generators.finish()
@@ -452,13 +463,18 @@ async def _pigeon_deliveries(
 
 
 async def _wait_ack_left(run: Run, cluster: PigeonCluster) -> int:
-    """Ids still in WAIT_ACK once the server's batched ACK writes had time to land."""
-    probe = await RedisProbe.open(cluster.redis.port)
-    try:
-        await run.sleep(1.0)
-        return await probe.wait_ack_total()
-    finally:
-        await probe.close()
+    """Ids still in WAIT_ACK once the server's batched ACK writes had time to
+    land (summed over the masters of a cluster)."""
+    await run.sleep(1.0)
+    readings = await cluster.redis_nodes.read()
+    total = 0
+    for port in sorted(port for port, reading in readings.items() if reading.master):
+        probe = await RedisProbe.open(port)
+        try:
+            total += await probe.wait_ack_total()
+        finally:
+            await probe.close()
+    return total
 
 
 async def _mqtt_deliveries(
@@ -505,16 +521,24 @@ def _latency_metrics(report: Report, results: Mapping[str, DeliveryFigures]) -> 
             },
             higher_is_better=False,
         )
-    pigeon = results.get(SUBJECT)
-    if pigeon is not None:
+    pigeons = _pigeons(results)
+    if pigeons:
         for name, fraction in (("p50", 0.50), ("p99", 0.99), ("max", 1.0)):
             report.add(
                 f"latency_accept_{name}",
                 f"latency {name}, API accept to client receipt",
                 "ms",
-                {SUBJECT: _ms(pigeon.stats.latency.percentile(fraction))},
+                {
+                    system: _ms(results[system].stats.latency.percentile(fraction))
+                    for system in pigeons
+                },
                 higher_is_better=False,
             )
+
+
+def _pigeons(results: Mapping[str, DeliveryFigures]) -> list[str]:
+    """The pigeon systems among ``results`` (one per store), in their order."""
+    return [system for system in results if system in PIGEON_SYSTEMS.values()]
 
 
 def _ms(micros: int | None) -> float | None:
@@ -547,14 +571,15 @@ def _delivery_metrics(report: Report, results: Mapping[str, DeliveryFigures]) ->
         each(lambda f: _per(f.generator_cpu * 1e6, f.stats.unique)),
         higher_is_better=False,
     )
-    if SUBJECT in results:
+    if _pigeons(results):
         report.add(
             "wait_ack_left",
             "ids left in WAIT_ACK",
             "",
-            {SUBJECT: results[SUBJECT].wait_ack_left},
+            {system: results[system].wait_ack_left for system in _pigeons(results)},
             higher_is_better=False,
         )
+    redis_metrics(report, results)
     for system, figures in results.items():
         if len(figures.cpu_by_process) > 1 and figures.stats.unique:
             report.notes.append(
@@ -572,6 +597,90 @@ def _delivery_metrics(report: Report, results: Mapping[str, DeliveryFigures]) ->
             report.notes.append(f"{system}: client errors {figures.stats.errors}")
 
 
+def redis_metrics(report: Report, results: Mapping[str, DeliveryFigures]) -> None:
+    """Per delivered message, what the store's redis-servers spent: commands
+    processed (INFO stats ``total_commands_processed``, which counts the
+    commands a script runs too) and CPU seconds, masters and replicas apart.
+    Nothing when no result measured its Redis."""
+    costs = {
+        system: (figures.redis_cost, figures.stats.unique)
+        for system, figures in results.items()
+        if figures.redis_cost is not None
+    }
+    if not costs:
+        return
+
+    def each(function: Any, *, replicas: bool = False) -> dict[str, float | int | None]:
+        values: dict[str, float | int | None] = {system: None for system in results}
+        for system, (cost, delivered) in costs.items():
+            if replicas and cost.replicas == 0:
+                continue  # none to measure: "-", not 0
+            values[system] = _per(function(cost), delivered)
+        return values
+
+    report.add(
+        "redis_commands_per_message",
+        "Redis commands per message, masters",
+        "",
+        each(lambda c: c.master_commands),
+        higher_is_better=False,
+    )
+    report.add(
+        "redis_replica_commands_per_message",
+        "Redis commands per message, replicas",
+        "",
+        each(lambda c: c.replica_commands, replicas=True),
+        higher_is_better=False,
+    )
+    report.add(
+        "redis_cpu_per_message",
+        "Redis CPU per message, masters",
+        "us",
+        each(lambda c: c.master_cpu * 1e6),
+        higher_is_better=False,
+    )
+    report.add(
+        "redis_replica_cpu_per_message",
+        "Redis CPU per message, replicas",
+        "us",
+        each(lambda c: c.replica_cpu * 1e6, replicas=True),
+        higher_is_better=False,
+    )
+    report.add(
+        "redis_total_cpu_per_message",
+        "Redis CPU per message, all nodes",
+        "us",
+        each(lambda c: (c.master_cpu + c.replica_cpu) * 1e6),
+        higher_is_better=False,
+    )
+    report.notes.append(
+        "Redis: "
+        + "; ".join(
+            f"{system} on {cost.masters} master(s) and {cost.replicas} replica(s)"
+            for system, (cost, _) in costs.items()
+        )
+        + ". Commands are INFO stats total_commands_processed deltas (a script's own "
+        "commands count), CPU is each redis-server's user+system time, both over the "
+        "publishing and delivery window (periodic work such as heartbeats included)"
+    )
+
+
+def unicast_systems(stores: Sequence[str], baselines: Sequence[str]) -> list[str]:
+    """The report's columns: the pigeon system on each store, then Mosquitto."""
+    return [PIGEON_SYSTEMS[store] for store in stores] + [b for b in baselines if b == MOSQUITTO]
+
+
+def unicast_comparisons(systems: Sequence[str]) -> list[tuple[str, str]]:
+    """The ratio columns: each pigeon system over Mosquitto, then the cluster
+    over one Redis when both ran."""
+    pigeons = [system for system in systems if system in PIGEON_SYSTEMS.values()]
+    pairs = [(pigeon, MOSQUITTO) for pigeon in pigeons if MOSQUITTO in systems]
+    single, cluster = PIGEON_SYSTEMS[REDIS], PIGEON_SYSTEMS[CLUSTER]
+    if single in pigeons and cluster in pigeons:
+        pairs.append((cluster, single))
+    return pairs
+
+
 async def unicast(
     run: Run,
     *,
@@ -584,8 +693,14 @@ async def unicast(
     concurrency: int,
     baselines: Sequence[str],
     command: str,
+    stores: Sequence[str] = (REDIS,),
 ) -> Report:
-    systems = [SUBJECT] + [b for b in baselines if b == MOSQUITTO]
+    """M notifications to random online clients, on each of ``stores`` in
+    turn (REDIS, CLUSTER), then through Mosquitto."""
+    stores = list(stores)
+    if not stores or any(store not in PIGEON_SYSTEMS for store in stores):
+        raise ValueError(f"stores must be some of {', '.join(PIGEON_SYSTEMS)}, not {stores!r}")
+    systems = unicast_systems(stores, baselines)
     pace = f"at {rate:,.0f} msg/s" if rate > 0 else "as fast as accepted"
     report = Report(
         scenario="unicast",
@@ -602,12 +717,15 @@ async def unicast(
             "batch": batch,
             "api_concurrency": concurrency,
             "mqtt_window": batch * concurrency,
+            "store": stores[0] if len(stores) == 1 else "both",
         },
         systems=systems,
         command=command,
+        comparisons=unicast_comparisons(systems),
     )
-    results = {
-        SUBJECT: await _pigeon_deliveries(
+    results = {}
+    for store in stores:
+        results[PIGEON_SYSTEMS[store]] = await _pigeon_deliveries(
             run,
             clients=clients,
             messages=messages,
@@ -616,8 +734,8 @@ async def unicast(
             servers=servers,
             batch=batch,
             concurrency=concurrency,
+            store=store,
         )
-    }
     if MOSQUITTO in systems:
         results[MOSQUITTO] = await _mqtt_deliveries(
             run,
@@ -638,11 +756,21 @@ async def unicast(
         "latency from send starts when the publisher builds the request (a batch shares one "
         "timestamp); from accept uses the messageId's millisecond timestamp"
     )
-    pigeon = results[SUBJECT]
-    report.ok = pigeon.lost == 0
-    report.targets.append(Target("zero lost", pigeon.lost == 0, f"{pigeon.lost:,} lost"))
+    unicast_targets(report, results, rate)
+    return report
+
+
+def unicast_targets(report: Report, results: Mapping[str, DeliveryFigures], rate: float) -> None:
+    """Zero lost on every store; the first pigeon system against Mosquitto."""
+    pigeons = _pigeons(results)
+    report.ok = all(results[system].lost == 0 for system in pigeons)
+    for system in pigeons:
+        lost = results[system].lost
+        name = "zero lost" if system == SUBJECT else f"zero lost ({system})"
+        report.targets.append(Target(name, lost == 0, f"{lost:,} lost"))
+    first = pigeons[0]
     if MOSQUITTO in results and rate <= 0:
-        ratio = report.metric("throughput").ratio(MOSQUITTO)
+        ratio = report.metric("throughput").ratio(MOSQUITTO, first)
         report.targets.append(
             Target(
                 "unicast throughput at least half of Mosquitto's QoS 1",
@@ -651,7 +779,7 @@ async def unicast(
             )
         )
     if MOSQUITTO in results and rate > 0:
-        ratio = report.metric("latency_p99").ratio(MOSQUITTO)
+        ratio = report.metric("latency_p99").ratio(MOSQUITTO, first)
         report.targets.append(
             Target(
                 "p99 latency at a fixed rate within 20x of Mosquitto's",
@@ -659,7 +787,6 @@ async def unicast(
                 "" if ratio is None else f"{ratio:.2f}x",
             )
         )
-    return report
 
 
 # --- backlog ----------------------------------------------------------------------------
@@ -696,6 +823,7 @@ async def backlog(
     )
     cluster = await start_pigeon(run, servers=servers, capacity=connections_per_process())
     try:
+        assert cluster.redis is not None  # one Redis: its queue is one stream
         probe = await RedisProbe.open(cluster.redis.port)
         publisher = await run.generators(1, "api-publisher")
         assert cluster.notification is not None
