@@ -373,6 +373,7 @@ async def start_pigeon(
         f"starting pigeonpush: {what}, ZooKeeper, {servers} pigeon-server, delivery, reglog"
         + (", notification" if notification else "")
     )
+    first: Coroutine[Any, Any, services.Redis | RedisCluster]
     if store == REDIS:
         first = services.start_redis(processes, reactor)
     else:
