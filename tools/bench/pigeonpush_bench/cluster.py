@@ -329,8 +329,9 @@ class PigeonCluster:
 
 
 async def start_pigeon(
-    run: Run, *, servers: int, capacity: int, notification: bool = True
+    run: Run, *, servers: int, capacity: int, notification: bool = True, websocket: bool = False
 ) -> PigeonCluster:
+    """``websocket``: the push servers have WebSocket listeners too."""
     reactor, processes, settings = run.reactor, run.processes, run.settings
     run.progress.phase(
         f"starting pigeonpush: Redis, ZooKeeper, {servers} pigeon-server, delivery, reglog"
@@ -357,6 +358,7 @@ async def start_pigeon(
                 heartbeat=settings.heartbeat,
                 capacity=capacity,
                 log_level=level,
+                websocket=websocket,
             )
             for index in range(servers)
         ),
