@@ -310,6 +310,15 @@ async def connections(
                 f"{pigeon.connected:,} connected",
             )
         )
+        if websocket:
+            connected = results[WEBSOCKET].connected
+            report.targets.append(
+                Target(
+                    "one pigeon-server process holds 19,500 WebSocket connections",
+                    connected >= 19_500,
+                    f"{connected:,} connected",
+                )
+            )
     added = report.metric("rss_added_per_connection").ratio(TWISTED)
     report.targets.append(
         Target(
