@@ -7,7 +7,9 @@ Run from the repository root, in the project's virtualenv::
 Starts Redis and one ``pigeon-server`` (static discovery, ``--uplink-rate``
 lifted so that the limit does not measure itself) on loopback, issues a token
 per connection straight into Redis (the benchmark plays reglog), opens
-``--connections`` raw TCP connections that AUTH and then keep ``--window``
+``--connections`` raw connections (TCP, then WebSocket with the load
+generator's client, ``pigeonpush_bench.wsclient``, against the same server:
+``--transport``) that AUTH and then keep ``--window``
 UPLINKs each in flight, 64 bytes of data each, until ``--uplinks`` were
 acknowledged. An UPLINK_ACK means the uplink is in the Redis stream
 (``XADD`` in the de-duplication script), so the rate is uplinks made
@@ -35,8 +37,10 @@ from pigeonpush_bench import services
 from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.processes import ProcessSet, free_port
+from pigeonpush_bench.wsclient import WebSocketClient
 
 DATA = {"reading": "x" * 57}  # 64 bytes of keys and values
+TCP, WEBSOCKET, BOTH = "tcp", "websocket", "both"
 
 
 class Sender(FrameProtocol):
@@ -90,60 +94,99 @@ class Run:
         self.histogram = LatencyHistogram()
 
 
+async def measure(
+    reactor: Any,
+    store: Any,
+    server: Any,
+    port: int,
+    options: argparse.Namespace,
+    transport: str,
+) -> dict[str, Any]:
+    """One phase: ``--connections`` over ``transport`` until ``--uplinks`` are acknowledged."""
+    tokens = {}
+    for n in range(options.connections):
+        client_id = f"bench-{transport}-{n:05d}"
+        tokens[client_id] = f"token-{n:05d}-0123456789"
+        await store.issue_token(client_id, tokens[client_id], 600)
+    measured = Run(reactor, options.uplinks, options.window)
+    endpoint = TCP4ClientEndpoint(reactor, services.HOST, port)
+    stored_before = await store._one("XLEN", UPLINK)
+    cpu_before = cpu_seconds(server.pid)
+    started = reactor.seconds()
+    senders = []
+    for client_id, token in tokens.items():
+        sender = Sender(measured, client_id, token)
+        if transport == WEBSOCKET:
+            await connectProtocol(endpoint, WebSocketClient(sender, services.HOST, port))
+        else:
+            await connectProtocol(endpoint, sender)
+        senders.append(sender)
+    await defer.gatherResults([sender.done for sender in senders])
+    elapsed = reactor.seconds() - started
+    cpu = cpu_seconds(server.pid) - cpu_before
+    stored = await store._one("XLEN", UPLINK) - stored_before
+    for sender in senders:
+        sender.transport.loseConnection()
+    return {
+        "transport": transport,
+        "connections": options.connections,
+        "window": options.window,
+        "uplinks": measured.acked,
+        "stored": int(stored),
+        "seconds": round(elapsed, 3),
+        "uplinks_per_second": round(measured.acked / elapsed, 1),
+        "server_cpu_seconds_per_1000": round(1000 * cpu / measured.acked, 3),
+        "latency": measured.histogram.summary(),
+    }
+
+
 async def run(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
+    transports = [TCP, WEBSOCKET] if options.transport == BOTH else [options.transport]
     directory = Path(tempfile.mkdtemp(prefix="uplink-rate-"))
     processes = ProcessSet(reactor, directory)
     try:
         redis = await services.start_redis(processes, reactor)
-        port, rpc = free_port(), free_port()
+        port, rpc, websocket = free_port(), free_port(), free_port()
         server_options = [
             "--listen", services.listen_endpoint(port),
             "--rpc", services.listen_endpoint(rpc),
             "--redis", redis.url,
             "--zookeeper", "static:",
-            "--capacity", str(options.connections + 10),
+            "--capacity", str(len(transports) * options.connections + 10),
             "--uplink-rate", "1000000/1000000",
             "--frame-rate", "1000000",
             "--frame-burst", "1000000",
             "--metrics", "none",
         ]  # fmt: skip
+        if WEBSOCKET in transports:
+            server_options += ["--websocket", services.listen_endpoint(websocket)]
         server = processes.spawn(
             "pigeon-server", services.twist_command("pigeon-server", server_options, "warn")
         )
         await services._ready_port(reactor, server, port)
         store = open_store(redis.url, reactor)
-        tokens = {}
-        for n in range(options.connections):
-            client_id = f"bench-{n:05d}"
-            tokens[client_id] = f"token-{n:05d}-0123456789"
-            await store.issue_token(client_id, tokens[client_id], 600)
-        measured = Run(reactor, options.uplinks, options.window)
-        endpoint = TCP4ClientEndpoint(reactor, services.HOST, port)
-        cpu_before = cpu_seconds(server.pid)
-        started = reactor.seconds()
-        senders = [
-            await connectProtocol(endpoint, Sender(measured, client_id, token))
-            for client_id, token in tokens.items()
-        ]
-        await defer.gatherResults([sender.done for sender in senders])
-        elapsed = reactor.seconds() - started
-        cpu = cpu_seconds(server.pid) - cpu_before
-        stored = await store._one("XLEN", UPLINK)  # type: ignore[attr-defined]
-        for sender in senders:
-            sender.transport.loseConnection()
+        results = {}
+        for transport in transports:
+            target = websocket if transport == WEBSOCKET else port
+            results[transport] = await measure(reactor, store, server, target, options, transport)
         await store.close()
-        return {
-            "connections": options.connections,
-            "window": options.window,
-            "uplinks": measured.acked,
-            "stored": int(stored),
-            "seconds": round(elapsed, 3),
-            "uplinks_per_second": round(measured.acked / elapsed, 1),
-            "server_cpu_seconds_per_1000": round(1000 * cpu / measured.acked, 3),
-            "latency": measured.histogram.summary(),
-        }
     finally:
         await processes.stop_all()
+    if len(results) == 1:
+        return results[transports[0]]
+    tcp, ws = results[TCP], results[WEBSOCKET]
+    results["websocket_over_tcp"] = {
+        "uplinks_per_second": round(ws["uplinks_per_second"] / tcp["uplinks_per_second"], 2),
+        "p99": _ratio(ws["latency"].get("p99_ms"), tcp["latency"].get("p99_ms")),
+        "server_cpu_per_uplink": _ratio(
+            ws["server_cpu_seconds_per_1000"], tcp["server_cpu_seconds_per_1000"]
+        ),
+    }
+    return results
+
+
+def _ratio(mine: Any, theirs: Any) -> float | None:
+    return round(mine / theirs, 2) if mine is not None and theirs else None
 
 
 def main() -> None:
@@ -151,6 +194,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--uplinks", type=int, default=20000)
     parser.add_argument("--window", type=int, default=8, help="UPLINKs in flight per connection")
+    parser.add_argument(
+        "--transport",
+        choices=(TCP, WEBSOCKET, BOTH),
+        default=BOTH,
+        help="how the connections reach the server; both: TCP, then WebSocket, "
+        "against the same server and Redis (default)",
+    )
     options = parser.parse_args()
 
     async def go(reactor: Any) -> None:

@@ -221,6 +221,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(BASELINES),
         help="comma-separated: twisted, mosquitto, or none (default both)",
     )
+    sub.add_argument(
+        "--websocket",
+        action="store_true",
+        help="also measure pigeonpush with the clients over WebSocket (column 'websocket', "
+        "compared with TCP in the notes)",
+    )
     _common(sub)
 
     sub = scenarios.add_parser(
@@ -358,7 +364,12 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
     try:
         if args.scenario == "connections":
             report = await connections(
-                run, clients=args.n, servers=args.servers, baselines=args.baselines, command=command
+                run,
+                clients=args.n,
+                servers=args.servers,
+                baselines=args.baselines,
+                command=command,
+                websocket=args.websocket,
             )
         elif args.scenario == "unicast":
             report = await unicast(

@@ -361,10 +361,17 @@ class PigeonCluster:
 
 
 async def start_pigeon(
-    run: Run, *, servers: int, capacity: int, notification: bool = True, store: str = REDIS
+    run: Run,
+    *,
+    servers: int,
+    capacity: int,
+    notification: bool = True,
+    store: str = REDIS,
+    websocket: bool = False,
 ) -> PigeonCluster:
     """The pigeon system on one Redis (``store`` REDIS) or on a Redis Cluster
-    of 3 masters and 3 replicas (CLUSTER)."""
+    of 3 masters and 3 replicas (CLUSTER); ``websocket``: the push servers
+    have WebSocket listeners too."""
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, not {store!r}")
     reactor, processes, settings = run.reactor, run.processes, run.settings
@@ -404,6 +411,7 @@ async def start_pigeon(
                 heartbeat=settings.heartbeat,
                 capacity=capacity,
                 log_level=level,
+                websocket=websocket,
             )
             for index in range(servers)
         ),

@@ -75,10 +75,14 @@ from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.route_client import RouteClient, RouteFailed
 from pigeonpush_bench.sources import PortLateReactor
+from pigeonpush_bench.wsclient import WebSocketClient
 
 log = Logger()
 
-PROTOCOLS = ("pigeon", "framing", "mqtt")
+#: ``pigeon-ws``: the pigeon protocol over WebSocket (``wsclient``), routed
+#: by reglog to the servers' WebSocket listeners.
+PIGEON_WS = "pigeon-ws"
+PROTOCOLS = ("pigeon", "framing", "mqtt", PIGEON_WS)
 #: Seconds one connection attempt (route, connect, handshake) may take.
 ATTEMPT_TIMEOUT = 20.0
 #: Attempts per client for an initial connect.
@@ -199,9 +203,9 @@ class Fleet:
         self.reconnect = bool(settings.get("reconnect", False))
         self.reglog: str | None = settings.get("reglog")
         self.server: str | None = settings.get("server")
-        if protocol == "pigeon" and not self.reglog:
-            raise ValueError("protocol pigeon needs reglog (its URL)")
-        if protocol != "pigeon" and not self.server:
+        if protocol in ("pigeon", PIGEON_WS) and not self.reglog:
+            raise ValueError(f"protocol {protocol} needs reglog (its URL)")
+        if protocol not in ("pigeon", PIGEON_WS) and not self.server:
             raise ValueError(f"protocol {protocol} needs server (host:port)")
         self.clients: list[BenchClient | None] = [None] * self.count
         self.ready_count = 0
@@ -324,9 +328,12 @@ class Fleet:
     async def _attempt(self, index: int) -> None:
         client_id = self.client_id(index)
         protocol: Protocol
-        if self.protocol == "pigeon":
-            token, address = await self._route(client_id)
+        if self.protocol in ("pigeon", PIGEON_WS):
+            websocket = self.protocol == PIGEON_WS
+            token, address = await self._route(client_id, websocket)
             protocol = PigeonClient(self, index, client_id, token, self._reactor)
+            if websocket:
+                protocol = WebSocketClient(protocol, *parse_host_port(address))
         elif self.protocol == "mqtt":
             assert self.server is not None
             address = self.server
@@ -359,14 +366,14 @@ class Fleet:
                 protocol.transport.abortConnection()  # type: ignore[attr-defined]
             raise AttemptFailed("handshake_timeout") from None
 
-    async def _route(self, client_id: str) -> tuple[str, str]:
+    async def _route(self, client_id: str, websocket: bool = False) -> tuple[str, str]:
         if self._routes is None:
             assert self.reglog is not None
             self._routes = RouteClient(
                 self._reactor, self.reglog, self._route_connections, ATTEMPT_TIMEOUT
             )
         try:
-            return await self._routes.route(client_id)
+            return await self._routes.route(client_id, websocket=websocket)
         except RouteFailed as e:
             raise AttemptFailed(str(e)) from None
 

@@ -143,9 +143,13 @@ class RouteClient:
         self._open: set[_RouteConnection] = set()
         self._queue: deque[defer.Deferred[_RouteConnection]] = deque()
 
-    async def route(self, client_id: str) -> tuple[str, str]:
-        """``(token, server)`` for ``client_id``; RouteFailed otherwise."""
-        body = json.dumps({"clientId": client_id}, separators=(",", ":")).encode()
+    async def route(self, client_id: str, *, websocket: bool = False) -> tuple[str, str]:
+        """``(token, server)`` for ``client_id``; RouteFailed otherwise.
+        ``websocket``: the server's WebSocket address is asked for."""
+        fields = {"clientId": client_id}
+        if websocket:
+            fields["transport"] = "websocket"
+        body = json.dumps(fields, separators=(",", ":")).encode()
         request = self._head + b"%d\r\n\r\n" % len(body) + body
         connection = await self._connection()
         answer = connection.send(request)

@@ -43,6 +43,8 @@ MOSQUITTO = "mosquitto"
 BASELINES = (TWISTED, MOSQUITTO)
 #: The name of the pigeon system in a report, by the store it ran on.
 PIGEON_SYSTEMS = {REDIS: SUBJECT, CLUSTER: f"{SUBJECT}-cluster"}
+#: pigeonpush with its devices over WebSocket (``connections --websocket``)
+WEBSOCKET = "websocket"
 #: Seconds without a new delivery after which a wait for the rest gives up.
 STALL = 30.0
 #: Mosquitto's window of un-ACKed QoS 1 messages per client, as the server's --ack-window.
@@ -105,21 +107,29 @@ async def _steady(
 
 
 async def _pigeon_connections(
-    run: Run, clients: int, servers: int, notes: list[str]
+    run: Run, clients: int, servers: int, notes: list[str], websocket: bool = False
 ) -> ConnectionFigures:
+    """``websocket``: the servers get a WebSocket listener, the clients use it."""
     cluster = await start_pigeon(
-        run, servers=servers, capacity=connections_per_process(), notification=False
+        run,
+        servers=servers,
+        capacity=connections_per_process(),
+        notification=False,
+        websocket=websocket,
+    )
+    label, protocol = (
+        ("pigeonpush over WebSocket", "pigeon-ws") if websocket else (SUBJECT, "pigeon")
     )
     try:
         pids = cluster.server_pids
         await run.sleep(1.0)
         idle = total_rss(list(pids.values()))
-        generators = await run.generators(generator_count(run, clients), "pigeon")
-        run.progress.phase(f"pigeonpush: connecting {clients:,} clients through reglog")
+        generators = await run.generators(generator_count(run, clients), protocol)
+        run.progress.phase(f"{label}: connecting {clients:,} clients through reglog")
         before = _cpu_each(cluster.system_pids)
         generators_before = (await generators.stats()).cpu
         seconds, connected = await generators.connect(
-            "pigeon", clients, [{"reglog": cluster.reglog.url}], label="pigeonpush"
+            protocol, clients, [{"reglog": cluster.reglog.url}], label=label
         )
         after = _cpu_each(cluster.system_pids)
         generators_after = (await generators.stats()).cpu
@@ -127,7 +137,7 @@ async def _pigeon_connections(
             per_connection = {name: after[name] - before[name] for name in cluster.system_pids}
             per_connection["load generators"] = generators_after - generators_before
             notes.append(
-                "pigeonpush CPU per connection while connecting, by process (us): "
+                f"{label} CPU per connection while connecting, by process (us): "
                 + ", ".join(
                     f"{name} {spent * 1e6 / connected.ready:.0f}"
                     for name, spent in per_connection.items()
@@ -140,7 +150,7 @@ async def _pigeon_connections(
             if name not in pids
         }
         notes.append(
-            "pigeonpush support processes with the clients connected (RSS MiB): "
+            f"{label} support processes with the clients connected (RSS MiB): "
             + ", ".join(f"{name} {value:.1f}" for name, value in support.items())
         )
         await generators.finish()
@@ -198,8 +208,16 @@ async def _baseline_connections(
 
 
 async def connections(
-    run: Run, *, clients: int, servers: int, baselines: Sequence[str], command: str
+    run: Run,
+    *,
+    clients: int,
+    servers: int,
+    baselines: Sequence[str],
+    command: str,
+    websocket: bool = False,
 ) -> Report:
+    """``websocket``: also pigeonpush with its clients over WebSocket (a
+    column of its own, compared with TCP in the notes)."""
     settings = run.settings
     report = Report(
         scenario="connections",
@@ -214,12 +232,16 @@ async def connections(
             "window_s": settings.window,
             "generators": generator_count(run, clients),
         },
-        systems=[SUBJECT, *baselines],
+        systems=[SUBJECT, *baselines, *([WEBSOCKET] if websocket else [])],
         command=command,
     )
     results: dict[str, ConnectionFigures] = {
         SUBJECT: await _pigeon_connections(run, clients, servers, report.notes)
     }
+    if websocket:
+        results[WEBSOCKET] = await _pigeon_connections(
+            run, clients, servers, report.notes, websocket=True
+        )
     if TWISTED in baselines:
         results[TWISTED] = await _framing_connections(run, clients, servers)
     if MOSQUITTO in baselines:
@@ -282,6 +304,9 @@ async def connections(
         if figures.failed or figures.errors:
             report.notes.append(f"{system}: {figures.failed} failed; errors {figures.errors}")
     report.ok = pigeon.connected == clients
+    if websocket:
+        report.notes.append(websocket_comparison(report))
+        report.ok = report.ok and results[WEBSOCKET].connected == clients
     if servers == 1 and clients >= 19_500:
         report.targets.append(
             Target(
@@ -290,6 +315,15 @@ async def connections(
                 f"{pigeon.connected:,} connected",
             )
         )
+        if websocket:
+            connected = results[WEBSOCKET].connected
+            report.targets.append(
+                Target(
+                    "one pigeon-server process holds 19,500 WebSocket connections",
+                    connected >= 19_500,
+                    f"{connected:,} connected",
+                )
+            )
     added = report.metric("rss_added_per_connection").ratio(TWISTED)
     report.targets.append(
         Target(
@@ -308,6 +342,19 @@ async def connections(
             )
         )
     return report
+
+
+def websocket_comparison(report: Report) -> str:
+    """The note that puts the WebSocket column against TCP's (WebSocket / TCP)."""
+    parts = []
+    for key, label in (
+        ("connect_rate", "connect rate"),
+        ("rss_added_per_connection", "added RSS per connection"),
+        ("server_cpu", "server CPU at steady heartbeat"),
+    ):
+        ratio = report.metric(key).ratio(SUBJECT, subject=WEBSOCKET)
+        parts.append(f"{label} {'-' if ratio is None else f'{ratio:.2f}x'}")
+    return "pigeonpush over WebSocket against TCP (WebSocket / TCP): " + ", ".join(parts)
 
 
 # --- unicast ----------------------------------------------------------------------------

@@ -310,7 +310,9 @@ async def start_pigeon_server(
     heartbeat: float,
     capacity: int,
     log_level: str,
+    websocket: bool = False,
 ) -> PigeonServer:
+    """``websocket``: with a WebSocket listener for devices too (``--websocket``)."""
     port, rpc = free_port(), free_port()
     node_id = f"bench-server-{index}"
     options = [
@@ -337,9 +339,15 @@ async def start_pigeon_server(
         "--metrics",
         "none",
     ]
+    websocket_port = free_port() if websocket else None
+    if websocket_port is not None:
+        options += ["--websocket", listen_endpoint(websocket_port)]
+        options += ["--websocket-advertise", f"{HOST}:{websocket_port}"]
     process = processes.spawn(node_id, twist_command("pigeon-server", options, log_level))
     await _ready_port(reactor, process, port)
     await _ready_port(reactor, process, rpc)
+    if websocket_port is not None:
+        await _ready_port(reactor, process, websocket_port)
     return PigeonServer(process, node_id, port, rpc)
 
 

@@ -178,6 +178,32 @@ def _check_small_run(result: subprocess.CompletedProcess[str], directory: Path) 
 
 
 @pytest.mark.slow
+def test_a_small_connections_run_over_websocket_beside_tcp() -> None:
+    """``--websocket``: the same clients again over the servers' WebSocket
+    listeners, in a column of its own, compared with TCP in a note."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pigeonpush_bench", "connections", "--n", "20"),
+            *("--baselines", "none", "--websocket", "--window", "1", "--heartbeat", "1"),
+            *("--json", "--no-progress", "--timeout", "240"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    metrics = {metric["key"]: metric for metric in report["metrics"]}
+    assert metrics["connected"]["values"] == {"pigeonpush": 20, "websocket": 20}
+    assert metrics["heartbeats"]["values"]["websocket"] > 0
+    assert report["systems"] == ["pigeonpush", "websocket"]
+    assert any(
+        note.startswith("pigeonpush over WebSocket against TCP (WebSocket / TCP): connect rate ")
+        for note in report["notes"]
+    ), report["notes"]
+
+
+@pytest.mark.slow
 def test_a_small_push_run_end_to_end() -> None:
     """The write-path scenario: both systems get every frame, in bursts of
     the same length, and the report says so."""

@@ -104,6 +104,17 @@ async def test_requests_share_a_bounded_pool_of_keep_alive_connections(
     assert first.endswith(b'{"clientId":"c0"}')
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_route_is_asked_for_by_name(serve: Callable[[Canned], str]) -> None:
+    canned = Canned(lambda _: answer(200, OK_BODY))
+    client = _client(serve(canned))
+    try:
+        assert await client.route("c0", websocket=True) == ("t-1", "127.0.0.1:7000")
+    finally:
+        client.close()
+    assert canned.requests[0].endswith(b'{"clientId":"c0","transport":"websocket"}')
+
+
 @pytest.mark.parametrize(
     ("reply", "error"),
     [

@@ -53,9 +53,10 @@ def parser() -> argparse.ArgumentParser:
         prog="pigeonpush-chaos",
         description=(
             "Start a PigeonPush cluster on loopback (Redis with AOF, ZooKeeper, 2 pigeon-server, "
-            "2 pigeon-delivery, reglog, notification), connect SDK clients in separate "
-            "processes, send notifications through the batch API while injecting faults, "
-            "and report what the clients' callbacks saw. See docs/reliability.rst."
+            "2 pigeon-delivery, reglog, notification), connect SDK clients (a share of them over "
+            "WebSocket) in separate processes, send notifications through the batch API "
+            "while injecting faults, and report what the clients' callbacks saw. "
+            "See docs/reliability.rst."
         ),
     )
     p.add_argument("--clients", type=_positive(int), default=300, help="SDK clients (300)")
@@ -96,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uplink-interval", type=_positive(float), default=20.0, help="seconds between them (20)"
     )
+    p.add_argument(
+        "--websocket-share",
+        type=float,
+        default=0.2,
+        help="share of the clients that connect over WebSocket, 0 for none (0.2)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--dir", type=Path, default=None, help="run directory (default: a temporary)")
     p.add_argument(
@@ -117,6 +124,8 @@ def options_from(arguments: argparse.Namespace) -> Options:
         raise SystemExit(f"pigeonpush-chaos: --per-process is at most {MAX_PER_PROCESS}")
     if arguments.uplinks < 0:
         raise SystemExit("pigeonpush-chaos: --uplinks must be 0 or more")
+    if not 0 <= arguments.websocket_share <= 1:
+        raise SystemExit("pigeonpush-chaos: --websocket-share must be between 0 and 1")
     return Options(
         clients=arguments.clients,
         messages=arguments.messages,
@@ -137,6 +146,7 @@ def options_from(arguments: argparse.Namespace) -> Options:
         log_level=arguments.log_level,
         uplinks=arguments.uplinks,
         uplink_interval=arguments.uplink_interval,
+        websocket_share=arguments.websocket_share,
     )
 
 

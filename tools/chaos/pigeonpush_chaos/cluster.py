@@ -1,5 +1,6 @@
-"""The system under fault: Redis (append-only), ZooKeeper, 2 pigeon-server,
-2 pigeon-delivery, reglog and the notification API, on loopback.
+"""The system under fault: Redis (append-only), ZooKeeper, 2 pigeon-server
+(each with a TCP and a WebSocket listener for devices), 2 pigeon-delivery,
+reglog and the notification API, on loopback.
 
 Process management, the launcher, ZooKeeper's command line and the readiness
 helpers come from the benchmark (``pigeonpush_bench``). What differs is that
@@ -147,6 +148,8 @@ class Cluster:
             *("--rpc", services.listen_endpoint(ports["rpc"])),
             *("--metrics", f"tcp:{ports['metrics']}:interface={HOST}"),
             *("--advertise", f"{HOST}:{ports['client']}"),
+            *("--websocket", services.listen_endpoint(ports["websocket"])),
+            *("--websocket-advertise", f"{HOST}:{ports['websocket']}"),
             *("--rpc-advertise", f"{HOST}:{ports['rpc']}"),
             *("--node-id", f"chaos-server-{index}"),
             *("--heartbeat", f"{heartbeat:g}", "--idle-timeout", f"{3 * heartbeat:g}"),
@@ -178,7 +181,12 @@ class Cluster:
                 self._spawn(f"delivery-{index}", self._delivery_argv(index, ports), ports)
             )
         for index in range(servers):
-            ports = {"client": free_port(), "rpc": free_port(), "metrics": free_port()}
+            ports = {
+                "client": free_port(),
+                "websocket": free_port(),
+                "rpc": free_port(),
+                "metrics": free_port(),
+            }
             self.servers.append(
                 self._spawn(f"server-{index}", self._server_argv(index, ports), ports)
             )

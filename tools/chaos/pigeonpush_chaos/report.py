@@ -109,6 +109,47 @@ class FaultOutcome:
 
 
 @attrs.define(slots=True)
+class TransportFigures:
+    """The figures of the clients of one transport (``tcp``, ``websocket``)."""
+
+    clients: int = 0
+    accepted: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    delayed: int = 0
+    #: R - A of the messages delivered to these clients, sorted
+    latencies: list[float] = attrs.field(factory=list)
+    #: seconds from a disconnection to the next AUTH_OK, every fault, sorted
+    reconnects: list[float] = attrs.field(factory=list)
+    #: (fault, client) pairs where the client never came back
+    not_back: int = 0
+    uplinks_acked: int = 0
+    uplinks_lost: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        def seconds(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
+        return {
+            "clients": self.clients,
+            "accepted": self.accepted,
+            "delivered": self.delivered,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "delayed": self.delayed,
+            "latencyP50": seconds(percentile(self.latencies, 0.50)),
+            "latencyP99": seconds(percentile(self.latencies, 0.99)),
+            "reconnections": len(self.reconnects),
+            "reconnectP50": seconds(percentile(self.reconnects, 0.50)),
+            "reconnectMax": seconds(self.reconnects[-1] if self.reconnects else None),
+            "notBack": self.not_back,
+            "uplinksAcked": self.uplinks_acked,
+            "uplinksLost": self.uplinks_lost,
+        }
+
+
+@attrs.define(slots=True)
 class ChaosReport:
     clients: int
     heartbeat: float
@@ -141,6 +182,8 @@ class ChaosReport:
     #: uplinks stored more than once (a resend the de-duplication missed)
     uplinks_duplicated: int = 0
     settings: dict[str, Any] = attrs.field(factory=dict)
+    #: transport -> the figures of its clients
+    transports: dict[str, TransportFigures] = attrs.field(factory=dict)
 
     @property
     def delay_bound(self) -> float:
@@ -253,6 +296,7 @@ class ChaosReport:
                 "lostIds": self.uplinks_lost[:50],
                 "duplicated": self.uplinks_duplicated,
             },
+            "transports": {name: t.to_json() for name, t in sorted(self.transports.items())},
             "failures": self.failures(),
         }
 
@@ -281,10 +325,12 @@ def compute(
     exited: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     uplinks_stored: Sequence[tuple[str, str]] = (),
+    transports: Mapping[str, str] | None = None,
 ) -> ChaosReport:
     """The report of one run (``end``: when observation stopped).
     ``uplinks_stored``: (clientId, uplinkId) of every entry the pull API
-    gave at the end, repeats included."""
+    gave at the end, repeats included. ``transports``: clientId -> how it
+    connects (default: every client over ``tcp``), for the figures per transport."""
     faults = sorted(faults, key=lambda window: window.start)
     authenticated_at: dict[str, list[float]] = {}
     events_of: dict[str, list[Event]] = {}
@@ -385,6 +431,19 @@ def compute(
     reasons: Counter[str] = Counter(
         event.reason for event in journal.events if event.kind is EventKind.GAVE_UP
     )
+    uplinks_lost = journal.uplinks_acked - set(uplinks_stored)
+    per_transport = _per_transport(
+        clients,
+        transports or {},
+        accepted=accepted,
+        first_arrival=first_arrival,
+        calls=calls,
+        lost=lost,
+        delayed=delayed,
+        outcomes=outcomes,
+        uplinks_acked=journal.uplinks_acked,
+        uplinks_lost=uplinks_lost,
+    )
     return ChaosReport(
         clients=len(clients),
         heartbeat=heartbeat,
@@ -410,11 +469,60 @@ def compute(
         exited=dict(exited or {}),
         settings=dict(settings or {}),
         uplinks_acked=len(journal.uplinks_acked),
-        uplinks_lost=sorted(
-            f"{client} {uplink}" for client, uplink in journal.uplinks_acked - set(uplinks_stored)
-        ),
+        uplinks_lost=sorted(f"{client} {uplink}" for client, uplink in uplinks_lost),
         uplinks_duplicated=sum(n - 1 for n in Counter(uplinks_stored).values() if n > 1),
+        transports=per_transport,
     )
+
+
+def _per_transport(
+    clients: Sequence[str],
+    transports: Mapping[str, str],
+    *,
+    accepted: Mapping[str, Accepted],
+    first_arrival: Mapping[str, float],
+    calls: Mapping[tuple[str, str], int],
+    lost: Iterable[str],
+    delayed: Iterable[Delayed],
+    outcomes: Iterable[FaultOutcome],
+    uplinks_acked: Iterable[tuple[str, str]],
+    uplinks_lost: Iterable[tuple[str, str]],
+) -> dict[str, TransportFigures]:
+    """The run's figures split by the transport of the client they concern."""
+
+    def of(client: str) -> TransportFigures:
+        return figures.setdefault(transports.get(client, "tcp"), TransportFigures())
+
+    figures: dict[str, TransportFigures] = {}
+    for client in clients:
+        of(client).clients += 1
+    for message in accepted.values():
+        of(message.client).accepted += 1
+    for message_id, arrived in first_arrival.items():
+        message = accepted[message_id]
+        target = of(message.client)
+        target.delivered += 1
+        target.latencies.append(arrived - message.time)
+    for (client, _), count in calls.items():
+        of(client).duplicates += count - 1
+    for message_id in lost:
+        of(accepted[message_id].client).lost += 1
+    for item in delayed:
+        of(item.client).delayed += 1
+    for outcome in outcomes:
+        for client, seconds in outcome.reconnects.items():
+            if seconds is None:
+                of(client).not_back += 1
+            else:
+                of(client).reconnects.append(seconds)
+    for client, _ in uplinks_acked:
+        of(client).uplinks_acked += 1
+    for client, _ in uplinks_lost:
+        of(client).uplinks_lost += 1
+    for target in figures.values():
+        target.latencies.sort()
+        target.reconnects.sort()
+    return figures
 
 
 #: Most lines of a trail.
@@ -471,6 +579,18 @@ def format_table(report: ChaosReport) -> str:
         + (f" (max {_cell(data['delayed']['max'])})" if report.delayed else ""),
         f"uplinks   acknowledged {report.uplinks_acked}  lost {len(report.uplinks_lost)}"
         f"  stored twice {report.uplinks_duplicated}",
+        "",
+        f"{'transport':<10} {'clients':>7} {'accepted':>8} {'lost':>5} {'dup.':>5} "
+        f"{'delayed':>7} {'lat.p50':>7} {'lat.p99':>7} {'reconn.':>7} {'rec.p50':>7} "
+        f"{'rec.max':>7} {'notback':>7} {'uplinks':>7} {'up.lost':>7}",
+        *(
+            f"{name:<10} {t['clients']:>7} {t['accepted']:>8} {t['lost']:>5} "
+            f"{t['duplicates']:>5} {t['delayed']:>7} {_cell(t['latencyP50']):>7} "
+            f"{_cell(t['latencyP99']):>7} {t['reconnections']:>7} "
+            f"{_cell(t['reconnectP50']):>7} {_cell(t['reconnectMax']):>7} {t['notBack']:>7} "
+            f"{t['uplinksAcked']:>7} {t['uplinksLost']:>7}"
+            for name, t in data["transports"].items()
+        ),
         "",
         f"{'#':>2} {'fault':<26} {'target':<18} {'start':>7} {'recovered':>9} "
         f"{'disc.':>5} {'notback':>7} {'p50':>7} {'max':>7} {'allback':>7} {'delayed':>7}",

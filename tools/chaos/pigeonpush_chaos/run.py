@@ -23,7 +23,7 @@ from pigeonpush_chaos.records import Journal, Tail
 from pigeonpush_chaos.report import ChaosReport, FaultWindow, compute
 from pigeonpush_chaos.schedule import FaultKind, plan, start_time
 from pigeonpush_chaos.sender import Sender, batches
-from pigeonpush_chaos.worker import client_id
+from pigeonpush_chaos.worker import client_id, transport_of
 
 #: Seconds the coordinator waits between two reads of the client records.
 READ_INTERVAL = 0.25
@@ -56,6 +56,8 @@ class Options:
     #: uplinks each client sends (kept across reconnections until acknowledged)
     uplinks: int = 3
     uplink_interval: float = 20.0
+    #: share of the clients that connect over WebSocket (see ``worker.transport_of``)
+    websocket_share: float = 0.2
 
     def settings(self) -> dict[str, Any]:
         """What the JSON report repeats of the run's settings."""
@@ -76,6 +78,7 @@ class Options:
             "ttl": self.ttl,
             "uplinks": self.uplinks,
             "uplinkInterval": self.uplink_interval,
+            "websocketShare": self.websocket_share,
         }
 
 
@@ -176,6 +179,7 @@ class Chaos:
                 *("--connect-rate", f"{options.connect_rate / count:g}"),
                 *("--uplinks", str(options.uplinks)),
                 *("--uplink-interval", f"{options.uplink_interval:g}"),
+                *("--websocket-share", f"{options.websocket_share!r}"),
             ]
             self.workers.append(self.processes.spawn(f"clients-{index}", argv))
             self.tails.append(Tail(out, self.journal))
@@ -250,6 +254,10 @@ class Chaos:
             exited=exited,
             settings=options.settings(),
             uplinks_stored=uplinks_stored,
+            transports={
+                name: transport_of(index, options.websocket_share)
+                for index, name in enumerate(self.clients)
+            },
         )
 
     async def stored_uplinks(self) -> list[tuple[str, str]]:
@@ -290,7 +298,10 @@ class Chaos:
         self.read_records()
         return max(
             self.cluster.servers,
-            key=lambda server: self.journal.clients_on(server.address("client")),
+            key=lambda server: (
+                self.journal.clients_on(server.address("client"))
+                + self.journal.clients_on(server.address("websocket"))
+            ),
         )
 
     async def inject(self, kind: FaultKind) -> FaultWindow:

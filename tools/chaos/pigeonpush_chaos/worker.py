@@ -44,8 +44,10 @@ from pigeonpush.sdk import (
     Message,
     PushClient,
 )
+from pigeonpush.sdk.backoff import full_jitter
 from pigeonpush.sdk.route import parse_server_address
 from pigeonpush_chaos.records import Event, EventKind, arrival_line, event_line, uplink_line
+from pigeonpush_chaos.websocket import WebSocketEndpoint, WebSocketRoutes
 
 FLUSH_INTERVAL = 0.2
 
@@ -53,6 +55,19 @@ FLUSH_INTERVAL = 0.2
 def client_id(index: int) -> str:
     """The clientId of client number ``index`` of a run."""
     return f"chaos-{index:06d}"
+
+
+TCP = "tcp"
+WEBSOCKET = "websocket"
+
+
+def transport_of(index: int, websocket_share: float) -> str:
+    """How client number ``index`` connects: ``websocket`` for a
+    ``websocket_share`` of the clients spread evenly over the numbers (every
+    fifth for 0.2), ``tcp`` for the others."""
+    if not 0 <= websocket_share <= 1:
+        raise ValueError(f"the WebSocket share must be in [0, 1], not {websocket_share!r}")
+    return WEBSOCKET if int((index + 1) * websocket_share) > int(index * websocket_share) else TCP
 
 
 class Recorder:
@@ -140,6 +155,7 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
     clients = []
     for offset in range(options.count):
         name = client_id(options.first + offset)
+        websocket = transport_of(options.first + offset, options.websocket_share) == WEBSOCKET
 
         def on_message(message: Message, name: str = name) -> None:
             recorder.add(arrival_line(reactor.seconds(), name, message.message_id))
@@ -147,22 +163,35 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
         def on_event(event: ClientEvent, name: str = name) -> None:
             recorder.add(event_line(event_record(reactor.seconds(), name, event)))
 
-        def endpoint(server: str, name: str = name) -> IStreamClientEndpoint:
+        def endpoint(
+            server: str, name: str = name, websocket: bool = websocket
+        ) -> IStreamClientEndpoint:
             host, port = parse_server_address(server)
 
             def failed(reason: str) -> None:
                 failure = Event(reactor.seconds(), name, EventKind.CONNECT_FAILED, server)
                 recorder.add(event_line(attrs.evolve(failure, reason=reason)))
 
-            return RecordingEndpoint(HostnameEndpoint(reactor, host, port, timeout=10), failed)
+            inner: IStreamClientEndpoint = (
+                WebSocketEndpoint(reactor, host, port, timeout=10)
+                if websocket
+                else HostnameEndpoint(reactor, host, port, timeout=10)
+            )
+            return RecordingEndpoint(inner, failed)
 
         def looked_up(outcome: str, name: str = name) -> None:
             lookup = Event(reactor.seconds(), name, EventKind.ROUTE_LOOKUP, reason=outcome)
             recorder.add(event_line(lookup))
 
         # As the SDK's own default agent: no keep-alive between rare lookups.
-        agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, False))
-
+        agent = RecordingAgent(
+            Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, False)), looked_up
+        )
+        backoff = full_jitter()
+        # A WebSocket client asks reglog for a WebSocket address (the SDK asks for TCP).
+        routes = (
+            WebSocketRoutes(reactor, agent, options.reglog, name, backoff) if websocket else None
+        )
         client = PushClient(
             reactor,
             options.reglog,
@@ -171,8 +200,16 @@ def start_clients(reactor: Any, options: argparse.Namespace, recorder: Recorder)
             heartbeat=options.heartbeat,
             max_route_failures=options.max_route_failures,
             endpoint_factory=endpoint,
-            http_agent=RecordingAgent(agent, looked_up),
+            http_agent=agent,
+            backoff=backoff,
+            route_source=routes,
         )
+        if routes is not None:
+
+            def avoid(client: PushClient = client) -> list[str]:
+                return client.avoid
+
+            routes.avoid = avoid
         client.on_event(on_event)
         started = offset / options.connect_rate
         reactor.callLater(started, client.start)
@@ -214,6 +251,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connect-rate", type=float, default=200.0, help="client starts/s")
     parser.add_argument("--uplinks", type=int, default=0, help="uplinks each client sends")
     parser.add_argument(
+        "--websocket-share",
+        type=float,
+        default=0.0,
+        help="share of the clients (by number, see transport_of) that connect over WebSocket",
+    )
+    parser.add_argument(
         "--uplink-interval", type=float, default=5.0, help="seconds between a client's uplinks"
     )
     options = parser.parse_args(argv)
@@ -221,6 +264,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parser.error("--count must be at least 1, --first at least 0, --connect-rate positive")
     if options.uplinks < 0 or options.uplink_interval <= 0:
         parser.error("--uplinks must be 0 or more, --uplink-interval positive")
+    if not 0 <= options.websocket_share <= 1:
+        parser.error("--websocket-share must be between 0 and 1")
     return options
 
 

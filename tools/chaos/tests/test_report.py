@@ -304,3 +304,72 @@ def test_an_acknowledged_uplink_missing_or_stored_twice_fails_the_run() -> None:
         "duplicated": 1,
     }
     assert "uplinks   acknowledged 3  lost 1  stored twice 1" in format_table(report)
+
+
+def test_figures_per_transport() -> None:
+    accepted = {
+        "m1": Accepted("a", 10.0),
+        "m2": Accepted("b", 10.0),
+        "m3": Accepted("b", 11.0),
+        "m4": Accepted("c", 11.0),
+    }
+    records = journal(
+        authenticated(1.0, "a"),
+        authenticated(1.0, "b", "ws1"),
+        authenticated(1.0, "c", "ws1"),
+        Arrival(10.5, "a", "m1"),
+        Arrival(10.2, "b", "m2"),
+        Arrival(10.3, "b", "m2"),
+        Arrival(11.4, "c", "m4"),
+        disconnected(20.0, "a"),
+        authenticated(21.0, "a"),
+        disconnected(20.0, "b", "ws1"),
+        authenticated(23.0, "b", "ws1"),
+        disconnected(20.0, "c", "ws1"),
+    )
+    records.add(UplinkAcked(2.0, "b", "b-u0"))
+    report = compute(
+        clients=["a", "b", "c"],
+        messages=4,
+        accepted=accepted,
+        refused=0,
+        unsent=0,
+        journal=records,
+        faults=[FaultWindow(FaultKind.KILL_SERVER, "server-1", 19.0, 19.5)],
+        heartbeat=HEARTBEAT,
+        reconnect_bound=10.0,
+        origin=0.0,
+        end=100.0,
+        uplinks_stored=[],
+        transports={"a": "tcp", "b": "websocket", "c": "websocket"},
+    )
+    figures = report.to_json()["transports"]
+    assert figures["tcp"] == {
+        "clients": 1,
+        "accepted": 1,
+        "delivered": 1,
+        "lost": 0,
+        "duplicates": 0,
+        "delayed": 0,
+        "latencyP50": 0.5,
+        "latencyP99": 0.5,
+        "reconnections": 1,
+        "reconnectP50": 1.0,
+        "reconnectMax": 1.0,
+        "notBack": 0,
+        "uplinksAcked": 0,
+        "uplinksLost": 0,
+    }
+    websocket = figures["websocket"]
+    assert (websocket["clients"], websocket["accepted"], websocket["delivered"]) == (2, 3, 2)
+    assert (websocket["lost"], websocket["duplicates"], websocket["notBack"]) == (1, 1, 1)
+    assert (websocket["reconnections"], websocket["reconnectMax"]) == (1, 3.0)
+    assert (websocket["uplinksAcked"], websocket["uplinksLost"]) == (1, 1)
+    table = format_table(report)
+    assert "transport" in table and "\nwebsocket        2        3     1" in table
+
+
+def test_every_client_counts_as_tcp_unless_told() -> None:
+    report = run({"m1": Accepted("a", 10.0)}, journal(Arrival(10.5, "a", "m1")))
+    assert list(report.transports) == ["tcp"]
+    assert report.transports["tcp"].clients == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -128,3 +129,22 @@ def test_worker_options_are_checked() -> None:
         assert e.code == 2
     else:  # pragma: no cover
         raise AssertionError("--count 0 was accepted")
+
+
+def test_the_websocket_share_is_a_fraction() -> None:
+    base = ["--reglog", "http://r:1", "--first", "0", "--count", "2", "--out", "f"]
+    assert parse(base).websocket_share == 0.0
+    assert parse([*base, "--websocket-share", "0.2"]).websocket_share == 0.2
+    for bad in ("-0.5", "1.5"):
+        with pytest.raises(SystemExit) as exited:
+            parse([*base, "--websocket-share", bad])
+        assert exited.value.code == 2
+
+
+def test_the_command_line_takes_a_websocket_share() -> None:
+    from pigeonpush_chaos.cli import options_from, parser
+
+    assert options_from(parser().parse_args([])).websocket_share == 0.2
+    assert options_from(parser().parse_args(["--websocket-share", "0"])).websocket_share == 0.0
+    with pytest.raises(SystemExit, match="between 0 and 1"):
+        options_from(parser().parse_args(["--websocket-share", "2"]))
