@@ -43,6 +43,8 @@ class Settings:
     window: float = 10.0
     log_level: str = "warn"
     concurrency: int = 200
+    #: the pigeon daemons' reactor (``pigeonpush_bench.twist``)
+    reactor: str = "default"
     #: Clients per load generator process: below the fd limit with room for
     #: its HTTP pool and pipes, and a spread of the client work over processes.
     per_generator: int = attrs.field(factory=lambda: min(15_000, connections_per_process()))
@@ -343,9 +345,15 @@ async def start_pigeon(
     redis, zookeeper = stores
     assert isinstance(redis, services.Redis) and isinstance(zookeeper, services.ZooKeeper)
     level = settings.log_level
+    on = settings.reactor
     started = await _together(
         services.start_delivery(
-            processes, reactor, redis_url=redis.url, zookeeper=zookeeper.hosts, log_level=level
+            processes,
+            reactor,
+            redis_url=redis.url,
+            zookeeper=zookeeper.hosts,
+            log_level=level,
+            reactor_name=on,
         ),
         *(
             services.start_pigeon_server(
@@ -357,6 +365,7 @@ async def start_pigeon(
                 heartbeat=settings.heartbeat,
                 capacity=capacity,
                 log_level=level,
+                reactor_name=on,
             )
             for index in range(servers)
         ),
@@ -367,6 +376,7 @@ async def start_pigeon(
             zookeeper=zookeeper.hosts,
             heartbeat=settings.heartbeat,
             log_level=level,
+            reactor_name=on,
         ),
     )
     delivery, *pigeon_servers, reglog = started
@@ -374,7 +384,12 @@ async def start_pigeon(
     api = None
     if notification:
         api = await services.start_notification(
-            processes, reactor, redis_url=redis.url, api_key=api_key, log_level=level
+            processes,
+            reactor,
+            redis_url=redis.url,
+            api_key=api_key,
+            log_level=level,
+            reactor_name=on,
         )
     cluster = PigeonCluster(
         redis=redis,

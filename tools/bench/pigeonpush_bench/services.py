@@ -287,12 +287,16 @@ async def start_baseline(processes: ProcessSet, reactor: Any, name: str = "basel
     return Baseline(process, port, control)
 
 
-def twist_command(plugin: str, options: list[str], log_level: str) -> list[str]:
-    """``python -m twisted`` (the ``twist`` runner: foreground, no pid file)."""
+def twist_command(
+    plugin: str, options: list[str], log_level: str, reactor: str = "default"
+) -> list[str]:
+    """``python -m twisted`` (the ``twist`` runner: foreground, no pid file),
+    through ``pigeonpush_bench.twist`` on a reactor other than the default."""
+    runner = ["twisted"] if reactor == "default" else ["pigeonpush_bench.twist", reactor]
     return [
         sys.executable,
         "-m",
-        "twisted",
+        *runner,
         "--log-format=text",
         f"--log-level={log_level}",
         plugin,
@@ -310,6 +314,7 @@ async def start_pigeon_server(
     heartbeat: float,
     capacity: int,
     log_level: str,
+    reactor_name: str = "default",
 ) -> PigeonServer:
     port, rpc = free_port(), free_port()
     node_id = f"bench-server-{index}"
@@ -337,7 +342,9 @@ async def start_pigeon_server(
         "--metrics",
         "none",
     ]
-    process = processes.spawn(node_id, twist_command("pigeon-server", options, log_level))
+    process = processes.spawn(
+        node_id, twist_command("pigeon-server", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     await _ready_port(reactor, process, rpc)
     return PigeonServer(process, node_id, port, rpc)
@@ -351,6 +358,7 @@ async def start_reglog(
     zookeeper: str,
     heartbeat: float,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "reglog",
 ) -> Listener:
     port = free_port()
@@ -366,7 +374,9 @@ async def start_reglog(
         "--max-connections",
         str(BENCH_HTTP_CONNECTIONS),
     ]
-    process = processes.spawn(name, twist_command("pigeon-reglog", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-reglog", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     return Listener(process, port)
 
@@ -378,12 +388,15 @@ async def start_notification(
     redis_url: str,
     api_key: str,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "notification",
 ) -> Listener:
     port = free_port()
     options = ["--listen", listen_endpoint(port), "--redis", redis_url, "--api-key", api_key]
     options += ["--max-connections", str(BENCH_HTTP_CONNECTIONS)]
-    process = processes.spawn(name, twist_command("pigeon-notification", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-notification", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     return Listener(process, port)
 
@@ -395,6 +408,7 @@ async def start_delivery(
     redis_url: str,
     zookeeper: str,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "delivery",
 ) -> Listener:
     rpc = free_port()
@@ -412,6 +426,8 @@ async def start_delivery(
         "--metrics",
         "none",
     ]
-    process = processes.spawn(name, twist_command("pigeon-delivery", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-delivery", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, rpc)
     return Listener(process, rpc)
