@@ -67,6 +67,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer_only
 
+from pigeonpush.compactjson import dumps as compact_json
 from pigeonpush.identifiers import Rule
 from pigeonpush.logsafe import untrusted
 
@@ -553,8 +554,7 @@ def bearer_token(request: Request) -> str | None:
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON. A lone surrogate (JSON allows ``"\\ud800"``, UTF-8
     cannot carry it) is written as its JSON escape instead of failing."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8", "backslashreplace")
+    return compact_json(value).encode("utf-8", "backslashreplace")
 
 
 #: Characters of untrusted text quoted in an error message.

@@ -21,6 +21,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
+from pigeonpush.compactjson import dumps as compact_json
+
 #: Largest AMP value (the protocol's own limit).
 MAX_VALUE_BYTES = 0xFFFF
 
@@ -58,7 +60,7 @@ def _item_json(item: PushItem) -> bytes:
             row.append(dict(item.extras))
     else:
         row = [item.client_id, item.message_id]
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    return compact_json(row).encode()
 
 
 def encode_batches(
@@ -200,7 +202,7 @@ class PullRequest:
 
 def _request_json(request: PullRequest) -> bytes:
     row = [request.client_id, request.limit, list(request.in_flight)]
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    return compact_json(row).encode()
 
 
 def encode_pull_requests(

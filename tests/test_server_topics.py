@@ -4,11 +4,21 @@ a Clock and the memory store)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from pigeonpush.rpc import PushItem, PushStatus
+from pigeonpush.server.session import Session
+from pigeonpush.server.topics import BATCH_DELAY, TopicFeed
+from pigeonpush.store.memory import MemoryStore
 from pigeonpush.store.model import Message
 from pigeonpush.topics import BROADCAST
 from pigeonpush.wire.frames import Ack, Auth, AuthOk, Nack, Ping, Push
+from support.fake_channel import FakeChannel
+from support.logcheck import FailureCollector
 from support.server_harness import Harness, result_of
 
 
@@ -84,10 +94,70 @@ def test_the_heartbeat_reads_what_was_published_meanwhile() -> None:
     publish(harness, "news", "n1")
     harness.clock.advance(harness.settings.heartbeat)
     alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
     assert pushed(alice) == ["n1"]
     # Still in flight: the next heartbeat does not write it again.
     harness.clock.advance(harness.settings.heartbeat)
     alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    assert pushed(alice) == []
+
+
+def test_the_heartbeats_of_many_devices_share_one_read() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["c1", "c3"], 10))
+    devices = [login(harness, f"c{n}")[0] for n in range(5)]
+    publish(harness, "news", "n1")
+    publish(harness, BROADCAST, "b1")
+    reads = harness.store.calls.get("catch_up", 0)
+    harness.clock.advance(harness.settings.heartbeat)
+    for device in devices:
+        device.send(Ping())
+    assert harness.store.calls.get("catch_up", 0) == reads  # waiting for the others
+    devices[2].lose()  # closed meanwhile: left out
+
+    harness.clock.advance(BATCH_DELAY)
+
+    assert harness.store.calls["catch_up"] == reads + 1
+    assert [pushed(device) for device in devices] == [
+        ["b1"],
+        ["b1", "n1"],
+        [],
+        ["b1", "n1"],
+        ["b1"],
+    ]
+
+
+def test_a_heartbeat_read_that_fails_is_logged_and_made_again_next_heartbeat() -> None:
+    harness = Harness(pulls=False)
+    alice, _ = login(harness, "alice")
+    bob, _ = login(harness, "bob")
+    publish(harness, BROADCAST, "b1")
+    harness.store.failing.add("catch_up")
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    bob.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    assert pushed(alice) == pushed(bob) == []
+
+    harness.store.failing.discard("catch_up")
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    bob.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    assert pushed(alice) == pushed(bob) == ["b1"]
+
+
+def test_a_stopping_hub_drops_the_heartbeat_reads_waiting() -> None:
+    harness = Harness(pulls=False)
+    alice, _ = login(harness, "alice")
+    publish(harness, BROADCAST, "b1")
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+
+    harness.hub.stop_timers()
+    harness.clock.advance(BATCH_DELAY)
+
     assert pushed(alice) == []
 
 
@@ -165,6 +235,7 @@ def test_a_live_entry_after_an_incomplete_catch_up_does_not_move_the_position() 
     assert [e.message.message_id for e in caught.entries] == ["n3", "n4"]
     harness.clock.advance(harness.settings.heartbeat)
     alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
     assert pushed(alice) == ["n3", "n4"]
 
 
@@ -194,6 +265,7 @@ def test_a_session_is_indexed_by_its_topics_until_it_closes() -> None:
     assert pushed(alice) == []
     harness.clock.advance(harness.settings.heartbeat)
     alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
     assert pushed(alice) == ["s1"]
     harness.hub.topics.live([entry_of(harness, "sport", "s2")])
     assert pushed(alice) == ["s2"]
@@ -398,3 +470,32 @@ def test_an_ack_of_a_topic_entry_costs_no_wait_ack_write() -> None:
     alice.send(Ack("unicast-id"))  # not a topic entry: WAIT_ACK as always
     harness.clock.advance(0)
     assert harness.store.acked == [[("alice", "unicast-id")]]
+
+
+def test_a_device_whose_catch_up_fails_is_logged_and_the_others_still_get_theirs(
+    logged_failures: FailureCollector,
+) -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    now = clock.seconds()
+    result_of(store.publish(BROADCAST, Message("b1", "title", "text", {}, now, now + 600), 100))
+    pushed: list[str] = []
+
+    def push(items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        if items[0].client_id == "broken":
+            raise RuntimeError("this device cannot take it")
+        pushed.extend(f"{item.client_id}:{item.message_id}" for item in items)
+        return succeed([PushStatus.WRITTEN] * len(items))
+
+    sessions: dict[str, Session] = {}
+    for client_id in ("alice", "broken", "carol"):
+        session = sessions[client_id] = Session(FakeChannel())
+        session.client_id = client_id
+    feed = TopicFeed(store, clock, push, lambda *_: PushStatus.WRITTEN, sessions)
+    for session in sessions.values():
+        feed.catch_up(session, heartbeat=True)
+    clock.advance(BATCH_DELAY)
+
+    assert pushed == ["alice:b1", "carol:b1"]
+    [failure] = logged_failures.flush(RuntimeError)
+    assert str(failure.value) == "this device cannot take it"

@@ -170,6 +170,33 @@ async def test_trimmed_past_the_position_is_missed_and_told_once(store_case: Sto
 
 
 @pytest_twisted.ensureDeferred
+async def test_catch_up_many_is_each_devices_topics_and_catch_up(store_case: StoreCase) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice", "bob"], 10)
+    await store.subscribe("sport", ["alice"], 10)
+    first = await publish(store_case, "news", "m0", max_length=3)
+    await store.advance("bob", [("news", first.position)])
+    for i in range(1, 5):
+        await publish(store_case, "news", f"m{i}", max_length=3)
+    await publish(store_case, BROADCAST, "all")
+
+    answers = await store.catch_up_many(["alice", "bob", "nobody"], 10)
+
+    assert [topics for topics, _ in answers] == [["news", "sport"], ["news"], []]
+    alice, bob, nobody = (found for _, found in answers)
+    assert texts(alice) == {BROADCAST: ["all"], "news": ["m2", "m3", "m4"]}
+    assert texts(bob) == texts(alice)
+    assert missed(alice) == missed(bob) == {"news"}
+    assert texts(nobody) == {BROADCAST: ["all"]}
+    # The losses were told, and each position moved past them, as catch_up does.
+    assert missed(await store.catch_up("alice", 10)) == set()
+    assert missed(await store.catch_up("bob", 10)) == set()
+    assert await store.catch_up_many([], 10) == []
+    with pytest.raises(ValueError):
+        await store.catch_up_many(["alice"], 0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_position_at_the_trimmed_edge_missed_nothing(store_case: StoreCase) -> None:
     store = store_case.store
     await store.subscribe("news", ["alice"], 10)

@@ -9,13 +9,13 @@ got a 202 can always be delivered.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
 import attrs
 
+from pigeonpush.compactjson import dumps as compact_json
 from pigeonpush.http import echo
 from pigeonpush.identifiers import CLIENT_ID, COLLAPSE_KEY, TOPIC, is_client_id, is_topic
 from pigeonpush.topics import BROADCAST
@@ -340,7 +340,7 @@ def _extras(value: object, limits: Limits, problems: list[Invalid]) -> Mapping[s
                 Invalid(f"extras.{echo(key)}", "extras must be valid Unicode (no lone surrogates)")
             )
             return {}
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    size = len(compact_json(value).encode("utf-8"))
     if size > limits.max_extras:
         problems.append(
             Invalid("extras", f"extras are {size} bytes as JSON; at most {limits.max_extras}")

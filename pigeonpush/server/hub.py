@@ -617,7 +617,7 @@ class PushHub:
         """A PING: the connection is idle; pull at most once per heartbeat."""
         if self.clock.seconds() - session.last_pull >= self.settings.heartbeat:
             self.pull(session)
-            self.topics.catch_up(session)
+            self.topics.catch_up(session, heartbeat=True)
 
     def writable(self, session: Session) -> None:
         """The connection's socket drained: continue a pull that had more."""
@@ -745,6 +745,7 @@ class PushHub:
             if timer is not None and timer.active():
                 timer.cancel()
         self._pull_retry_timer = self._check_timer = None
+        self.topics.stop()
 
     # --- failed deliveries: NACK, ACK timeout, redelivery ------------------------------
 

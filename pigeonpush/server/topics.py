@@ -3,9 +3,12 @@ the topic logs, the live fan-out from the topic feed, and positions advanced
 by ACKs (docs/audiences.rst).
 
 On AUTH_OK and on the heartbeat pull the hub asks ``TopicFeed.catch_up``:
-one ``store.catch_up`` reads what the device has not ACKed in broadcast and
-in each topic it is subscribed to, and the entries go through the hub's
-``push`` like any pulled message (window, ACK timeout, redelivery).
+one ``store.catch_up_many`` reads the device's topics and what it has not
+ACKed in broadcast and in each topic it is subscribed to, and the entries go
+through the hub's ``push`` like any pulled message (window, ACK timeout,
+redelivery). The heartbeats' catch-ups of ``BATCH_DELAY`` seconds share one
+read (as the pulls share one ``PullMany``): at a heartbeat of 10 s, 19,500
+devices are 1,950 catch-ups a second, each three Redis round trips alone.
 
 Live: ``FeedReader`` reads the store's topic feed (each server reads every
 topic message once) and hands the entries to ``TopicFeed.live``, which
@@ -55,6 +58,10 @@ from pigeonpush.wire.frames import TOPIC_VERSION, Missed
 
 #: Entries read per topic per catch-up.
 CATCH_UP_LIMIT = 100
+#: Seconds a heartbeat's catch-up waits for others to share its read.
+BATCH_DELAY = 0.01
+#: Most catch-ups in one read: a full batch is read at once.
+MAX_BATCH = 500
 
 
 @attrs.frozen(slots=True)
@@ -114,6 +121,7 @@ class TopicFeed:
         *,
         count: Callable[[list[PushStatus]], None] = lambda statuses: None,
         limit: int = CATCH_UP_LIMIT,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -123,6 +131,10 @@ class TopicFeed:
         #: clientId -> its live session (the hub's table)
         self._sessions = sessions
         self._limit = limit
+        self._max_batch = max_batch
+        #: sessions whose heartbeat catch-up waits for the next batch (in order)
+        self._due: dict[Session, None] = {}
+        self._due_call: IDelayedCall | None = None
         self._tracks: dict[Session, _Track] = {}
         #: topic -> the local sessions subscribed to it
         self._subscribers: dict[str, set[Session]] = {}
@@ -132,34 +144,101 @@ class TopicFeed:
         #: messageId -> ACKs to count in its receipt at the end of this turn
         self._acks: dict[str, int] = {}
 
-    def catch_up(self, session: Session) -> None:
-        """Read and push what ``session``'s device has not ACKed (one read at a time)."""
+    def catch_up(self, session: Session, *, heartbeat: bool = False) -> None:
+        """Read and push what ``session``'s device has not ACKed (one read at a
+        time). ``heartbeat``: the periodic check of an idle device, read
+        together with the others of the next ``BATCH_DELAY`` seconds."""
         track = self._tracks.setdefault(session, _Track())
         if session.client_id is None:
             return
         if track.reading:
             track.stale = True  # read again once this read is done
             return
-        track.reading = True
-        client_id = session.client_id
-        reading = ensureDeferred(self._catch_up(session, client_id, track))
-        reading.addErrback(self._failed, client_id)
+        if not heartbeat:
+            self._read([session])
+            return
+        self._due[session] = None
+        if len(self._due) >= self._max_batch:
+            self.read_due()
+        elif self._due_call is None:
+            self._due_call = self._clock.callLater(BATCH_DELAY, self.read_due)
 
-    async def _catch_up(self, session: Session, client_id: str, track: _Track) -> None:
-        try:
-            topics = await self._store.device_topics(client_id)
-            found = await self._store.catch_up(client_id, self._limit)
-        finally:
+    def read_due(self) -> None:
+        """Read the heartbeat catch-ups waiting now. A session that closed
+        meanwhile is left out, and so is one whose read began meanwhile (that
+        read is newer than its heartbeat)."""
+        if self._due_call is not None:
+            if self._due_call.active():
+                self._due_call.cancel()
+            self._due_call = None
+        due, self._due = self._due, {}
+        self._read(
+            [
+                session
+                for session in due
+                if (track := self._tracks.get(session)) is not None and not track.reading
+            ]
+        )
+
+    def stop(self) -> None:
+        """No more heartbeat reads (the server is stopping)."""
+        self._due.clear()
+        if self._due_call is not None and self._due_call.active():
+            self._due_call.cancel()
+        self._due_call = None
+
+    def _read(self, sessions: list[Session]) -> None:
+        """One store call for the catch-ups of ``sessions``."""
+        batch: list[tuple[Session, str, _Track]] = []
+        for session in sessions:
+            track = self._tracks[session]
+            assert session.client_id is not None
+            track.reading = True
+            batch.append((session, session.client_id, track))
+        if not batch:
+            return
+        reading = self._store.catch_up_many([client_id for _, client_id, _ in batch], self._limit)
+        reading.addCallbacks(
+            self._caught_up, self._read_failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _caught_up(
+        self,
+        answers: list[tuple[list[str], list[CatchUp]]],
+        batch: list[tuple[Session, str, _Track]],
+    ) -> None:
+        for _, _, track in batch:
             track.reading = False
-        if self._tracks.get(session) is not track:
-            return  # disconnected meanwhile
-        self._index(session, track, frozenset(topics))
-        self._read(found, session, track)
-        track.caught_up = True
-        if track.stale:
-            # Live entries were held back meanwhile: read them in order now.
-            track.stale = False
-            self.catch_up(session)
+        for (session, client_id, track), (topics, found) in zip(batch, answers, strict=True):
+            if self._tracks.get(session) is not track:
+                continue  # disconnected meanwhile
+            try:
+                self._index(session, track, frozenset(topics))
+                self._handle(found, session, track)
+            except Exception:
+                # One device's failure is not the others': each is logged.
+                self._failed(Failure(), client_id)
+                continue
+            track.caught_up = True
+            if track.stale:
+                # Live entries were held back meanwhile: read them in order now.
+                track.stale = False
+                self.catch_up(session)
+
+    def _read_failed(self, failure: Failure, batch: list[tuple[Session, str, _Track]]) -> None:
+        for _, _, track in batch:
+            track.reading = False
+        if len(batch) == 1:
+            self._failed(failure, batch[0][1])
+        elif failure.check(StoreError):
+            self.log.warn(
+                "Topic catch-up of {count} devices failed: {why}; they are read again on "
+                "their next heartbeat",
+                count=len(batch),
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure("Topic catch-up of {count} devices failed", failure, count=len(batch))
 
     def _index(self, session: Session, track: _Track, topics: frozenset[str]) -> None:
         for gone in track.topics - topics:
@@ -175,7 +254,7 @@ class TopicFeed:
             if not sessions:
                 del self._subscribers[topic]
 
-    def _read(self, found: list[CatchUp], session: Session, track: _Track) -> None:
+    def _handle(self, found: list[CatchUp], session: Session, track: _Track) -> None:
         client_id = session.client_id
         assert client_id is not None
         items: list[PushItem] = []
@@ -333,6 +412,7 @@ class TopicFeed:
 
     def forget(self, session: Session) -> None:
         """The session closed: its entries in flight come again on its next catch-up."""
+        self._due.pop(session, None)
         track = self._tracks.pop(session, None)
         if track is not None:
             for topic in track.topics:

@@ -340,6 +340,13 @@ class Store(Protocol):
         answer says ``missed``, reads from the log's start, and moves the
         position past the loss, so that it is said once."""
 
+    def catch_up_many(
+        self, client_ids: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
+        """``catch_up`` of each device, with the topics it is subscribed to
+        (as ``device_topics`` lists them), in one call: a push server's
+        heartbeat catch-ups share their round trips to the store."""
+
     def advance(
         self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
     ) -> Deferred[None]:

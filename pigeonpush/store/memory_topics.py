@@ -302,6 +302,20 @@ class MemoryTopics:
     def catch_up(self, client_id: str, limit: int) -> Deferred[list[CatchUp]]:
         return self._run(self._catch_up, client_id, limit)
 
+    def catch_up_many(
+        self, client_ids: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
+        return self._run(self._catch_up_many, client_ids, limit)
+
+    def _catch_up_many(
+        self, client_ids: Sequence[str], limit: int
+    ) -> list[tuple[list[str], list[CatchUp]]]:
+        checks.positive_count(limit, "limit")
+        return [
+            (self._device_topics(client_id), self._catch_up(client_id, limit))
+            for client_id in client_ids
+        ]
+
     def _catch_up(self, client_id: str, limit: int) -> list[CatchUp]:
         checks.positive_count(limit, "limit")
         now = self._now()

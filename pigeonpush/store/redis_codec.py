@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from pigeonpush.compactjson import dumps as compact_json
 from pigeonpush.store.keys import RECEIPT_META, RECEIPT_SCHEDULED, RECEIPT_SEND_AT
 from pigeonpush.store.model import (
     Accepted,
@@ -25,7 +26,7 @@ class DecodeError(ValueError):
 
 
 def dump_json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return compact_json(value)
 
 
 def dump_time(value: float) -> str:

@@ -308,46 +308,71 @@ class RedisTopics:
         return self._call(self._catch_up, client_id, limit)
 
     async def _catch_up(self, client_id: str, limit: int) -> list[CatchUp]:
+        [(_topics, found)] = await self._catch_up_many([client_id], limit)
+        return found
+
+    def catch_up_many(
+        self, client_ids: Sequence[str], limit: int
+    ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
+        return self._call(self._catch_up_many, client_ids, limit)
+
+    async def _catch_up_many(
+        self, client_ids: Sequence[str], limit: int
+    ) -> list[tuple[list[str], list[CatchUp]]]:
+        """Three round trips for any number of devices: every device's
+        positions (its topics are their keys), every log read, every reset."""
         checks.positive_count(limit, "limit")
-        key = topic_keys.subscriptions(client_id)
-        flat = await self._one("HGETALL", key)
-        held = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-        topics = [BROADCAST, *sorted(t for t in held if t != BROADCAST)]
-        positions = {t: TopicPosition.load(held[t]) for t in topics if t in held}
+        if not client_ids:
+            return []
+        keys = [topic_keys.subscriptions(client_id) for client_id in client_ids]
+        flats = await self._main.execute([("HGETALL", key) for key in keys])
         now = repr(float(self._reactor.seconds()))
         calls = []
-        for topic in topics:
-            position = positions.get(topic)
-            calls.append(
-                (
-                    topic_scripts.READ_AFTER,
-                    [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
-                    [
-                        topic_checks.new_epoch(),
-                        position.epoch if position else "",
-                        position.offset if position else START,
-                        str(limit),
-                        now,
-                    ],
+        devices: list[tuple[dict[str, str], list[str]]] = []
+        for flat in flats:
+            flat = _checked(flat, "HGETALL")
+            held = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            topics = [BROADCAST, *sorted(t for t in held if t != BROADCAST)]
+            devices.append((held, topics))
+            for topic in topics:
+                position = TopicPosition.load(held[topic]) if topic in held else None
+                calls.append(
+                    (
+                        topic_scripts.READ_AFTER,
+                        [topic_keys.topic_meta(topic), topic_keys.topic_log(topic)],
+                        [
+                            topic_checks.new_epoch(),
+                            position.epoch if position else "",
+                            position.offset if position else START,
+                            str(limit),
+                            now,
+                        ],
+                    )
                 )
-            )
-        replies = await self._scripts(calls)
-        found = []
-        resets: list[str] = [BROADCAST]
-        for topic, reply in zip(topics, replies, strict=True):
-            epoch, missed, trimmed, raw = _checked(reply, "topic_read_after")
-            entries = tuple(
-                TopicEntry(topic, TopicPosition(str(epoch), str(entry[0])), _entry(entry))
-                for entry in raw
-            )
-            if missed == 1:
-                reset = TopicPosition(str(epoch), str(trimmed) or START)
-                resets += [topic, reset.epoch, reset.offset, "1", held[topic]]
-            if entries or missed == 1:
-                found.append(CatchUp(topic, entries, missed == 1))
-        if len(resets) > 1:
-            await self._script(topic_scripts.ADVANCE, [key], resets)
-        return found
+        replies = iter(await self._scripts(calls))
+        answers: list[tuple[list[str], list[CatchUp]]] = []
+        advances = []
+        for key, (held, topics) in zip(keys, devices, strict=True):
+            found = []
+            resets: list[str] = [BROADCAST]
+            for topic in topics:
+                epoch, missed, trimmed, raw = _checked(next(replies), "topic_read_after")
+                entries = tuple(
+                    TopicEntry(topic, TopicPosition(str(epoch), str(entry[0])), _entry(entry))
+                    for entry in raw
+                )
+                if missed == 1:
+                    reset = TopicPosition(str(epoch), str(trimmed) or START)
+                    resets += [topic, reset.epoch, reset.offset, "1", held[topic]]
+                if entries or missed == 1:
+                    found.append(CatchUp(topic, entries, missed == 1))
+            if len(resets) > 1:
+                advances.append((topic_scripts.ADVANCE, [key], resets))
+            answers.append((topics[1:], found))
+        if advances:
+            for reply in await self._scripts(advances):
+                _checked(reply, topic_scripts.ADVANCE.name)
+        return answers
 
     def advance(
         self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]

@@ -98,6 +98,11 @@ class GatedStore(MemoryStore):
     def catch_up(self, client_id: str, limit: int) -> Deferred[Any]:
         return self._gate("catch_up", lambda: super(GatedStore, self).catch_up(client_id, limit))
 
+    def catch_up_many(self, client_ids: Any, limit: int) -> Deferred[Any]:
+        return self._gate(
+            "catch_up", lambda: super(GatedStore, self).catch_up_many(client_ids, limit)
+        )
+
     def bodies(self, message_ids: Any) -> Deferred[Any]:
         return self._gate("bodies", lambda: super(GatedStore, self).bodies(message_ids))
 

@@ -39,6 +39,7 @@ from pigeonpush_bench.scenarios import (
     reconnect,
     unicast,
 )
+from pigeonpush_bench.twist import REACTORS
 
 INTERRUPTED = "interrupted; every process it started was stopped"
 MAX_CLIENTS = 200_000
@@ -136,6 +137,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=["debug", "info", "warn", "error"],
         default="warn",
         help="log level of the pigeon daemons (default warn, as Mosquitto's errors+warnings)",
+    )
+    parser.add_argument(
+        "--reactor",
+        choices=REACTORS,
+        default="default",
+        help="the pigeon daemons' reactor: Twisted's default (epoll), asyncio, or asyncio on "
+        "uvloop (which must be installed) (default: default)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
@@ -357,6 +365,7 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
         window=args.window,
         log_level=args.log_level,
         concurrency=args.concurrency,
+        reactor=args.reactor,
     )
     processes = ProcessSet(reactor, directory)
     run = Run(reactor, processes, progress, settings)

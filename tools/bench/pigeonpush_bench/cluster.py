@@ -50,6 +50,8 @@ class Settings:
     window: float = 10.0
     log_level: str = "warn"
     concurrency: int = 200
+    #: the pigeon daemons' reactor (``pigeonpush_bench.twist``)
+    reactor: str = "default"
     #: Clients per load generator process: below the fd limit with room for
     #: its HTTP pool and pipes, and a spread of the client work over processes.
     per_generator: int = attrs.field(factory=lambda: min(15_000, connections_per_process()))
@@ -397,9 +399,15 @@ async def start_pigeon(
     redis_cluster = found if isinstance(found, RedisCluster) else None
     redis_url = found.url
     level = settings.log_level
+    on = settings.reactor
     started = await _together(
         services.start_delivery(
-            processes, reactor, redis_url=redis_url, zookeeper=zookeeper.hosts, log_level=level
+            processes,
+            reactor,
+            redis_url=redis_url,
+            zookeeper=zookeeper.hosts,
+            log_level=level,
+            reactor_name=on,
         ),
         *(
             services.start_pigeon_server(
@@ -412,6 +420,7 @@ async def start_pigeon(
                 capacity=capacity,
                 log_level=level,
                 websocket=websocket,
+                reactor_name=on,
             )
             for index in range(servers)
         ),
@@ -422,6 +431,7 @@ async def start_pigeon(
             zookeeper=zookeeper.hosts,
             heartbeat=settings.heartbeat,
             log_level=level,
+            reactor_name=on,
         ),
     )
     delivery, *pigeon_servers, reglog = started
@@ -429,7 +439,12 @@ async def start_pigeon(
     api = None
     if notification:
         api = await services.start_notification(
-            processes, reactor, redis_url=redis_url, api_key=api_key, log_level=level
+            processes,
+            reactor,
+            redis_url=redis_url,
+            api_key=api_key,
+            log_level=level,
+            reactor_name=on,
         )
     cluster = PigeonCluster(
         redis_cluster=redis_cluster,

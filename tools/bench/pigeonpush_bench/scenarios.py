@@ -83,14 +83,26 @@ class ConnectionFigures:
 
 
 async def _steady(
-    run: Run, pids: Mapping[str, int], generators: Generators, idle: int, seconds: float
+    run: Run,
+    pids: Mapping[str, int],
+    generators: Generators,
+    idle: int,
+    seconds: float,
+    support: dict[str, float] | None = None,
+    support_pids: Mapping[str, int] | None = None,
 ) -> ConnectionFigures:
-    """After connecting: settle, then RSS and CPU over the measuring window."""
+    """After connecting: settle, then RSS and CPU over the measuring window
+    (and into ``support``, the % of a core of each of ``support_pids``)."""
     await run.sleep(run.settings.settle)
     window = run.settings.window
     run.progress.phase(f"measuring {window:g}s of steady heartbeat load")
     before = await generators.stats()
-    usage = await measure_window(run.reactor, pids, min(window, run.left()))
+    measured = {**pids, **(support_pids or {})}
+    every = await measure_window(run.reactor, measured, min(window, run.left()))
+    usage = {name: every[name] for name in pids}
+    if support is not None:
+        for name in support_pids or {}:
+            support[name] = every[name].cores * 100
     after = await generators.stats()
     spent = sum(u.seconds for u in usage.values()) / max(1, len(usage))
     return ConnectionFigures(
@@ -143,12 +155,14 @@ async def _pigeon_connections(
                     for name, spent in per_connection.items()
                 )
             )
-        figures = await _steady(run, pids, generators, idle, seconds)
-        support = {
-            name: rss_bytes(pid) / MIB
-            for name, pid in cluster.system_pids.items()
-            if name not in pids
-        }
+        others = {name: pid for name, pid in cluster.system_pids.items() if name not in pids}
+        steady_cpu: dict[str, float] = {}
+        figures = await _steady(run, pids, generators, idle, seconds, steady_cpu, others)
+        notes.append(
+            "pigeonpush support processes' CPU at steady heartbeat load (% of a core): "
+            + ", ".join(f"{name} {value:.1f}" for name, value in steady_cpu.items())
+        )
+        support = {name: rss_bytes(pid) / MIB for name, pid in others.items()}
         notes.append(
             f"{label} support processes with the clients connected (RSS MiB): "
             + ", ".join(f"{name} {value:.1f}" for name, value in support.items())

@@ -287,12 +287,16 @@ async def start_baseline(processes: ProcessSet, reactor: Any, name: str = "basel
     return Baseline(process, port, control)
 
 
-def twist_command(plugin: str, options: list[str], log_level: str) -> list[str]:
-    """``python -m twisted`` (the ``twist`` runner: foreground, no pid file)."""
+def twist_command(
+    plugin: str, options: list[str], log_level: str, reactor: str = "default"
+) -> list[str]:
+    """``python -m twisted`` (the ``twist`` runner: foreground, no pid file),
+    through ``pigeonpush_bench.twist`` on a reactor other than the default."""
+    runner = ["twisted"] if reactor == "default" else ["pigeonpush_bench.twist", reactor]
     return [
         sys.executable,
         "-m",
-        "twisted",
+        *runner,
         "--log-format=text",
         f"--log-level={log_level}",
         plugin,
@@ -311,6 +315,7 @@ async def start_pigeon_server(
     capacity: int,
     log_level: str,
     websocket: bool = False,
+    reactor_name: str = "default",
 ) -> PigeonServer:
     """``websocket``: with a WebSocket listener for devices too (``--websocket``)."""
     port, rpc = free_port(), free_port()
@@ -343,7 +348,9 @@ async def start_pigeon_server(
     if websocket_port is not None:
         options += ["--websocket", listen_endpoint(websocket_port)]
         options += ["--websocket-advertise", f"{HOST}:{websocket_port}"]
-    process = processes.spawn(node_id, twist_command("pigeon-server", options, log_level))
+    process = processes.spawn(
+        node_id, twist_command("pigeon-server", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     await _ready_port(reactor, process, rpc)
     if websocket_port is not None:
@@ -359,6 +366,7 @@ async def start_reglog(
     zookeeper: str,
     heartbeat: float,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "reglog",
 ) -> Listener:
     port = free_port()
@@ -374,7 +382,9 @@ async def start_reglog(
         "--max-connections",
         str(BENCH_HTTP_CONNECTIONS),
     ]
-    process = processes.spawn(name, twist_command("pigeon-reglog", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-reglog", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     return Listener(process, port)
 
@@ -386,12 +396,15 @@ async def start_notification(
     redis_url: str,
     api_key: str,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "notification",
 ) -> Listener:
     port = free_port()
     options = ["--listen", listen_endpoint(port), "--redis", redis_url, "--api-key", api_key]
     options += ["--max-connections", str(BENCH_HTTP_CONNECTIONS)]
-    process = processes.spawn(name, twist_command("pigeon-notification", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-notification", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, port)
     return Listener(process, port)
 
@@ -403,6 +416,7 @@ async def start_delivery(
     redis_url: str,
     zookeeper: str,
     log_level: str,
+    reactor_name: str = "default",
     name: str = "delivery",
 ) -> Listener:
     rpc = free_port()
@@ -420,6 +434,8 @@ async def start_delivery(
         "--metrics",
         "none",
     ]
-    process = processes.spawn(name, twist_command("pigeon-delivery", options, log_level))
+    process = processes.spawn(
+        name, twist_command("pigeon-delivery", options, log_level, reactor_name)
+    )
     await _ready_port(reactor, process, rpc)
     return Listener(process, rpc)

@@ -29,6 +29,8 @@ from pigeonpush_bench.measure import (
     usage_between,
 )
 from pigeonpush_bench.processes import marked_pids
+from pigeonpush_bench.services import twist_command
+from pigeonpush_bench.twist import install
 
 
 def _parse(*words: str) -> argparse.Namespace:
@@ -43,7 +45,7 @@ def test_defaults_of_each_scenario() -> None:
     args = _parse("reconnect")
     assert (args.servers, args.messages) == (2, None)
     args = _parse("push")
-    assert (args.clients, args.messages, args.burst) == (1000, 100_000, 8)
+    assert (args.clients, args.messages, args.burst, args.reactor) == (1000, 100_000, 8, "default")
 
 
 def test_batches_at_a_fixed_rate_hold_what_is_due_every_10_ms() -> None:
@@ -64,6 +66,7 @@ def test_batches_at_a_fixed_rate_hold_what_is_due_every_10_ms() -> None:
         (["unicast", "--rate", "-1"], "must be 0 (as fast as possible) or more"),
         (["backlog", "--timeout", "0"], "must be more than 0"),
         (["push", "--burst", "33"], "must be from 1 to 32, not 33"),
+        (["push", "--reactor", "kqueue"], "invalid choice: 'kqueue'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -234,6 +237,47 @@ def test_a_small_push_run_end_to_end() -> None:
     assert metrics["delivered"]["values"] == {"pigeonpush": 300, "twisted": 300}
     assert report["parameters"]["burst"] == 4
     assert any("4 consecutive frames to each client" in note for note in report["notes"])
+
+
+def test_the_daemons_run_on_the_reactor_asked_for() -> None:
+    assert twist_command("pigeon-server", ["--x"], "warn")[1:4] == [
+        "-m",
+        "twisted",
+        "--log-format=text",
+    ]
+    command = twist_command("pigeon-server", ["--x"], "warn", "uvloop")
+    assert command[1:5] == ["-m", "pigeonpush_bench.twist", "uvloop", "--log-format=text"]
+    with pytest.raises(ValueError, match="unknown reactor 'kqueue'"):
+        install("kqueue")
+
+
+def test_a_small_push_run_end_to_end_on_uvloop() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pigeonpush_bench",
+            "push",
+            "--clients",
+            "10",
+            "--messages",
+            "300",
+            "--reactor",
+            "uvloop",
+            "--json",
+            "--no-progress",
+            "--timeout",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    metrics = {metric["key"]: metric for metric in report["metrics"]}
+    assert metrics["delivered"]["values"] == {"pigeonpush": 300, "twisted": 300}
+    assert "--reactor uvloop" in report["command"]
 
 
 @pytest.mark.slow
