@@ -103,6 +103,58 @@ def test_the_heartbeat_reads_what_was_published_meanwhile() -> None:
     assert pushed(alice) == []
 
 
+def test_a_device_at_the_known_ends_is_not_read_and_a_silent_append_comes_within_two_beats() -> (
+    None
+):
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    publish(harness, "news", "n0")
+    publish(harness, BROADCAST, "b0")
+    alice, first = login(harness, "alice")
+    assert first == ["b0", "n0"]
+    for message_id in first:
+        alice.send(Ack(message_id))
+
+    def heartbeat() -> list[str]:
+        harness.clock.advance(harness.settings.heartbeat)
+        alice.send(Ping())
+        harness.clock.advance(BATCH_DELAY)
+        return pushed(alice)
+
+    # The first heartbeat reads everything (no end known yet), then the ends.
+    assert heartbeat() == []
+    assert harness.store.known_ends[-1] == {}
+    ends = result_of(harness.store.topic_ends([BROADCAST, "news"]))
+    # An append the feed never told this server (its feed write failed).
+    publish(harness, "news", "n1")
+    # At the ends it knows, the device is not read in broadcast or news...
+    assert heartbeat() == []
+    assert harness.store.known_ends[-1] == ends
+    # ...and the ends read at that heartbeat bring n1 at the next.
+    assert heartbeat() == ["n1"]
+
+
+def test_a_feed_entry_moves_the_known_end() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)  # the ends are read: news is empty
+    now = harness.clock.seconds()
+    message = Message("n1", "t", "x", {}, now, now + 600)
+    entry = result_of(harness.store.publish("news", message, 100))
+    harness.hub.topics.live([entry])
+    assert pushed(alice) == ["n1"]
+    alice.send(Ack("n1"))
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    # The next heartbeat knows the end the feed told: the device, there, is not read.
+    assert harness.store.known_ends[-1]["news"] == entry.position
+    assert pushed(alice) == []
+
+
 def test_the_heartbeats_of_many_devices_share_one_read() -> None:
     harness = Harness(pulls=False)
     result_of(harness.store.subscribe("news", ["c1", "c3"], 10))

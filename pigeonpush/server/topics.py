@@ -62,6 +62,8 @@ CATCH_UP_LIMIT = 100
 BATCH_DELAY = 0.01
 #: Most catch-ups in one read: a full batch is read at once.
 MAX_BATCH = 500
+#: Most topics whose log ends a server keeps (the most subscribed locally).
+MAX_KNOWN_ENDS = 10_000
 
 
 @attrs.frozen(slots=True)
@@ -122,6 +124,8 @@ class TopicFeed:
         count: Callable[[list[PushStatus]], None] = lambda statuses: None,
         limit: int = CATCH_UP_LIMIT,
         max_batch: int = MAX_BATCH,
+        ends_interval: float = 30.0,
+        max_known_ends: int = MAX_KNOWN_ENDS,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -143,6 +147,14 @@ class TopicFeed:
         self._flush_call: IDelayedCall | None = None
         #: messageId -> ACKs to count in its receipt at the end of this turn
         self._acks: dict[str, int] = {}
+        #: topic -> its log's newest position as last read (``topic_ends``,
+        #: at most every ``ends_interval`` seconds) or seen in the feed since:
+        #: heartbeat catch-ups skip the topics a device is at the end of
+        self._ends: dict[str, TopicPosition] = {}
+        self._ends_interval = ends_interval
+        self._max_known_ends = max_known_ends
+        self._ends_read_at = float("-inf")
+        self._reading_ends = False
 
     def catch_up(self, session: Session, *, heartbeat: bool = False) -> None:
         """Read and push what ``session``'s device has not ACKed (one read at a
@@ -177,8 +189,39 @@ class TopicFeed:
                 session
                 for session in due
                 if (track := self._tracks.get(session)) is not None and not track.reading
-            ]
+            ],
+            heartbeat=True,
         )
+        if self._clock.seconds() - self._ends_read_at >= self._ends_interval:
+            self._read_ends()
+
+    def _read_ends(self) -> None:
+        """Read the log ends of broadcast and of the topics local devices
+        hold, the most subscribed first. A log appended to without a feed
+        entry (its feed write failed, the feed was trimmed past this reader)
+        is so noticed within ``ends_interval``: until then a device at the
+        older end is not read in that topic."""
+        if self._reading_ends:
+            return
+        self._reading_ends = True
+        self._ends_read_at = self._clock.seconds()
+        topics = sorted(self._subscribers, key=lambda t: len(self._subscribers[t]), reverse=True)
+        reading = self._store.topic_ends([BROADCAST, *topics[: self._max_known_ends - 1]])
+
+        def read(ends: dict[str, TopicPosition]) -> None:
+            self._reading_ends = False
+            self._ends = ends
+
+        def failed(failure: Failure) -> None:
+            # Not knowing the ends only costs reads: every topic is read.
+            self._reading_ends = False
+            self._ends = {}
+            if failure.check(StoreError):
+                self.log.warn("Reading the topics' log ends failed: {why}", why=failure.value)
+            else:
+                self.log.failure("Reading the topics' log ends failed", failure)
+
+        reading.addCallbacks(read, failed)
 
     def stop(self) -> None:
         """No more heartbeat reads (the server is stopping)."""
@@ -187,8 +230,9 @@ class TopicFeed:
             self._due_call.cancel()
         self._due_call = None
 
-    def _read(self, sessions: list[Session]) -> None:
-        """One store call for the catch-ups of ``sessions``."""
+    def _read(self, sessions: list[Session], *, heartbeat: bool = False) -> None:
+        """One store call for the catch-ups of ``sessions``; a heartbeat's
+        reads skip the topics whose known end the device is at."""
         batch: list[tuple[Session, str, _Track]] = []
         for session in sessions:
             track = self._tracks[session]
@@ -197,7 +241,11 @@ class TopicFeed:
             batch.append((session, session.client_id, track))
         if not batch:
             return
-        reading = self._store.catch_up_many([client_id for _, client_id, _ in batch], self._limit)
+        reading = self._store.catch_up_many(
+            [client_id for _, client_id, _ in batch],
+            self._limit,
+            dict(self._ends) if heartbeat else None,
+        )
         reading.addCallbacks(
             self._caught_up, self._read_failed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
@@ -311,6 +359,12 @@ class TopicFeed:
                     if session is not None and session in self._tracks:
                         self.catch_up(session)
                 continue
+            known = self._ends.get(entry.topic)
+            if known is not None and (
+                known.epoch != entry.position.epoch
+                or offset_key(known.offset) < offset_key(entry.position.offset)
+            ):
+                self._ends[entry.topic] = entry.position
             if entry.topic == BROADCAST:
                 sessions: Sequence[Session] = list(self._tracks)
             else:

@@ -4,7 +4,7 @@ Redis scripts of ``redis_topics``, on the store's clock."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import attrs
@@ -23,6 +23,7 @@ from pigeonpush.store.topic_model import (
     TopicEntry,
     TopicPosition,
     TopicReceipt,
+    at_or_past,
     offset_key,
 )
 from pigeonpush.topics import BROADCAST, check_audience, check_topic
@@ -302,20 +303,42 @@ class MemoryTopics:
         return self._run(self._catch_up, client_id, limit)
 
     def catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
     ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
-        return self._run(self._catch_up_many, client_ids, limit)
+        return self._run(self._catch_up_many, client_ids, limit, known_ends)
 
     def _catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None,
     ) -> list[tuple[list[str], list[CatchUp]]]:
         checks.positive_count(limit, "limit")
         return [
-            (self._device_topics(client_id), self._catch_up(client_id, limit))
+            (self._device_topics(client_id), self._catch_up(client_id, limit, known_ends))
             for client_id in client_ids
         ]
 
-    def _catch_up(self, client_id: str, limit: int) -> list[CatchUp]:
+    def topic_ends(self, topics: Sequence[str]) -> Deferred[dict[str, TopicPosition]]:
+        return self._run(self._topic_ends, topics)
+
+    def _topic_ends(self, topics: Sequence[str]) -> dict[str, TopicPosition]:
+        ends = {}
+        for topic in topics:
+            log = self._logs.get(check_audience(topic))
+            if log is not None:
+                ends[topic] = TopicPosition(log.epoch, log.entries[-1][0] if log.entries else START)
+        return ends
+
+    def _catch_up(
+        self,
+        client_id: str,
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
+    ) -> list[CatchUp]:
         checks.positive_count(limit, "limit")
         now = self._now()
         held = self._subscriptions.get(client_id, {})
@@ -324,9 +347,11 @@ class MemoryTopics:
             stored = held.get(topic)
             if topic == BROADCAST and topic not in self._logs:
                 continue
+            position = TopicPosition.load(stored) if stored else None
+            if known_ends is not None and at_or_past(position, known_ends.get(topic)):
+                continue
             log = self._log(topic)
             log.live(now)
-            position = TopicPosition.load(stored) if stored else None
             missed = position is not None and (
                 position.epoch != log.epoch
                 or (

@@ -30,6 +30,19 @@ return {epoch, last[1][1]}
 """,
 )
 
+#: KEYS: TOPIC, TOPIC_LOG. The log's epoch and newest entry id ('0-0' for an
+#: empty log), or nil for a topic with no epoch: a read, nothing is created.
+TOPIC_END = Script(
+    "topic_end",
+    """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return false end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last == 0 then return {epoch, '0-0'} end
+return {epoch, last[1][1]}
+""",
+)
+
 #: KEYS: SUBSCRIPTIONS. ARGV: topic, starting position, most topics, broadcast name.
 #: 1: subscribed; 0: it already was (its position stays); -1: refused, the
 #: device holds the most topics it may.
@@ -159,4 +172,4 @@ return redis.call('HINCRBY', KEYS[1], 'acked', ARGV[1])
 """,
 )
 
-ALL = (TOPIC_TAIL, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE, COUNT_ACKS)
+ALL = (TOPIC_TAIL, TOPIC_END, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE, COUNT_ACKS)
