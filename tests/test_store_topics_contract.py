@@ -243,6 +243,29 @@ async def test_catch_up_many_skips_a_topic_where_the_device_is_at_the_known_end(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_catch_up_that_finds_only_expired_entries_moves_the_position_past_them(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice"], 10)
+    found = [await publish(store_case, "news", "long", ttl=600)]
+    await store.advance("alice", [("news", found[0].position)])
+    await publish(store_case, "news", "short", ttl=store_case.ttl)
+    await publish(store_case, BROADCAST, "b-short", ttl=store_case.ttl)
+    await store_case.advance(store_case.ttl + 1)  # both expire unread (alice was away)
+    ends = await store.topic_ends([BROADCAST, "news"])
+
+    # Nothing to deliver, in news (after its position) or broadcast (none yet)...
+    assert await store.catch_up("alice", 10) == []
+    # ...and alice now stands past the expired entries, at the known ends: a
+    # heartbeat reads neither log (a read would bring what is published next).
+    await publish(store_case, "news", "next")
+    await publish(store_case, BROADCAST, "b-next")
+    assert await store.catch_up_many(["alice"], 10, ends) == [(["news"], [])]
+    assert texts(await store.catch_up("alice", 10)) == {BROADCAST: ["b-next"], "news": ["next"]}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_position_at_the_trimmed_edge_missed_nothing(store_case: StoreCase) -> None:
     store = store_case.store
     await store.subscribe("news", ["alice"], 10)

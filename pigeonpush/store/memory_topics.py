@@ -351,6 +351,7 @@ class MemoryTopics:
             if known_ends is not None and at_or_past(position, known_ends.get(topic)):
                 continue
             log = self._log(topic)
+            newest = log.entries[-1][0] if log.entries else None
             log.live(now)
             missed = position is not None and (
                 position.epoch != log.epoch
@@ -368,6 +369,14 @@ class MemoryTopics:
             if missed:
                 # Told once: the position moves past what is lost.
                 held[topic] = TopicPosition(log.epoch, log.trimmed or START).dump()
+            elif not entries and (
+                position is None or (newest is not None and offset_key(newest) > after)
+            ):
+                # Nothing to read but expired entries (or nothing at all, for a
+                # device with no position yet): the position moves past them.
+                self._subscriptions.setdefault(client_id, held)[topic] = TopicPosition(
+                    log.epoch, newest if newest is not None else START
+                ).dump()
             if entries or missed:
                 found.append(CatchUp(topic, entries, missed))
         return found

@@ -386,7 +386,7 @@ class RedisTopics:
             found = []
             resets: list[str] = [BROADCAST]
             for topic in read:
-                epoch, missed, trimmed, raw = _checked(next(replies), "topic_read_after")
+                epoch, missed, trimmed, raw, passed = _checked(next(replies), "topic_read_after")
                 entries = tuple(
                     TopicEntry(topic, TopicPosition(str(epoch), str(entry[0])), _entry(entry))
                     for entry in raw
@@ -394,6 +394,11 @@ class RedisTopics:
                 if missed == 1:
                     reset = TopicPosition(str(epoch), str(trimmed) or START)
                     resets += [topic, reset.epoch, reset.offset, "1", held[topic]]
+                elif passed:
+                    # Only expired entries after the position: it moves past
+                    # them (forward only), so the next heartbeat, at the log's
+                    # end, reads nothing.
+                    resets += [topic, str(epoch), str(passed), "0", ""]
                 if entries or missed == 1:
                     found.append(CatchUp(topic, entries, missed == 1))
             if len(resets) > 1:

@@ -103,9 +103,11 @@ return {epoch, id, redis.call('SCARD', KEYS[4])}
 
 #: KEYS: TOPIC, TOPIC_LOG. ARGV: fresh epoch, the device's epoch ('' if it
 #: has no position), its offset, limit, now (seconds).
-#: Answers {epoch, missed (0/1), trimmed or '', entries}: the first ``limit``
-#: unexpired entries after the position, or from the start of the log when
-#: the position is of another epoch or behind the trimmed offset (missed).
+#: Answers {epoch, missed (0/1), trimmed or '', entries, passed}: the first
+#: ``limit`` unexpired entries after the position, or from the start of the
+#: log when the position is of another epoch or behind the trimmed offset
+#: (missed); ``passed``: with no entry to answer, the last (expired) one read
+#: past, or '' ('0-0' for a device with no position and nothing to read).
 READ_AFTER = Script(
     "topic_read_after",
     _OLDER
@@ -123,6 +125,7 @@ elseif ARGV[2] ~= epoch or (trimmed and older(ARGV[3], trimmed)) then
 end
 local limit, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
+local last = ''
 while #out < limit do
   local batch = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit)
   if #batch == 0 then break end
@@ -132,9 +135,11 @@ while #out < limit do
       if #out == limit then break end
     end
   end
-  from = '(' .. batch[#batch][1]
+  last = batch[#batch][1]
+  from = '(' .. last
 end
-return {epoch, missed, trimmed or '', out}
+if #out > 0 then last = '' elseif last == '' and ARGV[2] == '' then last = '0-0' end
+return {epoch, missed, trimmed or '', out, last}
 """,
 )
 
