@@ -551,3 +551,83 @@ def test_a_device_whose_catch_up_fails_is_logged_and_the_others_still_get_theirs
     assert pushed == ["alice:b1", "carol:b1"]
     [failure] = logged_failures.flush(RuntimeError)
     assert str(failure.value) == "this device cannot take it"
+
+
+def one_turn(clock: Clock) -> None:
+    """Run the calls due now, not those they schedule (``Clock.advance(0)``
+    would run those too): one reactor turn."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_a_large_fan_out_is_written_over_several_reactor_turns_in_order() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    sessions: dict[str, Session] = {}
+    for n in range(3):
+        session = sessions[f"c{n}"] = Session(FakeChannel())
+        session.client_id = f"c{n}"
+    written: list[tuple[str | None, str]] = []
+
+    def write_frame(session: Session, message_id: str, frame: object) -> PushStatus:
+        written.append((session.client_id, message_id))
+        return PushStatus.WRITTEN
+
+    def push(items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        return succeed([PushStatus.WRITTEN] * len(items))
+
+    feed = TopicFeed(store, clock, push, write_frame, sessions, writes_per_turn=2)
+    for session in sessions.values():
+        feed.catch_up(session)  # as at AUTH_OK: caught up, broadcast complete
+    now = clock.seconds()
+    first, second, third = (
+        result_of(store.publish(BROADCAST, Message(m, "t", "x", {}, now, now + 600), 100))
+        for m in ("b1", "b2", "b3")
+    )
+    clock.advance(0)  # the store's own wake-ups
+
+    both = feed.live([first, second])
+    later = feed.live([third])  # waits for the earlier call's entries
+    # Two frames this turn: the rest (and every heartbeat, every Redis reply
+    # of the server) waits for the next.
+    assert written == [("c0", "b1"), ("c1", "b1")]
+    assert not both.called and not later.called
+    one_turn(clock)
+    assert written[2:] == [("c2", "b1"), ("c0", "b2")]
+    one_turn(clock)
+    assert both.called and not later.called
+    one_turn(clock)
+    one_turn(clock)
+    assert later.called
+    assert written == [(c, m) for m in ("b1", "b2", "b3") for c in ("c0", "c1", "c2")]
+    assert not clock.getDelayedCalls()
+
+
+def test_a_stopping_feed_drops_the_fan_out_left_to_write() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    session = Session(FakeChannel())
+    session.client_id = "c0"
+    sessions = {"c0": session, "c1": Session(FakeChannel())}
+    sessions["c1"].client_id = "c1"
+    written: list[str] = []
+    feed = TopicFeed(
+        store,
+        clock,
+        lambda items: succeed([PushStatus.WRITTEN] * len(items)),
+        lambda s, message_id, frame: written.append(message_id) or PushStatus.WRITTEN,
+        sessions,
+        writes_per_turn=1,
+    )
+    for each in sessions.values():
+        feed.catch_up(each)
+    now = clock.seconds()
+    entry = result_of(store.publish(BROADCAST, Message("b1", "t", "x", {}, now, now + 600), 100))
+    clock.advance(0)  # the store's own wake-ups
+    writing = feed.live([entry])
+    assert written == ["b1"]
+    feed.stop()
+    assert writing.called and not clock.getDelayedCalls()
+    assert written == ["b1"]
