@@ -103,6 +103,58 @@ def test_the_heartbeat_reads_what_was_published_meanwhile() -> None:
     assert pushed(alice) == []
 
 
+def test_a_device_at_the_known_ends_is_not_read_and_a_silent_append_comes_within_two_beats() -> (
+    None
+):
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    publish(harness, "news", "n0")
+    publish(harness, BROADCAST, "b0")
+    alice, first = login(harness, "alice")
+    assert first == ["b0", "n0"]
+    for message_id in first:
+        alice.send(Ack(message_id))
+
+    def heartbeat() -> list[str]:
+        harness.clock.advance(harness.settings.heartbeat)
+        alice.send(Ping())
+        harness.clock.advance(BATCH_DELAY)
+        return pushed(alice)
+
+    # The first heartbeat reads everything (no end known yet), then the ends.
+    assert heartbeat() == []
+    assert harness.store.known_ends[-1] == {}
+    ends = result_of(harness.store.topic_ends([BROADCAST, "news"]))
+    # An append the feed never told this server (its feed write failed).
+    publish(harness, "news", "n1")
+    # At the ends it knows, the device is not read in broadcast or news...
+    assert heartbeat() == []
+    assert harness.store.known_ends[-1] == ends
+    # ...and the ends read at that heartbeat bring n1 at the next.
+    assert heartbeat() == ["n1"]
+
+
+def test_a_feed_entry_moves_the_known_end() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)  # the ends are read: news is empty
+    now = harness.clock.seconds()
+    message = Message("n1", "t", "x", {}, now, now + 600)
+    entry = result_of(harness.store.publish("news", message, 100))
+    harness.hub.topics.live([entry])
+    assert pushed(alice) == ["n1"]
+    alice.send(Ack("n1"))
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    # The next heartbeat knows the end the feed told: the device, there, is not read.
+    assert harness.store.known_ends[-1]["news"] == entry.position
+    assert pushed(alice) == []
+
+
 def test_the_heartbeats_of_many_devices_share_one_read() -> None:
     harness = Harness(pulls=False)
     result_of(harness.store.subscribe("news", ["c1", "c3"], 10))
@@ -499,3 +551,83 @@ def test_a_device_whose_catch_up_fails_is_logged_and_the_others_still_get_theirs
     assert pushed == ["alice:b1", "carol:b1"]
     [failure] = logged_failures.flush(RuntimeError)
     assert str(failure.value) == "this device cannot take it"
+
+
+def one_turn(clock: Clock) -> None:
+    """Run the calls due now, not those they schedule (``Clock.advance(0)``
+    would run those too): one reactor turn."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_a_large_fan_out_is_written_over_several_reactor_turns_in_order() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    sessions: dict[str, Session] = {}
+    for n in range(3):
+        session = sessions[f"c{n}"] = Session(FakeChannel())
+        session.client_id = f"c{n}"
+    written: list[tuple[str | None, str]] = []
+
+    def write_frame(session: Session, message_id: str, frame: object) -> PushStatus:
+        written.append((session.client_id, message_id))
+        return PushStatus.WRITTEN
+
+    def push(items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        return succeed([PushStatus.WRITTEN] * len(items))
+
+    feed = TopicFeed(store, clock, push, write_frame, sessions, writes_per_turn=2)
+    for session in sessions.values():
+        feed.catch_up(session)  # as at AUTH_OK: caught up, broadcast complete
+    now = clock.seconds()
+    first, second, third = (
+        result_of(store.publish(BROADCAST, Message(m, "t", "x", {}, now, now + 600), 100))
+        for m in ("b1", "b2", "b3")
+    )
+    clock.advance(0)  # the store's own wake-ups
+
+    both = feed.live([first, second])
+    later = feed.live([third])  # waits for the earlier call's entries
+    # Two frames this turn: the rest (and every heartbeat, every Redis reply
+    # of the server) waits for the next.
+    assert written == [("c0", "b1"), ("c1", "b1")]
+    assert not both.called and not later.called
+    one_turn(clock)
+    assert written[2:] == [("c2", "b1"), ("c0", "b2")]
+    one_turn(clock)
+    assert both.called and not later.called
+    one_turn(clock)
+    one_turn(clock)
+    assert later.called
+    assert written == [(c, m) for m in ("b1", "b2", "b3") for c in ("c0", "c1", "c2")]
+    assert not clock.getDelayedCalls()
+
+
+def test_a_stopping_feed_drops_the_fan_out_left_to_write() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    session = Session(FakeChannel())
+    session.client_id = "c0"
+    sessions = {"c0": session, "c1": Session(FakeChannel())}
+    sessions["c1"].client_id = "c1"
+    written: list[str] = []
+    feed = TopicFeed(
+        store,
+        clock,
+        lambda items: succeed([PushStatus.WRITTEN] * len(items)),
+        lambda s, message_id, frame: written.append(message_id) or PushStatus.WRITTEN,
+        sessions,
+        writes_per_turn=1,
+    )
+    for each in sessions.values():
+        feed.catch_up(each)
+    now = clock.seconds()
+    entry = result_of(store.publish(BROADCAST, Message("b1", "t", "x", {}, now, now + 600), 100))
+    clock.advance(0)  # the store's own wake-ups
+    writing = feed.live([entry])
+    assert written == ["b1"]
+    feed.stop()
+    assert writing.called and not clock.getDelayedCalls()
+    assert written == ["b1"]

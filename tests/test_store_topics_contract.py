@@ -197,6 +197,84 @@ async def test_catch_up_many_is_each_devices_topics_and_catch_up(store_case: Sto
 
 
 @pytest_twisted.ensureDeferred
+async def test_topic_ends_are_each_logs_newest_entry_and_create_nothing(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    assert await store.topic_ends([BROADCAST, "news", "empty"]) == {}
+    await store.subscribe("empty", ["alice"], 10)  # gives the topic an epoch, no entry
+    await publish(store_case, "news", "m0")
+    last = await publish(store_case, "news", "m1")
+    everyone = await publish(store_case, BROADCAST, "all")
+
+    ends = await store.topic_ends([BROADCAST, "news", "empty", "unknown"])
+
+    assert ends[BROADCAST] == everyone.position
+    assert ends["news"] == last.position
+    assert ends["empty"].offset == "0-0"
+    assert "unknown" not in ends
+    # Nothing was created for the unknown topic: its first publish is its epoch.
+    assert "unknown" not in await store.topic_ends(["unknown"])
+    with pytest.raises(ValueError):
+        await store.topic_ends(["not a topic"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_catch_up_many_skips_a_topic_where_the_device_is_at_the_known_end(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice"], 10)
+    await publish(store_case, "news", "n0")
+    await publish(store_case, BROADCAST, "b0")
+    found = await store.catch_up("alice", 10)
+    await ack_all(store_case, "alice", found)
+    ends = await store.topic_ends([BROADCAST, "news"])
+    # At the ends: nothing to read, with or without them.
+    assert (await store.catch_up_many(["alice"], 10, ends))[0] == (["news"], [])
+    later = await publish(store_case, "news", "n1")
+
+    # Ends the caller has not seen move yet: the device is at them, not read.
+    assert (await store.catch_up_many(["alice"], 10, ends))[0] == (["news"], [])
+    # Told the new end (by the feed or topic_ends), it is read.
+    fresh = {**ends, "news": later.position}
+    [(_topics, found)] = await store.catch_up_many(["alice"], 10, fresh)
+    assert texts(found) == {"news": ["n1"]}
+    # A device with no broadcast position, and a known end of another epoch,
+    # are read whatever the ends say.
+    [(_topics, found)] = await store.catch_up_many(["bob"], 10, ends)
+    assert texts(found) == {BROADCAST: ["b0"]}
+    other_epoch = {"news": TopicPosition("another-epoch", later.position.offset)}
+    await store.advance("alice", [("news", later.position)])
+    stale = await publish(store_case, "news", "n2")
+    [(_topics, found)] = await store.catch_up_many(["alice"], 10, other_epoch)
+    assert texts(found) == {"news": ["n2"]} and stale.position.offset > later.position.offset
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catch_up_that_finds_only_expired_entries_moves_the_position_past_them(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice"], 10)
+    found = [await publish(store_case, "news", "long", ttl=600)]
+    await store.advance("alice", [("news", found[0].position)])
+    await publish(store_case, "news", "short", ttl=store_case.ttl)
+    await publish(store_case, BROADCAST, "b-short", ttl=store_case.ttl)
+    await store_case.advance(store_case.ttl + 1)  # both expire unread (alice was away)
+    ends = await store.topic_ends([BROADCAST, "news"])
+
+    # Nothing to deliver, in news (after its position) or broadcast (none yet)...
+    assert await store.catch_up("alice", 10) == []
+    # ...and alice now stands past the expired entries, at the known ends: a
+    # heartbeat reads neither log (a read would bring what is published next).
+    await publish(store_case, "news", "next")
+    await publish(store_case, BROADCAST, "b-next")
+    assert await store.catch_up_many(["alice"], 10, ends) == [(["news"], [])]
+    assert texts(await store.catch_up("alice", 10)) == {BROADCAST: ["b-next"], "news": ["next"]}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_position_at_the_trimmed_edge_missed_nothing(store_case: StoreCase) -> None:
     store = store_case.store
     await store.subscribe("news", ["alice"], 10)

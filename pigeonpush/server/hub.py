@@ -143,7 +143,13 @@ class PushHub:
         self.all_sessions: set[Session] = set()
         #: topic and broadcast messages: catch-up from the logs, positions by ACKs
         self.topics = TopicFeed(
-            store, clock, self.push, self.write_frame, self.sessions, count=self.count_pushes
+            store,
+            clock,
+            self.push,
+            self.write_frame,
+            self.sessions,
+            count=self.count_pushes,
+            ends_interval=settings.heartbeat,
         )
         #: False once draining: new AUTHs are refused
         self.accepting = True

@@ -14,7 +14,7 @@ epoch on the store's clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -341,11 +341,24 @@ class Store(Protocol):
         position past the loss, so that it is said once."""
 
     def catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
     ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
         """``catch_up`` of each device, with the topics it is subscribed to
         (as ``device_topics`` lists them), in one call: a push server's
-        heartbeat catch-ups share their round trips to the store."""
+        heartbeat catch-ups share their round trips to the store.
+        ``known_ends``: the newest position the caller knows of some topics'
+        logs (``topic_ends`` and the feed); a device whose position is at or
+        past it, in its epoch, is not read in that topic: an idle device at
+        the end of broadcast costs no read of broadcast's log, whose one hash
+        slot every device would otherwise share."""
+
+    def topic_ends(self, topics: Sequence[str]) -> Deferred[dict[str, TopicPosition]]:
+        """The position of the newest entry each topic's log holds (its epoch,
+        and ``START`` for an empty log); topics with no log are left out. A
+        read: nothing is created."""
 
     def advance(
         self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]

@@ -4,7 +4,7 @@ Redis scripts of ``redis_topics``, on the store's clock."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import attrs
@@ -24,6 +24,7 @@ from pigeonpush.store.topic_model import (
     TopicEntry,
     TopicPosition,
     TopicReceipt,
+    at_or_past,
     offset_key,
 )
 from pigeonpush.topics import BROADCAST, check_audience
@@ -303,20 +304,42 @@ class MemoryTopics:
         return self._run(self._catch_up, client_id, limit)
 
     def catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
     ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
-        return self._run(self._catch_up_many, client_ids, limit)
+        return self._run(self._catch_up_many, client_ids, limit, known_ends)
 
     def _catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None,
     ) -> list[tuple[list[str], list[CatchUp]]]:
         checks.positive_count(limit, "limit")
         return [
-            (self._device_topics(client_id), self._catch_up(client_id, limit))
+            (self._device_topics(client_id), self._catch_up(client_id, limit, known_ends))
             for client_id in client_ids
         ]
 
-    def _catch_up(self, client_id: str, limit: int) -> list[CatchUp]:
+    def topic_ends(self, topics: Sequence[str]) -> Deferred[dict[str, TopicPosition]]:
+        return self._run(self._topic_ends, topics)
+
+    def _topic_ends(self, topics: Sequence[str]) -> dict[str, TopicPosition]:
+        ends = {}
+        for topic in topics:
+            log = self._logs.get(check_audience(topic))
+            if log is not None:
+                ends[topic] = TopicPosition(log.epoch, log.entries[-1][0] if log.entries else START)
+        return ends
+
+    def _catch_up(
+        self,
+        client_id: str,
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
+    ) -> list[CatchUp]:
         checks.positive_count(limit, "limit")
         now = self._now()
         held = self._subscriptions.get(client_id, {})
@@ -325,9 +348,12 @@ class MemoryTopics:
             stored = held.get(topic)
             if topic == BROADCAST and topic not in self._logs:
                 continue
-            log = self._log(topic)
-            log.live(now)
             position = TopicPosition.load(stored) if stored else None
+            if known_ends is not None and at_or_past(position, known_ends.get(topic)):
+                continue
+            log = self._log(topic)
+            newest = log.entries[-1][0] if log.entries else None
+            log.live(now)
             missed = position is not None and (
                 position.epoch != log.epoch
                 or (
@@ -344,6 +370,14 @@ class MemoryTopics:
             if missed:
                 # Told once: the position moves past what is lost.
                 held[topic] = TopicPosition(log.epoch, log.trimmed or START).dump()
+            elif not entries and (
+                position is None or (newest is not None and offset_key(newest) > after)
+            ):
+                # Nothing to read but expired entries (or nothing at all, for a
+                # device with no position yet): the position moves past them.
+                self._subscriptions.setdefault(client_id, held)[topic] = TopicPosition(
+                    log.epoch, newest if newest is not None else START
+                ).dump()
             if entries or missed:
                 found.append(CatchUp(topic, entries, missed))
         return found

@@ -10,7 +10,7 @@ the devices' hashes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -30,9 +30,10 @@ from pigeonpush.store.topic_model import (
     TopicEntry,
     TopicPosition,
     TopicReceipt,
+    at_or_past,
     offset_key,
 )
-from pigeonpush.topics import BROADCAST
+from pigeonpush.topics import BROADCAST, check_audience
 
 if TYPE_CHECKING:
     from pigeonpush.store.redis_cluster import ClusterConnection
@@ -312,15 +313,41 @@ class RedisTopics:
         return found
 
     def catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
     ) -> Deferred[list[tuple[list[str], list[CatchUp]]]]:
-        return self._call(self._catch_up_many, client_ids, limit)
+        return self._call(self._catch_up_many, client_ids, limit, known_ends)
+
+    def topic_ends(self, topics: Sequence[str]) -> Deferred[dict[str, TopicPosition]]:
+        return self._call(self._topic_ends, topics)
+
+    async def _topic_ends(self, topics: Sequence[str]) -> dict[str, TopicPosition]:
+        names = [check_audience(topic) for topic in topics]
+        replies = await self._scripts(
+            [
+                (topic_scripts.TOPIC_END, [topic_keys.topic_meta(t), topic_keys.topic_log(t)], [])
+                for t in names
+            ]
+        )
+        ends = {}
+        for topic, reply in zip(names, replies, strict=True):
+            reply = _checked(reply, topic_scripts.TOPIC_END.name)
+            if reply:
+                epoch, offset = reply
+                ends[topic] = TopicPosition(str(epoch), str(offset))
+        return ends
 
     async def _catch_up_many(
-        self, client_ids: Sequence[str], limit: int
+        self,
+        client_ids: Sequence[str],
+        limit: int,
+        known_ends: Mapping[str, TopicPosition] | None = None,
     ) -> list[tuple[list[str], list[CatchUp]]]:
         """Three round trips for any number of devices: every device's
-        positions (its topics are their keys), every log read, every reset."""
+        positions (its topics are their keys), every log read (but where the
+        device is at a known end), every reset."""
         checks.positive_count(limit, "limit")
         if not client_ids:
             return []
@@ -328,14 +355,18 @@ class RedisTopics:
         flats = await self._main.execute([("HGETALL", key) for key in keys])
         now = repr(float(self._reactor.seconds()))
         calls = []
-        devices: list[tuple[dict[str, str], list[str]]] = []
+        devices: list[tuple[dict[str, str], list[str], list[str]]] = []
         for flat in flats:
             flat = _checked(flat, "HGETALL")
             held = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
             topics = [BROADCAST, *sorted(t for t in held if t != BROADCAST)]
-            devices.append((held, topics))
+            read: list[str] = []
+            devices.append((held, topics, read))
             for topic in topics:
                 position = TopicPosition.load(held[topic]) if topic in held else None
+                if known_ends is not None and at_or_past(position, known_ends.get(topic)):
+                    continue
+                read.append(topic)
                 calls.append(
                     (
                         topic_scripts.READ_AFTER,
@@ -352,11 +383,11 @@ class RedisTopics:
         replies = iter(await self._scripts(calls))
         answers: list[tuple[list[str], list[CatchUp]]] = []
         advances = []
-        for key, (held, topics) in zip(keys, devices, strict=True):
+        for key, (held, topics, read) in zip(keys, devices, strict=True):
             found = []
             resets: list[str] = [BROADCAST]
-            for topic in topics:
-                epoch, missed, trimmed, raw = _checked(next(replies), "topic_read_after")
+            for topic in read:
+                epoch, missed, trimmed, raw, passed = _checked(next(replies), "topic_read_after")
                 entries = tuple(
                     TopicEntry(topic, TopicPosition(str(epoch), str(entry[0])), _entry(entry))
                     for entry in raw
@@ -364,6 +395,11 @@ class RedisTopics:
                 if missed == 1:
                     reset = TopicPosition(str(epoch), str(trimmed) or START)
                     resets += [topic, reset.epoch, reset.offset, "1", held[topic]]
+                elif passed:
+                    # Only expired entries after the position: it moves past
+                    # them (forward only), so the next heartbeat, at the log's
+                    # end, reads nothing.
+                    resets += [topic, str(epoch), str(passed), "0", ""]
                 if entries or missed == 1:
                     found.append(CatchUp(topic, entries, missed == 1))
             if len(resets) > 1:

@@ -109,3 +109,14 @@ class TopicReceipt:
     #: ACKs counted by the push servers (a device that ACKs again after a
     #: lost position write counts twice)
     acked: int
+
+
+def at_or_past(position: TopicPosition | None, end: TopicPosition | None) -> bool:
+    """Whether a device at ``position`` has nothing to read before ``end``
+    (a log's newest entry): the same epoch, and not before it."""
+    return (
+        position is not None
+        and end is not None
+        and position.epoch == end.epoch
+        and offset_key(position.offset) >= offset_key(end.offset)
+    )

@@ -30,6 +30,19 @@ return {epoch, last[1][1]}
 """,
 )
 
+#: KEYS: TOPIC, TOPIC_LOG. The log's epoch and newest entry id ('0-0' for an
+#: empty log), or nil for a topic with no epoch: a read, nothing is created.
+TOPIC_END = Script(
+    "topic_end",
+    """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return false end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last == 0 then return {epoch, '0-0'} end
+return {epoch, last[1][1]}
+""",
+)
+
 #: KEYS: SUBSCRIPTIONS. ARGV: topic, starting position, most topics, broadcast name.
 #: 1: subscribed; 0: it already was (its position stays); -1: refused, the
 #: device holds the most topics it may.
@@ -90,9 +103,11 @@ return {epoch, id, redis.call('SCARD', KEYS[4])}
 
 #: KEYS: TOPIC, TOPIC_LOG. ARGV: fresh epoch, the device's epoch ('' if it
 #: has no position), its offset, limit, now (seconds).
-#: Answers {epoch, missed (0/1), trimmed or '', entries}: the first ``limit``
-#: unexpired entries after the position, or from the start of the log when
-#: the position is of another epoch or behind the trimmed offset (missed).
+#: Answers {epoch, missed (0/1), trimmed or '', entries, passed}: the first
+#: ``limit`` unexpired entries after the position, or from the start of the
+#: log when the position is of another epoch or behind the trimmed offset
+#: (missed); ``passed``: with no entry to answer, the last (expired) one read
+#: past, or '' ('0-0' for a device with no position and nothing to read).
 READ_AFTER = Script(
     "topic_read_after",
     _OLDER
@@ -110,6 +125,7 @@ elseif ARGV[2] ~= epoch or (trimmed and older(ARGV[3], trimmed)) then
 end
 local limit, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
+local last = ''
 while #out < limit do
   local batch = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit)
   if #batch == 0 then break end
@@ -119,9 +135,11 @@ while #out < limit do
       if #out == limit then break end
     end
   end
-  from = '(' .. batch[#batch][1]
+  last = batch[#batch][1]
+  from = '(' .. last
 end
-return {epoch, missed, trimmed or '', out}
+if #out > 0 then last = '' elseif last == '' and ARGV[2] == '' then last = '0-0' end
+return {epoch, missed, trimmed or '', out, last}
 """,
 )
 
@@ -159,4 +177,4 @@ return redis.call('HINCRBY', KEYS[1], 'acked', ARGV[1])
 """,
 )
 
-ALL = (TOPIC_TAIL, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE, COUNT_ACKS)
+ALL = (TOPIC_TAIL, TOPIC_END, SUBSCRIBE_DEVICE, PUBLISH, READ_AFTER, ADVANCE, COUNT_ACKS)

@@ -61,6 +61,8 @@ class GatedStore(MemoryStore):
         self.acked: list[list[tuple[str, str]]] = []
         #: the batches handed to ``drop_pending``
         self.dropped: list[list[tuple[str, str, str]]] = []
+        #: the ``known_ends`` of each ``catch_up_many``
+        self.known_ends: list[Any] = []
 
     def _gate(self, name: str, answer: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -98,9 +100,11 @@ class GatedStore(MemoryStore):
     def catch_up(self, client_id: str, limit: int) -> Deferred[Any]:
         return self._gate("catch_up", lambda: super(GatedStore, self).catch_up(client_id, limit))
 
-    def catch_up_many(self, client_ids: Any, limit: int) -> Deferred[Any]:
+    def catch_up_many(self, client_ids: Any, limit: int, known_ends: Any = None) -> Deferred[Any]:
+        self.known_ends.append(known_ends)
         return self._gate(
-            "catch_up", lambda: super(GatedStore, self).catch_up_many(client_ids, limit)
+            "catch_up",
+            lambda: super(GatedStore, self).catch_up_many(client_ids, limit, known_ends),
         )
 
     def bodies(self, message_ids: Any) -> Deferred[Any]:
