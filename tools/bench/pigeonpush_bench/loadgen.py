@@ -1,35 +1,12 @@
 """The load generator: ``python -m pigeonpush_bench.loadgen``.
 
-The benchmark starts one or more of these and drives each over its stdin and
-stdout, one JSON object per line. A command is ``{"id": N, "cmd": NAME, ...}``
-and gets exactly one answer ``{"id": N, "ok": true, "result": {...}}`` or
-``{"id": N, "ok": false, "error": "..."}``; commands run concurrently, so
-``stats`` answers while a ``connect`` is still going. Unsolicited lines are
-``{"event": "progress", ...}``. End of stdin stops the process.
-
-Commands:
-
-``connect``
-    ``protocol`` (``pigeon`` through a reglog at ``reglog``; ``framing`` or
-    ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
-    and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
-    address to connect from, bound without a port: see
-    ``pigeonpush_bench.sources``),
-    ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
-    ``reconnect`` (come back after a loss, through reglog again). Answers once
-    every client is ready or has failed its attempts.
-``stats`` / ``reset``
-    What the clients saw (counts, receipt times, latency histograms, errors,
-    this process's CPU); ``reset`` zeroes the message counters.
-``close``
-    Close every connection (no reconnect).
-``publish_api``
-    Notifications through the notification API's batch endpoint, each to one
-    random client of ``prefix`` ``0 .. clients-1``.
-``publish_mqtt``
-    QoS 1 PUBLISHes to random clients' topics through an MQTT broker.
-``publish_amp``
-    AMP ``Push`` batches straight to a pigeon-server's RPC endpoint.
+The benchmark starts one or more of these and drives each with AMP over its
+stdin and stdout: the commands, their arguments and answers are in
+``pigeonpush_bench.commands`` (connect clients, stats, reset, close, and the
+publishers: through the notification API, an MQTT broker, or AMP ``Push``
+straight to a pigeon-server). Commands run concurrently, so ``Stats``
+answers while a ``Connect`` is still going. End of stdin stops the process.
+Logs go to stderr: stdout carries AMP only.
 
 Latency is measured from the message's acceptance (the ULID timestamp of its
 messageId: milliseconds) and from its sending (a timestamp the publisher puts
@@ -55,13 +32,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pigeonpush.services import raise_young_threshold
-from pigeonpush_bench import mqtt
+from pigeonpush_bench import commands, mqtt
 from pigeonpush_bench.clients import (
     BenchClient,
     FramingClient,
@@ -70,6 +47,7 @@ from pigeonpush_bench.clients import (
     PigeonClient,
     mqtt_topic,
 )
+from pigeonpush_bench.commands import CommandFailed
 from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.route_client import RouteClient, RouteFailed
@@ -732,73 +710,80 @@ async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
 # --- the control channel ---------------------------------------------------------
 
 
-class Controller(LineReceiver):
-    """JSON-lines commands from the benchmark on stdin, answers on stdout."""
+def _given(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a command was given: AMP hands the left-out optional ones as None."""
+    return {name: value for name, value in arguments.items() if value is not None}
 
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
+
+class Controller(amp.AMP):
+    """The benchmark's commands (``commands``) over this process's stdin and stdout."""
 
     def __init__(self, reactor: Any) -> None:
+        super().__init__()
         self._reactor = reactor
         self.recorder = Recorder(reactor)
         self.fleets: list[Fleet] = []
         self.finished: defer.Deferred[None] = defer.Deferred()
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "connect": self._connect,
-            "stats": self._stats,
-            "reset": self._reset,
-            "close": self._close,
-            "publish_api": lambda command: publish_api(self._reactor, command),
-            "publish_mqtt": lambda command: publish_mqtt(self._reactor, command),
-            "publish_amp": lambda command: publish_amp(self._reactor, command),
-        }
-
-    def send(self, message: Mapping[str, Any]) -> None:
-        self.sendLine(json.dumps(message, separators=(",", ":")).encode())
-
-    def lineReceived(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            command = json.loads(line)
-            ident = command["id"]
-            name = command["cmd"]
-        except (ValueError, KeyError, TypeError):
-            self.send({"id": None, "ok": False, "error": f"not a command: {line[:200]!r}"})
-            return
-        handler = self._commands.get(name)
-        if handler is None:
-            self.send({"id": ident, "ok": False, "error": f"unknown command {name!r}"})
-            return
-        defer.ensureDeferred(self._run(ident, handler, command))
 
     async def _run(
-        self,
-        ident: Any,
-        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-        command: dict[str, Any],
-    ) -> None:
+        self, name: str, handler: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Run a command; any failure goes back as CommandFailed with its reason."""
         try:
-            result = await handler(command)
+            return await handler()
         except (ValueError, KeyError, TypeError, AttemptFailed, ConnectError) as e:
-            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
-            return
+            raise CommandFailed(f"{type(e).__name__}: {e}") from None
         except Exception as e:
-            log.failure("Command {name} failed", name=command.get("cmd"))
-            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
-            return
-        self.send({"id": ident, "ok": True, "result": result})
+            log.failure("Command {name} failed", name=name)
+            raise CommandFailed(f"{type(e).__name__}: {e}") from None
 
-    async def _connect(self, command: dict[str, Any]) -> dict[str, Any]:
-        fleet = Fleet(self._reactor, self.recorder, command)
+    def _respond(
+        self, name: str, handler: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> defer.Deferred[dict[str, Any]]:
+        return defer.ensureDeferred(self._run(name, handler))
+
+    @commands.Connect.responder
+    def connect(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("connect", lambda: self._connect(settings))
+
+    @commands.Stats.responder
+    def stats(self) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("stats", self._stats)
+
+    @commands.Reset.responder
+    def reset(self) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("reset", self._reset)
+
+    @commands.Close.responder
+    def close(self) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("close", self._close)
+
+    @commands.PublishApi.responder
+    def publish_api(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_api", lambda: publish_api(self._reactor, settings))
+
+    @commands.PublishMqtt.responder
+    def publish_mqtt(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_mqtt", lambda: publish_mqtt(self._reactor, settings))
+
+    @commands.PublishAmp.responder
+    def publish_amp(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_amp", lambda: publish_amp(self._reactor, settings))
+
+    async def _connect(self, settings: dict[str, Any]) -> dict[str, Any]:
+        fleet = Fleet(self._reactor, self.recorder, settings)
         self.fleets.append(fleet)
 
         def progress() -> None:
-            self.send({"event": "progress", "ready": fleet.ready_count, "failed": fleet.failed})
+            self.callRemote(commands.Progress, ready=fleet.ready_count, failed=fleet.failed)
 
-        return await fleet.connect_all(int(command.get("concurrency", 100)), progress)
+        return await fleet.connect_all(int(settings.get("concurrency", 100)), progress)
 
-    async def _stats(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _stats(self) -> dict[str, Any]:
         fleets = [fleet.to_json() for fleet in self.fleets]
         errors: Counter[str] = Counter()
         for fleet in self.fleets:
@@ -816,11 +801,11 @@ class Controller(LineReceiver):
             "now": self._reactor.seconds(),
         }
 
-    async def _reset(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _reset(self) -> dict[str, Any]:
         self.recorder.reset()
         return {}
 
-    async def _close(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _close(self) -> dict[str, Any]:
         for fleet in self.fleets:
             await fleet.shutdown()
         closed = len(self.fleets)
@@ -829,6 +814,7 @@ class Controller(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """stdin closed: the benchmark is done with this process (or gone)."""
+        super().connectionLost(reason)
         for fleet in self.fleets:
             fleet.close()
         if not self.finished.called:
@@ -844,7 +830,7 @@ def main(reactor: Any) -> defer.Deferred[None]:
     raise_young_threshold()
     controller = Controller(reactor)
     StandardIO(controller, reactor=reactor)
-    controller.send({"event": "started", "pid": os.getpid()})
+    controller.callRemote(commands.Started, pid=os.getpid())
     return controller.finished
 
 
