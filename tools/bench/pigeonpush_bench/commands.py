@@ -7,7 +7,8 @@ One command per operation, with the arguments it takes; an argument left out
 takes the generator's default. Commands run concurrently in the generator,
 so ``Stats`` answers while a ``Connect`` is still going.
 
-Parent to child: ``Connect``, ``Stats``, ``Reset``, ``Close`` and the
+Parent to child: ``Connect``, ``Stats``, ``Reset``, ``Close``,
+``Subscribe`` (topic subscriptions through the notification API) and the
 publishers ``PublishApi``, ``PublishMqtt``, ``PublishAmp``. Closing the
 child's stdin stops it. Child to parent, without an answer: ``Started`` once
 it listens, ``Progress`` while it connects.
@@ -114,6 +115,7 @@ class Connect(_Command):
         (b"reglog", _optional(amp.Unicode)),
         (b"server", _optional(amp.Unicode)),
         (b"seed", _optional(amp.Integer)),
+        (b"topic", _optional(amp.Unicode)),
     ]
     response = [
         (b"ready", amp.Integer()),
@@ -124,9 +126,11 @@ class Connect(_Command):
 
 
 class Stats(_Command):
-    """What the generator's clients saw since the last ``Reset``, and its CPU."""
+    """What the generator's clients saw since the last ``Reset``, and its CPU.
+    With ``expected``: ``short``, how many of its clients hold fewer than that
+    many distinct messages (clients of a topic)."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = [(b"expected", _optional(amp.Integer))]
     response = [
         (b"received", amp.Integer()),
         (b"unique", amp.Integer()),
@@ -145,6 +149,7 @@ class Stats(_Command):
         (b"errors", Json()),
         (b"cpu", Number()),
         (b"now", Number()),
+        (b"short", _optional(amp.Integer)),
     ]
 
 
@@ -165,7 +170,7 @@ class Close(_Command):
 class PublishApi(_Command):
     """``messages`` notifications through ``POST /v1/notifications/batch``,
     each to one client of ``<prefix>0 .. clients-1`` (``spread``: ``random``
-    or ``round_robin``)."""
+    or ``round_robin``), or each to ``topic``."""
 
     arguments = [
         (b"api", amp.Unicode()),
@@ -179,12 +184,14 @@ class PublishApi(_Command):
         (b"rate", _optional(Number)),
         (b"seed", _optional(amp.Integer)),
         (b"spread", _optional(amp.Unicode)),
+        (b"topic", _optional(amp.Unicode)),
     ]
     response = PUBLISHED
 
 
 class PublishMqtt(_Command):
-    """QoS 1 PUBLISHes to random clients' topics through the broker at ``server``."""
+    """QoS 1 PUBLISHes to random clients' topics, or each to ``topic``,
+    through the broker at ``server``."""
 
     arguments = [
         (b"server", amp.Unicode()),
@@ -195,8 +202,27 @@ class PublishMqtt(_Command):
         (b"rate", _optional(Number)),
         (b"seed", _optional(amp.Integer)),
         (b"window", _optional(amp.Integer)),
+        (b"topic", _optional(amp.Unicode)),
     ]
     response = PUBLISHED
+
+
+class Subscribe(_Command):
+    """Subscribe clients ``<prefix><start + k>`` (``k`` < ``count``) to each of
+    ``topics`` through the notification API at ``api``, ``batch`` clientIds
+    a request."""
+
+    arguments = [
+        (b"api", amp.Unicode()),
+        (b"key", amp.Unicode()),
+        (b"topics", amp.ListOf(amp.Unicode())),
+        (b"count", amp.Integer()),
+        (b"prefix", _optional(amp.Unicode)),
+        (b"start", _optional(amp.Integer)),
+        (b"batch", _optional(amp.Integer)),
+        (b"concurrency", _optional(amp.Integer)),
+    ]
+    response = [(b"subscriptions", amp.Integer()), (b"seconds", Number())]
 
 
 class PublishAmp(_Command):
@@ -238,4 +264,5 @@ COMMANDS: dict[str, type[amp.Command]] = {
     "publish_api": PublishApi,
     "publish_mqtt": PublishMqtt,
     "publish_amp": PublishAmp,
+    "subscribe": Subscribe,
 }

@@ -21,7 +21,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from treq.client import HTTPClient
@@ -101,23 +101,47 @@ def http_client(reactor: Any, connections: int) -> tuple[HTTPConnectionPool, HTT
 
 
 class Recorder:
-    """What this process's clients received."""
+    """What this process's clients received.
+
+    By default each message goes to one client, so a message seen twice is a
+    duplicate. With ``per_client`` (the clients share a topic, so every
+    message reaches each of them), a duplicate is a message seen twice by the
+    same client: each client holds a bit per message, numbered in the order
+    this process first saw it.
+    """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        self.per_client = False
         self.reset()
 
     def reset(self) -> None:
         self.received = 0
+        self.unique = 0
         self.duplicates = 0
         self.out_of_order = 0
         self.frames = 0
         self.first_receipt: float | None = None
         self.last_receipt: float | None = None
         self.seen: set[str] = set()
+        self.numbers: dict[str, int] = {}
+        self.received_by: dict[int, int] = {}
         self.last_key: dict[int, str] = {}
         self.latency = LatencyHistogram()
         self.latency_send = LatencyHistogram()
+
+    def _first_time(self, index: int, key: str) -> bool:
+        if not self.per_client:
+            if key in self.seen:
+                return False
+            self.seen.add(key)
+            return True
+        number = self.numbers.setdefault(key, len(self.numbers))
+        held = self.received_by.get(index, 0)
+        if held >> number & 1:
+            return False
+        self.received_by[index] = held | 1 << number
+        return True
 
     def message(self, index: int, key: str, text: str, accepted_ms: int | None) -> None:
         now = self._clock.seconds()
@@ -125,11 +149,10 @@ class Recorder:
         if self.first_receipt is None:
             self.first_receipt = now
         self.last_receipt = now
-        seen = self.seen
-        if key in seen:
+        if not self._first_time(index, key):
             self.duplicates += 1
             return
-        seen.add(key)
+        self.unique += 1
         if accepted_ms is not None:
             self.latency.record((now * 1000.0 - accepted_ms) * 1000.0)
             # Pigeon messageIds are time-ordered: a smaller one after a larger
@@ -143,6 +166,14 @@ class Recorder:
         if sent is not None:
             self.latency_send.record((now - sent) * 1_000_000.0)
 
+    def short_of(self, expected: int, clients: Iterable[int]) -> int:
+        """How many of ``clients`` hold fewer than ``expected`` distinct messages
+        (``per_client`` only; otherwise 0)."""
+        if not self.per_client:
+            return 0
+        held = self.received_by
+        return sum(1 for index in clients if held.get(index, 0).bit_count() < expected)
+
     def frame(self) -> None:
         now = self._clock.seconds()
         self.frames += 1
@@ -153,7 +184,7 @@ class Recorder:
     def to_json(self) -> dict[str, Any]:
         return {
             "received": self.received,
-            "unique": len(self.seen),
+            "unique": self.unique,
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "frames": self.frames,
@@ -183,6 +214,12 @@ class Fleet:
         self.reconnect = bool(settings.get("reconnect", False))
         self.reglog: str | None = settings.get("reglog")
         self.server: str | None = settings.get("server")
+        #: The topic every client of this fleet is subscribed to (pigeon:
+        #: through the API beforehand; mqtt: it subscribes to it instead of
+        #: its own), so that each message reaches each of them.
+        self.topic: str | None = settings.get("topic")
+        if self.topic is not None:
+            recorder.per_client = True
         if protocol == "pigeon" and not self.reglog:
             raise ValueError("protocol pigeon needs reglog (its URL)")
         if protocol != "pigeon" and not self.server:
@@ -314,7 +351,7 @@ class Fleet:
         elif self.protocol == "mqtt":
             assert self.server is not None
             address = self.server
-            protocol = MqttClient(self, index, client_id, max(1, round(self.heartbeat)))
+            protocol = MqttClient(self, index, client_id, max(1, round(self.heartbeat)), self.topic)
         else:
             assert self.server is not None
             address = self.server
@@ -426,7 +463,8 @@ class Pacer:
 
 
 async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Send ``messages`` notifications through ``POST /v1/notifications/batch``."""
+    """Send ``messages`` notifications through ``POST /v1/notifications/batch``,
+    each to one client, or with ``topic`` each to that topic."""
     api = str(settings["api"])
     key = str(settings["key"])
     prefix = str(settings.get("prefix", "bench-"))
@@ -438,6 +476,7 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
     pacer = Pacer(reactor, float(settings.get("rate", 0)))
     chooser = random.Random(int(settings.get("seed", 1)))
     round_robin = settings.get("spread", "random") == "round_robin"
+    topic: str | None = settings.get("topic")
     if clients <= 0 or messages < 0:
         raise ValueError("clients must be positive and messages not negative")
     pool, http = http_client(reactor, concurrency)
@@ -484,6 +523,9 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
             await pacer.wait_for(first)
             now = reactor.seconds()
             text = payload_text(size, now)
+            if topic is not None:
+                await post([{"topic": topic, "title": "bench", "text": text}] * count)
+                continue
             targets = [
                 (first + k) % clients if round_robin else chooser.randrange(clients)
                 for k in range(count)
@@ -508,6 +550,58 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
         "last_accept": last_accept,
         "seconds": reactor.seconds() - started,
     }
+
+
+async def subscribe_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Subscribe clients ``<prefix><start>`` .. ``<prefix><start + count - 1>``
+    to each of ``topics`` through ``POST /v1/topics/{topic}/subscribers``, in
+    requests of ``batch`` clientIds (the API takes at most 1,000)."""
+    api = str(settings["api"])
+    key = str(settings["key"])
+    topics = [str(topic) for topic in settings["topics"]]
+    prefix = str(settings.get("prefix", "bench-"))
+    start = int(settings.get("start", 0))
+    count = int(settings["count"])
+    batch = int(settings.get("batch", 1000))
+    concurrency = max(1, int(settings.get("concurrency", 4)))
+    if count <= 0 or not 1 <= batch <= 1000 or not topics:
+        raise ValueError("count must be positive, batch from 1 to 1,000, and topics not empty")
+    pool, http = http_client(reactor, concurrency)
+    headers = Headers({"Authorization": [f"Bearer {key}"], "Content-Type": ["application/json"]})
+    requests = [
+        (topic, [f"{prefix}{start + k}" for k in range(first, min(count, first + batch))])
+        for topic in topics
+        for first in range(0, count, batch)
+    ]
+    started = reactor.seconds()
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while requests:
+            topic, client_ids = requests.pop()
+            body = json.dumps({"add": client_ids}, separators=(",", ":")).encode()
+            response = await http.post(
+                f"{api}/v1/topics/{topic}/subscribers",
+                data=body,
+                headers=headers,
+                reactor=reactor,
+                timeout=60,
+            )
+            answer = await response.text()
+            if response.code != 200:
+                raise ValueError(f"subscribing to {topic}: HTTP {response.code}: {answer[:200]}")
+            done += len(client_ids)
+
+    try:
+        await defer.gatherResults(
+            [defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True
+        )
+    except defer.FirstError as e:
+        raise e.subFailure.value from None  # type: ignore[misc]
+    finally:
+        await pool.closeCachedConnections()
+    return {"subscriptions": done, "seconds": reactor.seconds() - started}
 
 
 class MqttPublisher(Protocol):
@@ -580,7 +674,8 @@ class MqttPublisher(Protocol):
 
 
 async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Publish ``messages`` QoS 1 messages, each to one random client's topic."""
+    """Publish ``messages`` QoS 1 messages, each to one random client's topic,
+    or with ``topic`` each to that topic."""
     host, port = split_address(str(settings["server"]))
     prefix = str(settings.get("prefix", "bench-"))
     clients = int(settings["clients"])
@@ -589,6 +684,7 @@ async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, A
     pacer = Pacer(reactor, float(settings.get("rate", 0)))
     chooser = random.Random(int(settings.get("seed", 1)))
     publisher = MqttPublisher(int(settings.get("window", 1000)))
+    shared: str | None = settings.get("topic")
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=ATTEMPT_TIMEOUT)
     await connectProtocol(endpoint, publisher)
     await publisher.ready
@@ -597,9 +693,8 @@ async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, A
         await pacer.wait_for(sequence)
         await publisher.slot()
         text = payload_text(size, reactor.seconds()).encode()
-        publisher.publish(
-            mqtt_topic(f"{prefix}{chooser.randrange(clients)}"), b"%d|%s" % (sequence, text)
-        )
+        topic = shared or mqtt_topic(f"{prefix}{chooser.randrange(clients)}")
+        publisher.publish(topic, b"%d|%s" % (sequence, text))
     await publisher.drained()
     finished = reactor.seconds()
     assert publisher.transport is not None
@@ -748,8 +843,8 @@ class Controller(amp.AMP):
         return self._respond("connect", lambda: self._connect(settings))
 
     @commands.Stats.responder
-    def stats(self) -> defer.Deferred[dict[str, Any]]:
-        return self._respond("stats", self._stats)
+    def stats(self, expected: int | None = None) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("stats", lambda: self._stats(expected))
 
     @commands.Reset.responder
     def reset(self) -> defer.Deferred[dict[str, Any]]:
@@ -763,6 +858,11 @@ class Controller(amp.AMP):
     def publish_api(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
         settings = _given(arguments)
         return self._respond("publish_api", lambda: publish_api(self._reactor, settings))
+
+    @commands.Subscribe.responder
+    def subscribe(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("subscribe", lambda: subscribe_api(self._reactor, settings))
 
     @commands.PublishMqtt.responder
     def publish_mqtt(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
@@ -783,7 +883,7 @@ class Controller(amp.AMP):
 
         return await fleet.connect_all(int(settings.get("concurrency", 100)), progress)
 
-    async def _stats(self) -> dict[str, Any]:
+    async def _stats(self, expected: int | None = None) -> dict[str, Any]:
         fleets = [fleet.to_json() for fleet in self.fleets]
         errors: Counter[str] = Counter()
         for fleet in self.fleets:
@@ -799,7 +899,13 @@ class Controller(amp.AMP):
             "errors": dict(errors),
             "cpu": cpu_seconds(os.getpid()),
             "now": self._reactor.seconds(),
+            "short": None if expected is None else self._short_of(expected),
         }
+
+    def _short_of(self, expected: int) -> int:
+        """Clients of this process holding fewer than ``expected`` messages."""
+        indices = (fleet.start + index for fleet in self.fleets for index in range(fleet.count))
+        return self.recorder.short_of(expected, indices)
 
     async def _reset(self) -> dict[str, Any]:
         self.recorder.reset()
