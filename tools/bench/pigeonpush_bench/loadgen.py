@@ -903,8 +903,13 @@ class Controller(amp.AMP):
         }
 
     def _short_of(self, expected: int) -> int:
-        """Clients of this process holding fewer than ``expected`` messages."""
-        indices = (fleet.start + index for fleet in self.fleets for index in range(fleet.count))
+        """Connected clients of this process holding fewer than ``expected`` messages."""
+        indices = (
+            fleet.start + index
+            for fleet in self.fleets
+            for index, client in enumerate(fleet.clients)
+            if client is not None
+        )
         return self.recorder.short_of(expected, indices)
 
     async def _reset(self) -> dict[str, Any]:

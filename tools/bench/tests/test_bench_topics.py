@@ -187,6 +187,13 @@ def test_the_catchup_report_counts_redis_commands_per_delivery() -> None:
     assert report.metric("throughput").values == {"pigeonpush": 250.0}
     assert report.ok and report.targets[0].met
     assert any("evalsha 1,200, xrange 40" in note for note in report.notes)
+    # At-least-once: repeats are reported, not a failed run; a subscriber that
+    # could not connect is.
+    figures.stats.duplicates = 7
+    assert catchup_report(figures, messages=10, size=100, servers=1, command="").ok
+    figures.stats.ready = 99
+    report = catchup_report(figures, messages=10, size=100, servers=1, command="")
+    assert not report.ok and report.metric("expected").values == {"pigeonpush": 990}
 
 
 def _connections(connected: int, idle: int, loaded: int) -> ConnectionFigures:
