@@ -535,7 +535,9 @@ async def _pigeon_catchup(
             refused=int(published["refused"]),
             failed=int(published["failed"]),
             connect_seconds=connect_seconds,
-            # Less the two INFO calls of the measurement itself.
+            # Less the measurement's own two INFO calls before (an INFO's
+            # figure counts the earlier commands, not itself); commands run
+            # inside scripts count, as total_commands_processed counts them.
             redis_commands=commands_after - commands_before - 2,
             redis_top=command_delta(by_command_before, by_command_after),
         )
@@ -760,8 +762,8 @@ def topic_memory_report(
     report.notes.append(
         f"both runs are pigeonpush with the notification API; {subscriptions:,} subscriptions "
         "made through POST /v1/topics/{topic}/subscribers before the clients connect, so each "
-        "session loads its topics at AUTH_OK. RSS figures move by a few hundred bytes per "
-        "connection between runs (allocator, GC timing): read the subscription figure with that"
+        "session loads its topics at AUTH_OK; the server's CPU at steady load includes each "
+        "heartbeat's catch-up of every topic of the device"
     )
     report.ok = (
         with_topics.connections.connected == clients and without.connections.connected == clients
