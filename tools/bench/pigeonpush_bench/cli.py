@@ -39,12 +39,18 @@ from pigeonpush_bench.scenarios import (
     reconnect,
     unicast,
 )
+from pigeonpush_bench.topics import catchup, fanout, topic_connections
 from pigeonpush_bench.twist import REACTORS
 
 INTERRUPTED = "interrupted; every process it started was stopped"
 MAX_CLIENTS = 200_000
 MAX_SERVERS = 16
 MAX_MESSAGES = 10_000_000
+#: Messages to one topic: the servers' default --topic-log-length (more and
+#: an offline subscriber misses some by design).
+MAX_TOPIC_MESSAGES = 10_000
+#: The servers' default --max-topics-per-device.
+MAX_TOPICS_PER_CLIENT = 100
 #: The notification API's default --max-text.
 MAX_SIZE = 2048
 MIN_SIZE = 32
@@ -235,6 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure pigeonpush with the clients over WebSocket (column 'websocket', "
         "compared with TCP in the notes)",
     )
+    sub.add_argument(
+        "--topics-per-client",
+        type=_bounded_int(0, MAX_TOPICS_PER_CLIENT),
+        default=0,
+        help="subscribe each client to this many topics and compare with pigeonpush without "
+        "topics, in the same run (no other baselines then); default 0: no topics",
+    )
     _common(sub)
 
     sub = scenarios.add_parser(
@@ -327,11 +340,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _scenario_defaults(sub, servers=2)
     _common(sub)
 
+    _topic_scenarios(scenarios)
+
+
+def _topic_scenarios(scenarios: Any) -> None:
+    sub = scenarios.add_parser(
+        "fanout",
+        help="M messages to one topic of N subscribers: deliveries/s to ACK vs Mosquitto",
+        description="N clients subscribed to one topic (through the notification API), M "
+        "messages published to it, every client ACKs every message: deliveries per second, "
+        "lost, duplicates; then Mosquitto QoS 1 to as many subscribers of one topic (one "
+        "broker per --servers, every message published to each).",
+    )
+    sub.add_argument("--subscribers", type=_bounded_int(1, MAX_CLIENTS), default=2000)
+    sub.add_argument(
+        "--messages", type=_bounded_int(1, MAX_TOPIC_MESSAGES), default=20, help="(default 20)"
+    )
+    sub.add_argument(
+        "--size",
+        type=_bounded_int(MIN_SIZE, MAX_SIZE),
+        default=100,
+        help="bytes of message text (default 100)",
+    )
+    _scenario_defaults(sub, servers=1)
+    sub.add_argument(
+        "--baselines",
+        type=_baselines,
+        default=[BASELINES[1]],
+        help="mosquitto or none (default mosquitto)",
+    )
+    _common(sub)
+
+    sub = scenarios.add_parser(
+        "catchup",
+        help="N offline subscribers of a topic, K messages, then all connect: time to drain",
+        description="N clients subscribed to one topic while offline, K messages published to "
+        "it, then all connect and catch up from the topic's log: time to drain, deliveries/s, "
+        "Redis commands per delivered message, lost, duplicates, order.",
+    )
+    sub.add_argument("--subscribers", type=_bounded_int(1, MAX_CLIENTS), default=2000)
+    sub.add_argument(
+        "--per-subscriber",
+        type=_bounded_int(1, MAX_TOPIC_MESSAGES),
+        default=100,
+        help="messages published while they are offline (default 100; at most the servers' "
+        "--topic-log-length of 10,000)",
+    )
+    sub.add_argument(
+        "--size",
+        type=_bounded_int(MIN_SIZE, MAX_SIZE),
+        default=100,
+        help="bytes of message text (default 100)",
+    )
+    _scenario_defaults(sub, servers=1)
+    _common(sub)
+
+
+def _clients(args: argparse.Namespace) -> int:
+    if args.scenario == "connections":
+        return int(args.n)
+    if args.scenario in ("fanout", "catchup"):
+        return int(args.subscribers)
+    return int(args.clients)
+
 
 def check(args: argparse.Namespace) -> str | None:
     """Cross-option checks argparse cannot express; the message, or None."""
     per_process = connections_per_process()
-    clients: int = args.n if args.scenario == "connections" else args.clients
+    clients = _clients(args)
     if clients / args.servers > per_process:
         return (
             f"{clients:,} clients over {args.servers} server(s) is more than "
@@ -371,7 +447,15 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
     run = Run(reactor, processes, progress, settings)
     command = "pigeonpush-bench " + " ".join(shlex.quote(word) for word in _bench_argv())
     try:
-        if args.scenario == "connections":
+        if args.scenario == "connections" and args.topics_per_client:
+            report = await topic_connections(
+                run,
+                clients=args.n,
+                servers=args.servers,
+                topics_per_client=args.topics_per_client,
+                command=command,
+            )
+        elif args.scenario == "connections":
             report = await connections(
                 run,
                 clients=args.n,
@@ -379,6 +463,25 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
                 baselines=args.baselines,
                 command=command,
                 websocket=args.websocket,
+            )
+        elif args.scenario == "fanout":
+            report = await fanout(
+                run,
+                subscribers=args.subscribers,
+                messages=args.messages,
+                size=args.size,
+                servers=args.servers,
+                baselines=args.baselines,
+                command=command,
+            )
+        elif args.scenario == "catchup":
+            report = await catchup(
+                run,
+                subscribers=args.subscribers,
+                messages=args.per_subscriber,
+                size=args.size,
+                servers=args.servers,
+                command=command,
             )
         elif args.scenario == "unicast":
             report = await unicast(

@@ -175,13 +175,17 @@ def mqtt_topic(client_id: str) -> str:
 
 
 class MqttClient(Protocol):
-    """An MQTT 3.1.1 subscriber on its own topic at QoS 1."""
+    """An MQTT 3.1.1 subscriber at QoS 1 on its own topic, or on ``topic``
+    (one topic shared by every client: fan-out)."""
 
-    def __init__(self, fleet: Fleet, index: int, client_id: str, keepalive: int) -> None:
+    def __init__(
+        self, fleet: Fleet, index: int, client_id: str, keepalive: int, topic: str | None = None
+    ) -> None:
         self.fleet = fleet
         self.index = index
         self.client_id = client_id
         self.keepalive = keepalive
+        self.topic = topic or mqtt_topic(client_id)
         self.reader = mqtt.PacketReader()
         self.is_ready = False
         self.reason = "closed"
@@ -214,7 +218,7 @@ class MqttClient(Protocol):
                     self.fleet.refused(self, self.reason)
                     self.transport.loseConnection()
                     return
-                self.transport.write(mqtt.subscribe(1, mqtt_topic(self.client_id), 1))
+                self.transport.write(mqtt.subscribe(1, self.topic, 1))
             elif kind == mqtt.SUBACK:
                 _packet_id, codes = mqtt.parse_suback(body)
                 if codes[:1] == b"\x80":

@@ -1,35 +1,12 @@
 """The load generator: ``python -m pigeonpush_bench.loadgen``.
 
-The benchmark starts one or more of these and drives each over its stdin and
-stdout, one JSON object per line. A command is ``{"id": N, "cmd": NAME, ...}``
-and gets exactly one answer ``{"id": N, "ok": true, "result": {...}}`` or
-``{"id": N, "ok": false, "error": "..."}``; commands run concurrently, so
-``stats`` answers while a ``connect`` is still going. Unsolicited lines are
-``{"event": "progress", ...}``. End of stdin stops the process.
-
-Commands:
-
-``connect``
-    ``protocol`` (``pigeon`` through a reglog at ``reglog``; ``framing`` or
-    ``mqtt`` straight to ``server`` ``host:port``), ``prefix`` and ``start``
-    and ``count`` (client ids are ``<prefix><index>``), ``source`` (the local
-    address to connect from, bound without a port: see
-    ``pigeonpush_bench.sources``),
-    ``concurrency``, ``heartbeat`` (seconds, when the protocol does not say),
-    ``reconnect`` (come back after a loss, through reglog again). Answers once
-    every client is ready or has failed its attempts.
-``stats`` / ``reset``
-    What the clients saw (counts, receipt times, latency histograms, errors,
-    this process's CPU); ``reset`` zeroes the message counters.
-``close``
-    Close every connection (no reconnect).
-``publish_api``
-    Notifications through the notification API's batch endpoint, each to one
-    random client of ``prefix`` ``0 .. clients-1``.
-``publish_mqtt``
-    QoS 1 PUBLISHes to random clients' topics through an MQTT broker.
-``publish_amp``
-    AMP ``Push`` batches straight to a pigeon-server's RPC endpoint.
+The benchmark starts one or more of these and drives each with AMP over its
+stdin and stdout: the commands, their arguments and answers are in
+``pigeonpush_bench.commands`` (connect clients, stats, reset, close, and the
+publishers: through the notification API, an MQTT broker, or AMP ``Push``
+straight to a pigeon-server). Commands run concurrently, so ``Stats``
+answers while a ``Connect`` is still going. End of stdin stops the process.
+Logs go to stderr: stdout carries AMP only.
 
 Latency is measured from the message's acceptance (the ULID timestamp of its
 messageId: milliseconds) and from its sending (a timestamp the publisher puts
@@ -44,7 +21,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from treq.client import HTTPClient
@@ -55,14 +32,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pigeonpush.hostport import parse_host_port
 from pigeonpush.services import raise_young_threshold
-from pigeonpush_bench import mqtt
+from pigeonpush_bench import commands, mqtt
 from pigeonpush_bench.clients import (
     BenchClient,
     FramingClient,
@@ -71,6 +48,7 @@ from pigeonpush_bench.clients import (
     PigeonClient,
     mqtt_topic,
 )
+from pigeonpush_bench.commands import CommandFailed
 from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.measure import cpu_seconds
 from pigeonpush_bench.route_client import RouteClient, RouteFailed
@@ -121,23 +99,47 @@ def http_client(reactor: Any, connections: int) -> tuple[HTTPConnectionPool, HTT
 
 
 class Recorder:
-    """What this process's clients received."""
+    """What this process's clients received.
+
+    By default each message goes to one client, so a message seen twice is a
+    duplicate. With ``per_client`` (the clients share a topic, so every
+    message reaches each of them), a duplicate is a message seen twice by the
+    same client: each client holds a bit per message, numbered in the order
+    this process first saw it.
+    """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        self.per_client = False
         self.reset()
 
     def reset(self) -> None:
         self.received = 0
+        self.unique = 0
         self.duplicates = 0
         self.out_of_order = 0
         self.frames = 0
         self.first_receipt: float | None = None
         self.last_receipt: float | None = None
         self.seen: set[str] = set()
+        self.numbers: dict[str, int] = {}
+        self.received_by: dict[int, int] = {}
         self.last_key: dict[int, str] = {}
         self.latency = LatencyHistogram()
         self.latency_send = LatencyHistogram()
+
+    def _first_time(self, index: int, key: str) -> bool:
+        if not self.per_client:
+            if key in self.seen:
+                return False
+            self.seen.add(key)
+            return True
+        number = self.numbers.setdefault(key, len(self.numbers))
+        held = self.received_by.get(index, 0)
+        if held >> number & 1:
+            return False
+        self.received_by[index] = held | 1 << number
+        return True
 
     def message(self, index: int, key: str, text: str, accepted_ms: int | None) -> None:
         now = self._clock.seconds()
@@ -145,11 +147,10 @@ class Recorder:
         if self.first_receipt is None:
             self.first_receipt = now
         self.last_receipt = now
-        seen = self.seen
-        if key in seen:
+        if not self._first_time(index, key):
             self.duplicates += 1
             return
-        seen.add(key)
+        self.unique += 1
         if accepted_ms is not None:
             self.latency.record((now * 1000.0 - accepted_ms) * 1000.0)
             # Pigeon messageIds are time-ordered: a smaller one after a larger
@@ -163,6 +164,14 @@ class Recorder:
         if sent is not None:
             self.latency_send.record((now - sent) * 1_000_000.0)
 
+    def short_of(self, expected: int, clients: Iterable[int]) -> int:
+        """How many of ``clients`` hold fewer than ``expected`` distinct messages
+        (``per_client`` only; otherwise 0)."""
+        if not self.per_client:
+            return 0
+        held = self.received_by
+        return sum(1 for index in clients if held.get(index, 0).bit_count() < expected)
+
     def frame(self) -> None:
         now = self._clock.seconds()
         self.frames += 1
@@ -173,7 +182,7 @@ class Recorder:
     def to_json(self) -> dict[str, Any]:
         return {
             "received": self.received,
-            "unique": len(self.seen),
+            "unique": self.unique,
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "frames": self.frames,
@@ -203,6 +212,12 @@ class Fleet:
         self.reconnect = bool(settings.get("reconnect", False))
         self.reglog: str | None = settings.get("reglog")
         self.server: str | None = settings.get("server")
+        #: The topic every client of this fleet is subscribed to (pigeon:
+        #: through the API beforehand; mqtt: it subscribes to it instead of
+        #: its own), so that each message reaches each of them.
+        self.topic: str | None = settings.get("topic")
+        if self.topic is not None:
+            recorder.per_client = True
         if protocol in ("pigeon", PIGEON_WS) and not self.reglog:
             raise ValueError(f"protocol {protocol} needs reglog (its URL)")
         if protocol not in ("pigeon", PIGEON_WS) and not self.server:
@@ -337,7 +352,7 @@ class Fleet:
         elif self.protocol == "mqtt":
             assert self.server is not None
             address = self.server
-            protocol = MqttClient(self, index, client_id, max(1, round(self.heartbeat)))
+            protocol = MqttClient(self, index, client_id, max(1, round(self.heartbeat)), self.topic)
         else:
             assert self.server is not None
             address = self.server
@@ -449,7 +464,8 @@ class Pacer:
 
 
 async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Send ``messages`` notifications through ``POST /v1/notifications/batch``."""
+    """Send ``messages`` notifications through ``POST /v1/notifications/batch``,
+    each to one client, or with ``topic`` each to that topic."""
     api = str(settings["api"])
     key = str(settings["key"])
     prefix = str(settings.get("prefix", "bench-"))
@@ -461,6 +477,7 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
     pacer = Pacer(reactor, float(settings.get("rate", 0)))
     chooser = random.Random(int(settings.get("seed", 1)))
     round_robin = settings.get("spread", "random") == "round_robin"
+    topic: str | None = settings.get("topic")
     if clients <= 0 or messages < 0:
         raise ValueError("clients must be positive and messages not negative")
     pool, http = http_client(reactor, concurrency)
@@ -507,6 +524,9 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
             await pacer.wait_for(first)
             now = reactor.seconds()
             text = payload_text(size, now)
+            if topic is not None:
+                await post([{"topic": topic, "title": "bench", "text": text}] * count)
+                continue
             targets = [
                 (first + k) % clients if round_robin else chooser.randrange(clients)
                 for k in range(count)
@@ -531,6 +551,58 @@ async def publish_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
         "last_accept": last_accept,
         "seconds": reactor.seconds() - started,
     }
+
+
+async def subscribe_api(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Subscribe clients ``<prefix><start>`` .. ``<prefix><start + count - 1>``
+    to each of ``topics`` through ``POST /v1/topics/{topic}/subscribers``, in
+    requests of ``batch`` clientIds (the API takes at most 1,000)."""
+    api = str(settings["api"])
+    key = str(settings["key"])
+    topics = [str(topic) for topic in settings["topics"]]
+    prefix = str(settings.get("prefix", "bench-"))
+    start = int(settings.get("start", 0))
+    count = int(settings["count"])
+    batch = int(settings.get("batch", 1000))
+    concurrency = max(1, int(settings.get("concurrency", 4)))
+    if count <= 0 or not 1 <= batch <= 1000 or not topics:
+        raise ValueError("count must be positive, batch from 1 to 1,000, and topics not empty")
+    pool, http = http_client(reactor, concurrency)
+    headers = Headers({"Authorization": [f"Bearer {key}"], "Content-Type": ["application/json"]})
+    requests = [
+        (topic, [f"{prefix}{start + k}" for k in range(first, min(count, first + batch))])
+        for topic in topics
+        for first in range(0, count, batch)
+    ]
+    started = reactor.seconds()
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while requests:
+            topic, client_ids = requests.pop()
+            body = json.dumps({"add": client_ids}, separators=(",", ":")).encode()
+            response = await http.post(
+                f"{api}/v1/topics/{topic}/subscribers",
+                data=body,
+                headers=headers,
+                reactor=reactor,
+                timeout=60,
+            )
+            answer = await response.text()
+            if response.code != 200:
+                raise ValueError(f"subscribing to {topic}: HTTP {response.code}: {answer[:200]}")
+            done += len(client_ids)
+
+    try:
+        await defer.gatherResults(
+            [defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True
+        )
+    except defer.FirstError as e:
+        raise e.subFailure.value from None  # type: ignore[misc]
+    finally:
+        await pool.closeCachedConnections()
+    return {"subscriptions": done, "seconds": reactor.seconds() - started}
 
 
 class MqttPublisher(Protocol):
@@ -603,7 +675,8 @@ class MqttPublisher(Protocol):
 
 
 async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Publish ``messages`` QoS 1 messages, each to one random client's topic."""
+    """Publish ``messages`` QoS 1 messages, each to one random client's topic,
+    or with ``topic`` each to that topic."""
     host, port = parse_host_port(str(settings["server"]))
     prefix = str(settings.get("prefix", "bench-"))
     clients = int(settings["clients"])
@@ -612,6 +685,7 @@ async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, A
     pacer = Pacer(reactor, float(settings.get("rate", 0)))
     chooser = random.Random(int(settings.get("seed", 1)))
     publisher = MqttPublisher(int(settings.get("window", 1000)))
+    shared: str | None = settings.get("topic")
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=ATTEMPT_TIMEOUT)
     await connectProtocol(endpoint, publisher)
     await publisher.ready
@@ -620,9 +694,8 @@ async def publish_mqtt(reactor: Any, settings: Mapping[str, Any]) -> dict[str, A
         await pacer.wait_for(sequence)
         await publisher.slot()
         text = payload_text(size, reactor.seconds()).encode()
-        publisher.publish(
-            mqtt_topic(f"{prefix}{chooser.randrange(clients)}"), b"%d|%s" % (sequence, text)
-        )
+        topic = shared or mqtt_topic(f"{prefix}{chooser.randrange(clients)}")
+        publisher.publish(topic, b"%d|%s" % (sequence, text))
     await publisher.drained()
     finished = reactor.seconds()
     assert publisher.transport is not None
@@ -733,73 +806,85 @@ async def publish_amp(reactor: Any, settings: Mapping[str, Any]) -> dict[str, An
 # --- the control channel ---------------------------------------------------------
 
 
-class Controller(LineReceiver):
-    """JSON-lines commands from the benchmark on stdin, answers on stdout."""
+def _given(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a command was given: AMP hands the left-out optional ones as None."""
+    return {name: value for name, value in arguments.items() if value is not None}
 
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
+
+class Controller(amp.AMP):
+    """The benchmark's commands (``commands``) over this process's stdin and stdout."""
 
     def __init__(self, reactor: Any) -> None:
+        super().__init__()
         self._reactor = reactor
         self.recorder = Recorder(reactor)
         self.fleets: list[Fleet] = []
         self.finished: defer.Deferred[None] = defer.Deferred()
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "connect": self._connect,
-            "stats": self._stats,
-            "reset": self._reset,
-            "close": self._close,
-            "publish_api": lambda command: publish_api(self._reactor, command),
-            "publish_mqtt": lambda command: publish_mqtt(self._reactor, command),
-            "publish_amp": lambda command: publish_amp(self._reactor, command),
-        }
-
-    def send(self, message: Mapping[str, Any]) -> None:
-        self.sendLine(json.dumps(message, separators=(",", ":")).encode())
-
-    def lineReceived(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            command = json.loads(line)
-            ident = command["id"]
-            name = command["cmd"]
-        except (ValueError, KeyError, TypeError):
-            self.send({"id": None, "ok": False, "error": f"not a command: {line[:200]!r}"})
-            return
-        handler = self._commands.get(name)
-        if handler is None:
-            self.send({"id": ident, "ok": False, "error": f"unknown command {name!r}"})
-            return
-        defer.ensureDeferred(self._run(ident, handler, command))
 
     async def _run(
-        self,
-        ident: Any,
-        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-        command: dict[str, Any],
-    ) -> None:
+        self, name: str, handler: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Run a command; any failure goes back as CommandFailed with its reason."""
         try:
-            result = await handler(command)
+            return await handler()
         except (ValueError, KeyError, TypeError, AttemptFailed, ConnectError) as e:
-            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
-            return
+            raise CommandFailed(f"{type(e).__name__}: {e}") from None
         except Exception as e:
-            log.failure("Command {name} failed", name=command.get("cmd"))
-            self.send({"id": ident, "ok": False, "error": f"{type(e).__name__}: {e}"})
-            return
-        self.send({"id": ident, "ok": True, "result": result})
+            log.failure("Command {name} failed", name=name)
+            raise CommandFailed(f"{type(e).__name__}: {e}") from None
 
-    async def _connect(self, command: dict[str, Any]) -> dict[str, Any]:
-        fleet = Fleet(self._reactor, self.recorder, command)
+    def _respond(
+        self, name: str, handler: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> defer.Deferred[dict[str, Any]]:
+        return defer.ensureDeferred(self._run(name, handler))
+
+    @commands.Connect.responder
+    def connect(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("connect", lambda: self._connect(settings))
+
+    @commands.Stats.responder
+    def stats(self, expected: int | None = None) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("stats", lambda: self._stats(expected))
+
+    @commands.Reset.responder
+    def reset(self) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("reset", self._reset)
+
+    @commands.Close.responder
+    def close(self) -> defer.Deferred[dict[str, Any]]:
+        return self._respond("close", self._close)
+
+    @commands.PublishApi.responder
+    def publish_api(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_api", lambda: publish_api(self._reactor, settings))
+
+    @commands.Subscribe.responder
+    def subscribe(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("subscribe", lambda: subscribe_api(self._reactor, settings))
+
+    @commands.PublishMqtt.responder
+    def publish_mqtt(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_mqtt", lambda: publish_mqtt(self._reactor, settings))
+
+    @commands.PublishAmp.responder
+    def publish_amp(self, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        settings = _given(arguments)
+        return self._respond("publish_amp", lambda: publish_amp(self._reactor, settings))
+
+    async def _connect(self, settings: dict[str, Any]) -> dict[str, Any]:
+        fleet = Fleet(self._reactor, self.recorder, settings)
         self.fleets.append(fleet)
 
         def progress() -> None:
-            self.send({"event": "progress", "ready": fleet.ready_count, "failed": fleet.failed})
+            self.callRemote(commands.Progress, ready=fleet.ready_count, failed=fleet.failed)
 
-        return await fleet.connect_all(int(command.get("concurrency", 100)), progress)
+        return await fleet.connect_all(int(settings.get("concurrency", 100)), progress)
 
-    async def _stats(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _stats(self, expected: int | None = None) -> dict[str, Any]:
         fleets = [fleet.to_json() for fleet in self.fleets]
         errors: Counter[str] = Counter()
         for fleet in self.fleets:
@@ -815,13 +900,24 @@ class Controller(LineReceiver):
             "errors": dict(errors),
             "cpu": cpu_seconds(os.getpid()),
             "now": self._reactor.seconds(),
+            "short": None if expected is None else self._short_of(expected),
         }
 
-    async def _reset(self, command: dict[str, Any]) -> dict[str, Any]:
+    def _short_of(self, expected: int) -> int:
+        """Connected clients of this process holding fewer than ``expected`` messages."""
+        indices = (
+            fleet.start + index
+            for fleet in self.fleets
+            for index, client in enumerate(fleet.clients)
+            if client is not None
+        )
+        return self.recorder.short_of(expected, indices)
+
+    async def _reset(self) -> dict[str, Any]:
         self.recorder.reset()
         return {}
 
-    async def _close(self, command: dict[str, Any]) -> dict[str, Any]:
+    async def _close(self) -> dict[str, Any]:
         for fleet in self.fleets:
             await fleet.shutdown()
         closed = len(self.fleets)
@@ -830,6 +926,7 @@ class Controller(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """stdin closed: the benchmark is done with this process (or gone)."""
+        super().connectionLost(reason)
         for fleet in self.fleets:
             fleet.close()
         if not self.finished.called:
@@ -845,7 +942,7 @@ def main(reactor: Any) -> defer.Deferred[None]:
     raise_young_threshold()
     controller = Controller(reactor)
     StandardIO(controller, reactor=reactor)
-    controller.send({"event": "started", "pid": os.getpid()})
+    controller.callRemote(commands.Started, pid=os.getpid())
     return controller.finished
 
 

@@ -3,7 +3,6 @@ channel, and how a group of generators is split and merged."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -36,7 +35,6 @@ from pigeonpush_bench.clients import (
 from pigeonpush_bench.cluster import Stats, split
 from pigeonpush_bench.histogram import LatencyHistogram
 from pigeonpush_bench.loadgen import (
-    Controller,
     Fleet,
     Pacer,
     Recorder,
@@ -218,38 +216,6 @@ def test_payloads_carry_their_sending_time() -> None:
     assert len(text) == 100 and sent_time(text) == 1234.5
     assert sent_time("garbage") is None
     assert sent_time("x|y") is None
-
-
-class _Lines(StringTransport):
-    def answers(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.value().splitlines()]
-
-
-def _controller() -> tuple[Controller, _Lines]:
-    from twisted.internet import reactor
-
-    controller = Controller(reactor)
-    transport = _Lines()
-    controller.makeConnection(transport)
-    return controller, transport
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_control_channel_answers_every_line() -> None:
-    controller, transport = _controller()
-    controller.dataReceived(b"not json\n")
-    controller.dataReceived(b'{"id": 1, "cmd": "dance"}\n')
-    controller.dataReceived(b'{"id": 2, "cmd": "connect", "protocol": "smtp", "count": 1}\n')
-    controller.dataReceived(b'{"id": 3, "cmd": "connect", "protocol": "pigeon", "count": 1}\n')
-    controller.dataReceived(b'{"id": 4, "cmd": "stats"}\n')
-    answers = transport.answers()
-    assert answers[0] == {"id": None, "ok": False, "error": "not a command: b'not json'"}
-    assert answers[1] == {"id": 1, "ok": False, "error": "unknown command 'dance'"}
-    assert answers[2]["ok"] is False and "protocol must be one of" in answers[2]["error"]
-    assert answers[3]["ok"] is False and "needs reglog" in answers[3]["error"]
-    assert answers[4]["ok"] is True and answers[4]["result"]["ready"] == 0
-    controller.connectionLost()
-    assert controller.finished.called
 
 
 @pytest_twisted.ensureDeferred
