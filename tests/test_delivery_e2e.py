@@ -370,6 +370,11 @@ async def test_topic_and_broadcast_reach_online_and_later_devices_once(cluster: 
         return bool(answer.json["acked"] == 2 and answer.json["pending"] == 0)
 
     await wait_for(counted, timeout=10, interval=0.1, what="the topic receipt's counts")
+
+    async def positions_moved() -> bool:
+        return await cluster.store.catch_up("tom", 10) == []
+
+    await wait_for(positions_moved, timeout=10, interval=0.1, what="tom's positions to move")
     # Reconnecting brings nothing again: the ACKs moved the positions.
     tom.transport.loseConnection()
     await tom.closed.addTimeout(10, reactor)

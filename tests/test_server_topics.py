@@ -61,7 +61,7 @@ def test_acks_move_the_positions_so_a_new_session_gets_nothing_again() -> None:
     assert first == ["n1", "n2"]
     alice.send(Ack("n1"))
     alice.send(Ack("n2"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert result_of(harness.store.catch_up("alice", 10)) == []
     alice.lose()
     _again, first = login(harness, "alice")
@@ -76,12 +76,12 @@ def test_a_position_never_passes_an_entry_not_acked() -> None:
     alice, first = login(harness, "alice")
     assert first == ["n1", "n2", "n3"]
     alice.send(Ack("n2"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     # n1 is not ACKed: the position stays before it, n2 included.
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n1", "n2", "n3"]
     alice.send(Ack("n1"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n3"]
 
@@ -221,7 +221,7 @@ def test_a_nacked_entry_comes_again_and_one_given_up_on_is_passed() -> None:
     assert first == ["b1", "b2"]
     alice.send(Nack("b1"))
     alice.send(Ack("b2"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     # One attempt only: b1 is given up on, and the position moves past both.
     assert result_of(harness.store.catch_up("alice", 10)) == []
 
@@ -260,11 +260,11 @@ def test_acks_of_live_entries_move_the_position() -> None:
     harness.hub.topics.live([first, second])
     assert pushed(alice) == ["n1", "n2"]
     alice.send(Ack("n2"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n1", "n2"]
     alice.send(Ack("n1"))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert result_of(harness.store.catch_up("alice", 10)) == []
 
 
@@ -282,7 +282,7 @@ def test_a_live_entry_after_an_incomplete_catch_up_does_not_move_the_position() 
     assert pushed(alice) == []
     for message_id in ("n1", "n2"):
         alice.send(Ack(message_id))
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n3", "n4"]
     harness.clock.advance(harness.settings.heartbeat)
@@ -335,11 +335,11 @@ def test_the_feed_reader_hands_new_entries_to_the_hub() -> None:
     reader = FeedReader(harness.store, harness.clock, harness.hub.topics.live, block=5.0)
     reader.startService()
     entry_of(harness, "news", "n1")
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert pushed(alice) == ["n1"]
     harness.clock.advance(5.0)  # a read that timed out is read again
     entry_of(harness, "news", "n2")
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert pushed(alice) == ["n2"]
     stopping = reader.stopService()
     assert stopping is not None and stopping.called
@@ -368,7 +368,7 @@ def test_the_feed_reader_retries_after_a_store_failure() -> None:
     failing[0] = False
     harness.clock.advance(1.0)
     entry_of(harness, "news", "n1")
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert [e.message.message_id for e in delivered] == ["n1"]
     reader.stopService()
 
@@ -398,7 +398,7 @@ def test_acks_are_counted_in_the_receipt_once_per_device() -> None:
     alice.send(Ack("n1"))
     alice.send(Ack("n1"))  # a repeated ACK counts once
     bob.send(Nack("n1"))  # given up on: not an ACK
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     receipt = result_of(harness.store.topic_receipt(entry.message.message_id))
     assert (receipt.targeted, receipt.acked) == (2, 1)
 
@@ -520,7 +520,7 @@ def test_an_ack_of_a_topic_entry_costs_no_wait_ack_write() -> None:
     assert first == ["n1"]
     alice.send(Ack("n1"))
     alice.send(Ack("unicast-id"))  # not a topic entry: WAIT_ACK as always
-    harness.clock.advance(0)
+    harness.clock.advance(BATCH_DELAY)  # the positions written
     assert harness.store.acked == [[("alice", "unicast-id")]]
 
 

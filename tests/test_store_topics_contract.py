@@ -275,6 +275,35 @@ async def test_a_catch_up_that_finds_only_expired_entries_moves_the_position_pas
 
 
 @pytest_twisted.ensureDeferred
+async def test_advance_many_moves_each_devices_positions_in_one_call(
+    store_case: StoreCase,
+) -> None:
+    store = store_case.store
+    await store.subscribe("news", ["alice", "bob"], 10)
+    entries = [await publish(store_case, "news", f"n{i}") for i in range(3)]
+    everyone = await publish(store_case, BROADCAST, "all")
+
+    await store.advance_many(
+        [
+            ("alice", [("news", entries[1].position), (BROADCAST, everyone.position)]),
+            ("bob", [("news", entries[2].position)]),
+            ("carol", [("news", entries[2].position)]),  # not subscribed: ignored
+            ("dave", []),
+        ]
+    )
+
+    assert texts(await store.catch_up("alice", 10)) == {"news": ["n2"]}
+    assert texts(await store.catch_up("bob", 10)) == {BROADCAST: ["all"]}
+    assert await store.device_topics("carol") == []
+    # Forward only, as advance: an older position changes nothing.
+    await store.advance_many([("alice", [("news", entries[0].position)])])
+    assert texts(await store.catch_up("alice", 10)) == {"news": ["n2"]}
+    await store.advance_many([])
+    with pytest.raises(ValueError):
+        await store.advance_many([("alice", [("not a topic", entries[0].position)])])
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_position_at_the_trimmed_edge_missed_nothing(store_case: StoreCase) -> None:
     store = store_case.store
     await store.subscribe("news", ["alice"], 10)

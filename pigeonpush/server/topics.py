@@ -258,6 +258,9 @@ class TopicFeed:
         self._backlog.clear()
         while self._backlog_done:
             self._backlog_done.popleft()[1].callback(None)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush()  # the ACKs' positions, written now
 
     def _read(self, sessions: list[Session], *, heartbeat: bool = False) -> None:
         """One store call for the catch-ups of ``sessions``; a heartbeat's
@@ -524,14 +527,20 @@ class TopicFeed:
 
     def _flush_soon(self) -> None:
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+            self._flush_call = self._clock.callLater(BATCH_DELAY, self._flush)
 
     def _flush(self) -> None:
+        """The positions ACKs moved and the receipts' ACK counts of the last
+        ``BATCH_DELAY`` seconds, in one store call each (a fan-out's ACKs
+        arrive over many reactor turns: a call per device per turn was a
+        Redis round trip per ACK)."""
         self._flush_call = None
         advances, self._advances = self._advances, {}
-        for client_id, positions in advances.items():
-            writing = self._store.advance(client_id, list(positions.items()))
-            writing.addErrback(self._failed, client_id)
+        if advances:
+            writing = self._store.advance_many(
+                [(client_id, list(positions.items())) for client_id, positions in advances.items()]
+            )
+            writing.addErrback(self._failed, f"({len(advances)} devices' positions)")
         acks, self._acks = self._acks, {}
         if acks:
             counting = self._store.count_topic_acks(list(acks.items()))

@@ -360,6 +360,12 @@ class Store(Protocol):
         and ``START`` for an empty log); topics with no log are left out. A
         read: nothing is created."""
 
+    def advance_many(
+        self, advances: Sequence[tuple[str, Sequence[tuple[str, TopicPosition]]]]
+    ) -> Deferred[None]:
+        """``advance`` of each ``(clientId, positions)``, in one call: a push
+        server's ACKs of one moment share their round trip to the store."""
+
     def advance(
         self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
     ) -> Deferred[None]:

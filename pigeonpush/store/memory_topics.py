@@ -387,6 +387,19 @@ class MemoryTopics:
     ) -> Deferred[None]:
         return self._run(self._advance, client_id, positions)
 
+    def advance_many(
+        self, advances: Sequence[tuple[str, Sequence[tuple[str, TopicPosition]]]]
+    ) -> Deferred[None]:
+        return self._run(self._advance_many, advances)
+
+    def _advance_many(
+        self, advances: Sequence[tuple[str, Sequence[tuple[str, TopicPosition]]]]
+    ) -> None:
+        for _client_id, positions in advances:
+            topic_checks.advances(positions)  # all checked before any is written
+        for client_id, positions in advances:
+            self._advance(client_id, positions)
+
     def _advance(self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]) -> None:
         topic_checks.advances(positions)
         held = self._subscriptions.get(client_id)

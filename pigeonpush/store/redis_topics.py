@@ -418,13 +418,29 @@ class RedisTopics:
     async def _advance(
         self, client_id: str, positions: Sequence[tuple[str, TopicPosition]]
     ) -> None:
-        topic_checks.advances(positions)
-        if not positions:
-            return
-        args = [BROADCAST]
-        for topic, position in positions:
-            args += [topic, position.epoch, position.offset, "0", ""]
-        await self._script(topic_scripts.ADVANCE, [topic_keys.subscriptions(client_id)], args)
+        await self._advance_many([(client_id, positions)])
+
+    def advance_many(
+        self, advances: Sequence[tuple[str, Sequence[tuple[str, TopicPosition]]]]
+    ) -> Deferred[None]:
+        return self._call(self._advance_many, advances)
+
+    async def _advance_many(
+        self, advances: Sequence[tuple[str, Sequence[tuple[str, TopicPosition]]]]
+    ) -> None:
+        """One pipelined ``ADVANCE`` per device (each in the device's slot)."""
+        calls = []
+        for client_id, positions in advances:
+            topic_checks.advances(positions)
+            if not positions:
+                continue
+            args = [BROADCAST]
+            for topic, position in positions:
+                args += [topic, position.epoch, position.offset, "0", ""]
+            calls.append((topic_scripts.ADVANCE, [topic_keys.subscriptions(client_id)], args))
+        if calls:
+            for reply in await self._scripts(calls):
+                _checked(reply, topic_scripts.ADVANCE.name)
 
 
 def _int(reply: Reply) -> int:
