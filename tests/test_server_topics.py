@@ -631,3 +631,26 @@ def test_a_stopping_feed_drops_the_fan_out_left_to_write() -> None:
     feed.stop()
     assert writing.called and not clock.getDelayedCalls()
     assert written == ["b1"]
+
+
+def test_a_read_that_left_before_the_acks_were_stored_pushes_nothing_again() -> None:
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    publish(harness, "news", "n1")
+    publish(harness, "news", "n2")
+    alice, first = login(harness, "alice")
+    assert first == ["n1", "n2"]
+    harness.store.gated.add("advance")  # the positions' write is slow
+    alice.send(Ack("n1"))
+    alice.send(Ack("n2"))
+    harness.clock.advance(BATCH_DELAY)
+    assert harness.store.held["advance"]
+    # A heartbeat's read sees the old positions: n1 and n2 come back from the
+    # log, ACKed here already: not pushed again.
+    harness.clock.advance(harness.settings.heartbeat)
+    alice.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    assert harness.store.calls["catch_up"] >= 2
+    assert pushed(alice) == []
+    harness.store.release_one("advance")
+    assert result_of(harness.store.catch_up("alice", 10)) == []

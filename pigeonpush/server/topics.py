@@ -51,6 +51,7 @@ from pigeonpush.store.topic_model import (
     SubscriptionNotice,
     TopicEntry,
     TopicPosition,
+    at_or_past,
     offset_key,
 )
 from pigeonpush.topics import BROADCAST
@@ -111,6 +112,9 @@ class _Track:
     #: a live entry was held back (a read was on its way, or the last one was
     #: not complete): read again once the current read is done
     stale: bool = False
+    #: topic -> the position this session's ACKs moved it to: a read that
+    #: left before the store had it may answer entries up to it again
+    acked: dict[str, TopicPosition] = attrs.field(factory=dict)
 
 
 @attrs.define(slots=True, eq=False)
@@ -353,7 +357,10 @@ class TopicFeed:
                 if session.version >= TOPIC_VERSION:
                     session.channel.send(encode(Missed(caught.topic)))
             order: list[tuple[str, TopicPosition, tuple[int, int]]] = []
+            floor = track.acked.get(caught.topic)
             for entry in caught.entries:
+                if floor is not None and at_or_past(floor, entry.position):
+                    continue  # ACKed here; the read saw the position before it
                 message = entry.message
                 order.append(
                     (message.message_id, entry.position, offset_key(entry.position.offset))
@@ -518,6 +525,7 @@ class TopicFeed:
         if not passed:
             return
         position = order[passed - 1][1]
+        track.acked[topic] = position
         for message_id, _, _ in order[:passed]:
             track.settled.discard(message_id)
             track.topic_of.pop(message_id, None)

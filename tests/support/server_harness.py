@@ -107,6 +107,9 @@ class GatedStore(MemoryStore):
             lambda: super(GatedStore, self).catch_up_many(client_ids, limit, known_ends),
         )
 
+    def advance_many(self, advances: Any) -> Deferred[None]:
+        return self._gate("advance", lambda: super(GatedStore, self).advance_many(advances))
+
     def bodies(self, message_ids: Any) -> Deferred[Any]:
         return self._gate("bodies", lambda: super(GatedStore, self).bodies(message_ids))
 
