@@ -29,7 +29,6 @@ come again, and the SDK drops the repeats.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -66,8 +65,6 @@ BATCH_DELAY = 0.01
 MAX_BATCH = 500
 #: Most topics whose log ends a server keeps (the most subscribed locally).
 MAX_KNOWN_ENDS = 10_000
-#: Live frames written per reactor turn before the rest waits for the next.
-WRITES_PER_TURN = 2_000
 
 
 @attrs.frozen(slots=True)
@@ -117,17 +114,6 @@ class _Track:
     acked: dict[str, TopicPosition] = attrs.field(factory=dict)
 
 
-@attrs.define(slots=True, eq=False)
-class _Fanout:
-    """One feed entry being written to the local sessions, ``at`` of them done."""
-
-    entry: TopicEntry
-    frame: TopicFrames
-    key: tuple[int, int]
-    sessions: list[Session]
-    at: int = 0
-
-
 class TopicFeed:
     log = Logger()
 
@@ -144,7 +130,6 @@ class TopicFeed:
         max_batch: int = MAX_BATCH,
         ends_interval: float = 30.0,
         max_known_ends: int = MAX_KNOWN_ENDS,
-        writes_per_turn: int = WRITES_PER_TURN,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -174,14 +159,6 @@ class TopicFeed:
         self._max_known_ends = max_known_ends
         self._ends_read_at = float("-inf")
         self._reading_ends = False
-        #: feed entries not yet written, the fan-out being written, and the
-        #: Deferreds of ``live`` calls with the entry count each waits for
-        self._writes_per_turn = writes_per_turn
-        self._backlog: collections.deque[FeedItem] = collections.deque()
-        self._backlog_start = 0
-        self._backlog_done: collections.deque[tuple[int, Deferred[None]]] = collections.deque()
-        self._fanout: _Fanout | None = None
-        self._writing: IDelayedCall | None = None
 
     def catch_up(self, session: Session, *, heartbeat: bool = False) -> None:
         """Read and push what ``session``'s device has not ACKed (one read at a
@@ -251,17 +228,11 @@ class TopicFeed:
         reading.addCallbacks(read, failed)
 
     def stop(self) -> None:
-        """No more heartbeat reads or live writes (the server is stopping)."""
+        """No more heartbeat reads (the server is stopping)."""
         self._due.clear()
         if self._due_call is not None and self._due_call.active():
             self._due_call.cancel()
         self._due_call = None
-        if self._writing is not None and self._writing.active():
-            self._writing.cancel()
-        self._writing = self._fanout = None
-        self._backlog.clear()
-        while self._backlog_done:
-            self._backlog_done.popleft()[1].callback(None)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
             self._flush()  # the ACKs' positions, written now
@@ -386,98 +357,54 @@ class TopicFeed:
         if items:
             self._push(items).addErrback(self._failed, client_id)
 
-    def live(self, entries: Sequence[FeedItem]) -> Deferred[None]:
+    def live(self, entries: Sequence[FeedItem]) -> None:
         """Entries from the topic feed: each written, encoded once, to the
         local sessions subscribed to its topic (every caught-up one for
         broadcast); a local device whose subscriptions changed reads its
-        topics again now. At most ``writes_per_turn`` frames are written per
-        reactor turn (a broadcast to 19,500 sessions is as many writes: in one
-        turn it would hold every Redis reply and heartbeat of the server for
-        seconds); the Deferred fires once every entry is written, and entries
-        of later calls wait for those of earlier ones."""
-        self._backlog.extend(entries)
-        done: Deferred[None] = Deferred()
-        self._backlog_done.append((len(self._backlog) + self._backlog_start, done))
-        if self._writing is None:
-            self._write_some()
-        return done
-
-    def _write_some(self) -> None:
-        """Write the backlog up to ``writes_per_turn`` frames; go on next turn."""
-        self._writing = None
-        budget = self._writes_per_turn
-        while budget > 0 and (self._fanout is not None or self._backlog):
-            if self._fanout is None:
-                entry = self._backlog.popleft()
-                self._backlog_start += 1
-                self._fanout = self._begin(entry)
-                if self._fanout is None:
-                    continue
-            fanout = self._fanout
-            sessions = fanout.sessions
-            stop = min(len(sessions), fanout.at + budget)
+        topics again now."""
+        for entry in entries:
+            if isinstance(entry, SubscriptionNotice):
+                for client_id in entry.client_ids:
+                    session = self._sessions.get(client_id)
+                    if session is not None and session in self._tracks:
+                        self.catch_up(session)
+                continue
+            known = self._ends.get(entry.topic)
+            if known is not None and (
+                known.epoch != entry.position.epoch
+                or offset_key(known.offset) < offset_key(entry.position.offset)
+            ):
+                self._ends[entry.topic] = entry.position
+            if entry.topic == BROADCAST:
+                sessions: Sequence[Session] = list(self._tracks)
+            else:
+                sessions = list(self._subscribers.get(entry.topic, ()))
+            if not sessions:
+                continue
+            message = entry.message
+            key = offset_key(entry.position.offset)
+            try:
+                frame = TopicFrames.of(message, entry.topic)
+            except EncodeError as e:
+                self.log.warn(
+                    "Topic message {message_id} cannot be encoded: {why}",
+                    message_id=message.message_id,
+                    why=str(e),
+                )
+                continue
             statuses: list[PushStatus] = []
-            for session in sessions[fanout.at : stop]:
-                status = self._write_live(session, fanout)
-                if status is not None:
-                    statuses.append(status)
-            budget -= stop - fanout.at
-            fanout.at = stop
+            for session in sessions:
+                track = self._tracks.get(session)
+                if track is None or message.message_id in track.topic_of:
+                    continue  # closed, or read (or written) already
+                if track.reading or not track.caught_up or entry.topic not in track.complete:
+                    # Written now, it could overtake entries not read yet:
+                    # the next read brings it in log order.
+                    track.stale = True
+                    continue
+                self._follow(track, entry, key)
+                statuses.append(self._write_frame(session, message.message_id, frame))
             self._count(statuses)
-            if stop == len(sessions):
-                self._fanout = None
-        written = self._backlog_start - (self._fanout is not None)
-        while self._backlog_done and self._backlog_done[0][0] <= written:
-            self._backlog_done.popleft()[1].callback(None)
-        if self._fanout is not None or self._backlog:
-            self._writing = self._clock.callLater(0, self._write_some)
-
-    def _begin(self, entry: FeedItem) -> _Fanout | None:
-        """An entry's fan-out, or None when it writes nothing (a notice, a
-        topic with no local subscriber, a message that cannot be encoded)."""
-        if isinstance(entry, SubscriptionNotice):
-            for client_id in entry.client_ids:
-                session = self._sessions.get(client_id)
-                if session is not None and session in self._tracks:
-                    self.catch_up(session)
-            return None
-        known = self._ends.get(entry.topic)
-        if known is not None and (
-            known.epoch != entry.position.epoch
-            or offset_key(known.offset) < offset_key(entry.position.offset)
-        ):
-            self._ends[entry.topic] = entry.position
-        if entry.topic == BROADCAST:
-            sessions: list[Session] = list(self._tracks)
-        else:
-            sessions = list(self._subscribers.get(entry.topic, ()))
-        if not sessions:
-            return None
-        message = entry.message
-        try:
-            frame = TopicFrames.of(message, entry.topic)
-        except EncodeError as e:
-            self.log.warn(
-                "Topic message {message_id} cannot be encoded: {why}",
-                message_id=message.message_id,
-                why=str(e),
-            )
-            return None
-        return _Fanout(entry, frame, offset_key(entry.position.offset), sessions)
-
-    def _write_live(self, session: Session, fanout: _Fanout) -> PushStatus | None:
-        entry = fanout.entry
-        message_id = entry.message.message_id
-        track = self._tracks.get(session)
-        if track is None or message_id in track.topic_of:
-            return None  # closed, or read (or written) already
-        if track.reading or not track.caught_up or entry.topic not in track.complete:
-            # Written now, it could overtake entries not read yet: the next
-            # read brings it in log order.
-            track.stale = True
-            return None
-        self._follow(track, entry, fanout.key)
-        return self._write_frame(session, message_id, fanout.frame)
 
     def _follow(self, track: _Track, entry: TopicEntry, key: tuple[int, int]) -> None:
         """Track a live entry for its ACK, in log order among the entries of
@@ -585,7 +512,7 @@ class FeedReader(Service):
         self,
         store: Store,
         clock: IReactorTime,
-        deliver: Callable[[Sequence[FeedItem]], Deferred[None] | None],
+        deliver: Callable[[Sequence[FeedItem]], None],
         *,
         count: int = 500,
         block: float = 5.0,
@@ -621,11 +548,7 @@ class FeedReader(Service):
                     self._store.topic_feed(after, self._count, self._block)
                 )
                 if entries:
-                    # The next read waits until these are written (a large
-                    # fan-out is written over several reactor turns).
-                    writing = self._deliver(entries)
-                    if writing is not None:
-                        await self._await(writing)
+                    self._deliver(entries)
             except CancelledError:
                 return
             except StoreError as e:
