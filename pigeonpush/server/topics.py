@@ -251,7 +251,9 @@ class TopicFeed:
         reading = self._store.catch_up_many(
             [client_id for _, client_id, _ in batch],
             self._limit,
-            dict(self._ends) if heartbeat else None,
+            # Not copied: the feed only moves an end forward and a refresh
+            # replaces the dict, so a read sees ends no older than these.
+            self._ends if heartbeat else None,
         )
         reading.addCallbacks(
             self._caught_up, self._read_failed, callbackArgs=(batch,), errbackArgs=(batch,)
