@@ -33,18 +33,12 @@ JAVA_BINARY = "java"
 #: Debian's jars, as the benchmark runs ZooKeeper too (replaceable in tests).
 ZOOKEEPER_JARS = launch.ZOOKEEPER_JARS
 START_TIMEOUT = 60.0
+#: The one port finder of the tests and the benchmark (outside the ephemeral range).
+free_port = processes.free_port
 
 
 class MissingServerBinary(RuntimeError):
     """A server the tests need is not installed; the message names the package."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pid_alive(pid: int) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -107,12 +108,56 @@ class Interrupted(RuntimeError):
     """The reactor was stopped (Ctrl-C, SIGTERM) during the run."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+#: Where ``free_port`` looks when the kernel's ephemeral range is unknown.
+DEFAULT_EPHEMERAL = (32768, 60999)
+#: The lowest port ``free_port`` hands out (above the usual services' ports).
+LOWEST_PORT = 20000
+#: Ports this process handed out: never handed out twice.
+_handed_out: set[int] = set()
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (inclusive)."""
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return low, high
+
+
+def port_candidates(ephemeral: tuple[int, int]) -> range:
+    """Where to look for a listening port: below the ephemeral range if there
+    is room, else above it."""
+    low, high = ephemeral
+    if low - LOWEST_PORT >= 2000:
+        return range(LOWEST_PORT, low)
+    return range(high + 1, 65536)
+
+
+def free_port(host: str = "127.0.0.1", candidates: range | None = None) -> int:
+    """A TCP port that is free on ``host`` and stays free until a server binds it.
+
+    The kernel's own choice (bind to port 0) comes from the ephemeral range,
+    which every outgoing connection on the machine draws from too: with
+    parallel test runs, some client's ``connect`` took such a port between
+    this call and the server's bind ("Address already in use"). A random port
+    outside that range is taken only by another listener, and this process
+    never hands one out twice. ``candidates``: where to look instead.
+    """
+    if candidates is None:
+        candidates = port_candidates(ephemeral_range())
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise StartError(f"no free port on {host} in {candidates.start}-{candidates.stop - 1}")
 
 
 def launched(argv: Sequence[str]) -> list[str]:

@@ -25,9 +25,11 @@ from twisted.internet import defer
 
 from pigeonpush_bench.measure import ProcessGone, cpu_seconds
 from pigeonpush_bench.processes import (
+    LOWEST_PORT,
     ManagedProcess,
     ProcessSet,
     StartError,
+    ephemeral_range,
     free_port,
     port_open,
     wait_until,
@@ -41,18 +43,20 @@ START_TIMEOUT = 60.0
 
 
 def cluster_port(host: str = HOST) -> int:
-    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    """A free port whose cluster bus port (+10000) is free too, both outside
+    the ephemeral range (see ``free_port``)."""
+    low, high = ephemeral_range()
+    below = range(LOWEST_PORT, min(low, 65536) - BUS_OFFSET)
+    candidates = below if len(below) >= 1000 else range(high + 1, 65536 - BUS_OFFSET)
     for _ in range(1000):
-        port = free_port(host)
-        if port + BUS_OFFSET > 65535:
-            continue
+        port = free_port(host, candidates)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port + BUS_OFFSET))
             except OSError:
                 continue
         return port
-    raise StartError("no free port pair (port, port + 10000) below 55536")
+    raise StartError("no free port pair (port, port + 10000) outside the ephemeral range")
 
 
 def cluster_node_argv(binary: str, port: int, directory: Path) -> list[str]:

@@ -16,12 +16,16 @@ from twisted.internet.defer import Deferred
 
 from pigeonpush_bench import services
 from pigeonpush_bench.processes import (
+    DEFAULT_EPHEMERAL,
+    LOWEST_PORT,
     ManagedProcess,
     ProcessSet,
     StartError,
+    ephemeral_range,
     free_port,
     marked_pids,
     popen,
+    port_candidates,
     port_open,
     stop_popen,
     wait_port,
@@ -278,3 +282,59 @@ def test_wait_port_gives_up_at_the_bound(tmp_path: Path) -> None:
             wait_port(child, "127.0.0.1", free_port(), timeout=0.3, what="sleep")
     finally:
         assert stop_popen(child) == -signal.SIGTERM
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
+    low, high = ephemeral_range()
+    ports = [free_port() for _ in range(200)]
+
+    assert len(set(ports)) == len(ports)
+    assert all(not low <= port <= high for port in ports)
+    assert all(port >= LOWEST_PORT for port in ports)
+
+
+def test_a_free_port_is_not_one_that_a_listener_holds() -> None:
+    import socket
+
+    held = []
+    try:
+        for port in port_candidates(ephemeral_range())[:50]:
+            listener = socket.socket()
+            try:
+                listener.bind(("127.0.0.1", port))
+            except OSError:
+                listener.close()
+                continue
+            listener.listen()
+            held.append(listener)
+        taken = {listener.getsockname()[1] for listener in held}
+
+        assert free_port(candidates=range(LOWEST_PORT, LOWEST_PORT + 60)) not in taken
+    finally:
+        for listener in held:
+            listener.close()
+
+
+def test_the_kernels_range_is_read_and_a_missing_one_has_the_default(tmp_path: Path) -> None:
+    table = tmp_path / "range"
+    table.write_text("40000\t50000\n")
+
+    assert ephemeral_range(table) == (40000, 50000)
+    assert ephemeral_range(tmp_path / "absent") == DEFAULT_EPHEMERAL
+
+
+def test_ports_are_looked_for_above_an_ephemeral_range_that_starts_low() -> None:
+    assert port_candidates((32768, 60999)) == range(LOWEST_PORT, 32768)
+    assert port_candidates((1024, 60999)) == range(61000, 65536)
+
+
+def test_no_free_port_is_a_start_error() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        with pytest.raises(StartError, match="no free port"):
+            free_port(candidates=range(port, port + 1))
