@@ -40,7 +40,8 @@ def test_txredisapi_internals_keep_the_signatures_the_protocol_relies_on() -> No
     assert _parameters(base.connectionMade) == [("self", inspect.Parameter.empty)]
     # overridden and called
     assert [name for name, _ in _parameters(base.connectionLost)] == ["self", "why"]
-    # called: the reader that calls replyReceived, and the constructor's options
+    # overridden and called (bytes read count as Redis answering): the reader
+    # that calls replyReceived; and the constructor's options
     assert _parameters(hiredis_protocol.dataReceived) == [
         ("self", inspect.Parameter.empty),
         ("data", inspect.Parameter.empty),
@@ -54,7 +55,7 @@ def test_txredisapi_internals_keep_the_signatures_the_protocol_relies_on() -> No
         for name in vars(RedisProtocol) | vars(BatchReplies)
         if hasattr(base, name) and not name.startswith("__")
     }
-    assert ours == {"replyReceived", "connectionMade", "connectionLost"}
+    assert ours == {"replyReceived", "connectionMade", "connectionLost", "dataReceived"}
 
 
 def connected() -> tuple[RedisProtocol, StringTransport]:

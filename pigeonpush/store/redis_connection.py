@@ -10,7 +10,8 @@ away waiting, without bound, for the next connection. Here instead:
   lost; a call made while Redis cannot be reached fails with StoreError;
 - a call in flight when the connection drops, or that gets no answer within
   its timeout, fails with StoreError (a timeout also drops the connection,
-  since later replies could no longer be matched to their calls);
+  since later replies could no longer be matched to their calls). The timeout
+  measures Redis, not the reactor: see ``ReplyDeadline``;
 - a batch of commands goes out in one write and its replies come back as one
   list: one round trip for N commands.
 """
@@ -101,6 +102,8 @@ class BatchReplies:
     connected: int
 
     def _init_batches(self) -> None:
+        #: bytes read from Redis so far (``ReplyDeadline`` watches it move)
+        self.received = 0
         self._batches: deque[_Batch] = deque()
         self._aborted = False
         self._closing: str | None = None
@@ -137,6 +140,10 @@ class BatchReplies:
         self._batches.append(batch)
         self.transport.write(payload)
         return batch.deferred
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self.received += len(data)
+        super().dataReceived(data, unpause)  # type: ignore[misc]
 
     def replyReceived(self, reply: Reply) -> None:
         if not self._batches:
@@ -215,6 +222,80 @@ def redis_endpoint(
             trust_root = load_trust_root(address.ca_certs, option="ssl_ca_certs")
         tls = ClientTLS(trust_root)
     return client_endpoint(reactor, address.host, address.port, tls=tls, timeout=connect_timeout)
+
+
+#: A deadline looks at its connection this many times per timeout.
+DEADLINE_STEPS = 8
+
+
+@attrs.define(slots=True, eq=False)
+class ReplyDeadline:
+    """Fails ``batch`` with StoreError (and drops the connection) once Redis
+    has sent nothing on the connection for ``limit`` seconds in which the
+    reactor could have read it.
+
+    A plain timer from the call would also fire when Redis did answer in time
+    but the reactor was busy elsewhere (a server writing one topic message to
+    thousands of devices holds it for a while): the timer comes due before
+    the request is even flushed to the socket (Twisted writes on the next
+    turn) or before the waiting reply is read, and a healthy connection is
+    dropped with every call on it. So the deadline looks every
+    ``limit / DEADLINE_STEPS`` seconds: any bytes read since (replies to
+    earlier batches included: they come first on a pipeline) start it again,
+    and a look that comes late counts for at most two steps, however long
+    the reactor was held. A Redis that stopped answering (stopped,
+    overloaded, cut off) still fails the call ``limit`` seconds after its
+    last byte when the reactor is free.
+    """
+
+    reactor: IReactorTime
+    protocol: BatchReplies
+    batch: Deferred[list[Reply]]
+    limit: float
+    address: RedisAddress
+    #: seconds of the limit used up without a byte from Redis
+    waited: float = 0.0
+    seen: int = 0
+    looked_at: float = 0.0
+    call: Any = None
+
+    def start(self, left: float) -> ReplyDeadline:
+        """Arm with ``left`` seconds of the limit left (a reconnection may
+        have used the rest)."""
+        self.waited = self.limit - left
+        self.seen = self.protocol.received
+        self.looked_at = self.reactor.seconds()
+        self._arm()
+        return self
+
+    def cancel(self) -> None:
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _arm(self) -> None:
+        step = self.limit / DEADLINE_STEPS
+        self.call = self.reactor.callLater(min(step, self.limit - self.waited), self._look)
+
+    def _look(self) -> None:
+        self.call = None
+        if self.batch.called:
+            return
+        now = self.reactor.seconds()
+        received = self.protocol.received
+        if received != self.seen:
+            self.seen = received
+            self.waited = 0.0
+        else:
+            self.waited += min(now - self.looked_at, 2 * self.limit / DEADLINE_STEPS)
+        self.looked_at = now
+        if self.waited < self.limit:
+            self._arm()
+            return
+        self.batch.errback(
+            StoreError(f"Redis at {self.address} did not answer within {self.limit:g}s")
+        )
+        self.protocol.abort()
 
 
 async def _within(
@@ -303,12 +384,12 @@ class RedisConnection:
             protocol = await connecting
             left = limit
         batch = protocol.send(commands, protocol.abort if abort_on_cancel else None)
-        timer = self._reactor.callLater(left, self._time_out, protocol, batch, limit)
+        deadline = ReplyDeadline(self._reactor, protocol, batch, limit, self._address)
+        deadline.start(left)
         try:
             return await batch
         finally:
-            if timer.active():
-                timer.cancel()
+            deadline.cancel()
 
     async def run_scripts(
         self, calls: Sequence[tuple[Script, Sequence[str], Sequence[str]]]
@@ -325,13 +406,6 @@ class RedisConnection:
             for i, reply in zip(missing, retried, strict=True):
                 replies[i] = reply
         return replies
-
-    def _time_out(
-        self, protocol: RedisProtocol, batch: Deferred[list[Reply]], limit: float
-    ) -> None:
-        if not batch.called:
-            batch.errback(StoreError(f"Redis at {self._address} did not answer within {limit:g}s"))
-        protocol.abort()
 
     def _connected(self) -> Deferred[RedisProtocol]:
         if self._closed:
@@ -390,14 +464,13 @@ class RedisConnection:
         handshake.extend(("SCRIPT", "LOAD", script.source) for script in self._scripts)
         if handshake:
             batch = protocol.send(handshake, protocol.abort)
-            timer = self._reactor.callLater(
-                self._reply_timeout, self._time_out, protocol, batch, self._reply_timeout
-            )
+            deadline = ReplyDeadline(
+                self._reactor, protocol, batch, self._reply_timeout, self._address
+            ).start(self._reply_timeout)
             try:
                 replies = await batch
             finally:
-                if timer.active():
-                    timer.cancel()
+                deadline.cancel()
             for command, reply in zip(handshake, replies, strict=True):
                 if is_error(reply):
                     protocol.abort()
