@@ -56,15 +56,20 @@ class Device(WebSocketClientProtocol):  # type: ignore[misc]
         self.opened: Deferred[None] = Deferred()
         self.closed = False
         self.close_code: int | None = None
+        #: what happened, for a failure's message
+        self.events: list[str] = []
 
     def onOpen(self) -> None:
+        self.events.append("open")
         self.opened.callback(None)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.events.append(f"message binary={isBinary} {payload[:40]!r}")
         assert isBinary
         self.frames.append(decode(payload))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.events.append(f"close clean={wasClean} code={code} reason={reason!r}")
         self.closed = True
         self.close_code = code
         if not self.opened.called:
@@ -74,7 +79,10 @@ class Device(WebSocketClientProtocol):  # type: ignore[misc]
         self.sendMessage(encode(frame)[4:], isBinary=True)
 
     async def next_frame(self) -> Frame:
-        await wait_for(lambda: self.frames, timeout=10, what="a frame from the server")
+        try:
+            await wait_for(lambda: self.frames, timeout=10, what="a frame from the server")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; the device saw: {self.events}") from None
         return self.frames.pop(0)
 
     async def wait_closed(self) -> None:
