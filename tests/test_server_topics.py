@@ -285,10 +285,47 @@ def test_a_live_entry_after_an_incomplete_catch_up_does_not_move_the_position() 
     harness.clock.advance(BATCH_DELAY)  # the positions written
     (caught,) = result_of(harness.store.catch_up("alice", 10))
     assert [e.message.message_id for e in caught.entries] == ["n3", "n4"]
+    # The window freed: the catch-up went on without waiting for a heartbeat.
+    assert pushed(alice) == ["n3", "n4"]
+
+
+def test_a_catch_up_larger_than_the_window_goes_on_as_acks_free_it() -> None:
+    harness = Harness(pulls=False, ack_window=4)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    published = [f"n{i}" for i in range(10)]
+    for message_id in published:
+        publish(harness, "news", message_id)
+    alice, received = login(harness, "alice")
+    assert received == published[:4]
+
+    # No PING: every ACK that leaves half the window free continues the read.
+    for _ in range(10):
+        in_flight = list(alice.session.in_flight or {})
+        for message_id in in_flight:
+            alice.send(Ack(message_id))
+        harness.clock.advance(BATCH_DELAY)
+        received += pushed(alice)
+
+    assert received == published
+    assert not alice.session.in_flight
+
+
+def test_a_catch_up_held_back_by_a_full_socket_goes_on_when_it_drains() -> None:
+    harness = Harness(pulls=False, ack_window=4)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    alice, _ = login(harness, "alice")
+    alice.pause()  # the device does not read: its socket is full
+    for message_id in ("n1", "n2"):
+        publish(harness, "news", message_id)
     harness.clock.advance(harness.settings.heartbeat)
     alice.send(Ping())
     harness.clock.advance(BATCH_DELAY)
-    assert pushed(alice) == ["n3", "n4"]
+    assert pushed(alice) == []
+
+    alice.resume()
+    harness.clock.advance(BATCH_DELAY)
+
+    assert pushed(alice) == ["n1", "n2"]
 
 
 def test_live_entries_wait_while_the_first_read_is_on_its_way() -> None:

@@ -567,8 +567,10 @@ class PushHub:
             # A message to the clientId (or a topic entry of an earlier
             # session): WAIT_ACK and its receipt, batched per turn.
             self.acks.add(session.client_id, message_id)
-        if session.pull_more and not session.pulling and len(in_flight) <= self._window // 2:
-            self.pull(session)
+        if len(in_flight) <= self._window // 2:
+            if session.pull_more and not session.pulling:
+                self.pull(session)
+            self.topics.window_freed(session)
 
     def subscription_requested(self, session: Session, frame: Subscribe | Unsubscribe) -> None:
         """SUBSCRIBE / UNSUBSCRIBE: only topics the operator allows
@@ -626,9 +628,11 @@ class PushHub:
             self.topics.catch_up(session, heartbeat=True)
 
     def writable(self, session: Session) -> None:
-        """The connection's socket drained: continue a pull that had more."""
+        """The connection's socket drained: continue a pull or a topic
+        catch-up that had more."""
         if session.pull_more and not session.pulling:
             self.pull(session)
+        self.topics.window_freed(session)
 
     def pull(self, session: Session) -> None:
         """Ask delivery for the client's pending messages and push them, oldest

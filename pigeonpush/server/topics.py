@@ -112,6 +112,9 @@ class _Track:
     #: topic -> the position this session's ACKs moved it to: a read that
     #: left before the store had it may answer entries up to it again
     acked: dict[str, TopicPosition] = attrs.field(factory=dict)
+    #: the last catch-up left entries for later (the window was full, or a
+    #: topic had more than one read's worth): read again when the window frees
+    more: bool = False
 
 
 class TopicFeed:
@@ -314,6 +317,7 @@ class TopicFeed:
     def _handle(self, found: list[CatchUp], session: Session, track: _Track) -> None:
         client_id = session.client_id
         assert client_id is not None
+        track.more = False
         items: list[PushItem] = []
         caught_topics = {caught.topic for caught in found}
         for topic in (track.topics | {BROADCAST}) - caught_topics:
@@ -355,9 +359,29 @@ class TopicFeed:
                 track.complete.add(caught.topic)
             else:
                 track.complete.discard(caught.topic)
+                track.more = True
             self._advance_over_settled(client_id, track, caught.topic)
         if items:
-            self._push(items).addErrback(self._failed, client_id)
+            pushing = self._push(items)
+            pushing.addCallbacks(
+                self._pushed, self._failed, callbackArgs=(track,), errbackArgs=(client_id,)
+            )
+
+    @staticmethod
+    def _pushed(statuses: list[PushStatus], track: _Track) -> None:
+        if PushStatus.WINDOW_FULL in statuses:
+            track.more = True
+
+    def window_freed(self, session: Session) -> None:
+        """Half the session's window (or its socket) is free again: continue
+        a catch-up that left entries for later now, with the heartbeats' next
+        shared read, rather than at the device's next heartbeat (a device
+        back from a long absence would drain a window's worth per heartbeat)."""
+        track = self._tracks.get(session)
+        if track is None or not track.more or track.reading:
+            return
+        track.more = False
+        self.catch_up(session, heartbeat=True)
 
     def live(self, entries: Sequence[FeedItem]) -> None:
         """Entries from the topic feed: each written, encoded once, to the
