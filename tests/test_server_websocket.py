@@ -56,6 +56,7 @@ class Device(WebSocketClientProtocol):  # type: ignore[misc]
         self.opened: Deferred[None] = Deferred()
         self.closed = False
         self.close_code: int | None = None
+        self.clean = False
         #: what happened, for a failure's message
         self.events: list[str] = []
 
@@ -72,6 +73,7 @@ class Device(WebSocketClientProtocol):  # type: ignore[misc]
         self.events.append(f"close clean={wasClean} code={code} reason={reason!r}")
         self.closed = True
         self.close_code = code
+        self.clean = wasClean
         if not self.opened.called:
             self.opened.errback(Failure(ConnectionError(f"closed: {code} {reason}")))
 
@@ -228,6 +230,33 @@ async def test_kick_is_the_last_frame_then_a_normal_close(running: Running) -> N
     await device.wait_closed()
     assert device.close_code == 1000
     await wait_for(lambda: "carol" not in running.hub.sessions, timeout=10, what="unbound")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_slow_to_answer_the_close_still_gets_the_kick_and_a_clean_close(
+    running: Running,
+) -> None:
+    """A client that reads the KICK and the close a second and a half late (a
+    slow network, a busy browser tab): the server waits for its answer rather
+    than resetting the connection under the frames it just wrote."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    device = await running.login("casey")
+    assert device.transport is not None
+    device.transport.pauseProducing()  # the client reads nothing for a while
+
+    assert await running.hub.kick("casey", KickReason.POLICY)
+    await deferLater(reactor, 1.5, lambda: None)
+    # The server still waits for the client's answer to its close.
+    assert [s.client_id for s in running.hub.all_sessions] == ["casey"]
+    device.transport.resumeProducing()
+
+    kick = await device.next_frame()
+    assert isinstance(kick, Kick) and kick.reason == KickReason.POLICY
+    await device.wait_closed()
+    assert device.close_code == 1000
+    assert device.clean  # the server waited for the answer: no reset
 
 
 @pytest_twisted.ensureDeferred

@@ -61,6 +61,14 @@ __all__ = [
 SUBPROTOCOL = "pigeonpush.v1"
 #: WebSocket close code of a normal close (RFC 6455).
 CLOSE_NORMAL = 1000
+#: How long the server waits for the client's answer to its close before it
+#: drops the connection. autobahn's default (1 s) runs on txaio's batched
+#: timer, which rounds a deadline down to a whole second of the clock: it
+#: fired anywhere from 0 to 1 s after the close, and a reset could cost the
+#: client the KICK or ERROR frame just written. One second more than the TCP
+#: channel's own close grace, so that the channel's grace (the same on both
+#: transports) ends a close that gets no answer.
+CLOSE_HANDSHAKE_TIMEOUT = ServerProtocol.CLOSE_GRACE + 1
 
 _pack_prefix = struct.Struct("!I").pack
 _OPEN = WebSocketServerProtocol.STATE_OPEN
@@ -243,6 +251,7 @@ class WebSocketFactory(WebSocketServerFactory):
             maxMessagePayloadSize=settings.max_frame,
             maxFramePayloadSize=settings.max_frame,
             openHandshakeTimeout=settings.auth_timeout,
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             failByDrop=False,
             autoPingInterval=0,
         )
