@@ -166,6 +166,12 @@ class ServerProtocol(FrameProtocol):
     #: ``Channel.send``: write an encoded frame (the PUSH loop's one call)
     send = FrameProtocol.sendEncoded
 
+    def send_frames(self, frames: list[bytes]) -> None:
+        """``Channel.send_frames``: one ``writeSequence`` (a WebSocket's
+        transport makes a message of each frame)."""
+        if not self.closing:
+            self.transport.writeSequence(frames)  # type: ignore[union-attr]
+
     def activate(self, auth_ok: bytes) -> None:
         """``Channel.activate``: send the (pre-encoded) AUTH_OK and switch the
         timer from the auth timeout to the idle timeout."""
