@@ -32,6 +32,7 @@ def _idle(transport: Any) -> bool:
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
+        and not transport._writeDisconnected
         and not transport.dataBuffer
         and not transport._tempDataLen
     )
