@@ -113,6 +113,8 @@ def test_an_item_over_the_limit_is_refused_with_its_id() -> None:
         (b'[["c", "m", "t"]]', "item"),
         (b'[["c", "m", "t", "x", {}, 6]]', "item"),
         (b'[["c", 5]]', "item"),
+        (b'[[1, "m"]]', "item"),
+        (b'[["c", "m", 7, "x", {}]]', "item"),
         (b'[["c", "m", "t", null]]', "item"),
         (b'[["c", "m", "t", "x", ["not", "a", "map"]]]', "item"),
         (b'[["c", "m", "t", "x", {"k": 1}]]', "item"),
@@ -138,6 +140,9 @@ texts = st.text(max_size=40)
             title=texts,
             text=st.text(max_size=400),
             extras=st.dictionaries(texts, texts, max_size=3),
+            # (AMP carries bodies; a topic is in process only)
+            has_body=st.just(True),
+            topic=st.just(""),
         ),
         max_size=30,
     ),

@@ -91,3 +91,24 @@ def test_the_server_reports_to_prometheus_unless_told_otherwise() -> None:
     AckBatcher(store, clock).add("alice", "m1")
     clock.advance(0)
     assert sample("pigeonpush_server_acks_total") == before + 1
+
+
+def test_the_counted_histogram_reads_like_prometheus_clients_histogram() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from pigeonpush.server.metrics import CountedHistogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.005, 0.01, 0.5, 2.0)
+    counted = CountedHistogram("latency_seconds", "A latency", buckets, registry=ours)
+    reference = Histogram("latency_seconds", "A latency", buckets=buckets, registry=theirs)
+    for value in (0.0, 0.005, 0.0051, 0.3, 0.5, 2.0, 7.5, 1e9):
+        counted.observe(value)
+        reference.observe(value)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert lines(ours) == lines(theirs)
+    assert REGISTRY.get_sample_value("latency_seconds_count") is None  # its own registry only

@@ -761,3 +761,78 @@ def test_the_connection_takes_its_settings_from_its_factory() -> None:
     assert device.proto.metrics is harness.metrics
     [timer] = harness.clock.getDelayedCalls()
     assert timer.getTime() == 60  # the idle timeout, from the settings
+
+
+class _CountingTransport:
+    """Counts the calls that write to a ``DeviceTransport``."""
+
+    def __init__(self, transport: DeviceTransport) -> None:
+        self.calls: list[str] = []
+        write, write_sequence = transport.write, transport.writeSequence
+
+        def counted_write(data: bytes) -> None:
+            self.calls.append("write")
+            write(data)
+
+        def counted_sequence(data: Sequence[bytes]) -> None:
+            self.calls.append(f"writeSequence({len(data)})")
+            write_sequence(data)
+
+        transport.write = counted_write  # type: ignore[method-assign]
+        transport.writeSequence = counted_sequence  # type: ignore[method-assign]
+
+
+def test_consecutive_pushes_to_one_client_go_out_in_one_transport_call_in_order() -> None:
+    harness = Harness(tcp=True, pulls=False, ack_window=8)
+    alice, bob = harness.login("alice"), harness.login("bob")
+    alice_calls = _CountingTransport(alice.transport)
+    bob_calls = _CountingTransport(bob.transport)
+
+    statuses = harness.push(
+        PushItem("alice", "m1", "t", "1"),
+        PushItem("alice", "m2", "t", "2"),
+        PushItem("alice", "m3", "t", "3"),
+        PushItem("bob", "m4", "t", "4"),
+        PushItem("alice", "m5", "t", "5"),
+    )
+
+    assert statuses == [PushStatus.WRITTEN] * 5
+    assert alice_calls.calls == ["writeSequence(3)", "write"]
+    assert bob_calls.calls == ["write"]
+    assert [frame.message_id for frame in alice.received()] == ["m1", "m2", "m3", "m5"]  # type: ignore[attr-defined]
+    assert [frame.message_id for frame in bob.received()] == ["m4"]  # type: ignore[attr-defined]
+    assert list(alice.session.in_flight or {}) == ["m1", "m2", "m3", "m5"]
+
+
+def test_a_burst_stops_at_the_window_and_skips_a_frame_over_the_limit() -> None:
+    harness = Harness(tcp=True, pulls=False, ack_window=3, max_frame=1024)
+    alice = harness.login("alice")
+
+    statuses = harness.push(
+        PushItem("alice", "m1", "t", "1"),
+        PushItem("alice", "m-big", "t", "x" * 2000),
+        PushItem("alice", "m2", "t", "2"),
+        PushItem("alice", "m3", "t", "3"),
+        PushItem("alice", "m4", "t", "4"),
+    )
+
+    assert statuses == [
+        PushStatus.WRITTEN,
+        PushStatus.TOO_LARGE,
+        PushStatus.WRITTEN,
+        PushStatus.WRITTEN,
+        PushStatus.WINDOW_FULL,
+    ]
+    assert [frame.message_id for frame in alice.received()] == ["m1", "m2", "m3"]  # type: ignore[attr-defined]
+    assert not alice.closing
+
+
+def test_a_burst_to_a_closing_connection_writes_nothing() -> None:
+    harness = Harness(tcp=True, pulls=False)
+    alice = harness.login("alice")
+    alice.proto.closeWith(None)
+    alice.transport.clear()
+
+    alice.proto.send_frames([encode(Push("m1", "t", "x")), encode(Push("m2", "t", "x"))])
+
+    assert alice.transport.value() == b""

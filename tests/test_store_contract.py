@@ -516,6 +516,41 @@ async def test_ack_removes_pending_ids_and_ignores_unknown_ones(store_case: Stor
 
 
 @pytest_twisted.ensureDeferred
+async def test_acks_in_bursts_of_interleaved_clients_settle_each_pair(
+    store_case: StoreCase,
+) -> None:
+    """Runs of one client's ACKs (the Redis store sends its WAIT_ACK key once
+    per run), interleaved with others', and runs cut by the script's batch
+    size, remove exactly the ACKed ids and count each receipt."""
+    store = store_case.store
+    many = [store_case.notification(["alice"]) for _ in range(600)]
+    shared = store_case.notification(["alice", "bob", "carol"])
+    kept = store_case.notification(["alice", "bob"])
+    await store.accept([*many, shared, kept])
+    alice_ids = [note.message.message_id for note in many]
+    shared_id, kept_id = shared.message.message_id, kept.message.message_id
+    await store.ack(
+        [
+            ("alice", alice_ids[0]),
+            ("alice", alice_ids[1]),
+            ("bob", shared_id),
+            ("alice", shared_id),
+            ("bob", "01ZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            *(("alice", message_id) for message_id in alice_ids[2:]),
+            ("carol", shared_id),
+            ("alice", shared_id),  # again: no second count
+        ]
+    )
+    assert await store.pending_ids("alice") == [kept_id]
+    assert await store.pending_ids("bob") == [kept_id]
+    assert await store.pending_ids("carol") == []
+    receipt = await store.receipt(shared_id)
+    assert receipt is not None and receipt.acked == 3 and receipt.pending == ()
+    receipt = await store.receipt(alice_ids[-1])
+    assert receipt is not None and receipt.acked == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_drop_pending_removes_ids_without_an_ack(store_case: StoreCase) -> None:
     store = store_case.store
     first = store_case.notification(["alice", "bob"])

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -42,7 +43,13 @@ from pigeonpush.server.uplink import UplinkReceiver, send_answer
 from pigeonpush.store.interface import Store, StoreError
 from pigeonpush.store.model import DropReason, Message
 from pigeonpush.store.topic_model import SubscriptionChange
-from pigeonpush.wire.codec import SUPPORTED_VERSIONS, EncodeError, encode, encode_push
+from pigeonpush.wire.codec import (
+    PREFIX_BYTES,
+    SUPPORTED_VERSIONS,
+    EncodeError,
+    encode,
+    encode_push,
+)
 from pigeonpush.wire.frames import (
     TOPIC_VERSION,
     Auth,
@@ -154,6 +161,7 @@ class PushHub:
         #: False once draining: new AUTHs are refused
         self.accepting = True
         self._window = settings.ack_window
+        self._max_frame = settings.max_frame
         self._auth_ok = encode(AuthOk(settings.heartbeat, settings.max_frame, settings.ack_window))
         self._cleanups: set[Deferred[bool]] = set()
         #: clientId -> logins of it being checked now
@@ -373,6 +381,9 @@ class PushHub:
         from the store in one call (NO_BODY when the body expired). A message
         already in flight on the connection is not written again. Fails with
         StoreError only when bodies were needed and the store did not answer.
+
+        Consecutive items for one connection (a burst) go out in one
+        ``send_frames``, in order: one transport call rather than one per frame.
         """
         statuses: list[PushStatus] = [_OFFLINE] * len(items)
         offline: set[str] = set()
@@ -380,6 +391,7 @@ class PushHub:
         sessions = self.sessions
         window = self._window
         now = self.clock.seconds()
+        writes = _Writes()
         for index, item in enumerate(items):
             session = sessions.get(item.client_id)
             if session is None:
@@ -400,6 +412,7 @@ class PushHub:
                 missing.append(index)
             else:
                 statuses[index] = self._write(
+                    writes,
                     session,
                     in_flight,
                     item.message_id,
@@ -409,6 +422,7 @@ class PushHub:
                     now,
                     item.topic,
                 )
+        self._flush_writes(writes)
         answer: Deferred[list[PushStatus]]
         if missing:
             reading = self.store.bodies([items[index].message_id for index in missing])
@@ -431,6 +445,7 @@ class PushHub:
         missing: list[int],
     ) -> list[PushStatus]:
         now = self.clock.seconds()
+        writes = _Writes()
         for index, body in zip(missing, bodies, strict=True):
             item = items[index]
             session = self.sessions.get(item.client_id)
@@ -448,8 +463,16 @@ class PushHub:
                 session.pull_more = True
             else:
                 statuses[index] = self._write(
-                    session, in_flight, item.message_id, body.title, body.text, body.extras, now
+                    writes,
+                    session,
+                    in_flight,
+                    item.message_id,
+                    body.title,
+                    body.text,
+                    body.extras,
+                    now,
                 )
+        self._flush_writes(writes)
         self._count(statuses)
         return statuses
 
@@ -474,6 +497,7 @@ class PushHub:
 
     def _write(
         self,
+        writes: _Writes,
         session: Session,
         in_flight: dict[str, float],
         message_id: str,
@@ -483,27 +507,53 @@ class PushHub:
         now: float,
         topic: str = "",
     ) -> PushStatus:
+        """Encode one PUSH and add it to ``writes`` (sent by ``_flush_writes``,
+        before anything else can write to the connection); it is in flight
+        from now on. TOO_LARGE (and dropped) when it cannot be encoded or is
+        over the frame limit."""
         if session.version < TOPIC_VERSION:
             topic = ""  # an older client's PUSH has no topic
         try:
-            session.channel.send(encode_push(message_id, title, text, extras, topic))
+            data = encode_push(message_id, title, text, extras, topic)
         except EncodeError as e:
-            # It can never be written to this client: take it out of WAIT_ACK,
-            # or it would come back first in every pull and block the rest.
-            self.log.warn(
-                "Message {message_id} cannot be written to {client_id}: {why}; "
-                "dropped from its pending messages",
-                message_id=message_id,
-                client_id=session.client_id,
-                why=str(e),
-            )
-            assert session.client_id is not None
-            self._drop(session.client_id, [message_id], DropReason.TOO_LARGE)
-            return _TOO_LARGE
-        in_flight[message_id] = now
+            why = str(e)
+        else:
+            size = len(data) - PREFIX_BYTES
+            if size <= self._max_frame:
+                if writes.session is session:
+                    writes.frames.append(data)
+                else:
+                    self._flush_writes(writes)
+                    writes.session = session
+                    writes.frames = [data]
+                in_flight[message_id] = now
+                return _WRITTEN
+            why = f"frame of {size} bytes is over the limit of {self._max_frame}"
+        # It can never be written to this client: take it out of WAIT_ACK, or
+        # it would come back first in every pull and block the rest.
+        self.log.warn(
+            "Message {message_id} cannot be written to {client_id}: {why}; "
+            "dropped from its pending messages",
+            message_id=message_id,
+            client_id=session.client_id,
+            why=why,
+        )
+        assert session.client_id is not None
+        self._drop(session.client_id, [message_id], DropReason.TOO_LARGE)
+        return _TOO_LARGE
+
+    def _flush_writes(self, writes: _Writes) -> None:
+        """Send the frames gathered for one connection, in one call."""
+        session, frames = writes.session, writes.frames
+        if session is None or not frames:
+            return
+        writes.frames = []
+        if len(frames) == 1:
+            session.channel.send(frames[0])
+        else:
+            session.channel.send_frames(frames)
         if self._check_timer is None:
             self._watch_deliveries()
-        return _WRITTEN
 
     def count_pushes(self, statuses: list[PushStatus]) -> None:
         """The metrics of writes made with ``write_frame``."""
@@ -1044,6 +1094,15 @@ class PushHub:
             await waiting
         except DeferTimeoutError:
             self._all_closed.remove(waiting)
+
+
+@attrs.define(slots=True, eq=False)
+class _Writes:
+    """The PUSHes of one ``push`` call not sent yet: those of one connection
+    (consecutive items for it go out in one ``send_frames``)."""
+
+    session: Session | None = None
+    frames: list[bytes] = attrs.Factory(list)
 
 
 def _redelivery_delay(failures: int, retry_after: float) -> float:

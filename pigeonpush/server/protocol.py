@@ -37,9 +37,10 @@ from zope.interface import implementer
 
 from pigeonpush.logsafe import LogThrottle, untrusted
 from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
+from pigeonpush.server.sendnow import write_frames, write_now
 from pigeonpush.server.session import Channel, Session, SessionEvents, State
 from pigeonpush.server.settings import LOG_BURST, LOG_INTERVAL, ServerSettings
-from pigeonpush.wire.codec import ENCODED_PONG, DecodeError, ack_message_id
+from pigeonpush.wire.codec import ENCODED_PONG, PREFIX_BYTES, DecodeError, ack_message_id
 from pigeonpush.wire.frames import (
     NACK_VERSION,
     TOPIC_VERSION,
@@ -163,8 +164,20 @@ class ServerProtocol(FrameProtocol):
 
     # --- Channel --------------------------------------------------------------------
 
-    #: ``Channel.send``: write an encoded frame (the PUSH loop's one call)
-    send = FrameProtocol.sendEncoded
+    def send(self, data: bytes) -> None:
+        """``Channel.send``: write an encoded frame (the PUSH loop's one call),
+        straight to the socket when the transport holds nothing unsent."""
+        if self.closing or len(data) - PREFIX_BYTES > self.MAX_LENGTH:
+            self.sendEncoded(data)  # nothing, or FrameTooLarge
+        else:
+            write_now(self.transport, data)
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """``Channel.send_frames``: one write, straight to the socket as for
+        ``send``, or one ``writeSequence`` (a WebSocket's transport makes a
+        message of each frame)."""
+        if not self.closing:
+            write_frames(self.transport, frames)
 
     def activate(self, auth_ok: bytes) -> None:
         """``Channel.activate``: send the (pre-encoded) AUTH_OK and switch the

@@ -74,6 +74,12 @@ class Channel(Protocol):
         the connection's limit, writing nothing."""
         ...
 
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Write encoded frames in order with one transport call (a burst of
+        PUSHes; the hub has checked each against the frame limit); nothing
+        once closing."""
+        ...
+
     def activate(self, auth_ok: bytes) -> None:
         """The session is ACTIVE: write the encoded AUTH_OK and watch for
         idleness from now on."""

@@ -310,6 +310,37 @@ return removed
 """,
 )
 
+#: ACKs, grouped by client: SETTLE for ACKs without repeating a client's
+#: key and id for each of its messages (a client ACKs a burst of PUSHes in
+#: one read). KEYS: per group WAIT_ACK, then the RECEIPT of each of its
+#: messages. ARGV: outcome, then per group clientId, message count,
+#: messageIds. Returns the count removed.
+SETTLE_ACKS = Script(
+    "settle_acks",
+    """
+local outcome = ARGV[1]
+local removed = 0
+local k = 1
+local a = 2
+while a <= #ARGV do
+  local client = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  local wait_ack = KEYS[k]
+  for i = 1, n do
+    if redis.call('SREM', wait_ack, ARGV[a + 1 + i]) == 1 then
+      removed = removed + 1
+      if redis.call('EXISTS', KEYS[k + i]) == 1 then
+        redis.call('HSETNX', KEYS[k + i], client, outcome)
+      end
+    end
+  end
+  k = k + n + 1
+  a = a + n + 2
+end
+return removed
+""",
+)
+
 #: KEYS: DEVICE. ARGV: secretHash, createdAt. Create only.
 REGISTER_DEVICE = Script(
     "register_device",
@@ -564,6 +595,7 @@ ALL = (
     RELEASE,
     CANCEL,
     SETTLE,
+    SETTLE_ACKS,
     REGISTER_DEVICE,
     ACKNOWLEDGE,
     RECLAIM,

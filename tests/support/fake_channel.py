@@ -63,6 +63,10 @@ class FakeChannel:
             raise FrameTooLarge(f"frame of {len(data) - PREFIX_BYTES} bytes is over the limit")
         self.written.append(data)
 
+    def send_frames(self, frames: list[bytes]) -> None:
+        for data in frames:
+            self.send(data)
+
     def activate(self, auth_ok: bytes) -> None:
         self.activated = True
         self.send(auth_ok)
