@@ -269,6 +269,21 @@ class BoundedChannel(HTTPChannel):
 
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     _request_deadline: IDelayedCall | None = None
+    _host: IAddress | None = None
+    _peer: IAddress | None = None
+
+    # Every Request asks for both addresses; they do not change while the
+    # connection lasts, and the local one is a getsockname system call each
+    # time (3 us a request, 2 % of reglog's route request).
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def dataReceived(self, data: bytes) -> None:
         if data and not self._handlingRequest:

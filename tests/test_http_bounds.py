@@ -124,6 +124,43 @@ def test_requests_in_time_and_idle_keep_alive_are_not_cut() -> None:
     assert not transport.disconnecting
 
 
+class CountingTransport(StringTransport):
+    """Counts how often the channel asks for the connection's addresses."""
+
+    asked = 0
+
+    def getHost(self) -> Any:
+        self.asked += 1
+        return super().getHost()
+
+    def getPeer(self) -> Any:
+        self.asked += 1
+        return super().getPeer()
+
+
+def test_the_addresses_are_asked_of_the_transport_once_per_connection() -> None:
+    reactor = MemoryReactorClock()
+    seen: list[tuple[Any, Any]] = []
+
+    async def addresses(request: Request) -> JsonResponse:
+        seen.append((request.getHost(), request.getClientAddress()))
+        return JsonResponse({})
+
+    root = JsonTree()
+    root.putChild(b"health", JsonResource({b"GET": addresses}))
+    site = JsonSite(root, reactor=reactor)
+    channel = site.buildProtocol(ADDRESS)
+    assert channel is not None
+    transport = CountingTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 80), peerAddress=ADDRESS
+    )
+    channel.makeConnection(transport)
+    channel.dataReceived(GET * 3)
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+    assert seen == [(IPv4Address("TCP", "127.0.0.1", 80), ADDRESS)] * 3
+    assert transport.asked == 2
+
+
 def test_pipelined_requests_each_get_their_own_deadline() -> None:
     reactor = MemoryReactorClock()
     counter = Counter()

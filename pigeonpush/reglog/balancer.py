@@ -127,7 +127,10 @@ class Balancer:
         pending_ttl: float = DEFAULT_PENDING_TTL,
     ) -> None:
         self._clock = clock
-        self._random = rng if rng is not None else random.SystemRandom()
+        # The draw spreads load; it guards no secret, so it need not cost a
+        # getrandom() system call per route request as SystemRandom does
+        # (1.5 us against 0.24 us; Random seeds itself from the system once).
+        self._random = rng if rng is not None else random.Random()
         self._pending_ttl = pending_ttl
         #: the last nodes seen, to tell a server's new data from an unchanged one
         self._nodes: dict[str, Node] = {}

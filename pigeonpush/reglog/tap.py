@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,7 @@ def build_reglog(
     """The server watch and the HTTP site over a given store and discovery
     (the all-in-one process shares its own)."""
     endpoint = serverFromString(reactor, config["listen"])
-    balancer = Balancer(reactor, random.SystemRandom(), pending_ttl=config["pending-ttl"])
+    balancer = Balancer(reactor, pending_ttl=config["pending-ttl"])
     devices = None
     if config["auth-mode"] is AuthMode.REGISTERED:
         devices = DeviceRegistry(store, reactor, in_thread_pool(reactor))
@@ -176,6 +175,7 @@ def build_reglog(
     issuer = RouteIssuer(
         store,
         balancer,
+        clock=reactor,
         token_ttl=config["token-ttl"],
         heartbeat=config["heartbeat"],
         devices=devices,
