@@ -585,6 +585,7 @@ def test_an_idle_session_keeps_no_topic_containers() -> None:
     result_of(harness.store.subscribe("news", ["alice"], 10))
     bob, first = login(harness, "bob")
     assert first == []
+    carol, _ = login(harness, "carol")
     bob_track = harness.hub.topics._tracks[bob.session]
     assert (bob_track.topic_of, bob_track.order, bob_track.settled, bob_track.acked) == (
         None,
@@ -592,6 +593,10 @@ def test_an_idle_session_keeps_no_topic_containers() -> None:
         None,
         None,
     )
+    # Their sets of topics (none) and of complete topics (broadcast) are shared.
+    carol_track = harness.hub.topics._tracks[carol.session]
+    assert bob_track.topics == frozenset() and bob_track.topics is carol_track.topics
+    assert bob_track.complete == {BROADCAST} and bob_track.complete is carol_track.complete
     publish(harness, "news", "n1")
     publish(harness, BROADCAST, "b1")
     alice, first = login(harness, "alice")

@@ -89,6 +89,8 @@ class TopicFrames:
 
 #: The ``complete`` of nearly every session: only broadcast, and it is all read.
 _ONLY_BROADCAST = frozenset((BROADCAST,))
+#: The ``topics`` of a session subscribed to none (an empty frozenset is 216 bytes).
+_NO_TOPICS: frozenset[str] = frozenset()
 
 
 @attrs.define(slots=True, eq=False)
@@ -113,7 +115,7 @@ class _Track:
     #: entry may join their ``order`` (else it is read again)
     complete: frozenset[str] = frozenset()
     #: the topics the device is subscribed to (broadcast not included)
-    topics: frozenset[str] = frozenset()
+    topics: frozenset[str] = _NO_TOPICS
     reading: bool = False
     #: a catch-up read has been handed out: live entries may follow on it
     caught_up: bool = False
@@ -284,7 +286,7 @@ class TopicFeed:
             if self._tracks.get(session) is not track:
                 continue  # disconnected meanwhile
             try:
-                self._index(session, track, frozenset(topics))
+                self._index(session, track, frozenset(topics) if topics else _NO_TOPICS)
                 self._handle(found, session, track)
             except Exception:
                 # One device's failure is not the others': each is logged.
