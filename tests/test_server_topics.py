@@ -611,3 +611,41 @@ def test_a_read_that_left_before_the_acks_were_stored_pushes_nothing_again() -> 
     assert pushed(alice) == []
     harness.store.release_one("advance")
     assert result_of(harness.store.catch_up("alice", 10)) == []
+
+
+def test_an_idle_session_keeps_no_topic_containers() -> None:
+    # Every connection has a track (broadcast reaches them all): one with
+    # nothing in flight holds no dict or set of its own, before its topic
+    # entries come and once they are all ACKed (docs/benchmarks.rst, the
+    # memory per connection).
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("news", ["alice"], 10))
+    bob, first = login(harness, "bob")
+    assert first == []
+    carol, _ = login(harness, "carol")
+    bob_track = harness.hub.topics._tracks[bob.session]
+    assert (bob_track.topic_of, bob_track.order, bob_track.settled, bob_track.acked) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    # Their sets of topics (none) and of complete topics (broadcast) are shared.
+    carol_track = harness.hub.topics._tracks[carol.session]
+    assert bob_track.topics == frozenset() and bob_track.topics is carol_track.topics
+    assert bob_track.complete == {BROADCAST} and bob_track.complete is carol_track.complete
+    publish(harness, "news", "n1")
+    publish(harness, BROADCAST, "b1")
+    alice, first = login(harness, "alice")
+    assert first == ["n1", "b1"] or first == ["b1", "n1"]
+    track = harness.hub.topics._tracks[alice.session]
+    assert track.topic_of and track.order
+    alice.send(Ack("n1"))
+    alice.send(Ack("b1"))
+    assert (track.topic_of, track.order, track.settled) == (None, None, None)
+    assert track.complete == {"news", BROADCAST}
+    bob_complete = harness.hub.topics._tracks[bob.session].complete
+    harness.clock.advance(harness.settings.heartbeat)
+    bob.send(Ping())
+    harness.clock.advance(BATCH_DELAY)
+    assert harness.hub.topics._tracks[bob.session].complete is bob_complete

@@ -87,22 +87,35 @@ class TopicFrames:
         return self.with_topic if version >= TOPIC_VERSION else self.without_topic
 
 
+#: The ``complete`` of nearly every session: only broadcast, and it is all read.
+_ONLY_BROADCAST = frozenset((BROADCAST,))
+#: The ``topics`` of a session subscribed to none (an empty frozenset is 216 bytes).
+_NO_TOPICS: frozenset[str] = frozenset()
+
+
 @attrs.define(slots=True, eq=False)
 class _Track:
-    """One session's topic entries in flight, per topic in log order."""
+    """One session's topic entries in flight, per topic in log order.
 
-    #: messageId -> its topic
-    topic_of: dict[str, str] = attrs.field(factory=dict)
+    Every connection has one (broadcast reaches them all), and most have
+    nothing in flight: the containers are None until something goes in,
+    and ``complete`` is a frozenset, shared while it is only broadcast (an
+    empty set or dict costs 64-216 bytes a session, see docs/benchmarks.rst).
+    """
+
+    #: messageId -> its topic (None: none)
+    topic_of: dict[str, str] | None = None
     #: topic -> [(messageId, position)] after the stored position, oldest first
-    #: (the offset as a sortable pair rides along: parsed once per entry)
-    order: dict[str, list[tuple[str, TopicPosition, tuple[int, int]]]] = attrs.field(factory=dict)
-    #: messageIds ACKed (or given up on) and not yet behind the position
-    settled: set[str] = attrs.field(factory=set)
+    #: (the offset as a sortable pair rides along: parsed once per entry); a
+    #: topic with none is absent (None: no topic has any)
+    order: dict[str, list[tuple[str, TopicPosition, tuple[int, int]]]] | None = None
+    #: messageIds ACKed (or given up on) and not yet behind the position (None: none)
+    settled: set[str] | None = None
     #: topics whose last catch-up read everything after the position: a live
     #: entry may join their ``order`` (else it is read again)
-    complete: set[str] = attrs.field(factory=set)
+    complete: frozenset[str] = frozenset()
     #: the topics the device is subscribed to (broadcast not included)
-    topics: frozenset[str] = frozenset()
+    topics: frozenset[str] = _NO_TOPICS
     reading: bool = False
     #: a catch-up read has been handed out: live entries may follow on it
     caught_up: bool = False
@@ -111,7 +124,8 @@ class _Track:
     stale: bool = False
     #: topic -> the position this session's ACKs moved it to: a read that
     #: left before the store had it may answer entries up to it again
-    acked: dict[str, TopicPosition] = attrs.field(factory=dict)
+    #: (None: none)
+    acked: dict[str, TopicPosition] | None = None
     #: the last catch-up left entries for later (the window was full, or a
     #: topic had more than one read's worth): read again when the window frees
     more: bool = False
@@ -167,7 +181,9 @@ class TopicFeed:
         """Read and push what ``session``'s device has not ACKed (one read at a
         time). ``heartbeat``: the periodic check of an idle device, read
         together with the others of the next ``BATCH_DELAY`` seconds."""
-        track = self._tracks.setdefault(session, _Track())
+        track = self._tracks.get(session)
+        if track is None:
+            track = self._tracks[session] = _Track()
         if session.client_id is None:
             return
         if track.reading:
@@ -273,7 +289,7 @@ class TopicFeed:
             if self._tracks.get(session) is not track:
                 continue  # disconnected meanwhile
             try:
-                self._index(session, track, frozenset(topics))
+                self._index(session, track, frozenset(topics) if topics else _NO_TOPICS)
                 self._handle(found, session, track)
             except Exception:
                 # One device's failure is not the others': each is logged.
@@ -320,10 +336,13 @@ class TopicFeed:
         track.more = False
         items: list[PushItem] = []
         caught_topics = {caught.topic for caught in found}
+        orders = track.order
+        complete = set(track.complete)
         for topic in (track.topics | {BROADCAST}) - caught_topics:
             # Nothing after the position: live entries may follow on.
-            track.order[topic] = []
-            track.complete.add(topic)
+            if orders is not None:
+                orders.pop(topic, None)
+            complete.add(topic)
         for caught in found:
             if caught.missed:
                 self.log.info(
@@ -334,7 +353,9 @@ class TopicFeed:
                 if session.version >= TOPIC_VERSION:
                     session.channel.send(encode(Missed(caught.topic)))
             order: list[tuple[str, TopicPosition, tuple[int, int]]] = []
-            floor = track.acked.get(caught.topic)
+            floor = track.acked.get(caught.topic) if track.acked is not None else None
+            # (read again each time: the advance below may drop what emptied)
+            orders, topic_of, settled = track.order, track.topic_of, track.settled
             for entry in caught.entries:
                 if floor is not None and at_or_past(floor, entry.position):
                     continue  # ACKed here; the read saw the position before it
@@ -342,8 +363,10 @@ class TopicFeed:
                 order.append(
                     (message.message_id, entry.position, offset_key(entry.position.offset))
                 )
-                track.topic_of[message.message_id] = caught.topic
-                if message.message_id not in track.settled:
+                if topic_of is None:
+                    topic_of = track.topic_of = {}
+                topic_of[message.message_id] = caught.topic
+                if settled is None or message.message_id not in settled:
                     items.append(
                         PushItem(
                             client_id,
@@ -354,13 +377,19 @@ class TopicFeed:
                             topic=caught.topic,
                         )
                     )
-            track.order[caught.topic] = order
+            if order:
+                if orders is None:
+                    orders = track.order = {}
+                orders[caught.topic] = order
+            elif orders is not None:
+                orders.pop(caught.topic, None)
             if len(caught.entries) < self._limit:
-                track.complete.add(caught.topic)
+                complete.add(caught.topic)
             else:
-                track.complete.discard(caught.topic)
+                complete.discard(caught.topic)
                 track.more = True
             self._advance_over_settled(client_id, track, caught.topic)
+        track.complete = _ONLY_BROADCAST if complete == _ONLY_BROADCAST else frozenset(complete)
         if items:
             pushing = self._push(items)
             pushing.addCallbacks(
@@ -421,7 +450,9 @@ class TopicFeed:
             statuses: list[PushStatus] = []
             for session in sessions:
                 track = self._tracks.get(session)
-                if track is None or message.message_id in track.topic_of:
+                if track is None or (
+                    track.topic_of is not None and message.message_id in track.topic_of
+                ):
                     continue  # closed, or read (or written) already
                 if track.reading or not track.caught_up or entry.topic not in track.complete:
                     # Written now, it could overtake entries not read yet:
@@ -436,7 +467,11 @@ class TopicFeed:
         """Track a live entry for its ACK, in log order among the entries of
         its topic (two publishers may put entries of one topic in the feed
         in the other order): the position never passes it unsettled."""
+        if track.topic_of is None:
+            track.topic_of = {}
         track.topic_of[entry.message.message_id] = entry.topic
+        if track.order is None:
+            track.order = {}
         order = track.order.setdefault(entry.topic, [])
         if order and order[-1][1].epoch != entry.position.epoch:
             return  # a new life of the log: the next catch-up tells
@@ -455,13 +490,17 @@ class TopicFeed:
             return False
         all_topic = True
         for message_id in message_ids:
-            topic = track.topic_of.get(message_id)
+            topic_of = track.topic_of
+            topic = topic_of.get(message_id) if topic_of is not None else None
             if topic is None:
                 all_topic = False
                 continue
-            if message_id in track.settled:
+            settled = track.settled
+            if settled is None:
+                settled = track.settled = set()
+            elif message_id in settled:
                 continue
-            track.settled.add(message_id)
+            settled.add(message_id)
             if acked:
                 self._acks[message_id] = self._acks.get(message_id, 0) + 1
                 self._flush_soon()
@@ -469,20 +508,36 @@ class TopicFeed:
         return all_topic
 
     def _advance_over_settled(self, client_id: str, track: _Track, topic: str) -> None:
-        order = track.order.get(topic)
+        orders, settled = track.order, track.settled
+        if orders is None or settled is None:
+            return
+        order = orders.get(topic)
         if not order:
             return
         passed = 0
-        while passed < len(order) and order[passed][0] in track.settled:
+        while passed < len(order) and order[passed][0] in settled:
             passed += 1
         if not passed:
             return
         position = order[passed - 1][1]
+        if track.acked is None:
+            track.acked = {}
         track.acked[topic] = position
+        topic_of = track.topic_of
         for message_id, _, _ in order[:passed]:
-            track.settled.discard(message_id)
-            track.topic_of.pop(message_id, None)
+            settled.discard(message_id)
+            if topic_of is not None:
+                topic_of.pop(message_id, None)
         del order[:passed]
+        # What is empty goes back to None: an idle session keeps no containers.
+        if not order:
+            del orders[topic]
+            if not orders:
+                track.order = None
+        if not settled:
+            track.settled = None
+        if not topic_of:
+            track.topic_of = None
         self._advances.setdefault(client_id, {})[topic] = position
         self._flush_soon()
 
