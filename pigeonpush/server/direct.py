@@ -1,0 +1,122 @@
+"""The push server's side of direct streams (``?direct_streams=1``): read this
+server's own stream and write its unicasts to their sessions.
+
+Accept appends a unicast to an online device straight to the stream of the
+server its ROUTE names (pigeonpush.store.direct), so it skips the queue,
+delivery and the AMP call. ``DirectReader`` reads that stream (a blocking
+XREAD on a connection of its own), drops expired messages and hands the rest
+to ``PushHub.push`` in stream order, which is accept order: per-client order
+holds as on delivery's live path. Nothing is acknowledged: WAIT_ACK is the
+truth, and whatever the push could not write (no session here: the device
+moved or reconnects; full window) is left to the device's pull, as for a
+push from delivery. A store error is retried with exponential backoff on
+the injected clock.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from pigeonpush.rpc import PushItem
+from pigeonpush.server.hub import PushHub
+from pigeonpush.store.interface import StoreError
+from pigeonpush.store.redis import RedisStore
+
+#: Entries read per XREAD.
+BATCH = 1000
+#: Seconds one XREAD blocks (the reader checks for a stop between two).
+BLOCK = 1.0
+#: Backoff after a failed read, doubled per failure up to RETRY_MAX.
+RETRY_MIN = 0.5
+RETRY_MAX = 10.0
+
+
+class DirectReader:
+    """Reads the stream of the server at ``address`` into ``hub`` until stopped."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: RedisStore,
+        hub: PushHub,
+        clock: IReactorTime,
+        address: str,
+        *,
+        batch: int = BATCH,
+        block: float = BLOCK,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self.address = address
+        self.batch = batch
+        self.block = block
+        self._stopping = False
+        self._running: Deferred[None] | None = None
+        self._sleep: Deferred[None] | None = None
+        #: messages handed to the hub since start (for tests and metrics)
+        self.read = 0
+
+    def start(self) -> None:
+        self._stopping = False
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(lambda f: self.log.failure("The direct stream reader died", f))
+
+    def stop(self) -> Deferred[None]:
+        """Stop after the read under way (at most ``block`` seconds)."""
+        self._stopping = True
+        if self._sleep is not None:
+            self._sleep.cancel()
+        running, self._running = self._running, None
+        if running is None or running.called:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        running.addBoth(lambda _: done.callback(None))
+        return done
+
+    async def _run(self) -> None:
+        after = "0-0"
+        delay = RETRY_MIN
+        cleared = False
+        while not self._stopping:
+            try:
+                if not cleared:
+                    # What an earlier process at this address left is in WAIT_ACK.
+                    await self._store.clear_direct(self.address)
+                    cleared = True
+                after, notifications = await self._store.read_direct(
+                    self.address, after, self.batch, self.block
+                )
+            except StoreError as e:
+                self.log.warn(
+                    "Reading the direct stream failed ({why}); retrying in {delay}s",
+                    why=str(e),
+                    delay=delay,
+                )
+                self._sleep = deferLater(self._clock, delay, lambda: None)
+                with suppress(CancelledError):
+                    await self._sleep
+                self._sleep = None
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_MIN
+            now = self._clock.seconds()
+            items = [
+                PushItem(client, n.message.message_id, n.message.title, n.message.text,
+                         n.message.extras)
+                for n in notifications
+                if n.message.expires_at > now
+                for client in n.recipients
+            ]  # fmt: skip
+            if items:
+                self.read += len(items)
+                # The bodies are in the entries, so the push reads none and
+                # cannot fail on the store; a failure would leave them to the pull.
+                with suppress(StoreError):
+                    await self._hub.push(items)
