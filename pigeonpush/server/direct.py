@@ -15,17 +15,18 @@ the injected clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from pigeonpush.rpc import PushItem
-from pigeonpush.server.hub import PushHub
+from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.store.interface import StoreError
-from pigeonpush.store.redis import RedisStore
+from pigeonpush.store.model import Notification
 
 #: Entries read per XREAD.
 BATCH = 1000
@@ -36,15 +37,29 @@ RETRY_MIN = 0.5
 RETRY_MAX = 10.0
 
 
+class DirectSource(Protocol):
+    """What the reader needs of the store (``RedisStore`` with the option)."""
+
+    def clear_direct(self, address: str) -> Deferred[None]: ...
+
+    def read_direct(
+        self, address: str, after: str, count: int, block: float
+    ) -> Deferred[tuple[str, list[Notification]]]: ...
+
+
+#: ``PushHub.push``.
+Push = Callable[[Sequence[PushItem]], Deferred[list[PushStatus]]]
+
+
 class DirectReader:
-    """Reads the stream of the server at ``address`` into ``hub`` until stopped."""
+    """Reads the stream of the server at ``address`` into ``push`` until stopped."""
 
     log = Logger()
 
     def __init__(
         self,
-        store: RedisStore,
-        hub: PushHub,
+        store: DirectSource,
+        push: Push,
         clock: IReactorTime,
         address: str,
         *,
@@ -52,7 +67,7 @@ class DirectReader:
         block: float = BLOCK,
     ) -> None:
         self._store = store
-        self._hub = hub
+        self._push = push
         self._clock = clock
         self.address = address
         self.batch = batch
@@ -116,7 +131,9 @@ class DirectReader:
             ]  # fmt: skip
             if items:
                 self.read += len(items)
-                # The bodies are in the entries, so the push reads none and
-                # cannot fail on the store; a failure would leave them to the pull.
-                with suppress(StoreError):
-                    await self._hub.push(items)
+                try:
+                    await self._push(items)
+                except Exception:
+                    # The bodies are in the entries, so a push reads nothing;
+                    # whatever it did not write stays in WAIT_ACK for the pull.
+                    self.log.failure("Pushing {count} direct messages failed", count=len(items))

@@ -231,7 +231,7 @@ class PushServerService(MultiService):
         """With ``?direct_streams=1``: read this server's own stream."""
         store = self.hub.store
         if isinstance(store, RedisStore) and store.direct_streams and self.rpc_advertise:
-            self.direct = DirectReader(store, self.hub, self._reactor, self.rpc_advertise)
+            self.direct = DirectReader(store, self.hub.push, self._reactor, self.rpc_advertise)
             self.direct.start()
 
     def _delivery_changed(self, nodes: Mapping[str, Node]) -> None:
