@@ -223,9 +223,11 @@ class PushServerService(MultiService):
         assert self.node_id is not None
         if self.pull_source is not None:
             self._watch = await self.discovery.watch(DELIVERY, self._delivery_changed)
+        # Before registering: the reader's first step empties the stream,
+        # and no client is sent here before the registration.
+        self._start_direct()
         self._published = self._node_data()
         self.registration = await self.discovery.register(SERVERS, self.node_id, self._published)
-        self._start_direct()
 
     def _start_direct(self) -> None:
         """With ``?direct_streams=1``: read this server's own stream."""
