@@ -818,9 +818,14 @@ async def unicast(
             window=batch * concurrency,
         )
     _delivery_metrics(report, results)
+    hops = (
+        "Redis (the server's own stream) -> pigeon-server"
+        if direct_streams
+        else "Redis -> delivery -> AMP Push -> pigeon-server"
+    )
     report.notes.append(
-        "pigeonpush path: notification API batch POST -> Redis -> delivery -> AMP Push -> "
-        "pigeon-server -> client, ACK back to the server and WAIT_ACK; Mosquitto: QoS 1 "
+        f"pigeonpush path: notification API batch POST -> {hops} -> client, "
+        "ACK back to the server and WAIT_ACK; Mosquitto: QoS 1 "
         "PUBLISH -> broker -> subscriber, PUBACK both ways. Server-side CPU sums every "
         "pigeonpush process (servers, delivery, notification, reglog, Redis)"
     )
