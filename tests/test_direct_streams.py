@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 
 from pigeonpush.rpc import PushItem, PushStatus
 from pigeonpush.sdk import PushClient
-from pigeonpush.server.direct import RETRY_MIN, DirectReader
+from pigeonpush.server.direct import RETRY_MIN, TRIM_ENTRIES, TRIM_INTERVAL, DirectReader
 from pigeonpush.store import keys
 from pigeonpush.store.address import parse_redis_url, parse_store_address
 from pigeonpush.store.direct import direct
@@ -227,6 +227,7 @@ class FakeSource:
     answers: list[list[Notification] | StoreError]
     cleared: list[str] = attrs.Factory(list)
     reads: list[str] = attrs.Factory(list)
+    trims: list[bool] = attrs.Factory(list)
     waiting: Deferred[tuple[str, list[Notification]]] | None = None
 
     def clear_direct(self, address: str) -> Deferred[None]:
@@ -234,9 +235,10 @@ class FakeSource:
         return succeed(None)
 
     def read_direct(
-        self, address: str, after: str, count: int, block: float
+        self, address: str, after: str, count: int, block: float, *, trim: bool = True
     ) -> Deferred[tuple[str, list[Notification]]]:
         self.reads.append(after)
+        self.trims.append(trim)
         if not self.answers:
             self.waiting = Deferred()
             return self.waiting
@@ -314,3 +316,25 @@ def test_a_failed_push_is_logged_and_the_reader_goes_on(
     reader.stop()
     assert source.waiting is not None
     source.waiting.callback(("3-0", []))
+
+
+def test_the_reader_trims_every_thousand_entries_or_every_second() -> None:
+    clock = Clock()
+
+    def push(items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        return succeed([PushStatus.WRITTEN] * len(items))
+
+    many = [_unicast(f"c{n}", 10) for n in range(TRIM_ENTRIES // 2)]
+    source = FakeSource([[], many, many, [_unicast("one", 10)]])
+    reader = DirectReader(source, push, clock, "127.0.0.1:1")
+    reader.start()
+    # Nothing read yet: no trim; a thousand entries read: trimmed with the
+    # next read; one more entry: not yet...
+    assert source.trims == [False, False, False, True, False]
+    clock.advance(TRIM_INTERVAL)
+    assert source.waiting is not None
+    source.waiting.callback(("9-0", []))
+    # ...until a second has passed.
+    assert source.trims == [False, False, False, True, False, True]
+    reader.stop()
+    source.waiting.callback(("9-0", []))

@@ -32,6 +32,11 @@ from pigeonpush.store.model import Notification
 BATCH = 1000
 #: Seconds one XREAD blocks (the reader checks for a stop between two).
 BLOCK = 1.0
+#: The stream is trimmed (with the next read) once this many entries were
+#: read since the last trim, or this many seconds passed: not with every read,
+#: which at low rates reads one entry each.
+TRIM_ENTRIES = 1000
+TRIM_INTERVAL = 1.0
 #: Backoff after a failed read, doubled per failure up to RETRY_MAX.
 RETRY_MIN = 0.5
 RETRY_MAX = 10.0
@@ -43,7 +48,7 @@ class DirectSource(Protocol):
     def clear_direct(self, address: str) -> Deferred[None]: ...
 
     def read_direct(
-        self, address: str, after: str, count: int, block: float
+        self, address: str, after: str, count: int, block: float, *, trim: bool = True
     ) -> Deferred[tuple[str, list[Notification]]]: ...
 
 
@@ -99,15 +104,24 @@ class DirectReader:
         after = "0-0"
         delay = RETRY_MIN
         cleared = False
+        untrimmed = 0
+        trimmed_at = self._clock.seconds()
         while not self._stopping:
             try:
                 if not cleared:
                     # What an earlier process at this address left is in WAIT_ACK.
                     await self._store.clear_direct(self.address)
                     cleared = True
-                after, notifications = await self._store.read_direct(
-                    self.address, after, self.batch, self.block
+                now = self._clock.seconds()
+                trim = untrimmed >= TRIM_ENTRIES or (
+                    untrimmed > 0 and now - trimmed_at >= TRIM_INTERVAL
                 )
+                after, notifications = await self._store.read_direct(
+                    self.address, after, self.batch, self.block, trim=trim
+                )
+                if trim:
+                    untrimmed, trimmed_at = 0, now
+                untrimmed += len(notifications)
             except StoreError as e:
                 self.log.warn(
                     "Reading the direct stream failed ({why}); retrying in {delay}s",

@@ -897,23 +897,23 @@ class RedisStore(RedisTopics):
         _checked(reply, "DEL")
 
     def read_direct(
-        self, address: str, after: str, count: int, block: float
+        self, address: str, after: str, count: int, block: float, *, trim: bool = True
     ) -> Deferred[tuple[str, list[Notification]]]:
         """The entries of ``address``'s stream after entry ``after`` (at most
         ``count``, waiting up to ``block`` seconds on a connection of its own),
-        and the id to read after next. The entries up to ``after`` are trimmed
-        at the same time: they were handled. One that does not decode is
+        and the id to read after next. With ``trim``, the entries before
+        ``after`` are trimmed at the same time: they were handled. One that does not decode is
         logged and skipped (its message stays in WAIT_ACK)."""
-        return self._call(self._read_direct, address, after, count, block)
+        return self._call(self._read_direct, address, after, count, block, trim)
 
     async def _read_direct(
-        self, address: str, after: str, count: int, block: float
+        self, address: str, after: str, count: int, block: float, trim: bool
     ) -> tuple[str, list[Notification]]:
         stream = direct.direct(address)
         command = ["XREAD", "COUNT", str(count), "BLOCK", str(int(block * 1000))]
         command += ["STREAMS", stream, after]
         trimming = None
-        if after != "0-0":
+        if trim and after != "0-0":
             trimming = self._main.execute([("XTRIM", stream, "MINID", after)])
         reply = await self._blocking(stream, command, block)
         if trimming is not None:
