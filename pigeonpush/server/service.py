@@ -39,6 +39,7 @@ from pigeonpush.discovery.interface import (
 )
 from pigeonpush.hostport import PeerAddress, parse_peer_address
 from pigeonpush.rpcpool import AmpPool
+from pigeonpush.server.direct import DirectReader
 from pigeonpush.server.hub import PushHub
 from pigeonpush.server.protocol import ServerProtocolFactory
 from pigeonpush.server.pull import AmpPullSource
@@ -46,6 +47,7 @@ from pigeonpush.server.rpc_server import ServerRpcFactory
 from pigeonpush.server.topics import FeedReader
 from pigeonpush.server.websocket import NO_BROWSERS, OriginPolicy, WebSocketFactory
 from pigeonpush.services import fail_now
+from pigeonpush.store.redis import RedisStore
 from pigeonpush.tls import TCP
 
 #: Seconds between two checks of the connection count published in discovery
@@ -108,6 +110,8 @@ class PushServerService(MultiService):
     ) -> None:
         super().__init__()
         self.hub = hub
+        #: the reader of this server's direct stream (``?direct_streams=1``)
+        self.direct: DirectReader | None = None
         self._reactor = reactor
         self._client_endpoint = client_endpoint
         self._rpc_endpoint = rpc_endpoint
@@ -219,8 +223,18 @@ class PushServerService(MultiService):
         assert self.node_id is not None
         if self.pull_source is not None:
             self._watch = await self.discovery.watch(DELIVERY, self._delivery_changed)
+        # Before registering: the reader's first step empties the stream,
+        # and no client is sent here before the registration.
+        self._start_direct()
         self._published = self._node_data()
         self.registration = await self.discovery.register(SERVERS, self.node_id, self._published)
+
+    def _start_direct(self) -> None:
+        """With ``?direct_streams=1``: read this server's own stream."""
+        store = self.hub.store
+        if isinstance(store, RedisStore) and store.direct_streams and self.rpc_advertise:
+            self.direct = DirectReader(store, self.hub.push, self._reactor, self.rpc_advertise)
+            self.direct.start()
 
     def _delivery_changed(self, nodes: Mapping[str, Node]) -> None:
         """The live delivery workers changed: pulls go to the new set, and
@@ -306,6 +320,8 @@ class PushServerService(MultiService):
         if starting is not None and not starting.called:
             starting.cancel()
         self.phase = "draining"
+        if self.direct is not None:
+            await self._bounded(self.direct.stop(), "stopping the direct stream reader")
         if self.registration is not None:
             await self._bounded(self.registration.unregister(), "leaving discovery")
         if self.client_port is not None:

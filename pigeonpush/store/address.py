@@ -1,7 +1,7 @@
 """Store URLs: ``memory:``, ``redis[s]://[[user]:password@]host[:port][/db]``
 or, for a Redis Cluster, ``redis[s]+cluster://[[user]:password@]host:port[,host:port...]``
-(seed nodes; the rest is learnt from CLUSTER SLOTS), with ``?timeout=SECONDS``
-and (TLS) ``?ssl_ca_certs=PATH``."""
+(seed nodes; the rest is learnt from CLUSTER SLOTS), with ``?timeout=SECONDS``,
+(TLS) ``?ssl_ca_certs=PATH`` and (one Redis only, a prototype) ``?direct_streams=1``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DEFAULT_REDIS_PORT = 6379
 #: answered as such (AUTH_FAIL UNAVAILABLE, 503) rather than as a timeout.
 DEFAULT_TIMEOUT = 3.0
 #: Query parameters a Redis URL may carry.
-_QUERY_OPTIONS = ("queue_shards", "ssl_ca_certs", "timeout")
+_QUERY_OPTIONS = ("direct_streams", "queue_shards", "ssl_ca_certs", "timeout")
 #: Most queue shards a URL may ask for (each is a stream, read in turn).
 MAX_QUEUE_SHARDS = 256
 _FORMS = (
@@ -47,6 +47,10 @@ class RedisAddress:
     #: store's default, 1 on one Redis and 8 on a cluster). Every daemon
     #: sharing the store must use the same URL, hence the same count.
     queue_shards: int | None = None
+    #: unicasts to online devices go to their push server's own stream
+    #: (``?direct_streams=1``, docs/delivery.rst "Direct streams"); every
+    #: daemon sharing the store must use the same URL
+    direct_streams: bool = False
 
     def __str__(self) -> str:
         """The URL without credentials, for logs and error messages."""
@@ -117,7 +121,13 @@ def parse_redis_url(url: str) -> RedisAddress:
                 f"from 1 to {MAX_QUEUE_SHARDS}, not {text!r}"
             )
         queue_shards = int(text)
+    direct = options.get("direct_streams", "0")
+    if direct not in ("0", "1"):
+        raise ValueError(
+            f"bad store URL {_redacted(url)!r}: direct_streams must be 0 or 1, not {direct!r}"
+        )
     return RedisAddress(
+        direct_streams=direct == "1",
         queue_shards=queue_shards,
         timeout=timeout,
         host=parts.hostname,
@@ -182,6 +192,11 @@ def parse_cluster_url(url: str) -> ClusterAddress:
         if seed.db != 0:
             raise ValueError(
                 f"bad store URL {_redacted(url)!r}: a Redis Cluster has database 0 only"
+            )
+        if seed.direct_streams:
+            raise ValueError(
+                f"bad store URL {_redacted(url)!r}: direct_streams is for one Redis, "
+                "not a Redis Cluster (yet)"
             )
         seeds.append(seed)
     return ClusterAddress(tuple(seeds))

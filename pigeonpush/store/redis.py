@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pigeonpush.store import checks, keys, scripts, topic_scripts
+from pigeonpush.store import checks, direct, keys, scripts, topic_scripts
 from pigeonpush.store.address import ClusterAddress, RedisAddress
 from pigeonpush.store.interface import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -146,10 +146,18 @@ class RedisStore(RedisTopics):
         self._stash: dict[str, list[QueueEntry]] = {}
         self._wakers: dict[str, list[Callable[[Failure | None], None]]] = {}
         self._closed = False
+        self._accept_script = scripts.ACCEPT
+        if isinstance(address, RedisAddress) and address.direct_streams:
+            self._accept_script = direct.ACCEPT_DIRECT
 
     @property
     def queue_shards(self) -> int:
         return self._shards
+
+    @property
+    def direct_streams(self) -> bool:
+        """Whether unicasts to online devices go to their server's stream."""
+        return self._accept_script is direct.ACCEPT_DIRECT
 
     def _connection(self, loaded: Sequence[Script] = ()) -> RedisConnection:
         return RedisConnection(
@@ -307,7 +315,7 @@ class RedisStore(RedisTopics):
             collapse_key = notification.collapse_key or ""
             more = 1 if scheduled else (len(recipients) if collapse_key else 0)
             if call_keys and len(call_keys) + 3 + len(recipients) + more > ACCEPT_KEYS_PER_CALL:
-                calls.append((scripts.ACCEPT, [queue, *call_keys], call_args))
+                calls.append((self._accept_script, [queue, *call_keys], call_args))
                 call_keys, call_args = [], []
             body = keys.msg_body(message.message_id)
             call_keys += (body, keys.idempotency(key) if key is not None else body)
@@ -334,7 +342,7 @@ class RedisStore(RedisTopics):
                 dump_time(send_at) if scheduled and send_at is not None else "",
             )
         if call_keys:
-            calls.append((scripts.ACCEPT, [queue, *call_keys], call_args))
+            calls.append((self._accept_script, [queue, *call_keys], call_args))
         replies: list[Reply] = []
         for reply in await self._main.run_scripts(calls):
             replies += _checked(reply, "accept")
@@ -919,6 +927,54 @@ class RedisStore(RedisTopics):
             self._cluster.note_trouble()
             raise StoreError(f"{key} moved: {reply}")
         return _checked_group(reply, command[0])
+
+    # -- direct streams (``?direct_streams=1``; pigeonpush.store.direct) ----------------
+
+    def clear_direct(self, address: str) -> Deferred[None]:
+        """Empty the stream of the push server at ``address`` (at its start:
+        what is there was for an earlier process, and is in WAIT_ACK)."""
+        return self._call(self._clear_direct, address)
+
+    async def _clear_direct(self, address: str) -> None:
+        (reply,) = await self._main.execute([("DEL", direct.direct(address))])
+        _checked(reply, "DEL")
+
+    def read_direct(
+        self, address: str, after: str, count: int, block: float, *, trim: bool = True
+    ) -> Deferred[tuple[str, list[Notification]]]:
+        """The entries of ``address``'s stream after entry ``after`` (at most
+        ``count``, waiting up to ``block`` seconds on a connection of its own),
+        and the id to read after next. With ``trim``, the entries before
+        ``after`` are trimmed at the same time: they were handled. One that does not decode is
+        logged and skipped (its message stays in WAIT_ACK)."""
+        return self._call(self._read_direct, address, after, count, block, trim)
+
+    async def _read_direct(
+        self, address: str, after: str, count: int, block: float, trim: bool
+    ) -> tuple[str, list[Notification]]:
+        stream = direct.direct(address)
+        command = ["XREAD", "COUNT", str(count), "BLOCK", str(int(block * 1000))]
+        command += ["STREAMS", stream, after]
+        trimming = None
+        if trim and after != "0-0":
+            trimming = self._main.execute([("XTRIM", stream, "MINID", after)])
+        reply = await self._blocking(stream, command, block)
+        if trimming is not None:
+            _checked((await trimming)[0], "XTRIM")
+        if reply is None:
+            return after, []
+        notifications: list[Notification] = []
+        for entry_id, fields in reply[0][1]:
+            after = entry_id
+            try:
+                notifications.append(load_notification(fields))
+            except DecodeError as e:
+                log.error(
+                    "Skipping direct entry {entry_id} that does not decode: {error}",
+                    entry_id=entry_id,
+                    error=str(e),
+                )
+        return after, notifications
 
     async def _wait_any(self, consumer: str, count: int, block: float) -> list[QueueEntry]:
         """Wait on every shard at once (one blocking read each, at most one per

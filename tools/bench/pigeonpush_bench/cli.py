@@ -282,6 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or both, one after the other, with Redis commands and CPU per message and the "
         "ratios cluster/redis (default redis)",
     )
+    sub.add_argument(
+        "--direct-streams",
+        action="store_true",
+        help="run the pigeon daemons with ?direct_streams=1 on their store URL: unicasts to "
+        "online devices go from accept to their push server's own stream (one Redis only)",
+    )
     _common(sub)
 
     sub = scenarios.add_parser(
@@ -496,6 +502,7 @@ async def bench(reactor: Any, args: argparse.Namespace, directory: Path) -> Repo
                 baselines=args.baselines,
                 command=command,
                 stores=args.store,
+                direct_streams=args.direct_streams,
             )
         elif args.scenario == "push":
             report = await push(

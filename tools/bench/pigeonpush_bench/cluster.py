@@ -370,10 +370,12 @@ async def start_pigeon(
     notification: bool = True,
     store: str = REDIS,
     websocket: bool = False,
+    direct_streams: bool = False,
 ) -> PigeonCluster:
     """The pigeon system on one Redis (``store`` REDIS) or on a Redis Cluster
     of 3 masters and 3 replicas (CLUSTER); ``websocket``: the push servers
-    have WebSocket listeners too."""
+    have WebSocket listeners too; ``direct_streams``: every daemon's store URL
+    has ``?direct_streams=1`` (one Redis only)."""
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, not {store!r}")
     reactor, processes, settings = run.reactor, run.processes, run.settings
@@ -398,6 +400,8 @@ async def start_pigeon(
     redis = found if isinstance(found, services.Redis) else None
     redis_cluster = found if isinstance(found, RedisCluster) else None
     redis_url = found.url
+    if direct_streams:
+        redis_url += "?direct_streams=1"
     level = settings.log_level
     on = settings.reactor
     started = await _together(

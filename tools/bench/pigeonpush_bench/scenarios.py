@@ -484,10 +484,15 @@ async def _pigeon_deliveries(
     batch: int,
     concurrency: int,
     store: str = REDIS,
+    direct_streams: bool = False,
 ) -> DeliveryFigures:
     label = PIGEON_SYSTEMS[store]
     cluster = await start_pigeon(
-        run, servers=servers, capacity=connections_per_process(), store=store
+        run,
+        servers=servers,
+        capacity=connections_per_process(),
+        store=store,
+        direct_streams=direct_streams,
     )
     try:
         generators = await run.generators(generator_count(run, clients), label)
@@ -755,9 +760,13 @@ async def unicast(
     baselines: Sequence[str],
     command: str,
     stores: Sequence[str] = (REDIS,),
+    direct_streams: bool = False,
 ) -> Report:
     """M notifications to random online clients, on each of ``stores`` in
-    turn (REDIS, CLUSTER), then through Mosquitto."""
+    turn (REDIS, CLUSTER), then through Mosquitto; ``direct_streams``: the
+    pigeon daemons run with ``?direct_streams=1`` (one Redis only)."""
+    if direct_streams and CLUSTER in stores:
+        raise ValueError("direct streams are for one Redis, not a Redis Cluster")
     stores = list(stores)
     if not stores or any(store not in PIGEON_SYSTEMS for store in stores):
         raise ValueError(f"stores must be some of {', '.join(PIGEON_SYSTEMS)}, not {stores!r}")
@@ -779,6 +788,7 @@ async def unicast(
             "api_concurrency": concurrency,
             "mqtt_window": batch * concurrency,
             "store": stores[0] if len(stores) == 1 else "both",
+            "direct_streams": direct_streams,
         },
         systems=systems,
         command=command,
@@ -796,6 +806,7 @@ async def unicast(
             batch=batch,
             concurrency=concurrency,
             store=store,
+            direct_streams=direct_streams,
         )
     if MOSQUITTO in systems:
         results[MOSQUITTO] = await _mqtt_deliveries(
@@ -807,9 +818,14 @@ async def unicast(
             window=batch * concurrency,
         )
     _delivery_metrics(report, results)
+    hops = (
+        "Redis (the server's own stream) -> pigeon-server"
+        if direct_streams
+        else "Redis -> delivery -> AMP Push -> pigeon-server"
+    )
     report.notes.append(
-        "pigeonpush path: notification API batch POST -> Redis -> delivery -> AMP Push -> "
-        "pigeon-server -> client, ACK back to the server and WAIT_ACK; Mosquitto: QoS 1 "
+        f"pigeonpush path: notification API batch POST -> {hops} -> client, "
+        "ACK back to the server and WAIT_ACK; Mosquitto: QoS 1 "
         "PUBLISH -> broker -> subscriber, PUBACK both ways. Server-side CPU sums every "
         "pigeonpush process (servers, delivery, notification, reglog, Redis)"
     )

@@ -87,6 +87,26 @@ def test_a_scenario_refuses_an_unknown_store_before_starting_anything(
     assert run.processes.processes == []
 
 
+def test_direct_streams_are_off_unless_asked_and_refused_on_a_cluster(tmp_path: Path) -> None:
+    assert not _parse("unicast").direct_streams
+    assert _parse("unicast", "--direct-streams").direct_streams
+    clock = Clock()
+    run = Run(
+        clock,
+        ProcessSet(clock, tmp_path),
+        Progress(io.StringIO(), clock, enabled=False),
+        Settings(),
+    )
+    arguments: dict[str, Any] = {"clients": 1, "messages": 1, "size": 100, "rate": 0.0}
+    arguments |= {"servers": 1, "batch": 1, "concurrency": 1, "baselines": [], "command": ""}
+    failure = failureResultOf(
+        ensureDeferred(unicast(run, **arguments, stores=[CLUSTER], direct_streams=True))
+    )
+    assert failure.check(ValueError)
+    assert "direct streams are for one Redis" in str(failure.value)
+    assert run.processes.processes == []
+
+
 def failureResultOf(deferred: Deferred[Any]) -> Failure:
     """The Failure ``deferred`` has already failed with."""
     found: list[Failure] = []
