@@ -6,11 +6,13 @@ The reactor is imported lazily (pytest-twisted installs it first).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_twisted
 
 from support.logcheck import FailureCollector, collect_all_garbage, collect_garbage
+from support.rawredis import Raw, raw_redis
 from support.servers import RedisCluster, RedisServer, ZooKeeperServer
 
 # Fixture modules of the subsystems (store backends, discovery backends).
@@ -65,6 +67,13 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session's Redis, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest_twisted.async_yield_fixture
+async def raw(redis_url: str) -> AsyncIterator[Raw]:
+    """The test's Redis, seen from outside the store."""
+    async with raw_redis(redis_url) as connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")

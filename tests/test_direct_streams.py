@@ -4,14 +4,14 @@ the reader under a Clock, and the whole path with real daemons."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import pytest
 import pytest_twisted
 from test_e2e_cluster import BACKOFF, DOCUMENT, HEARTBEAT, Api, Device, Fleet
-from test_store_redis import Raw, _notification, _reactor
+from test_store_redis import _notification, _reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
 
@@ -27,23 +27,10 @@ from pigeonpush.store.redis import RedisStore
 from support.cluster import Cluster
 from support.logcheck import FailureCollector
 from support.openapi import CheckedClient
+from support.rawredis import Raw
 from support.waiting import wait_for
 
 SERVER = "127.0.0.1:4001"
-
-
-@pytest_twisted.async_yield_fixture
-async def raw(redis_url: str) -> AsyncIterator[Raw]:
-    import txredisapi
-
-    address = parse_redis_url(redis_url)
-    connection = await txredisapi.Connection(
-        address.host, address.port, dbid=address.db, reconnect=False, convertNumbers=False
-    )
-    try:
-        yield Raw(connection)
-    finally:
-        await connection.disconnect()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from pigeonpush.store import (
 from pigeonpush.store.address import parse_redis_url
 from pigeonpush.store.redis import ACCEPT_KEYS_PER_CALL, RedisStore
 from support.certs import CertificateAuthority
+from support.rawredis import Raw
 from support.servers import RedisServer, free_port, tls_redis_server
 from support.waiting import wait_for
 
@@ -56,34 +57,6 @@ def _notification(
         tuple(recipients),
         key,
     )
-
-
-class Raw:
-    """Redis as seen from outside the store (txredisapi, strings as they are)."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-
-    async def __call__(self, *command: str) -> Any:
-        return await self.connection.execute_command(*command)
-
-    async def hash(self, key: str) -> dict[str, str]:
-        flat = await self("HGETALL", key)
-        return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-@pytest_twisted.async_yield_fixture
-async def raw(redis_url: str) -> AsyncIterator[Raw]:
-    import txredisapi
-
-    address = parse_redis_url(redis_url)
-    connection = await txredisapi.Connection(
-        address.host, address.port, dbid=address.db, reconnect=False, convertNumbers=False
-    )
-    try:
-        yield Raw(connection)
-    finally:
-        await connection.disconnect()
 
 
 @pytest.fixture
