@@ -280,6 +280,14 @@ def test_a_small_push_run_end_to_end_on_uvloop() -> None:
     assert "--reactor uvloop" in report["command"]
 
 
+def _interruptible() -> None:
+    """In the child before exec: Ctrl-C's default handling. A shell without
+    job control starts its background commands with SIGINT ignored (CI may
+    run so), and a program that starts with SIGINT ignored keeps it so:
+    Python installs no KeyboardInterrupt, Twisted no handler of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_stops_everything_it_started() -> None:
     bench = subprocess.Popen(
@@ -302,6 +310,7 @@ def test_an_interrupted_run_stops_everything_it_started() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert bench.stderr is not None
