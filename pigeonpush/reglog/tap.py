@@ -175,7 +175,6 @@ def build_reglog(
     issuer = RouteIssuer(
         store,
         balancer,
-        clock=reactor,
         token_ttl=config["token-ttl"],
         heartbeat=config["heartbeat"],
         devices=devices,
