@@ -649,3 +649,31 @@ def test_an_idle_session_keeps_no_topic_containers() -> None:
     bob.send(Ping())
     harness.clock.advance(BATCH_DELAY)
     assert harness.hub.topics._tracks[bob.session].complete is bob_complete
+
+
+def test_a_topic_entry_that_comes_after_a_first_read_left_is_read_again() -> None:
+    """A device's first read left (and found nothing) before a message to its
+    topic was appended; the live entry comes before the read's answer, when
+    the device is in no topic's index yet. It is read again once the answer
+    is in, not at the next heartbeat."""
+    harness = Harness(pulls=False)
+    result_of(harness.store.subscribe("scores", ["tom"], 10))
+    store: Any = harness.store
+    original = store.catch_up_many
+    held: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+    def answered_now_delivered_later(*args: Any, **kwargs: Any) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        held.append((original(*args, **kwargs), waiting))
+        return waiting
+
+    store.catch_up_many = answered_now_delivered_later
+    tom, first = login(harness, "tom")
+    assert first == [] and len(held) == 1
+    harness.hub.topics.live([entry_of(harness, "scores", "s1")])
+    store.catch_up_many = original
+
+    answer, waiting = held.pop()
+    answer.chainDeferred(waiting)
+
+    assert pushed(tom) == ["s1"]

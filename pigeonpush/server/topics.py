@@ -161,6 +161,8 @@ class TopicFeed:
         self._due: dict[Session, None] = {}
         self._due_call: IDelayedCall | None = None
         self._tracks: dict[Session, _Track] = {}
+        #: sessions not caught up once yet: in no topic's index
+        self._unindexed: set[Session] = set()
         #: topic -> the local sessions subscribed to it
         self._subscribers: dict[str, set[Session]] = {}
         #: clientId -> topic -> position to write at the end of this turn
@@ -184,6 +186,7 @@ class TopicFeed:
         track = self._tracks.get(session)
         if track is None:
             track = self._tracks[session] = _Track()
+            self._unindexed.add(session)
         if session.client_id is None:
             return
         if track.reading:
@@ -296,6 +299,7 @@ class TopicFeed:
                 self._failed(Failure(), client_id)
                 continue
             track.caught_up = True
+            self._unindexed.discard(session)
             if track.stale:
                 # Live entries were held back meanwhile: read them in order now.
                 track.stale = False
@@ -434,6 +438,11 @@ class TopicFeed:
                 sessions: Sequence[Session] = list(self._tracks)
             else:
                 sessions = list(self._subscribers.get(entry.topic, ()))
+                # Sessions whose first read is on its way are in no topic's
+                # index yet, and their read may have left before this entry
+                # was appended: they read again once it is back.
+                for session in self._unindexed:
+                    self._tracks[session].stale = True
             if not sessions:
                 continue
             message = entry.message
@@ -565,6 +574,7 @@ class TopicFeed:
     def forget(self, session: Session) -> None:
         """The session closed: its entries in flight come again on its next catch-up."""
         self._due.pop(session, None)
+        self._unindexed.discard(session)
         track = self._tracks.pop(session, None)
         if track is not None:
             for topic in track.topics:
