@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -300,6 +301,35 @@ def test_a_failed_push_is_logged_and_the_reader_goes_on(
     reader.start()
     assert calls == [1, 1]
     assert [f.value.args for f in logged_failures.flush(RuntimeError)] == [("a bug",)]
+    reader.stop()
+    assert source.waiting is not None
+    source.waiting.callback(("3-0", []))
+
+
+def test_a_push_refused_by_the_store_is_a_warning_and_the_reader_goes_on() -> None:
+    """Redis restarting under a push is expected (the pull delivers what the
+    push did not write): a warning with the reason, no traceback."""
+    from twisted.logger import globalLogPublisher
+
+    clock = Clock()
+    calls: list[int] = []
+    events: list[dict[str, Any]] = []
+
+    def push(items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+        calls.append(len(items))
+        return fail(StoreError("cannot connect")) if len(calls) == 1 else succeed([])
+
+    source = FakeSource([[_unicast("a", 10)], [_unicast("b", 10)]])
+    reader = DirectReader(source, push, clock, "127.0.0.1:1")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reader.start()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert calls == [1, 1]
+    (warning,) = [e for e in events if e.get("log_format", "").startswith("Pushing")]
+    assert warning["log_level"].name == "warn" and warning["why"] == "cannot connect"
+    assert "log_failure" not in warning
     reader.stop()
     assert source.waiting is not None
     source.waiting.callback(("3-0", []))

@@ -147,7 +147,13 @@ class DirectReader:
                 self.read += len(items)
                 try:
                     await self._push(items)
-                except Exception:
+                except StoreError as e:
                     # The bodies are in the entries, so a push reads nothing;
                     # whatever it did not write stays in WAIT_ACK for the pull.
+                    self.log.warn(
+                        "Pushing {count} direct messages failed ({why}); the pull delivers them",
+                        count=len(items),
+                        why=str(e),
+                    )
+                except Exception:
                     self.log.failure("Pushing {count} direct messages failed", count=len(items))
