@@ -103,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
         default=0.2,
         help="share of the clients that connect over WebSocket, 0 for none (0.2)",
     )
+    p.add_argument(
+        "--direct-streams",
+        action="store_true",
+        help="run the daemons with ?direct_streams=1 on their store URL: unicasts to online "
+        "devices skip delivery (off)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--dir", type=Path, default=None, help="run directory (default: a temporary)")
     p.add_argument(
@@ -147,6 +153,7 @@ def options_from(arguments: argparse.Namespace) -> Options:
         uplinks=arguments.uplinks,
         uplink_interval=arguments.uplink_interval,
         websocket_share=arguments.websocket_share,
+        direct_streams=arguments.direct_streams,
     )
 
 

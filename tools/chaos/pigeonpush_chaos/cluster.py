@@ -61,6 +61,7 @@ class Settings:
     zookeeper_timeout: float = 3.0
     drain_period: float = 5.0
     log_level: str = "warn"
+    direct_streams: bool = False
 
 
 class Cluster:
@@ -99,7 +100,8 @@ class Cluster:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{HOST}:{self.redis.ports['redis']}/0"
+        url = f"redis://{HOST}:{self.redis.ports['redis']}/0"
+        return url + "?direct_streams=1" if self.settings.direct_streams else url
 
     @property
     def zookeeper_hosts(self) -> str:

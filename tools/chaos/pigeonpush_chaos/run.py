@@ -58,6 +58,9 @@ class Options:
     uplink_interval: float = 20.0
     #: share of the clients that connect over WebSocket (see ``worker.transport_of``)
     websocket_share: float = 0.2
+    #: the daemons' store URL asks for direct streams (unicasts to online
+    #: devices go to the owning server's stream, not through delivery)
+    direct_streams: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What the JSON report repeats of the run's settings."""
@@ -79,6 +82,7 @@ class Options:
             "uplinks": self.uplinks,
             "uplinkInterval": self.uplink_interval,
             "websocketShare": self.websocket_share,
+            "directStreams": self.direct_streams,
         }
 
 
@@ -103,6 +107,7 @@ class Chaos:
                 zookeeper_timeout=options.zookeeper_timeout,
                 drain_period=options.drain_period,
                 log_level=options.log_level,
+                direct_streams=options.direct_streams,
             ),
         )
         self.journal = Journal()
