@@ -253,8 +253,12 @@ REQUEST_TIMEOUT_ANSWER = (
 )
 
 
+def _buffered(chunks: list[bytes]) -> int:
+    return sum(map(len, chunks))
+
+
 class BoundedChannel(HTTPChannel):
-    """Twisted's HTTP/1.1 channel with two bounds it lacks.
+    """Twisted's HTTP/1.1 channel with three bounds it lacks.
 
     * Answers waiting for a slow reader: when the transport's write buffer
       is full, Twisted stops reading only between requests; one in hand when
@@ -263,6 +267,8 @@ class BoundedChannel(HTTPChannel):
       buffer stops reading and parsing at once, until the peer has read: the
       answers in flight on a connection are what fills the transport's buffer
       (64 KB) and the one being written.
+    * Requests read ahead while one is answered on a later turn: see
+      ``requestDone``.
     * Time to send a request: from the first byte of a request to the end of
       its body, at most ``request_timeout`` seconds; then 408 and close.
     """
@@ -302,6 +308,14 @@ class BoundedChannel(HTTPChannel):
 
     def requestDone(self, request: Request) -> None:
         super().requestDone(request)
+        # Twisted resumes reading after every answer, then starts the next
+        # pipelined request from its buffer: with answers that come on a later
+        # turn (a Redis-backed store), each answer let in one more read (64
+        # KB) and took out one request (100 bytes), so a client that pipelines
+        # and never reads grew the buffer without bound. Reading waits until
+        # the buffered requests are down to what Twisted itself allows.
+        if self._handlingRequest and _buffered(self._dataBuffer) > self._optimisticEagerReadSize:
+            self._networkProducer.pauseProducing()
         # Part of the next request came with this one: its time runs now.
         if self._buffer and not self._handlingRequest and self.persistent:
             self._start_request_deadline()
