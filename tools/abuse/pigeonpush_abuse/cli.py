@@ -139,6 +139,13 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_FD_LIMIT,
         help=f"its open-files limit (default {DEFAULT_FD_LIMIT}, a common default)",
     )
+    own.add_argument(
+        "--store",
+        default="memory:",
+        metavar="URL",
+        help="its store: memory: (default) or a redis://host:port/db to attack a Redis-backed "
+        "daemon (answers that wait for Redis are read and written differently)",
+    )
     given = p.add_argument_group("a daemon that is running already")
     given.add_argument("--device", type=_host_port, help="HOST:PORT of the device listener")
     given.add_argument("--reglog", help="base URL of the route API")
@@ -206,7 +213,7 @@ async def _run(reactor: Any, options: argparse.Namespace) -> NoReturn:
     standalone = None
     if target is None:
         workdir = options.workdir or Path(tempfile.mkdtemp(prefix="pigeonpush-abuse-"))
-        standalone = Standalone(workdir, fd_limit=options.daemon_fd_limit)
+        standalone = Standalone(workdir, fd_limit=options.daemon_fd_limit, store=options.store)
         standalone.start()
         target, pid, log_path = standalone.target, standalone.pid, standalone.log_path
         print(

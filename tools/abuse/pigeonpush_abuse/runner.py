@@ -74,11 +74,13 @@ def twistd_command() -> list[str]:
 
 @attrs.define(slots=True)
 class Standalone:
-    """A ``twistd -n pigeon-standalone`` this tool started (memory store,
-    loopback, fresh ports), optionally under a lower open-files limit."""
+    """A ``twistd -n pigeon-standalone`` this tool started (on loopback,
+    fresh ports, the memory store unless ``store`` names a Redis),
+    optionally under a lower open-files limit."""
 
     directory: Path
     fd_limit: int | None = None
+    store: str = "memory:"
     api_key: str = attrs.Factory(lambda: secrets.token_hex(16))
     ports: dict[str, int] = attrs.Factory(
         lambda: {name: free_port() for name in ("device", "rpc", "reglog", "api")}
@@ -117,6 +119,7 @@ class Standalone:
             *("--reglog", endpoint(self.ports["reglog"])),
             *("--api", endpoint(self.ports["api"])),
             f"--api-key={self.api_key}",
+            f"--redis={self.store}",
         ]
         with open(self.directory / "standalone.out", "ab") as output:
             self.process = subprocess.Popen(
