@@ -744,6 +744,24 @@ async def test_an_unreachable_store_while_issuing_gives_the_slot_back(
     assert "cannot connect to Redis" in warning["error"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_burst_against_an_unreachable_store_is_503_for_each_and_gives_every_slot_back(
+    start_reglog: StartReglog,
+) -> None:
+    # Requests that arrive together share one token write: its failure is
+    # every one's.
+    reglog = await start_reglog(
+        "--redis",
+        f"redis://127.0.0.1:{free_port()}/0",
+        "--zookeeper",
+        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|50",
+    )
+    await reglog.sees(1)
+    answers = await burst(reglog, 40)
+    assert [error_of(answer) for answer in answers] == [(503, "store_unavailable")] * 40
+    assert (await reglog.health())["freeCapacity"] == 50
+
+
 # -- operations --------------------------------------------------------------------------------
 
 

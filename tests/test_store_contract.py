@@ -186,6 +186,44 @@ async def test_issue_token_refuses_a_token_spelled_as_used(
 
 
 @pytest_twisted.ensureDeferred
+async def test_issue_tokens_writes_a_batch_like_issue_token_each(store_case: StoreCase) -> None:
+    store = store_case.store
+    await store.issue_token("alice", "old", 60)
+    clients = [f"client-{i}" for i in range(500)]  # many slots on a cluster
+    await store.issue_tokens(
+        [(client, f"{client}-token") for client in clients] + [("alice", "new")],
+        store_case.ttl,
+    )
+    assert [await store.token(client) for client in clients] == [f"{c}-token" for c in clients]
+    assert await store.token("alice") == "new"
+    # A token of the batch binds a session once, like one from issue_token.
+    assert await store.bind_session("client-7", "client-7-token", "server-a", 60)
+    assert not await store.bind_session("client-7", "client-7-token", "server-b", 60)
+    await store.issue_tokens([("bob", "first"), ("bob", "last")], 60)
+    assert await store.token("bob") == "last"
+    await store.issue_tokens([], 60)
+
+    async def expired() -> bool:
+        return await store.token("client-0") is None and await store.token("alice") is None
+
+    await store_case.eventually(expired, within=store_case.ttl, what="the batch's tokens expire")
+
+
+@pytest.mark.parametrize("token", ["", keys.BOUND + "token-1"])
+@pytest_twisted.ensureDeferred
+async def test_issue_tokens_refuses_a_bad_token_and_writes_nothing(
+    store_case: StoreCase, token: str
+) -> None:
+    store = store_case.store
+    with pytest.raises(ValueError, match="a token must not be empty nor start with"):
+        await store.issue_tokens([("alice", "token-1"), ("bob", token)], 60)
+    with pytest.raises(ValueError, match="ttl must be a positive number of seconds"):
+        await store.issue_tokens([("alice", "token-1")], 0)
+    assert await store.token("alice") is None
+    assert await store.token("bob") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_revoke_session_deletes_the_token_and_answers_the_route(
     store_case: StoreCase,
 ) -> None:

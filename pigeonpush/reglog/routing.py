@@ -7,9 +7,11 @@ import secrets
 from collections.abc import Collection
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 from pigeonpush.reglog.balancer import Balancer, PushServer
 from pigeonpush.reglog.devices import DeviceRegistry
+from pigeonpush.reglog.tokens import TokenBatcher
 from pigeonpush.store.interface import Store
 
 
@@ -55,22 +57,23 @@ def new_token() -> str:
 class RouteIssuer:
     """Grants routes: ``devices`` is the registry in registered mode, None in open mode."""
 
-    __slots__ = ("_balancer", "_devices", "_heartbeat", "_store", "_token_ttl")
+    __slots__ = ("_balancer", "_devices", "_heartbeat", "_tokens")
 
     def __init__(
         self,
         store: Store,
         balancer: Balancer,
         *,
+        clock: IReactorTime,
         token_ttl: float,
         heartbeat: float,
         devices: DeviceRegistry | None = None,
     ) -> None:
-        self._store = store
         self._balancer = balancer
-        self._token_ttl = token_ttl
         self._heartbeat = heartbeat
         self._devices = devices
+        #: the tokens of one reactor turn go to the store as one write
+        self._tokens = TokenBatcher(store, clock, token_ttl)
 
     @property
     def mode(self) -> AuthMode:
@@ -101,7 +104,7 @@ class RouteIssuer:
             raise NoServer(len(self._balancer.servers))
         token = new_token()
         try:
-            await self._store.issue_token(client_id, token, self._token_ttl)
+            await self._tokens.issue(client_id, token)
         except BaseException:
             self._balancer.release(server)
             raise

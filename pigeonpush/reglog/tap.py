@@ -175,6 +175,7 @@ def build_reglog(
     issuer = RouteIssuer(
         store,
         balancer,
+        clock=reactor,
         token_ttl=config["token-ttl"],
         heartbeat=config["heartbeat"],
         devices=devices,

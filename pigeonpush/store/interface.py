@@ -70,6 +70,12 @@ class Store(Protocol):
         (replacing any earlier token, used or not; ROUTE is left alone).
         ValueError for an empty token or one that starts with ``keys.BOUND``."""
 
+    def issue_tokens(self, tokens: Sequence[tuple[str, str]], ttl: float) -> Deferred[None]:
+        """``issue_token`` for each ``(clientId, token)`` pair, in one batch (one
+        round trip to Redis): reglog's route requests of one reactor turn. A
+        clientId given twice ends with its last token. ValueError, and nothing
+        written, if any token is one ``issue_token`` refuses."""
+
     def token(self, client_id: str) -> Deferred[str | None]:
         """The current token, whether a session used it already or not
         (None: none or expired)."""

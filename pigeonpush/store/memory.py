@@ -136,6 +136,17 @@ class MemoryStore(MemoryTopics):
         checks.issuable_token(token)
         self._auth.set(client_id, token, self._clock.seconds() + ttl)
 
+    def issue_tokens(self, tokens: Sequence[tuple[str, str]], ttl: float) -> Deferred[None]:
+        return self._run(self._issue_tokens, tokens, ttl)
+
+    def _issue_tokens(self, tokens: Sequence[tuple[str, str]], ttl: float) -> None:
+        ttl = checks.positive_seconds(ttl, "ttl")
+        for _, token in tokens:
+            checks.issuable_token(token)
+        expires = self._clock.seconds() + ttl
+        for client_id, token in tokens:
+            self._auth.set(client_id, token, expires)
+
     def token(self, client_id: str) -> Deferred[str | None]:
         return self._run(self._token, client_id)
 

@@ -204,6 +204,19 @@ class RedisStore(RedisTopics):
         checks.issuable_token(token)
         await self._one("SET", keys.auth(client_id), token, "PX", str(ms))
 
+    def issue_tokens(self, tokens: Sequence[tuple[str, str]], ttl: float) -> Deferred[None]:
+        return self._call(self._issue_tokens, tokens, ttl)
+
+    async def _issue_tokens(self, tokens: Sequence[tuple[str, str]], ttl: float) -> None:
+        ms = str(checks.milliseconds(checks.positive_seconds(ttl, "ttl")))
+        commands = [
+            ("SET", keys.auth(client_id), checks.issuable_token(token), "PX", ms)
+            for client_id, token in tokens
+        ]
+        if commands:
+            for reply in await self._main.execute(commands):
+                _checked(reply, "SET")
+
     def token(self, client_id: str) -> Deferred[str | None]:
         return self._call(self._token, client_id)
 
