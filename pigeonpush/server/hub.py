@@ -372,15 +372,21 @@ class PushHub:
 
     # --- pushing (PushGateway) -----------------------------------------------------
 
-    def push(self, items: Sequence[PushItem]) -> Deferred[list[PushStatus]]:
+    def push(
+        self, items: Sequence[PushItem], *, pulled: bool = False
+    ) -> Deferred[list[PushStatus]]:
         """Write each item to its client's connection; a status per item, in order.
 
         OFFLINE: no connection here (a stale ROUTE to this server is dropped).
         WINDOW_FULL: the connection has its window in flight or its socket is
         full; the message stays pending. Items without a body are completed
         from the store in one call (NO_BODY when the body expired). A message
-        already in flight on the connection is not written again. Fails with
-        StoreError only when bodies were needed and the store did not answer.
+        already in flight on the connection is not written again, nor a live
+        one (not ``pulled``) that a pull of this connection wrote already: when
+        delivery or a direct stream lags behind, a heartbeat's pull finds its
+        messages pending first, and the live copy comes after their ACK.
+        Fails with StoreError only when bodies were needed and the store did
+        not answer.
 
         Consecutive items for one connection (a burst) go out in one
         ``send_frames``, in order: one transport call rather than one per frame.
@@ -405,13 +411,15 @@ class PushHub:
             if item.message_id in in_flight or (waiting and item.message_id in waiting):
                 # In flight, or failed and waiting for its redelivery here.
                 statuses[index] = _WRITTEN
+            elif not pulled and session.pulled and _written_by_pull(session, item.message_id):
+                statuses[index] = _WRITTEN
             elif session.write_paused or len(in_flight) >= window:
                 statuses[index] = _WINDOW_FULL
                 session.pull_more = True  # pulled once the window or socket drains
             elif not item.has_body:
                 missing.append(index)
             else:
-                statuses[index] = self._write(
+                status = statuses[index] = self._write(
                     writes,
                     session,
                     in_flight,
@@ -422,11 +430,13 @@ class PushHub:
                     now,
                     item.topic,
                 )
+                if pulled and status is _WRITTEN:
+                    _remember_pulled(session, item.message_id)
         self._flush_writes(writes)
         answer: Deferred[list[PushStatus]]
         if missing:
             reading = self.store.bodies([items[index].message_id for index in missing])
-            answer = reading.addCallback(self._with_bodies, items, statuses, missing)
+            answer = reading.addCallback(self._with_bodies, items, statuses, missing, pulled)
         else:
             self._count(statuses)
             answer = succeed(statuses)
@@ -443,6 +453,7 @@ class PushHub:
         items: Sequence[PushItem],
         statuses: list[PushStatus],
         missing: list[int],
+        pulled: bool,
     ) -> list[PushStatus]:
         now = self.clock.seconds()
         writes = _Writes()
@@ -452,8 +463,10 @@ class PushHub:
             in_flight = session.in_flight if session is not None else None
             if session is None or session.state != _ACTIVE or in_flight is None:
                 statuses[index] = _OFFLINE  # gone while the bodies were read
-            elif item.message_id in in_flight or (
-                session.waiting and item.message_id in session.waiting
+            elif (
+                item.message_id in in_flight
+                or (session.waiting and item.message_id in session.waiting)
+                or (not pulled and session.pulled and _written_by_pull(session, item.message_id))
             ):
                 statuses[index] = _WRITTEN
             elif body is None:
@@ -462,7 +475,7 @@ class PushHub:
                 statuses[index] = _WINDOW_FULL
                 session.pull_more = True
             else:
-                statuses[index] = self._write(
+                status = statuses[index] = self._write(
                     writes,
                     session,
                     in_flight,
@@ -472,6 +485,8 @@ class PushHub:
                     body.extras,
                     now,
                 )
+                if pulled and status is _WRITTEN:
+                    _remember_pulled(session, item.message_id)
         self._flush_writes(writes)
         self._count(statuses)
         return statuses
@@ -733,7 +748,7 @@ class PushHub:
                 self._pulled_empty.discard(session)
             return None
         self._pulled_empty.discard(session)
-        pushing = self.push(items)
+        pushing = self.push(items, pulled=True)
 
         def pushed(statuses: list[PushStatus]) -> None:
             # Window still half empty after a pull that said "more" (ids that
@@ -1122,3 +1137,27 @@ def _failure(value: object) -> Failure:
     """The Failure a DeferredList reports for a failed call."""
     assert isinstance(value, Failure)
     return value
+
+
+#: How many ids a session keeps of those its pulls wrote (``Session.pulled``):
+#: a few windows' worth, kept only by sessions that pulled something.
+PULLED_MEMORY = 128
+
+
+def _remember_pulled(session: Session, message_id: str) -> None:
+    pulled = session.pulled
+    if pulled is None:
+        pulled = session.pulled = {}
+    pulled[message_id] = None
+    if len(pulled) > PULLED_MEMORY:
+        del pulled[next(iter(pulled))]  # the oldest
+
+
+def _written_by_pull(session: Session, message_id: str) -> bool:
+    """Whether a pull of ``session`` wrote ``message_id`` (forgotten now: the
+    live copy comes once)."""
+    pulled = session.pulled
+    if pulled is None or message_id not in pulled:
+        return False
+    del pulled[message_id]
+    return True

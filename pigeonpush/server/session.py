@@ -119,6 +119,10 @@ class Session:
     pull_more: bool = False
     #: when the last pull was asked (the clock's seconds)
     last_pull: float = -math.inf
+    #: ids a pull wrote (the newest ``PULLED_MEMORY``; None until a pull
+    #: writes): the live push of one of them, late behind a backlog, is not
+    #: written again after its ACK
+    pulled: dict[str, None] | None = None
 
 
 class SessionEvents(Protocol):
