@@ -227,16 +227,46 @@ def test_an_authenticated_connection_stays_while_it_talks_and_closes_when_silent
     assert harness.token("alice") is None
 
 
-def test_only_one_timer_per_connection() -> None:
+def test_a_timeout_is_noticed_at_most_one_resolution_late_never_early() -> None:
+    # The factory's wheel rounds deadlines up to its resolution: 1 s with an
+    # idle timeout of 60 s, and a tenth of an auth timeout of 5 s.
+    harness = Harness(tcp=True, auth_timeout=5, idle_timeout=60, heartbeat=20)
+    assert harness.factory.deadlines.resolution == 0.5
+    harness.clock.advance(0.2)
+    waiting = harness.connect()  # its AUTH is due at 5.2
+    harness.clock.advance(4.99)
+    assert not waiting.closing
+    harness.clock.advance(0.51)  # 5.7
+    assert waiting.closing
+    [frame] = waiting.received()
+    assert frame == Error(ErrorCode.TIMEOUT, "AUTH did not come within 5 s")
+
+    harness = Harness(tcp=True, idle_timeout=60, heartbeat=20)
+    assert harness.factory.deadlines.resolution == 1.0
+    device = harness.login("alice")
+    harness.clock.advance(0.3)
+    device.send(PING)  # idle from 0.3: due at 60.3
+    harness.clock.advance(59.99)
+    assert not device.closing
+    harness.clock.advance(1.0)  # 61.29
+    assert device.closing
+
+
+def test_one_timer_for_the_timeouts_of_all_connections() -> None:
     harness = Harness(tcp=True)
     device = harness.login("alice")
+    others = [harness.login(f"bob-{index}") for index in range(3)]
+    waiting = harness.connect()  # (its auth timeout, on the same timer)
     for _ in range(10):
         device.send(PING)
         device.send(Ack("unknown"))
-    assert len(harness.clock.getDelayedCalls()) <= 2  # the idle timer (+ the ACK flush)
+    assert len(harness.clock.getDelayedCalls()) <= 2  # the wheel (+ the ACK flush)
     harness.clock.advance(0)
-    assert harness.clock.getDelayedCalls() == [device.proto.timer]
-    # Closing: the idle timer gives way to the close grace, still one timer.
+    [wheel] = harness.clock.getDelayedCalls()
+    for other in [*others, waiting]:
+        other.lose()
+    assert harness.clock.getDelayedCalls() == [wheel]
+    # Closing: the idle timeout gives way to the close grace, still one timer.
     result_of(harness.hub.kick("alice", KickReason.POLICY))
     [grace] = harness.clock.getDelayedCalls()
     harness.clock.advance(grace.getTime() - harness.clock.seconds())

@@ -162,3 +162,39 @@ def test_a_delivery_node_appearing_retries_the_failed_pulls_at_once() -> None:
     reactor.advance(BATCH_DELAY)
 
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 7500)]
+
+
+def test_stopping_stops_the_timeouts_of_connections_left_open() -> None:
+    """A connection whose AUTH the store has not answered is not closed by the
+    drain; once stopped, the server has no timer left for its timeout."""
+    from pigeonpush.wire.codec import encode
+    from pigeonpush.wire.frames import Auth
+    from support.server_harness import GatedStore
+
+    reactor = MemoryReactorClock()
+    store = GatedStore(reactor)
+    hub = PushHub(store, reactor, ServerSettings(drain_period=0, session_ttl=30))
+    service = PushServerService(
+        hub,
+        reactor=reactor,
+        client_endpoint=serverFromString(reactor, "tcp:7400"),
+        rpc_endpoint=serverFromString(reactor, "tcp:7401"),
+        discovery=StaticDiscovery(clock=reactor),
+    )
+    service.startService()
+    reactor.advance(0)
+    result_of(store.issue_token("alice", "t", 300))
+    store.gated.add("bind_session")
+    device = reactor.tcpServers[1][1].buildProtocol(None)
+    device.makeConnection(DeviceTransport())
+    device.dataReceived(encode(Auth("alice", "t")))
+    [factory] = service.channel_factories
+    assert len(factory.deadlines) == 1
+
+    stopped = service.stopService()
+    reactor.pump([1.0] * 5)  # the drain's grace, within the auth timeout (10 s)
+    result_of(stopped)
+
+    assert not device.closing  # (still waiting for its AUTH's answer)
+    assert len(factory.deadlines) == 0
+    assert [call for call in reactor.getDelayedCalls() if call.active()] == []

@@ -10,6 +10,7 @@ The modules, each with one job:
 ``settings``     the knobs (``ServerSettings``) and their checks
 ``session``      ``Session``, ``Channel``, ``SessionEvents``: where hub and transports meet
 ``protocol``     ``ServerProtocol``: the TCP transport, one ``Channel`` per device connection
+``deadlines``    ``DeadlineWheel``: the auth and idle timeouts of a port's connections, one timer
 ``websocket``    the WebSocket transport: hosts a ``ServerProtocol`` per WebSocket connection
 ``hub``          ``PushHub``: the session table and the logic (auth, push, ACK, pull, drain)
 ``acks``         ``AckBatcher``: ACKs of one reactor turn become one store call

@@ -2,8 +2,9 @@
 ``FrameProtocol``, and one ``Channel`` (``pigeonpush.server.session``).
 
 The connection keeps only what is its own: the frame grammar, its socket's
-producer state, the frame-rate bucket, and its one timer (the auth timeout,
-then the idle timeout). Everything else is the ``Session`` it gets from the
+producer state, the frame-rate bucket, and its deadline (the auth timeout,
+then the idle timeout), which the factory's ``DeadlineWheel`` watches on one
+timer for all its connections. Everything else is the ``Session`` it gets from the
 hub when it connects, and the decisions live in the hub, which it reaches
 only through ``SessionEvents``. Its settings, clock, metrics sink and log
 throttles come from its factory.
@@ -36,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pigeonpush.logsafe import LogThrottle, untrusted
+from pigeonpush.server.deadlines import Bucket, DeadlineWheel, wheel_resolution
 from pigeonpush.server.metrics import PROMETHEUS, MetricsSink
 from pigeonpush.server.sendnow import write_frames, write_now
 from pigeonpush.server.session import Channel, Session, SessionEvents, State
@@ -87,6 +89,8 @@ class ServerProtocol(FrameProtocol):
     gets no more PUSHes, and is not read, until it drains."""
 
     __slots__ = (
+        "deadline",
+        "deadline_bucket",
         "hub",
         "idle_timeout",
         "logs",
@@ -95,7 +99,6 @@ class ServerProtocol(FrameProtocol):
         "settings",
         "throttle",
         "throttled_since",
-        "timer",
         "tokens",
         "tokens_at",
     )
@@ -113,8 +116,11 @@ class ServerProtocol(FrameProtocol):
         self.idle_timeout = settings.idle_timeout
         #: the hub's session of this connection (from connectionMade on)
         self.session: Session = _UNCONNECTED
-        #: the one timer: the auth timeout, then (once ACTIVE) the idle timeout
-        self.timer: IDelayedCall | None = None
+        #: when the auth timeout, then (once ACTIVE) the idle timeout, ends:
+        #: a frame or ACK moves it on (the factory's wheel looks at it)
+        self.deadline = 0.0
+        #: the wheel's bucket of this connection (None: not watched)
+        self.deadline_bucket: Bucket | None = None
         #: the frame rate's token bucket: tokens left at ``tokens_at``
         self.tokens = float(settings.frame_burst)
         self.tokens_at = factory.clock.seconds()
@@ -132,13 +138,12 @@ class ServerProtocol(FrameProtocol):
             set_no_delay(True)  # Nagle + delayed ACKs would hold PUSHes back for ~40 ms
         self.session = self.hub.connected(self)
         transport.registerProducer(self, True)
-        self.timer = self.clock.callLater(self.settings.auth_timeout, self._timed_out)
+        self.deadline = self.clock.seconds() + self.settings.auth_timeout
+        self.factory.deadlines.watch(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.factory.deadlines.forget(self)
         self._cancel_throttle()
         session = self.session
         if session is _UNCONNECTED:
@@ -151,8 +156,8 @@ class ServerProtocol(FrameProtocol):
         """The remote address, for log events."""
         return self._peer()
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def deadline_passed(self) -> None:
+        """The wheel's call: the auth or idle timeout ended."""
         if self.session.state == _ACTIVE:
             self.hub.idle_timed_out(self.session)
             self.closeWith(None)
@@ -181,13 +186,11 @@ class ServerProtocol(FrameProtocol):
 
     def activate(self, auth_ok: bytes) -> None:
         """``Channel.activate``: send the (pre-encoded) AUTH_OK and switch the
-        timer from the auth timeout to the idle timeout."""
+        deadline from the auth timeout to the idle timeout."""
         self.sendEncoded(auth_ok)
-        timer = self.timer
-        if timer is not None and timer.active():
-            timer.reset(self.idle_timeout)
-        else:
-            self.timer = self.clock.callLater(self.idle_timeout, self._timed_out)
+        if not self.closing:
+            self.deadline = self.clock.seconds() + self.idle_timeout
+            self.factory.deadlines.watch(self)
 
     def close(self, frame: Frame | None = None) -> None:
         """``Channel.close``."""
@@ -202,14 +205,12 @@ class ServerProtocol(FrameProtocol):
     def closeWith(self, frame: Frame | None = None) -> None:
         """Send ``frame`` last and close. The producer is unregistered first,
         since a transport does not close while a paused producer is registered;
-        the auth or idle timer gives way to the base class's close grace."""
+        the auth or idle timeout gives way to the base class's close grace."""
         if not self.closing:
             session = self.session
             if session.state < _CLOSING:
                 session.state = _CLOSING
-            timer, self.timer = self.timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+            self.factory.deadlines.forget(self)
             self._cancel_throttle()
             transport: Any = self.transport
             if transport is not None:
@@ -301,9 +302,7 @@ class ServerProtocol(FrameProtocol):
             self.dataReceived(b"")
 
     def _acked(self, message_id: str) -> None:
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.idle_timeout)
+        self.deadline = self.clock.seconds() + self.idle_timeout
         self.hub.acked(self.session, message_id)
 
     def frameReceived(self, frame: Frame) -> None:
@@ -311,9 +310,7 @@ class ServerProtocol(FrameProtocol):
         session = self.session
         state = session.state
         if state == _ACTIVE:
-            timer = self.timer
-            if timer is not None:
-                timer.reset(self.idle_timeout)
+            self.deadline = self.clock.seconds() + self.idle_timeout
             # (ACKs never get here while ACTIVE: stringReceived reads them.)
             if kind is Ping:
                 self.sendEncoded(ENCODED_PONG)
@@ -432,8 +429,9 @@ _WHEN = {
 class ServerProtocolFactory(Factory):
     """Builds a ``ServerProtocol`` per device connection of one hub, and
     holds what its connections share: the settings they enforce, the clock
-    of their timers, the metrics sink, and the log throttles of what peers
-    can repeat at will (client ERRORs, protocol errors)."""
+    of their timers, the wheel of their deadlines, the metrics sink, and the
+    log throttles of what peers can repeat at will (client ERRORs, protocol
+    errors)."""
 
     def __init__(
         self,
@@ -449,6 +447,14 @@ class ServerProtocolFactory(Factory):
         self.metrics = metrics
         self.client_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
         self.protocol_errors_log = LogThrottle(clock, LOG_INTERVAL, LOG_BURST)
+        #: the auth and idle timeouts of every connection: one timer
+        self.deadlines = DeadlineWheel(
+            clock, wheel_resolution(settings.auth_timeout, settings.idle_timeout)
+        )
 
     def buildProtocol(self, addr: Any) -> ServerProtocol:
         return ServerProtocol(self)
+
+    def stop_timers(self) -> None:
+        """No more auth or idle timeouts (the server is stopping)."""
+        self.deadlines.stop()

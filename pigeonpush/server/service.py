@@ -132,6 +132,9 @@ class PushServerService(MultiService):
         self.websocket_port: IListeningPort | None = None
         self.rpc_factory = ServerRpcFactory(hub)
         self.client_port: IListeningPort | None = None
+        #: the TCP port's factory, and the WebSocket port's channels' (their
+        #: timeouts stop after the drain)
+        self.channel_factories: list[ServerProtocolFactory] = []
         self.rpc_port: IListeningPort | None = None
         self.registration: NodeRegistration | None = None
         self._watch: Watch | None = None
@@ -180,29 +183,29 @@ class PushServerService(MultiService):
         if self.rpc_advertise is None:
             self.rpc_advertise = _local_address(self.rpc_port, self._rpc_transport)
         self.hub.server_address = self.rpc_advertise
+        factory = ServerProtocolFactory(
+            self.hub, self.hub.settings, self.hub.clock, metrics=self.hub.metrics
+        )
+        self.channel_factories.append(factory)
         try:
-            self.client_port = await self._client_endpoint.listen(
-                ServerProtocolFactory(
-                    self.hub, self.hub.settings, self.hub.clock, metrics=self.hub.metrics
-                )
-            )
+            self.client_port = await self._client_endpoint.listen(factory)
         except Exception:
             # Not awaited: the failure must reach privilegedStartService at once.
             self._rpc_closing = _stop_listening(self.rpc_port)
             self.rpc_port = None
             raise
         if self._websocket_endpoint is not None:
+            websocket = WebSocketFactory(
+                self.hub,
+                self.hub.settings,
+                self.hub.clock,
+                origins=self._websocket_origins,
+                metrics=self.hub.metrics,
+                reactor=self._reactor,
+            )
+            self.channel_factories.append(websocket.channels)
             try:
-                self.websocket_port = await self._websocket_endpoint.listen(
-                    WebSocketFactory(
-                        self.hub,
-                        self.hub.settings,
-                        self.hub.clock,
-                        origins=self._websocket_origins,
-                        metrics=self.hub.metrics,
-                        reactor=self._reactor,
-                    )
-                )
+                self.websocket_port = await self._websocket_endpoint.listen(websocket)
             except Exception:
                 self._rpc_closing = _stop_listening(self.rpc_port)
                 self.rpc_port = None
@@ -329,6 +332,8 @@ class PushServerService(MultiService):
         if self.websocket_port is not None:
             await _stop_listening(self.websocket_port)
         await self.hub.drain(self.hub.settings.drain_period)
+        for factory in self.channel_factories:
+            factory.stop_timers()
         if self.rpc_port is not None:
             await _stop_listening(self.rpc_port)
         if self._rpc_closing is not None:

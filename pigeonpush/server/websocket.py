@@ -5,7 +5,7 @@ A WebSocket connection is an autobahn ``WebSocketServerProtocol`` that does
 the handshake (subprotocol ``pigeonpush.v1`` required, the Origin checked
 against the allow-list) and then hosts one TCP ``ServerProtocol``, the
 ``Channel`` the hub sees, over a ``MessageTransport``. So the frame grammar,
-the auth and idle timers, the frame-rate bucket, the drain and the
+the auth and idle timeouts, the frame-rate bucket, the drain and the
 back-pressure are the TCP transport's own code, not a copy; only the framing
 differs:
 
