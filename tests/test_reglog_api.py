@@ -697,18 +697,23 @@ async def test_reglog_refuses_exactly_the_ids_the_identifiers_rule_refuses(
         assert (await reglog.register({"clientId": client_id})).status == 201, client_id
 
 
+async def without_store(start_reglog: StartReglog, capacity: int, *options: str) -> Reglog:
+    """A reglog whose Redis is unreachable, with one push server of
+    ``capacity`` (static discovery)."""
+    return await start_reglog(
+        "--redis",
+        f"redis://127.0.0.1:{free_port()}/0",
+        "--zookeeper",
+        f"static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|{capacity}",
+        *options,
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_unreachable_store_in_registered_mode_is_503(
     start_reglog: StartReglog,
 ) -> None:
-    reglog = await start_reglog(
-        "--redis",
-        f"redis://127.0.0.1:{free_port()}/0",
-        "--zookeeper",
-        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|5",
-        "--auth-mode",
-        "registered",
-    )
+    reglog = await without_store(start_reglog, 5, "--auth-mode", "registered")
     await reglog.sees(1)
     answer = await reglog.route({"clientId": "d1", "secret": "s"})
     assert answer.json == {
@@ -723,12 +728,7 @@ async def test_an_unreachable_store_in_registered_mode_is_503(
 async def test_an_unreachable_store_while_issuing_gives_the_slot_back(
     start_reglog: StartReglog,
 ) -> None:
-    reglog = await start_reglog(
-        "--redis",
-        f"redis://127.0.0.1:{free_port()}/0",
-        "--zookeeper",
-        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|5",
-    )
+    reglog = await without_store(start_reglog, 5)
     await reglog.sees(1)
     events: list[LogEvent] = []
     globalLogPublisher.addObserver(events.append)
@@ -750,12 +750,7 @@ async def test_a_burst_against_an_unreachable_store_is_503_for_each_and_gives_ev
 ) -> None:
     # Requests that arrive together share one token write: its failure is
     # every one's.
-    reglog = await start_reglog(
-        "--redis",
-        f"redis://127.0.0.1:{free_port()}/0",
-        "--zookeeper",
-        "static:servers=n1@127.0.0.1:7100|127.0.0.1:7101|50",
-    )
+    reglog = await without_store(start_reglog, 50)
     await reglog.sees(1)
     answers = await burst(reglog, 40)
     assert [error_of(answer) for answer in answers] == [(503, "store_unavailable")] * 40

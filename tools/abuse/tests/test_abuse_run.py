@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -25,22 +26,31 @@ from support.servers import RedisServer
 DURATION = float(os.environ.get("ABUSE_DURATION", "20"))
 
 
-@pytest.mark.timeout(DURATION + 180)
-@pytest.mark.parametrize("attack", list(ATTACKS))
-def test_the_daemon_withstands(attack: str, tmp_path: Path) -> None:
+def run_attack(attack: str, tmp_path: Path, *options: str) -> dict[str, Any]:
+    """``python -m pigeonpush_abuse --attack ATTACK`` on a standalone of its
+    own (``options`` added); its report. Fails with the tool's output unless
+    the run passed."""
     report = tmp_path / "report.json"
     command = [
         sys.executable, "-m", "pigeonpush_abuse",
         "--attack", attack,
         "--duration", f"{DURATION:g}",
         "--workdir", str(tmp_path / "standalone"),
+        *options,
         "--json", str(report),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=DURATION + 150)
     assert report.exists(), f"no report (exit {run.returncode}):\n{run.stderr[-3000:]}"
-    data = json.loads(report.read_text())
+    data: dict[str, Any] = json.loads(report.read_text())
     assert [result["name"] for result in data["attacks"]] == [attack]
     assert run.returncode == 0 and data["passed"], f"exit {run.returncode}\n{run.stdout}"
+    return data
+
+
+@pytest.mark.timeout(DURATION + 180)
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_the_daemon_withstands(attack: str, tmp_path: Path) -> None:
+    run_attack(attack, tmp_path)
 
 
 @pytest.mark.timeout(DURATION + 180)
@@ -52,18 +62,7 @@ def test_a_redis_backed_daemon_withstands_pipelining(
     memory store's never do: the HTTP channel's read-ahead bound is another
     path there (``--store``)."""
     redis_server.flush()
-    report = tmp_path / "report.json"
-    command = [
-        sys.executable, "-m", "pigeonpush_abuse",
-        "--attack", attack,
-        "--duration", f"{DURATION:g}",
-        "--workdir", str(tmp_path / "standalone"),
-        "--store", redis_server.url,
-        "--json", str(report),
-    ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=DURATION + 150)
-    assert report.exists(), f"no report (exit {run.returncode}):\n{run.stderr[-3000:]}"
-    assert run.returncode == 0 and json.loads(report.read_text())["passed"], run.stdout
+    run_attack(attack, tmp_path, "--store", redis_server.url)
 
 
 @pytest_twisted.ensureDeferred
